@@ -1,0 +1,190 @@
+//! The few `bpf(2)` commands aya 0.14 does not wrap: batched map updates and deletes, and
+//! `BPF_PROG_TEST_RUN` / `BPF_PROG_GET_FD_BY_ID` on programs aya did not load (the benchmark
+//! runs Debian's xdp-filter through the same path as ours).
+//!
+//! Layouts follow `union bpf_attr` in include/uapi/linux/bpf.h.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+const BPF_PROG_TEST_RUN: libc::c_long = 10;
+const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// Largest batch handed to the kernel at once (bounds the kernel's temporary allocation).
+const BATCH: usize = 64 * 1024;
+
+#[repr(C)]
+#[derive(Default)]
+struct BatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct TestRunAttr {
+    prog_fd: u32,
+    retval: u32,
+    data_size_in: u32,
+    data_size_out: u32,
+    data_in: u64,
+    data_out: u64,
+    repeat: u32,
+    duration: u32,
+    ctx_size_in: u32,
+    ctx_size_out: u32,
+    ctx_in: u64,
+    ctx_out: u64,
+    flags: u32,
+    cpu: u32,
+    batch_size: u32,
+    _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Default)]
+struct GetFdAttr {
+    id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+    // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size we pass.
+    let ret = unsafe {
+        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32)
+    };
+    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+}
+
+/// Writes `keys[i] -> values[i]` for all `i` (`BPF_MAP_UPDATE_BATCH`). `K` and `V` must be the
+/// map's exact key and value layouts. On error, a prefix may have been written.
+pub fn update_batch<K: Copy, V: Copy>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+    assert_eq!(keys.len(), values.len(), "one value per key");
+    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
+        let mut done = 0usize;
+        while done < k.len() {
+            let mut attr = BatchAttr {
+                keys: k[done..].as_ptr() as u64,
+                values: v[done..].as_ptr() as u64,
+                count: (k.len() - done) as u32,
+                map_fd: map.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            let res = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
+            // The kernel reports how many it processed even when it stops early.
+            done += attr.count as usize;
+            match res {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Deletes `keys` (`BPF_MAP_DELETE_BATCH`); keys that are absent are an error (`ENOENT`),
+/// which callers avoid by deleting only what their twin says exists.
+pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
+    for k in keys.chunks(BATCH) {
+        let mut done = 0usize;
+        while done < k.len() {
+            let mut attr = BatchAttr {
+                keys: k[done..].as_ptr() as u64,
+                count: (k.len() - done) as u32,
+                map_fd: map.as_raw_fd() as u32,
+                ..BatchAttr::default()
+            };
+            let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
+            done += attr.count as usize;
+            match res {
+                Ok(_) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Result of one `BPF_PROG_TEST_RUN`.
+#[derive(Clone, Copy, Debug)]
+pub struct TestRun {
+    /// The program's return value (an XDP action).
+    pub retval: u32,
+    /// Mean time per repetition, as the kernel measured it.
+    pub per_run: Duration,
+}
+
+/// Runs an XDP program on `frame` `repeat` times in the kernel (`BPF_PROG_TEST_RUN`).
+pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<TestRun> {
+    let mut out = vec![0u8; frame.len() + 512];
+    let mut attr = TestRunAttr {
+        prog_fd: prog.as_raw_fd() as u32,
+        data_size_in: frame.len() as u32,
+        data_size_out: out.len() as u32,
+        data_in: frame.as_ptr() as u64,
+        data_out: out.as_mut_ptr() as u64,
+        repeat,
+        ..TestRunAttr::default()
+    };
+    bpf(BPF_PROG_TEST_RUN, &mut attr)?;
+    Ok(TestRun { retval: attr.retval, per_run: Duration::from_nanos(u64::from(attr.duration)) })
+}
+
+/// Opens a loaded program by its kernel id (for programs another tool loaded).
+pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = GetFdAttr { id, ..GetFdAttr::default() };
+    let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Current `CLOCK_BOOTTIME` in nanoseconds: the clock `bpf_ktime_get_boot_ns` reads, so
+/// deadlines survive suspend the way the kernel sees them.
+pub fn boottime_ns() -> u64 {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
+    unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+const BPF_MAP_UPDATE_ELEM: libc::c_long = 2;
+const BPF_MAP_DELETE_ELEM: libc::c_long = 3;
+
+#[repr(C)]
+#[derive(Default)]
+struct ElemAttr {
+    map_fd: u32,
+    _pad: u32,
+    key: u64,
+    value: u64,
+    flags: u64,
+}
+
+/// Writes one element (`BPF_MAP_UPDATE_ELEM`), for maps without batch support (LPM tries).
+pub fn update_elem<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *const V as u64,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
+}
+
+/// Deletes one element (`BPF_MAP_DELETE_ELEM`).
+pub fn delete_elem<K: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
+    let mut attr = ElemAttr { map_fd: map.as_raw_fd() as u32, key: key as *const K as u64, ..ElemAttr::default() };
+    bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+}

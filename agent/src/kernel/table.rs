@@ -1,0 +1,680 @@
+//! The user-space twin of the kernel maps: which slots the allow and deny entries expand into.
+//!
+//! The XDP program never sees an entry, only slots (see `portcullis_common`'s map layout). This
+//! module turns entry changes into slot changes and guard-bitmap words, in memory, so the kernel
+//! layer can write exactly what changed, in an order that never opens a gap, and undo it if a
+//! write fails. It is pure logic and unit-tested against a brute-force model.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use portcullis_common::{
+    v4_guard_slot, v6_guard_slot, Deadlines, GUARD_HOST, GUARD_PREFIX, V4_WIDE_SLOTS,
+};
+
+use crate::cidr::{mask128, Cidr};
+
+/// Which list an entry belongs to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum List {
+    /// Never blocked, whatever the deny list holds.
+    Allow,
+    /// Blocked unless allowed.
+    Deny,
+}
+
+/// One kernel map slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Slot {
+    /// `V4_HOSTS[addr]`.
+    V4Host(u32),
+    /// `V4_NETS[addr >> 8]`.
+    V4Net(u32),
+    /// `V4_WIDE[addr >> 16]`.
+    V4Wide(u32),
+    /// `V6_HOSTS[addr]`.
+    V6Host(u128),
+    /// `V6_PREFIXES[addr/len]`, `len < 128`.
+    V6Prefix(u128, u8),
+}
+
+/// A slot's value before and after a change; [`Deadlines::EMPTY`] means "absent".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotChange {
+    /// Which slot.
+    pub slot: Slot,
+    /// Value before.
+    pub old: Deadlines,
+    /// Value after.
+    pub new: Deadlines,
+}
+
+/// What one table operation changed, in the form the kernel layer writes.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Entry values before and after (for undo).
+    pub entries: Vec<(Cidr, Deadlines, Deadlines)>,
+    /// Slot values that changed.
+    pub slots: Vec<SlotChange>,
+    /// IPv4 guard words to write (index, new value).
+    pub v4_guard: Vec<(u32, u64)>,
+    /// IPv6 guard words to write (index, new value).
+    pub v6_guard: Vec<(u32, u64)>,
+    /// New value of `Config::v6_unguarded`, when it changed.
+    pub v6_unguarded: Option<bool>,
+}
+
+impl Plan {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.slots.is_empty()
+    }
+}
+
+/// Number of entries each kernel map may hold.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capacity {
+    /// `V4_HOSTS`.
+    pub v4_hosts: u32,
+    /// `V4_NETS`.
+    pub v4_nets: u32,
+    /// `V6_HOSTS`.
+    pub v6_hosts: u32,
+    /// `V6_PREFIXES`.
+    pub v6_prefixes: u32,
+}
+
+impl Default for Capacity {
+    fn default() -> Self {
+        use portcullis_common as c;
+        Self {
+            v4_hosts: c::V4_HOSTS_DEFAULT_CAPACITY,
+            v4_nets: c::V4_NETS_DEFAULT_CAPACITY,
+            v6_hosts: c::V6_HOSTS_DEFAULT_CAPACITY,
+            v6_prefixes: c::V6_PREFIXES_DEFAULT_CAPACITY,
+        }
+    }
+}
+
+/// A map would overflow; nothing was changed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("kernel map {map} is full: {needed} slots needed, capacity {capacity}; nothing was changed (raise the capacity in the config)")]
+pub struct MapFull {
+    /// Map name.
+    pub map: &'static str,
+    /// Slots the change needs.
+    pub needed: usize,
+    /// The map's capacity.
+    pub capacity: u32,
+}
+
+/// Allow and deny IP entries and the slots they expand into.
+#[derive(Debug)]
+pub struct IpTable {
+    entries: HashMap<Cidr, Deadlines>,
+    v4_hosts: HashMap<u32, Deadlines>,
+    v4_nets: HashMap<u32, Deadlines>,
+    v4_wide: Vec<Deadlines>,
+    /// Host-level slots per /24, for the guard's host bit.
+    v4_hosts_per_net: HashMap<u32, u32>,
+    v6_hosts: HashMap<u128, Deadlines>,
+    v6_prefixes: BTreeMap<(u128, u8), Deadlines>,
+    /// (host slots, prefix slots) per hashed /32, for the IPv6 guard bits.
+    v6_per_guard: HashMap<u32, (u32, u32)>,
+    /// Prefixes shorter than /32, which the IPv6 guard cannot see.
+    v6_short: u32,
+    capacity: Capacity,
+}
+
+impl Default for IpTable {
+    fn default() -> Self {
+        Self::new(Capacity::default())
+    }
+}
+
+fn with_list(d: Deadlines, list: List, until: u64) -> Deadlines {
+    match list {
+        List::Allow => Deadlines { allow_until: until, ..d },
+        List::Deny => Deadlines { deny_until: until, ..d },
+    }
+}
+
+fn v6_top32(addr: u128) -> u32 {
+    (addr >> 96) as u32
+}
+
+impl IpTable {
+    /// An empty table whose plans are checked against `capacity`.
+    pub fn new(capacity: Capacity) -> Self {
+        Self {
+            entries: HashMap::new(),
+            v4_hosts: HashMap::new(),
+            v4_nets: HashMap::new(),
+            v4_wide: vec![Deadlines::EMPTY; V4_WIDE_SLOTS as usize],
+            v4_hosts_per_net: HashMap::new(),
+            v6_hosts: HashMap::new(),
+            v6_prefixes: BTreeMap::new(),
+            v6_per_guard: HashMap::new(),
+            v6_short: 0,
+            capacity,
+        }
+    }
+
+    /// The capacities plans are checked against.
+    pub fn capacity(&self) -> Capacity {
+        self.capacity
+    }
+
+    /// Entries and their deadlines per list (0 = not on that list).
+    pub fn entries(&self) -> impl Iterator<Item = (&Cidr, &Deadlines)> {
+        self.entries.iter()
+    }
+
+    /// The deadlines of one exact entry.
+    pub fn entry(&self, cidr: &Cidr) -> Deadlines {
+        self.entries.get(cidr).copied().unwrap_or_default()
+    }
+
+    /// Number of distinct CIDRs on either list.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether both lists are empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Current value of every non-empty slot (for reconciling against the kernel).
+    pub fn slots(&self) -> impl Iterator<Item = (Slot, Deadlines)> + '_ {
+        let hosts = self.v4_hosts.iter().map(|(k, v)| (Slot::V4Host(*k), *v));
+        let nets = self.v4_nets.iter().map(|(k, v)| (Slot::V4Net(*k), *v));
+        let wide = self
+            .v4_wide
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !v.is_empty())
+            .map(|(i, v)| (Slot::V4Wide(i as u32), *v));
+        let h6 = self.v6_hosts.iter().map(|(k, v)| (Slot::V6Host(*k), *v));
+        let p6 = self.v6_prefixes.iter().map(|((a, l), v)| (Slot::V6Prefix(*a, *l), *v));
+        hosts.chain(nets).chain(wide).chain(h6).chain(p6)
+    }
+
+    /// IPv4 guard words that are not zero.
+    pub fn v4_guard_words(&self) -> Vec<(u32, u64)> {
+        let mut words: HashSet<u32> = HashSet::new();
+        for net in self.v4_hosts_per_net.keys().chain(self.v4_nets.keys()) {
+            words.insert(net >> 5);
+        }
+        for (i, v) in self.v4_wide.iter().enumerate() {
+            if !v.is_empty() {
+                let first = (i as u32) << 3;
+                words.extend(first..first + 8);
+            }
+        }
+        words.into_iter().map(|w| (w, self.v4_guard_word(w))).collect()
+    }
+
+    /// IPv6 guard words that are not zero.
+    pub fn v6_guard_words(&self) -> Vec<(u32, u64)> {
+        let words: HashSet<u32> =
+            self.v6_per_guard.keys().map(|slot| slot >> 5).collect();
+        words.into_iter().map(|w| (w, self.v6_guard_word(w))).collect()
+    }
+
+    /// Whether IPv6 prefixes shorter than /32 exist.
+    pub fn v6_unguarded(&self) -> bool {
+        self.v6_short > 0
+    }
+
+    /// Puts `cidr` on `list` until `until` (a `CLOCK_BOOTTIME` deadline, `NEVER` for none),
+    /// or takes it off with `None`. Returns what changed, already applied in memory; call
+    /// [`IpTable::undo`] if the kernel write fails.
+    pub fn set(&mut self, list: List, cidr: Cidr, until: Option<u64>) -> Result<Plan, MapFull> {
+        self.set_many([(list, cidr, until)])
+    }
+
+    /// [`IpTable::set`] for many entries at once: each affected slot is computed and reported
+    /// once. Entries that only raise deadlines (the usual bulk load) are painted in without
+    /// re-reading their neighbours.
+    pub fn set_many(
+        &mut self,
+        items: impl IntoIterator<Item = (List, Cidr, Option<u64>)>,
+    ) -> Result<Plan, MapFull> {
+        let mut entry_old: HashMap<Cidr, Deadlines> = HashMap::new();
+        let mut slot_old: HashMap<Slot, Deadlines> = HashMap::new();
+        let mut recompute: HashSet<Slot> = HashSet::new();
+        let mut short_before = None;
+        for (list, cidr, until) in items {
+            let old = self.entry(&cidr);
+            let new = with_list(old, list, until.unwrap_or(0));
+            if old == new {
+                continue;
+            }
+            entry_old.entry(cidr).or_insert(old);
+            if new.is_empty() {
+                self.entries.remove(&cidr);
+            } else {
+                self.entries.insert(cidr, new);
+            }
+            let grows = new.allow_until >= old.allow_until && new.deny_until >= old.deny_until;
+            short_before.get_or_insert(self.v6_short);
+            self.for_each_slot(cidr, |table, slot| {
+                let current = table.slot(slot);
+                slot_old.entry(slot).or_insert(current);
+                if grows {
+                    table.put_slot(slot, current.max(new));
+                } else {
+                    recompute.insert(slot);
+                }
+            });
+        }
+        for slot in recompute {
+            let value = self.compute_slot(slot);
+            self.put_slot(slot, value);
+        }
+        let mut plan = Plan::default();
+        plan.entries = entry_old
+            .into_iter()
+            .map(|(c, old)| (c, old, self.entry(&c)))
+            .collect();
+        let mut v4_words = HashSet::new();
+        let mut v6_words = HashSet::new();
+        for (slot, old) in slot_old {
+            let new = self.slot(slot);
+            if new == old {
+                continue;
+            }
+            plan.slots.push(SlotChange { slot, old, new });
+            match slot {
+                Slot::V4Host(a) => {
+                    v4_words.insert(v4_guard_slot(a).0);
+                }
+                Slot::V4Net(n) => {
+                    v4_words.insert(v4_guard_slot(n << 8).0);
+                }
+                Slot::V4Wide(i) => v4_words.extend((i << 3)..(i << 3) + 8),
+                Slot::V6Host(a) | Slot::V6Prefix(a, _) => {
+                    v6_words.insert(v6_guard_slot(v6_top32(a)).0);
+                }
+            }
+        }
+        plan.v4_guard = v4_words.into_iter().map(|w| (w, self.v4_guard_word(w))).collect();
+        plan.v6_guard = v6_words.into_iter().map(|w| (w, self.v6_guard_word(w))).collect();
+        if let Some(before) = short_before
+            && (before > 0) != (self.v6_short > 0)
+        {
+            plan.v6_unguarded = Some(self.v6_short > 0);
+        }
+        if let Err(full) = self.check_capacity() {
+            self.undo(&plan);
+            return Err(full);
+        }
+        Ok(plan)
+    }
+
+    /// Reverts a plan's in-memory changes (after a failed kernel write).
+    pub fn undo(&mut self, plan: &Plan) {
+        for (cidr, old, _) in &plan.entries {
+            if old.is_empty() {
+                self.entries.remove(cidr);
+            } else {
+                self.entries.insert(*cidr, *old);
+            }
+        }
+        for change in &plan.slots {
+            self.put_slot(change.slot, change.old);
+        }
+    }
+
+    fn check_capacity(&self) -> Result<(), MapFull> {
+        let checks = [
+            ("V4_HOSTS", self.v4_hosts.len(), self.capacity.v4_hosts),
+            ("V4_NETS", self.v4_nets.len(), self.capacity.v4_nets),
+            ("V6_HOSTS", self.v6_hosts.len(), self.capacity.v6_hosts),
+            ("V6_PREFIXES", self.v6_prefixes.len(), self.capacity.v6_prefixes),
+        ];
+        for (map, needed, capacity) in checks {
+            if needed > capacity as usize {
+                return Err(MapFull { map, needed, capacity });
+            }
+        }
+        Ok(())
+    }
+
+    /// Calls `f` for every slot `cidr` expands into: /25–/32 into hosts, /17–/24 into /24s,
+    /// /0–/16 into /16s (at most 128, 128 and 65 536 slots); IPv6 hosts and prefixes into one.
+    fn for_each_slot(&mut self, cidr: Cidr, mut f: impl FnMut(&mut Self, Slot)) {
+        match cidr {
+            Cidr::V4 { addr, len } if len >= 25 => {
+                for i in 0..(1u32 << (32 - len)) {
+                    f(self, Slot::V4Host(addr + i));
+                }
+            }
+            Cidr::V4 { addr, len } if len >= 17 => {
+                for i in 0..(1u32 << (24 - len)) {
+                    f(self, Slot::V4Net((addr >> 8) + i));
+                }
+            }
+            Cidr::V4 { addr, len } => {
+                for i in 0..(1u32 << (16 - len)) {
+                    f(self, Slot::V4Wide((addr >> 16) + i));
+                }
+            }
+            Cidr::V6 { addr, len: 128 } => f(self, Slot::V6Host(addr)),
+            Cidr::V6 { addr, len } => {
+                f(self, Slot::V6Prefix(addr, len));
+                // Longer prefixes inside this one aggregate it: they change too.
+                let last = addr | !mask128(len);
+                let inner: Vec<(u128, u8)> = self
+                    .v6_prefixes
+                    .range((addr, len + 1)..=(last, 127))
+                    .map(|(k, _)| *k)
+                    .filter(|(a, l)| *l > len && a & mask128(len) == addr)
+                    .collect();
+                for (a, l) in inner {
+                    f(self, Slot::V6Prefix(a, l));
+                }
+            }
+        }
+    }
+
+    /// A slot's value from scratch: the latest deadlines of the entries that expand into it.
+    fn compute_slot(&self, slot: Slot) -> Deadlines {
+        let mut d = Deadlines::EMPTY;
+        let mut take = |c: Cidr| {
+            if let Some(v) = self.entries.get(&c) {
+                d = d.max(*v);
+            }
+        };
+        match slot {
+            Slot::V4Host(a) => (25..=32).for_each(|l| take(Cidr::V4 { addr: a & crate::cidr::mask32(l), len: l })),
+            Slot::V4Net(n) => {
+                (17..=24).for_each(|l| take(Cidr::V4 { addr: (n << 8) & crate::cidr::mask32(l), len: l }))
+            }
+            Slot::V4Wide(i) => {
+                (0..=16).for_each(|l| take(Cidr::V4 { addr: (i << 16) & crate::cidr::mask32(l), len: l }))
+            }
+            Slot::V6Host(a) => take(Cidr::V6 { addr: a, len: 128 }),
+            Slot::V6Prefix(a, len) => {
+                (0..=len).for_each(|l| take(Cidr::V6 { addr: a & mask128(l), len: l }))
+            }
+        }
+        d
+    }
+
+    /// A slot's current value.
+    pub fn slot(&self, slot: Slot) -> Deadlines {
+        let found = match slot {
+            Slot::V4Host(a) => self.v4_hosts.get(&a),
+            Slot::V4Net(n) => self.v4_nets.get(&n),
+            Slot::V4Wide(i) => self.v4_wide.get(i as usize),
+            Slot::V6Host(a) => self.v6_hosts.get(&a),
+            Slot::V6Prefix(a, l) => self.v6_prefixes.get(&(a, l)),
+        };
+        found.copied().unwrap_or_default()
+    }
+
+    /// Stores a slot value and keeps the guard counts in step.
+    fn put_slot(&mut self, slot: Slot, value: Deadlines) {
+        let present = !value.is_empty();
+        match slot {
+            Slot::V4Host(a) => {
+                let was = if present { self.v4_hosts.insert(a, value) } else { self.v4_hosts.remove(&a) };
+                match (was.is_some(), present) {
+                    (false, true) => *self.v4_hosts_per_net.entry(a >> 8).or_insert(0) += 1,
+                    (true, false) => {
+                        if let Some(n) = self.v4_hosts_per_net.get_mut(&(a >> 8)) {
+                            *n -= 1;
+                            if *n == 0 {
+                                self.v4_hosts_per_net.remove(&(a >> 8));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            Slot::V4Net(n) => {
+                if present {
+                    self.v4_nets.insert(n, value);
+                } else {
+                    self.v4_nets.remove(&n);
+                }
+            }
+            Slot::V4Wide(i) => {
+                if let Some(w) = self.v4_wide.get_mut(i as usize) {
+                    *w = value;
+                }
+            }
+            Slot::V6Host(a) => {
+                let was = if present { self.v6_hosts.insert(a, value) } else { self.v6_hosts.remove(&a) };
+                self.count_v6(a, was.is_some(), present, |c| &mut c.0);
+            }
+            Slot::V6Prefix(a, l) => {
+                let was = if present {
+                    self.v6_prefixes.insert((a, l), value)
+                } else {
+                    self.v6_prefixes.remove(&(a, l))
+                };
+                if l < 32 {
+                    match (was.is_some(), present) {
+                        (false, true) => self.v6_short += 1,
+                        (true, false) => self.v6_short -= 1,
+                        _ => {}
+                    }
+                } else {
+                    self.count_v6(a, was.is_some(), present, |c| &mut c.1);
+                }
+            }
+        }
+    }
+
+    fn count_v6(&mut self, addr: u128, was: bool, now: bool, pick: fn(&mut (u32, u32)) -> &mut u32) {
+        let (word, shift) = v6_guard_slot(v6_top32(addr));
+        let key = (word << 5) | (shift / 2);
+        match (was, now) {
+            (false, true) => *pick(self.v6_per_guard.entry(key).or_insert((0, 0))) += 1,
+            (true, false) => {
+                if let Some(c) = self.v6_per_guard.get_mut(&key) {
+                    *pick(c) -= 1;
+                    if *c == (0, 0) {
+                        self.v6_per_guard.remove(&key);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The IPv4 guard word `word` as the current slots define it.
+    pub fn v4_guard_word(&self, word: u32) -> u64 {
+        let mut bits = 0u64;
+        for i in 0..32u32 {
+            let net = (word << 5) | i;
+            if self.v4_hosts_per_net.contains_key(&net) {
+                bits |= GUARD_HOST << (i * 2);
+            }
+            let wide = self.v4_wide.get((net >> 8) as usize).is_some_and(|w| !w.is_empty());
+            if wide || self.v4_nets.contains_key(&net) {
+                bits |= GUARD_PREFIX << (i * 2);
+            }
+        }
+        bits
+    }
+
+    /// The IPv6 guard word `word` as the current slots define it.
+    pub fn v6_guard_word(&self, word: u32) -> u64 {
+        let mut bits = 0u64;
+        for i in 0..32u32 {
+            if let Some((hosts, prefixes)) = self.v6_per_guard.get(&((word << 5) | i)) {
+                if *hosts > 0 {
+                    bits |= GUARD_HOST << (i * 2);
+                }
+                if *prefixes > 0 {
+                    bits |= GUARD_PREFIX << (i * 2);
+                }
+            }
+        }
+        bits
+    }
+
+    /// The deadlines the XDP program computes for `ip`, from these slots (a model of the
+    /// kernel's lookup, used by tests).
+    pub fn lookup(&self, ip: std::net::IpAddr) -> Deadlines {
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                let a = u32::from(a);
+                let (w, s) = v4_guard_slot(a);
+                let bits = (self.v4_guard_word(w) >> s) & 3;
+                let mut d = Deadlines::EMPTY;
+                if bits & GUARD_HOST != 0 {
+                    d = self.slot(Slot::V4Host(a));
+                }
+                if bits & GUARD_PREFIX != 0 {
+                    d = d.max(self.slot(Slot::V4Net(a >> 8))).max(self.slot(Slot::V4Wide(a >> 16)));
+                }
+                d
+            }
+            std::net::IpAddr::V6(a) => {
+                let a = u128::from(a);
+                let mut d = self.slot(Slot::V6Host(a));
+                if let Some((_, v)) = self
+                    .v6_prefixes
+                    .iter()
+                    .filter(|((p, l), _)| a & mask128(*l) == *p)
+                    .max_by_key(|((_, l), _)| *l)
+                {
+                    d = d.max(*v);
+                }
+                d
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use portcullis_common::NEVER;
+    use std::net::IpAddr;
+
+    /// Brute force: the latest deadline among covering entries, per list.
+    fn reference(entries: &[(List, Cidr, u64)], ip: IpAddr) -> Deadlines {
+        let mut d = Deadlines::EMPTY;
+        for (list, c, until) in entries {
+            if c.contains(ip) {
+                d = d.max(with_list(Deadlines::EMPTY, *list, *until));
+            }
+        }
+        d
+    }
+
+    /// xorshift: deterministic, dependency-free randomness for property tests.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("test address")
+    }
+
+    fn c(s: &str) -> Cidr {
+        s.parse().expect("test cidr")
+    }
+
+    #[test]
+    fn allow_inside_deny_and_removal() {
+        let mut t = IpTable::default();
+        t.set(List::Deny, c("10.0.0.0/8"), Some(NEVER)).expect("fits");
+        t.set(List::Allow, c("10.1.2.3"), Some(NEVER)).expect("fits");
+        assert_eq!(t.lookup(ip("10.9.9.9")), Deadlines { allow_until: 0, deny_until: NEVER });
+        assert_eq!(t.lookup(ip("10.1.2.3")).allow_until, NEVER);
+        assert_eq!(t.lookup(ip("11.0.0.1")), Deadlines::EMPTY);
+        let plan = t.set(List::Deny, c("10.0.0.0/8"), None).expect("fits");
+        assert!(plan.slots.iter().all(|s| matches!(s.slot, Slot::V4Wide(_))));
+        assert_eq!(t.lookup(ip("10.9.9.9")), Deadlines::EMPTY);
+        assert_eq!(t.lookup(ip("10.1.2.3")).allow_until, NEVER);
+    }
+
+    #[test]
+    fn full_map_changes_nothing() {
+        let cap = Capacity { v4_hosts: 100, ..Capacity::default() };
+        let mut t = IpTable::new(cap);
+        t.set(List::Deny, c("198.18.0.1"), Some(NEVER)).expect("fits");
+        let err = t.set(List::Deny, c("198.18.1.0/25"), Some(NEVER)).expect_err("128 > 100");
+        assert_eq!(err.map, "V4_HOSTS");
+        assert_eq!(t.len(), 1);
+        assert_eq!(t.slots().count(), 1);
+        assert_eq!(t.lookup(ip("198.18.1.5")), Deadlines::EMPTY);
+        assert_eq!(t.lookup(ip("198.18.0.1")).deny_until, NEVER);
+    }
+
+    #[test]
+    fn random_lists_match_reference() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for round in 0..6 {
+            let mut t = IpTable::default();
+            let mut model: Vec<(List, Cidr, u64)> = Vec::new();
+            // Addresses concentrated in a few /8s so prefixes overlap.
+            let v4 = |r: u64| (((r >> 40) as u32 % 3 + 10) << 24) | (r as u32 & 0x00ff_ffff);
+            for _ in 0..300 {
+                let r = rng.next();
+                let list = if r % 7 == 0 { List::Allow } else { List::Deny };
+                let until = 1 + rng.next() % 1000;
+                let cidr = if r % 3 == 0 {
+                    let len = (rng.next() % 33) as u8;
+                    Cidr::new(IpAddr::V4(v4(rng.next()).into()), len.max(6)).expect("len ok")
+                } else if r % 3 == 1 {
+                    Cidr::v4_host(v4(rng.next()))
+                } else {
+                    let a = (0x2001_0db8u128 << 96) | u128::from(rng.next() % 4) << 80 | u128::from(rng.next());
+                    let len = [128u8, 128, 64, 48, 36, 20][(rng.next() % 6) as usize];
+                    Cidr::new(IpAddr::V6(a.into()), len).expect("len ok")
+                };
+                model.retain(|(l, m, _)| !(*l == list && *m == cidr));
+                model.push((list, cidr, until));
+                t.set(list, cidr, Some(until)).expect("fits");
+                // Occasionally remove an earlier entry or shorten its deadline.
+                if rng.next() % 4 == 0 && !model.is_empty() {
+                    let i = (rng.next() % model.len() as u64) as usize;
+                    let (l, m, _) = model.remove(i);
+                    if rng.next() % 2 == 0 {
+                        t.set(l, m, None).expect("fits");
+                    } else {
+                        let until = 1 + rng.next() % 10;
+                        model.push((l, m, until));
+                        t.set(l, m, Some(until)).expect("fits");
+                    }
+                }
+            }
+            for _ in 0..3000 {
+                let r = rng.next();
+                let probe = if r % 2 == 0 {
+                    IpAddr::V4(v4(rng.next()).into())
+                } else if let Some((_, c, _)) = model.get((r % model.len() as u64) as usize) {
+                    // Inside an entry.
+                    match c {
+                        Cidr::V4 { addr, len } => IpAddr::V4((addr | (rng.next() as u32 & !crate::cidr::mask32(*len))).into()),
+                        Cidr::V6 { addr, len } => IpAddr::V6((addr | (u128::from(rng.next()) & !mask128(*len))).into()),
+                    }
+                } else {
+                    continue;
+                };
+                assert_eq!(t.lookup(probe), reference(&model, probe), "round {round} probe {probe}");
+            }
+            // Removing everything leaves no slot and no guard bit.
+            let all: Vec<_> = model.iter().map(|(l, c, _)| (*l, *c, None)).collect();
+            t.set_many(all).expect("fits");
+            assert!(t.is_empty());
+            assert_eq!(t.slots().count(), 0);
+            assert!(t.v4_guard_words().iter().all(|(_, w)| *w == 0));
+            assert!(t.v6_guard_words().is_empty());
+            assert!(!t.v6_unguarded());
+        }
+    }
+}

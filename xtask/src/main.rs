@@ -1,0 +1,71 @@
+//! `cargo xtask`: the project's own set-up and workflow verbs.
+//!
+//! - `setup`: installs what builds and tests need (idempotent, seconds when done);
+//! - `test`: every test, privileged ones single-threaded;
+//! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
+//! - `bench xdp`: the XDP benchmark (writes `target/bench/xdp.json`).
+//!
+//! Every verb runs `setup` first.
+
+mod setup;
+
+use std::process::Command;
+
+use anyhow::{bail, Context as _};
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let verb = args.first().map(String::as_str).unwrap_or("help");
+    let rest = args.get(1..).unwrap_or_default();
+    match verb {
+        "setup" => setup::run().map(drop),
+        "build" => {
+            let env = setup::run()?;
+            cargo(&env, &["build", "--release", "--workspace"])
+        }
+        "test" => {
+            let env = setup::run()?;
+            test(&env, rest)
+        }
+        "demo" => {
+            let env = setup::run()?;
+            cargo(&env, &["run", "--release", "--quiet", "-p", "portcullis-tests", "--bin", "demo"])
+        }
+        "bench" => {
+            let env = setup::run()?;
+            match rest.first().map(String::as_str) {
+                Some("xdp") | None => cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "xdp"]),
+                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp`"),
+            }
+        }
+        "help" | "--help" | "-h" => {
+            println!("usage: cargo xtask <setup|build|test|demo|bench xdp>");
+            Ok(())
+        }
+        other => bail!("unknown verb {other:?}: try `cargo xtask help`"),
+    }
+}
+
+/// Unit tests in parallel, then the privileged integration tests one at a time (they share
+/// the kernel: namespaces, pins, XDP attachments).
+fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
+    let mut unit = vec!["test", "--workspace", "--exclude", "portcullis-tests"];
+    unit.extend(extra.iter().map(String::as_str));
+    cargo(env, &unit)?;
+    let mut privileged = vec!["test", "-p", "portcullis-tests"];
+    privileged.extend(extra.iter().map(String::as_str));
+    privileged.extend(["--", "--test-threads=1"]);
+    cargo(env, &privileged)
+}
+
+fn cargo(env: &setup::Env, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(args)
+        .env("PATH", &env.path)
+        .status()
+        .with_context(|| format!("running cargo {}", args.join(" ")))?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
