@@ -16,7 +16,7 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portcullis_common::{
-    counter, family, mode, v4_guard_slot, v6_guard_slot, Config, Counter, Deadlines, DropEvent,
+    counter, family, mode, NEVER, v4_guard_slot, v6_guard_slot, Config, Counter, Deadlines, DropEvent,
     V6Addr, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX, V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY,
     V4_NETS_DEFAULT_CAPACITY, V4_WIDE_SLOTS, V6_GUARD_WORDS, V6_HOSTS_DEFAULT_CAPACITY,
     V6_PREFIXES_DEFAULT_CAPACITY,
@@ -266,8 +266,13 @@ fn decide(
         count(counter::PASS_NO_MATCH, bytes);
         return xdp_action::XDP_PASS;
     }
-    // SAFETY: helper without preconditions.
-    let now = unsafe { bpf_ktime_get_boot_ns() };
+    // Entries without expiry (the common case) need no clock read.
+    let now = if d.allow_until == NEVER || (d.allow_until == 0 && d.deny_until == NEVER) {
+        0
+    } else {
+        // SAFETY: helper without preconditions.
+        unsafe { bpf_ktime_get_boot_ns() }
+    };
     if d.allow_until > now {
         count(counter::PASS_ALLOWED, bytes);
         return xdp_action::XDP_PASS;
@@ -285,7 +290,8 @@ fn decide(
     if seen & u64::from(cfg.sample_mask) == 0 {
         let event = DropEvent {
             addr,
-            time_ns: now,
+            // SAFETY: helper without preconditions; sampled drops only.
+            time_ns: unsafe { bpf_ktime_get_boot_ns() },
             deny_until: d.deny_until,
             // SAFETY: reads the xdp_md context the kernel handed us.
             ifindex: unsafe { (*ctx.ctx).ingress_ifindex },

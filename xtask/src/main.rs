@@ -49,7 +49,7 @@ fn main() -> anyhow::Result<()> {
 /// Unit tests in parallel, then the privileged integration tests one at a time (they share
 /// the kernel: namespaces, pins, XDP attachments).
 fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
-    let mut unit = vec!["test", "--workspace", "--exclude", "portcullis-tests"];
+    let mut unit = vec!["test", "--workspace", "--exclude", "portcullis-tests", "--exclude", "filter-ebpf"];
     unit.extend(extra.iter().map(String::as_str));
     cargo(env, &unit)?;
     let mut privileged = vec!["test", "-p", "portcullis-tests"];

@@ -372,6 +372,7 @@ impl Filter {
             self.table.undo(&plan);
             // Put back what the failed write may have changed.
             let restore = Plan {
+                from_empty: false,
                 entries: Vec::new(),
                 slots: plan
                     .slots
@@ -422,10 +423,10 @@ impl Filter {
         }
         let upd = |name: &'static str| move |source| KernelError::Map { op: "updating", map: name, source };
         let del = |name: &'static str| move |source| KernelError::Map { op: "deleting from", map: name, source };
-        sys::update_batch(self.fd(map_name::V4_HOSTS), &v4h.0, &v4h.1).map_err(upd(map_name::V4_HOSTS))?;
-        sys::update_batch(self.fd(map_name::V4_NETS), &v4n.0, &v4n.1).map_err(upd(map_name::V4_NETS))?;
+        sys::update_batch_parallel(self.fd(map_name::V4_HOSTS), &v4h.0, &v4h.1).map_err(upd(map_name::V4_HOSTS))?;
+        sys::update_batch_parallel(self.fd(map_name::V4_NETS), &v4n.0, &v4n.1).map_err(upd(map_name::V4_NETS))?;
         sys::update_batch(self.fd(map_name::V4_WIDE), &v4w.0, &v4w.1).map_err(upd(map_name::V4_WIDE))?;
-        sys::update_batch(self.fd(map_name::V6_HOSTS), &v6h.0, &v6h.1).map_err(upd(map_name::V6_HOSTS))?;
+        sys::update_batch_parallel(self.fd(map_name::V6_HOSTS), &v6h.0, &v6h.1).map_err(upd(map_name::V6_HOSTS))?;
         let trie = self.fd(map_name::V6_PREFIXES);
         for (key, value) in v6p.0.iter().filter(|(_, v)| !v.is_empty()) {
             sys::update_elem(trie, key, value).map_err(upd(map_name::V6_PREFIXES))?;
@@ -554,6 +555,7 @@ impl Filter {
         // Wide slots are an array: "removing" one writes EMPTY, which is not a real removal.
         report.removed -= changes.iter().filter(|c| matches!(c.slot, Slot::V4Wide(_)) && c.new.is_empty()).count();
         let plan = Plan {
+            from_empty: false,
             entries: Vec::new(),
             slots: changes,
             v4_guard: (0..common::V4_GUARD_WORDS).map(|w| (w, fresh.v4_guard_word(w))).collect(),

@@ -93,6 +93,28 @@ pub fn update_batch<K: Copy, V: Copy>(map: BorrowedFd<'_>, keys: &[K], values: &
     Ok(())
 }
 
+/// [`update_batch`] split over the available CPUs: hash maps lock per bucket, so large
+/// loads scale with cores.
+pub fn update_batch_parallel<K: Copy + Sync, V: Copy + Sync>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    if keys.len() < 2 * BATCH || threads < 2 {
+        return update_batch(map, keys, values);
+    }
+    let chunk = keys.len().div_ceil(threads);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = keys
+            .chunks(chunk)
+            .zip(values.chunks(chunk))
+            .map(|(k, v)| scope.spawn(move || update_batch(map, k, v)))
+            .collect();
+        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("writer thread panicked"))))
+    })
+}
+
 /// Deletes `keys` (`BPF_MAP_DELETE_BATCH`); keys that are absent are an error (`ENOENT`),
 /// which callers avoid by deleting only what their twin says exists.
 pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
@@ -187,4 +209,47 @@ pub fn update_elem<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K, value: &V) ->
 pub fn delete_elem<K: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
     let mut attr = ElemAttr { map_fd: map.as_raw_fd() as u32, key: key as *const K as u64, ..ElemAttr::default() };
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
+}
+
+const BPF_OBJ_GET: libc::c_long = 7;
+
+#[repr(C)]
+#[derive(Default)]
+struct ObjGetAttr {
+    pathname: u64,
+    bpf_fd: u32,
+    file_flags: u32,
+}
+
+/// Opens a pinned map or program (`BPF_OBJ_GET`), e.g. another tool's map.
+pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt as _;
+    let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
+    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..ObjGetAttr::default() };
+    let fd = bpf(BPF_OBJ_GET, &mut attr)?;
+    // SAFETY: the kernel just returned this fd to us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Number of possible CPUs (the value count of per-CPU maps).
+pub fn possible_cpus() -> io::Result<usize> {
+    let text = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    let mut n = 0;
+    for part in text.trim().split(',') {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (a.parse().map_err(io::Error::other)?, b.parse().map_err(io::Error::other)?);
+        n += b - a + 1;
+    }
+    Ok(n)
+}
+
+/// [`update_elem`] with a value given as a slice (per-CPU maps take one value per CPU).
+pub fn update_elem_raw<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K, values: &[V]) -> io::Result<()> {
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: values.as_ptr() as u64,
+        ..ElemAttr::default()
+    };
+    bpf(BPF_MAP_UPDATE_ELEM, &mut attr).map(drop)
 }

@@ -5,10 +5,13 @@
 //! layer can write exactly what changed, in an order that never opens a gap, and undo it if a
 //! write fails. It is pure logic and unit-tested against a brute-force model.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use portcullis_common::{
-    v4_guard_slot, v6_guard_slot, Deadlines, GUARD_HOST, GUARD_PREFIX, V4_WIDE_SLOTS,
+    v4_guard_slot, v6_guard_slot, Deadlines, GUARD_HOST, GUARD_PREFIX, V4_GUARD_WORDS,
+    V4_WIDE_SLOTS, V6_GUARD_WORDS,
 };
 
 use crate::cidr::{mask128, Cidr};
@@ -61,12 +64,14 @@ pub struct Plan {
     pub v6_guard: Vec<(u32, u64)>,
     /// New value of `Config::v6_unguarded`, when it changed.
     pub v6_unguarded: Option<bool>,
+    /// The table was empty before: undo empties it (`entries` is left empty to save memory).
+    pub from_empty: bool,
 }
 
 impl Plan {
     /// Whether nothing changed.
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty() && self.slots.is_empty()
+        !self.from_empty && self.entries.is_empty() && self.slots.is_empty()
     }
 }
 
@@ -122,6 +127,10 @@ pub struct IpTable {
     v6_per_guard: HashMap<u32, (u32, u32)>,
     /// Prefixes shorter than /32, which the IPv6 guard cannot see.
     v6_short: u32,
+    /// The IPv4 guard bitmap as the kernel should hold it, kept in step by `put_slot`.
+    v4_guard: Vec<u64>,
+    /// The IPv6 guard bitmap as the kernel should hold it.
+    v6_guard: Vec<u64>,
     capacity: Capacity,
 }
 
@@ -138,6 +147,10 @@ fn with_list(d: Deadlines, list: List, until: u64) -> Deadlines {
     }
 }
 
+fn nonzero(words: &[u64]) -> Vec<(u32, u64)> {
+    words.iter().enumerate().filter(|(_, w)| **w != 0).map(|(i, w)| (i as u32, *w)).collect()
+}
+
 fn v6_top32(addr: u128) -> u32 {
     (addr >> 96) as u32
 }
@@ -146,15 +159,17 @@ impl IpTable {
     /// An empty table whose plans are checked against `capacity`.
     pub fn new(capacity: Capacity) -> Self {
         Self {
-            entries: HashMap::new(),
-            v4_hosts: HashMap::new(),
-            v4_nets: HashMap::new(),
+            entries: HashMap::default(),
+            v4_hosts: HashMap::default(),
+            v4_nets: HashMap::default(),
             v4_wide: vec![Deadlines::EMPTY; V4_WIDE_SLOTS as usize],
-            v4_hosts_per_net: HashMap::new(),
-            v6_hosts: HashMap::new(),
+            v4_hosts_per_net: HashMap::default(),
+            v6_hosts: HashMap::default(),
             v6_prefixes: BTreeMap::new(),
-            v6_per_guard: HashMap::new(),
+            v6_per_guard: HashMap::default(),
             v6_short: 0,
+            v4_guard: vec![0; V4_GUARD_WORDS as usize],
+            v6_guard: vec![0; V6_GUARD_WORDS as usize],
             capacity,
         }
     }
@@ -201,24 +216,12 @@ impl IpTable {
 
     /// IPv4 guard words that are not zero.
     pub fn v4_guard_words(&self) -> Vec<(u32, u64)> {
-        let mut words: HashSet<u32> = HashSet::new();
-        for net in self.v4_hosts_per_net.keys().chain(self.v4_nets.keys()) {
-            words.insert(net >> 5);
-        }
-        for (i, v) in self.v4_wide.iter().enumerate() {
-            if !v.is_empty() {
-                let first = (i as u32) << 3;
-                words.extend(first..first + 8);
-            }
-        }
-        words.into_iter().map(|w| (w, self.v4_guard_word(w))).collect()
+        nonzero(&self.v4_guard)
     }
 
     /// IPv6 guard words that are not zero.
     pub fn v6_guard_words(&self) -> Vec<(u32, u64)> {
-        let words: HashSet<u32> =
-            self.v6_per_guard.keys().map(|slot| slot >> 5).collect();
-        words.into_iter().map(|w| (w, self.v6_guard_word(w))).collect()
+        nonzero(&self.v6_guard)
     }
 
     /// Whether IPv6 prefixes shorter than /32 exist.
@@ -240,9 +243,13 @@ impl IpTable {
         &mut self,
         items: impl IntoIterator<Item = (List, Cidr, Option<u64>)>,
     ) -> Result<Plan, MapFull> {
-        let mut entry_old: HashMap<Cidr, Deadlines> = HashMap::new();
-        let mut slot_old: HashMap<Slot, Deadlines> = HashMap::new();
-        let mut recompute: HashSet<Slot> = HashSet::new();
+        let items: Vec<_> = items.into_iter().collect();
+        if self.entries.is_empty() && items.len() > 1 && items.iter().all(|(_, _, u)| u.is_some()) {
+            return self.fill_empty(&items);
+        }
+        let mut entry_old: HashMap<Cidr, Deadlines> = HashMap::default();
+        let mut slot_old: HashMap<Slot, Deadlines> = HashMap::default();
+        let mut recompute: HashSet<Slot> = HashSet::default();
         let mut short_before = None;
         for (list, cidr, until) in items {
             let old = self.entry(&cidr);
@@ -277,8 +284,8 @@ impl IpTable {
             .into_iter()
             .map(|(c, old)| (c, old, self.entry(&c)))
             .collect();
-        let mut v4_words = HashSet::new();
-        let mut v6_words = HashSet::new();
+        let mut v4_words = HashSet::default();
+        let mut v6_words = HashSet::default();
         for (slot, old) in slot_old {
             let new = self.slot(slot);
             if new == old {
@@ -312,8 +319,109 @@ impl IpTable {
         Ok(plan)
     }
 
+    /// The bulk-load path (agent start, first sync): the table is empty and every item adds,
+    /// so every slot's old value is empty and each slot is the running maximum of the entries
+    /// painted into it. Counts and guard words are derived once at the end.
+    fn fill_empty(&mut self, items: &[(List, Cidr, Option<u64>)]) -> Result<Plan, MapFull> {
+        self.entries.reserve(items.len());
+        for (list, cidr, until) in items {
+            let e = self.entries.entry(*cidr).or_default();
+            *e = with_list(*e, *list, until.unwrap_or(0));
+        }
+        let hosts = self.entries.keys().filter(|c| matches!(c, Cidr::V4 { len: 25.., .. })).count();
+        self.v4_hosts.reserve(hosts + hosts / 8);
+        let entries = std::mem::take(&mut self.entries);
+        for (cidr, value) in &entries {
+            let paint = |slot: &mut Deadlines| *slot = slot.max(*value);
+            match *cidr {
+                Cidr::V4 { addr, len } if len >= 25 => {
+                    for i in 0..(1u32 << (32 - len)) {
+                        paint(self.v4_hosts.entry(addr + i).or_default());
+                    }
+                }
+                Cidr::V4 { addr, len } if len >= 17 => {
+                    for i in 0..(1u32 << (24 - len)) {
+                        paint(self.v4_nets.entry((addr >> 8) + i).or_default());
+                    }
+                }
+                Cidr::V4 { addr, len } => {
+                    for i in 0..(1u32 << (16 - len)) {
+                        if let Some(w) = self.v4_wide.get_mut(((addr >> 16) + i) as usize) {
+                            paint(w);
+                        }
+                    }
+                }
+                Cidr::V6 { addr, len: 128 } => paint(self.v6_hosts.entry(addr).or_default()),
+                Cidr::V6 { .. } => {}
+            }
+        }
+        self.entries = entries;
+        // IPv6 prefix slots aggregate the prefixes covering them: computed per slot.
+        let prefixes: Vec<(u128, u8)> = self
+            .entries
+            .keys()
+            .filter_map(|c| match *c {
+                Cidr::V6 { addr, len } if len < 128 => Some((addr, len)),
+                _ => None,
+            })
+            .collect();
+        for (addr, len) in prefixes {
+            let v = self.compute_slot(Slot::V6Prefix(addr, len));
+            self.v6_prefixes.insert((addr, len), v);
+        }
+        // Guard counts and bits, once, set directly rather than recomputed per /24.
+        for a in self.v4_hosts.keys() {
+            *self.v4_hosts_per_net.entry(a >> 8).or_insert(0) += 1;
+        }
+        let mut set_bit = |guard: &mut Vec<u64>, net: u32, bit: u64| {
+            let (word, shift) = v4_guard_slot(net << 8);
+            if let Some(w) = guard.get_mut(word as usize) {
+                *w |= bit << shift;
+            }
+        };
+        for net in self.v4_hosts_per_net.keys() {
+            set_bit(&mut self.v4_guard, *net, GUARD_HOST);
+        }
+        for net in self.v4_nets.keys() {
+            set_bit(&mut self.v4_guard, *net, GUARD_PREFIX);
+        }
+        for (i, w) in self.v4_wide.iter().enumerate() {
+            if !w.is_empty() {
+                for net in (i as u32) << 8..((i as u32) << 8) + 256 {
+                    set_bit(&mut self.v4_guard, net, GUARD_PREFIX);
+                }
+            }
+        }
+        let h6: Vec<u128> = self.v6_hosts.keys().copied().collect();
+        for a in h6 {
+            self.count_v6(a, false, true, |c| &mut c.0);
+        }
+        let p6: Vec<(u128, u8)> = self.v6_prefixes.keys().copied().collect();
+        for (a, l) in p6 {
+            if l < 32 {
+                self.v6_short += 1;
+            } else {
+                self.count_v6(a, false, true, |c| &mut c.1);
+            }
+        }
+        let mut plan = Plan { from_empty: true, ..Plan::default() };
+        plan.slots = self.slots().map(|(slot, new)| SlotChange { slot, old: Deadlines::EMPTY, new }).collect();
+        plan.v4_guard = self.v4_guard_words();
+        plan.v6_guard = self.v6_guard_words();
+        plan.v6_unguarded = self.v6_unguarded().then_some(true);
+        if let Err(full) = self.check_capacity() {
+            *self = IpTable::new(self.capacity);
+            return Err(full);
+        }
+        Ok(plan)
+    }
+
     /// Reverts a plan's in-memory changes (after a failed kernel write).
     pub fn undo(&mut self, plan: &Plan) {
+        if plan.from_empty {
+            *self = IpTable::new(self.capacity);
+            return;
+        }
         for (cidr, old, _) in &plan.entries {
             if old.is_empty() {
                 self.entries.remove(cidr);
@@ -396,6 +504,11 @@ impl IpTable {
             }
             Slot::V6Host(a) => take(Cidr::V6 { addr: a, len: 128 }),
             Slot::V6Prefix(a, len) => {
+                // A trie slot exists only for a prefix that is itself an entry; its value
+                // also carries the prefixes covering it (the trie returns only the longest).
+                if !self.entries.contains_key(&Cidr::V6 { addr: a, len }) {
+                    return Deadlines::EMPTY;
+                }
                 (0..=len).for_each(|l| take(Cidr::V6 { addr: a & mask128(l), len: l }))
             }
         }
@@ -432,6 +545,7 @@ impl IpTable {
                     }
                     _ => {}
                 }
+                self.refresh_v4_guard(a >> 8);
             }
             Slot::V4Net(n) => {
                 if present {
@@ -439,10 +553,17 @@ impl IpTable {
                 } else {
                     self.v4_nets.remove(&n);
                 }
+                self.refresh_v4_guard(n);
             }
             Slot::V4Wide(i) => {
+                let was = self.v4_wide.get(i as usize).is_some_and(|w| !w.is_empty());
                 if let Some(w) = self.v4_wide.get_mut(i as usize) {
                     *w = value;
+                }
+                if was != present {
+                    for net in (i << 8)..((i << 8) + 256) {
+                        self.refresh_v4_guard(net);
+                    }
                 }
             }
             Slot::V6Host(a) => {
@@ -481,40 +602,63 @@ impl IpTable {
                     }
                 }
             }
-            _ => {}
+            _ => return,
         }
+        self.refresh_v6_guard(key);
     }
 
     /// The IPv4 guard word `word` as the current slots define it.
     pub fn v4_guard_word(&self, word: u32) -> u64 {
-        let mut bits = 0u64;
-        for i in 0..32u32 {
-            let net = (word << 5) | i;
-            if self.v4_hosts_per_net.contains_key(&net) {
-                bits |= GUARD_HOST << (i * 2);
-            }
-            let wide = self.v4_wide.get((net >> 8) as usize).is_some_and(|w| !w.is_empty());
-            if wide || self.v4_nets.contains_key(&net) {
-                bits |= GUARD_PREFIX << (i * 2);
-            }
-        }
-        bits
+        self.v4_guard.get(word as usize).copied().unwrap_or(0)
     }
 
     /// The IPv6 guard word `word` as the current slots define it.
     pub fn v6_guard_word(&self, word: u32) -> u64 {
-        let mut bits = 0u64;
-        for i in 0..32u32 {
-            if let Some((hosts, prefixes)) = self.v6_per_guard.get(&((word << 5) | i)) {
-                if *hosts > 0 {
-                    bits |= GUARD_HOST << (i * 2);
-                }
-                if *prefixes > 0 {
-                    bits |= GUARD_PREFIX << (i * 2);
-                }
+        self.v6_guard.get(word as usize).copied().unwrap_or(0)
+    }
+
+    /// Recomputes the two guard bits of one /24 from the slots.
+    fn refresh_v4_guard(&mut self, net: u32) {
+        let (word, shift) = v4_guard_slot(net << 8);
+        let mut bits = 0;
+        if self.v4_hosts_per_net.contains_key(&net) {
+            bits |= GUARD_HOST;
+        }
+        let wide = self.v4_wide.get((net >> 8) as usize).is_some_and(|w| !w.is_empty());
+        if wide || self.v4_nets.contains_key(&net) {
+            bits |= GUARD_PREFIX;
+        }
+        if let Some(w) = self.v4_guard.get_mut(word as usize) {
+            *w = (*w & !((GUARD_HOST | GUARD_PREFIX) << shift)) | (bits << shift);
+        }
+    }
+
+    /// Recomputes the two guard bits of one hashed IPv6 /32.
+    fn refresh_v6_guard(&mut self, key: u32) {
+        let (word, shift) = (key >> 5, (key & 31) * 2);
+        let mut bits = 0;
+        if let Some((hosts, prefixes)) = self.v6_per_guard.get(&key) {
+            if *hosts > 0 {
+                bits |= GUARD_HOST;
+            }
+            if *prefixes > 0 {
+                bits |= GUARD_PREFIX;
             }
         }
-        bits
+        if let Some(w) = self.v6_guard.get_mut(word as usize) {
+            *w = (*w & !((GUARD_HOST | GUARD_PREFIX) << shift)) | (bits << shift);
+        }
+    }
+
+    /// Both guard bitmaps recomputed from the slots alone (non-zero words), to check the
+    /// incremental upkeep.
+    #[cfg(test)]
+    fn guards_from_scratch(&self) -> (Vec<(u32, u64)>, Vec<(u32, u64)>) {
+        let mut fresh = IpTable::new(self.capacity);
+        for (slot, value) in self.slots() {
+            fresh.put_slot(slot, value);
+        }
+        (fresh.v4_guard_words(), fresh.v6_guard_words())
     }
 
     /// The deadlines the XDP program computes for `ip`, from these slots (a model of the
@@ -617,7 +761,7 @@ mod tests {
     #[test]
     fn random_lists_match_reference() {
         let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for round in 0..6 {
+        for round in 0..20 {
             let mut t = IpTable::default();
             let mut model: Vec<(List, Cidr, u64)> = Vec::new();
             // Addresses concentrated in a few /8s so prefixes overlap.
@@ -667,6 +811,25 @@ mod tests {
                 };
                 assert_eq!(t.lookup(probe), reference(&model, probe), "round {round} probe {probe}");
             }
+            // The bulk path yields the same slots and guards as one-by-one changes.
+            let mut bulk = IpTable::default();
+            bulk.set_many(model.iter().map(|(l, c, u)| (*l, *c, Some(*u)))).expect("fits");
+            let sorted = |t: &IpTable| {
+                let mut v: Vec<String> = t.slots().map(|x| format!("{x:?}")).collect();
+                v.sort();
+                v
+            };
+            let (a, b) = (sorted(&bulk), sorted(&t));
+            let only_bulk: Vec<_> = a.iter().filter(|x| !b.contains(x)).take(5).collect();
+            let only_inc: Vec<_> = b.iter().filter(|x| !a.contains(x)).take(5).collect();
+            assert!(only_bulk.is_empty() && only_inc.is_empty(), "round {round}: bulk only {only_bulk:?}, incremental only {only_inc:?}");
+            assert_eq!(bulk.v4_guard_words(), t.v4_guard_words(), "round {round}");
+            assert_eq!(bulk.v6_guard_words(), t.v6_guard_words(), "round {round}");
+            assert_eq!(bulk.v6_unguarded(), t.v6_unguarded(), "round {round}");
+            // The incrementally kept guard bitmaps equal ones computed from scratch.
+            let (v4, v6) = t.guards_from_scratch();
+            assert_eq!(t.v4_guard_words(), v4, "round {round}");
+            assert_eq!(t.v6_guard_words(), v6, "round {round}");
             // Removing everything leaves no slot and no guard bit.
             let all: Vec<_> = model.iter().map(|(l, c, _)| (*l, *c, None)).collect();
             t.set_many(all).expect("fits");
