@@ -373,7 +373,7 @@ impl IpTable {
         for a in self.v4_hosts.keys() {
             *self.v4_hosts_per_net.entry(a >> 8).or_insert(0) += 1;
         }
-        let mut set_bit = |guard: &mut Vec<u64>, net: u32, bit: u64| {
+        let set_bit = |guard: &mut Vec<u64>, net: u32, bit: u64| {
             let (word, shift) = v4_guard_slot(net << 8);
             if let Some(w) = guard.get_mut(word as usize) {
                 *w |= bit << shift;
