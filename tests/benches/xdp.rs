@@ -326,7 +326,11 @@ fn map_fd(fd: &std::os::fd::OwnedFd) -> std::os::fd::BorrowedFd<'_> {
 }
 
 fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Result<()> {
-    let dir = PathBuf::from(std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| "target".into())).join("bench");
+    // cargo runs benches from the package directory: resolve the workspace's target dir.
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("bench");
     std::fs::create_dir_all(&dir)?;
     let opt = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.1}"));
     let json_rows: Vec<String> = rows
