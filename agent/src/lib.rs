@@ -1,7 +1,18 @@
 //! Portcullis: keeps known-bad API clients out, as early and as cheaply as possible.
 //!
-//! This crate is the agent: the kernel map layer ([`kernel`]) and the list model ([`cidr`]).
+//! The agent library: the kernel map layer ([`kernel`]), identifiers ([`cidr`], [`ident`]),
+//! the durable lists ([`store`]), what each control request does ([`service`]), the control
+//! API ([`control`]), the daemon ([`daemon`]), metrics ([`metrics`]), configuration
+//! ([`config`]) and the command line ([`cli`]).
 
 pub mod cidr;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod daemon;
+pub mod ident;
 pub mod kernel;
+pub mod metrics;
 pub mod paths;
+pub mod service;
+pub mod store;

@@ -1,7 +1,27 @@
-//! `portcullis`: the agent binary. Thin: parse arguments, call the library, map errors to
-//! exit codes.
+//! `portcullis`: the agent daemon and its CLI. Thin: parse arguments, set up logging, call
+//! the library, map errors to exit codes (1: refused or failed, 2: usage).
 
-fn main() -> anyhow::Result<()> {
-    eprintln!("portcullis: the agent daemon and CLI are not built yet; see README.md");
-    std::process::exit(2)
+use clap::Parser as _;
+
+fn main() {
+    let args = portcullis::cli::rewrite_ase(std::env::args().collect());
+    let cli = portcullis::cli::Cli::parse_from(args);
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal as _;
+    let ansi = std::io::stderr().is_terminal();
+    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    if let Err(e) = portcullis::cli::run(cli) {
+        // Print the chain, skipping causes a message already quotes.
+        let mut msg = e.to_string();
+        for cause in e.chain().skip(1) {
+            let c = cause.to_string();
+            if !msg.contains(&c) {
+                msg.push_str(": ");
+                msg.push_str(&c);
+            }
+        }
+        eprintln!("portcullis: {msg}");
+        std::process::exit(1);
+    }
 }

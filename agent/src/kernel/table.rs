@@ -17,7 +17,8 @@ use portcullis_common::{
 use crate::cidr::{mask128, Cidr};
 
 /// Which list an entry belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum List {
     /// Never blocked, whatever the deny list holds.
     Allow,
@@ -132,6 +133,42 @@ pub struct IpTable {
     /// The IPv6 guard bitmap as the kernel should hold it.
     v6_guard: Vec<u64>,
     capacity: Capacity,
+}
+
+impl List {
+    /// `allow` or `deny`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            List::Allow => "allow",
+            List::Deny => "deny",
+        }
+    }
+
+    /// ASE's name for the list, for the migration aliases.
+    pub const fn ase_name(self) -> &'static str {
+        match self {
+            List::Allow => "whitelist",
+            List::Deny => "blacklist",
+        }
+    }
+}
+
+impl std::fmt::Display for List {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for List {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allow" | "whitelist" => Ok(List::Allow),
+            "deny" | "blacklist" => Ok(List::Deny),
+            _ => Err(format!("unknown list {s:?}: expected allow or deny")),
+        }
+    }
 }
 
 impl Default for IpTable {

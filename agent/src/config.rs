@@ -1,0 +1,228 @@
+//! The agent's configuration file (`/etc/portcullis/portcullis.toml`): typed, defaulted and
+//! checked. Unknown keys are errors, because a typo must not silently change enforcement.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::cidr::Cidr;
+use crate::kernel::Capacity;
+use crate::paths;
+
+/// Kernel enforcement mode.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Drop denied packets.
+    #[default]
+    Enforce,
+    /// Pass them, count "would drop".
+    Monitor,
+}
+
+/// How XDP is attached.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum XdpMode {
+    /// In the driver; falls back to generic with a warning.
+    #[default]
+    Native,
+    /// In the generic network stack.
+    Generic,
+}
+
+/// Kernel map capacities (entries). Changing them needs a detach and fresh pins.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CapacityConfig {
+    /// IPv4 host-level slots.
+    pub v4_hosts: u32,
+    /// IPv4 /24-level slots.
+    pub v4_nets: u32,
+    /// IPv6 host slots.
+    pub v6_hosts: u32,
+    /// IPv6 prefix slots.
+    pub v6_prefixes: u32,
+}
+
+impl Default for CapacityConfig {
+    fn default() -> Self {
+        let c = Capacity::default();
+        Self { v4_hosts: c.v4_hosts, v4_nets: c.v4_nets, v6_hosts: c.v6_hosts, v6_prefixes: c.v6_prefixes }
+    }
+}
+
+impl From<CapacityConfig> for Capacity {
+    fn from(c: CapacityConfig) -> Self {
+        Capacity { v4_hosts: c.v4_hosts, v4_nets: c.v4_nets, v6_hosts: c.v6_hosts, v6_prefixes: c.v6_prefixes }
+    }
+}
+
+/// The whole agent configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// Interfaces to attach the XDP filter to (none: lists and L7 only).
+    pub interfaces: Vec<String>,
+    /// native (fallback generic) or generic.
+    pub xdp_mode: XdpMode,
+    /// enforce or monitor.
+    pub mode: Mode,
+    /// Where the database lives.
+    pub state_dir: PathBuf,
+    /// Where maps and links are pinned (on bpffs).
+    pub pin_dir: PathBuf,
+    /// Control socket.
+    pub socket: PathBuf,
+    /// Group that may use the control socket (mode 0660); none: root only.
+    pub socket_group: Option<String>,
+    /// Prometheus metrics listen address; empty string disables.
+    pub metrics: String,
+    /// Networks a deny must not cover without `--force` (besides the host's own addresses).
+    pub management_networks: Vec<String>,
+    /// How often expired entries are pruned, e.g. "30s".
+    pub prune_interval: String,
+    /// One drop event in this many is sampled to the log (power of two).
+    pub drop_sample_every: u32,
+    /// Kernel map capacities.
+    pub capacity: CapacityConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            interfaces: Vec::new(),
+            xdp_mode: XdpMode::Native,
+            mode: Mode::Enforce,
+            state_dir: PathBuf::from(paths::STATE_DIR),
+            pin_dir: PathBuf::from(paths::PIN_DIR),
+            socket: PathBuf::from(paths::CONTROL_SOCKET),
+            socket_group: None,
+            metrics: paths::METRICS_ADDR.into(),
+            management_networks: Vec::new(),
+            prune_interval: "10s".into(),
+            drop_sample_every: 64,
+            capacity: CapacityConfig::default(),
+        }
+    }
+}
+
+/// A configuration that cannot be used, naming the field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("reading config {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The TOML does not parse or has unknown keys.
+    #[error("config {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message (line, column, key).
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("config field `{field}`: {message}")]
+    Invalid {
+        /// Which field.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates `path`; a missing file at the default path means defaults.
+    pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(Self::default()),
+            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+        };
+        let cfg: Self =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks values that parse but make no sense.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for net in &self.management_networks {
+            net.parse::<Cidr>().map_err(|e| ConfigError::Invalid { field: "management_networks", message: e.to_string() })?;
+        }
+        parse_duration(&self.prune_interval).map_err(|m| ConfigError::Invalid { field: "prune_interval", message: m })?;
+        if !self.metrics.is_empty() {
+            self.metrics
+                .parse::<SocketAddr>()
+                .map_err(|e| ConfigError::Invalid { field: "metrics", message: format!("{:?}: {e}", self.metrics) })?;
+        }
+        if !self.drop_sample_every.is_power_of_two() {
+            return Err(ConfigError::Invalid { field: "drop_sample_every", message: "must be a power of two".into() });
+        }
+        for iface in &self.interfaces {
+            if iface.is_empty() || iface.len() > 15 || iface.contains('/') {
+                return Err(ConfigError::Invalid { field: "interfaces", message: format!("{iface:?} is not an interface name") });
+            }
+        }
+        Ok(())
+    }
+
+    /// The management networks, parsed (validated already).
+    pub fn management(&self) -> Vec<Cidr> {
+        self.management_networks.iter().filter_map(|n| n.parse().ok()).collect()
+    }
+
+    /// Path of the database file.
+    pub fn db_path(&self) -> PathBuf {
+        self.state_dir.join("portcullis.db")
+    }
+}
+
+/// Parses `90`, `30s`, `15m`, `1h`, `7d` into seconds.
+pub fn parse_duration(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 15m, 1h, 7d"))?;
+    let mult = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
+    };
+    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("duration {s:?} is zero or too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90"), Ok(90));
+        assert_eq!(parse_duration("1h"), Ok(3600));
+        assert_eq!(parse_duration("7d"), Ok(604_800));
+        assert!(parse_duration("1w").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_the_field() {
+        let bad: Result<Config, _> = toml::from_str("interfaces = [\"eth0\"]\nmdoe = \"monitor\"\n");
+        assert!(bad.err().map(|e| e.to_string()).unwrap_or_default().contains("mdoe"));
+        let cfg: Config = toml::from_str("management_networks = [\"10.0.0.0/33\"]").expect("parses");
+        let err = cfg.validate().expect_err("invalid");
+        assert!(err.to_string().contains("management_networks"), "{err}");
+        let ok: Config = toml::from_str("interfaces = [\"eth0\"]\nmode = \"monitor\"\n[capacity]\nv4_hosts = 1000\n").expect("ok");
+        assert_eq!(ok.mode, Mode::Monitor);
+        assert_eq!(ok.capacity.v4_hosts, 1000);
+        ok.validate().expect("valid");
+    }
+}

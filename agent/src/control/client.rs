@@ -1,0 +1,53 @@
+//! The CLI's side of the control socket.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use super::proto::{Request, Response};
+
+/// Why talking to the agent failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No agent listens there.
+    #[error("cannot reach the agent at {path}: {source} (is `portcullis agent` running? see `systemctl status portcullis`)")]
+    Connect {
+        /// Socket path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The connection broke.
+    #[error("talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    /// The agent answered something unreadable.
+    #[error("unreadable answer from the agent: {0}")]
+    Decode(#[from] serde_json::Error),
+}
+
+/// One connection to the agent; requests are answered in order.
+pub struct Client {
+    writer: UnixStream,
+    reader: BufReader<UnixStream>,
+}
+
+impl Client {
+    /// Connects to the control socket.
+    pub fn connect(path: &Path) -> Result<Self, ClientError> {
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.into(), source })?;
+        let reader = BufReader::new(stream.try_clone()?);
+        Ok(Self { writer: stream, reader })
+    }
+
+    /// Sends one request and waits for its answer.
+    pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.writer.write_all(&line)?;
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "agent closed the connection")));
+        }
+        Ok(serde_json::from_str(&answer)?)
+    }
+}

@@ -1,0 +1,143 @@
+//! The control API's wire format: one JSON request per line, one JSON response per line, over
+//! the Unix socket. This is a contract: scripts may speak it directly (see README).
+//!
+//! ```text
+//! {"op":"add","list":"deny","kind":"ip","value":"203.0.113.7","ttl_secs":3600}
+//! {"ok":true,"result":{...}}
+//! {"ok":false,"error":"refusing to deny 0.0.0.0/0 ..."}
+//! ```
+
+use serde::{Deserialize, Serialize};
+
+use crate::ident::Kind;
+use crate::kernel::List;
+
+/// One request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// Put an identifier on a list.
+    Add(AddRequest),
+    /// Take an identifier off a list (all sources unless one is named).
+    Remove {
+        /// Which list.
+        list: List,
+        /// Kind.
+        kind: Kind,
+        /// Cookie or API-key name.
+        #[serde(default)]
+        name: Option<String>,
+        /// The value.
+        value: String,
+        /// Only this source's row.
+        #[serde(default)]
+        source: Option<String>,
+    },
+    /// Entries, filtered.
+    List {
+        /// Which list (both if absent).
+        #[serde(default)]
+        list: Option<List>,
+        /// Kind.
+        #[serde(default)]
+        kind: Option<Kind>,
+        /// Source.
+        #[serde(default)]
+        source: Option<String>,
+    },
+    /// Remove every entry of a list (filtered).
+    Clear {
+        /// Which list.
+        list: List,
+        /// Kind.
+        #[serde(default)]
+        kind: Option<Kind>,
+        /// Source.
+        #[serde(default)]
+        source: Option<String>,
+    },
+    /// A batch of raw import lines (text or NDJSON) with their line numbers.
+    Import {
+        /// Which list.
+        list: List,
+        /// `(line number, text)`.
+        lines: Vec<(u64, String)>,
+        /// Defaults applied to every line.
+        #[serde(default)]
+        defaults: ImportDefaults,
+    },
+    /// Interfaces, mode, list sizes.
+    Status,
+    /// Kernel counters.
+    Stats,
+}
+
+/// Adding one entry.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct AddRequest {
+    /// Which list.
+    pub list: Option<List>,
+    /// Kind.
+    pub kind: Option<Kind>,
+    /// Cookie or API-key name.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The value (clear text; secrets are digested by the agent).
+    pub value: String,
+    /// Seconds until it expires.
+    #[serde(default)]
+    pub ttl_secs: Option<u64>,
+    /// Why.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// API scope.
+    #[serde(default)]
+    pub api: Option<String>,
+    /// Source (default `manual`).
+    #[serde(default)]
+    pub source: Option<String>,
+    /// Allow world-blocking denies.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// Options that apply to every line of an import.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ImportDefaults {
+    /// Seconds until the entries expire.
+    pub ttl_secs: Option<u64>,
+    /// Reason.
+    pub reason: Option<String>,
+    /// Source (default `manual`).
+    pub source: Option<String>,
+    /// Allow world-blocking denies.
+    pub force: bool,
+}
+
+/// One response.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Response {
+    /// Whether the request succeeded.
+    pub ok: bool,
+    /// What went wrong, for a person.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The result.
+    #[serde(default)]
+    pub result: serde_json::Value,
+}
+
+impl Response {
+    /// A success.
+    pub fn ok(result: impl Serialize) -> Self {
+        Self { ok: true, error: None, result: serde_json::to_value(result).unwrap_or_default() }
+    }
+
+    /// A failure.
+    pub fn err(message: impl std::fmt::Display) -> Self {
+        Self { ok: false, error: Some(message.to_string()), result: serde_json::Value::Null }
+    }
+}
+
+/// Longest request line the agent reads (an import batch fits; a runaway client does not).
+pub const MAX_REQUEST: usize = 64 << 20;

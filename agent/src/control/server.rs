@@ -1,0 +1,102 @@
+//! The agent's side of the control socket: one task per connection, requests answered in
+//! order on a blocking thread (they touch SQLite and the kernel maps).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+
+use super::proto::{Request, Response, MAX_REQUEST};
+use crate::service::Service;
+
+/// Binds the control socket with mode 0660 (group `group` if given), replacing a stale file
+/// but refusing to steal the socket of a running agent.
+pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            bail!("another agent is already listening on {}", path.display());
+        }
+        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Some(group) = group {
+        let gid = group_id(group).with_context(|| format!("control socket group {group:?} does not exist"))?;
+        std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| format!("chown {} to group {group}", path.display()))?;
+    }
+    Ok(listener)
+}
+
+fn group_id(name: &str) -> Option<u32> {
+    let c = std::ffi::CString::new(name).ok()?;
+    // SAFETY: valid C string; getgrnam returns a pointer to static storage or null.
+    let g = unsafe { libc::getgrnam(c.as_ptr()) };
+    // SAFETY: checked for null.
+    (!g.is_null()).then(|| unsafe { (*g).gr_gid })
+}
+
+/// Accepts connections until `shutdown` flips.
+pub async fn serve(listener: UnixListener, service: Arc<Mutex<Service>>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    let service = service.clone();
+                    tokio::spawn(async move {
+                        if let Err(e) = connection(stream, service).await {
+                            tracing::debug!("control connection ended: {e}");
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("control socket accept failed: {e}"),
+            },
+            _ = shutdown.changed() => break,
+        }
+    }
+}
+
+async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io::Result<()> {
+    let (read, mut write) = stream.into_split();
+    let mut reader = BufReader::new(read);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        let n = (&mut reader).take(MAX_REQUEST as u64).read_until(b'\n', &mut line).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let response = if line.last() != Some(&b'\n') && n >= MAX_REQUEST {
+            // Too long: answer and hang up, the rest of the stream is unframed.
+            let r = Response::err(format!("request larger than {MAX_REQUEST} bytes"));
+            write.write_all(&answer(&r)).await?;
+            return Ok(());
+        } else {
+            match serde_json::from_slice::<Request>(&line) {
+                Ok(req) => {
+                    let service = service.clone();
+                    tokio::task::spawn_blocking(move || match service.lock() {
+                        Ok(mut s) => s.handle(req),
+                        Err(_) => Response::err("agent state is poisoned after an internal error; restart the agent"),
+                    })
+                    .await
+                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
+                }
+                Err(e) => Response::err(format!("invalid request: {e}")),
+            }
+        };
+        write.write_all(&answer(&response)).await?;
+    }
+}
+
+fn answer(r: &Response) -> Vec<u8> {
+    let mut v = serde_json::to_vec(r).unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer"}"#.to_vec());
+    v.push(b'\n');
+    v
+}

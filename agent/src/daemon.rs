@@ -1,0 +1,154 @@
+//! `portcullis agent`: load and attach the filter, reconcile the kernel with the store, serve
+//! the control API and metrics, prune expired entries, log sampled drops, and on SIGTERM
+//! leave enforcement in place (the link and maps stay pinned).
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::config::{parse_duration, Config, Mode, XdpMode};
+use crate::kernel::{self, AttachMode, Filter, LoadOptions};
+use crate::metrics::{self, AgentMetrics};
+use crate::service::Service;
+use crate::store::Store;
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (harmless elsewhere).
+fn raise_memlock() {
+    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+    }
+}
+
+/// Tells systemd (`Type=notify`) that the agent is ready, if it is watching.
+fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    let res = if bytes.first() == Some(&b'@') {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..]).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = res {
+        tracing::warn!("sd_notify READY failed: {e}");
+    }
+}
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    rt.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> anyhow::Result<()> {
+    raise_memlock();
+    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let store = Store::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display()))?;
+    kernel::ensure_bpffs().context("mounting bpffs")?;
+    let filter = Filter::load(&LoadOptions { pin_dir: Some(config.pin_dir.clone()), capacity: config.capacity.into(), ..LoadOptions::default() })
+        .context("loading the XDP filter")?;
+    let mode = match config.mode {
+        Mode::Enforce => portcullis_common::mode::ENFORCE,
+        Mode::Monitor => portcullis_common::mode::MONITOR,
+    };
+    let cfg = portcullis_common::Config { mode, sample_mask: config.drop_sample_every - 1, ..filter.config()? };
+    filter.set_config(cfg)?;
+    let mut service = Service::new(config.clone(), store, Some(filter));
+
+    // The store is the list of record: make the (possibly reused) pinned maps equal to it
+    // before the program is (re)attached, so enforcement never regresses.
+    let t = Instant::now();
+    let (written, removed) = service.reconcile().context("reconciling kernel maps with the store")?;
+    let agent_metrics = Arc::new(AgentMetrics::default());
+    agent_metrics.reconcile_micros.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+    tracing::info!(written, removed, elapsed = ?t.elapsed(), "kernel maps reconciled with the store");
+    let pruned = service.prune()?;
+    agent_metrics.expired.fetch_add(pruned.len() as u64, Ordering::Relaxed);
+
+    let mut attached = Vec::new();
+    if let Some(filter) = service.filter_mut() {
+        for iface in &config.interfaces {
+            let mode = match config.xdp_mode {
+                XdpMode::Native => AttachMode::Native,
+                XdpMode::Generic => AttachMode::Generic,
+            };
+            let a = filter.attach(iface, mode).with_context(|| format!("attaching XDP to {iface}"))?;
+            if let Some(reason) = &a.fell_back {
+                tracing::warn!(iface, "native XDP refused ({reason}); attached in generic mode, which is slower");
+            }
+            tracing::info!(iface, mode = ?a.mode, reused_pinned_link = a.reused_link, "XDP filter attached");
+            attached.push(a);
+        }
+    }
+    service.set_attached(attached);
+
+    let service = Arc::new(Mutex::new(service));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
+    let mut tasks = vec![tokio::spawn(crate::control::server::serve(control, service.clone(), stop_rx.clone()))];
+    if !config.metrics.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics).await.with_context(|| format!("binding metrics on {}", config.metrics))?;
+        tasks.push(tokio::spawn(metrics::serve(listener, service.clone(), agent_metrics.clone(), stop_rx.clone())));
+    }
+    tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
+    notify_ready();
+
+    let prune_every = Duration::from_secs(parse_duration(&config.prune_interval).map_err(anyhow::Error::msg)?);
+    let mut prune_tick = tokio::time::interval(prune_every);
+    let mut events_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = prune_tick.tick() => {
+                let service = service.clone();
+                let pruned = tokio::task::spawn_blocking(move || match service.lock() {
+                    Ok(mut s) => Some(s.prune()),
+                    Err(_) => None,
+                })
+                .await;
+                match pruned {
+                    Ok(Some(Ok(gone))) => { agent_metrics.expired.fetch_add(gone.len() as u64, Ordering::Relaxed); }
+                    Ok(Some(Err(e))) => tracing::warn!("pruning expired entries failed: {e}"),
+                    _ => tracing::error!("pruning task failed"),
+                }
+            }
+            _ = events_tick.tick() => {
+                if let Ok(mut s) = service.lock()
+                    && let Some(f) = s.filter_mut()
+                    && let Ok(events) = f.drain_events()
+                {
+                    for e in events {
+                        let addr = if e.family == portcullis_common::family::V4 {
+                            std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])
+                        } else {
+                            std::net::IpAddr::from(e.addr)
+                        };
+                        let verdict = if e.verdict == portcullis_common::counter::DROP_DENIED { "dropped" } else { "would drop (monitor)" };
+                        tracing::info!(source = %addr, ifindex = e.ifindex, vlan = e.vlan, "sampled packet {verdict}");
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!("shutting down; XDP enforcement stays in place (use `portcullis detach` to remove it)");
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+        tracing::warn!("some connections did not finish within 5 s");
+    }
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Prometheus metrics over plain HTTP (`GET /metrics`), in the text exposition format.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `portcullis_xdp_packets_total` | `verdict` | packets judged by the XDP filter |
+//! | `portcullis_xdp_bytes_total` | `verdict` | their bytes |
+//! | `portcullis_list_entries` | `list`, `kind`, `source` | entries in the store |
+//! | `portcullis_reconcile_seconds` | | duration of the last start-up reconcile |
+//! | `portcullis_expired_total` | | entries pruned because they expired |
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::service::Service;
+
+/// Agent-side gauges and counters not kept by the kernel or the store.
+#[derive(Default)]
+pub struct AgentMetrics {
+    /// Last reconcile, microseconds.
+    pub reconcile_micros: AtomicU64,
+    /// Entries pruned on expiry.
+    pub expired: AtomicU64,
+}
+
+/// Renders every metric.
+pub fn render(service: &Service, agent: &AgentMetrics) -> String {
+    let mut out = String::new();
+    if let Ok(stats) = service.stats()
+        && let Some(kernel) = stats.get("kernel").and_then(|k| k.as_object())
+    {
+        out.push_str("# HELP portcullis_xdp_packets_total Packets judged by the XDP filter, by verdict.\n# TYPE portcullis_xdp_packets_total counter\n");
+        for (verdict, v) in kernel {
+            let _ = writeln!(out, "portcullis_xdp_packets_total{{verdict=\"{verdict}\"}} {}", v["packets"]);
+        }
+        out.push_str("# HELP portcullis_xdp_bytes_total Bytes judged by the XDP filter, by verdict.\n# TYPE portcullis_xdp_bytes_total counter\n");
+        for (verdict, v) in kernel {
+            let _ = writeln!(out, "portcullis_xdp_bytes_total{{verdict=\"{verdict}\"}} {}", v["bytes"]);
+        }
+    }
+    out.push_str("# HELP portcullis_list_entries Entries on the allow and deny lists.\n# TYPE portcullis_list_entries gauge\n");
+    if let Ok(counts) = service.counts() {
+        for (list, kind, source, n) in counts {
+            let source = source.replace(['"', '\\', '\n'], "_");
+            let _ = writeln!(out, "portcullis_list_entries{{list=\"{list}\",kind=\"{kind}\",source=\"{source}\"}} {n}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "# HELP portcullis_reconcile_seconds Duration of the last kernel reconcile.\n# TYPE portcullis_reconcile_seconds gauge\nportcullis_reconcile_seconds {:.6}",
+        agent.reconcile_micros.load(Ordering::Relaxed) as f64 / 1e6
+    );
+    let _ = writeln!(
+        out,
+        "# HELP portcullis_expired_total Entries removed because they expired.\n# TYPE portcullis_expired_total counter\nportcullis_expired_total {}",
+        agent.expired.load(Ordering::Relaxed)
+    );
+    out
+}
+
+/// Serves `/metrics` until `shutdown` flips.
+pub async fn serve(listener: TcpListener, service: Arc<Mutex<Service>>, agent: Arc<AgentMetrics>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((mut stream, _)) = accepted else { continue };
+                let service = service.clone();
+                let agent = agent.clone();
+                tokio::spawn(async move {
+                    let mut buf = vec![0u8; 4096];
+                    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
+                    let Ok(Ok(n)) = read else { return };
+                    let head = String::from_utf8_lossy(&buf[..n]);
+                    let reply = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+                        let body = tokio::task::spawn_blocking(move || {
+                            service.lock().map(|s| render(&s, &agent)).unwrap_or_default()
+                        })
+                        .await
+                        .unwrap_or_default();
+                        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                    } else {
+                        "HTTP/1.1 404 Not Found\r\ncontent-length: 10\r\nconnection: close\r\n\r\nnot found\n".to_string()
+                    };
+                    let _ = stream.write_all(reply.as_bytes()).await;
+                });
+            }
+            _ = shutdown.changed() => break,
+        }
+    }
+}

@@ -1,0 +1,527 @@
+//! What the agent does for each control request, synchronously: validate, apply the safety
+//! rules, write the kernel maps and the store, and answer. The control server and the
+//! daemon's timers call into this; it knows nothing of sockets.
+//!
+//! Order of writes: the kernel first, then the store. An IP deny is enforced before the CLI
+//! hears "added"; if the store write then fails, the kernel entry is taken back, and if the
+//! agent dies in between, the start-up reconcile removes it (the store is the list of record).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::cidr::Cidr;
+use crate::config::{Config, Mode};
+use crate::control::proto::{AddRequest, ImportDefaults, Request, Response};
+use crate::ident::{IdentError, Identifier, Kind};
+use crate::kernel::{sys, Attached, Filter, KernelError, List};
+use crate::store::{self, Entry, Store, StoreError};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The identifier is malformed.
+    #[error(transparent)]
+    Invalid(#[from] IdentError),
+    /// The request lacks something.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A deny that would cut off everyone or this host.
+    #[error("refusing to deny {cidr}: it covers {what}; add --force if you really mean it")]
+    WorldBlocking {
+        /// The CIDR.
+        cidr: Cidr,
+        /// What it covers.
+        what: String,
+    },
+    /// Nothing matched.
+    #[error("{0} is not on the {1} list")]
+    NotFound(String, List),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The kernel maps refused (full, or a syscall failed); nothing was changed.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The kernel deadline (`CLOCK_BOOTTIME` ns) of an entry expiring at unix time `expires`.
+pub fn kernel_deadline(expires: Option<i64>, now_unix: i64) -> u64 {
+    match expires {
+        None => portcullis_common::NEVER,
+        Some(e) => {
+            let left = u64::try_from(e - now_unix).unwrap_or(0);
+            sys::boottime_ns().saturating_add(left.saturating_mul(1_000_000_000))
+        }
+    }
+}
+
+/// The addresses of this host's interfaces (a deny covering one needs `--force`).
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family tells which sockaddr type ifa_addr points to.
+            unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sa.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    out.retain(|a| !a.is_loopback());
+    out
+}
+
+/// Outcome of an add.
+#[derive(Debug, Serialize)]
+pub struct Added {
+    /// The entry as stored.
+    pub entry: EntryView,
+    /// Whether it was new (false: updated reason or expiry).
+    pub new: bool,
+    /// Whether the kernel now enforces it.
+    pub enforced_in_kernel: bool,
+}
+
+/// An entry as the CLI and JSON show it: secrets as fingerprints.
+#[derive(Debug, Serialize)]
+pub struct EntryView {
+    /// allow or deny.
+    pub list: List,
+    /// Kind.
+    pub kind: Kind,
+    /// Cookie / API-key name.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Value or fingerprint.
+    pub value: String,
+    /// Source.
+    pub source: String,
+    /// Reason.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// API scope.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub api: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub expires: Option<i64>,
+}
+
+impl From<&Entry> for EntryView {
+    fn from(e: &Entry) -> Self {
+        Self {
+            list: e.list,
+            kind: e.ident.kind,
+            name: e.ident.name.clone(),
+            value: e.ident.display_value(),
+            source: e.source.clone(),
+            reason: e.reason.clone(),
+            api: e.api.clone(),
+            created: e.created,
+            expires: e.expires,
+        }
+    }
+}
+
+/// Result of an import batch.
+#[derive(Debug, Default, Serialize)]
+pub struct Imported {
+    /// Entries accepted (new or updated).
+    pub accepted: usize,
+    /// New rows.
+    pub new: usize,
+    /// `(line, reason)` of lines refused.
+    pub rejected: Vec<(u64, String)>,
+}
+
+/// The agent's state behind the control API.
+pub struct Service {
+    store: Store,
+    filter: Option<Filter>,
+    config: Config,
+    own_addresses: Vec<IpAddr>,
+    attached: Vec<Attached>,
+    started: Instant,
+}
+
+impl Service {
+    /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
+    pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Self {
+        Self { store, filter, config, own_addresses: host_addresses(), attached: Vec::new(), started: Instant::now() }
+    }
+
+    /// Records what was attached (for status).
+    pub fn set_attached(&mut self, attached: Vec<Attached>) {
+        self.attached = attached;
+    }
+
+    /// The loaded filter.
+    pub fn filter_mut(&mut self) -> Option<&mut Filter> {
+        self.filter.as_mut()
+    }
+
+    /// Answers one control request.
+    pub fn handle(&mut self, req: Request) -> Response {
+        let res = match req {
+            Request::Add(r) => self.add(r).map(Response::ok),
+            Request::Remove { list, kind, name, value, source } => {
+                self.remove(list, kind, name.as_deref(), &value, source.as_deref()).map(Response::ok)
+            }
+            Request::List { list, kind, source } => self
+                .store
+                .list(&store::Filter { list, kind, source })
+                .map(|v| Response::ok(v.iter().map(EntryView::from).collect::<Vec<_>>()))
+                .map_err(ServiceError::from),
+            Request::Clear { list, kind, source } => self.clear(list, kind, source).map(Response::ok),
+            Request::Import { list, lines, defaults } => self.import(list, &lines, &defaults).map(Response::ok),
+            Request::Status => self.status().map(Response::ok),
+            Request::Stats => self.stats().map(Response::ok),
+        };
+        res.unwrap_or_else(Response::err)
+    }
+
+    /// Refuses denies that would cut off everyone or this host, unless forced.
+    fn check_safety(&self, list: List, ident: &Identifier, force: bool) -> Result<(), ServiceError> {
+        let Some(cidr) = ident.cidr() else { return Ok(()) };
+        if list != List::Deny || force {
+            return Ok(());
+        }
+        if cidr.len() == 0 {
+            return Err(ServiceError::WorldBlocking { cidr, what: "every address".into() });
+        }
+        if let Some(a) = self.own_addresses.iter().find(|a| cidr.contains(**a)) {
+            return Err(ServiceError::WorldBlocking { cidr, what: format!("this host's own address {a}") });
+        }
+        if let Some(m) = self.config.management().iter().find(|m| m.covers(&cidr) || cidr.covers(m)) {
+            return Err(ServiceError::WorldBlocking { cidr, what: format!("management network {m}") });
+        }
+        Ok(())
+    }
+
+    fn entry_from(&self, r: &AddRequest, now: i64) -> Result<Entry, ServiceError> {
+        let list = r.list.ok_or_else(|| ServiceError::BadRequest("missing list".into()))?;
+        let kind = r.kind.ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
+        let ident = Identifier::parse(kind, r.name.as_deref(), &r.value)?;
+        self.check_safety(list, &ident, r.force)?;
+        let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
+            let v = v.clone().unwrap_or_default();
+            if v.len() > 1024 || v.chars().any(char::is_control) {
+                return Err(ServiceError::BadRequest(format!("{what} must be at most 1024 printable characters")));
+            }
+            Ok(v)
+        };
+        let ttl = r.ttl_secs.map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2).min(i64::MAX / 2));
+        Ok(Entry {
+            list,
+            ident,
+            source: { let s = text(&r.source, "source")?; if s.is_empty() { "manual".into() } else { s } },
+            reason: text(&r.reason, "reason")?,
+            api: text(&r.api, "api")?,
+            created: now,
+            expires: ttl.map(|t| now.saturating_add(t)),
+        })
+    }
+
+    /// The kernel deadline an IP identifier should have given its store rows plus `extra`.
+    fn ip_deadline(&self, list: List, ident: &Identifier, extra: &[&Entry], now: i64) -> Result<Option<u64>, ServiceError> {
+        let rows = self.store.rows_of(list, ident)?;
+        let mut best: Option<Option<i64>> = None;
+        for e in rows.iter().chain(extra.iter().copied()) {
+            if !e.api.is_empty() || e.expires.is_some_and(|x| x <= now) {
+                continue;
+            }
+            best = Some(match (best, e.expires) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                (None, Some(b)) => Some(b),
+            });
+        }
+        Ok(best.map(|exp| kernel_deadline(exp, now)))
+    }
+
+    /// Makes the kernel's entry for one IP identifier match the store.
+    fn sync_ip(&mut self, list: List, ident: &Identifier, now: i64) -> Result<bool, ServiceError> {
+        let Some(cidr) = ident.cidr() else { return Ok(false) };
+        let deadline = self.ip_deadline(list, ident, &[], now)?;
+        let Some(f) = self.filter.as_mut() else { return Ok(false) };
+        match deadline {
+            Some(d) => f.insert(list, cidr, d)?,
+            None => f.remove(list, cidr)?,
+        }
+        Ok(deadline.is_some())
+    }
+
+    fn add(&mut self, r: AddRequest) -> Result<Added, ServiceError> {
+        let now = unix_now();
+        let entry = self.entry_from(&r, now)?;
+        let mut enforced = false;
+        if let (Some(cidr), true) = (entry.ident.cidr(), entry.api.is_empty()) {
+            if let Some(d) = self.ip_deadline(entry.list, &entry.ident, &[&entry], now)?
+                && let Some(f) = self.filter.as_mut()
+            {
+                f.insert(entry.list, cidr, d)?;
+                enforced = true;
+            }
+        }
+        let new = match self.store.upsert(std::slice::from_ref(&entry)) {
+            Ok(n) => n == 1,
+            Err(e) => {
+                // Take the kernel back to what the store says.
+                let _ = self.sync_ip(entry.list, &entry.ident, now);
+                return Err(e.into());
+            }
+        };
+        tracing::info!(list = %entry.list, ident = %entry.ident, source = %entry.source, reason = %entry.reason, expires = ?entry.expires, "entry added");
+        Ok(Added { entry: EntryView::from(&entry), new, enforced_in_kernel: enforced })
+    }
+
+    fn remove(&mut self, list: List, kind: Kind, name: Option<&str>, value: &str, source: Option<&str>) -> Result<Vec<EntryView>, ServiceError> {
+        let ident = Identifier::parse(kind, name, value)?;
+        let removed = self.store.remove(list, &ident, source)?;
+        if removed.is_empty() {
+            return Err(ServiceError::NotFound(ident.to_string(), list));
+        }
+        self.sync_ip(list, &ident, unix_now())?;
+        tracing::info!(%list, %ident, rows = removed.len(), "entry removed");
+        Ok(removed.iter().map(EntryView::from).collect())
+    }
+
+    fn clear(&mut self, list: List, kind: Option<Kind>, source: Option<String>) -> Result<usize, ServiceError> {
+        let removed = self.store.clear(&store::Filter { list: Some(list), kind, source })?;
+        let now = unix_now();
+        let mut seen = std::collections::HashSet::new();
+        let mut items = Vec::new();
+        for e in &removed {
+            if let Some(cidr) = e.ident.cidr()
+                && seen.insert(cidr)
+            {
+                items.push((list, cidr, self.ip_deadline(list, &e.ident, &[], now)?));
+            }
+        }
+        if let Some(f) = self.filter.as_mut() {
+            f.apply_many(items)?;
+        }
+        tracing::info!(%list, ?kind, rows = removed.len(), "list cleared");
+        Ok(removed.len())
+    }
+
+    fn import(&mut self, list: List, lines: &[(u64, String)], defaults: &ImportDefaults) -> Result<Imported, ServiceError> {
+        let now = unix_now();
+        let mut out = Imported::default();
+        let mut good: Vec<Entry> = Vec::with_capacity(lines.len());
+        for (no, line) in lines {
+            match parse_import_line(line) {
+                Ok(None) => {}
+                Ok(Some(mut req)) => {
+                    req.list = Some(list);
+                    req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
+                    req.reason = req.reason.or_else(|| defaults.reason.clone());
+                    req.source = req.source.or_else(|| defaults.source.clone());
+                    req.force |= defaults.force;
+                    match self.entry_from(&req, now) {
+                        Ok(e) => good.push(e),
+                        Err(e) => out.rejected.push((*no, e.to_string())),
+                    }
+                }
+                Err(msg) => out.rejected.push((*no, msg)),
+            }
+        }
+        // Kernel first: one batched write for every global IP entry of the batch.
+        let mut by_cidr: BTreeMap<Cidr, Vec<&Entry>> = BTreeMap::new();
+        for e in &good {
+            if let (Some(c), true) = (e.ident.cidr(), e.api.is_empty()) {
+                by_cidr.entry(c).or_default().push(e);
+            }
+        }
+        let mut items = Vec::with_capacity(by_cidr.len());
+        for (cidr, extra) in &by_cidr {
+            items.push((list, *cidr, self.ip_deadline(list, &extra[0].ident, extra, now)?));
+        }
+        if let Some(f) = self.filter.as_mut() {
+            f.apply_many(items)?;
+        }
+        out.new = self.store.upsert(&good)?;
+        out.accepted = good.len();
+        tracing::info!(%list, accepted = out.accepted, rejected = out.rejected.len(), "import batch");
+        Ok(out)
+    }
+
+    /// Rebuilds the kernel maps from the store (at start-up, after reusing pinned maps).
+    pub fn reconcile(&mut self) -> Result<(usize, usize), ServiceError> {
+        let now = unix_now();
+        let all = self.store.list(&store::Filter { kind: Some(Kind::Ip), ..store::Filter::default() })?;
+        let mut best: BTreeMap<(List, Cidr), Option<i64>> = BTreeMap::new();
+        for e in &all {
+            let Some(c) = e.ident.cidr() else { continue };
+            if !e.api.is_empty() || e.expires.is_some_and(|x| x <= now) {
+                continue;
+            }
+            let slot = best.entry((e.list, c)).or_insert(Some(i64::MIN));
+            *slot = match (*slot, e.expires) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(a.max(b)),
+            };
+        }
+        let Some(f) = self.filter.as_mut() else { return Ok((0, 0)) };
+        let report = f.reconcile(best.into_iter().map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))))?;
+        Ok((report.written, report.removed))
+    }
+
+    /// Removes expired entries from the store and the kernel; returns them.
+    pub fn prune(&mut self) -> Result<Vec<Entry>, ServiceError> {
+        let now = unix_now();
+        let gone = self.store.prune_expired(now)?;
+        for e in &gone {
+            self.sync_ip(e.list, &e.ident, now)?;
+            tracing::info!(list = %e.list, ident = %e.ident, source = %e.source, "entry expired");
+        }
+        Ok(gone)
+    }
+
+    fn status(&self) -> Result<serde_json::Value, ServiceError> {
+        let counts = self.store.counts()?;
+        let mode = match self.filter.as_ref().map(Filter::config).transpose()? {
+            Some(c) if c.mode == portcullis_common::mode::MONITOR => Mode::Monitor,
+            _ => Mode::Enforce,
+        };
+        Ok(serde_json::json!({
+            "mode": mode,
+            "interfaces": self.attached.iter().map(|a| serde_json::json!({
+                "iface": a.iface,
+                "xdp_mode": match a.mode { crate::kernel::AttachMode::Native => "native", crate::kernel::AttachMode::Generic => "generic" },
+                "fell_back": a.fell_back,
+                "reused_pinned_link": a.reused_link,
+            })).collect::<Vec<_>>(),
+            "pin_dir": self.config.pin_dir,
+            "database": self.config.db_path(),
+            "lists": counts.iter().map(|(l, k, s, n)| serde_json::json!({"list": l, "kind": k, "source": s, "count": n})).collect::<Vec<_>>(),
+            "kernel_ip_entries": self.filter.as_ref().map_or(0, |f| f.table().len()),
+            "uptime_secs": self.started.elapsed().as_secs(),
+        }))
+    }
+
+    /// Kernel counters by verdict name.
+    pub fn stats(&self) -> Result<serde_json::Value, ServiceError> {
+        let mut kernel = serde_json::Map::new();
+        if let Some(f) = &self.filter {
+            for (i, c) in f.counters()?.iter().enumerate() {
+                kernel.insert(
+                    portcullis_common::counter::NAMES[i].into(),
+                    serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                );
+            }
+        }
+        Ok(serde_json::json!({ "kernel": kernel }))
+    }
+
+    /// List sizes for metrics.
+    pub fn counts(&self) -> Result<Vec<(List, Kind, String, u64)>, ServiceError> {
+        Ok(self.store.counts()?)
+    }
+}
+
+/// Parses one import line: blank lines and `#` comments are skipped; `{...}` is NDJSON
+/// (`{"kind":"ip","value":"203.0.113.7","ttl":"1h","reason":"..."}`); otherwise
+/// `KIND [NAME] VALUE` as on the command line, or a bare IP/CIDR.
+pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    if line.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Json {
+            kind: String,
+            #[serde(default)]
+            name: Option<String>,
+            value: String,
+            #[serde(default)]
+            ttl: Option<String>,
+            #[serde(default)]
+            reason: Option<String>,
+            #[serde(default)]
+            api: Option<String>,
+        }
+        let j: Json = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+        let kind: Kind = j.kind.parse().map_err(|e: IdentError| e.to_string())?;
+        let ttl_secs = j.ttl.as_deref().map(crate::config::parse_duration).transpose()?;
+        return Ok(Some(AddRequest { kind: Some(kind), name: j.name, value: j.value, ttl_secs, reason: j.reason, api: j.api, ..AddRequest::default() }));
+    }
+    let (first, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    let kind = match first.parse::<Kind>() {
+        Ok(k) => k,
+        Err(_) if rest.is_empty() && first.parse::<Cidr>().is_ok() => {
+            return Ok(Some(AddRequest { kind: Some(Kind::Ip), value: first.to_owned(), ..AddRequest::default() }));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let (name, value) = match kind {
+        Kind::Cookie | Kind::ApiKey => match rest.split_once(char::is_whitespace) {
+            Some(("--any-name", v)) if kind == Kind::ApiKey => (None, v.trim().to_owned()),
+            Some((n, v)) => (Some(n.to_owned()), v.trim().to_owned()),
+            None if kind == Kind::ApiKey => (None, rest.to_owned()),
+            None => return Err("a cookie line needs a name and a value: cookie NAME VALUE".into()),
+        },
+        Kind::Username => (None, rest.trim_matches('"').to_owned()),
+        Kind::Ip | Kind::Token => (None, rest.to_owned()),
+    };
+    if value.is_empty() {
+        return Err(format!("{kind} line has no value"));
+    }
+    Ok(Some(AddRequest { kind: Some(kind), name, value, ..AddRequest::default() }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_lines() {
+        let r = parse_import_line("203.0.113.7").expect("ok").expect("entry");
+        assert_eq!((r.kind, r.value.as_str()), (Some(Kind::Ip), "203.0.113.7"));
+        let r = parse_import_line("cookie JSESSIONID abc").expect("ok").expect("entry");
+        assert_eq!((r.name.as_deref(), r.value.as_str()), (Some("JSESSIONID"), "abc"));
+        let r = parse_import_line("username \"your name\"").expect("ok").expect("entry");
+        assert_eq!(r.value, "your name");
+        let r = parse_import_line("api-key --any-name k1").expect("ok").expect("entry");
+        assert_eq!((r.name, r.value.as_str()), (None, "k1"));
+        let r = parse_import_line(r#"{"kind":"token","value":"t","ttl":"1h"}"#).expect("ok").expect("entry");
+        assert_eq!(r.ttl_secs, Some(3600));
+        assert_eq!(parse_import_line("  # comment").expect("ok").map(|r| r.value), None);
+        assert!(parse_import_line("bogus 1.2.3.4").is_err());
+        assert!(parse_import_line("{\"kind\":\"ip\"").is_err());
+        assert!(parse_import_line(r#"{"kind":"ip","value":"1.2.3.4","colour":"red"}"#).is_err());
+        assert!(parse_import_line("cookie JSESSIONID").is_err());
+    }
+}
