@@ -81,8 +81,11 @@ pub struct JsonFlag {
 }
 
 /// `portcullis agent` options; flags override the config file.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct AgentArgs {
+    /// The global --socket, when given (set by `run`).
+    #[arg(skip)]
+    pub socket_override: Option<PathBuf>,
     /// Configuration file.
     #[arg(long, default_value = paths::CONFIG)]
     pub config: PathBuf,
@@ -205,7 +208,16 @@ pub enum ListVerb {
 
 /// Rewrites ASE's verbs to Portcullis's: `add_blacklist ip 1.1.1.1` → `--ase deny add ip 1.1.1.1`.
 pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
-    let Some(verb) = args.get(1) else { return args };
+    // Skip global options before the verb.
+    let mut at = 1;
+    while let Some(a) = args.get(at) {
+        match a.as_str() {
+            "--socket" => at += 2,
+            s if s.starts_with("--socket=") || s == "--ase" => at += 1,
+            _ => break,
+        }
+    }
+    let Some(verb) = args.get(at) else { return args };
     let (list, action) = match verb.as_str() {
         "add_blacklist" => ("deny", "add"),
         "add_whitelist" => ("allow", "add"),
@@ -217,8 +229,9 @@ pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
         "clear_whitelist" => ("allow", "clear"),
         _ => return args,
     };
-    let mut out = vec![args[0].clone(), "--ase".into(), list.into(), action.into()];
-    let rest = &args[2..];
+    let mut out: Vec<String> = args[..at].to_vec();
+    out.extend(["--ase".into(), list.into(), action.into()]);
+    let rest = &args[at + 1..];
     // ASE's view/clear take the kind positionally.
     if matches!(action, "list" | "clear") && !rest.is_empty() && !rest[0].starts_with('-') {
         out.push("--kind".into());
@@ -310,7 +323,11 @@ fn print_entries(entries: &[serde_json::Value]) {
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
-        Command::Agent(a) => agent(a),
+        Command::Agent(a) => {
+            let mut a = a.clone();
+            a.socket_override = Some(cli.socket.clone());
+            agent(&a)
+        }
         Command::Deny { verb } => list_verb(&cli, List::Deny, verb),
         Command::Allow { verb } => list_verb(&cli, List::Allow, verb),
         Command::Status(j) => status(&cli, j.json),
@@ -328,7 +345,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn agent(a: &AgentArgs) -> anyhow::Result<()> {
-    let explicit = std::env::args().any(|x| x == "--config" || x.starts_with("--config="));
+    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
+    let explicit = argv.iter().any(|x| x == "--config" || x.starts_with("--config="));
     let mut cfg = Config::load(&a.config, explicit)?;
     if !a.ifaces.is_empty() {
         cfg.interfaces = a.ifaces.clone();
@@ -348,9 +366,9 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.metrics {
         cfg.metrics = m.clone();
     }
-    let socket_flag = std::env::args().any(|x| x == "--socket" || x.starts_with("--socket="));
+    let socket_flag = argv.iter().any(|x| x == "--socket" || x.starts_with("--socket="));
     if socket_flag || std::env::var_os("PORTCULLIS_SOCKET").is_some() {
-        cfg.socket = Cli::parse_from(std::env::args()).socket;
+        cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
     }
     cfg.validate()?;
     if a.check_config {
@@ -599,6 +617,7 @@ mod tests {
         assert_eq!(rewrite_ase(v("p view_whitelist ip")), v("p --ase allow list --kind ip"));
         assert_eq!(rewrite_ase(v("p clear_blacklist")), v("p --ase deny clear"));
         assert_eq!(rewrite_ase(v("p deny add ip 1.1.1.1")), v("p deny add ip 1.1.1.1"));
+        assert_eq!(rewrite_ase(v("p --socket /s add_blacklist ip 1.1.1.1")), v("p --socket /s --ase deny add ip 1.1.1.1"));
         Cli::command().debug_assert();
     }
 }

@@ -4,7 +4,17 @@
 use clap::Parser as _;
 
 fn main() {
-    let args = portcullis::cli::rewrite_ase(std::env::args().collect());
+    let mut args = Vec::new();
+    for (i, a) in std::env::args_os().enumerate() {
+        match a.into_string() {
+            Ok(s) => args.push(s),
+            Err(bad) => {
+                eprintln!("portcullis: argument {i} ({}) is not valid UTF-8", bad.to_string_lossy());
+                std::process::exit(2);
+            }
+        }
+    }
+    let args = portcullis::cli::rewrite_ase(args);
     let cli = portcullis::cli::Cli::parse_from(args);
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));

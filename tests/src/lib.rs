@@ -1,6 +1,7 @@
 //! Helpers for Portcullis's privileged tests, demo and benchmarks: privilege checks, crafted
 //! frames, throwaway network namespaces with veth pairs, and a brute-force reference model.
 
+pub mod agent;
 pub mod frames;
 pub mod netns;
 pub mod reference;

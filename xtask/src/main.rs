@@ -52,6 +52,8 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     let mut unit = vec!["test", "--workspace", "--exclude", "portcullis-tests", "--exclude", "filter-ebpf"];
     unit.extend(extra.iter().map(String::as_str));
     cargo(env, &unit)?;
+    // The integration tests drive the real binary.
+    cargo(env, &["build", "-p", "portcullis-agent", "--bins"])?;
     let mut privileged = vec!["test", "-p", "portcullis-tests"];
     privileged.extend(extra.iter().map(String::as_str));
     privileged.extend(["--", "--test-threads=1"]);

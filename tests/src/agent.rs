@@ -1,0 +1,193 @@
+//! Runs the real `portcullis agent` binary for tests and the demo, and drives it through the
+//! real CLI binary.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+
+/// The `portcullis` binary next to the test executable (`cargo xtask test` builds it).
+pub fn portcullis_bin() -> PathBuf {
+    let exe = std::env::current_exe().unwrap_or_default();
+    // target/<profile>/deps/<test> or target/<profile>/<bin>
+    for dir in exe.ancestors().skip(1).take(2) {
+        let candidate = dir.join("portcullis");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    panic!("portcullis binary not found near {}: run `cargo build -p portcullis-agent` (cargo xtask test does)", exe.display());
+}
+
+/// Where a test agent keeps its state; removed on drop.
+pub struct AgentDirs {
+    /// Temporary directory (state, socket, config, log).
+    pub root: PathBuf,
+    /// Pin directory on bpffs.
+    pub pins: crate::PinDir,
+}
+
+impl AgentDirs {
+    /// Fresh directories.
+    pub fn new() -> Self {
+        let root = std::env::temp_dir().join(crate::unique("pcagent"));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).expect("temp dir");
+        Self { root, pins: crate::PinDir::new() }
+    }
+
+    /// The control socket path.
+    pub fn socket(&self) -> PathBuf {
+        self.root.join("control.sock")
+    }
+}
+
+impl Default for AgentDirs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for AgentDirs {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// A running agent process.
+pub struct Agent {
+    child: Option<Child>,
+    socket: PathBuf,
+    log: PathBuf,
+}
+
+/// How to start an agent.
+#[derive(Default, Clone)]
+pub struct AgentOpts {
+    /// Network namespace to run in (only the network namespace: bpffs pins stay shared).
+    pub netns: Option<String>,
+    /// Interfaces to attach to.
+    pub ifaces: Vec<String>,
+    /// Extra config file text.
+    pub config: String,
+    /// Extra arguments.
+    pub args: Vec<String>,
+}
+
+impl Agent {
+    /// Starts an agent using `dirs`, waits until its control socket answers.
+    pub fn start(dirs: &AgentDirs, opts: &AgentOpts) -> anyhow::Result<Self> {
+        let config = dirs.root.join("portcullis.toml");
+        let text = format!("prune_interval = \"1s\"\n{}", opts.config);
+        std::fs::write(&config, text)?;
+        let log = dirs.root.join(format!("agent-{}.log", crate::unique("")));
+        let mut cmd = match &opts.netns {
+            Some(ns) => {
+                let mut c = Command::new("nsenter");
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(portcullis_bin());
+                c
+            }
+            None => Command::new(portcullis_bin()),
+        };
+        cmd.arg("agent")
+            .arg("--config")
+            .arg(&config)
+            .arg("--state-dir")
+            .arg(&dirs.root)
+            .arg("--pin-dir")
+            .arg(&dirs.pins.0)
+            .arg("--socket")
+            .arg(dirs.socket())
+            .arg("--metrics")
+            .arg("");
+        for i in &opts.ifaces {
+            cmd.arg("--iface").arg(i);
+        }
+        cmd.args(&opts.args);
+        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log)?);
+        let child = cmd.spawn().context("starting portcullis agent")?;
+        let mut agent = Self { child: Some(child), socket: dirs.socket(), log };
+        agent.wait_ready()?;
+        Ok(agent)
+    }
+
+    fn wait_ready(&mut self) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::os::unix::net::UnixStream::connect(&self.socket).is_ok() {
+                return Ok(());
+            }
+            if let Some(child) = self.child.as_mut()
+                && let Some(status) = child.try_wait()?
+            {
+                bail!("agent exited with {status}: {}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        bail!("agent not ready after 20 s: {}", self.log_text())
+    }
+
+    /// The agent's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs the CLI against this agent.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        cli(&self.socket, args)
+    }
+
+    /// Kills the agent with SIGKILL (no chance to clean up).
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Stops the agent with SIGTERM and waits; returns its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        // SAFETY: plain kill(2) on our child's pid.
+        unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(st)) = c.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        c.wait().ok()
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `portcullis --socket SOCKET args...`.
+pub fn cli(socket: &Path, args: &[&str]) -> Output {
+    Command::new(portcullis_bin())
+        .arg("--socket")
+        .arg(socket)
+        .args(args)
+        .env("PORTCULLIS_LOG", "warn")
+        .output()
+        .expect("running the portcullis CLI")
+}
+
+/// Stdout of a successful CLI run; panics with stderr otherwise.
+pub fn ok(out: &Output) -> String {
+    assert!(out.status.success(), "CLI failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Stderr of a failed CLI run; panics if it succeeded.
+pub fn err(out: &Output) -> String {
+    assert!(!out.status.success(), "CLI should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}

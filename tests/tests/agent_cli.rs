@@ -1,0 +1,246 @@
+//! The real daemon driven only through the real CLI: every kind on both lists, ASE aliases,
+//! import with rejected lines, TTL expiry, refusal of world-blocking entries, malformed
+//! input, and (in a namespace pair) enforcement, `kill -9` and restart with traffic flowing.
+
+use std::io::Write as _;
+use std::os::unix::ffi::OsStrExt as _;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::agent::{cli, err, ok, portcullis_bin, Agent, AgentDirs, AgentOpts};
+use portcullis_tests::netns::{NetnsPair, CLIENT_V4, SERVER_V4};
+use portcullis_tests::privileged;
+
+fn json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_str(&ok(out)).expect("JSON output")
+}
+
+fn count(agent: &Agent, list: &str) -> usize {
+    json(&agent.cli(&[list, "list", "--json"])).as_array().map_or(0, Vec::len)
+}
+
+#[test]
+fn every_kind_on_both_lists_through_the_cli() {
+    if !privileged("every_kind_on_both_lists_through_the_cli") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
+    let adds: [&[&str]; 6] = [
+        &["ip", "198.18.5.0/24"],
+        &["cookie", "JSESSIONID", "c00kie-value"],
+        &["token", "s3cret-bearer-token"],
+        &["api-key", "X-API-Key", "k3y-value"],
+        &["api-key", "--any-name", "any-k3y"],
+        &["username", "your name"],
+    ];
+    for list in ["deny", "allow"] {
+        for a in adds {
+            let mut args = vec![list, "add"];
+            args.extend_from_slice(a);
+            let out = ok(&agent.cli(&args));
+            assert!(out.contains("added"), "{out}");
+        }
+        let entries = json(&agent.cli(&[list, "list", "--json"]));
+        let entries = entries.as_array().expect("array");
+        assert_eq!(entries.len(), 6, "{entries:?}");
+        // Secrets never come back in clear.
+        let text = serde_json::to_string(entries).expect("json");
+        for secret in ["c00kie-value", "s3cret-bearer-token", "k3y-value", "any-k3y"] {
+            assert!(!text.contains(secret), "{secret} leaked in {text}");
+        }
+        assert!(text.contains("your name") && text.contains("198.18.5.0/24") && text.contains("JSESSIONID"));
+        let only_tokens = json(&agent.cli(&[list, "list", "--kind", "token", "--json"]));
+        assert_eq!(only_tokens.as_array().map(Vec::len), Some(1));
+        // Remove each kind again, by its clear-text value.
+        for a in adds {
+            let mut args = vec![list, "remove"];
+            args.extend_from_slice(a);
+            ok(&agent.cli(&args));
+        }
+        assert_eq!(count(&agent, list), 0);
+    }
+    // ASE's verbs and output.
+    assert_eq!(ok(&agent.cli(&["add_blacklist", "ip", "198.18.1.1"])).trim(), "ip 198.18.1.1/32 added to blacklist");
+    assert_eq!(ok(&agent.cli(&["add_whitelist", "ip", "198.18.1.2"])).trim(), "ip 198.18.1.2/32 added to whitelist");
+    assert_eq!(ok(&agent.cli(&["view_blacklist", "ip"])).trim(), "ip 198.18.1.1/32");
+    assert_eq!(ok(&agent.cli(&["delete_blacklist", "ip", "198.18.1.1"])).trim(), "ip 198.18.1.1/32 deleted from blacklist");
+    assert_eq!(ok(&agent.cli(&["clear_whitelist"])).trim(), "whitelist cleared");
+    // Clear by kind and source.
+    ok(&agent.cli(&["deny", "add", "token", "t1"]));
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.2.2"]));
+    ok(&agent.cli(&["deny", "clear", "--kind", "token"]));
+    assert_eq!(count(&agent, "deny"), 1);
+    // Status and stats answer in both forms.
+    let status = json(&agent.cli(&["status", "--json"]));
+    assert_eq!(status["kernel_ip_entries"], 1);
+    assert!(ok(&agent.cli(&["status"])).contains("deny   ip"));
+    assert!(ok(&agent.cli(&["stats"])).contains("drop_denied"));
+}
+
+#[test]
+fn malformed_input_is_refused_clearly_and_changes_nothing() {
+    if !privileged("malformed_input_is_refused_clearly_and_changes_nothing") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(&dirs, &AgentOpts { config: "management_networks = [\"198.18.200.0/24\"]\n".into(), ..AgentOpts::default() }).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.3.3"]));
+    let before = json(&agent.cli(&["deny", "list", "--json"]));
+    let cases: [(&[&str], &str); 9] = [
+        (&["deny", "add", "ip", "198.18.0.0/33"], "prefix length"),
+        (&["deny", "add", "ip", "198.18.0.300"], "invalid IP address"),
+        (&["deny", "add", "bogus", "x"], "unknown identifier kind"),
+        (&["deny", "add", "cookie", "only-a-value"], "cookie needs a name"),
+        (&["deny", "add", "ip", "0.0.0.0/0"], "every address"),
+        (&["deny", "add", "ip", "::/0"], "every address"),
+        (&["deny", "add", "ip", "198.18.0.0/16"], "management network"),
+        (&["deny", "add", "username", "a\u{7}b"], "control characters"),
+        (&["deny", "add", "ip", "198.18.0.1", "--ttl", "5 weeks"], "duration"),
+    ];
+    for (args, want) in cases {
+        let e = err(&agent.cli(args));
+        assert!(e.contains(want), "{args:?}: {e}");
+    }
+    // Invalid UTF-8 on the command line.
+    let out = std::process::Command::new(portcullis_bin())
+        .arg("--socket")
+        .arg(dirs.socket())
+        .args(["deny", "add", "username"])
+        .arg(std::ffi::OsStr::from_bytes(b"bad\xff\xfe"))
+        .output()
+        .expect("cli");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("utf-8"), "{}", String::from_utf8_lossy(&out.stderr));
+    // A 10 MB identifier straight on the socket, and broken JSON: clear errors, agent fine.
+    let mut s = std::os::unix::net::UnixStream::connect(dirs.socket()).expect("socket");
+    let big = format!("{{\"op\":\"add\",\"list\":\"deny\",\"kind\":\"token\",\"value\":\"{}\"}}\n", "x".repeat(10 << 20));
+    s.write_all(big.as_bytes()).expect("write");
+    s.write_all(b"{\"op\":\"add\",\"list\":\n").expect("write");
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut r, &mut line).expect("answer");
+    assert!(line.contains("limit is 8192"), "{line}");
+    line.clear();
+    std::io::BufRead::read_line(&mut r, &mut line).expect("answer");
+    assert!(line.contains("invalid request"), "{line}");
+    // --force allows what the safety rules refused.
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.0/16", "--force"]));
+    ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/16"]));
+    assert_eq!(json(&agent.cli(&["deny", "list", "--json"])), before, "refused input changed nothing");
+}
+
+#[test]
+fn import_streams_and_reports_bad_lines() {
+    if !privileged("import_streams_and_reports_bad_lines") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
+    let path = dirs.root.join("import.txt");
+    let mut f = std::fs::File::create(&path).expect("file");
+    writeln!(f, "# a feed").expect("w");
+    for i in 0..30_000u32 {
+        writeln!(f, "198.19.{}.{}", i >> 8, i & 255).expect("w");
+    }
+    writeln!(f, "not-an-ip").expect("w"); // line 30002
+    writeln!(f, "token {}", "y".repeat(10 << 20)).expect("w"); // line 30003: 10 MB
+    writeln!(f, r#"{{"kind":"username","value":"mallory","ttl":"1h"}}"#).expect("w");
+    writeln!(f, r#"{{"kind":"ip","value":"#).expect("w"); // line 30005
+    f.write_all(b"username \xff\xfe\n").expect("w"); // line 30006
+    writeln!(f, "cookie SID v").expect("w");
+    drop(f);
+    let out = agent.cli(&["deny", "import", path.to_str().expect("utf8"), "--reason", "feed", "--json"]);
+    let r = json(&out);
+    assert_eq!(r["accepted"], 30_002, "{r}");
+    let rejected: Vec<u64> = r["rejected"].as_array().expect("rejected").iter().map(|x| x[0].as_u64().unwrap_or(0)).collect();
+    assert_eq!(rejected, vec![30_002, 30_003, 30_005, 30_006], "{r}");
+    assert_eq!(count(&agent, "deny"), 30_002);
+    let status = json(&agent.cli(&["status", "--json"]));
+    assert_eq!(status["kernel_ip_entries"], 30_000);
+    // The human form names the file and line.
+    let out = agent.cli(&["deny", "import", path.to_str().expect("utf8")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("import.txt:30002:"), "{stderr}");
+}
+
+#[test]
+fn ttl_entries_expire_from_store_and_kernel() {
+    if !privileged("ttl_entries_expire_from_store_and_kernel") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.9.9", "--ttl", "2s"]));
+    ok(&agent.cli(&["deny", "add", "token", "short-lived", "--ttl", "2s"]));
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.9.10"]));
+    assert_eq!(json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"], 2);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while count(&agent, "deny") > 1 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let left = json(&agent.cli(&["deny", "list", "--json"]));
+    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
+    assert_eq!(left[0]["value"], "198.18.9.10/32");
+    assert_eq!(json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"], 1);
+    assert!(agent.log_text().contains("entry expired"));
+}
+
+#[test]
+fn daemon_enforces_and_survives_kill_9_without_a_gap() {
+    if !privileged("daemon_enforces_and_survives_kill_9_without_a_gap") {
+        return;
+    }
+    let pair = NetnsPair::new().expect("namespaces");
+    let dirs = AgentDirs::new();
+    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], ..AgentOpts::default() };
+    let mut agent = Agent::start(&dirs, &opts).expect("agent");
+    let [bad, other, allowed] = CLIENT_V4;
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
+    // Enforced in the kernel before the CLI returns: the very next packet is dropped.
+    ok(&agent.cli(&["deny", "add", "ip", bad, "--reason", "test"]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 3).expect("ping"), 0);
+    assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 2);
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.0/29", "--force"]));
+    ok(&agent.cli(&["allow", "add", "ip", allowed]));
+    assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 0, "inside the denied /29");
+    assert_eq!(pair.ping(allowed, SERVER_V4, 2).expect("ping"), 2, "allow beats deny");
+    let stats = json(&agent.cli(&["stats", "--json"]));
+    assert!(stats["kernel"]["drop_denied"]["packets"].as_u64().unwrap_or(0) >= 5, "{stats}");
+    ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/29"]));
+
+    // kill -9 while the denied client keeps pinging: not one packet gets through, before,
+    // during or after the restart, and nothing is lost.
+    let pinger = {
+        let client = pair.client.clone();
+        std::thread::spawn(move || {
+            std::process::Command::new("ip")
+                .args(["netns", "exec", &client, "ping", "-n", "-q", "-c", "30", "-i", "0.1", "-W", "1", "-I", bad, SERVER_V4])
+                .output()
+        })
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    agent.kill9();
+    std::thread::sleep(Duration::from_millis(500));
+    let agent = Agent::start(&dirs, &opts).expect("restart");
+    let out = pinger.join().expect("pinger").expect("ping");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" 0 received"), "a packet got through across kill -9 and restart: {text}");
+    let deny = json(&agent.cli(&["deny", "list", "--json"]));
+    assert_eq!(deny.as_array().map(Vec::len), Some(1), "{deny}");
+    assert_eq!(deny[0]["reason"], "test");
+    assert_eq!(count(&agent, "allow"), 1);
+    assert!(agent.log_text().contains("reused_pinned_link=true"), "{}", agent.log_text());
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+
+    // SIGTERM leaves enforcement in place; detach (without an agent) removes it.
+    drop(agent);
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0, "still enforced after a graceful stop");
+    let out = std::process::Command::new(portcullis_bin())
+        .args(["detach", "--iface", &pair.server_if, "--pin-dir"])
+        .arg(&dirs.pins.0)
+        .output()
+        .expect("detach");
+    assert!(ok(&out).contains("detached"));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2, "traffic restored after detach");
+    let _ = cli(&dirs.socket(), &["status"]);
+}
