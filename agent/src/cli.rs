@@ -280,7 +280,8 @@ fn when(unix: Option<i64>) -> String {
         None => "never".into(),
         Some(t) => {
             let left = t - crate::service::unix_now();
-            if left <= 0 { "expired".into() } else if left < 120 { format!("in {left}s") } else if left < 7200 { format!("in {}m", left / 60) } else if left < 172_800 { format!("in {}h", left / 3600) } else { format!("in {}d", left / 86_400) }
+            let up = |unit: i64| (left + unit - 1) / unit;
+            if left <= 0 { "expired".into() } else if left < 120 { format!("in {left}s") } else if left < 7200 { format!("in {}m", up(60)) } else if left < 172_800 { format!("in {}h", up(3600)) } else { format!("in {}d", up(86_400)) }
         }
     }
 }

@@ -204,6 +204,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn shipped_example_config_is_valid() {
+        let cfg: Config = toml::from_str(include_str!("../../dist/portcullis.toml")).expect("example parses");
+        cfg.validate().expect("example validates");
+        assert_eq!(cfg.interfaces, vec!["eth0".to_string()]);
+    }
+
+    #[test]
     fn durations() {
         assert_eq!(parse_duration("90"), Ok(90));
         assert_eq!(parse_duration("1h"), Ok(3600));

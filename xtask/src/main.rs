@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
         }
         "demo" => {
             let env = setup::run()?;
+            cargo(&env, &["build", "--release", "--quiet", "-p", "portcullis-agent", "--bins"])?;
             cargo(&env, &["run", "--release", "--quiet", "-p", "portcullis-tests", "--bin", "demo"])
         }
         "bench" => {

@@ -1,56 +1,61 @@
-//! `cargo xtask demo`: Portcullis's main job in one minute. Makes a throwaway pair of network
-//! namespaces joined by veth, attaches the XDP filter to the server side, denies one client,
-//! and shows its pings lost while an unlisted client's are answered. Everything it creates is
-//! removed at the end, also on error.
+//! `cargo xtask demo`: Portcullis's main job in one minute, with the real daemon and CLI.
+//! Makes a throwaway pair of network namespaces joined by veth, runs `portcullis agent` on the
+//! server side attached to its veth, then drives it with the CLI: a denied client's pings are
+//! dropped by XDP while an unlisted client's are answered, an allow entry wins inside a
+//! denied range, and the counters show it. Everything it creates is removed at the end.
 
 use anyhow::Context as _;
-use portcullis::cidr::Cidr;
-use portcullis::kernel::{self, AttachMode, Filter, List, LoadOptions};
-use portcullis_common::{counter, NEVER};
-use portcullis_tests::netns::{in_netns, NetnsPair, CLIENT_V4, SERVER_V4};
-use portcullis_tests::PinDir;
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
+use portcullis_tests::netns::{NetnsPair, CLIENT_V4, SERVER_V4};
 
 fn main() -> anyhow::Result<()> {
     if !portcullis_tests::privileged("demo") {
         anyhow::bail!("the demo attaches XDP and creates namespaces: run it as root");
     }
     let pair = NetnsPair::new().context("creating namespaces")?;
-    let pins = PinDir::new();
-    println!("== namespaces {} (server {SERVER_V4}) and {} (clients {}, {})", pair.server, pair.client, CLIENT_V4[0], CLIENT_V4[1]);
-    let mut filter = Filter::load(&LoadOptions { pin_dir: Some(pins.0.clone()), ..LoadOptions::default() })?;
-    let iface = pair.server_if.clone();
-    let attached = in_netns(&pair.server, || filter.attach(&iface, AttachMode::Native))??;
-    println!("== XDP filter attached to {} ({:?} mode), link pinned under {}", attached.iface, attached.mode, pins.0.display());
+    let dirs = AgentDirs::new();
+    println!("== namespaces {} (server {SERVER_V4}, veth {}) and {} (clients {})", pair.server, pair.server_if, pair.client, CLIENT_V4.join(", "));
+    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], ..AgentOpts::default() };
+    let agent = Agent::start(&dirs, &opts)?;
+    println!("== portcullis agent --iface {} running (state in {})", pair.server_if, dirs.root.display());
 
-    let [bad, good, _] = CLIENT_V4;
-    let show = |who: &str, src: &str| -> anyhow::Result<()> {
-        let got = pair.ping(src, SERVER_V4, 4)?;
-        let verdict = if got == 0 { "LOST (dropped by XDP)" } else { "answered" };
-        println!("   ping from {who:<9} {src}: {got}/4 {verdict}");
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        println!("\n$ portcullis {}", args.join(" "));
+        let out = agent.cli(args);
+        print!("{}", String::from_utf8_lossy(&out.stdout));
+        eprint!("{}", String::from_utf8_lossy(&out.stderr));
         Ok(())
     };
-    println!("== before any entry");
-    show("client A", bad)?;
-    show("client B", good)?;
+    let [a, b, c] = CLIENT_V4;
+    let ping = |who: &str, src: &str| -> anyhow::Result<()> {
+        let got = pair.ping(src, SERVER_V4, 4)?;
+        let verdict = if got == 0 { "LOST (dropped by XDP)" } else { "answered" };
+        println!("   ping from {who} {src}: {got}/4 {verdict}");
+        Ok(())
+    };
+    println!("\n== before any entry");
+    ping("client A", a)?;
+    ping("client B", b)?;
 
-    let denied: Cidr = bad.parse()?;
-    filter.insert(List::Deny, denied, NEVER)?;
-    println!("== deny add ip {denied}");
-    show("client A", bad)?;
-    show("client B", good)?;
+    run(&["deny", "add", "ip", a, "--reason", "demo attacker"])?;
+    ping("client A", a)?;
+    ping("client B", b)?;
 
-    let c = filter.counters()?;
-    println!("== kernel counters");
-    for (i, name) in counter::NAMES.iter().enumerate() {
-        println!("   {name:<20} {:>6} packets {:>8} bytes", c[i].packets, c[i].bytes);
-    }
+    run(&["deny", "add", "ip", "198.18.0.0/29", "--ttl", "10m", "--force"])?;
+    run(&["allow", "add", "ip", c])?;
+    ping("client B", b)?;
+    ping("client C", c)?;
 
-    filter.remove(List::Deny, denied)?;
-    println!("== deny remove ip {denied}");
-    show("client A", bad)?;
+    run(&["deny", "add", "token", "eyJhbGciOiJIUzI1NiJ9.stolen"])?;
+    run(&["deny", "list"])?;
+    run(&["stats"])?;
+    run(&["deny", "remove", "ip", "198.18.0.0/29"])?;
+    run(&["deny", "remove", "ip", a])?;
+    ping("client A", a)?;
+    run(&["status"])?;
 
-    drop(filter);
-    kernel::detach(&pins.0, &pair.server_if)?;
-    println!("== detached; namespaces and pins removed");
+    drop(agent);
+    println!("\n== agent stopped (SIGTERM); removing the filter and the namespaces");
+    portcullis::kernel::detach(&dirs.pins.0, &pair.server_if)?;
     Ok(())
 }
