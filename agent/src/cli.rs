@@ -461,7 +461,7 @@ fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
 }
 
 /// Lines sent per request: large enough to amortise a round trip, small enough to show progress.
-const IMPORT_BATCH: usize = 20_000;
+const IMPORT_BATCH: usize = 100_000;
 
 fn import(cli: &Cli, list: List, file: &PathBuf, defaults: ImportDefaults, json: bool) -> anyhow::Result<()> {
     let (reader, total): (Box<dyn BufRead>, u64) = if file.as_os_str() == "-" {

@@ -148,11 +148,13 @@ fn check_name(kind: Kind, n: &str) -> Result<(), IdentError> {
 
 /// `sha256:<hex>` of a secret.
 pub fn digest(secret: &str) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let d = Sha256::digest(secret.as_bytes());
     let mut s = String::with_capacity(7 + 64);
     s.push_str("sha256:");
     for b in d {
-        s.push_str(&format!("{b:02x}"));
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 15)]));
     }
     s
 }

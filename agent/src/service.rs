@@ -362,9 +362,17 @@ impl Service {
                 by_cidr.entry(c).or_default().push(e);
             }
         }
+        // Adding only raises deadlines: the new kernel deadline is the later of what the
+        // kernel holds (the twin knows) and the batch's own, with no database lookups.
         let mut items = Vec::with_capacity(by_cidr.len());
         for (cidr, extra) in &by_cidr {
-            items.push((list, *cidr, self.ip_deadline(list, &extra[0].ident, extra, now)?));
+            let current = self.filter.as_ref().map(|f| f.table().entry(cidr)).unwrap_or_default();
+            let current = match list {
+                List::Allow => current.allow_until,
+                List::Deny => current.deny_until,
+            };
+            let new = extra.iter().map(|e| kernel_deadline(e.expires, now)).max().unwrap_or(0);
+            items.push((list, *cidr, Some(current.max(new))));
         }
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;

@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection};
 use serde::{Deserialize, Serialize};
 
 use crate::ident::{Identifier, Kind};
@@ -47,6 +47,12 @@ pub struct Filter {
 /// Store errors: the database file and what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// The file was written by another, incompatible version.
+    #[error("state database has schema version {found}, this build reads version 2")]
+    Schema {
+        /// Version found.
+        found: i64,
+    },
     /// SQLite failed.
     #[error("state database {op}: {source}")]
     Sql {
@@ -66,8 +72,14 @@ pub struct Store {
     conn: Connection,
 }
 
+/// Rows are appended in a rowid table; identity goes through a dense unique index on a
+/// 128-bit key (`ident_key`, two integers) plus scope and source, rather than a B-tree keyed
+/// by 70-byte digests, so a bulk import of random tokens touches few pages per row.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS entries (
+    id      INTEGER PRIMARY KEY,
+    ikey    INTEGER NOT NULL,
+    ikey2   INTEGER NOT NULL,
     list    TEXT NOT NULL,
     kind    TEXT NOT NULL,
     name    TEXT NOT NULL,
@@ -76,12 +88,30 @@ CREATE TABLE IF NOT EXISTS entries (
     source  TEXT NOT NULL,
     reason  TEXT NOT NULL,
     created INTEGER NOT NULL,
-    expires INTEGER,
-    PRIMARY KEY (list, kind, name, value, api, source)
-) WITHOUT ROWID;
+    expires INTEGER
+);
+CREATE UNIQUE INDEX IF NOT EXISTS entries_identity ON entries(ikey, ikey2, api, source);
 CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS NOT NULL;
-CREATE INDEX IF NOT EXISTS entries_source ON entries(source, list, kind);
+PRAGMA user_version = 2;
 ";
+
+/// The 128-bit identity key of an identifier on a list: SHA-256 over its fields, first 16
+/// bytes as two integers (stable across versions, unlike std's hasher; collisions are out of
+/// reach at any list size).
+pub fn ident_key(list: List, ident: &Identifier) -> (i64, i64) {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in [list.as_str(), ident.kind.as_str(), &ident.name, &ident.value] {
+        h.update((part.len() as u32).to_le_bytes());
+        h.update(part.as_bytes());
+    }
+    let d = h.finalize();
+    let half = |i: usize| i64::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4], d[i + 5], d[i + 6], d[i + 7]]);
+    (half(0), half(8))
+}
+
+const COLUMNS: &str = "list, kind, name, value, api, source, reason, created, expires";
+const SAME_IDENT: &str = "ikey=?1 AND ikey2=?2";
 
 fn kind_of(s: &str) -> Kind {
     s.parse().unwrap_or(Kind::Username)
@@ -130,6 +160,18 @@ impl Store {
         conn.pragma_update(None, "journal_mode", "WAL").map_err(sql("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL").map_err(sql("setting synchronous"))?;
         conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql("setting busy timeout"))?;
+        // 32 MiB of page cache: bulk imports insert digests at random B-tree positions.
+        conn.pragma_update(None, "cache_size", -32_768).map_err(sql("setting cache size"))?;
+        // Checkpoint less often: a bulk import rewrites the same index pages many times.
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384).map_err(sql("setting checkpoint interval"))?;
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql("reading schema version"))?;
+        let has_table: bool = conn
+            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'entries'", [], |r| r.get::<_, i64>(0))
+            .map_err(sql("reading schema"))?
+            > 0;
+        if has_table && version != 2 {
+            return Err(StoreError::Schema { found: version });
+        }
         conn.execute_batch(SCHEMA).map_err(sql("creating schema"))?;
         Ok(Self { conn })
     }
@@ -139,34 +181,27 @@ impl Store {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let mut added = 0;
         {
-            let mut exists = tx
-                .prepare_cached("SELECT 1 FROM entries WHERE list=?1 AND kind=?2 AND name=?3 AND value=?4 AND api=?5 AND source=?6")
+            let mut insert = tx
+                .prepare_cached(&format!(
+                    "INSERT OR IGNORE INTO entries (ikey, ikey2, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
                 .map_err(sql("prepare"))?;
-            let mut put = tx
-                .prepare_cached(
-                    "INSERT INTO entries (list, kind, name, value, api, source, reason, created, expires)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
-                     ON CONFLICT (list, kind, name, value, api, source)
-                     DO UPDATE SET reason = excluded.reason, expires = excluded.expires",
-                )
+            let mut update = tx
+                .prepare_cached("UPDATE entries SET reason = ?5, expires = ?6 WHERE ikey=?1 AND ikey2=?2 AND api=?3 AND source=?4")
                 .map_err(sql("prepare"))?;
-            for e in entries {
-                let key = params![e.list.as_str(), e.ident.kind.as_str(), e.ident.name, e.ident.value, e.api, e.source];
-                if exists.query_row(key, |_| Ok(())).optional().map_err(sql("lookup"))?.is_none() {
+            // In key order, consecutive inserts land on neighbouring index pages.
+            let mut keyed: Vec<((i64, i64), &Entry)> = entries.iter().map(|e| (ident_key(e.list, &e.ident), e)).collect();
+            keyed.sort_unstable_by_key(|(k, _)| *k);
+            for ((k1, k2), e) in keyed {
+                let (list, kind) = (e.list.as_str(), e.ident.kind.as_str());
+                let n = insert
+                    .execute(params![k1, k2, list, kind, e.ident.name, e.ident.value, e.api, e.source, e.reason, e.created, e.expires])
+                    .map_err(sql("insert"))?;
+                if n == 1 {
                     added += 1;
+                } else {
+                    update.execute(params![k1, k2, e.api, e.source, e.reason, e.expires]).map_err(sql("update"))?;
                 }
-                put.execute(params![
-                    e.list.as_str(),
-                    e.ident.kind.as_str(),
-                    e.ident.name,
-                    e.ident.value,
-                    e.api,
-                    e.source,
-                    e.reason,
-                    e.created,
-                    e.expires
-                ])
-                .map_err(sql("insert"))?;
             }
         }
         tx.commit().map_err(sql("commit"))?;
@@ -178,12 +213,10 @@ impl Store {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let removed = {
             let mut q = tx
-                .prepare_cached(
-                    "DELETE FROM entries WHERE list=?1 AND kind=?2 AND name=?3 AND value=?4 AND (?5 IS NULL OR source=?5)
-                     RETURNING list, kind, name, value, api, source, reason, created, expires",
-                )
+                .prepare_cached(&format!("DELETE FROM entries WHERE {SAME_IDENT} AND (?3 IS NULL OR source=?3) RETURNING {COLUMNS}"))
                 .map_err(sql("prepare"))?;
-            q.query_map(params![list.as_str(), ident.kind.as_str(), ident.name, ident.value, source], row_entry)
+            let (k1, k2) = ident_key(list, ident);
+            q.query_map(params![k1, k2, source], row_entry)
                 .map_err(sql("delete"))?
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(sql("delete"))?
@@ -231,12 +264,10 @@ impl Store {
     pub fn rows_of(&self, list: List, ident: &Identifier) -> Result<Vec<Entry>, StoreError> {
         let mut q = self
             .conn
-            .prepare_cached(
-                "SELECT list, kind, name, value, api, source, reason, created, expires FROM entries
-                 WHERE list=?1 AND kind=?2 AND name=?3 AND value=?4",
-            )
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM entries WHERE {SAME_IDENT}"))
             .map_err(sql("prepare"))?;
-        q.query_map(params![list.as_str(), ident.kind.as_str(), ident.name, ident.value], row_entry)
+        let (k1, k2) = ident_key(list, ident);
+        q.query_map(params![k1, k2], row_entry)
             .map_err(sql("lookup"))?
             .collect::<Result<Vec<_>, _>>()
             .map_err(sql("lookup"))

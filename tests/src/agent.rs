@@ -128,6 +128,11 @@ impl Agent {
         bail!("agent not ready after 20 s: {}", self.log_text())
     }
 
+    /// The agent's process id (of `nsenter` when run in a namespace, which execs the agent).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// The agent's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()

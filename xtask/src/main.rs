@@ -36,11 +36,15 @@ fn main() -> anyhow::Result<()> {
             let env = setup::run()?;
             match rest.first().map(String::as_str) {
                 Some("xdp") | None => cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "xdp"]),
-                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp`"),
+                Some("agent") => {
+                    cargo(&env, &["build", "--release", "-p", "portcullis-agent", "--bins"])?;
+                    cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "agent"])
+                }
+                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp` or `cargo xtask bench agent`"),
             }
         }
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build|test|demo|bench xdp>");
+            println!("usage: cargo xtask <setup|build|test|demo|bench xdp|bench agent>");
             Ok(())
         }
         other => bail!("unknown verb {other:?}: try `cargo xtask help`"),

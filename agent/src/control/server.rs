@@ -81,9 +81,19 @@ async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io
             match serde_json::from_slice::<Request>(&line) {
                 Ok(req) => {
                     let service = service.clone();
-                    tokio::task::spawn_blocking(move || match service.lock() {
-                        Ok(mut s) => s.handle(req),
-                        Err(_) => Response::err("agent state is poisoned after an internal error; restart the agent"),
+                    let bulk = matches!(req, Request::Import { .. } | Request::Clear { .. });
+                    tokio::task::spawn_blocking(move || {
+                        let r = match service.lock() {
+                            Ok(mut s) => s.handle(req),
+                            Err(_) => Response::err("agent state is poisoned after an internal error; restart the agent"),
+                        };
+                        if bulk {
+                            // Hand the batch's buffers back to the OS: a long-running agent
+                            // should not keep its import high-water mark as RSS.
+                            // SAFETY: glibc's malloc_trim has no preconditions.
+                            unsafe { libc::malloc_trim(0) };
+                        }
+                        r
                     })
                     .await
                     .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))

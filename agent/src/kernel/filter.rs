@@ -390,7 +390,7 @@ impl Filter {
     }
 
     /// Entries on either list with their deadlines.
-    pub fn entries(&self) -> impl Iterator<Item = (&Cidr, &Deadlines)> {
+    pub fn entries(&self) -> impl Iterator<Item = (Cidr, Deadlines)> + '_ {
         self.table.entries()
     }
 

@@ -113,10 +113,59 @@ pub struct MapFull {
     pub capacity: u32,
 }
 
+/// The entries by CIDR, IPv4 keys kept compact (8 bytes instead of a 32-byte enum): at a
+/// million entries this map dominates the agent's memory.
+#[derive(Debug, Default)]
+struct EntryMap {
+    v4: HashMap<(u32, u8), Deadlines>,
+    v6: HashMap<(u128, u8), Deadlines>,
+}
+
+impl EntryMap {
+    fn get(&self, c: &Cidr) -> Option<&Deadlines> {
+        match *c {
+            Cidr::V4 { addr, len } => self.v4.get(&(addr, len)),
+            Cidr::V6 { addr, len } => self.v6.get(&(addr, len)),
+        }
+    }
+
+    fn contains_key(&self, c: &Cidr) -> bool {
+        self.get(c).is_some()
+    }
+
+    fn insert(&mut self, c: Cidr, d: Deadlines) {
+        match c {
+            Cidr::V4 { addr, len } => self.v4.insert((addr, len), d),
+            Cidr::V6 { addr, len } => self.v6.insert((addr, len), d),
+        };
+    }
+
+    fn remove(&mut self, c: &Cidr) {
+        match *c {
+            Cidr::V4 { addr, len } => self.v4.remove(&(addr, len)),
+            Cidr::V6 { addr, len } => self.v6.remove(&(addr, len)),
+        };
+    }
+
+    fn len(&self) -> usize {
+        self.v4.len() + self.v6.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (Cidr, Deadlines)> + '_ {
+        let v4 = self.v4.iter().map(|((addr, len), d)| (Cidr::V4 { addr: *addr, len: *len }, *d));
+        let v6 = self.v6.iter().map(|((addr, len), d)| (Cidr::V6 { addr: *addr, len: *len }, *d));
+        v4.chain(v6)
+    }
+}
+
 /// Allow and deny IP entries and the slots they expand into.
 #[derive(Debug)]
 pub struct IpTable {
-    entries: HashMap<Cidr, Deadlines>,
+    entries: EntryMap,
     v4_hosts: HashMap<u32, Deadlines>,
     v4_nets: HashMap<u32, Deadlines>,
     v4_wide: Vec<Deadlines>,
@@ -196,7 +245,7 @@ impl IpTable {
     /// An empty table whose plans are checked against `capacity`.
     pub fn new(capacity: Capacity) -> Self {
         Self {
-            entries: HashMap::default(),
+            entries: EntryMap::default(),
             v4_hosts: HashMap::default(),
             v4_nets: HashMap::default(),
             v4_wide: vec![Deadlines::EMPTY; V4_WIDE_SLOTS as usize],
@@ -217,7 +266,7 @@ impl IpTable {
     }
 
     /// Entries and their deadlines per list (0 = not on that list).
-    pub fn entries(&self) -> impl Iterator<Item = (&Cidr, &Deadlines)> {
+    pub fn entries(&self) -> impl Iterator<Item = (Cidr, Deadlines)> + '_ {
         self.entries.iter()
     }
 
@@ -360,17 +409,17 @@ impl IpTable {
     /// so every slot's old value is empty and each slot is the running maximum of the entries
     /// painted into it. Counts and guard words are derived once at the end.
     fn fill_empty(&mut self, items: &[(List, Cidr, Option<u64>)]) -> Result<Plan, MapFull> {
-        self.entries.reserve(items.len());
         for (list, cidr, until) in items {
-            let e = self.entries.entry(*cidr).or_default();
-            *e = with_list(*e, *list, until.unwrap_or(0));
+            let e = self.entries.get(cidr).copied().unwrap_or_default();
+            self.entries.insert(*cidr, with_list(e, *list, until.unwrap_or(0)));
         }
-        let hosts = self.entries.keys().filter(|c| matches!(c, Cidr::V4 { len: 25.., .. })).count();
+        let hosts = self.entries.v4.keys().filter(|(_, len)| *len >= 25).count();
         self.v4_hosts.reserve(hosts + hosts / 8);
         let entries = std::mem::take(&mut self.entries);
-        for (cidr, value) in &entries {
+        for (cidr, value) in entries.iter() {
+            let value = &value;
             let paint = |slot: &mut Deadlines| *slot = slot.max(*value);
-            match *cidr {
+            match cidr {
                 Cidr::V4 { addr, len } if len >= 25 => {
                     for i in 0..(1u32 << (32 - len)) {
                         paint(self.v4_hosts.entry(addr + i).or_default());
@@ -394,14 +443,7 @@ impl IpTable {
         }
         self.entries = entries;
         // IPv6 prefix slots aggregate the prefixes covering them: computed per slot.
-        let prefixes: Vec<(u128, u8)> = self
-            .entries
-            .keys()
-            .filter_map(|c| match *c {
-                Cidr::V6 { addr, len } if len < 128 => Some((addr, len)),
-                _ => None,
-            })
-            .collect();
+        let prefixes: Vec<(u128, u8)> = self.entries.v6.keys().copied().filter(|(_, len)| *len < 128).collect();
         for (addr, len) in prefixes {
             let v = self.compute_slot(Slot::V6Prefix(addr, len));
             self.v6_prefixes.insert((addr, len), v);
