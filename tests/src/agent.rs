@@ -98,9 +98,10 @@ impl Agent {
             .arg("--pin-dir")
             .arg(&dirs.pins.0)
             .arg("--socket")
-            .arg(dirs.socket())
-            .arg("--metrics")
-            .arg("");
+            .arg(dirs.socket());
+        if !opts.args.iter().any(|a| a == "--metrics") {
+            cmd.arg("--metrics").arg("");
+        }
         for i in &opts.ifaces {
             cmd.arg("--iface").arg(i);
         }

@@ -24,7 +24,13 @@ fn every_kind_on_both_lists_through_the_cli() {
         return;
     }
     let dirs = AgentDirs::new();
-    let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let metrics = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&dirs, &AgentOpts { args: vec!["--metrics".into(), metrics.clone()], ..AgentOpts::default() }).expect("agent");
+    // Only root and the socket's group may talk to the agent.
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(dirs.socket()).expect("socket").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o660, "control socket mode {mode:o}");
     let adds: [&[&str]; 6] = [
         &["ip", "198.18.5.0/24"],
         &["cookie", "JSESSIONID", "c00kie-value"],
@@ -75,6 +81,14 @@ fn every_kind_on_both_lists_through_the_cli() {
     assert_eq!(status["kernel_ip_entries"], 1);
     assert!(ok(&agent.cli(&["status"])).contains("deny   ip"));
     assert!(ok(&agent.cli(&["stats"])).contains("drop_denied"));
+    // Prometheus metrics.
+    let mut conn = std::net::TcpStream::connect(&metrics).expect("metrics");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").expect("request");
+    let mut body = String::new();
+    std::io::Read::read_to_string(&mut conn, &mut body).expect("response");
+    assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+    assert!(body.contains("portcullis_xdp_packets_total{verdict=\"drop_denied\"}"), "{body}");
+    assert!(body.contains("portcullis_list_entries{list=\"deny\",kind=\"ip\",source=\"manual\"} 1"), "{body}");
 }
 
 #[test]
