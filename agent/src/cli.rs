@@ -50,6 +50,12 @@ pub enum Command {
     },
     /// Interfaces, XDP mode, list sizes.
     Status(JsonFlag),
+    /// The L7 checker's API definitions.
+    Api {
+        /// What to do.
+        #[command(subcommand)]
+        verb: ApiVerb,
+    },
     /// Kernel counters per verdict.
     Stats(JsonFlag),
     /// Remove the XDP filter from interfaces; works whether or not the agent runs.
@@ -70,6 +76,20 @@ pub enum Command {
     /// Print the man page (roff).
     #[command(hide = true)]
     Man,
+}
+
+/// `portcullis api ...`.
+#[derive(Debug, Subcommand)]
+pub enum ApiVerb {
+    /// Loaded APIs and refused files.
+    List(JsonFlag),
+    /// One API's definition.
+    Show {
+        /// The API's name (its file name without .json).
+        name: String,
+    },
+    /// Re-read the API directory (also done on SIGHUP).
+    Reload(JsonFlag),
 }
 
 /// `--json`.
@@ -107,6 +127,24 @@ pub struct AgentArgs {
     /// Metrics address ("" disables).
     #[arg(long)]
     pub metrics: Option<String>,
+    /// Directory of API JSON definitions (ASE format) for the L7 checker.
+    #[arg(long)]
+    pub api_dir: Option<PathBuf>,
+    /// HTTPS listen address of the L7 checker.
+    #[arg(long)]
+    pub https: Option<String>,
+    /// Plain HTTP listen address of the L7 checker.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// Take the client address from X-Forwarded-For (only behind a trusted proxy).
+    #[arg(long)]
+    pub trust_xff: bool,
     /// Check the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -332,6 +370,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Deny { verb } => list_verb(&cli, List::Deny, verb),
         Command::Allow { verb } => list_verb(&cli, List::Allow, verb),
         Command::Status(j) => status(&cli, j.json),
+        Command::Api { verb } => api(&cli, verb),
         Command::Stats(j) => stats(&cli, j.json),
         Command::Detach { iface, pin_dir } => detach(iface.as_deref(), pin_dir),
         Command::Completions { shell } => {
@@ -367,6 +406,22 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     if let Some(m) = &a.metrics {
         cfg.metrics = m.clone();
     }
+    if let Some(d) = &a.api_dir {
+        cfg.checker.api_dir = d.clone();
+    }
+    if let Some(x) = &a.https {
+        cfg.checker.https = x.clone();
+    }
+    if let Some(x) = &a.http {
+        cfg.checker.http = x.clone();
+    }
+    if let Some(x) = &a.tls_cert {
+        cfg.checker.tls_cert = x.clone();
+    }
+    if let Some(x) = &a.tls_key {
+        cfg.checker.tls_key = x.clone();
+    }
+    cfg.checker.trust_xff |= a.trust_xff;
     let socket_flag = argv.iter().any(|x| x == "--socket" || x.starts_with("--socket="));
     if socket_flag || std::env::var_os("PORTCULLIS_SOCKET").is_some() {
         cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
@@ -566,6 +621,45 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
+    match verb {
+        ApiVerb::List(j) => {
+            let r = call(cli, &Request::ApiList)?;
+            if j.json {
+                return print_json(&r);
+            }
+            println!("{:<16} {:<20} {:<16} {:<9} SERVERS", "API", "HOSTNAME", "URL", "BLOCKING");
+            for a in r["apis"].as_array().cloned().unwrap_or_default() {
+                let servers: Vec<String> = a["servers"].as_array().cloned().unwrap_or_default().iter().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+                println!(
+                    "{:<16} {:<20} {:<16} {:<9} {}{}",
+                    a["name"].as_str().unwrap_or(""),
+                    a["hostname"].as_str().unwrap_or(""),
+                    a["url"].as_str().unwrap_or(""),
+                    if a["enable_blocking"].as_bool() == Some(true) { "yes" } else { "no" },
+                    servers.join(","),
+                    if a["decoy"].as_bool() == Some(true) { "  (decoys armed)" } else { "" }
+                );
+            }
+            for e in r["errors"].as_array().cloned().unwrap_or_default() {
+                eprintln!("refused: {}", e.as_str().unwrap_or(""));
+            }
+        }
+        ApiVerb::Show { name } => print_json(&call(cli, &Request::ApiShow { name: name.clone() })?)?,
+        ApiVerb::Reload(j) => {
+            let r = call(cli, &Request::ApiReload)?;
+            if j.json {
+                return print_json(&r);
+            }
+            println!("{} API definitions loaded", r["loaded"]);
+            for e in r["errors"].as_array().cloned().unwrap_or_default() {
+                eprintln!("refused: {}", e.as_str().unwrap_or(""));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn stats(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let r = call(cli, &Request::Stats)?;
     if json {
@@ -575,6 +669,12 @@ fn stats(cli: &Cli, json: bool) -> anyhow::Result<()> {
     if let Some(k) = r["kernel"].as_object() {
         for (name, v) in k {
             println!("{name:<20} {:>14} {:>16}", v["packets"].as_u64().unwrap_or(0), v["bytes"].as_u64().unwrap_or(0));
+        }
+    }
+    if let Some(l7) = r["l7"].as_object().filter(|m| !m.is_empty()) {
+        println!("\n{:<20} {:>14}", "L7 OUTCOME", "REQUESTS");
+        for (name, v) in l7 {
+            println!("{name:<20} {:>14}", v.as_u64().unwrap_or(0));
         }
     }
     Ok(())

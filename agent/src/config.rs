@@ -87,6 +87,8 @@ pub struct Config {
     pub drop_sample_every: u32,
     /// Kernel map capacities.
     pub capacity: CapacityConfig,
+    /// The L7 checker (TLS-terminating proxy); off unless a listener is set.
+    pub checker: crate::checker::CheckerConfig,
 }
 
 impl Default for Config {
@@ -104,6 +106,7 @@ impl Default for Config {
             prune_interval: "10s".into(),
             drop_sample_every: 64,
             capacity: CapacityConfig::default(),
+            checker: crate::checker::CheckerConfig::default(),
         }
     }
 }
@@ -164,6 +167,17 @@ impl Config {
         }
         if !self.drop_sample_every.is_power_of_two() {
             return Err(ConfigError::Invalid { field: "drop_sample_every", message: "must be a power of two".into() });
+        }
+        let c = &self.checker;
+        for (field, addr) in [("checker.https", &c.https), ("checker.http", &c.http)] {
+            if !addr.is_empty() {
+                addr.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid { field, message: format!("{addr:?}: {e}") })?;
+            }
+        }
+        parse_duration(&c.detection_ttl).map_err(|m| ConfigError::Invalid { field: "checker.detection_ttl", message: m })?;
+        parse_duration(&c.header_timeout).map_err(|m| ConfigError::Invalid { field: "checker.header_timeout", message: m })?;
+        if c.max_headers == 0 || c.max_header_bytes < 1024 {
+            return Err(ConfigError::Invalid { field: "checker.max_headers", message: "limits too small to serve any request".into() });
         }
         for iface in &self.interfaces {
             if iface.is_empty() || iface.len() > 15 || iface.contains('/') {

@@ -59,7 +59,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     };
     let cfg = portcullis_common::Config { mode, sample_mask: config.drop_sample_every - 1, ..filter.config()? };
     filter.set_config(cfg)?;
-    let mut service = Service::new(config.clone(), store, Some(filter));
+    let mut service = Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
 
     // The store is the list of record: make the (possibly reused) pinned maps equal to it
     // before the program is (re)attached, so enforcement never regresses.
@@ -88,6 +88,21 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     }
     service.set_attached(attached);
 
+    // The L7 checker, when a listener is configured.
+    let checker_parts = if config.checker.enabled() {
+        let registry = Arc::new(crate::checker::ApiRegistry::load(config.checker.api_dir.clone()));
+        let stats = Arc::new(crate::checker::L7Stats::default());
+        service.set_checker(registry.clone(), stats.clone());
+        let tls = if config.checker.https.is_empty() {
+            None
+        } else {
+            Some(Arc::new(crate::checker::tls::Tls::load(&config.checker.tls_cert, &config.checker.tls_key).context("loading the checker's TLS certificate")?))
+        };
+        Some((registry, stats, tls))
+    } else {
+        None
+    };
+    let lists = service.lists();
     let service = Arc::new(Mutex::new(service));
     let (stop_tx, stop_rx) = watch::channel(false);
     let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
@@ -95,6 +110,24 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     if !config.metrics.is_empty() {
         let listener = tokio::net::TcpListener::bind(&config.metrics).await.with_context(|| format!("binding metrics on {}", config.metrics))?;
         tasks.push(tokio::spawn(metrics::serve(listener, service.clone(), agent_metrics.clone(), stop_rx.clone())));
+    }
+    let mut tls_handle = None;
+    let mut registry_handle = None;
+    if let Some((registry, stats, tls)) = checker_parts {
+        let proxy = crate::checker::proxy::Proxy::new(registry.clone(), lists, service.clone(), stats, config.checker.clone())?;
+        if let Some(tls) = &tls {
+            let l = tokio::net::TcpListener::bind(&config.checker.https).await.with_context(|| format!("binding HTTPS on {}", config.checker.https))?;
+            tracing::info!(addr = %config.checker.https, apis = registry.apis().len(), "L7 checker listening (HTTPS)");
+            tasks.push(tokio::spawn(crate::checker::proxy::serve(l, Some(tls.clone()), proxy.clone(), stop_rx.clone())));
+        }
+        if !config.checker.http.is_empty() {
+            let l = tokio::net::TcpListener::bind(&config.checker.http).await.with_context(|| format!("binding HTTP on {}", config.checker.http))?;
+            tracing::info!(addr = %config.checker.http, "L7 checker listening (plain HTTP)");
+            tasks.push(tokio::spawn(crate::checker::proxy::serve(l, None, proxy.clone(), stop_rx.clone())));
+        }
+        tokio::spawn(proxy.clone().health_loop(stop_rx.clone()));
+        tls_handle = tls;
+        registry_handle = Some(registry);
     }
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
     notify_ready();
@@ -104,10 +137,26 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let mut events_tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let mut tls_tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the TLS certificate and the API definitions");
+                if let Some(t) = &tls_handle && let Err(e) = t.reload() {
+                    tracing::error!("TLS reload failed, keeping the old certificate: {e:#}");
+                }
+                if let Some(r) = &registry_handle {
+                    r.reload();
+                }
+            }
+            _ = tls_tick.tick() => {
+                if let Some(t) = &tls_handle {
+                    t.reload_if_changed();
+                }
+            }
             _ = prune_tick.tick() => {
                 let service = service.clone();
                 let pruned = tokio::task::spawn_blocking(move || match service.lock() {

@@ -5,6 +5,7 @@
 //! API ([`control`]), the daemon ([`daemon`]), metrics ([`metrics`]), configuration
 //! ([`config`]) and the command line ([`cli`]).
 
+pub mod checker;
 pub mod cidr;
 pub mod cli;
 pub mod config;

@@ -42,6 +42,14 @@ pub fn render(service: &Service, agent: &AgentMetrics) -> String {
             let _ = writeln!(out, "portcullis_xdp_bytes_total{{verdict=\"{verdict}\"}} {}", v["bytes"]);
         }
     }
+    if let Ok(stats) = service.stats()
+        && let Some(l7) = stats.get("l7").and_then(|k| k.as_object()).filter(|m| !m.is_empty())
+    {
+        out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome.\n# TYPE portcullis_l7_requests_total counter\n");
+        for (outcome, v) in l7 {
+            let _ = writeln!(out, "portcullis_l7_requests_total{{outcome=\"{outcome}\"}} {v}");
+        }
+    }
     out.push_str("# HELP portcullis_list_entries Entries on the allow and deny lists.\n# TYPE portcullis_list_entries gauge\n");
     if let Ok(counts) = service.counts() {
         for (list, kind, source, n) in counts {

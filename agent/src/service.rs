@@ -12,6 +12,10 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 
+use std::sync::{Arc, RwLock};
+
+use crate::checker::lists::L7Lists;
+use crate::checker::{ApiRegistry, L7Stats};
 use crate::cidr::Cidr;
 use crate::config::{Config, Mode};
 use crate::control::proto::{AddRequest, ImportDefaults, Request, Response};
@@ -95,7 +99,10 @@ pub fn host_addresses() -> Vec<IpAddr> {
     }
     // SAFETY: head came from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
-    out.retain(|a| !a.is_loopback());
+    // Loopback counts too: a local load balancer makes every client look like 127.0.0.1,
+    // and one detection must not then deny everyone.
+    out.push(IpAddr::from([127, 0, 0, 1]));
+    out.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
     out
 }
 
@@ -167,6 +174,10 @@ pub struct Imported {
 pub struct Service {
     store: Store,
     filter: Option<Filter>,
+    /// The L7 checker's in-memory view of the lists, kept in step with the store.
+    lists: Arc<RwLock<L7Lists>>,
+    /// The checker's API definitions and counters, when it runs.
+    checker: Option<(Arc<ApiRegistry>, Arc<L7Stats>)>,
     config: Config,
     own_addresses: Vec<IpAddr>,
     attached: Vec<Attached>,
@@ -175,8 +186,45 @@ pub struct Service {
 
 impl Service {
     /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
-    pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Self {
-        Self { store, filter, config, own_addresses: host_addresses(), attached: Vec::new(), started: Instant::now() }
+    pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
+        let mut lists = L7Lists::default();
+        store.for_each(|e| lists.add(e))?;
+        Ok(Self {
+            store,
+            filter,
+            lists: Arc::new(RwLock::new(lists)),
+            checker: None,
+            config,
+            own_addresses: host_addresses(),
+            attached: Vec::new(),
+            started: Instant::now(),
+        })
+    }
+
+    /// The L7 lists, for the checker.
+    pub fn lists(&self) -> Arc<RwLock<L7Lists>> {
+        self.lists.clone()
+    }
+
+    /// Connects the checker's API registry and counters (for `api` requests and stats).
+    pub fn set_checker(&mut self, registry: Arc<ApiRegistry>, stats: Arc<L7Stats>) {
+        self.checker = Some((registry, stats));
+    }
+
+    fn l7_add(&self, entries: &[Entry]) {
+        if let Ok(mut l) = self.lists.write() {
+            for e in entries {
+                l.add(e);
+            }
+        }
+    }
+
+    fn l7_reset(&self, list: List, ident: &Identifier) -> Result<(), ServiceError> {
+        let rows = self.store.rows_of(list, ident)?;
+        if let Ok(mut l) = self.lists.write() {
+            l.reset(list, ident, &rows);
+        }
+        Ok(())
     }
 
     /// Records what was attached (for status).
@@ -204,6 +252,9 @@ impl Service {
             Request::Clear { list, kind, source } => self.clear(list, kind, source).map(Response::ok),
             Request::Import { list, lines, defaults } => self.import(list, &lines, &defaults).map(Response::ok),
             Request::Status => self.status().map(Response::ok),
+            Request::ApiList => self.api_list(),
+            Request::ApiShow { name } => self.api_show(&name),
+            Request::ApiReload => self.api_reload(),
             Request::Stats => self.stats().map(Response::ok),
         };
         res.unwrap_or_else(Response::err)
@@ -300,6 +351,7 @@ impl Service {
                 return Err(e.into());
             }
         };
+        self.l7_add(std::slice::from_ref(&entry));
         tracing::info!(list = %entry.list, ident = %entry.ident, source = %entry.source, reason = %entry.reason, expires = ?entry.expires, "entry added");
         Ok(Added { entry: EntryView::from(&entry), new, enforced_in_kernel: enforced })
     }
@@ -311,6 +363,7 @@ impl Service {
             return Err(ServiceError::NotFound(ident.to_string(), list));
         }
         self.sync_ip(list, &ident, unix_now())?;
+        self.l7_reset(list, &ident)?;
         tracing::info!(%list, %ident, rows = removed.len(), "entry removed");
         Ok(removed.iter().map(EntryView::from).collect())
     }
@@ -329,6 +382,12 @@ impl Service {
         }
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;
+        }
+        let mut done = std::collections::HashSet::new();
+        for e in &removed {
+            if done.insert(crate::store::ident_key(e.list, &e.ident)) {
+                self.l7_reset(e.list, &e.ident)?;
+            }
         }
         tracing::info!(%list, ?kind, rows = removed.len(), "list cleared");
         Ok(removed.len())
@@ -378,6 +437,7 @@ impl Service {
             f.apply_many(items)?;
         }
         out.new = self.store.upsert(&good)?;
+        self.l7_add(&good);
         out.accepted = good.len();
         tracing::info!(%list, accepted = out.accepted, rejected = out.rejected.len(), "import batch");
         Ok(out)
@@ -410,6 +470,7 @@ impl Service {
         let gone = self.store.prune_expired(now)?;
         for e in &gone {
             self.sync_ip(e.list, &e.ident, now)?;
+            self.l7_reset(e.list, &e.ident)?;
             tracing::info!(list = %e.list, ident = %e.ident, source = %e.source, "entry expired");
         }
         Ok(gone)
@@ -448,12 +509,51 @@ impl Service {
                 );
             }
         }
-        Ok(serde_json::json!({ "kernel": kernel }))
+        let l7: serde_json::Map<String, serde_json::Value> = self
+            .checker
+            .as_ref()
+            .map(|(_, st)| st.snapshot().into_iter().map(|(k, v)| (k.to_owned(), serde_json::json!(v))).collect())
+            .unwrap_or_default();
+        Ok(serde_json::json!({ "kernel": kernel, "l7": l7 }))
     }
 
     /// List sizes for metrics.
     pub fn counts(&self) -> Result<Vec<(List, Kind, String, u64)>, ServiceError> {
         Ok(self.store.counts()?)
+    }
+}
+
+impl Service {
+    fn registry(&self) -> Result<&Arc<ApiRegistry>, ServiceError> {
+        self.checker.as_ref().map(|(r, _)| r).ok_or_else(|| ServiceError::BadRequest("the L7 checker is not enabled (set [checker] https or http)".into()))
+    }
+
+    fn api_list(&self) -> Result<Response, ServiceError> {
+        let r = self.registry()?;
+        let apis: Vec<serde_json::Value> = r
+            .apis()
+            .values()
+            .map(|a| serde_json::json!({
+                "name": a.name, "hostname": a.meta.hostname, "url": a.meta.url,
+                "servers": a.meta.servers.iter().map(|s| format!("{}:{}", s.host, s.port)).collect::<Vec<_>>(),
+                "enable_blocking": a.meta.enable_blocking,
+                "decoy": a.meta.decoy_config.as_ref().is_some_and(|d| d.decoy_enabled),
+                "ignored_fields": a.ignored_fields,
+            }))
+            .collect();
+        let errors: Vec<String> = r.errors().iter().map(ToString::to_string).collect();
+        Ok(Response::ok(serde_json::json!({ "apis": apis, "errors": errors })))
+    }
+
+    fn api_show(&self, name: &str) -> Result<Response, ServiceError> {
+        let apis = self.registry()?.apis();
+        let api = apis.get(name).ok_or_else(|| ServiceError::BadRequest(format!("no API named {name:?} (see `portcullis api list`)")))?;
+        Ok(Response::ok(serde_json::json!({ "name": api.name, "path": api.path, "api_metadata": api.meta, "ignored_fields": api.ignored_fields })))
+    }
+
+    fn api_reload(&self) -> Result<Response, ServiceError> {
+        let (n, errors) = self.registry()?.reload();
+        Ok(Response::ok(serde_json::json!({ "loaded": n, "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() })))
     }
 }
 

@@ -260,6 +260,16 @@ impl Store {
             .map_err(sql("list"))
     }
 
+    /// Calls `f` for every row, streaming (the start-up load of the L7 lists).
+    pub fn for_each(&self, mut f: impl FnMut(&Entry)) -> Result<(), StoreError> {
+        let mut q = self.conn.prepare(&format!("SELECT {COLUMNS} FROM entries")).map_err(sql("prepare"))?;
+        let rows = q.query_map([], row_entry).map_err(sql("scan"))?;
+        for r in rows {
+            f(&r.map_err(sql("scan"))?);
+        }
+        Ok(())
+    }
+
     /// Every row of one identifier on one list (all sources and scopes).
     pub fn rows_of(&self, list: List, ident: &Identifier) -> Result<Vec<Entry>, StoreError> {
         let mut q = self

@@ -2,9 +2,11 @@
 //! frames, throwaway network namespaces with veth pairs, and a brute-force reference model.
 
 pub mod agent;
+pub mod backend;
 pub mod frames;
 pub mod netns;
 pub mod reference;
+pub mod tls;
 
 /// Environment variable that turns a skipped privileged test into a failure (set by CI).
 pub const REQUIRE_PRIVILEGED: &str = "PORTCULLIS_REQUIRE_PRIVILEGED";

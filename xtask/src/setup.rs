@@ -18,7 +18,8 @@ use anyhow::{bail, Context as _};
 /// bpf-linker release known to build against nightly's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: netns/veth and traffic tools, xdp-tools for the benchmark comparison.
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "xdp-tools", "bpftool", "netcat-openbsd"];
+/// curl and openssl for the L7 checker's tests (real TLS client, throwaway certificates).
+const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "xdp-tools", "bpftool", "netcat-openbsd", "curl", "openssl"];
 
 /// What later steps need from setup.
 pub struct Env {

@@ -68,6 +68,15 @@ pub enum Request {
     },
     /// Interfaces, mode, list sizes.
     Status,
+    /// The loaded API definitions and the refused files.
+    ApiList,
+    /// One API definition.
+    ApiShow {
+        /// API name (file stem).
+        name: String,
+    },
+    /// Re-read the API directory.
+    ApiReload,
     /// Kernel counters.
     Stats,
 }

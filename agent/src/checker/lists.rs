@@ -1,0 +1,228 @@
+//! The allow and deny lists as the L7 checker consults them on every request: in memory,
+//! keyed by the store's 128-bit identity keys (secrets are never held in clear), with each
+//! entry's scope (global or per API) and expiry. The service keeps it in step with the store.
+
+use std::net::IpAddr;
+
+use rustc_hash::FxHashMap as HashMap;
+
+use crate::cidr::{mask128, mask32, Cidr};
+use crate::ident::{Identifier, Kind};
+use crate::kernel::List;
+use crate::store::{ident_key, Entry};
+
+/// Where and until when one identifier is listed.
+#[derive(Clone, Debug, Default)]
+struct Presence {
+    /// Expiry of the latest global row (`i64::MAX` = never).
+    global: Option<i64>,
+    /// Per-API rows: (api, expiry).
+    scoped: Vec<(Box<str>, i64)>,
+}
+
+impl Presence {
+    fn add(&mut self, api: &str, expires: Option<i64>) {
+        let e = expires.unwrap_or(i64::MAX);
+        if api.is_empty() {
+            self.global = Some(self.global.map_or(e, |g| g.max(e)));
+        } else if let Some(s) = self.scoped.iter_mut().find(|(a, _)| &**a == api) {
+            s.1 = s.1.max(e);
+        } else {
+            self.scoped.push((api.into(), e));
+        }
+    }
+
+    fn matches(&self, api: &str, now: i64) -> bool {
+        self.global.is_some_and(|e| e > now) || self.scoped.iter().any(|(a, e)| &**a == api && *e > now)
+    }
+}
+
+/// The L7 view of both lists.
+#[derive(Debug)]
+pub struct L7Lists {
+    idents: HashMap<(i64, i64), Presence>,
+    ips: HashMap<(List, Cidr), Presence>,
+    /// Prefix lengths present, per family, so IP lookups probe only those.
+    v4_lens: [u32; 33],
+    v6_lens: [u32; 129],
+}
+
+impl Default for L7Lists {
+    fn default() -> Self {
+        Self { idents: HashMap::default(), ips: HashMap::default(), v4_lens: [0; 33], v6_lens: [0; 129] }
+    }
+}
+
+impl L7Lists {
+    /// Builds the lists from store rows.
+    pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Self {
+        let mut l = Self::default();
+        for e in entries {
+            l.add(e);
+        }
+        l
+    }
+
+    /// Records one row.
+    pub fn add(&mut self, e: &Entry) {
+        match e.ident.cidr() {
+            Some(c) => {
+                let p = self.ips.entry((e.list, c)).or_insert_with(|| Presence::default());
+                let new = p.global.is_none() && p.scoped.is_empty();
+                p.add(&e.api, e.expires);
+                if new {
+                    self.count_len(c, 1);
+                }
+            }
+            None => self.idents.entry(ident_key(e.list, &e.ident)).or_default().add(&e.api, e.expires),
+        }
+    }
+
+    fn count_len(&mut self, c: Cidr, delta: i32) {
+        let slot = match c {
+            Cidr::V4 { len, .. } => &mut self.v4_lens[len as usize],
+            Cidr::V6 { len, .. } => &mut self.v6_lens[len as usize],
+        };
+        *slot = slot.saturating_add_signed(delta);
+    }
+
+    /// Replaces what is known of one identifier on one list with `rows` (after a removal,
+    /// a clear or an expiry, from the store's remaining rows).
+    pub fn reset(&mut self, list: List, ident: &Identifier, rows: &[Entry]) {
+        match ident.cidr() {
+            Some(c) => {
+                if self.ips.remove(&(list, c)).is_some() {
+                    self.count_len(c, -1);
+                }
+            }
+            None => {
+                self.idents.remove(&ident_key(list, ident));
+            }
+        }
+        for r in rows {
+            self.add(r);
+        }
+    }
+
+    /// Whether `ident` is on `list` for `api` at `now`.
+    pub fn has(&self, list: List, ident: &Identifier, api: &str, now: i64) -> bool {
+        self.idents.get(&ident_key(list, ident)).is_some_and(|p| p.matches(api, now))
+    }
+
+    /// Whether any entry on `list` covers `ip` for `api` at `now`.
+    pub fn has_ip(&self, list: List, ip: IpAddr, api: &str, now: i64) -> bool {
+        match ip {
+            IpAddr::V4(a) => {
+                let a = u32::from(a);
+                (0..=32u8).filter(|l| self.v4_lens[*l as usize] > 0).any(|len| {
+                    self.ips.get(&(list, Cidr::V4 { addr: a & mask32(len), len })).is_some_and(|p| p.matches(api, now))
+                })
+            }
+            IpAddr::V6(a) => {
+                let a = u128::from(a);
+                (0..=128u8).filter(|l| self.v6_lens[*l as usize] > 0).any(|len| {
+                    self.ips.get(&(list, Cidr::V6 { addr: a & mask128(len), len })).is_some_and(|p| p.matches(api, now))
+                })
+            }
+        }
+    }
+
+    /// Number of identifiers held (for status).
+    pub fn len(&self) -> usize {
+        self.idents.len() + self.ips.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The identifiers of one request, as the checker extracted them.
+#[derive(Clone, Debug, Default)]
+pub struct RequestIdents {
+    /// Client address (socket peer, or first X-Forwarded-For hop when trusted).
+    pub ip: Option<IpAddr>,
+    /// Session cookie (name, value), validated.
+    pub cookie: Option<Identifier>,
+    /// Bearer token.
+    pub token: Option<Identifier>,
+    /// API key under its name.
+    pub api_key: Option<Identifier>,
+    /// The same key as an any-name entry would match it.
+    pub api_key_any: Option<Identifier>,
+    /// Username.
+    pub username: Option<Identifier>,
+}
+
+impl RequestIdents {
+    /// The non-IP identifiers present.
+    pub fn idents(&self) -> impl Iterator<Item = &Identifier> {
+        [&self.cookie, &self.token, &self.api_key, &self.api_key_any, &self.username].into_iter().flatten()
+    }
+
+    /// Whether any identifier of this request is on `list`.
+    pub fn listed(&self, lists: &L7Lists, list: List, api: &str, now: i64) -> Option<String> {
+        if let Some(ip) = self.ip
+            && lists.has_ip(list, ip, api, now)
+        {
+            return Some(format!("ip {ip}"));
+        }
+        self.idents().find(|i| lists.has(list, i, api, now)).map(|i| i.to_string())
+    }
+
+    /// The most specific identifier to deny-list for a detection: token, then cookie, then
+    /// API key, then the client IP.
+    pub fn culprit(&self) -> Option<(Kind, Option<String>, String)> {
+        if let Some(t) = &self.token {
+            return Some((Kind::Token, None, t.value.clone()));
+        }
+        if let Some(c) = &self.cookie {
+            return Some((Kind::Cookie, Some(c.name.clone()), c.value.clone()));
+        }
+        if let Some(k) = &self.api_key {
+            return Some((Kind::ApiKey, Some(k.name.clone()), k.value.clone()));
+        }
+        self.ip.map(|ip| (Kind::Ip, None, ip.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(list: List, kind: Kind, name: Option<&str>, value: &str, api: &str, expires: Option<i64>) -> Entry {
+        Entry {
+            list,
+            ident: Identifier::parse(kind, name, value).expect("valid"),
+            source: "manual".into(),
+            reason: String::new(),
+            api: api.into(),
+            created: 0,
+            expires,
+        }
+    }
+
+    #[test]
+    fn scopes_expiry_and_cidrs() {
+        let mut l = L7Lists::from_entries(&[
+            entry(List::Deny, Kind::Token, None, "t1", "", None),
+            entry(List::Deny, Kind::Token, None, "t2", "shop", Some(100)),
+            entry(List::Deny, Kind::Ip, None, "198.18.0.0/24", "", None),
+            entry(List::Allow, Kind::Ip, None, "2001:db8::/32", "", None),
+        ]);
+        let t = |v: &str| Identifier::parse(Kind::Token, None, v).expect("valid");
+        assert!(l.has(List::Deny, &t("t1"), "any", 0));
+        assert!(l.has(List::Deny, &t("t2"), "shop", 50));
+        assert!(!l.has(List::Deny, &t("t2"), "other", 50), "scoped to shop");
+        assert!(!l.has(List::Deny, &t("t2"), "shop", 100), "expired");
+        assert!(l.has_ip(List::Deny, "198.18.0.77".parse().expect("ip"), "x", 0));
+        assert!(!l.has_ip(List::Deny, "198.18.1.77".parse().expect("ip"), "x", 0));
+        assert!(l.has_ip(List::Allow, "2001:db8:1::1".parse().expect("ip"), "x", 0));
+        let ip = Identifier::parse(Kind::Ip, None, "198.18.0.0/24").expect("ip");
+        l.reset(List::Deny, &ip, &[]);
+        assert!(!l.has_ip(List::Deny, "198.18.0.77".parse().expect("ip"), "x", 0));
+        l.reset(List::Deny, &t("t1"), &[]);
+        assert!(!l.has(List::Deny, &t("t1"), "any", 0));
+    }
+}

@@ -1,0 +1,164 @@
+//! The L7 checker: a TLS-terminating reverse proxy in front of the API servers.
+//!
+//! Per request: find the API (hostname, then longest `url` prefix; none → 503
+//! `Error: Unknown API`), extract the client's identifiers as the API definition says, let
+//! allow-listed clients through untouched, answer deny-listed ones 403 `Error: Unauthorized`
+//! (or count "would block" when the API's `enable_blocking` is off), and turn attacks into
+//! deny-list entries with source `checker`: a decoy path (client IP, so the kernel drops its
+//! next packets), a method, protocol or content type outside the API's pattern (the client's
+//! token, cookie, API key or IP), a missing mandatory token (IP). The rest is forwarded.
+//!
+//! - [`api`]: ASE API JSON definitions and routing;
+//! - [`extract`]: identifiers from a request;
+//! - [`lists`]: the in-memory L7 view of the lists;
+//! - [`proxy`]: listeners, decisions, detections, forwarding;
+//! - [`tls`]: reloadable certificates.
+
+pub mod api;
+pub mod extract;
+pub mod lists;
+pub mod proxy;
+pub mod tls;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+
+/// `[checker]` in the agent's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CheckerConfig {
+    /// HTTPS listen address ("" = off).
+    pub https: String,
+    /// Plain HTTP listen address ("" = off).
+    pub http: String,
+    /// PEM certificate chain.
+    pub tls_cert: PathBuf,
+    /// PEM private key.
+    pub tls_key: PathBuf,
+    /// Directory of ASE API JSON files.
+    pub api_dir: PathBuf,
+    /// Take the client address from the first X-Forwarded-For hop (only behind a trusted proxy).
+    pub trust_xff: bool,
+    /// How long detections stay on the deny list, e.g. "1h".
+    pub detection_ttl: String,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: usize,
+    /// Most request headers.
+    pub max_headers: usize,
+    /// Largest request body forwarded, bytes.
+    pub max_body_bytes: u64,
+    /// A client that sends no complete request head for this long is disconnected, e.g. "30s".
+    pub header_timeout: String,
+}
+
+impl Default for CheckerConfig {
+    fn default() -> Self {
+        Self {
+            https: String::new(),
+            http: String::new(),
+            tls_cert: PathBuf::from("/etc/portcullis/tls/cert.pem"),
+            tls_key: PathBuf::from("/etc/portcullis/tls/key.pem"),
+            api_dir: PathBuf::from("/etc/portcullis/apis"),
+            trust_xff: false,
+            detection_ttl: "1h".into(),
+            max_header_bytes: 16 * 1024,
+            max_headers: 100,
+            max_body_bytes: 10 << 20,
+            header_timeout: "30s".into(),
+        }
+    }
+}
+
+impl CheckerConfig {
+    /// Whether any listener is configured.
+    pub fn enabled(&self) -> bool {
+        !self.https.is_empty() || !self.http.is_empty()
+    }
+}
+
+/// The loaded APIs, swapped whole on reload.
+#[derive(Default)]
+pub struct ApiRegistry {
+    dir: PathBuf,
+    current: RwLock<Arc<BTreeMap<String, api::Api>>>,
+    errors: RwLock<Vec<api::ApiError>>,
+}
+
+impl ApiRegistry {
+    /// Loads every API file in `dir`; broken files are reported and skipped.
+    pub fn load(dir: PathBuf) -> Self {
+        let r = Self { dir, ..Self::default() };
+        r.reload();
+        r
+    }
+
+    /// Re-reads the directory; returns the number of APIs loaded and the broken files.
+    pub fn reload(&self) -> (usize, Vec<api::ApiError>) {
+        let (apis, errors) = api::load_dir(&self.dir);
+        for e in &errors {
+            tracing::error!("API definition refused: {e}");
+        }
+        for a in apis.values().filter(|a| !a.ignored_fields.is_empty()) {
+            tracing::info!(api = %a.name, fields = ?a.ignored_fields, "API definition fields Portcullis does not use");
+        }
+        let n = apis.len();
+        if let Ok(mut c) = self.current.write() {
+            *c = Arc::new(apis);
+        }
+        if let Ok(mut e) = self.errors.write() {
+            e.clone_from(&errors);
+        }
+        (n, errors)
+    }
+
+    /// The current APIs.
+    pub fn apis(&self) -> Arc<BTreeMap<String, api::Api>> {
+        self.current.read().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    /// Files refused at the last load.
+    pub fn errors(&self) -> Vec<api::ApiError> {
+        self.errors.read().map(|e| e.clone()).unwrap_or_default()
+    }
+}
+
+/// What happened to requests, by outcome (exported in stats and metrics).
+pub const OUTCOMES: [&str; 13] = [
+    "forwarded",
+    "allowed",
+    "blocked",
+    "would_block",
+    "decoy",
+    "invalid_method",
+    "invalid_protocol",
+    "invalid_content_type",
+    "missing_token",
+    "unknown_api",
+    "rate_limited",
+    "bad_gateway",
+    "bad_request",
+];
+
+/// Request counters per outcome.
+#[derive(Default)]
+pub struct L7Stats {
+    counts: [AtomicU64; OUTCOMES.len()],
+}
+
+impl L7Stats {
+    /// Counts one request with `outcome` (one of [`OUTCOMES`]).
+    pub fn hit(&self, outcome: &str) {
+        if let Some(i) = OUTCOMES.iter().position(|o| *o == outcome) {
+            self.counts[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// `(outcome, count)` pairs.
+    pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+        OUTCOMES.iter().zip(&self.counts).map(|(o, c)| (*o, c.load(Ordering::Relaxed))).collect()
+    }
+}

@@ -1,0 +1,406 @@
+//! The checker's listeners and per-request logic (see the module doc of `checker`).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
+use http_body_util::{combinators::BoxBody, BodyExt as _, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::api::{self, Api};
+use super::extract;
+use super::lists::L7Lists;
+use super::tls::Tls;
+use super::{ApiRegistry, CheckerConfig, L7Stats};
+use crate::control::proto::{AddRequest, Request as Control};
+use crate::ident::Kind;
+use crate::kernel::List;
+use crate::service::{unix_now, Service};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
+
+fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
+    let mut r = Response::new(Full::new(text.into()).map_err(|e: Infallible| match e {}).boxed());
+    *r.status_mut() = status;
+    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r
+}
+
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+
+/// Everything a request handler needs, shared by every connection.
+pub struct Proxy {
+    registry: Arc<ApiRegistry>,
+    lists: Arc<RwLock<L7Lists>>,
+    service: Arc<Mutex<Service>>,
+    stats: Arc<L7Stats>,
+    cfg: CheckerConfig,
+    detection_ttl: u64,
+    client: Client<HttpConnector, Body>,
+    round_robin: Mutex<HashMap<String, usize>>,
+    /// Servers currently skipped: (host, port) → consecutive failures.
+    failures: RwLock<HashMap<(String, u16), u32>>,
+    spikes: Mutex<HashMap<(String, IpAddr), (Instant, u32)>>,
+}
+
+impl Proxy {
+    /// Builds the shared state.
+    pub fn new(
+        registry: Arc<ApiRegistry>,
+        lists: Arc<RwLock<L7Lists>>,
+        service: Arc<Mutex<Service>>,
+        stats: Arc<L7Stats>,
+        cfg: CheckerConfig,
+    ) -> anyhow::Result<Arc<Self>> {
+        let detection_ttl = crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(Duration::from_secs(3)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        Ok(Arc::new(Self {
+            registry,
+            lists,
+            service,
+            stats,
+            cfg,
+            detection_ttl,
+            client,
+            round_robin: Mutex::new(HashMap::new()),
+            failures: RwLock::new(HashMap::new()),
+            spikes: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Answers one request; never fails (errors become responses).
+    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Result<Response<Body>, Infallible> {
+        Ok(self.decide(req, peer, tls).await)
+    }
+
+    async fn decide(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+        let apis = self.registry.apis();
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+            .unwrap_or_default();
+        let path = req.uri().path().to_owned();
+        let Some(api) = api::route(&apis, &host, &path) else {
+            self.stats.hit("unknown_api");
+            return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
+        };
+        let now = unix_now();
+        let ip = extract::client_ip(req.headers(), peer, self.cfg.trust_xff);
+        let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip);
+        let (allowed, denied) = {
+            let lists = match self.lists.read() {
+                Ok(l) => l,
+                Err(p) => p.into_inner(),
+            };
+            (ids.listed(&lists, List::Allow, &api.name, now), ids.listed(&lists, List::Deny, &api.name, now))
+        };
+        if allowed.is_some() {
+            self.stats.hit("allowed");
+            return self.forward(api, req, peer, ip, tls).await;
+        }
+        if let Some(who) = denied {
+            if api.meta.enable_blocking {
+                self.stats.hit("blocked");
+                tracing::debug!(api = %api.name, %who, "blocked deny-listed client");
+                return full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
+            }
+            self.stats.hit("would_block");
+        }
+        // Decoys: a path no legitimate client calls.
+        if let Some(decoy) = api.meta.decoy_config.as_ref().filter(|d| d.decoy_enabled) {
+            let hit = decoy.decoy_subpaths.is_empty()
+                || decoy.decoy_subpaths.iter().any(|s| api::under(&path, &format!("{}/{}", api.meta.url.trim_end_matches('/'), s.trim_start_matches('/'))));
+            if hit {
+                self.stats.hit("decoy");
+                self.detect(api, "decoy", Some((Kind::Ip, None, ip.to_string()))).await;
+                let code = decoy.response_code.and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+                return full(code, decoy.response_message.clone());
+            }
+        }
+        if let Some(p) = &api.meta.api_pattern_enforcement {
+            let violation = pattern_violation(p, &req, tls);
+            if let Some(reason) = violation {
+                self.stats.hit(&reason.replace('-', "_"));
+                self.detect(api, reason, ids.culprit()).await;
+                let code = p.error_code.and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::UNAUTHORIZED);
+                let body = if p.error_message_body.is_empty() { "Error: Unauthorized\n".to_owned() } else { p.error_message_body.clone() };
+                return full(code, body);
+            }
+        }
+        if api.meta.is_token_mandatory && ids.token.is_none() {
+            self.stats.hit("missing_token");
+            self.detect(api, "missing-token", Some((Kind::Ip, None, ip.to_string()))).await;
+            return full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n");
+        }
+        if let Some((n, per)) = api.spike
+            && self.over_spike(&api.name, ip, n, per)
+        {
+            self.stats.hit("rate_limited");
+            return full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n");
+        }
+        self.forward(api, req, peer, ip, tls).await
+    }
+
+    /// Puts the culprit of a detection on the deny list (source `checker`), unless the
+    /// request was allow-listed (checked before any detection).
+    async fn detect(&self, api: &Api, reason: &str, culprit: Option<(Kind, Option<String>, String)>) {
+        let Some((kind, name, value)) = culprit else { return };
+        let service = self.service.clone();
+        let req = Control::Add(AddRequest {
+            list: Some(List::Deny),
+            kind: Some(kind),
+            name,
+            value,
+            ttl_secs: Some(self.detection_ttl),
+            reason: Some(format!("{reason} on API {}", api.name)),
+            api: None,
+            source: Some("checker".into()),
+            force: false,
+        });
+        let answer = tokio::task::spawn_blocking(move || service.lock().ok().map(|mut s| s.handle(req))).await;
+        match answer {
+            Ok(Some(r)) if r.ok => tracing::warn!(api = %api.name, reason, ?kind, "attack detected; client deny-listed"),
+            Ok(Some(r)) => tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {}", r.error.unwrap_or_default()),
+            _ => tracing::error!("detection could not reach the agent state"),
+        }
+    }
+
+    fn over_spike(&self, api: &str, ip: IpAddr, n: u32, per: u64) -> bool {
+        let Ok(mut m) = self.spikes.lock() else { return false };
+        let now = Instant::now();
+        let window = Duration::from_secs(per);
+        if m.len() > 100_000 {
+            m.retain(|_, (start, _)| now.duration_since(*start) < window);
+        }
+        let slot = m.entry((api.to_owned(), ip)).or_insert((now, 0));
+        if now.duration_since(slot.0) >= window {
+            *slot = (now, 0);
+        }
+        slot.1 += 1;
+        slot.1 > n
+    }
+
+    fn pick(&self, api: &Api) -> Option<(String, u16)> {
+        let servers = &api.meta.servers;
+        let start = {
+            let mut rr = self.round_robin.lock().ok()?;
+            let c = rr.entry(api.name.clone()).or_insert(0);
+            *c = c.wrapping_add(1);
+            *c
+        };
+        let failures = self.failures.read().ok()?;
+        let limit = api.meta.health_retry_count.unwrap_or(3).max(1);
+        (0..servers.len())
+            .map(|i| &servers[(start + i) % servers.len()])
+            .find(|s| failures.get(&(s.host.clone(), s.port)).is_none_or(|f| *f < limit))
+            .map(|s| (s.host.clone(), s.port))
+    }
+
+    fn mark(&self, server: &(String, u16), ok: bool) {
+        if let Ok(mut f) = self.failures.write() {
+            if ok {
+                f.remove(server);
+            } else {
+                *f.entry(server.clone()).or_insert(0) += 1;
+            }
+        }
+    }
+
+    async fn forward(&self, api: &Api, req: Request<Incoming>, peer: SocketAddr, client: IpAddr, tls: bool) -> Response<Body> {
+        let Some(server) = self.pick(api) else {
+            self.stats.hit("bad_gateway");
+            return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
+        };
+        let (mut parts, body) = req.into_parts();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let Ok(uri) = format!("http://{}:{}{}", server.0, server.1, pq).parse() else {
+            self.stats.hit("bad_request");
+            return full(StatusCode::BAD_REQUEST, "Error: Bad Request\n");
+        };
+        parts.uri = uri;
+        parts.version = Version::HTTP_11;
+        for h in HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        if let Some(h) = host {
+            parts.headers.insert(header::HOST, h);
+        }
+        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+            Some(prev) => format!("{prev}, {}", peer.ip().to_canonical()),
+            None => peer.ip().to_canonical().to_string(),
+        };
+        if let Ok(v) = HeaderValue::from_str(&xff) {
+            parts.headers.insert("x-forwarded-for", v);
+        }
+        let proto = if tls { "https" } else { "http" };
+        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+        let for_ip = match client {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("\"[{a}]\""),
+        };
+        if let Ok(v) = HeaderValue::from_str(&format!("for={for_ip};proto={proto}")) {
+            parts.headers.append(header::FORWARDED, v);
+        }
+        let body = Limited::new(body, self.cfg.max_body_bytes as usize).boxed();
+        match self.client.request(Request::from_parts(parts, body)).await {
+            Ok(resp) => {
+                self.mark(&server, true);
+                self.stats.hit("forwarded");
+                let (mut parts, body) = resp.into_parts();
+                for h in HOP_BY_HOP {
+                    parts.headers.remove(h);
+                }
+                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+            }
+            Err(e) => {
+                let too_big = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"));
+                if too_big {
+                    self.stats.hit("bad_request");
+                    return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
+                }
+                self.mark(&server, false);
+                self.stats.hit("bad_gateway");
+                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.0, server.1), "backend failed: {e}");
+                full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n")
+            }
+        }
+    }
+
+    /// Probes servers of APIs with `health_check`: a failed probe counts like a failed
+    /// request; a good one puts the server back.
+    pub async fn health_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        let mut last: HashMap<String, Instant> = HashMap::new();
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = shutdown.changed() => return,
+            }
+            for api in self.registry.apis().values().filter(|a| a.meta.health_check) {
+                let every = Duration::from_secs(api.meta.health_check_interval.unwrap_or(10).max(1));
+                if last.get(&api.name).is_some_and(|t| t.elapsed() < every) {
+                    continue;
+                }
+                last.insert(api.name.clone(), Instant::now());
+                for s in &api.meta.servers {
+                    let uri = format!("http://{}:{}{}", s.host, s.port, api.meta.health_url);
+                    let Ok(req) = Request::get(uri).body(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed()) else { continue };
+                    let ok = matches!(
+                        tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await,
+                        Ok(Ok(r)) if r.status().is_success()
+                    );
+                    self.mark(&(s.host.clone(), s.port), ok);
+                }
+            }
+        }
+    }
+}
+
+/// The detection a request's method, protocol or content type triggers, if any.
+fn pattern_violation(p: &api::PatternEnforcement, req: &Request<Incoming>, tls: bool) -> Option<&'static str> {
+    if !p.methods_allowed.is_empty() && !p.methods_allowed.iter().any(|m| m.eq_ignore_ascii_case(req.method().as_str())) {
+        return Some("invalid-method");
+    }
+    if !p.protocol_allowed.trim().is_empty() {
+        let scheme = if tls { "https" } else { "http" };
+        if !p.protocol_allowed.split(',').any(|x| x.trim().eq_ignore_ascii_case(scheme)) {
+            return Some("invalid-protocol");
+        }
+    }
+    if !p.content_type_allowed.trim().is_empty() {
+        let has_body = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0")
+            || req.headers().contains_key(header::TRANSFER_ENCODING)
+            || !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS);
+        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
+        if let Some(ct) = ct.filter(|_| has_body || req.headers().contains_key(header::CONTENT_TYPE)) {
+            if !p.content_type_allowed.split(',').any(|x| x.trim().eq_ignore_ascii_case(&ct)) {
+                return Some("invalid-content-type");
+            }
+        } else if has_body && req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v != "0") {
+            return Some("invalid-content-type");
+        }
+    }
+    None
+}
+
+fn builder(cfg: &CheckerConfig) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
+    let timeout = Duration::from_secs(crate::config::parse_duration(&cfg.header_timeout).unwrap_or(30));
+    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(cfg.max_headers);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
+pub async fn serve(listener: TcpListener, tls: Option<Arc<Tls>>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+    let builder = Arc::new(builder(&proxy.cfg));
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!("checker accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let builder = builder.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let is_tls = tls.is_some();
+            let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer, is_tls));
+            let result = match tls {
+                Some(tls) => {
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                        Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), svc).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, "TLS handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+                None => builder.serve_connection(TokioIo::new(stream), svc).await,
+            };
+            if let Err(e) = result {
+                tracing::debug!(%peer, "connection ended: {e}");
+            }
+        });
+    }
+}

@@ -1,0 +1,73 @@
+//! A small real HTTP/1.1 API server for the checker's tests and benchmarks: keep-alive,
+//! Content-Length bodies, answers `200 backend <METHOD> <PATH>` (plus a fixed-size body when
+//! asked), and records the headers it received so tests can check what the proxy forwarded.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+
+/// A running backend; stops accepting when dropped (its thread is detached).
+pub struct Backend {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    /// Request heads seen, newest last.
+    pub seen: Arc<Mutex<Vec<String>>>,
+}
+
+impl Backend {
+    /// Starts a backend on `listener` (bind it in the namespace you need).
+    pub fn start(listener: TcpListener) -> Self {
+        let addr = listener.local_addr().expect("bound");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = seen.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = serve(stream, &log);
+                });
+            }
+        });
+        Self { addr, seen }
+    }
+
+    /// The last request head received, if any.
+    pub fn last(&self) -> Option<String> {
+        self.seen.lock().ok()?.last().cloned()
+    }
+}
+
+fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut head = String::new();
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line)? == 0 {
+                return Ok(());
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+            head.push_str(&line);
+        }
+        let mut first = head.lines().next().unwrap_or("").split(' ');
+        let (method, path) = (first.next().unwrap_or("").to_owned(), first.next().unwrap_or("").to_owned());
+        let len: usize = head
+            .lines()
+            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .unwrap_or(0);
+        let mut body = vec![0u8; len];
+        reader.read_exact(&mut body)?;
+        if let Ok(mut l) = log.lock() {
+            l.push(head.clone());
+            if l.len() > 1000 {
+                l.remove(0);
+            }
+        }
+        let text = if path.contains("size=1k") { "x".repeat(1024) } else { format!("backend {method} {path}\n") };
+        write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}", text.len())?;
+        out.flush()?;
+    }
+}
