@@ -42,7 +42,8 @@ fn notify_ready() {
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().context("starting the runtime")?;
+    // One worker per core: the L7 checker is the hot path when it runs.
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("portcullis").build().context("starting the runtime")?;
     rt.block_on(run_async(config))
 }
 

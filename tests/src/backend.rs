@@ -38,6 +38,7 @@ impl Backend {
 }
 
 fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+    stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -67,7 +68,8 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
             }
         }
         let text = if path.contains("size=1k") { "x".repeat(1024) } else { format!("backend {method} {path}\n") };
-        write!(out, "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}", text.len())?;
-        out.flush()?;
+        // One write per response: split writes meet Nagle and delayed ACKs (40 ms stalls).
+        let response = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}", text.len());
+        out.write_all(response.as_bytes())?;
     }
 }

@@ -40,11 +40,16 @@ fn main() -> anyhow::Result<()> {
                     cargo(&env, &["build", "--release", "-p", "portcullis-agent", "--bins"])?;
                     cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "agent"])
                 }
-                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp` or `cargo xtask bench agent`"),
+                Some("checker") => {
+                    setup::bench_packages()?;
+                    cargo(&env, &["build", "--release", "-p", "portcullis-agent", "--bins"])?;
+                    cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "checker"])
+                }
+                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp|agent|checker`"),
             }
         }
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build|test|demo|bench xdp|bench agent>");
+            println!("usage: cargo xtask <setup|build|test|demo|bench xdp|bench agent|bench checker>");
             Ok(())
         }
         other => bail!("unknown verb {other:?}: try `cargo xtask help`"),

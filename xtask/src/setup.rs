@@ -123,8 +123,17 @@ fn link_into(tool: &Path, dir: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::symlink(tool, &link).with_context(|| format!("linking {}", link.display()))
 }
 
+/// Packages only the checker benchmark needs: nginx as the comparison proxy, wrk as load.
+pub fn bench_packages() -> anyhow::Result<()> {
+    install(&["nginx", "wrk"])
+}
+
 fn debian_packages() -> anyhow::Result<()> {
-    let missing: Vec<&str> = DEBIAN_PACKAGES
+    install(DEBIAN_PACKAGES)
+}
+
+fn install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {

@@ -216,6 +216,9 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     if meta.servers.is_empty() && !meta.decoy_config.as_ref().is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty()) {
         return Err(err("field `servers`: at least one {\"host\", \"port\"} is needed (unless the whole API is a decoy)".into()));
     }
+    if meta.server_ssl {
+        return Err(err("field `server_ssl`: TLS to the API servers is not supported yet; terminate it on the servers' side or use plain HTTP on a private network".into()));
+    }
     for m in meta.api_pattern_enforcement.iter().flat_map(|p| &p.methods_allowed) {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
             return Err(err(format!("field `api_pattern_enforcement.methods_allowed`: {m:?} is not an HTTP method")));

@@ -6,7 +6,8 @@
 
 use anyhow::Context as _;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
-use portcullis_tests::netns::{NetnsPair, CLIENT_V4, SERVER_V4};
+use portcullis_tests::backend::Backend;
+use portcullis_tests::netns::{in_netns, NetnsPair, CLIENT_V4, SERVER_V4};
 
 fn main() -> anyhow::Result<()> {
     if !portcullis_tests::privileged("demo") {
@@ -15,9 +16,29 @@ fn main() -> anyhow::Result<()> {
     let pair = NetnsPair::new().context("creating namespaces")?;
     let dirs = AgentDirs::new();
     println!("== namespaces {} (server {SERVER_V4}, veth {}) and {} (clients {})", pair.server, pair.server_if, pair.client, CLIENT_V4.join(", "));
-    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], ..AgentOpts::default() };
+    // An API server behind the L7 checker, both on the server side.
+    let backend = in_netns(&pair.server, || Backend::start(std::net::TcpListener::bind((SERVER_V4, 0)).expect("bind backend")))?;
+    let certs = portcullis_tests::tls::self_signed(&dirs.root, "shop.test", "demo")?;
+    let apis = dirs.root.join("apis");
+    std::fs::create_dir_all(&apis)?;
+    std::fs::write(
+        apis.join("shop.json"),
+        format!(
+            r#"{{"api_metadata":{{"protocol":"https","url":"/shop","hostname":"*","oauth2_access_token":true,"enable_blocking":true,
+                "decoy_config":{{"decoy_enabled":true,"response_code":200,"response_message":"admin console\n","decoy_subpaths":["admin"]}},
+                "servers":[{{"host":"{SERVER_V4}","port":{}}}]}}}}"#,
+            backend.addr.port()
+        ),
+    )?;
+    let config = format!(
+        "[checker]\nhttps = \"{SERVER_V4}:8443\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\n",
+        certs.cert.display(),
+        certs.key.display(),
+        apis.display()
+    );
+    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], config, ..AgentOpts::default() };
     let agent = Agent::start(&dirs, &opts)?;
-    println!("== portcullis agent --iface {} running (state in {})", pair.server_if, dirs.root.display());
+    println!("== portcullis agent --iface {} --https {SERVER_V4}:8443 running (API /shop -> backend {})", pair.server_if, backend.addr);
 
     let run = |args: &[&str]| -> anyhow::Result<()> {
         println!("\n$ portcullis {}", args.join(" "));
@@ -46,12 +67,37 @@ fn main() -> anyhow::Result<()> {
     ping("client B", b)?;
     ping("client C", c)?;
 
-    run(&["deny", "add", "token", "eyJhbGciOiJIUzI1NiJ9.stolen"])?;
-    run(&["deny", "list"])?;
-    run(&["stats"])?;
+
     run(&["deny", "remove", "ip", "198.18.0.0/29"])?;
     run(&["deny", "remove", "ip", a])?;
     ping("client A", a)?;
+
+    // The L7 checker: TLS, a denied token, a decoy turned into a kernel drop.
+    let curl = |src: &str, path: &str, token: &str| -> anyhow::Result<()> {
+        let out = pair.client_cmd(&[
+            "curl", "-s", "--max-time", "3", "--interface", src, "--cacert", certs.ca.to_str().unwrap_or(""),
+            "--resolve", &format!("shop.test:8443:{SERVER_V4}"), "-H", &format!("Authorization: Bearer {token}"),
+            "-w", " [HTTP %{http_code}]", &format!("https://shop.test:8443{path}"),
+        ])?;
+        let body = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
+        let note = if out.status.code() == Some(28) { "(no answer: connection dropped by XDP)" } else { "" };
+        println!("   curl from {src} https://shop.test:8443{path} (token {token}): {body}{note}");
+        Ok(())
+    };
+    println!("\n== the L7 checker");
+    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.stolen")?;
+    run(&["deny", "add", "token", "eyJhbGciOiJIUzI1NiJ9.stolen"])?;
+    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.stolen")?;
+    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.honest")?;
+    println!("   -- client C visits a decoy path --");
+    curl(c, "/shop/admin", "eyJhbGciOiJIUzI1NiJ9.honest")?;
+    println!("   (C is allow-listed, so nothing happens to it; take it off the allow list)");
+    run(&["allow", "remove", "ip", c])?;
+    curl(c, "/shop/admin", "eyJhbGciOiJIUzI1NiJ9.honest")?;
+    curl(c, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.honest")?;
+    ping("client C", c)?;
+    run(&["deny", "list"])?;
+    run(&["stats"])?;
     run(&["status"])?;
 
     drop(agent);
