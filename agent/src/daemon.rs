@@ -114,18 +114,14 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     }
     let mut tls_handle = None;
     let mut registry_handle = None;
+    let mut checker_threads = Vec::new();
     if let Some((registry, stats, tls)) = checker_parts {
         let proxy = crate::checker::proxy::Proxy::new(registry.clone(), lists, service.clone(), stats, config.checker.clone())?;
-        if let Some(tls) = &tls {
-            let l = tokio::net::TcpListener::bind(&config.checker.https).await.with_context(|| format!("binding HTTPS on {}", config.checker.https))?;
-            tracing::info!(addr = %config.checker.https, apis = registry.apis().len(), "L7 checker listening (HTTPS)");
-            tasks.push(tokio::spawn(crate::checker::proxy::serve(l, Some(tls.clone()), proxy.clone(), stop_rx.clone())));
-        }
-        if !config.checker.http.is_empty() {
-            let l = tokio::net::TcpListener::bind(&config.checker.http).await.with_context(|| format!("binding HTTP on {}", config.checker.http))?;
-            tracing::info!(addr = %config.checker.http, "L7 checker listening (plain HTTP)");
-            tasks.push(tokio::spawn(crate::checker::proxy::serve(l, None, proxy.clone(), stop_rx.clone())));
-        }
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let https = tls.clone().filter(|_| !config.checker.https.is_empty()).map(|t| (config.checker.https.clone(), t));
+        let http = (!config.checker.http.is_empty()).then(|| config.checker.http.clone());
+        checker_threads = crate::checker::proxy::spawn_workers(workers, https, http, &proxy, &stop_rx).context("starting the L7 checker")?;
+        tracing::info!(https = %config.checker.https, http = %config.checker.http, workers, apis = registry.apis().len(), "L7 checker listening");
         tokio::spawn(proxy.clone().health_loop(stop_rx.clone()));
         tls_handle = tls;
         registry_handle = Some(registry);
@@ -199,6 +195,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
         tracing::warn!("some connections did not finish within 5 s");
     }
+    drop(checker_threads);
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
 }

@@ -48,9 +48,20 @@ pub struct Proxy {
     detection_ttl: u64,
     client: Client<HttpConnector, Body>,
     round_robin: Mutex<HashMap<String, usize>>,
-    /// Servers currently skipped: (host, port) → consecutive failures.
-    failures: RwLock<HashMap<(String, u16), u32>>,
-    spikes: Mutex<HashMap<(String, IpAddr), (Instant, u32)>>,
+    /// Servers currently skipped: (host, port) → consecutive failures (shared by workers).
+    failures: Arc<RwLock<HashMap<(String, u16), u32>>>,
+    /// Per-client request windows (shared by workers).
+    spikes: Arc<Mutex<HashMap<(String, IpAddr), (Instant, u32)>>>,
+}
+
+fn backend_client() -> Client<HttpConnector, Body> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_max_idle_per_host(256)
+        .build(connector)
 }
 
 impl Proxy {
@@ -63,13 +74,6 @@ impl Proxy {
         cfg: CheckerConfig,
     ) -> anyhow::Result<Arc<Self>> {
         let detection_ttl = crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(Duration::from_secs(3)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Ok(Arc::new(Self {
             registry,
             lists,
@@ -77,11 +81,28 @@ impl Proxy {
             stats,
             cfg,
             detection_ttl,
-            client,
+            client: backend_client(),
             round_robin: Mutex::new(HashMap::new()),
-            failures: RwLock::new(HashMap::new()),
-            spikes: Mutex::new(HashMap::new()),
+            failures: Arc::new(RwLock::new(HashMap::new())),
+            spikes: Arc::new(Mutex::new(HashMap::new())),
         }))
+    }
+
+    /// A copy for another worker thread: same lists, APIs, health and rate state, but its own
+    /// backend connection pool on that thread's runtime (no cross-thread wake-ups per request).
+    pub fn worker(&self) -> Arc<Self> {
+        Arc::new(Self {
+            registry: self.registry.clone(),
+            lists: self.lists.clone(),
+            service: self.service.clone(),
+            stats: self.stats.clone(),
+            cfg: self.cfg.clone(),
+            detection_ttl: self.detection_ttl,
+            client: backend_client(),
+            round_robin: Mutex::new(HashMap::new()),
+            failures: self.failures.clone(),
+            spikes: self.spikes.clone(),
+        })
     }
 
     /// Answers one request; never fails (errors become responses).
@@ -357,6 +378,58 @@ fn builder(cfg: &CheckerConfig) -> hyper_util::server::conn::auto::Builder<Tokio
         .keep_alive_interval(Some(Duration::from_secs(30)))
         .keep_alive_timeout(Duration::from_secs(20));
     b
+}
+
+/// A listening socket with SO_REUSEPORT, so each worker thread accepts on its own.
+pub fn reuseport_listener(addr: &str) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    let addr: SocketAddr = addr.parse().with_context(|| format!("listen address {addr:?}"))?;
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr).with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Runs the checker's listeners on `workers` threads, each with its own single-threaded
+/// runtime and SO_REUSEPORT sockets (the kernel spreads connections), until `shutdown`
+/// flips. Binding happens before this returns, so address errors surface at start-up.
+pub fn spawn_workers(
+    workers: usize,
+    https: Option<(String, Arc<Tls>)>,
+    http: Option<String>,
+    proxy: &Arc<Proxy>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let mut handles = Vec::new();
+    for i in 0..workers.max(1) {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let (tls_l, http_l) = {
+            let _guard = rt.enter();
+            let t = https.as_ref().map(|(a, tls)| reuseport_listener(a).map(|l| (l, tls.clone()))).transpose()?;
+            let h = http.as_deref().map(reuseport_listener).transpose()?;
+            (t, h)
+        };
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        handles.push(std::thread::Builder::new().name(format!("checker-{i}")).spawn(move || {
+            rt.block_on(async move {
+                let worker = proxy.worker();
+                let mut tasks = Vec::new();
+                if let Some((l, tls)) = tls_l {
+                    tasks.push(tokio::spawn(serve(l, Some(tls), worker.clone(), shutdown.clone())));
+                }
+                if let Some(l) = http_l {
+                    tasks.push(tokio::spawn(serve(l, None, worker.clone(), shutdown.clone())));
+                }
+                for t in tasks {
+                    let _ = t.await;
+                }
+            });
+        })?);
+    }
+    Ok(handles)
 }
 
 /// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
