@@ -145,6 +145,21 @@ pub struct AgentArgs {
     /// Take the client address from X-Forwarded-For (only behind a trusted proxy).
     #[arg(long)]
     pub trust_xff: bool,
+    /// Base URL of the ABS engine whose attack list is mirrored.
+    #[arg(long)]
+    pub abs_url: Option<String>,
+    /// ABS access key.
+    #[arg(long)]
+    pub abs_access_key: Option<String>,
+    /// File with the ABS secret key.
+    #[arg(long)]
+    pub abs_secret_key_file: Option<PathBuf>,
+    /// How often to poll ABS (e.g. 30s, 10m).
+    #[arg(long)]
+    pub abs_poll: Option<String>,
+    /// PEM CA bundle for ABS over HTTPS.
+    #[arg(long)]
+    pub abs_ca: Option<PathBuf>,
     /// Check the configuration and exit.
     #[arg(long)]
     pub check_config: bool,
@@ -422,6 +437,21 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
         cfg.checker.tls_key = x.clone();
     }
     cfg.checker.trust_xff |= a.trust_xff;
+    if let Some(x) = &a.abs_url {
+        cfg.abs.url = x.clone();
+    }
+    if let Some(x) = &a.abs_access_key {
+        cfg.abs.access_key = x.clone();
+    }
+    if let Some(x) = &a.abs_secret_key_file {
+        cfg.abs.secret_key_file = x.clone();
+    }
+    if let Some(x) = &a.abs_poll {
+        cfg.abs.poll = x.clone();
+    }
+    if let Some(x) = &a.abs_ca {
+        cfg.abs.ca_file = Some(x.clone());
+    }
     let socket_flag = argv.iter().any(|x| x == "--socket" || x.starts_with("--socket="));
     if socket_flag || std::env::var_os("PORTCULLIS_SOCKET").is_some() {
         cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
@@ -614,6 +644,17 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     println!("database: {}", r["database"].as_str().unwrap_or("?"));
     println!("kernel IP entries: {}", r["kernel_ip_entries"]);
     println!("uptime: {}s", r["uptime_secs"]);
+    if let Some(abs) = r["abs"].as_object() {
+        let when = |k: &str| abs.get(k).and_then(|v| v.as_i64()).map_or("never".to_string(), |t| format!("{}s ago", crate::service::unix_now() - t));
+        println!(
+            "ABS {}: last sync {}, {} listed, {} failed polls{}",
+            abs.get("url").and_then(|v| v.as_str()).unwrap_or("?"),
+            when("last_success"),
+            abs.get("listed").and_then(|v| v.as_u64()).unwrap_or(0),
+            abs.get("failures").and_then(|v| v.as_u64()).unwrap_or(0),
+            abs.get("last_error").and_then(|v| v.as_str()).map(|e| format!(", last error: {e}")).unwrap_or_default()
+        );
+    }
     println!("{:<6} {:<9} {:<8} {:>10}", "LIST", "KIND", "SOURCE", "ENTRIES");
     for l in r["lists"].as_array().cloned().unwrap_or_default() {
         println!("{:<6} {:<9} {:<8} {:>10}", l["list"].as_str().unwrap_or(""), l["kind"].as_str().unwrap_or(""), l["source"].as_str().unwrap_or(""), l["count"].as_u64().unwrap_or(0));

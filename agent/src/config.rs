@@ -89,6 +89,8 @@ pub struct Config {
     pub capacity: CapacityConfig,
     /// The L7 checker (TLS-terminating proxy); off unless a listener is set.
     pub checker: crate::checker::CheckerConfig,
+    /// The ABS feed; off unless `url` is set.
+    pub abs: crate::abs::AbsConfig,
 }
 
 impl Default for Config {
@@ -107,6 +109,7 @@ impl Default for Config {
             drop_sample_every: 64,
             capacity: CapacityConfig::default(),
             checker: crate::checker::CheckerConfig::default(),
+            abs: crate::abs::AbsConfig::default(),
         }
     }
 }
@@ -178,6 +181,14 @@ impl Config {
         parse_duration(&c.header_timeout).map_err(|m| ConfigError::Invalid { field: "checker.header_timeout", message: m })?;
         if c.max_headers == 0 || c.max_header_bytes < 1024 {
             return Err(ConfigError::Invalid { field: "checker.max_headers", message: "limits too small to serve any request".into() });
+        }
+        if !self.abs.url.is_empty() {
+            let ok = self.abs.url.parse::<http::Uri>().is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            if !ok {
+                return Err(ConfigError::Invalid { field: "abs.url", message: format!("{:?} is not an http(s) URL", self.abs.url) });
+            }
+            parse_duration(&self.abs.poll).map_err(|m| ConfigError::Invalid { field: "abs.poll", message: m })?;
+            parse_duration(&self.abs.timeout).map_err(|m| ConfigError::Invalid { field: "abs.timeout", message: m })?;
         }
         for iface in &self.interfaces {
             if iface.is_empty() || iface.len() > 15 || iface.contains('/') {

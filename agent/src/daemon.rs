@@ -103,6 +103,14 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     } else {
         None
     };
+    let abs = if config.abs.url.is_empty() {
+        None
+    } else {
+        let state = Arc::new(Mutex::new(crate::abs::AbsState::default()));
+        let abs = crate::abs::Abs::new(config.abs.clone(), state).context("setting up the ABS feed")?;
+        service.set_abs(abs.clone());
+        Some(abs)
+    };
     let lists = service.lists();
     let service = Arc::new(Mutex::new(service));
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -125,6 +133,10 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         tokio::spawn(proxy.clone().health_loop(stop_rx.clone()));
         tls_handle = tls;
         registry_handle = Some(registry);
+    }
+    if let Some(abs) = abs {
+        tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
+        tasks.push(tokio::spawn(abs.run(service.clone(), stop_rx.clone())));
     }
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
     notify_ready();

@@ -5,6 +5,7 @@
 //! API ([`control`]), the daemon ([`daemon`]), metrics ([`metrics`]), configuration
 //! ([`config`]) and the command line ([`cli`]).
 
+pub mod abs;
 pub mod checker;
 pub mod cidr;
 pub mod cli;

@@ -159,6 +159,17 @@ impl From<&Entry> for EntryView {
     }
 }
 
+/// What a mirror or push changed.
+#[derive(Debug, Default, Serialize)]
+pub struct MirrorReport {
+    /// Rows added or refreshed.
+    pub added: usize,
+    /// Rows removed.
+    pub removed: usize,
+    /// Items refused (invalid, or would block everyone or this host).
+    pub skipped: usize,
+}
+
 /// Result of an import batch.
 #[derive(Debug, Default, Serialize)]
 pub struct Imported {
@@ -178,6 +189,8 @@ pub struct Service {
     lists: Arc<RwLock<L7Lists>>,
     /// The checker's API definitions and counters, when it runs.
     checker: Option<(Arc<ApiRegistry>, Arc<L7Stats>)>,
+    /// The ABS feed, when configured: detections are queued to it, status shows its state.
+    abs: Option<Arc<crate::abs::Abs>>,
     config: Config,
     own_addresses: Vec<IpAddr>,
     attached: Vec<Attached>,
@@ -194,6 +207,7 @@ impl Service {
             filter,
             lists: Arc::new(RwLock::new(lists)),
             checker: None,
+            abs: None,
             config,
             own_addresses: host_addresses(),
             attached: Vec::new(),
@@ -209,6 +223,11 @@ impl Service {
     /// Connects the checker's API registry and counters (for `api` requests and stats).
     pub fn set_checker(&mut self, registry: Arc<ApiRegistry>, stats: Arc<L7Stats>) {
         self.checker = Some((registry, stats));
+    }
+
+    /// Connects the ABS feed (detections are reported to it).
+    pub fn set_abs(&mut self, abs: Arc<crate::abs::Abs>) {
+        self.abs = Some(abs);
     }
 
     fn l7_add(&self, entries: &[Entry]) {
@@ -255,6 +274,7 @@ impl Service {
             Request::ApiList => self.api_list(),
             Request::ApiShow { name } => self.api_show(&name),
             Request::ApiReload => self.api_reload(),
+            Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
             Request::Stats => self.stats().map(Response::ok),
         };
         res.unwrap_or_else(Response::err)
@@ -352,6 +372,14 @@ impl Service {
             }
         };
         self.l7_add(std::slice::from_ref(&entry));
+        if entry.source == "checker"
+            && let Some(abs) = &self.abs
+        {
+            abs.queue_detection(serde_json::json!({
+                "kind": entry.ident.kind, "name": entry.ident.name, "value": entry.ident.value,
+                "reason": entry.reason, "time": entry.created,
+            }));
+        }
         tracing::info!(list = %entry.list, ident = %entry.ident, source = %entry.source, reason = %entry.reason, expires = ?entry.expires, "entry added");
         Ok(Added { entry: EntryView::from(&entry), new, enforced_in_kernel: enforced })
     }
@@ -414,15 +442,24 @@ impl Service {
                 Err(msg) => out.rejected.push((*no, msg)),
             }
         }
-        // Kernel first: one batched write for every global IP entry of the batch.
+        out.new = self.add_batch(list, &good)?;
+        out.accepted = good.len();
+        tracing::info!(%list, accepted = out.accepted, rejected = out.rejected.len(), "import batch");
+        Ok(out)
+    }
+
+    /// Adds validated entries: kernel first (one batched write for every global IP entry;
+    /// adding only raises deadlines, so the new deadline is the later of what the kernel
+    /// holds, which the twin knows, and the batch's own: no database lookups), then the
+    /// store, then the L7 lists. Returns how many rows were new.
+    fn add_batch(&mut self, list: List, good: &[Entry]) -> Result<usize, ServiceError> {
+        let now = unix_now();
         let mut by_cidr: BTreeMap<Cidr, Vec<&Entry>> = BTreeMap::new();
-        for e in &good {
+        for e in good {
             if let (Some(c), true) = (e.ident.cidr(), e.api.is_empty()) {
                 by_cidr.entry(c).or_default().push(e);
             }
         }
-        // Adding only raises deadlines: the new kernel deadline is the later of what the
-        // kernel holds (the twin knows) and the batch's own, with no database lookups.
         let mut items = Vec::with_capacity(by_cidr.len());
         for (cidr, extra) in &by_cidr {
             let current = self.filter.as_ref().map(|f| f.table().entry(cidr)).unwrap_or_default();
@@ -436,11 +473,107 @@ impl Service {
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;
         }
-        out.new = self.store.upsert(&good)?;
-        self.l7_add(&good);
-        out.accepted = good.len();
-        tracing::info!(%list, accepted = out.accepted, rejected = out.rejected.len(), "import batch");
-        Ok(out)
+        let new = self.store.upsert(good)?;
+        self.l7_add(good);
+        Ok(new)
+    }
+
+    /// Removes one source's rows of these identifiers, then brings the kernel and the L7
+    /// lists in line with what other sources still hold.
+    fn remove_batch(&mut self, list: List, idents: &[Identifier], source: &str) -> Result<usize, ServiceError> {
+        let now = unix_now();
+        let mut removed = 0;
+        let mut kernel = Vec::new();
+        for ident in idents {
+            removed += self.store.remove(list, ident, Some(source))?.len();
+            if let Some(c) = ident.cidr() {
+                kernel.push((list, c, self.ip_deadline(list, ident, &[], now)?));
+            }
+            self.l7_reset(list, ident)?;
+        }
+        if let Some(f) = self.filter.as_mut() {
+            f.apply_many(kernel)?;
+        }
+        Ok(removed)
+    }
+
+    /// Makes the `abs` rows of the deny list exactly `items` (see [`crate::abs`]), as a diff.
+    pub fn abs_mirror(&mut self, items: Vec<crate::abs::AbsItem>) -> Result<MirrorReport, ServiceError> {
+        let now = unix_now();
+        let mut report = MirrorReport::default();
+        let mut desired: std::collections::HashMap<(i64, i64), Entry> = std::collections::HashMap::with_capacity(items.len());
+        for it in items {
+            match self.abs_entry(&it, now) {
+                Ok(e) => {
+                    desired.insert(crate::store::ident_key(List::Deny, &e.ident), e);
+                }
+                Err(e) => {
+                    report.skipped += 1;
+                    tracing::debug!("ABS item skipped: {e}");
+                }
+            }
+        }
+        let mut stale = Vec::new();
+        let mut unchanged = std::collections::HashSet::new();
+        self.store.for_each(|e| {
+            if e.list == List::Deny && e.source == "abs" {
+                let k = crate::store::ident_key(List::Deny, &e.ident);
+                match desired.get(&k) {
+                    Some(d) if d.expires == e.expires => {
+                        unchanged.insert(k);
+                    }
+                    Some(_) => {}
+                    None => stale.push(e.ident.clone()),
+                }
+            }
+        })?;
+        let adds: Vec<Entry> = desired.into_iter().filter(|(k, _)| !unchanged.contains(k)).map(|(_, e)| e).collect();
+        report.added = adds.len();
+        self.add_batch(List::Deny, &adds)?;
+        report.removed = self.remove_batch(List::Deny, &stale, "abs")?;
+        Ok(report)
+    }
+
+    fn abs_entry(&self, it: &crate::abs::AbsItem, now: i64) -> Result<Entry, ServiceError> {
+        self.entry_from(
+            &AddRequest {
+                list: Some(List::Deny),
+                kind: Some(it.kind),
+                name: it.name.clone(),
+                value: it.value.clone(),
+                ttl_secs: it.ttl,
+                reason: Some("abs attack list".into()),
+                api: None,
+                source: Some("abs".into()),
+                force: false,
+            },
+            now,
+        )
+    }
+
+    /// An ABS-side push: additions and removals applied at once, with mirror semantics.
+    fn abs_push(&mut self, add: Vec<crate::abs::AbsItem>, remove: Vec<crate::abs::AbsItem>) -> Result<MirrorReport, ServiceError> {
+        let now = unix_now();
+        let mut report = MirrorReport::default();
+        let mut good = Vec::new();
+        for it in &add {
+            match self.abs_entry(it, now) {
+                Ok(e) => good.push(e),
+                Err(_) => report.skipped += 1,
+            }
+        }
+        report.added = good.len();
+        self.add_batch(List::Deny, &good)?;
+        let mut idents = Vec::new();
+        for it in &remove {
+            match Identifier::parse(it.kind, it.name.as_deref(), &it.value) {
+                Ok(i) => idents.push(i),
+                Err(_) => report.skipped += 1,
+            }
+        }
+        report.removed = self.remove_batch(List::Deny, &idents, "abs")?;
+        tracing::info!(added = report.added, removed = report.removed, skipped = report.skipped, "ABS push applied");
+        Ok(report)
     }
 
     /// Rebuilds the kernel maps from the store (at start-up, after reusing pinned maps).
@@ -494,6 +627,7 @@ impl Service {
             "database": self.config.db_path(),
             "lists": counts.iter().map(|(l, k, s, n)| serde_json::json!({"list": l, "kind": k, "source": s, "count": n})).collect::<Vec<_>>(),
             "kernel_ip_entries": self.filter.as_ref().map_or(0, |f| f.table().len()),
+            "abs": self.abs.as_ref().and_then(|a| a.state.lock().ok().map(|s| s.clone())),
             "uptime_secs": self.started.elapsed().as_secs(),
         }))
     }

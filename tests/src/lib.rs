@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod fake_abs;
 pub mod frames;
 pub mod netns;
 pub mod reference;

@@ -77,6 +77,16 @@ pub enum Request {
     },
     /// Re-read the API directory.
     ApiReload,
+    /// An ABS-side job pushes additions and removals (source `abs`) without waiting for the
+    /// next poll. Only root and the socket's group can reach the socket.
+    AbsPush {
+        /// Items to add (same shape as the attack list's items).
+        #[serde(default)]
+        add: Vec<crate::abs::AbsItem>,
+        /// Items to remove.
+        #[serde(default)]
+        remove: Vec<crate::abs::AbsItem>,
+    },
     /// Kernel counters.
     Stats,
 }

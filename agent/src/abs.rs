@@ -1,0 +1,419 @@
+//! The ABS feed: mirror the attack list of the behavioural-analytics engine into the deny list
+//! (source `abs`), and report the checker's detections back.
+//!
+//! # What the agent sends and accepts
+//!
+//! Poll: `GET {url}/v4/abs/attacklist?status=active` with headers `x-abs-ak: <access key>` and
+//! `x-abs-sk: <secret key>`. Expected answer (200, JSON, at most `max_body_bytes`):
+//!
+//! ```json
+//! {"attacklist": {
+//!    "ips": ["203.0.113.7", "198.51.100.0/24", {"value": "192.0.2.1", "ttl": 3600}],
+//!    "cookies": {"JSESSIONID": ["abc", {"value": "def", "ttl": 600}]},
+//!    "oauth_tokens": ["eyJ..."],
+//!    "api_keys": ["k1", {"name": "X-API-Key", "value": "k2"}],
+//!    "usernames": ["mallory"]
+//! }}
+//! ```
+//!
+//! Every item is a string or an object with `value` and optional `ttl` (seconds) and `name`
+//! (cookie / API-key name). Lists may be absent. Unknown keys are logged and counted, and the
+//! known ones applied. Invalid items (a malformed IP, an oversized token) and items that would
+//! block everyone or this host are skipped and counted. A failed poll — connection refused,
+//! timeout, non-200, truncated or invalid JSON, a body over the limit — changes nothing: the
+//! last good list stays enforced and the poll is retried with exponential back-off and jitter.
+//!
+//! Mirror semantics: the `abs` rows of the deny list become exactly the items of the latest
+//! good list, applied as a diff (adds, then removals), never by clearing and refilling. An
+//! identifier ABS stops listing loses only its `abs` row: if an operator or the checker also
+//! listed it, it stays denied. The allow list still wins.
+//!
+//! Report: `POST {url}/v4/abs/detections` with the same headers and
+//! `{"detections":[{"kind":"ip","value":"198.51.100.9","reason":"decoy on API shop","time":1796...}]}`
+//! (secrets as their `sha256:` digests), batched every few seconds from a bounded queue that
+//! drops the oldest when ABS is away for long.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::ident::Kind;
+use crate::service::Service;
+
+/// `[abs]` in the agent's configuration.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AbsConfig {
+    /// Base URL, e.g. `https://abs.example:8080`; empty = feed off.
+    pub url: String,
+    /// Access key (sent as `x-abs-ak`).
+    pub access_key: String,
+    /// File holding the secret key (sent as `x-abs-sk`); never logged.
+    pub secret_key_file: PathBuf,
+    /// Poll interval, e.g. "60s".
+    pub poll: String,
+    /// PEM CA bundle to trust for HTTPS (default: none, so HTTPS needs it).
+    pub ca_file: Option<PathBuf>,
+    /// Per-request timeout.
+    pub timeout: String,
+    /// Largest attack list accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Report the checker's detections to ABS.
+    pub report: bool,
+    /// Most detections kept while ABS is unreachable.
+    pub report_queue: usize,
+}
+
+impl Default for AbsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            access_key: String::new(),
+            secret_key_file: PathBuf::from("/etc/portcullis/abs.secret"),
+            poll: "60s".into(),
+            ca_file: None,
+            timeout: "10s".into(),
+            max_body_bytes: 256 << 20,
+            report: true,
+            report_queue: 10_000,
+        }
+    }
+}
+
+/// One identifier from the attack list, before validation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsItem {
+    /// Kind.
+    pub kind: Kind,
+    /// Cookie / API-key name.
+    pub name: Option<String>,
+    /// Value (clear text or `sha256:` digest).
+    pub value: String,
+    /// Seconds to live.
+    pub ttl: Option<u64>,
+}
+
+/// Why a poll failed; the last good list stays.
+#[derive(Debug, thiserror::Error)]
+pub enum AbsError {
+    /// Network, TLS or HTTP failure.
+    #[error("ABS request failed: {0}")]
+    Http(String),
+    /// Not 200.
+    #[error("ABS answered HTTP {0}")]
+    Status(u16),
+    /// Over the size limit.
+    #[error("ABS answer larger than {0} bytes")]
+    TooLarge(usize),
+    /// Timed out.
+    #[error("ABS did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Not the expected JSON.
+    #[error("ABS answer is not a valid attack list: {0}")]
+    Parse(String),
+}
+
+/// The parsed list: items, plus what was skipped.
+#[derive(Debug, Default)]
+pub struct AttackList {
+    /// Items of known kinds.
+    pub items: Vec<AbsItem>,
+    /// Unknown keys of `attacklist`.
+    pub unknown: Vec<String>,
+}
+
+fn item(kind: Kind, name: Option<&str>, v: &serde_json::Value) -> Option<AbsItem> {
+    match v {
+        serde_json::Value::String(s) => Some(AbsItem { kind, name: name.map(str::to_owned), value: s.clone(), ttl: None }),
+        serde_json::Value::Object(o) => {
+            let value = o.get("value").and_then(|x| x.as_str())?.to_owned();
+            let name = o.get("name").and_then(|x| x.as_str()).map(str::to_owned).or_else(|| name.map(str::to_owned));
+            let ttl = o.get("ttl").and_then(serde_json::Value::as_u64).filter(|t| *t > 0);
+            Some(AbsItem { kind, name, value, ttl })
+        }
+        _ => None,
+    }
+}
+
+/// Parses an attack list document (see the module doc). Items of the wrong JSON type are
+/// skipped; a document without `attacklist` is an error.
+pub fn parse_attacklist(body: &[u8]) -> Result<AttackList, AbsError> {
+    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| AbsError::Parse(e.to_string()))?;
+    let list = doc.get("attacklist").and_then(|a| a.as_object()).ok_or_else(|| AbsError::Parse("no \"attacklist\" object".into()))?;
+    let mut out = AttackList::default();
+    let arr = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
+    for (key, v) in list {
+        match key.as_str() {
+            "ips" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::Ip, None, x))),
+            "oauth_tokens" | "tokens" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::Token, None, x))),
+            "api_keys" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::ApiKey, None, x))),
+            "usernames" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::Username, None, x))),
+            "cookies" => {
+                if let Some(by_name) = v.as_object() {
+                    for (name, values) in by_name {
+                        out.items.extend(arr(values).iter().filter_map(|x| item(Kind::Cookie, Some(name), x)));
+                    }
+                }
+            }
+            other => out.unknown.push(other.chars().take(64).collect()),
+        }
+    }
+    Ok(out)
+}
+
+/// Sync state for `status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AbsState {
+    /// Feed URL.
+    pub url: String,
+    /// Unix seconds of the last good sync.
+    pub last_success: Option<i64>,
+    /// Unix seconds of the last attempt.
+    pub last_attempt: Option<i64>,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Items in the last good list.
+    pub listed: usize,
+    /// Failed polls since start.
+    pub failures: u64,
+    /// Items skipped since start (invalid or unsafe).
+    pub skipped: u64,
+    /// Unknown identifier types seen since start.
+    pub unknown_types: u64,
+    /// Detections reported / dropped because the queue was full.
+    pub reported: u64,
+    /// Detections dropped because the queue was full.
+    pub report_dropped: u64,
+    /// Detections waiting.
+    pub report_queued: usize,
+}
+
+type HttpsClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+
+/// The feed: client, credentials, state, report queue.
+pub struct Abs {
+    cfg: AbsConfig,
+    secret: String,
+    client: HttpsClient,
+    timeout: Duration,
+    poll: Duration,
+    /// Shared with the service for `status`.
+    pub state: Arc<Mutex<AbsState>>,
+    queue: Mutex<VecDeque<serde_json::Value>>,
+}
+
+impl Abs {
+    /// Builds the client (reads the secret key and the CA file).
+    pub fn new(cfg: AbsConfig, state: Arc<Mutex<AbsState>>) -> anyhow::Result<Arc<Self>> {
+        use anyhow::Context as _;
+        use rustls::pki_types::pem::PemObject as _;
+        let secret = std::fs::read_to_string(&cfg.secret_key_file)
+            .with_context(|| format!("reading the ABS secret key file {}", cfg.secret_key_file.display()))?
+            .trim()
+            .to_owned();
+        let mut roots = rustls::RootCertStore::empty();
+        if let Some(ca) = &cfg.ca_file {
+            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).with_context(|| format!("reading ABS CA {}", ca.display()))? {
+                roots.add(c.with_context(|| format!("parsing ABS CA {}", ca.display()))?)?;
+            }
+        }
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
+        let timeout = Duration::from_secs(crate::config::parse_duration(&cfg.timeout).map_err(anyhow::Error::msg)?);
+        let poll = Duration::from_secs(crate::config::parse_duration(&cfg.poll).map_err(anyhow::Error::msg)?);
+        if let Ok(mut s) = state.lock() {
+            s.url = cfg.url.clone();
+        }
+        Ok(Arc::new(Self { cfg, secret, client, timeout, poll, state, queue: Mutex::new(VecDeque::new()) }))
+    }
+
+    fn request(&self, method: http::Method, path: &str, body: Bytes) -> Result<http::Request<Full<Bytes>>, AbsError> {
+        http::Request::builder()
+            .method(method)
+            .uri(format!("{}{path}", self.cfg.url.trim_end_matches('/')))
+            .header("x-abs-ak", &self.cfg.access_key)
+            .header("x-abs-sk", &self.secret)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .body(Full::new(body))
+            .map_err(|e| AbsError::Http(e.to_string()))
+    }
+
+    /// Fetches and parses the attack list once.
+    pub async fn fetch(&self) -> Result<AttackList, AbsError> {
+        let req = self.request(http::Method::GET, "/v4/abs/attacklist?status=active", Bytes::new())?;
+        let work = async {
+            let resp = self.client.request(req).await.map_err(|e| AbsError::Http(format!("{e:#}")))?;
+            if resp.status() != http::StatusCode::OK {
+                return Err(AbsError::Status(resp.status().as_u16()));
+            }
+            let body = Limited::new(resp.into_body(), self.cfg.max_body_bytes)
+                .collect()
+                .await
+                .map_err(|e| if e.to_string().contains("length limit") { AbsError::TooLarge(self.cfg.max_body_bytes) } else { AbsError::Http(e.to_string()) })?
+                .to_bytes();
+            parse_attacklist(&body)
+        };
+        tokio::time::timeout(self.timeout, work).await.map_err(|_| AbsError::Timeout(self.timeout))?
+    }
+
+    /// Queues a detection for reporting (drops the oldest when full).
+    pub fn queue_detection(&self, detection: serde_json::Value) {
+        if !self.cfg.report {
+            return;
+        }
+        if let Ok(mut q) = self.queue.lock() {
+            if q.len() >= self.cfg.report_queue.max(1) {
+                q.pop_front();
+                if let Ok(mut s) = self.state.lock() {
+                    s.report_dropped += 1;
+                }
+            }
+            q.push_back(detection);
+            if let Ok(mut s) = self.state.lock() {
+                s.report_queued = q.len();
+            }
+        }
+    }
+
+    async fn report_once(&self) -> Result<usize, AbsError> {
+        let batch: Vec<serde_json::Value> = match self.queue.lock() {
+            Ok(q) => q.iter().take(1000).cloned().collect(),
+            Err(_) => return Ok(0),
+        };
+        if batch.is_empty() {
+            return Ok(0);
+        }
+        let body = serde_json::to_vec(&serde_json::json!({ "detections": batch })).map_err(|e| AbsError::Parse(e.to_string()))?;
+        let req = self.request(http::Method::POST, "/v4/abs/detections", body.into())?;
+        let resp = tokio::time::timeout(self.timeout, self.client.request(req))
+            .await
+            .map_err(|_| AbsError::Timeout(self.timeout))?
+            .map_err(|e| AbsError::Http(format!("{e:#}")))?;
+        if !resp.status().is_success() {
+            return Err(AbsError::Status(resp.status().as_u16()));
+        }
+        let n = batch.len();
+        if let Ok(mut q) = self.queue.lock() {
+            for _ in 0..n.min(q.len()) {
+                q.pop_front();
+            }
+            if let Ok(mut s) = self.state.lock() {
+                s.report_queued = q.len();
+                s.reported += n as u64;
+            }
+        }
+        Ok(n)
+    }
+
+    /// Polls ABS and mirrors the list until `shutdown`; retries failures with exponential
+    /// back-off and jitter (capped at the poll interval).
+    pub async fn run(self: Arc<Self>, service: Arc<Mutex<Service>>, mut shutdown: watch::Receiver<bool>) {
+        let mut failures = 0u32;
+        loop {
+            let now = crate::service::unix_now();
+            let result = self.fetch().await;
+            let wait = match result {
+                Ok(list) => {
+                    failures = 0;
+                    let n = list.items.len();
+                    let unknown = list.unknown.clone();
+                    let svc = service.clone();
+                    let applied = tokio::task::spawn_blocking(move || svc.lock().ok().map(|mut s| s.abs_mirror(list.items))).await;
+                    let mut st = self.state.lock().ok();
+                    match applied {
+                        Ok(Some(Ok(report))) => {
+                            if let Some(s) = st.as_mut() {
+                                s.last_success = Some(now);
+                                s.last_error = None;
+                                s.listed = n;
+                                s.skipped += report.skipped as u64;
+                                s.unknown_types += unknown.len() as u64;
+                            }
+                            if !unknown.is_empty() {
+                                tracing::warn!(?unknown, "ABS attack list has identifier types Portcullis does not know; ignored");
+                            }
+                            tracing::info!(listed = n, added = report.added, removed = report.removed, skipped = report.skipped, "ABS attack list mirrored");
+                        }
+                        Ok(Some(Err(e))) => {
+                            tracing::error!("applying the ABS list failed: {e}");
+                            if let Some(s) = st.as_mut() {
+                                s.last_error = Some(e.to_string());
+                                s.failures += 1;
+                            }
+                        }
+                        _ => tracing::error!("ABS sync task failed"),
+                    }
+                    if let Some(s) = st.as_mut() {
+                        s.last_attempt = Some(now);
+                    }
+                    self.poll
+                }
+                Err(e) => {
+                    failures += 1;
+                    tracing::warn!("ABS poll failed ({e}); keeping the last good list");
+                    if let Ok(mut s) = self.state.lock() {
+                        s.last_attempt = Some(now);
+                        s.last_error = Some(e.to_string());
+                        s.failures += 1;
+                    }
+                    backoff(failures, self.poll)
+                }
+            };
+            if let Err(e) = self.report_once().await {
+                tracing::warn!("reporting detections to ABS failed ({e}); will retry");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+}
+
+/// `min(poll, 1 s × 2^(n-1))`, scaled by a random factor in [0.5, 1).
+pub fn backoff(failures: u32, poll: Duration) -> Duration {
+    let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(16)).min(poll);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
+    base.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_documented_shape() {
+        let body = br#"{"attacklist":{"ips":["203.0.113.7",{"value":"192.0.2.1","ttl":60},42],
+            "cookies":{"JSESSIONID":["abc",{"value":"def","ttl":5}]},"oauth_tokens":["t"],
+            "api_keys":["k1",{"name":"X-API-Key","value":"k2"}],"usernames":["mallory"],"devices":["x"]}}"#;
+        let l = parse_attacklist(body).expect("parses");
+        assert_eq!(l.items.len(), 8, "{:?}", l.items);
+        assert_eq!(l.unknown, vec!["devices".to_string()]);
+        assert!(l.items.contains(&AbsItem { kind: Kind::Cookie, name: Some("JSESSIONID".into()), value: "def".into(), ttl: Some(5) }));
+        assert!(l.items.contains(&AbsItem { kind: Kind::ApiKey, name: Some("X-API-Key".into()), value: "k2".into(), ttl: None }));
+        assert!(parse_attacklist(b"{\"attacklist\":").is_err());
+        assert!(parse_attacklist(b"{\"other\":{}}").is_err());
+        assert!(parse_attacklist(b"[]").is_err());
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let poll = Duration::from_secs(30);
+        assert!(backoff(1, poll) <= Duration::from_secs(1));
+        assert!(backoff(4, poll) >= Duration::from_secs(4) && backoff(4, poll) <= Duration::from_secs(8));
+        assert!(backoff(20, poll) <= poll);
+    }
+}
