@@ -45,11 +45,15 @@ fn main() -> anyhow::Result<()> {
                     cargo(&env, &["build", "--release", "-p", "portcullis-agent", "--bins"])?;
                     cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "checker"])
                 }
-                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp|agent|checker`"),
+                Some("abs") => {
+                    cargo(&env, &["build", "--release", "-p", "portcullis-agent", "--bins"])?;
+                    cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "abs"])
+                }
+                Some(other) => bail!("unknown benchmark {other:?}: try `cargo xtask bench xdp|agent|checker|abs`"),
             }
         }
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build|test|demo|bench xdp|bench agent|bench checker>");
+            println!("usage: cargo xtask <setup|build|test|demo|bench xdp|agent|checker|abs>");
             Ok(())
         }
         other => bail!("unknown verb {other:?}: try `cargo xtask help`"),
