@@ -132,12 +132,29 @@ pub struct AttackList {
 
 fn item(kind: Kind, name: Option<&str>, v: &serde_json::Value) -> Option<AbsItem> {
     match v {
-        serde_json::Value::String(s) => Some(AbsItem { kind, name: name.map(str::to_owned), value: s.clone(), ttl: None }),
+        serde_json::Value::String(s) => Some(AbsItem {
+            kind,
+            name: name.map(str::to_owned),
+            value: s.clone(),
+            ttl: None,
+        }),
         serde_json::Value::Object(o) => {
             let value = o.get("value").and_then(|x| x.as_str())?.to_owned();
-            let name = o.get("name").and_then(|x| x.as_str()).map(str::to_owned).or_else(|| name.map(str::to_owned));
-            let ttl = o.get("ttl").and_then(serde_json::Value::as_u64).filter(|t| *t > 0);
-            Some(AbsItem { kind, name, value, ttl })
+            let name = o
+                .get("name")
+                .and_then(|x| x.as_str())
+                .map(str::to_owned)
+                .or_else(|| name.map(str::to_owned));
+            let ttl = o
+                .get("ttl")
+                .and_then(serde_json::Value::as_u64)
+                .filter(|t| *t > 0);
+            Some(AbsItem {
+                kind,
+                name,
+                value,
+                ttl,
+            })
         }
         _ => None,
     }
@@ -146,20 +163,36 @@ fn item(kind: Kind, name: Option<&str>, v: &serde_json::Value) -> Option<AbsItem
 /// Parses an attack list document (see the module doc). Items of the wrong JSON type are
 /// skipped; a document without `attacklist` is an error.
 pub fn parse_attacklist(body: &[u8]) -> Result<AttackList, AbsError> {
-    let doc: serde_json::Value = serde_json::from_slice(body).map_err(|e| AbsError::Parse(e.to_string()))?;
-    let list = doc.get("attacklist").and_then(|a| a.as_object()).ok_or_else(|| AbsError::Parse("no \"attacklist\" object".into()))?;
+    let doc: serde_json::Value =
+        serde_json::from_slice(body).map_err(|e| AbsError::Parse(e.to_string()))?;
+    let list = doc
+        .get("attacklist")
+        .and_then(|a| a.as_object())
+        .ok_or_else(|| AbsError::Parse("no \"attacklist\" object".into()))?;
     let mut out = AttackList::default();
     let arr = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
     for (key, v) in list {
         match key.as_str() {
-            "ips" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::Ip, None, x))),
-            "oauth_tokens" | "tokens" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::Token, None, x))),
-            "api_keys" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::ApiKey, None, x))),
-            "usernames" => out.items.extend(arr(v).iter().filter_map(|x| item(Kind::Username, None, x))),
+            "ips" => out
+                .items
+                .extend(arr(v).iter().filter_map(|x| item(Kind::Ip, None, x))),
+            "oauth_tokens" | "tokens" => out
+                .items
+                .extend(arr(v).iter().filter_map(|x| item(Kind::Token, None, x))),
+            "api_keys" => out
+                .items
+                .extend(arr(v).iter().filter_map(|x| item(Kind::ApiKey, None, x))),
+            "usernames" => out
+                .items
+                .extend(arr(v).iter().filter_map(|x| item(Kind::Username, None, x))),
             "cookies" => {
                 if let Some(by_name) = v.as_object() {
                     for (name, values) in by_name {
-                        out.items.extend(arr(values).iter().filter_map(|x| item(Kind::Cookie, Some(name), x)));
+                        out.items.extend(
+                            arr(values)
+                                .iter()
+                                .filter_map(|x| item(Kind::Cookie, Some(name), x)),
+                        );
                     }
                 }
             }
@@ -196,7 +229,10 @@ pub struct AbsState {
     pub report_queued: usize,
 }
 
-type HttpsClient = Client<hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>, Full<Bytes>>;
+type HttpsClient = Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    Full<Bytes>,
+>;
 
 /// The feed: client, credentials, state, report queue.
 pub struct Abs {
@@ -216,30 +252,60 @@ impl Abs {
         use anyhow::Context as _;
         use rustls::pki_types::pem::PemObject as _;
         let secret = std::fs::read_to_string(&cfg.secret_key_file)
-            .with_context(|| format!("reading the ABS secret key file {}", cfg.secret_key_file.display()))?
+            .with_context(|| {
+                format!(
+                    "reading the ABS secret key file {}",
+                    cfg.secret_key_file.display()
+                )
+            })?
             .trim()
             .to_owned();
         let mut roots = rustls::RootCertStore::empty();
         if let Some(ca) = &cfg.ca_file {
-            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca).with_context(|| format!("reading ABS CA {}", ca.display()))? {
+            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("reading ABS CA {}", ca.display()))?
+            {
                 roots.add(c.with_context(|| format!("parsing ABS CA {}", ca.display()))?)?;
             }
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        let timeout = Duration::from_secs(crate::config::parse_duration(&cfg.timeout).map_err(anyhow::Error::msg)?);
-        let poll = Duration::from_secs(crate::config::parse_duration(&cfg.poll).map_err(anyhow::Error::msg)?);
+        let timeout = Duration::from_secs(
+            crate::config::parse_duration(&cfg.timeout).map_err(anyhow::Error::msg)?,
+        );
+        let poll = Duration::from_secs(
+            crate::config::parse_duration(&cfg.poll).map_err(anyhow::Error::msg)?,
+        );
         if let Ok(mut s) = state.lock() {
             s.url = cfg.url.clone();
         }
-        Ok(Arc::new(Self { cfg, secret, client, timeout, poll, state, queue: Mutex::new(VecDeque::new()) }))
+        Ok(Arc::new(Self {
+            cfg,
+            secret,
+            client,
+            timeout,
+            poll,
+            state,
+            queue: Mutex::new(VecDeque::new()),
+        }))
     }
 
-    fn request(&self, method: http::Method, path: &str, body: Bytes) -> Result<http::Request<Full<Bytes>>, AbsError> {
+    fn request(
+        &self,
+        method: http::Method,
+        path: &str,
+        body: Bytes,
+    ) -> Result<http::Request<Full<Bytes>>, AbsError> {
         http::Request::builder()
             .method(method)
             .uri(format!("{}{path}", self.cfg.url.trim_end_matches('/')))
@@ -252,20 +318,36 @@ impl Abs {
 
     /// Fetches and parses the attack list once.
     pub async fn fetch(&self) -> Result<AttackList, AbsError> {
-        let req = self.request(http::Method::GET, "/v4/abs/attacklist?status=active", Bytes::new())?;
+        let req = self.request(
+            http::Method::GET,
+            "/v4/abs/attacklist?status=active",
+            Bytes::new(),
+        )?;
         let work = async {
-            let resp = self.client.request(req).await.map_err(|e| AbsError::Http(format!("{e:#}")))?;
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| AbsError::Http(format!("{e:#}")))?;
             if resp.status() != http::StatusCode::OK {
                 return Err(AbsError::Status(resp.status().as_u16()));
             }
             let body = Limited::new(resp.into_body(), self.cfg.max_body_bytes)
                 .collect()
                 .await
-                .map_err(|e| if e.to_string().contains("length limit") { AbsError::TooLarge(self.cfg.max_body_bytes) } else { AbsError::Http(e.to_string()) })?
+                .map_err(|e| {
+                    if e.to_string().contains("length limit") {
+                        AbsError::TooLarge(self.cfg.max_body_bytes)
+                    } else {
+                        AbsError::Http(e.to_string())
+                    }
+                })?
                 .to_bytes();
             parse_attacklist(&body)
         };
-        tokio::time::timeout(self.timeout, work).await.map_err(|_| AbsError::Timeout(self.timeout))?
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| AbsError::Timeout(self.timeout))?
     }
 
     /// Queues a detection for reporting (drops the oldest when full).
@@ -295,7 +377,8 @@ impl Abs {
         if batch.is_empty() {
             return Ok(0);
         }
-        let body = serde_json::to_vec(&serde_json::json!({ "detections": batch })).map_err(|e| AbsError::Parse(e.to_string()))?;
+        let body = serde_json::to_vec(&serde_json::json!({ "detections": batch }))
+            .map_err(|e| AbsError::Parse(e.to_string()))?;
         let req = self.request(http::Method::POST, "/v4/abs/detections", body.into())?;
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
@@ -319,7 +402,11 @@ impl Abs {
 
     /// Polls ABS and mirrors the list until `shutdown`; retries failures with exponential
     /// back-off and jitter (capped at the poll interval).
-    pub async fn run(self: Arc<Self>, service: Arc<Mutex<Service>>, mut shutdown: watch::Receiver<bool>) {
+    pub async fn run(
+        self: Arc<Self>,
+        service: Arc<Mutex<Service>>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let mut failures = 0u32;
         loop {
             let now = crate::service::unix_now();
@@ -330,7 +417,10 @@ impl Abs {
                     let n = list.items.len();
                     let unknown = list.unknown.clone();
                     let svc = service.clone();
-                    let applied = tokio::task::spawn_blocking(move || svc.lock().ok().map(|mut s| s.abs_mirror(list.items))).await;
+                    let applied = tokio::task::spawn_blocking(move || {
+                        svc.lock().ok().map(|mut s| s.abs_mirror(list.items))
+                    })
+                    .await;
                     let mut st = self.state.lock().ok();
                     match applied {
                         Ok(Some(Ok(report))) => {
@@ -342,9 +432,18 @@ impl Abs {
                                 s.unknown_types += unknown.len() as u64;
                             }
                             if !unknown.is_empty() {
-                                tracing::warn!(?unknown, "ABS attack list has identifier types Portcullis does not know; ignored");
+                                tracing::warn!(
+                                    ?unknown,
+                                    "ABS attack list has identifier types Portcullis does not know; ignored"
+                                );
                             }
-                            tracing::info!(listed = n, added = report.added, removed = report.removed, skipped = report.skipped, "ABS attack list mirrored");
+                            tracing::info!(
+                                listed = n,
+                                added = report.added,
+                                removed = report.removed,
+                                skipped = report.skipped,
+                                "ABS attack list mirrored"
+                            );
                         }
                         Ok(Some(Err(e))) => {
                             tracing::error!("applying the ABS list failed: {e}");
@@ -385,7 +484,9 @@ impl Abs {
 /// `min(poll, 1 s × 2^(n-1))`, scaled by a random factor in [0.5, 1).
 pub fn backoff(failures: u32, poll: Duration) -> Duration {
     let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(16)).min(poll);
-    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
     let jitter = 0.5 + f64::from(nanos % 1000) / 2000.0;
     base.mul_f64(jitter)
 }
@@ -402,8 +503,18 @@ mod tests {
         let l = parse_attacklist(body).expect("parses");
         assert_eq!(l.items.len(), 8, "{:?}", l.items);
         assert_eq!(l.unknown, vec!["devices".to_string()]);
-        assert!(l.items.contains(&AbsItem { kind: Kind::Cookie, name: Some("JSESSIONID".into()), value: "def".into(), ttl: Some(5) }));
-        assert!(l.items.contains(&AbsItem { kind: Kind::ApiKey, name: Some("X-API-Key".into()), value: "k2".into(), ttl: None }));
+        assert!(l.items.contains(&AbsItem {
+            kind: Kind::Cookie,
+            name: Some("JSESSIONID".into()),
+            value: "def".into(),
+            ttl: Some(5)
+        }));
+        assert!(l.items.contains(&AbsItem {
+            kind: Kind::ApiKey,
+            name: Some("X-API-Key".into()),
+            value: "k2".into(),
+            ttl: None
+        }));
         assert!(parse_attacklist(b"{\"attacklist\":").is_err());
         assert!(parse_attacklist(b"{\"other\":{}}").is_err());
         assert!(parse_attacklist(b"[]").is_err());
@@ -413,7 +524,10 @@ mod tests {
     fn backoff_grows_and_is_capped() {
         let poll = Duration::from_secs(30);
         assert!(backoff(1, poll) <= Duration::from_secs(1));
-        assert!(backoff(4, poll) >= Duration::from_secs(4) && backoff(4, poll) <= Duration::from_secs(8));
+        assert!(
+            backoff(4, poll) >= Duration::from_secs(4)
+                && backoff(4, poll) <= Duration::from_secs(8)
+        );
         assert!(backoff(20, poll) <= poll);
     }
 }

@@ -36,7 +36,9 @@ pub enum CidrError {
         len: usize,
     },
     /// The address part does not parse.
-    #[error("invalid IP address {text:?}: expected e.g. 203.0.113.7, 198.18.0.0/15 or 2001:db8::/32")]
+    #[error(
+        "invalid IP address {text:?}: expected e.g. 203.0.113.7, 198.18.0.0/15 or 2001:db8::/32"
+    )]
     BadAddress {
         /// The rejected text.
         text: String,
@@ -65,16 +67,30 @@ impl Cidr {
     /// The block of `len` bits around `addr`, host bits cleared.
     pub fn new(addr: IpAddr, len: u8) -> Result<Self, CidrError> {
         match addr {
-            IpAddr::V4(a) if len <= 32 => Ok(Self::V4 { addr: u32::from(a) & mask32(len), len }),
-            IpAddr::V6(a) if len <= 128 => {
-                Ok(Self::V6 { addr: u128::from(a) & mask128(len), len })
-            }
-            IpAddr::V4(_) => Err(CidrError::BadPrefix { text: format!("{addr}/{len}"), max: 32 }),
-            IpAddr::V6(_) => Err(CidrError::BadPrefix { text: format!("{addr}/{len}"), max: 128 }),
+            IpAddr::V4(a) if len <= 32 => Ok(Self::V4 {
+                addr: u32::from(a) & mask32(len),
+                len,
+            }),
+            IpAddr::V6(a) if len <= 128 => Ok(Self::V6 {
+                addr: u128::from(a) & mask128(len),
+                len,
+            }),
+            IpAddr::V4(_) => Err(CidrError::BadPrefix {
+                text: format!("{addr}/{len}"),
+                max: 32,
+            }),
+            IpAddr::V6(_) => Err(CidrError::BadPrefix {
+                text: format!("{addr}/{len}"),
+                max: 128,
+            }),
         }
     }
 
     /// Prefix length.
+    #[expect(
+        clippy::len_without_is_empty,
+        reason = "a prefix length, not a collection size"
+    )]
     pub const fn len(&self) -> u8 {
         match *self {
             Self::V4 { len, .. } | Self::V6 { len, .. } => len,
@@ -119,12 +135,20 @@ impl Cidr {
 
 /// Netmask of `len` leading ones (IPv4).
 pub const fn mask32(len: u8) -> u32 {
-    if len == 0 { 0 } else { u32::MAX << (32 - len as u32) }
+    if len == 0 {
+        0
+    } else {
+        u32::MAX << (32 - len as u32)
+    }
 }
 
 /// Netmask of `len` leading ones (IPv6).
 pub const fn mask128(len: u8) -> u128 {
-    if len == 0 { 0 } else { u128::MAX << (128 - len as u32) }
+    if len == 0 {
+        0
+    } else {
+        u128::MAX << (128 - len as u32)
+    }
 }
 
 impl FromStr for Cidr {
@@ -141,8 +165,9 @@ impl FromStr for Cidr {
             Some((a, l)) => (a, Some(l)),
             None => (text, None),
         };
-        let addr: IpAddr =
-            addr_text.parse().map_err(|_| CidrError::BadAddress { text: text.to_owned() })?;
+        let addr: IpAddr = addr_text.parse().map_err(|_| CidrError::BadAddress {
+            text: text.to_owned(),
+        })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let len = match len_text {
             None => max,
@@ -150,7 +175,12 @@ impl FromStr for Cidr {
                 let ok = !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit());
                 match l.parse::<u8>() {
                     Ok(n) if ok && n <= max => n,
-                    _ => return Err(CidrError::BadPrefix { text: text.to_owned(), max }),
+                    _ => {
+                        return Err(CidrError::BadPrefix {
+                            text: text.to_owned(),
+                            max,
+                        });
+                    }
                 }
             }
         };
@@ -175,9 +205,18 @@ mod tests {
 
     #[test]
     fn canonicalises_and_prints() {
-        assert_eq!(p("203.0.113.7").map(|c| c.to_string()), Ok("203.0.113.7/32".into()));
-        assert_eq!(p("10.1.2.3/8").map(|c| c.to_string()), Ok("10.0.0.0/8".into()));
-        assert_eq!(p("2001:db8:bad::1/48").map(|c| c.to_string()), Ok("2001:db8:bad::/48".into()));
+        assert_eq!(
+            p("203.0.113.7").map(|c| c.to_string()),
+            Ok("203.0.113.7/32".into())
+        );
+        assert_eq!(
+            p("10.1.2.3/8").map(|c| c.to_string()),
+            Ok("10.0.0.0/8".into())
+        );
+        assert_eq!(
+            p("2001:db8:bad::1/48").map(|c| c.to_string()),
+            Ok("2001:db8:bad::/48".into())
+        );
         assert_eq!(p("::/0").map(|c| c.to_string()), Ok("::/0".into()));
         assert_eq!(p("0.0.0.0/0").map(|c| c.len()), Ok(0));
     }
@@ -185,14 +224,29 @@ mod tests {
     #[test]
     fn rejects_bad_text_with_a_reason() {
         assert!(matches!(p("10.0.0.256"), Err(CidrError::BadAddress { .. })));
-        assert!(matches!(p("10.0.0.0/33"), Err(CidrError::BadPrefix { max: 32, .. })));
-        assert!(matches!(p("2001:db8::/129"), Err(CidrError::BadPrefix { max: 128, .. })));
+        assert!(matches!(
+            p("10.0.0.0/33"),
+            Err(CidrError::BadPrefix { max: 32, .. })
+        ));
+        assert!(matches!(
+            p("2001:db8::/129"),
+            Err(CidrError::BadPrefix { max: 128, .. })
+        ));
         assert!(matches!(p("10.0.0.0/"), Err(CidrError::BadPrefix { .. })));
         assert!(matches!(p("10.0.0.0/+8"), Err(CidrError::BadPrefix { .. })));
-        assert!(matches!(p("example.com"), Err(CidrError::BadAddress { .. })));
+        assert!(matches!(
+            p("example.com"),
+            Err(CidrError::BadAddress { .. })
+        ));
         assert!(matches!(p(""), Err(CidrError::BadAddress { .. })));
-        assert!(matches!(p(&"1".repeat(100)), Err(CidrError::TooLong { len: 100 })));
-        let msg = p("10.0.0.0/40").err().map(|e| e.to_string()).unwrap_or_default();
+        assert!(matches!(
+            p(&"1".repeat(100)),
+            Err(CidrError::TooLong { len: 100 })
+        ));
+        let msg = p("10.0.0.0/40")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(msg.contains("0..=32"), "{msg}");
     }
 

@@ -6,7 +6,7 @@
 use std::io::{BufRead, BufReader, IsTerminal, Write};
 use std::path::PathBuf;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, Mode, XdpMode};
@@ -35,7 +35,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the agent daemon (as root or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
-    Agent(AgentArgs),
+    Agent(Box<AgentArgs>),
     /// Manage the deny list.
     Deny {
         /// What to do with it.
@@ -270,7 +270,9 @@ pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
             _ => break,
         }
     }
-    let Some(verb) = args.get(at) else { return args };
+    let Some(verb) = args.get(at) else {
+        return args;
+    };
     let (list, action) = match verb.as_str() {
         "add_blacklist" => ("deny", "add"),
         "add_whitelist" => ("allow", "add"),
@@ -298,7 +300,11 @@ fn kind(s: &str) -> anyhow::Result<Kind> {
 }
 
 /// Splits the positional values of add/remove into (name, value) by kind.
-fn name_value(kind: Kind, values: &[String], any_name: bool) -> anyhow::Result<(Option<String>, String)> {
+fn name_value(
+    kind: Kind,
+    values: &[String],
+    any_name: bool,
+) -> anyhow::Result<(Option<String>, String)> {
     if any_name && kind != Kind::ApiKey {
         bail!("--any-name applies to api-key entries only");
     }
@@ -308,7 +314,9 @@ fn name_value(kind: Kind, values: &[String], any_name: bool) -> anyhow::Result<(
         (Kind::ApiKey, [v]) if any_name => Ok((None, v.clone())),
         (Kind::ApiKey, [_, _]) if any_name => bail!("--any-name takes only the key's value"),
         (Kind::ApiKey, [n, v]) => Ok((Some(n.clone()), v.clone())),
-        (Kind::ApiKey, [_]) => bail!("api-key needs a name and a value (api-key X-API-Key <value>), or --any-name <value>"),
+        (Kind::ApiKey, [_]) => bail!(
+            "api-key needs a name and a value (api-key X-API-Key <value>), or --any-name <value>"
+        ),
         (_, [v]) => Ok((None, v.clone())),
         (k, _) => bail!("{k} takes one value (quote values that contain spaces)"),
     }
@@ -320,7 +328,15 @@ fn call(cli: &Cli, req: &Request) -> anyhow::Result<serde_json::Value> {
 }
 
 fn unwrap(r: Response) -> anyhow::Result<serde_json::Value> {
-    if r.ok { Ok(r.result) } else { bail!("{}", r.error.unwrap_or_else(|| "the agent refused the request".into())) }
+    if r.ok {
+        Ok(r.result)
+    } else {
+        bail!(
+            "{}",
+            r.error
+                .unwrap_or_else(|| "the agent refused the request".into())
+        )
+    }
 }
 
 fn print_json(v: &serde_json::Value) -> anyhow::Result<()> {
@@ -334,7 +350,17 @@ fn when(unix: Option<i64>) -> String {
         Some(t) => {
             let left = t - crate::service::unix_now();
             let up = |unit: i64| (left + unit - 1) / unit;
-            if left <= 0 { "expired".into() } else if left < 120 { format!("in {left}s") } else if left < 7200 { format!("in {}m", up(60)) } else if left < 172_800 { format!("in {}h", up(3600)) } else { format!("in {}d", up(86_400)) }
+            if left <= 0 {
+                "expired".into()
+            } else if left < 120 {
+                format!("in {left}s")
+            } else if left < 7200 {
+                format!("in {}m", up(60))
+            } else if left < 172_800 {
+                format!("in {}h", up(3600))
+            } else {
+                format!("in {}d", up(86_400))
+            }
         }
     }
 }
@@ -356,18 +382,25 @@ fn print_entries(entries: &[serde_json::Value]) {
         println!("(no entries)");
         return;
     }
-    println!("{:<6} {:<9} {:<44} {:<8} {:<10} {:<12} REASON", "LIST", "KIND", "IDENTIFIER", "SOURCE", "API", "EXPIRES");
+    println!(
+        "{:<6} {:<9} {:<44} {:<8} {:<10} {:<12} REASON",
+        "LIST", "KIND", "IDENTIFIER", "SOURCE", "API", "EXPIRES"
+    );
     for e in entries {
         let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
         let ident = describe(e);
-        let ident = ident.splitn(2, ' ').nth(1).unwrap_or("").to_owned();
+        let ident = ident.split_once(' ').map(|x| x.1).unwrap_or("").to_owned();
         println!(
             "{:<6} {:<9} {:<44} {:<8} {:<10} {:<12} {}",
             s("list"),
             s("kind"),
             ident,
             s("source"),
-            if s("api").is_empty() { "*".into() } else { s("api") },
+            if s("api").is_empty() {
+                "*".into()
+            } else {
+                s("api")
+            },
             when(e.get("expires").and_then(|v| v.as_i64())),
             s("reason")
         );
@@ -378,7 +411,7 @@ fn print_entries(entries: &[serde_json::Value]) {
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     match &cli.command {
         Command::Agent(a) => {
-            let mut a = a.clone();
+            let mut a = (**a).clone();
             a.socket_override = Some(cli.socket.clone());
             agent(&a)
         }
@@ -389,7 +422,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Stats(j) => stats(&cli, j.json),
         Command::Detach { iface, pin_dir } => detach(iface.as_deref(), pin_dir),
         Command::Completions { shell } => {
-            clap_complete::generate(*shell, &mut Cli::command(), "portcullis", &mut std::io::stdout());
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
             Ok(())
         }
         Command::Man => {
@@ -400,8 +438,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn agent(a: &AgentArgs) -> anyhow::Result<()> {
-    let argv: Vec<String> = std::env::args_os().map(|a| a.to_string_lossy().into_owned()).collect();
-    let explicit = argv.iter().any(|x| x == "--config" || x.starts_with("--config="));
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let explicit = argv
+        .iter()
+        .any(|x| x == "--config" || x.starts_with("--config="));
     let mut cfg = Config::load(&a.config, explicit)?;
     if !a.ifaces.is_empty() {
         cfg.interfaces = a.ifaces.clone();
@@ -452,13 +494,19 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     if let Some(x) = &a.abs_ca {
         cfg.abs.ca_file = Some(x.clone());
     }
-    let socket_flag = argv.iter().any(|x| x == "--socket" || x.starts_with("--socket="));
+    let socket_flag = argv
+        .iter()
+        .any(|x| x == "--socket" || x.starts_with("--socket="));
     if socket_flag || std::env::var_os("PORTCULLIS_SOCKET").is_some() {
         cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
     }
     cfg.validate()?;
     if a.check_config {
-        println!("configuration OK: {} interface(s), mode {:?}", cfg.interfaces.len(), cfg.mode);
+        println!(
+            "configuration OK: {} interface(s), mode {:?}",
+            cfg.interfaces.len(),
+            cfg.mode
+        );
         return Ok(());
     }
     crate::daemon::run(cfg)
@@ -466,10 +514,23 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
 
 fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
     match verb {
-        ListVerb::Add { kind: k, values, any_name, ttl, reason, api, force, json } => {
+        ListVerb::Add {
+            kind: k,
+            values,
+            any_name,
+            ttl,
+            reason,
+            api,
+            force,
+            json,
+        } => {
             let k = kind(k)?;
             let (name, value) = name_value(k, values, *any_name)?;
-            let ttl_secs = ttl.as_deref().map(crate::config::parse_duration).transpose().map_err(anyhow::Error::msg)?;
+            let ttl_secs = ttl
+                .as_deref()
+                .map(crate::config::parse_duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
             let req = Request::Add(AddRequest {
                 list: Some(list),
                 kind: Some(k),
@@ -489,15 +550,42 @@ fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
             if cli.ase {
                 println!("{} added to {}", describe(entry), list.ase_name());
             } else {
-                let how = if r["enforced_in_kernel"].as_bool() == Some(true) { " (enforced in the kernel)" } else { "" };
-                let verb = if r["new"].as_bool() == Some(true) { "added" } else { "updated" };
-                println!("{list} {} {verb}{how}, expires {}", describe(entry), when(entry["expires"].as_i64()));
+                let how = if r["enforced_in_kernel"].as_bool() == Some(true) {
+                    " (enforced in the kernel)"
+                } else {
+                    ""
+                };
+                let verb = if r["new"].as_bool() == Some(true) {
+                    "added"
+                } else {
+                    "updated"
+                };
+                println!(
+                    "{list} {} {verb}{how}, expires {}",
+                    describe(entry),
+                    when(entry["expires"].as_i64())
+                );
             }
         }
-        ListVerb::Remove { kind: k, values, any_name, source, json } => {
+        ListVerb::Remove {
+            kind: k,
+            values,
+            any_name,
+            source,
+            json,
+        } => {
             let k = kind(k)?;
             let (name, value) = name_value(k, values, *any_name)?;
-            let r = call(cli, &Request::Remove { list, kind: k, name, value, source: source.clone() })?;
+            let r = call(
+                cli,
+                &Request::Remove {
+                    list,
+                    kind: k,
+                    name,
+                    value,
+                    source: source.clone(),
+                },
+            )?;
             if *json {
                 return print_json(&r);
             }
@@ -506,12 +594,28 @@ fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
             if cli.ase {
                 println!("{} deleted from {}", describe(&first), list.ase_name());
             } else {
-                println!("{list} {} removed ({} entr{})", describe(&first), removed.len(), if removed.len() == 1 { "y" } else { "ies" });
+                println!(
+                    "{list} {} removed ({} entr{})",
+                    describe(&first),
+                    removed.len(),
+                    if removed.len() == 1 { "y" } else { "ies" }
+                );
             }
         }
-        ListVerb::List { kind: k, source, json } => {
+        ListVerb::List {
+            kind: k,
+            source,
+            json,
+        } => {
             let k = k.as_deref().map(kind).transpose()?;
-            let r = call(cli, &Request::List { list: Some(list), kind: k, source: source.clone() })?;
+            let r = call(
+                cli,
+                &Request::List {
+                    list: Some(list),
+                    kind: k,
+                    source: source.clone(),
+                },
+            )?;
             if *json {
                 return print_json(&r);
             }
@@ -524,9 +628,20 @@ fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
                 print_entries(&entries);
             }
         }
-        ListVerb::Clear { kind: k, source, json } => {
+        ListVerb::Clear {
+            kind: k,
+            source,
+            json,
+        } => {
             let k = k.as_deref().map(kind).transpose()?;
-            let r = call(cli, &Request::Clear { list, kind: k, source: source.clone() })?;
+            let r = call(
+                cli,
+                &Request::Clear {
+                    list,
+                    kind: k,
+                    source: source.clone(),
+                },
+            )?;
             if *json {
                 return print_json(&serde_json::json!({ "removed": r }));
             }
@@ -536,9 +651,25 @@ fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
                 println!("{list} list cleared: {r} entries removed");
             }
         }
-        ListVerb::Import { file, ttl, reason, source, force, json } => {
-            let ttl_secs = ttl.as_deref().map(crate::config::parse_duration).transpose().map_err(anyhow::Error::msg)?;
-            let defaults = ImportDefaults { ttl_secs, reason: reason.clone(), source: source.clone(), force: *force };
+        ListVerb::Import {
+            file,
+            ttl,
+            reason,
+            source,
+            force,
+            json,
+        } => {
+            let ttl_secs = ttl
+                .as_deref()
+                .map(crate::config::parse_duration)
+                .transpose()
+                .map_err(anyhow::Error::msg)?;
+            let defaults = ImportDefaults {
+                ttl_secs,
+                reason: reason.clone(),
+                source: source.clone(),
+                force: *force,
+            };
             import(cli, list, file, defaults, *json)?;
         }
     }
@@ -548,7 +679,13 @@ fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
 /// Lines sent per request: large enough to amortise a round trip, small enough to show progress.
 const IMPORT_BATCH: usize = 100_000;
 
-fn import(cli: &Cli, list: List, file: &PathBuf, defaults: ImportDefaults, json: bool) -> anyhow::Result<()> {
+fn import(
+    cli: &Cli,
+    list: List,
+    file: &PathBuf,
+    defaults: ImportDefaults,
+    json: bool,
+) -> anyhow::Result<()> {
     let (reader, total): (Box<dyn BufRead>, u64) = if file.as_os_str() == "-" {
         (Box::new(BufReader::new(std::io::stdin())), 0)
     } else {
@@ -566,18 +703,28 @@ fn import(cli: &Cli, list: List, file: &PathBuf, defaults: ImportDefaults, json:
         if batch.is_empty() {
             return Ok(());
         }
-        let r = unwrap(client.call(&Request::Import { list, lines: std::mem::take(batch), defaults: defaults.clone() })?)?;
+        let r = unwrap(client.call(&Request::Import {
+            list,
+            lines: std::mem::take(batch),
+            defaults: defaults.clone(),
+        })?)?;
         accepted += r["accepted"].as_u64().unwrap_or(0);
         new += r["new"].as_u64().unwrap_or(0);
         if let Some(rej) = r["rejected"].as_array() {
             for x in rej {
-                rejected.push((x[0].as_u64().unwrap_or(0), x[1].as_str().unwrap_or("").to_owned()));
+                rejected.push((
+                    x[0].as_u64().unwrap_or(0),
+                    x[1].as_str().unwrap_or("").to_owned(),
+                ));
             }
         }
         if show {
-            let pct = if total > 0 { (read * 100 / total).min(100) } else { 0 };
+            let pct = (read * 100).checked_div(total).unwrap_or(0).min(100);
             let bar = "#".repeat((pct / 4) as usize);
-            eprint!("\r[{bar:<25}] {pct:>3}%  {accepted} accepted, {} rejected", rejected.len());
+            eprint!(
+                "\r[{bar:<25}] {pct:>3}%  {accepted} accepted, {} rejected",
+                rejected.len()
+            );
             let _ = std::io::stderr().flush();
         }
         Ok(())
@@ -588,7 +735,9 @@ fn import(cli: &Cli, list: List, file: &PathBuf, defaults: ImportDefaults, json:
     let mut line_no = 0u64;
     loop {
         raw.clear();
-        let n = reader.read_until(b'\n', &mut raw).context("reading the import file")?;
+        let n = reader
+            .read_until(b'\n', &mut raw)
+            .context("reading the import file")?;
         if n == 0 {
             break;
         }
@@ -603,7 +752,7 @@ fn import(cli: &Cli, list: List, file: &PathBuf, defaults: ImportDefaults, json:
         }
     }
     flush(&mut batch, read_bytes)?;
-    drop(flush);
+    // The closure borrowed `rejected`; its last use ends the borrow.
     rejected.extend(bad_utf8);
     rejected.sort_by_key(|(no, _)| *no);
     if show {
@@ -611,7 +760,9 @@ fn import(cli: &Cli, list: List, file: &PathBuf, defaults: ImportDefaults, json:
     }
     let secs = started.elapsed().as_secs_f64();
     if json {
-        return print_json(&serde_json::json!({"accepted": accepted, "new": new, "rejected": rejected, "seconds": secs}));
+        return print_json(
+            &serde_json::json!({"accepted": accepted, "new": new, "rejected": rejected, "seconds": secs}),
+        );
     }
     for (no, why) in rejected.iter().take(50) {
         eprintln!("{}:{no}: {why}", file.display());
@@ -638,26 +789,51 @@ fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         println!("interfaces: none attached");
     }
     for i in ifaces {
-        let fb = i["fell_back"].as_str().map(|s| format!(" (native refused: {s})")).unwrap_or_default();
-        println!("interface {}: XDP {}{fb}", i["iface"].as_str().unwrap_or("?"), i["xdp_mode"].as_str().unwrap_or("?"));
+        let fb = i["fell_back"]
+            .as_str()
+            .map(|s| format!(" (native refused: {s})"))
+            .unwrap_or_default();
+        println!(
+            "interface {}: XDP {}{fb}",
+            i["iface"].as_str().unwrap_or("?"),
+            i["xdp_mode"].as_str().unwrap_or("?")
+        );
     }
     println!("database: {}", r["database"].as_str().unwrap_or("?"));
     println!("kernel IP entries: {}", r["kernel_ip_entries"]);
     println!("uptime: {}s", r["uptime_secs"]);
     if let Some(abs) = r["abs"].as_object() {
-        let when = |k: &str| abs.get(k).and_then(|v| v.as_i64()).map_or("never".to_string(), |t| format!("{}s ago", crate::service::unix_now() - t));
+        let when = |k: &str| {
+            abs.get(k)
+                .and_then(|v| v.as_i64())
+                .map_or("never".to_string(), |t| {
+                    format!("{}s ago", crate::service::unix_now() - t)
+                })
+        };
         println!(
             "ABS {}: last sync {}, {} listed, {} failed polls{}",
             abs.get("url").and_then(|v| v.as_str()).unwrap_or("?"),
             when("last_success"),
             abs.get("listed").and_then(|v| v.as_u64()).unwrap_or(0),
             abs.get("failures").and_then(|v| v.as_u64()).unwrap_or(0),
-            abs.get("last_error").and_then(|v| v.as_str()).map(|e| format!(", last error: {e}")).unwrap_or_default()
+            abs.get("last_error")
+                .and_then(|v| v.as_str())
+                .map(|e| format!(", last error: {e}"))
+                .unwrap_or_default()
         );
     }
-    println!("{:<6} {:<9} {:<8} {:>10}", "LIST", "KIND", "SOURCE", "ENTRIES");
+    println!(
+        "{:<6} {:<9} {:<8} {:>10}",
+        "LIST", "KIND", "SOURCE", "ENTRIES"
+    );
     for l in r["lists"].as_array().cloned().unwrap_or_default() {
-        println!("{:<6} {:<9} {:<8} {:>10}", l["list"].as_str().unwrap_or(""), l["kind"].as_str().unwrap_or(""), l["source"].as_str().unwrap_or(""), l["count"].as_u64().unwrap_or(0));
+        println!(
+            "{:<6} {:<9} {:<8} {:>10}",
+            l["list"].as_str().unwrap_or(""),
+            l["kind"].as_str().unwrap_or(""),
+            l["source"].as_str().unwrap_or(""),
+            l["count"].as_u64().unwrap_or(0)
+        );
     }
     Ok(())
 }
@@ -669,24 +845,43 @@ fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
             if j.json {
                 return print_json(&r);
             }
-            println!("{:<16} {:<20} {:<16} {:<9} SERVERS", "API", "HOSTNAME", "URL", "BLOCKING");
+            println!(
+                "{:<16} {:<20} {:<16} {:<9} SERVERS",
+                "API", "HOSTNAME", "URL", "BLOCKING"
+            );
             for a in r["apis"].as_array().cloned().unwrap_or_default() {
-                let servers: Vec<String> = a["servers"].as_array().cloned().unwrap_or_default().iter().filter_map(|s| s.as_str().map(str::to_owned)).collect();
+                let servers: Vec<String> = a["servers"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|s| s.as_str().map(str::to_owned))
+                    .collect();
                 println!(
                     "{:<16} {:<20} {:<16} {:<9} {}{}",
                     a["name"].as_str().unwrap_or(""),
                     a["hostname"].as_str().unwrap_or(""),
                     a["url"].as_str().unwrap_or(""),
-                    if a["enable_blocking"].as_bool() == Some(true) { "yes" } else { "no" },
+                    if a["enable_blocking"].as_bool() == Some(true) {
+                        "yes"
+                    } else {
+                        "no"
+                    },
                     servers.join(","),
-                    if a["decoy"].as_bool() == Some(true) { "  (decoys armed)" } else { "" }
+                    if a["decoy"].as_bool() == Some(true) {
+                        "  (decoys armed)"
+                    } else {
+                        ""
+                    }
                 );
             }
             for e in r["errors"].as_array().cloned().unwrap_or_default() {
                 eprintln!("refused: {}", e.as_str().unwrap_or(""));
             }
         }
-        ApiVerb::Show { name } => print_json(&call(cli, &Request::ApiShow { name: name.clone() })?)?,
+        ApiVerb::Show { name } => {
+            print_json(&call(cli, &Request::ApiShow { name: name.clone() })?)?
+        }
         ApiVerb::Reload(j) => {
             let r = call(cli, &Request::ApiReload)?;
             if j.json {
@@ -709,7 +904,11 @@ fn stats(cli: &Cli, json: bool) -> anyhow::Result<()> {
     println!("{:<20} {:>14} {:>16}", "XDP VERDICT", "PACKETS", "BYTES");
     if let Some(k) = r["kernel"].as_object() {
         for (name, v) in k {
-            println!("{name:<20} {:>14} {:>16}", v["packets"].as_u64().unwrap_or(0), v["bytes"].as_u64().unwrap_or(0));
+            println!(
+                "{name:<20} {:>14} {:>16}",
+                v["packets"].as_u64().unwrap_or(0),
+                v["bytes"].as_u64().unwrap_or(0)
+            );
         }
     }
     if let Some(l7) = r["l7"].as_object().filter(|m| !m.is_empty()) {
@@ -727,13 +926,21 @@ fn detach(iface: Option<&str>, pin_dir: &std::path::Path) -> anyhow::Result<()> 
         None => std::fs::read_dir(pin_dir)
             .map(|rd| {
                 rd.flatten()
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_prefix("link_")).map(str::to_owned))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("link_"))
+                            .map(str::to_owned)
+                    })
                     .collect()
             })
             .unwrap_or_default(),
     };
     if ifaces.is_empty() {
-        println!("nothing attached (no pinned links under {})", pin_dir.display());
+        println!(
+            "nothing attached (no pinned links under {})",
+            pin_dir.display()
+        );
     }
     for i in ifaces {
         if crate::kernel::detach(pin_dir, &i)? {
@@ -755,11 +962,23 @@ mod tests {
 
     #[test]
     fn ase_verbs_are_rewritten() {
-        assert_eq!(rewrite_ase(v("p add_blacklist ip 1.1.1.1")), v("p --ase deny add ip 1.1.1.1"));
-        assert_eq!(rewrite_ase(v("p view_whitelist ip")), v("p --ase allow list --kind ip"));
+        assert_eq!(
+            rewrite_ase(v("p add_blacklist ip 1.1.1.1")),
+            v("p --ase deny add ip 1.1.1.1")
+        );
+        assert_eq!(
+            rewrite_ase(v("p view_whitelist ip")),
+            v("p --ase allow list --kind ip")
+        );
         assert_eq!(rewrite_ase(v("p clear_blacklist")), v("p --ase deny clear"));
-        assert_eq!(rewrite_ase(v("p deny add ip 1.1.1.1")), v("p deny add ip 1.1.1.1"));
-        assert_eq!(rewrite_ase(v("p --socket /s add_blacklist ip 1.1.1.1")), v("p --socket /s --ase deny add ip 1.1.1.1"));
+        assert_eq!(
+            rewrite_ase(v("p deny add ip 1.1.1.1")),
+            v("p deny add ip 1.1.1.1")
+        );
+        assert_eq!(
+            rewrite_ase(v("p --socket /s add_blacklist ip 1.1.1.1")),
+            v("p --socket /s --ase deny add ip 1.1.1.1")
+        );
         Cli::command().debug_assert();
     }
 }

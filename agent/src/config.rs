@@ -11,7 +11,9 @@ use crate::kernel::Capacity;
 use crate::paths;
 
 /// Kernel enforcement mode.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Drop denied packets.
@@ -22,7 +24,9 @@ pub enum Mode {
 }
 
 /// How XDP is attached.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum XdpMode {
     /// In the driver; falls back to generic with a warning.
@@ -49,13 +53,23 @@ pub struct CapacityConfig {
 impl Default for CapacityConfig {
     fn default() -> Self {
         let c = Capacity::default();
-        Self { v4_hosts: c.v4_hosts, v4_nets: c.v4_nets, v6_hosts: c.v6_hosts, v6_prefixes: c.v6_prefixes }
+        Self {
+            v4_hosts: c.v4_hosts,
+            v4_nets: c.v4_nets,
+            v6_hosts: c.v6_hosts,
+            v6_prefixes: c.v6_prefixes,
+        }
     }
 }
 
 impl From<CapacityConfig> for Capacity {
     fn from(c: CapacityConfig) -> Self {
-        Capacity { v4_hosts: c.v4_hosts, v4_nets: c.v4_nets, v6_hosts: c.v6_hosts, v6_prefixes: c.v6_prefixes }
+        Capacity {
+            v4_hosts: c.v4_hosts,
+            v4_nets: c.v4_nets,
+            v6_hosts: c.v6_hosts,
+            v6_prefixes: c.v6_prefixes,
+        }
     }
 }
 
@@ -148,11 +162,20 @@ impl Config {
     pub fn load(path: &Path, must_exist: bool) -> Result<Self, ConfigError> {
         let text = match std::fs::read_to_string(path) {
             Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => return Ok(Self::default()),
-            Err(source) => return Err(ConfigError::Read { path: path.into(), source }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !must_exist => {
+                return Ok(Self::default());
+            }
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.into(),
+                    source,
+                });
+            }
         };
-        let cfg: Self =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse { path: path.into(), message: e.to_string() })?;
+        let cfg: Self = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.into(),
+            message: e.to_string(),
+        })?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -160,39 +183,78 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for net in &self.management_networks {
-            net.parse::<Cidr>().map_err(|e| ConfigError::Invalid { field: "management_networks", message: e.to_string() })?;
+            net.parse::<Cidr>().map_err(|e| ConfigError::Invalid {
+                field: "management_networks",
+                message: e.to_string(),
+            })?;
         }
-        parse_duration(&self.prune_interval).map_err(|m| ConfigError::Invalid { field: "prune_interval", message: m })?;
+        parse_duration(&self.prune_interval).map_err(|m| ConfigError::Invalid {
+            field: "prune_interval",
+            message: m,
+        })?;
         if !self.metrics.is_empty() {
             self.metrics
                 .parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid { field: "metrics", message: format!("{:?}: {e}", self.metrics) })?;
+                .map_err(|e| ConfigError::Invalid {
+                    field: "metrics",
+                    message: format!("{:?}: {e}", self.metrics),
+                })?;
         }
         if !self.drop_sample_every.is_power_of_two() {
-            return Err(ConfigError::Invalid { field: "drop_sample_every", message: "must be a power of two".into() });
+            return Err(ConfigError::Invalid {
+                field: "drop_sample_every",
+                message: "must be a power of two".into(),
+            });
         }
         let c = &self.checker;
         for (field, addr) in [("checker.https", &c.https), ("checker.http", &c.http)] {
             if !addr.is_empty() {
-                addr.parse::<SocketAddr>().map_err(|e| ConfigError::Invalid { field, message: format!("{addr:?}: {e}") })?;
+                addr.parse::<SocketAddr>()
+                    .map_err(|e| ConfigError::Invalid {
+                        field,
+                        message: format!("{addr:?}: {e}"),
+                    })?;
             }
         }
-        parse_duration(&c.detection_ttl).map_err(|m| ConfigError::Invalid { field: "checker.detection_ttl", message: m })?;
-        parse_duration(&c.header_timeout).map_err(|m| ConfigError::Invalid { field: "checker.header_timeout", message: m })?;
+        parse_duration(&c.detection_ttl).map_err(|m| ConfigError::Invalid {
+            field: "checker.detection_ttl",
+            message: m,
+        })?;
+        parse_duration(&c.header_timeout).map_err(|m| ConfigError::Invalid {
+            field: "checker.header_timeout",
+            message: m,
+        })?;
         if c.max_headers == 0 || c.max_header_bytes < 1024 {
-            return Err(ConfigError::Invalid { field: "checker.max_headers", message: "limits too small to serve any request".into() });
+            return Err(ConfigError::Invalid {
+                field: "checker.max_headers",
+                message: "limits too small to serve any request".into(),
+            });
         }
         if !self.abs.url.is_empty() {
-            let ok = self.abs.url.parse::<http::Uri>().is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some());
+            let ok = self.abs.url.parse::<http::Uri>().is_ok_and(|u| {
+                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
+            });
             if !ok {
-                return Err(ConfigError::Invalid { field: "abs.url", message: format!("{:?} is not an http(s) URL", self.abs.url) });
+                return Err(ConfigError::Invalid {
+                    field: "abs.url",
+                    message: format!("{:?} is not an http(s) URL", self.abs.url),
+                });
             }
-            parse_duration(&self.abs.poll).map_err(|m| ConfigError::Invalid { field: "abs.poll", message: m })?;
-            parse_duration(&self.abs.timeout).map_err(|m| ConfigError::Invalid { field: "abs.timeout", message: m })?;
+            parse_duration(&self.abs.poll).map_err(|m| ConfigError::Invalid {
+                field: "abs.poll",
+                message: m,
+            })?;
+            parse_duration(&self.abs.timeout).map_err(|m| ConfigError::Invalid {
+                field: "abs.timeout",
+                message: m,
+            })?;
         }
         for iface in &self.interfaces {
             if iface.is_empty() || iface.len() > 15 || iface.contains('/') {
-                return Err(ConfigError::Invalid { field: "interfaces", message: format!("{iface:?} is not an interface name") });
+                return Err(ConfigError::Invalid {
+                    field: "interfaces",
+                    message: format!("{iface:?} is not an interface name"),
+                });
             }
         }
         Ok(())
@@ -200,7 +262,10 @@ impl Config {
 
     /// The management networks, parsed (validated already).
     pub fn management(&self) -> Vec<Cidr> {
-        self.management_networks.iter().filter_map(|n| n.parse().ok()).collect()
+        self.management_networks
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect()
     }
 
     /// Path of the database file.
@@ -213,7 +278,9 @@ impl Config {
 pub fn parse_duration(s: &str) -> Result<u64, String> {
     let s = s.trim();
     let (num, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
-    let n: u64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 15m, 1h, 7d"))?;
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 30s, 15m, 1h, 7d"))?;
     let mult = match unit {
         "" | "s" => 1,
         "m" => 60,
@@ -221,7 +288,9 @@ pub fn parse_duration(s: &str) -> Result<u64, String> {
         "d" => 86_400,
         _ => return Err(format!("invalid duration unit in {s:?}: use s, m, h or d")),
     };
-    n.checked_mul(mult).filter(|v| *v > 0).ok_or_else(|| format!("duration {s:?} is zero or too large"))
+    n.checked_mul(mult)
+        .filter(|v| *v > 0)
+        .ok_or_else(|| format!("duration {s:?} is zero or too large"))
 }
 
 #[cfg(test)]
@@ -230,7 +299,8 @@ mod tests {
 
     #[test]
     fn shipped_example_config_is_valid() {
-        let cfg: Config = toml::from_str(include_str!("../../dist/portcullis.toml")).expect("example parses");
+        let cfg: Config =
+            toml::from_str(include_str!("../../dist/portcullis.toml")).expect("example parses");
         cfg.validate().expect("example validates");
         assert_eq!(cfg.interfaces, vec!["eth0".to_string()]);
     }
@@ -247,12 +317,22 @@ mod tests {
 
     #[test]
     fn unknown_keys_and_bad_values_name_the_field() {
-        let bad: Result<Config, _> = toml::from_str("interfaces = [\"eth0\"]\nmdoe = \"monitor\"\n");
-        assert!(bad.err().map(|e| e.to_string()).unwrap_or_default().contains("mdoe"));
-        let cfg: Config = toml::from_str("management_networks = [\"10.0.0.0/33\"]").expect("parses");
+        let bad: Result<Config, _> =
+            toml::from_str("interfaces = [\"eth0\"]\nmdoe = \"monitor\"\n");
+        assert!(
+            bad.err()
+                .map(|e| e.to_string())
+                .unwrap_or_default()
+                .contains("mdoe")
+        );
+        let cfg: Config =
+            toml::from_str("management_networks = [\"10.0.0.0/33\"]").expect("parses");
         let err = cfg.validate().expect_err("invalid");
         assert!(err.to_string().contains("management_networks"), "{err}");
-        let ok: Config = toml::from_str("interfaces = [\"eth0\"]\nmode = \"monitor\"\n[capacity]\nv4_hosts = 1000\n").expect("ok");
+        let ok: Config = toml::from_str(
+            "interfaces = [\"eth0\"]\nmode = \"monitor\"\n[capacity]\nv4_hosts = 1000\n",
+        )
+        .expect("ok");
         assert_eq!(ok.mode, Mode::Monitor);
         assert_eq!(ok.capacity.v4_hosts, 1000);
         ok.validate().expect("valid");

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context as _;
 use tokio::sync::watch;
 
-use crate::config::{parse_duration, Config, Mode, XdpMode};
+use crate::config::{Config, Mode, XdpMode, parse_duration};
 use crate::kernel::{self, AttachMode, Filter, LoadOptions};
 use crate::metrics::{self, AgentMetrics};
 use crate::service::Service;
@@ -17,21 +17,32 @@ use crate::store::Store;
 
 /// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (harmless elsewhere).
 fn raise_memlock() {
-    let lim = libc::rlimit { rlim_cur: libc::RLIM_INFINITY, rlim_max: libc::RLIM_INFINITY };
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
     // SAFETY: valid pointer to an initialised rlimit.
     if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
-        tracing::debug!("could not raise RLIMIT_MEMLOCK: {}", std::io::Error::last_os_error());
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
     }
 }
 
 /// Tells systemd (`Type=notify`) that the agent is ready, if it is watching.
 fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else { return };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else { return };
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
     let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
     let res = if bytes.first() == Some(&b'@') {
         use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..]).and_then(|a| sock.send_to_addr(b"READY=1", &a))
+        std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
     } else {
         sock.send_to(b"READY=1", &path)
     };
@@ -43,34 +54,55 @@ fn notify_ready() {
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
     // One worker per core: the L7 checker is the hot path when it runs.
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().thread_name("portcullis").build().context("starting the runtime")?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("portcullis")
+        .build()
+        .context("starting the runtime")?;
     rt.block_on(run_async(config))
 }
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
     raise_memlock();
-    std::fs::create_dir_all(&config.state_dir).with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
-    let store = Store::open(&config.db_path()).with_context(|| format!("opening {}", config.db_path().display()))?;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let store = Store::open(&config.db_path())
+        .with_context(|| format!("opening {}", config.db_path().display()))?;
     kernel::ensure_bpffs().context("mounting bpffs")?;
-    let filter = Filter::load(&LoadOptions { pin_dir: Some(config.pin_dir.clone()), capacity: config.capacity.into(), ..LoadOptions::default() })
-        .context("loading the XDP filter")?;
+    let filter = Filter::load(&LoadOptions {
+        pin_dir: Some(config.pin_dir.clone()),
+        capacity: config.capacity.into(),
+        ..LoadOptions::default()
+    })
+    .context("loading the XDP filter")?;
     let mode = match config.mode {
         Mode::Enforce => portcullis_common::mode::ENFORCE,
         Mode::Monitor => portcullis_common::mode::MONITOR,
     };
-    let cfg = portcullis_common::Config { mode, sample_mask: config.drop_sample_every - 1, ..filter.config()? };
+    let cfg = portcullis_common::Config {
+        mode,
+        sample_mask: config.drop_sample_every - 1,
+        ..filter.config()?
+    };
     filter.set_config(cfg)?;
-    let mut service = Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
+    let mut service =
+        Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
 
     // The store is the list of record: make the (possibly reused) pinned maps equal to it
     // before the program is (re)attached, so enforcement never regresses.
     let t = Instant::now();
-    let (written, removed) = service.reconcile().context("reconciling kernel maps with the store")?;
+    let (written, removed) = service
+        .reconcile()
+        .context("reconciling kernel maps with the store")?;
     let agent_metrics = Arc::new(AgentMetrics::default());
-    agent_metrics.reconcile_micros.store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+    agent_metrics
+        .reconcile_micros
+        .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
     tracing::info!(written, removed, elapsed = ?t.elapsed(), "kernel maps reconciled with the store");
     let pruned = service.prune()?;
-    agent_metrics.expired.fetch_add(pruned.len() as u64, Ordering::Relaxed);
+    agent_metrics
+        .expired
+        .fetch_add(pruned.len() as u64, Ordering::Relaxed);
 
     let mut attached = Vec::new();
     if let Some(filter) = service.filter_mut() {
@@ -79,9 +111,14 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
                 XdpMode::Native => AttachMode::Native,
                 XdpMode::Generic => AttachMode::Generic,
             };
-            let a = filter.attach(iface, mode).with_context(|| format!("attaching XDP to {iface}"))?;
+            let a = filter
+                .attach(iface, mode)
+                .with_context(|| format!("attaching XDP to {iface}"))?;
             if let Some(reason) = &a.fell_back {
-                tracing::warn!(iface, "native XDP refused ({reason}); attached in generic mode, which is slower");
+                tracing::warn!(
+                    iface,
+                    "native XDP refused ({reason}); attached in generic mode, which is slower"
+                );
             }
             tracing::info!(iface, mode = ?a.mode, reused_pinned_link = a.reused_link, "XDP filter attached");
             attached.push(a);
@@ -91,13 +128,18 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
 
     // The L7 checker, when a listener is configured.
     let checker_parts = if config.checker.enabled() {
-        let registry = Arc::new(crate::checker::ApiRegistry::load(config.checker.api_dir.clone()));
+        let registry = Arc::new(crate::checker::ApiRegistry::load(
+            config.checker.api_dir.clone(),
+        ));
         let stats = Arc::new(crate::checker::L7Stats::default());
         service.set_checker(registry.clone(), stats.clone());
         let tls = if config.checker.https.is_empty() {
             None
         } else {
-            Some(Arc::new(crate::checker::tls::Tls::load(&config.checker.tls_cert, &config.checker.tls_key).context("loading the checker's TLS certificate")?))
+            Some(Arc::new(
+                crate::checker::tls::Tls::load(&config.checker.tls_cert, &config.checker.tls_key)
+                    .context("loading the checker's TLS certificate")?,
+            ))
         };
         Some((registry, stats, tls))
     } else {
@@ -107,7 +149,8 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         None
     } else {
         let state = Arc::new(Mutex::new(crate::abs::AbsState::default()));
-        let abs = crate::abs::Abs::new(config.abs.clone(), state).context("setting up the ABS feed")?;
+        let abs =
+            crate::abs::Abs::new(config.abs.clone(), state).context("setting up the ABS feed")?;
         service.set_abs(abs.clone());
         Some(abs)
     };
@@ -115,20 +158,42 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let service = Arc::new(Mutex::new(service));
     let (stop_tx, stop_rx) = watch::channel(false);
     let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
-    let mut tasks = vec![tokio::spawn(crate::control::server::serve(control, service.clone(), stop_rx.clone()))];
+    let mut tasks = vec![tokio::spawn(crate::control::server::serve(
+        control,
+        service.clone(),
+        stop_rx.clone(),
+    ))];
     if !config.metrics.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.metrics).await.with_context(|| format!("binding metrics on {}", config.metrics))?;
-        tasks.push(tokio::spawn(metrics::serve(listener, service.clone(), agent_metrics.clone(), stop_rx.clone())));
+        let listener = tokio::net::TcpListener::bind(&config.metrics)
+            .await
+            .with_context(|| format!("binding metrics on {}", config.metrics))?;
+        tasks.push(tokio::spawn(metrics::serve(
+            listener,
+            service.clone(),
+            agent_metrics.clone(),
+            stop_rx.clone(),
+        )));
     }
     let mut tls_handle = None;
     let mut registry_handle = None;
     let mut checker_threads = Vec::new();
     if let Some((registry, stats, tls)) = checker_parts {
-        let proxy = crate::checker::proxy::Proxy::new(registry.clone(), lists, service.clone(), stats, config.checker.clone())?;
+        let proxy = crate::checker::proxy::Proxy::new(
+            registry.clone(),
+            lists,
+            service.clone(),
+            stats,
+            config.checker.clone(),
+        )?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let https = tls.clone().filter(|_| !config.checker.https.is_empty()).map(|t| (config.checker.https.clone(), t));
+        let https = tls
+            .clone()
+            .filter(|_| !config.checker.https.is_empty())
+            .map(|t| (config.checker.https.clone(), t));
         let http = (!config.checker.http.is_empty()).then(|| config.checker.http.clone());
-        checker_threads = crate::checker::proxy::spawn_workers(workers, https, http, &proxy, &stop_rx).context("starting the L7 checker")?;
+        checker_threads =
+            crate::checker::proxy::spawn_workers(workers, https, http, &proxy, &stop_rx)
+                .context("starting the L7 checker")?;
         tracing::info!(https = %config.checker.https, http = %config.checker.http, workers, apis = registry.apis().len(), "L7 checker listening");
         tokio::spawn(proxy.clone().health_loop(stop_rx.clone()));
         tls_handle = tls;
@@ -141,7 +206,8 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
     notify_ready();
 
-    let prune_every = Duration::from_secs(parse_duration(&config.prune_interval).map_err(anyhow::Error::msg)?);
+    let prune_every =
+        Duration::from_secs(parse_duration(&config.prune_interval).map_err(anyhow::Error::msg)?);
     let mut prune_tick = tokio::time::interval(prune_every);
     let mut events_tick = tokio::time::interval(Duration::from_secs(1));
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -197,14 +263,19 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             }
         }
     }
-    tracing::info!("shutting down; XDP enforcement stays in place (use `portcullis detach` to remove it)");
+    tracing::info!(
+        "shutting down; XDP enforcement stays in place (use `portcullis detach` to remove it)"
+    );
     let _ = stop_tx.send(true);
     let drain = async {
         for t in tasks {
             let _ = t.await;
         }
     };
-    if tokio::time::timeout(Duration::from_secs(5), drain).await.is_err() {
+    if tokio::time::timeout(Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("some connections did not finish within 5 s");
     }
     drop(checker_threads);

@@ -37,7 +37,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in display order.
-    pub const ALL: [Kind; 5] = [Kind::Ip, Kind::Cookie, Kind::Token, Kind::ApiKey, Kind::Username];
+    pub const ALL: [Kind; 5] = [
+        Kind::Ip,
+        Kind::Cookie,
+        Kind::Token,
+        Kind::ApiKey,
+        Kind::Username,
+    ];
 
     /// The kind's name on the command line and in JSON.
     pub const fn as_str(self) -> &'static str {
@@ -103,7 +109,9 @@ pub enum IdentError {
     #[error("{0} value contains control characters")]
     Control(Kind),
     /// Cookie or API-key name invalid.
-    #[error("invalid {kind} name {name:?}: 1-{MAX_NAME} characters, no spaces, quotes, ';', ',' or '='")]
+    #[error(
+        "invalid {kind} name {name:?}: 1-{MAX_NAME} characters, no spaces, quotes, ';', ',' or '='"
+    )]
     BadName {
         /// Kind.
         kind: Kind,
@@ -131,7 +139,11 @@ fn check_text(kind: Kind, v: &str, max: usize) -> Result<(), IdentError> {
         return Err(IdentError::Empty(kind));
     }
     if v.len() > max {
-        return Err(IdentError::TooLong { kind, len: v.len(), max });
+        return Err(IdentError::TooLong {
+            kind,
+            len: v.len(),
+            max,
+        });
     }
     if v.chars().any(char::is_control) {
         return Err(IdentError::Control(kind));
@@ -142,8 +154,16 @@ fn check_text(kind: Kind, v: &str, max: usize) -> Result<(), IdentError> {
 fn check_name(kind: Kind, n: &str) -> Result<(), IdentError> {
     let ok = !n.is_empty()
         && n.len() <= MAX_NAME
-        && n.chars().all(|c| c.is_ascii_graphic() && !matches!(c, '"' | ';' | ',' | '=' | '\\'));
-    if ok { Ok(()) } else { Err(IdentError::BadName { kind, name: n.chars().take(40).collect() }) }
+        && n.chars()
+            .all(|c| c.is_ascii_graphic() && !matches!(c, '"' | ';' | ',' | '=' | '\\'));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdentError::BadName {
+            kind,
+            name: n.chars().take(40).collect(),
+        })
+    }
 }
 
 /// `sha256:<hex>` of a secret.
@@ -168,11 +188,19 @@ impl Identifier {
         match kind {
             Kind::Ip => {
                 let cidr: Cidr = value.parse()?;
-                Ok(Self { kind, name: String::new(), value: cidr.to_string() })
+                Ok(Self {
+                    kind,
+                    name: String::new(),
+                    value: cidr.to_string(),
+                })
             }
             Kind::Username => {
                 check_text(kind, value, MAX_USERNAME)?;
-                Ok(Self { kind, name: String::new(), value: value.to_owned() })
+                Ok(Self {
+                    kind,
+                    name: String::new(),
+                    value: value.to_owned(),
+                })
             }
             Kind::Cookie | Kind::Token | Kind::ApiKey => {
                 if kind == Kind::Cookie && name.is_empty() {
@@ -182,21 +210,41 @@ impl Identifier {
                     check_name(kind, name)?;
                 }
                 check_text(kind, value, MAX_VALUE)?;
-                let stored = if is_digest(value) { value.to_ascii_lowercase() } else { digest(value) };
-                let name = if kind == Kind::Token { String::new() } else { name.to_owned() };
-                Ok(Self { kind, name, value: stored })
+                let stored = if is_digest(value) {
+                    value.to_ascii_lowercase()
+                } else {
+                    digest(value)
+                };
+                let name = if kind == Kind::Token {
+                    String::new()
+                } else {
+                    name.to_owned()
+                };
+                Ok(Self {
+                    kind,
+                    name,
+                    value: stored,
+                })
             }
         }
     }
 
     /// The CIDR of an `ip` identifier.
     pub fn cidr(&self) -> Option<Cidr> {
-        if self.kind == Kind::Ip { self.value.parse().ok() } else { None }
+        if self.kind == Kind::Ip {
+            self.value.parse().ok()
+        } else {
+            None
+        }
     }
 
     /// What may be shown or logged: the value for ip/username, a fingerprint for secrets.
     pub fn display_value(&self) -> String {
-        if self.kind.is_secret() { fingerprint(&self.value) } else { self.value.clone() }
+        if self.kind.is_secret() {
+            fingerprint(&self.value)
+        } else {
+            self.value.clone()
+        }
     }
 }
 
@@ -232,7 +280,10 @@ mod tests {
         assert!(!t.to_string().contains("secret"));
         assert!(t.to_string().ends_with('…'));
         // A digest re-imports as itself.
-        assert_eq!(Identifier::parse(Kind::Token, None, &t.value).expect("digest"), t);
+        assert_eq!(
+            Identifier::parse(Kind::Token, None, &t.value).expect("digest"),
+            t
+        );
         let c = Identifier::parse(Kind::Cookie, Some("JSESSIONID"), "abc").expect("valid");
         assert_eq!(c.name, "JSESSIONID");
         assert_eq!(c.value, digest("abc"));
@@ -240,15 +291,38 @@ mod tests {
 
     #[test]
     fn refuses_bad_values_with_reasons() {
-        assert_eq!(Identifier::parse(Kind::Cookie, None, "v"), Err(IdentError::MissingName));
-        assert!(matches!(Identifier::parse(Kind::Token, None, &"x".repeat(MAX_VALUE + 1)), Err(IdentError::TooLong { .. })));
-        assert!(matches!(Identifier::parse(Kind::Username, None, "a\nb"), Err(IdentError::Control(_))));
-        assert!(matches!(Identifier::parse(Kind::Username, None, ""), Err(IdentError::Empty(_))));
-        assert!(matches!(Identifier::parse(Kind::ApiKey, Some("x y"), "k"), Err(IdentError::BadName { .. })));
-        assert!(matches!(Identifier::parse(Kind::Ip, None, "10.0.0.0/33"), Err(IdentError::Ip(_))));
+        assert_eq!(
+            Identifier::parse(Kind::Cookie, None, "v"),
+            Err(IdentError::MissingName)
+        );
+        assert!(matches!(
+            Identifier::parse(Kind::Token, None, &"x".repeat(MAX_VALUE + 1)),
+            Err(IdentError::TooLong { .. })
+        ));
+        assert!(matches!(
+            Identifier::parse(Kind::Username, None, "a\nb"),
+            Err(IdentError::Control(_))
+        ));
+        assert!(matches!(
+            Identifier::parse(Kind::Username, None, ""),
+            Err(IdentError::Empty(_))
+        ));
+        assert!(matches!(
+            Identifier::parse(Kind::ApiKey, Some("x y"), "k"),
+            Err(IdentError::BadName { .. })
+        ));
+        assert!(matches!(
+            Identifier::parse(Kind::Ip, None, "10.0.0.0/33"),
+            Err(IdentError::Ip(_))
+        ));
         assert!("bogus".parse::<Kind>().is_err());
         let u = Identifier::parse(Kind::Username, None, "your name").expect("spaces are fine");
         assert_eq!(u.value, "your name");
-        assert_eq!(Identifier::parse(Kind::Ip, None, "10.1.2.3/8").expect("ip").value, "10.0.0.0/8");
+        assert_eq!(
+            Identifier::parse(Kind::Ip, None, "10.1.2.3/8")
+                .expect("ip")
+                .value,
+            "10.0.0.0/8"
+        );
     }
 }

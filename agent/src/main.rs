@@ -9,7 +9,10 @@ fn main() {
         match a.into_string() {
             Ok(s) => args.push(s),
             Err(bad) => {
-                eprintln!("portcullis: argument {i} ({}) is not valid UTF-8", bad.to_string_lossy());
+                eprintln!(
+                    "portcullis: argument {i} ({}) is not valid UTF-8",
+                    bad.to_string_lossy()
+                );
                 std::process::exit(2);
             }
         }
@@ -20,7 +23,11 @@ fn main() {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
     let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = portcullis::cli::run(cli) {
         // Print the chain, skipping causes a message already quotes.
         let mut msg = e.to_string();

@@ -35,26 +35,43 @@ pub fn render(service: &Service, agent: &AgentMetrics) -> String {
     {
         out.push_str("# HELP portcullis_xdp_packets_total Packets judged by the XDP filter, by verdict.\n# TYPE portcullis_xdp_packets_total counter\n");
         for (verdict, v) in kernel {
-            let _ = writeln!(out, "portcullis_xdp_packets_total{{verdict=\"{verdict}\"}} {}", v["packets"]);
+            let _ = writeln!(
+                out,
+                "portcullis_xdp_packets_total{{verdict=\"{verdict}\"}} {}",
+                v["packets"]
+            );
         }
         out.push_str("# HELP portcullis_xdp_bytes_total Bytes judged by the XDP filter, by verdict.\n# TYPE portcullis_xdp_bytes_total counter\n");
         for (verdict, v) in kernel {
-            let _ = writeln!(out, "portcullis_xdp_bytes_total{{verdict=\"{verdict}\"}} {}", v["bytes"]);
+            let _ = writeln!(
+                out,
+                "portcullis_xdp_bytes_total{{verdict=\"{verdict}\"}} {}",
+                v["bytes"]
+            );
         }
     }
     if let Ok(stats) = service.stats()
-        && let Some(l7) = stats.get("l7").and_then(|k| k.as_object()).filter(|m| !m.is_empty())
+        && let Some(l7) = stats
+            .get("l7")
+            .and_then(|k| k.as_object())
+            .filter(|m| !m.is_empty())
     {
         out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome.\n# TYPE portcullis_l7_requests_total counter\n");
         for (outcome, v) in l7 {
-            let _ = writeln!(out, "portcullis_l7_requests_total{{outcome=\"{outcome}\"}} {v}");
+            let _ = writeln!(
+                out,
+                "portcullis_l7_requests_total{{outcome=\"{outcome}\"}} {v}"
+            );
         }
     }
     out.push_str("# HELP portcullis_list_entries Entries on the allow and deny lists.\n# TYPE portcullis_list_entries gauge\n");
     if let Ok(counts) = service.counts() {
         for (list, kind, source, n) in counts {
             let source = source.replace(['"', '\\', '\n'], "_");
-            let _ = writeln!(out, "portcullis_list_entries{{list=\"{list}\",kind=\"{kind}\",source=\"{source}\"}} {n}");
+            let _ = writeln!(
+                out,
+                "portcullis_list_entries{{list=\"{list}\",kind=\"{kind}\",source=\"{source}\"}} {n}"
+            );
         }
     }
     let _ = writeln!(
@@ -71,7 +88,12 @@ pub fn render(service: &Service, agent: &AgentMetrics) -> String {
 }
 
 /// Serves `/metrics` until `shutdown` flips.
-pub async fn serve(listener: TcpListener, service: Arc<Mutex<Service>>, agent: Arc<AgentMetrics>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    service: Arc<Mutex<Service>>,
+    agent: Arc<AgentMetrics>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => {

@@ -20,7 +20,7 @@ use crate::cidr::Cidr;
 use crate::config::{Config, Mode};
 use crate::control::proto::{AddRequest, ImportDefaults, Request, Response};
 use crate::ident::{IdentError, Identifier, Kind};
-use crate::kernel::{sys, Attached, Filter, KernelError, List};
+use crate::kernel::{Attached, Filter, KernelError, List, sys};
 use crate::store::{self, Entry, Store, StoreError};
 
 /// Why a request was refused.
@@ -53,7 +53,9 @@ pub enum ServiceError {
 
 /// Seconds since the Unix epoch.
 pub fn unix_now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The kernel deadline (`CLOCK_BOOTTIME` ns) of an entry expiring at unix time `expires`.
@@ -260,16 +262,28 @@ impl Service {
     pub fn handle(&mut self, req: Request) -> Response {
         let res = match req {
             Request::Add(r) => self.add(r).map(Response::ok),
-            Request::Remove { list, kind, name, value, source } => {
-                self.remove(list, kind, name.as_deref(), &value, source.as_deref()).map(Response::ok)
-            }
+            Request::Remove {
+                list,
+                kind,
+                name,
+                value,
+                source,
+            } => self
+                .remove(list, kind, name.as_deref(), &value, source.as_deref())
+                .map(Response::ok),
             Request::List { list, kind, source } => self
                 .store
                 .list(&store::Filter { list, kind, source })
                 .map(|v| Response::ok(v.iter().map(EntryView::from).collect::<Vec<_>>()))
                 .map_err(ServiceError::from),
-            Request::Clear { list, kind, source } => self.clear(list, kind, source).map(Response::ok),
-            Request::Import { list, lines, defaults } => self.import(list, &lines, &defaults).map(Response::ok),
+            Request::Clear { list, kind, source } => {
+                self.clear(list, kind, source).map(Response::ok)
+            }
+            Request::Import {
+                list,
+                lines,
+                defaults,
+            } => self.import(list, &lines, &defaults).map(Response::ok),
             Request::Status => self.status().map(Response::ok),
             Request::ApiList => self.api_list(),
             Request::ApiShow { name } => self.api_show(&name),
@@ -281,40 +295,72 @@ impl Service {
     }
 
     /// Refuses denies that would cut off everyone or this host, unless forced.
-    fn check_safety(&self, list: List, ident: &Identifier, force: bool) -> Result<(), ServiceError> {
-        let Some(cidr) = ident.cidr() else { return Ok(()) };
+    fn check_safety(
+        &self,
+        list: List,
+        ident: &Identifier,
+        force: bool,
+    ) -> Result<(), ServiceError> {
+        let Some(cidr) = ident.cidr() else {
+            return Ok(());
+        };
         if list != List::Deny || force {
             return Ok(());
         }
         if cidr.len() == 0 {
-            return Err(ServiceError::WorldBlocking { cidr, what: "every address".into() });
+            return Err(ServiceError::WorldBlocking {
+                cidr,
+                what: "every address".into(),
+            });
         }
         if let Some(a) = self.own_addresses.iter().find(|a| cidr.contains(**a)) {
-            return Err(ServiceError::WorldBlocking { cidr, what: format!("this host's own address {a}") });
+            return Err(ServiceError::WorldBlocking {
+                cidr,
+                what: format!("this host's own address {a}"),
+            });
         }
-        if let Some(m) = self.config.management().iter().find(|m| m.covers(&cidr) || cidr.covers(m)) {
-            return Err(ServiceError::WorldBlocking { cidr, what: format!("management network {m}") });
+        if let Some(m) = self
+            .config
+            .management()
+            .iter()
+            .find(|m| m.covers(&cidr) || cidr.covers(m))
+        {
+            return Err(ServiceError::WorldBlocking {
+                cidr,
+                what: format!("management network {m}"),
+            });
         }
         Ok(())
     }
 
     fn entry_from(&self, r: &AddRequest, now: i64) -> Result<Entry, ServiceError> {
-        let list = r.list.ok_or_else(|| ServiceError::BadRequest("missing list".into()))?;
-        let kind = r.kind.ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
+        let list = r
+            .list
+            .ok_or_else(|| ServiceError::BadRequest("missing list".into()))?;
+        let kind = r
+            .kind
+            .ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
         let ident = Identifier::parse(kind, r.name.as_deref(), &r.value)?;
         self.check_safety(list, &ident, r.force)?;
         let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
             let v = v.clone().unwrap_or_default();
             if v.len() > 1024 || v.chars().any(char::is_control) {
-                return Err(ServiceError::BadRequest(format!("{what} must be at most 1024 printable characters")));
+                return Err(ServiceError::BadRequest(format!(
+                    "{what} must be at most 1024 printable characters"
+                )));
             }
             Ok(v)
         };
-        let ttl = r.ttl_secs.map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2).min(i64::MAX / 2));
+        let ttl = r
+            .ttl_secs
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2).min(i64::MAX / 2));
         Ok(Entry {
             list,
             ident,
-            source: { let s = text(&r.source, "source")?; if s.is_empty() { "manual".into() } else { s } },
+            source: {
+                let s = text(&r.source, "source")?;
+                if s.is_empty() { "manual".into() } else { s }
+            },
             reason: text(&r.reason, "reason")?,
             api: text(&r.api, "api")?,
             created: now,
@@ -323,7 +369,13 @@ impl Service {
     }
 
     /// The kernel deadline an IP identifier should have given its store rows plus `extra`.
-    fn ip_deadline(&self, list: List, ident: &Identifier, extra: &[&Entry], now: i64) -> Result<Option<u64>, ServiceError> {
+    fn ip_deadline(
+        &self,
+        list: List,
+        ident: &Identifier,
+        extra: &[&Entry],
+        now: i64,
+    ) -> Result<Option<u64>, ServiceError> {
         let rows = self.store.rows_of(list, ident)?;
         let mut best: Option<Option<i64>> = None;
         for e in rows.iter().chain(extra.iter().copied()) {
@@ -341,9 +393,13 @@ impl Service {
 
     /// Makes the kernel's entry for one IP identifier match the store.
     fn sync_ip(&mut self, list: List, ident: &Identifier, now: i64) -> Result<bool, ServiceError> {
-        let Some(cidr) = ident.cidr() else { return Ok(false) };
+        let Some(cidr) = ident.cidr() else {
+            return Ok(false);
+        };
         let deadline = self.ip_deadline(list, ident, &[], now)?;
-        let Some(f) = self.filter.as_mut() else { return Ok(false) };
+        let Some(f) = self.filter.as_mut() else {
+            return Ok(false);
+        };
         match deadline {
             Some(d) => f.insert(list, cidr, d)?,
             None => f.remove(list, cidr)?,
@@ -355,13 +411,12 @@ impl Service {
         let now = unix_now();
         let entry = self.entry_from(&r, now)?;
         let mut enforced = false;
-        if let (Some(cidr), true) = (entry.ident.cidr(), entry.api.is_empty()) {
-            if let Some(d) = self.ip_deadline(entry.list, &entry.ident, &[&entry], now)?
-                && let Some(f) = self.filter.as_mut()
-            {
-                f.insert(entry.list, cidr, d)?;
-                enforced = true;
-            }
+        if let (Some(cidr), true) = (entry.ident.cidr(), entry.api.is_empty())
+            && let Some(d) = self.ip_deadline(entry.list, &entry.ident, &[&entry], now)?
+            && let Some(f) = self.filter.as_mut()
+        {
+            f.insert(entry.list, cidr, d)?;
+            enforced = true;
         }
         let new = match self.store.upsert(std::slice::from_ref(&entry)) {
             Ok(n) => n == 1,
@@ -381,10 +436,21 @@ impl Service {
             }));
         }
         tracing::info!(list = %entry.list, ident = %entry.ident, source = %entry.source, reason = %entry.reason, expires = ?entry.expires, "entry added");
-        Ok(Added { entry: EntryView::from(&entry), new, enforced_in_kernel: enforced })
+        Ok(Added {
+            entry: EntryView::from(&entry),
+            new,
+            enforced_in_kernel: enforced,
+        })
     }
 
-    fn remove(&mut self, list: List, kind: Kind, name: Option<&str>, value: &str, source: Option<&str>) -> Result<Vec<EntryView>, ServiceError> {
+    fn remove(
+        &mut self,
+        list: List,
+        kind: Kind,
+        name: Option<&str>,
+        value: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<EntryView>, ServiceError> {
         let ident = Identifier::parse(kind, name, value)?;
         let removed = self.store.remove(list, &ident, source)?;
         if removed.is_empty() {
@@ -396,8 +462,17 @@ impl Service {
         Ok(removed.iter().map(EntryView::from).collect())
     }
 
-    fn clear(&mut self, list: List, kind: Option<Kind>, source: Option<String>) -> Result<usize, ServiceError> {
-        let removed = self.store.clear(&store::Filter { list: Some(list), kind, source })?;
+    fn clear(
+        &mut self,
+        list: List,
+        kind: Option<Kind>,
+        source: Option<String>,
+    ) -> Result<usize, ServiceError> {
+        let removed = self.store.clear(&store::Filter {
+            list: Some(list),
+            kind,
+            source,
+        })?;
         let now = unix_now();
         let mut seen = std::collections::HashSet::new();
         let mut items = Vec::new();
@@ -421,7 +496,12 @@ impl Service {
         Ok(removed.len())
     }
 
-    fn import(&mut self, list: List, lines: &[(u64, String)], defaults: &ImportDefaults) -> Result<Imported, ServiceError> {
+    fn import(
+        &mut self,
+        list: List,
+        lines: &[(u64, String)],
+        defaults: &ImportDefaults,
+    ) -> Result<Imported, ServiceError> {
         let now = unix_now();
         let mut out = Imported::default();
         let mut good: Vec<Entry> = Vec::with_capacity(lines.len());
@@ -462,12 +542,20 @@ impl Service {
         }
         let mut items = Vec::with_capacity(by_cidr.len());
         for (cidr, extra) in &by_cidr {
-            let current = self.filter.as_ref().map(|f| f.table().entry(cidr)).unwrap_or_default();
+            let current = self
+                .filter
+                .as_ref()
+                .map(|f| f.table().entry(cidr))
+                .unwrap_or_default();
             let current = match list {
                 List::Allow => current.allow_until,
                 List::Deny => current.deny_until,
             };
-            let new = extra.iter().map(|e| kernel_deadline(e.expires, now)).max().unwrap_or(0);
+            let new = extra
+                .iter()
+                .map(|e| kernel_deadline(e.expires, now))
+                .max()
+                .unwrap_or(0);
             items.push((list, *cidr, Some(current.max(new))));
         }
         if let Some(f) = self.filter.as_mut() {
@@ -480,7 +568,12 @@ impl Service {
 
     /// Removes one source's rows of these identifiers, then brings the kernel and the L7
     /// lists in line with what other sources still hold.
-    fn remove_batch(&mut self, list: List, idents: &[Identifier], source: &str) -> Result<usize, ServiceError> {
+    fn remove_batch(
+        &mut self,
+        list: List,
+        idents: &[Identifier],
+        source: &str,
+    ) -> Result<usize, ServiceError> {
         let now = unix_now();
         let mut removed = 0;
         let mut kernel = Vec::new();
@@ -498,10 +591,14 @@ impl Service {
     }
 
     /// Makes the `abs` rows of the deny list exactly `items` (see [`crate::abs`]), as a diff.
-    pub fn abs_mirror(&mut self, items: Vec<crate::abs::AbsItem>) -> Result<MirrorReport, ServiceError> {
+    pub fn abs_mirror(
+        &mut self,
+        items: Vec<crate::abs::AbsItem>,
+    ) -> Result<MirrorReport, ServiceError> {
         let now = unix_now();
         let mut report = MirrorReport::default();
-        let mut desired: std::collections::HashMap<(i64, i64), Entry> = std::collections::HashMap::with_capacity(items.len());
+        let mut desired: std::collections::HashMap<(i64, i64), Entry> =
+            std::collections::HashMap::with_capacity(items.len());
         for it in items {
             match self.abs_entry(&it, now) {
                 Ok(e) => {
@@ -527,7 +624,11 @@ impl Service {
                 }
             }
         })?;
-        let adds: Vec<Entry> = desired.into_iter().filter(|(k, _)| !unchanged.contains(k)).map(|(_, e)| e).collect();
+        let adds: Vec<Entry> = desired
+            .into_iter()
+            .filter(|(k, _)| !unchanged.contains(k))
+            .map(|(_, e)| e)
+            .collect();
         report.added = adds.len();
         self.add_batch(List::Deny, &adds)?;
         report.removed = self.remove_batch(List::Deny, &stale, "abs")?;
@@ -552,7 +653,11 @@ impl Service {
     }
 
     /// An ABS-side push: additions and removals applied at once, with mirror semantics.
-    fn abs_push(&mut self, add: Vec<crate::abs::AbsItem>, remove: Vec<crate::abs::AbsItem>) -> Result<MirrorReport, ServiceError> {
+    fn abs_push(
+        &mut self,
+        add: Vec<crate::abs::AbsItem>,
+        remove: Vec<crate::abs::AbsItem>,
+    ) -> Result<MirrorReport, ServiceError> {
         let now = unix_now();
         let mut report = MirrorReport::default();
         let mut good = Vec::new();
@@ -572,14 +677,22 @@ impl Service {
             }
         }
         report.removed = self.remove_batch(List::Deny, &idents, "abs")?;
-        tracing::info!(added = report.added, removed = report.removed, skipped = report.skipped, "ABS push applied");
+        tracing::info!(
+            added = report.added,
+            removed = report.removed,
+            skipped = report.skipped,
+            "ABS push applied"
+        );
         Ok(report)
     }
 
     /// Rebuilds the kernel maps from the store (at start-up, after reusing pinned maps).
     pub fn reconcile(&mut self) -> Result<(usize, usize), ServiceError> {
         let now = unix_now();
-        let all = self.store.list(&store::Filter { kind: Some(Kind::Ip), ..store::Filter::default() })?;
+        let all = self.store.list(&store::Filter {
+            kind: Some(Kind::Ip),
+            ..store::Filter::default()
+        })?;
         let mut best: BTreeMap<(List, Cidr), Option<i64>> = BTreeMap::new();
         for e in &all {
             let Some(c) = e.ident.cidr() else { continue };
@@ -592,8 +705,13 @@ impl Service {
                 (Some(a), Some(b)) => Some(a.max(b)),
             };
         }
-        let Some(f) = self.filter.as_mut() else { return Ok((0, 0)) };
-        let report = f.reconcile(best.into_iter().map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))))?;
+        let Some(f) = self.filter.as_mut() else {
+            return Ok((0, 0));
+        };
+        let report = f.reconcile(
+            best.into_iter()
+                .map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))),
+        )?;
         Ok((report.written, report.removed))
     }
 
@@ -646,7 +764,12 @@ impl Service {
         let l7: serde_json::Map<String, serde_json::Value> = self
             .checker
             .as_ref()
-            .map(|(_, st)| st.snapshot().into_iter().map(|(k, v)| (k.to_owned(), serde_json::json!(v))).collect())
+            .map(|(_, st)| {
+                st.snapshot()
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), serde_json::json!(v)))
+                    .collect()
+            })
             .unwrap_or_default();
         Ok(serde_json::json!({ "kernel": kernel, "l7": l7 }))
     }
@@ -659,7 +782,11 @@ impl Service {
 
 impl Service {
     fn registry(&self) -> Result<&Arc<ApiRegistry>, ServiceError> {
-        self.checker.as_ref().map(|(r, _)| r).ok_or_else(|| ServiceError::BadRequest("the L7 checker is not enabled (set [checker] https or http)".into()))
+        self.checker.as_ref().map(|(r, _)| r).ok_or_else(|| {
+            ServiceError::BadRequest(
+                "the L7 checker is not enabled (set [checker] https or http)".into(),
+            )
+        })
     }
 
     fn api_list(&self) -> Result<Response, ServiceError> {
@@ -676,18 +803,26 @@ impl Service {
             }))
             .collect();
         let errors: Vec<String> = r.errors().iter().map(ToString::to_string).collect();
-        Ok(Response::ok(serde_json::json!({ "apis": apis, "errors": errors })))
+        Ok(Response::ok(
+            serde_json::json!({ "apis": apis, "errors": errors }),
+        ))
     }
 
     fn api_show(&self, name: &str) -> Result<Response, ServiceError> {
         let apis = self.registry()?.apis();
-        let api = apis.get(name).ok_or_else(|| ServiceError::BadRequest(format!("no API named {name:?} (see `portcullis api list`)")))?;
-        Ok(Response::ok(serde_json::json!({ "name": api.name, "path": api.path, "api_metadata": api.meta, "ignored_fields": api.ignored_fields })))
+        let api = apis.get(name).ok_or_else(|| {
+            ServiceError::BadRequest(format!("no API named {name:?} (see `portcullis api list`)"))
+        })?;
+        Ok(Response::ok(
+            serde_json::json!({ "name": api.name, "path": api.path, "api_metadata": api.meta, "ignored_fields": api.ignored_fields }),
+        ))
     }
 
     fn api_reload(&self) -> Result<Response, ServiceError> {
         let (n, errors) = self.registry()?.reload();
-        Ok(Response::ok(serde_json::json!({ "loaded": n, "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() })))
+        Ok(Response::ok(
+            serde_json::json!({ "loaded": n, "errors": errors.iter().map(ToString::to_string).collect::<Vec<_>>() }),
+        ))
     }
 }
 
@@ -716,15 +851,31 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
         }
         let j: Json = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
         let kind: Kind = j.kind.parse().map_err(|e: IdentError| e.to_string())?;
-        let ttl_secs = j.ttl.as_deref().map(crate::config::parse_duration).transpose()?;
-        return Ok(Some(AddRequest { kind: Some(kind), name: j.name, value: j.value, ttl_secs, reason: j.reason, api: j.api, ..AddRequest::default() }));
+        let ttl_secs = j
+            .ttl
+            .as_deref()
+            .map(crate::config::parse_duration)
+            .transpose()?;
+        return Ok(Some(AddRequest {
+            kind: Some(kind),
+            name: j.name,
+            value: j.value,
+            ttl_secs,
+            reason: j.reason,
+            api: j.api,
+            ..AddRequest::default()
+        }));
     }
     let (first, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let rest = rest.trim();
     let kind = match first.parse::<Kind>() {
         Ok(k) => k,
         Err(_) if rest.is_empty() && first.parse::<Cidr>().is_ok() => {
-            return Ok(Some(AddRequest { kind: Some(Kind::Ip), value: first.to_owned(), ..AddRequest::default() }));
+            return Ok(Some(AddRequest {
+                kind: Some(Kind::Ip),
+                value: first.to_owned(),
+                ..AddRequest::default()
+            }));
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -741,7 +892,12 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
     if value.is_empty() {
         return Err(format!("{kind} line has no value"));
     }
-    Ok(Some(AddRequest { kind: Some(kind), name, value, ..AddRequest::default() }))
+    Ok(Some(AddRequest {
+        kind: Some(kind),
+        name,
+        value,
+        ..AddRequest::default()
+    }))
 }
 
 #[cfg(test)]
@@ -750,17 +906,35 @@ mod tests {
 
     #[test]
     fn import_lines() {
-        let r = parse_import_line("203.0.113.7").expect("ok").expect("entry");
+        let r = parse_import_line("203.0.113.7")
+            .expect("ok")
+            .expect("entry");
         assert_eq!((r.kind, r.value.as_str()), (Some(Kind::Ip), "203.0.113.7"));
-        let r = parse_import_line("cookie JSESSIONID abc").expect("ok").expect("entry");
-        assert_eq!((r.name.as_deref(), r.value.as_str()), (Some("JSESSIONID"), "abc"));
-        let r = parse_import_line("username \"your name\"").expect("ok").expect("entry");
+        let r = parse_import_line("cookie JSESSIONID abc")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(
+            (r.name.as_deref(), r.value.as_str()),
+            (Some("JSESSIONID"), "abc")
+        );
+        let r = parse_import_line("username \"your name\"")
+            .expect("ok")
+            .expect("entry");
         assert_eq!(r.value, "your name");
-        let r = parse_import_line("api-key --any-name k1").expect("ok").expect("entry");
+        let r = parse_import_line("api-key --any-name k1")
+            .expect("ok")
+            .expect("entry");
         assert_eq!((r.name, r.value.as_str()), (None, "k1"));
-        let r = parse_import_line(r#"{"kind":"token","value":"t","ttl":"1h"}"#).expect("ok").expect("entry");
+        let r = parse_import_line(r#"{"kind":"token","value":"t","ttl":"1h"}"#)
+            .expect("ok")
+            .expect("entry");
         assert_eq!(r.ttl_secs, Some(3600));
-        assert_eq!(parse_import_line("  # comment").expect("ok").map(|r| r.value), None);
+        assert_eq!(
+            parse_import_line("  # comment")
+                .expect("ok")
+                .map(|r| r.value),
+            None
+        );
         assert!(parse_import_line("bogus 1.2.3.4").is_err());
         assert!(parse_import_line("{\"kind\":\"ip\"").is_err());
         assert!(parse_import_line(r#"{"kind":"ip","value":"1.2.3.4","colour":"red"}"#).is_err());

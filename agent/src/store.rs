@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use rusqlite::{params, Connection};
+use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
 use crate::ident::{Identifier, Kind};
@@ -101,12 +101,28 @@ PRAGMA user_version = 2;
 pub fn ident_key(list: List, ident: &Identifier) -> (i64, i64) {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
-    for part in [list.as_str(), ident.kind.as_str(), &ident.name, &ident.value] {
+    for part in [
+        list.as_str(),
+        ident.kind.as_str(),
+        &ident.name,
+        &ident.value,
+    ] {
         h.update((part.len() as u32).to_le_bytes());
         h.update(part.as_bytes());
     }
     let d = h.finalize();
-    let half = |i: usize| i64::from_le_bytes([d[i], d[i + 1], d[i + 2], d[i + 3], d[i + 4], d[i + 5], d[i + 6], d[i + 7]]);
+    let half = |i: usize| {
+        i64::from_le_bytes([
+            d[i],
+            d[i + 1],
+            d[i + 2],
+            d[i + 3],
+            d[i + 4],
+            d[i + 5],
+            d[i + 6],
+            d[i + 7],
+        ])
+    };
     (half(0), half(8))
 }
 
@@ -118,13 +134,21 @@ fn kind_of(s: &str) -> Kind {
 }
 
 fn list_of(s: &str) -> List {
-    if s == "allow" { List::Allow } else { List::Deny }
+    if s == "allow" {
+        List::Allow
+    } else {
+        List::Deny
+    }
 }
 
 fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
     Ok(Entry {
         list: list_of(&r.get::<_, String>(0)?),
-        ident: Identifier { kind: kind_of(&r.get::<_, String>(1)?), name: r.get(2)?, value: r.get(3)? },
+        ident: Identifier {
+            kind: kind_of(&r.get::<_, String>(1)?),
+            name: r.get(2)?,
+            value: r.get(3)?,
+        },
         api: r.get(4)?,
         source: r.get(5)?,
         reason: r.get(6)?,
@@ -149,7 +173,11 @@ fn where_clause(f: &Filter) -> (String, Vec<String>) {
         conds.push("source = ?");
         args.push(s.clone());
     }
-    let clause = if conds.is_empty() { String::new() } else { format!(" WHERE {}", conds.join(" AND ")) };
+    let clause = if conds.is_empty() {
+        String::new()
+    } else {
+        format!(" WHERE {}", conds.join(" AND "))
+    };
     (clause, args)
 }
 
@@ -157,16 +185,27 @@ impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = Connection::open(path).map_err(sql("open"))?;
-        conn.pragma_update(None, "journal_mode", "WAL").map_err(sql("enabling WAL"))?;
-        conn.pragma_update(None, "synchronous", "FULL").map_err(sql("setting synchronous"))?;
-        conn.busy_timeout(std::time::Duration::from_secs(5)).map_err(sql("setting busy timeout"))?;
+        conn.pragma_update(None, "journal_mode", "WAL")
+            .map_err(sql("enabling WAL"))?;
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(sql("setting synchronous"))?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))
+            .map_err(sql("setting busy timeout"))?;
         // 32 MiB of page cache: bulk imports insert digests at random B-tree positions.
-        conn.pragma_update(None, "cache_size", -32_768).map_err(sql("setting cache size"))?;
+        conn.pragma_update(None, "cache_size", -32_768)
+            .map_err(sql("setting cache size"))?;
         // Checkpoint less often: a bulk import rewrites the same index pages many times.
-        conn.pragma_update(None, "wal_autocheckpoint", 16_384).map_err(sql("setting checkpoint interval"))?;
-        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).map_err(sql("reading schema version"))?;
+        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
+            .map_err(sql("setting checkpoint interval"))?;
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .map_err(sql("reading schema version"))?;
         let has_table: bool = conn
-            .query_row("SELECT COUNT(*) FROM sqlite_master WHERE name = 'entries'", [], |r| r.get::<_, i64>(0))
+            .query_row(
+                "SELECT COUNT(*) FROM sqlite_master WHERE name = 'entries'",
+                [],
+                |r| r.get::<_, i64>(0),
+            )
             .map_err(sql("reading schema"))?
             > 0;
         if has_table && version != 2 {
@@ -190,17 +229,34 @@ impl Store {
                 .prepare_cached("UPDATE entries SET reason = ?5, expires = ?6 WHERE ikey=?1 AND ikey2=?2 AND api=?3 AND source=?4")
                 .map_err(sql("prepare"))?;
             // In key order, consecutive inserts land on neighbouring index pages.
-            let mut keyed: Vec<((i64, i64), &Entry)> = entries.iter().map(|e| (ident_key(e.list, &e.ident), e)).collect();
+            let mut keyed: Vec<((i64, i64), &Entry)> = entries
+                .iter()
+                .map(|e| (ident_key(e.list, &e.ident), e))
+                .collect();
             keyed.sort_unstable_by_key(|(k, _)| *k);
             for ((k1, k2), e) in keyed {
                 let (list, kind) = (e.list.as_str(), e.ident.kind.as_str());
                 let n = insert
-                    .execute(params![k1, k2, list, kind, e.ident.name, e.ident.value, e.api, e.source, e.reason, e.created, e.expires])
+                    .execute(params![
+                        k1,
+                        k2,
+                        list,
+                        kind,
+                        e.ident.name,
+                        e.ident.value,
+                        e.api,
+                        e.source,
+                        e.reason,
+                        e.created,
+                        e.expires
+                    ])
                     .map_err(sql("insert"))?;
                 if n == 1 {
                     added += 1;
                 } else {
-                    update.execute(params![k1, k2, e.api, e.source, e.reason, e.expires]).map_err(sql("update"))?;
+                    update
+                        .execute(params![k1, k2, e.api, e.source, e.reason, e.expires])
+                        .map_err(sql("update"))?;
                 }
             }
         }
@@ -209,7 +265,12 @@ impl Store {
     }
 
     /// Removes one identifier from a list (every source, or one); returns the rows removed.
-    pub fn remove(&mut self, list: List, ident: &Identifier, source: Option<&str>) -> Result<Vec<Entry>, StoreError> {
+    pub fn remove(
+        &mut self,
+        list: List,
+        ident: &Identifier,
+        source: Option<&str>,
+    ) -> Result<Vec<Entry>, StoreError> {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let removed = {
             let mut q = tx
@@ -262,7 +323,10 @@ impl Store {
 
     /// Calls `f` for every row, streaming (the start-up load of the L7 lists).
     pub fn for_each(&self, mut f: impl FnMut(&Entry)) -> Result<(), StoreError> {
-        let mut q = self.conn.prepare(&format!("SELECT {COLUMNS} FROM entries")).map_err(sql("prepare"))?;
+        let mut q = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM entries"))
+            .map_err(sql("prepare"))?;
         let rows = q.query_map([], row_entry).map_err(sql("scan"))?;
         for r in rows {
             f(&r.map_err(sql("scan"))?);
@@ -309,7 +373,12 @@ impl Store {
             .prepare("SELECT list, kind, source, COUNT(*) FROM entries GROUP BY list, kind, source ORDER BY 1, 2, 3")
             .map_err(sql("prepare"))?;
         q.query_map([], |r| {
-            Ok((list_of(&r.get::<_, String>(0)?), kind_of(&r.get::<_, String>(1)?), r.get(2)?, r.get::<_, i64>(3)? as u64))
+            Ok((
+                list_of(&r.get::<_, String>(0)?),
+                kind_of(&r.get::<_, String>(1)?),
+                r.get(2)?,
+                r.get::<_, i64>(3)? as u64,
+            ))
         })
         .map_err(sql("count"))?
         .collect::<Result<Vec<_>, _>>()
@@ -321,7 +390,14 @@ impl Store {
 mod tests {
     use super::*;
 
-    fn entry(list: List, kind: Kind, name: Option<&str>, value: &str, source: &str, expires: Option<i64>) -> Entry {
+    fn entry(
+        list: List,
+        kind: Kind,
+        name: Option<&str>,
+        value: &str,
+        source: &str,
+        expires: Option<i64>,
+    ) -> Entry {
         Entry {
             list,
             ident: Identifier::parse(kind, name, value).expect("valid"),
@@ -345,12 +421,37 @@ mod tests {
                 .upsert(&[
                     entry(List::Deny, Kind::Ip, None, "203.0.113.7", "manual", None),
                     entry(List::Deny, Kind::Ip, None, "203.0.113.7", "abs", None),
-                    entry(List::Deny, Kind::Token, None, "s3cr3t-T0ken", "manual", Some(10)),
-                    entry(List::Allow, Kind::Username, None, "your name", "manual", None),
+                    entry(
+                        List::Deny,
+                        Kind::Token,
+                        None,
+                        "s3cr3t-T0ken",
+                        "manual",
+                        Some(10),
+                    ),
+                    entry(
+                        List::Allow,
+                        Kind::Username,
+                        None,
+                        "your name",
+                        "manual",
+                        None,
+                    ),
                 ])
                 .expect("upsert");
             assert_eq!(added, 4);
-            assert_eq!(s.upsert(&[entry(List::Deny, Kind::Ip, None, "203.0.113.7", "abs", None)]).expect("again"), 0);
+            assert_eq!(
+                s.upsert(&[entry(
+                    List::Deny,
+                    Kind::Ip,
+                    None,
+                    "203.0.113.7",
+                    "abs",
+                    None
+                )])
+                .expect("again"),
+                0
+            );
         }
         // Nothing in the file is a clear-text secret.
         let bytes = std::fs::read(&path).expect("read");
@@ -360,13 +461,25 @@ mod tests {
         let ip = Identifier::parse(Kind::Ip, None, "203.0.113.7").expect("ip");
         let gone = s.remove(List::Deny, &ip, Some("abs")).expect("remove");
         assert_eq!(gone.len(), 1);
-        assert_eq!(s.rows_of(List::Deny, &ip).expect("rows").len(), 1, "manual row stays");
+        assert_eq!(
+            s.rows_of(List::Deny, &ip).expect("rows").len(),
+            1,
+            "manual row stays"
+        );
         let pruned = s.prune_expired(10).expect("prune");
         assert_eq!(pruned.len(), 1);
         assert_eq!(pruned[0].ident.kind, Kind::Token);
-        let cleared = s.clear(&Filter { list: Some(List::Allow), ..Filter::default() }).expect("clear");
+        let cleared = s
+            .clear(&Filter {
+                list: Some(List::Allow),
+                ..Filter::default()
+            })
+            .expect("clear");
         assert_eq!(cleared.len(), 1);
-        assert_eq!(s.counts().expect("counts"), vec![(List::Deny, Kind::Ip, "manual".to_string(), 1)]);
+        assert_eq!(
+            s.counts().expect("counts"),
+            vec![(List::Deny, Kind::Ip, "manual".to_string(), 1)]
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

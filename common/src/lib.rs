@@ -270,9 +270,21 @@ mod tests {
 
     #[test]
     fn max_takes_later_deadline_per_list() {
-        let a = Deadlines { allow_until: 5, deny_until: 0 };
-        let b = Deadlines { allow_until: 1, deny_until: NEVER };
-        assert_eq!(a.max(b), Deadlines { allow_until: 5, deny_until: NEVER });
+        let a = Deadlines {
+            allow_until: 5,
+            deny_until: 0,
+        };
+        let b = Deadlines {
+            allow_until: 1,
+            deny_until: NEVER,
+        };
+        assert_eq!(
+            a.max(b),
+            Deadlines {
+                allow_until: 5,
+                deny_until: NEVER
+            }
+        );
         assert!(Deadlines::EMPTY.is_empty());
         assert!(!a.is_empty());
     }

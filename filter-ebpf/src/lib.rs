@@ -12,14 +12,14 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use portcullis_common::{
-    counter, family, mode, NEVER, v4_guard_slot, v6_guard_slot, Config, Counter, Deadlines, DropEvent,
-    V6Addr, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX, V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY,
-    V4_NETS_DEFAULT_CAPACITY, V4_WIDE_SLOTS, V6_GUARD_WORDS, V6_HOSTS_DEFAULT_CAPACITY,
-    V6_PREFIXES_DEFAULT_CAPACITY,
+    Config, Counter, Deadlines, DropEvent, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX, NEVER,
+    V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY, V4_NETS_DEFAULT_CAPACITY, V4_WIDE_SLOTS,
+    V6_GUARD_WORDS, V6_HOSTS_DEFAULT_CAPACITY, V6_PREFIXES_DEFAULT_CAPACITY, V6Addr, counter,
+    family, mode, v4_guard_slot, v6_guard_slot,
 };
 
 /// Two bits per /24 (see `portcullis_common`).
@@ -112,20 +112,29 @@ fn read_be16(ctx: &XdpContext, off: usize) -> Option<u16> {
 pub fn parse(ctx: &XdpContext) -> Parsed {
     let mut off = ETH_HLEN;
     let Some(mut proto) = read_be16(ctx, 12) else {
-        return Parsed { source: Source::Truncated, vlan: 0 };
+        return Parsed {
+            source: Source::Truncated,
+            vlan: 0,
+        };
     };
     let mut vlan = 0u32;
     // Two tags at most (QinQ); unrolled so the verifier sees a bounded path.
     if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
         let (Some(tci), Some(next)) = (read_be16(ctx, off), read_be16(ctx, off + 2)) else {
-            return Parsed { source: Source::Truncated, vlan: 0 };
+            return Parsed {
+                source: Source::Truncated,
+                vlan: 0,
+            };
         };
         vlan = u32::from(tci & 0x0fff);
         proto = next;
         off += VLAN_HLEN;
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
             let Some(next) = read_be16(ctx, off + 2) else {
-                return Parsed { source: Source::Truncated, vlan };
+                return Parsed {
+                    source: Source::Truncated,
+                    vlan,
+                };
             };
             proto = next;
             off += VLAN_HLEN;
@@ -305,7 +314,12 @@ fn decide(
     action
 }
 
-const DEFAULT_CONFIG: Config = Config { mode: mode::ENFORCE, sample_mask: 63, v6_unguarded: 0, reserved: 0 };
+const DEFAULT_CONFIG: Config = Config {
+    mode: mode::ENFORCE,
+    sample_mask: 63,
+    v6_unguarded: 0,
+    reserved: 0,
+};
 
 /// The whole per-packet path: parse, look up, decide, count.
 #[inline(always)]
@@ -340,7 +354,14 @@ pub fn filter_with(
             None => truncated(ctx),
         },
         Source::V6(off) => match load_v6(ctx, off) {
-            Some(addr) => decide(ctx, lookup_v6(&addr, &cfg), &cfg, addr, family::V6, parsed.vlan),
+            Some(addr) => decide(
+                ctx,
+                lookup_v6(&addr, &cfg),
+                &cfg,
+                addr,
+                family::V6,
+                parsed.vlan,
+            ),
             None => truncated(ctx),
         },
         Source::NotIp => {
@@ -353,6 +374,9 @@ pub fn filter_with(
 
 #[inline(always)]
 fn truncated(ctx: &XdpContext) -> u32 {
-    count(counter::PASS_TRUNCATED, (ctx.data_end() - ctx.data()) as u64);
+    count(
+        counter::PASS_TRUNCATED,
+        (ctx.data_end() - ctx.data()) as u64,
+    );
     xdp_action::XDP_PASS
 }

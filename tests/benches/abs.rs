@@ -6,16 +6,31 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 
 fn proc_stat(pid: u32) -> anyhow::Result<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks: f64 = fields.get(11).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) + fields.get(12).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r.split_whitespace().collect())
+        .unwrap_or_default();
+    let ticks: f64 = fields
+        .get(11)
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        + fields
+            .get(12)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let hwm = status.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.split_whitespace().next()).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
     Ok((ticks / hz, hwm))
@@ -23,13 +38,24 @@ fn proc_stat(pid: u32) -> anyhow::Result<(f64, u64)> {
 
 fn kernel_entries(agent: &Agent) -> u64 {
     let out = agent.cli(&["status", "--json"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout).ok().and_then(|v| v["kernel_ip_entries"].as_u64()).unwrap_or(0)
+    serde_json::from_slice::<serde_json::Value>(&out.stdout)
+        .ok()
+        .and_then(|v| v["kernel_ip_entries"].as_u64())
+        .unwrap_or(0)
 }
 
 fn abs_rows(agent: &Agent) -> u64 {
     let out = agent.cli(&["status", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["lists"].as_array().map(|a| a.iter().filter(|l| l["source"] == "abs").filter_map(|l| l["count"].as_u64()).sum()).unwrap_or(0)
+    v["lists"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|l| l["source"] == "abs")
+                .filter_map(|l| l["count"].as_u64())
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<Duration> {
@@ -56,16 +82,32 @@ fn main() -> anyhow::Result<()> {
         abs.url(),
         secret.display()
     );
-    let agent = Agent::start(&dirs, &AgentOpts { config, ..AgentOpts::default() })?;
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )?;
     let pid = agent.pid().context("pid")?;
 
     eprintln!("bench abs: change-to-enforcement, 10 changes with a 1 s poll");
     let mut polled = Vec::new();
     for i in 0..10u32 {
-        let list = if i % 2 == 0 { r#"{"attacklist":{"ips":["198.18.90.1"]}}"# } else { r#"{"attacklist":{"ips":[]}}"# };
+        let list = if i % 2 == 0 {
+            r#"{"attacklist":{"ips":["198.18.90.1"]}}"#
+        } else {
+            r#"{"attacklist":{"ips":[]}}"#
+        };
         let want = u64::from(i % 2 == 0);
         abs.set(Answer::Json(list.into()));
-        polled.push(wait("enforcement", Duration::from_secs(10), || kernel_entries(&agent) == want)?.as_secs_f64() * 1e3);
+        polled.push(
+            wait("enforcement", Duration::from_secs(10), || {
+                kernel_entries(&agent) == want
+            })?
+            .as_secs_f64()
+                * 1e3,
+        );
     }
     polled.sort_by(f64::total_cmp);
     // Polls fail during the push phase, so the last good list stays and cannot race the pushes.
@@ -77,7 +119,10 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         let mut s = std::os::unix::net::UnixStream::connect(dirs.socket())?;
         use std::io::{BufRead as _, Write as _};
-        writeln!(s, r#"{{"op":"abs-push","{req}":[{{"kind":"ip","name":null,"value":"198.18.91.1","ttl":null}}]}}"#)?;
+        writeln!(
+            s,
+            r#"{{"op":"abs-push","{req}":[{{"kind":"ip","name":null,"value":"198.18.91.1","ttl":null}}]}}"#
+        )?;
         let mut line = String::new();
         std::io::BufReader::new(s).read_line(&mut line)?;
         pushed.push(t.elapsed().as_secs_f64() * 1e3);
@@ -94,7 +139,13 @@ fn main() -> anyhow::Result<()> {
         if i > 0 {
             big.push(',');
         }
-        big.push_str(&format!("\"{}.{}.{}.{}\"", 11 + (i >> 24), (i >> 16) & 255, (i >> 8) & 255, i & 255));
+        big.push_str(&format!(
+            "\"{}.{}.{}.{}\"",
+            11 + (i >> 24),
+            (i >> 16) & 255,
+            (i >> 8) & 255,
+            i & 255
+        ));
     }
     big.push_str(r#"],"oauth_tokens":["#);
     for i in 0..500_000u32 {
@@ -107,7 +158,9 @@ fn main() -> anyhow::Result<()> {
     let body_mb = big.len() as f64 / 1e6;
     let (cpu0, _) = proc_stat(pid)?;
     abs.set(Answer::Json(big.clone()));
-    let first = wait("the 1M list", Duration::from_secs(300), || abs_rows(&agent) >= 1_000_000)?;
+    let first = wait("the 1M list", Duration::from_secs(300), || {
+        abs_rows(&agent) >= 1_000_000
+    })?;
     std::thread::sleep(Duration::from_millis(1500));
     let (cpu1, hwm1) = proc_stat(pid)?;
     // The next polls bring the same list: the diff is empty, but it is still fetched and compared.
@@ -119,16 +172,40 @@ fn main() -> anyhow::Result<()> {
         "push_to_enforcement_ms": {"median": pushed[pushed.len() / 2], "max": pushed[pushed.len() - 1]},
         "list_1m": {"body_mb": body_mb, "first_sync_s": first.as_secs_f64(), "first_sync_cpu_s": cpu1 - cpu0, "unchanged_sync_cpu_s_per_poll": steady_cpu_per_poll, "peak_rss_mib": hwm1.max(hwm2) as f64 / 1024.0},
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::fs::create_dir_all(target.join("bench"))?;
-    std::fs::write(target.join("bench/abs.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        target.join("bench/abs.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     println!("| measure | value |");
     println!("|---|---:|");
-    println!("| ABS list change → kernel enforcement, 1 s poll, median / max | {:.0} / {:.0} ms |", polled[polled.len() / 2], polled[polled.len() - 1]);
-    println!("| ABS push → enforced (answer received), median / max | {:.2} / {:.2} ms |", pushed[pushed.len() / 2], pushed[pushed.len() - 1]);
-    println!("| 1M-identifier list ({body_mb:.0} MB JSON): first sync, wall | {:.1} s |", first.as_secs_f64());
-    println!("| 1M-identifier list: first sync, agent CPU | {:.1} s |", cpu1 - cpu0);
-    println!("| 1M-identifier list: each unchanged re-sync, agent CPU | {steady_cpu_per_poll:.2} s |");
-    println!("| agent peak RSS with the 1M list | {:.0} MiB |", hwm1.max(hwm2) as f64 / 1024.0);
+    println!(
+        "| ABS list change → kernel enforcement, 1 s poll, median / max | {:.0} / {:.0} ms |",
+        polled[polled.len() / 2],
+        polled[polled.len() - 1]
+    );
+    println!(
+        "| ABS push → enforced (answer received), median / max | {:.2} / {:.2} ms |",
+        pushed[pushed.len() / 2],
+        pushed[pushed.len() - 1]
+    );
+    println!(
+        "| 1M-identifier list ({body_mb:.0} MB JSON): first sync, wall | {:.1} s |",
+        first.as_secs_f64()
+    );
+    println!(
+        "| 1M-identifier list: first sync, agent CPU | {:.1} s |",
+        cpu1 - cpu0
+    );
+    println!(
+        "| 1M-identifier list: each unchanged re-sync, agent CPU | {steady_cpu_per_poll:.2} s |"
+    );
+    println!(
+        "| agent peak RSS with the 1M list | {:.0} MiB |",
+        hwm1.max(hwm2) as f64 / 1024.0
+    );
     Ok(())
 }

@@ -12,7 +12,7 @@ use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
@@ -39,7 +39,12 @@ fn write_file(path: &Path, n: usize, line: impl Fn(usize) -> String) -> anyhow::
 
 fn import(agent: &Agent, path: &Path) -> anyhow::Result<f64> {
     let t = Instant::now();
-    let out = agent.cli(&["deny", "import", path.to_str().context("utf8 path")?, "--json"]);
+    let out = agent.cli(&[
+        "deny",
+        "import",
+        path.to_str().context("utf8 path")?,
+        "--json",
+    ]);
     let secs = t.elapsed().as_secs_f64();
     if !out.status.success() {
         bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -78,7 +83,11 @@ fn main() -> anyhow::Result<()> {
         let mut r = BufReader::new(s);
         let mut line = String::new();
         for i in 0..2000u32 {
-            let req = format!(r#"{{"op":"add","list":"deny","kind":"ip","value":"198.18.{}.{}"}}"#, 100 + i / 256, i % 256);
+            let req = format!(
+                r#"{{"op":"add","list":"deny","kind":"ip","value":"198.18.{}.{}"}}"#,
+                100 + i / 256,
+                i % 256
+            );
             let t = Instant::now();
             w.write_all(req.as_bytes())?;
             w.write_all(b"\n")?;
@@ -97,10 +106,24 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&files)?;
     let f = |name: &str| -> PathBuf { files.join(name) };
     eprintln!("bench agent: writing 5 x 1M-line feeds");
-    write_file(&f("ips"), N, |i| format!("ip {}.{}.{}.{}", 11 + (i >> 24) as u8, (i >> 16) as u8, (i >> 8) as u8, i as u8))?;
-    write_file(&f("tokens"), N, |i| format!("token eyJhbGciOiJSUzI1NiJ9.bench-token-{i:08}"))?;
-    write_file(&f("cookies"), N, |i| format!("cookie JSESSIONID bench-session-{i:08}"))?;
-    write_file(&f("keys"), N, |i| format!("api-key X-API-Key bench-key-{i:08}"))?;
+    write_file(&f("ips"), N, |i| {
+        format!(
+            "ip {}.{}.{}.{}",
+            11 + (i >> 24) as u8,
+            (i >> 16) as u8,
+            (i >> 8) as u8,
+            i as u8
+        )
+    })?;
+    write_file(&f("tokens"), N, |i| {
+        format!("token eyJhbGciOiJSUzI1NiJ9.bench-token-{i:08}")
+    })?;
+    write_file(&f("cookies"), N, |i| {
+        format!("cookie JSESSIONID bench-session-{i:08}")
+    })?;
+    write_file(&f("keys"), N, |i| {
+        format!("api-key X-API-Key bench-key-{i:08}")
+    })?;
     write_file(&f("users"), N, |i| format!("username bench user {i:08}"))?;
     eprintln!("bench agent: importing");
     let ip_rate = import(&agent, &f("ips"))?;
@@ -113,7 +136,9 @@ fn main() -> anyhow::Result<()> {
     let rss_all = rss_kib(pid)?;
     let per_entry_all = (rss_all.saturating_sub(rss0) * 1024) as f64 / (5 * N) as f64;
     let per_entry_ip = (rss_ip.saturating_sub(rss0) * 1024) as f64 / N as f64;
-    let db = std::fs::metadata(dirs.root.join("portcullis.db")).map(|m| m.len()).unwrap_or(0);
+    let db = std::fs::metadata(dirs.root.join("portcullis.db"))
+        .map(|m| m.len())
+        .unwrap_or(0);
 
     let json = serde_json::json!({
         "add_cli_ms": {"median": percentile(&cli_ms, 0.5), "p99": percentile(&cli_ms, 0.99)},
@@ -123,18 +148,36 @@ fn main() -> anyhow::Result<()> {
         "rss_bytes_per_entry": {"ip": per_entry_ip, "all_kinds": per_entry_all},
         "database_bytes": db,
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::fs::create_dir_all(target.join("bench"))?;
-    std::fs::write(target.join("bench/agent.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        target.join("bench/agent.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     println!("| measure | value | target |");
     println!("|---|---:|---|");
-    println!("| add → enforced, CLI process, median / p99 | {:.2} / {:.2} ms | p99 < 10 ms |", percentile(&cli_ms, 0.5), percentile(&cli_ms, 0.99));
-    println!("| add → enforced, open socket, median / p99 | {:.3} / {:.3} ms | |", percentile(&sock_ms, 0.5), percentile(&sock_ms, 0.99));
+    println!(
+        "| add → enforced, CLI process, median / p99 | {:.2} / {:.2} ms | p99 < 10 ms |",
+        percentile(&cli_ms, 0.5),
+        percentile(&cli_ms, 0.99)
+    );
+    println!(
+        "| add → enforced, open socket, median / p99 | {:.3} / {:.3} ms | |",
+        percentile(&sock_ms, 0.5),
+        percentile(&sock_ms, 0.99)
+    );
     println!("| import 1M IP entries | {ip_rate:.0} /s | ≥ 200k/s |");
     println!("| import 1M tokens | {token_rate:.0} /s | ≥ 200k/s |");
-    println!("| import 1M cookies / API keys / usernames | {cookie_rate:.0} / {key_rate:.0} / {user_rate:.0} /s | |");
+    println!(
+        "| import 1M cookies / API keys / usernames | {cookie_rate:.0} / {key_rate:.0} / {user_rate:.0} /s | |"
+    );
     println!("| agent RSS growth per IP entry (1M) | {per_entry_ip:.0} B | < 200 B |");
     println!("| agent RSS growth per entry, 1M of each kind | {per_entry_all:.0} B | < 200 B |");
-    println!("| database file, 5M entries | {:.0} MB | |", db as f64 / 1e6);
+    println!(
+        "| database file, 5M entries | {:.0} MB | |",
+        db as f64 / 1e6
+    );
     Ok(())
 }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::tls::self_signed;
@@ -42,12 +42,25 @@ fn ms(s: &str) -> Option<f64> {
 
 fn wrk(url: &str) -> anyhow::Result<Run> {
     let out = Command::new("wrk")
-        .args(["-t2", "-c", CONNS, "-d", SECS, "--latency", "-H", "Authorization: Bearer honest-client-token", url])
+        .args([
+            "-t2",
+            "-c",
+            CONNS,
+            "-d",
+            SECS,
+            "--latency",
+            "-H",
+            "Authorization: Bearer honest-client-token",
+            url,
+        ])
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() || text.contains("Non-2xx") {
-        bail!("wrk against {url} failed or got errors:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk against {url} failed or got errors:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     let mut r = Run::default();
     for line in text.lines() {
@@ -83,7 +96,10 @@ fn main() -> anyhow::Result<()> {
     std::fs::create_dir_all(&apis)?;
     std::fs::write(
         apis.join("bench.json"),
-        format!(r#"{{"api_metadata":{{"url":"/","oauth2_access_token":true,"cookie":"SID","servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#, backend.addr.port()),
+        format!(
+            r#"{{"api_metadata":{{"url":"/","oauth2_access_token":true,"cookie":"SID","servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#,
+            backend.addr.port()
+        ),
     )?;
     let pc_port = free_port()?;
     let config = format!(
@@ -92,7 +108,13 @@ fn main() -> anyhow::Result<()> {
         certs.key.display(),
         apis.display()
     );
-    let agent = Agent::start(&dirs, &AgentOpts { config, ..AgentOpts::default() })?;
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )?;
     eprintln!("bench checker: putting 1M tokens on the deny list");
     let feed = dirs.root.join("tokens");
     {
@@ -139,9 +161,18 @@ fn main() -> anyhow::Result<()> {
     std::thread::sleep(Duration::from_millis(500));
 
     let targets = [
-        ("backend direct (HTTP)", format!("http://127.0.0.1:{}/bench?size=1k", backend.addr.port())),
-        ("nginx (TLS proxy)", format!("https://127.0.0.1:{ng_port}/bench?size=1k")),
-        ("portcullis (TLS proxy + checks)", format!("https://127.0.0.1:{pc_port}/bench?size=1k")),
+        (
+            "backend direct (HTTP)",
+            format!("http://127.0.0.1:{}/bench?size=1k", backend.addr.port()),
+        ),
+        (
+            "nginx (TLS proxy)",
+            format!("https://127.0.0.1:{ng_port}/bench?size=1k"),
+        ),
+        (
+            "portcullis (TLS proxy + checks)",
+            format!("https://127.0.0.1:{pc_port}/bench?size=1k"),
+        ),
     ];
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); targets.len()];
     for round in 0..3 {
@@ -160,7 +191,16 @@ fn main() -> anyhow::Result<()> {
         .collect();
     // A denied token really is refused through the same listener.
     let denied = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-k", "-H", "Authorization: Bearer bench-denied-00123456"])
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-k",
+            "-H",
+            "Authorization: Bearer bench-denied-00123456",
+        ])
         .arg(format!("https://127.0.0.1:{pc_port}/bench"))
         .output()?;
     let denied_code = String::from_utf8_lossy(&denied.stdout).into_owned();
@@ -173,15 +213,27 @@ fn main() -> anyhow::Result<()> {
         "portcullis_vs_nginx_rps": pc.rps / ng.rps,
         "portcullis_added_p99_ms": pc.p99_ms - direct.p99_ms,
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
     std::fs::create_dir_all(target.join("bench"))?;
-    std::fs::write(target.join("bench/checker.json"), serde_json::to_string_pretty(&json)?)?;
+    std::fs::write(
+        target.join("bench/checker.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
     println!("| target | requests/s | p50 | p99 |");
     println!("|---|---:|---:|---:|");
     for (i, r) in median.iter().enumerate() {
-        println!("| {} | {:.0} | {:.2} ms | {:.2} ms |", targets[i].0, r.rps, r.p50_ms, r.p99_ms);
+        println!(
+            "| {} | {:.0} | {:.2} ms | {:.2} ms |",
+            targets[i].0, r.rps, r.p50_ms, r.p99_ms
+        );
     }
-    println!("\nportcullis / nginx throughput: {:.2}x; p99 added over the backend: {:.2} ms; a denied token got HTTP {denied_code}", pc.rps / ng.rps, pc.p99_ms - direct.p99_ms);
+    println!(
+        "\nportcullis / nginx throughput: {:.2}x; p99 added over the backend: {:.2} ms; a denied token got HTTP {denied_code}",
+        pc.rps / ng.rps,
+        pc.p99_ms - direct.p99_ms
+    );
     drop(agent);
     Ok(())
 }

@@ -17,18 +17,21 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
-use anyhow::{bail, Context as _};
-use portcullis::cidr::{mask128, mask32, Cidr};
+use anyhow::{Context as _, bail};
+use portcullis::cidr::{Cidr, mask32, mask128};
 use portcullis::kernel::sys;
 use portcullis::kernel::{AttachMode, Capacity, Filter, List, LoadOptions, Object, PROGRAM};
 use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::frames;
-use portcullis_tests::netns::{in_netns, NetnsPair};
+use portcullis_tests::netns::{NetnsPair, in_netns};
 use portcullis_tests::reference::Rng;
 
 const PROBES: usize = 1 << 16;
 const REPEAT: u32 = 1 << 18;
-const DENY: Deadlines = Deadlines { allow_until: 0, deny_until: NEVER };
+const DENY: Deadlines = Deadlines {
+    allow_until: 0,
+    deny_until: NEVER,
+};
 
 struct Row {
     family: &'static str,
@@ -45,7 +48,11 @@ struct Row {
 
 /// Median ns per packet of each program over five rounds of `REPEAT` packets; the programs
 /// take turns within a round so that drift on a noisy machine hits them alike.
-fn measure_all<const N: usize>(f: &mut Filter, progs: [&str; N], frame: &[u8]) -> anyhow::Result<[f64; N]> {
+fn measure_all<const N: usize>(
+    f: &mut Filter,
+    progs: [&str; N],
+    frame: &[u8],
+) -> anyhow::Result<[f64; N]> {
     for p in progs {
         f.load_program(p)?;
         sys::test_run(f.program_fd(p)?, frame, REPEAT / 4)?; // warm up
@@ -53,7 +60,11 @@ fn measure_all<const N: usize>(f: &mut Filter, progs: [&str; N], frame: &[u8]) -
     let mut runs = vec![Vec::new(); N];
     for _ in 0..5 {
         for (i, p) in progs.iter().enumerate() {
-            runs[i].push(sys::test_run(f.program_fd(p)?, frame, REPEAT)?.per_run.as_nanos() as f64);
+            runs[i].push(
+                sys::test_run(f.program_fd(p)?, frame, REPEAT)?
+                    .per_run
+                    .as_nanos() as f64,
+            );
         }
     }
     let mut out = [0.0; N];
@@ -67,7 +78,11 @@ fn measure_all<const N: usize>(f: &mut Filter, progs: [&str; N], frame: &[u8]) -
 /// Mean ns per packet over many distinct frames, each run a few times, for two programs
 /// taking turns frame by frame: a method that works for any XDP program, ours or another
 /// tool's.
-fn per_frame(a: std::os::fd::BorrowedFd<'_>, b: std::os::fd::BorrowedFd<'_>, frames: &[Vec<u8>]) -> anyhow::Result<(f64, f64)> {
+fn per_frame(
+    a: std::os::fd::BorrowedFd<'_>,
+    b: std::os::fd::BorrowedFd<'_>,
+    frames: &[Vec<u8>],
+) -> anyhow::Result<(f64, f64)> {
     let (mut ta, mut tb) = (0.0, 0.0);
     for fr in frames {
         ta += sys::test_run(a, fr, 8)?.per_run.as_nanos() as f64;
@@ -83,19 +98,30 @@ struct V4List {
 }
 
 fn v4_list(n: usize, rng: &mut Rng) -> V4List {
-    let mut l = V4List { entries: Vec::with_capacity(n), hosts: HashSet::new(), prefixes: vec![HashSet::new(); 33] };
+    let mut l = V4List {
+        entries: Vec::with_capacity(n),
+        hosts: HashSet::new(),
+        prefixes: vec![HashSet::new(); 33],
+    };
     let mut seen = HashSet::new();
     while l.entries.len() < n {
         let addr = rng.next() as u32;
         let c = if l.entries.len() % 100 == 99 {
             let len = 12 + (rng.next() % 17) as u8;
-            Cidr::V4 { addr: addr & mask32(len), len }
+            Cidr::V4 {
+                addr: addr & mask32(len),
+                len,
+            }
         } else {
             Cidr::v4_host(addr)
         };
         if seen.insert(c) {
             if let Cidr::V4 { addr, len } = c {
-                if len == 32 { l.hosts.insert(addr); } else { l.prefixes[len as usize].insert(addr); }
+                if len == 32 {
+                    l.hosts.insert(addr);
+                } else {
+                    l.prefixes[len as usize].insert(addr);
+                }
             }
             l.entries.push(c);
         }
@@ -105,7 +131,8 @@ fn v4_list(n: usize, rng: &mut Rng) -> V4List {
 
 impl V4List {
     fn covers(&self, a: u32) -> bool {
-        self.hosts.contains(&a) || (0..32u8).any(|len| self.prefixes[len as usize].contains(&(a & mask32(len))))
+        self.hosts.contains(&a)
+            || (0..32u8).any(|len| self.prefixes[len as usize].contains(&(a & mask32(len))))
     }
     fn hit(&self, rng: &mut Rng) -> u32 {
         match self.entries[(rng.next() % self.entries.len() as u64) as usize] {
@@ -134,20 +161,31 @@ fn rand128(rng: &mut Rng) -> u128 {
 }
 
 fn v6_list(n: usize, rng: &mut Rng) -> V6List {
-    let mut l = V6List { entries: Vec::with_capacity(n), hosts: HashSet::new(), prefixes: vec![HashSet::new(); 129] };
+    let mut l = V6List {
+        entries: Vec::with_capacity(n),
+        hosts: HashSet::new(),
+        prefixes: vec![HashSet::new(); 129],
+    };
     let mut seen = HashSet::new();
     while l.entries.len() < n {
         // Global unicast, 2000::/3.
         let addr = (rand128(rng) & (u128::MAX >> 3)) | (1u128 << 125);
         let c = if l.entries.len() % 100 == 99 {
             let len = 32 + (rng.next() % 33) as u8;
-            Cidr::V6 { addr: addr & mask128(len), len }
+            Cidr::V6 {
+                addr: addr & mask128(len),
+                len,
+            }
         } else {
             Cidr::v6_host(addr)
         };
         if seen.insert(c) {
             if let Cidr::V6 { addr, len } = c {
-                if len == 128 { l.hosts.insert(addr); } else { l.prefixes[len as usize].insert(addr); }
+                if len == 128 {
+                    l.hosts.insert(addr);
+                } else {
+                    l.prefixes[len as usize].insert(addr);
+                }
             }
             l.entries.push(c);
         }
@@ -165,7 +203,8 @@ impl V6List {
     fn miss(&self, rng: &mut Rng) -> u128 {
         loop {
             let a = (rand128(rng) & (u128::MAX >> 3)) | (1u128 << 125);
-            let covered = self.hosts.contains(&a) || (0..128u8).any(|len| self.prefixes[len as usize].contains(&(a & mask128(len))));
+            let covered = self.hosts.contains(&a)
+                || (0..128u8).any(|len| self.prefixes[len as usize].contains(&(a & mask128(len))));
             if !covered {
                 return a;
             }
@@ -174,20 +213,39 @@ impl V6List {
 }
 
 fn bench_filter() -> anyhow::Result<Filter> {
-    let capacity = Capacity { v4_hosts: 2 << 20, v4_nets: 1 << 20, v6_hosts: 1 << 20, v6_prefixes: 1 << 18 };
-    Ok(Filter::load(&LoadOptions { object: Object::Bench, capacity, ..LoadOptions::default() })?)
+    let capacity = Capacity {
+        v4_hosts: 2 << 20,
+        v4_nets: 1 << 20,
+        v6_hosts: 1 << 20,
+        v6_prefixes: 1 << 18,
+    };
+    Ok(Filter::load(&LoadOptions {
+        object: Object::Bench,
+        capacity,
+        ..LoadOptions::default()
+    })?)
 }
 
 /// Per-packet ns of: production layout, LPM only, hash only, harness, empty program.
 fn run_variants(f: &mut Filter, frame: &[u8]) -> anyhow::Result<[f64; 5]> {
-    measure_all(f, ["bench_portcullis", "bench_lpm", "bench_hash", "bench_base", "bench_empty"], frame)
+    measure_all(
+        f,
+        [
+            "bench_portcullis",
+            "bench_lpm",
+            "bench_hash",
+            "bench_base",
+            "bench_empty",
+        ],
+        frame,
+    )
 }
 
 fn main() -> anyhow::Result<()> {
     if !portcullis_tests::privileged("bench xdp") {
         bail!("the XDP benchmark loads BPF programs: run it as root");
     }
-    let mut rng = Rng(0x5eed_0f_0ca7_c011);
+    let mut rng = Rng(0x5eed_0f0c_a7c0_1100);
     let mut rows = Vec::new();
     let mut bulk_load_1m_s = None;
     let mut lpm_load_1m_s = None;
@@ -223,7 +281,15 @@ fn main() -> anyhow::Result<()> {
         let frame = frames::ipv4(Ipv4Addr::new(198, 18, 0, 2), &[], 0);
         let idx: Vec<u32> = (0..PROBES as u32).collect();
         for case in ["hit", "miss"] {
-            let probes: Vec<u32> = (0..PROBES).map(|_| if case == "hit" { list.hit(&mut rng) } else { list.miss(&mut rng) }).collect();
+            let probes: Vec<u32> = (0..PROBES)
+                .map(|_| {
+                    if case == "hit" {
+                        list.hit(&mut rng)
+                    } else {
+                        list.miss(&mut rng)
+                    }
+                })
+                .collect();
             f.raw_update("PROBES_V4", &idx, &probes)?;
             let [portcullis, lpm, hash, base, empty] = run_variants(&mut f, &frame)?;
             let (xdp_filter, portcullis_frames) = if n == 10_000 {
@@ -232,7 +298,18 @@ fn main() -> anyhow::Result<()> {
             } else {
                 (None, None)
             };
-            rows.push(Row { family: "ipv4", entries: n, case, portcullis, lpm, hash, base, empty, xdp_filter, portcullis_frames });
+            rows.push(Row {
+                family: "ipv4",
+                entries: n,
+                case,
+                portcullis,
+                lpm,
+                hash,
+                base,
+                empty,
+                xdp_filter,
+                portcullis_frames,
+            });
         }
     }
     {
@@ -257,11 +334,29 @@ fn main() -> anyhow::Result<()> {
         let idx: Vec<u32> = (0..PROBES as u32).collect();
         for case in ["hit", "miss"] {
             let probes: Vec<[u8; 16]> = (0..PROBES)
-                .map(|_| if case == "hit" { list.hit(&mut rng) } else { list.miss(&mut rng) }.to_be_bytes())
+                .map(|_| {
+                    if case == "hit" {
+                        list.hit(&mut rng)
+                    } else {
+                        list.miss(&mut rng)
+                    }
+                    .to_be_bytes()
+                })
                 .collect();
             f.raw_update("PROBES_V6", &idx, &probes)?;
             let [portcullis, lpm, hash, base, empty] = run_variants(&mut f, &frame)?;
-            rows.push(Row { family: "ipv6", entries: n, case, portcullis, lpm, hash, base, empty, xdp_filter: None, portcullis_frames: None });
+            rows.push(Row {
+                family: "ipv6",
+                entries: n,
+                case,
+                portcullis,
+                lpm,
+                hash,
+                base,
+                empty,
+                xdp_filter: None,
+                portcullis_frames: None,
+            });
         }
     }
     report(&rows, bulk_load_1m_s, lpm_load_1m_s)
@@ -273,15 +368,30 @@ fn against_xdp_filter(list: &V4List, probes: &[u32]) -> anyhow::Result<(f64, f64
     let pair = NetnsPair::new()?;
     let load = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", pair.server))
-        .args(["xdp-filter", "load", &pair.server_if, "-m", "skb", "-f", "ipv4,ipv6", "-p", "allow"])
+        .args([
+            "xdp-filter",
+            "load",
+            &pair.server_if,
+            "-m",
+            "skb",
+            "-f",
+            "ipv4,ipv6",
+            "-p",
+            "allow",
+        ])
         .env("LIBXDP_SKIP_DISPATCHER", "1")
         .output()
         .context("running xdp-filter (apt-get install xdp-tools)")?;
     if !load.status.success() {
-        bail!("xdp-filter load failed: {}", String::from_utf8_lossy(&load.stderr));
+        bail!(
+            "xdp-filter load failed: {}",
+            String::from_utf8_lossy(&load.stderr)
+        );
     }
     let result = (|| {
-        let show = Command::new("ip").args(["-n", &pair.server, "-d", "link", "show", &pair.server_if]).output()?;
+        let show = Command::new("ip")
+            .args(["-n", &pair.server, "-d", "link", "show", &pair.server_if])
+            .output()?;
         let text = String::from_utf8_lossy(&show.stdout);
         let id: u32 = text
             .split("prog/xdp id ")
@@ -294,20 +404,36 @@ fn against_xdp_filter(list: &V4List, probes: &[u32]) -> anyhow::Result<(f64, f64
         // (1 = match source) per CPU, as `xdp-filter ip ADDR -m src` writes it.
         let map = sys::obj_get(std::path::Path::new("/sys/fs/bpf/xdp-filter/filter_ipv4"))?;
         let cpus = sys::possible_cpus()?;
-        let keys: Vec<u32> = list.hosts.iter().map(|a| u32::from_ne_bytes(a.to_be_bytes())).collect();
+        let keys: Vec<u32> = list
+            .hosts
+            .iter()
+            .map(|a| u32::from_ne_bytes(a.to_be_bytes()))
+            .collect();
         let values: Vec<u64> = vec![1u64; cpus];
         for k in &keys {
             sys::update_elem_raw(map_fd(&map), k, &values)?;
         }
-        let frames: Vec<Vec<u8>> = probes.iter().take(4096).map(|a| frames::ipv4(Ipv4Addr::from(*a), &[], 0)).collect();
+        let frames: Vec<Vec<u8>> = probes
+            .iter()
+            .take(4096)
+            .map(|a| frames::ipv4(Ipv4Addr::from(*a), &[], 0))
+            .collect();
         // Sanity: xdp-filter really drops a listed host.
         if let Some(h) = list.hosts.iter().next() {
             let r = sys::test_run(map_fd(&prog), &frames::ipv4(Ipv4Addr::from(*h), &[], 0), 1)?;
-            anyhow::ensure!(r.retval == 1, "xdp-filter did not drop a listed host (action {})", r.retval);
+            anyhow::ensure!(
+                r.retval == 1,
+                "xdp-filter did not drop a listed host (action {})",
+                r.retval
+            );
         }
         // Attached, like xdp-filter, so both run through the kernel's XDP dispatcher.
         let mut ours = Filter::load(&LoadOptions::default())?;
-        ours.apply_many(list.hosts.iter().map(|a| (List::Deny, Cidr::v4_host(*a), Some(NEVER))))?;
+        ours.apply_many(
+            list.hosts
+                .iter()
+                .map(|a| (List::Deny, Cidr::v4_host(*a), Some(NEVER))),
+        )?;
         let iface = pair.client_if.clone();
         in_netns(&pair.client, || ours.attach(&iface, AttachMode::Generic))??;
         let (theirs, mine) = per_frame(map_fd(&prog), ours.program_fd(PROGRAM)?, &frames)?;
@@ -350,7 +476,9 @@ fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Res
     );
     let path = dir.join("xdp.json");
     std::fs::write(&path, json)?;
-    println!("| family | entries | case | portcullis | lpm_only | hash_only | xdp-filter | harness | test-run floor | vs hash (net) | lpm / portcullis (net) |");
+    println!(
+        "| family | entries | case | portcullis | lpm_only | hash_only | xdp-filter | harness | test-run floor | vs hash (net) | lpm / portcullis (net) |"
+    );
     println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let net = |x: f64| (x - r.empty).max(0.1);
@@ -360,13 +488,29 @@ fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Res
         };
         println!(
             "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.2}x ({:.2}x) | {:.1}x ({:.1}x) |",
-            r.family, r.entries, r.case, r.portcullis, r.lpm, r.hash, xf, r.base, r.empty,
-            r.portcullis / r.hash, net(r.portcullis) / net(r.hash), r.lpm / r.portcullis, net(r.lpm) / net(r.portcullis)
+            r.family,
+            r.entries,
+            r.case,
+            r.portcullis,
+            r.lpm,
+            r.hash,
+            xf,
+            r.base,
+            r.empty,
+            r.portcullis / r.hash,
+            net(r.portcullis) / net(r.hash),
+            r.lpm / r.portcullis,
+            net(r.lpm) / net(r.portcullis)
         );
     }
-    println!("\nns per packet; (net) = minus the empty program's cost, BPF_PROG_TEST_RUN's own floor");
+    println!(
+        "\nns per packet; (net) = minus the empty program's cost, BPF_PROG_TEST_RUN's own floor"
+    );
     if let Some(b) = bulk {
-        println!("\nbulk load of 1M IPv4 entries: {b:.2} s (one-by-one into an LPM trie: {:.2} s)", lpm_load.unwrap_or(f64::NAN));
+        println!(
+            "\nbulk load of 1M IPv4 entries: {b:.2} s (one-by-one into an LPM trie: {:.2} s)",
+            lpm_load.unwrap_or(f64::NAN)
+        );
     }
     println!("wrote {}", path.display());
     Ok(())

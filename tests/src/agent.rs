@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 /// The `portcullis` binary next to the test executable (`cargo xtask test` builds it).
 pub fn portcullis_bin() -> PathBuf {
@@ -17,7 +17,10 @@ pub fn portcullis_bin() -> PathBuf {
             return candidate;
         }
     }
-    panic!("portcullis binary not found near {}: run `cargo build -p portcullis-agent` (cargo xtask test does)", exe.display());
+    panic!(
+        "portcullis binary not found near {}: run `cargo build -p portcullis-agent` (cargo xtask test does)",
+        exe.display()
+    );
 }
 
 /// Where a test agent keeps its state; removed on drop.
@@ -34,7 +37,10 @@ impl AgentDirs {
         let root = std::env::temp_dir().join(crate::unique("pcagent"));
         let _ = std::fs::remove_dir_all(&root);
         std::fs::create_dir_all(&root).expect("temp dir");
-        Self { root, pins: crate::PinDir::new() }
+        Self {
+            root,
+            pins: crate::PinDir::new(),
+        }
     }
 
     /// The control socket path.
@@ -85,7 +91,9 @@ impl Agent {
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}")).arg("--").arg(portcullis_bin());
+                c.arg(format!("--net=/run/netns/{ns}"))
+                    .arg("--")
+                    .arg(portcullis_bin());
                 c
             }
             None => Command::new(portcullis_bin()),
@@ -106,9 +114,15 @@ impl Agent {
             cmd.arg("--iface").arg(i);
         }
         cmd.args(&opts.args);
-        cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(std::fs::File::create(&log)?);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?);
         let child = cmd.spawn().context("starting portcullis agent")?;
-        let mut agent = Self { child: Some(child), socket: dirs.socket(), log };
+        let mut agent = Self {
+            child: Some(child),
+            socket: dirs.socket(),
+            log,
+        };
         agent.wait_ready()?;
         Ok(agent)
     }
@@ -188,12 +202,22 @@ pub fn cli(socket: &Path, args: &[&str]) -> Output {
 
 /// Stdout of a successful CLI run; panics with stderr otherwise.
 pub fn ok(out: &Output) -> String {
-    assert!(out.status.success(), "CLI failed ({}): {}{}", out.status, String::from_utf8_lossy(&out.stderr), String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "CLI failed ({}): {}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr),
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Stderr of a failed CLI run; panics if it succeeded.
 pub fn err(out: &Output) -> String {
-    assert!(!out.status.success(), "CLI should have failed: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "CLI should have failed: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }

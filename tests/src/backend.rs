@@ -54,10 +54,17 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
             head.push_str(&line);
         }
         let mut first = head.lines().next().unwrap_or("").split(' ');
-        let (method, path) = (first.next().unwrap_or("").to_owned(), first.next().unwrap_or("").to_owned());
+        let (method, path) = (
+            first.next().unwrap_or("").to_owned(),
+            first.next().unwrap_or("").to_owned(),
+        );
         let len: usize = head
             .lines()
-            .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0)))
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
             .unwrap_or(0);
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
@@ -67,9 +74,16 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
                 l.remove(0);
             }
         }
-        let text = if path.contains("size=1k") { "x".repeat(1024) } else { format!("backend {method} {path}\n") };
+        let text = if path.contains("size=1k") {
+            "x".repeat(1024)
+        } else {
+            format!("backend {method} {path}\n")
+        };
         // One write per response: split writes meet Nagle and delayed ACKs (40 ms stalls).
-        let response = format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}", text.len());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
+            text.len()
+        );
         out.write_all(response.as_bytes())?;
     }
 }

@@ -69,7 +69,15 @@ impl FakeAbs {
 
     /// Requests whose request line contains `what`.
     pub fn requests(&self, what: &str) -> Vec<Seen> {
-        self.seen.lock().map(|v| v.iter().filter(|s| s.line.contains(what)).cloned().collect()).unwrap_or_default()
+        self.seen
+            .lock()
+            .map(|v| {
+                v.iter()
+                    .filter(|s| s.line.contains(what))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The base URL.
@@ -78,7 +86,11 @@ impl FakeAbs {
     }
 }
 
-fn handle(stream: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<Seen>>) -> std::io::Result<()> {
+fn handle(
+    stream: TcpStream,
+    answer: &Mutex<Answer>,
+    seen: &Mutex<Vec<Seen>>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
     loop {
@@ -95,13 +107,30 @@ fn handle(stream: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<Seen>>) ->
             }
             headers.push(h.trim().to_ascii_lowercase());
         }
-        let len: usize = headers.iter().find_map(|h| h.strip_prefix("content-length:").map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0);
+        let len: usize = headers
+            .iter()
+            .find_map(|h| {
+                h.strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap_or(0))
+            })
+            .unwrap_or(0);
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
         if let Ok(mut s) = seen.lock() {
-            s.push(Seen { line: line.trim().to_owned(), headers, body: String::from_utf8_lossy(&body).into_owned() });
+            s.push(Seen {
+                line: line.trim().to_owned(),
+                headers,
+                body: String::from_utf8_lossy(&body).into_owned(),
+            });
         }
-        let a = if line.starts_with("POST") { Answer::Json("{}".into()) } else { answer.lock().map(|a| a.clone()).unwrap_or(Answer::Status(500)) };
+        let a = if line.starts_with("POST") {
+            Answer::Json("{}".into())
+        } else {
+            answer
+                .lock()
+                .map(|a| a.clone())
+                .unwrap_or(Answer::Status(500))
+        };
         let (status, body) = match a {
             Answer::Json(b) | Answer::Garbage(b) => (200, b),
             Answer::Status(c) => (c, String::new()),
@@ -109,9 +138,15 @@ fn handle(stream: TcpStream, answer: &Mutex<Answer>, seen: &Mutex<Vec<Seen>>) ->
                 std::thread::sleep(d);
                 (200, b)
             }
-            Answer::Huge(n) => (200, format!("{{\"attacklist\":{{\"ips\":[\"{}\"]}}}}", "9".repeat(n))),
+            Answer::Huge(n) => (
+                200,
+                format!("{{\"attacklist\":{{\"ips\":[\"{}\"]}}}}", "9".repeat(n)),
+            ),
         };
-        let resp = format!("HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}", body.len());
+        let resp = format!(
+            "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
         out.write_all(resp.as_bytes())?;
     }
 }

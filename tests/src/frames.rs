@@ -49,7 +49,12 @@ pub fn ipv6(src: Ipv6Addr, tags: &[Tag]) -> Vec<u8> {
     f.extend_from_slice(&payload.to_be_bytes());
     f.extend_from_slice(&[17, 64]);
     f.extend_from_slice(&src.octets());
-    f.extend_from_slice(&"2001:db8::1".parse::<Ipv6Addr>().map(|a| a.octets()).unwrap_or_default());
+    f.extend_from_slice(
+        &"2001:db8::1"
+            .parse::<Ipv6Addr>()
+            .map(|a| a.octets())
+            .unwrap_or_default(),
+    );
     f.extend_from_slice(&[0x30, 0x39, 0x00, 0x35]);
     f.extend_from_slice(&payload.to_be_bytes());
     f.extend_from_slice(&[0, 0]);

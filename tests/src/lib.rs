@@ -23,7 +23,10 @@ pub fn privileged(test: &str) -> bool {
         return true;
     }
     let required = std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|v| v == "1");
-    assert!(!required, "{test}: needs root, and {REQUIRE_PRIVILEGED}=1 forbids skipping it");
+    assert!(
+        !required,
+        "{test}: needs root, and {REQUIRE_PRIVILEGED}=1 forbids skipping it"
+    );
     eprintln!("SKIPPED {test}: needs root (set {REQUIRE_PRIVILEGED}=1 to make this a failure)");
     false
 }
@@ -42,7 +45,10 @@ pub struct PinDir(pub std::path::PathBuf);
 impl PinDir {
     /// A fresh, unique directory path under `/sys/fs/bpf` (not yet created).
     pub fn new() -> Self {
-        Self(std::path::PathBuf::from(format!("/sys/fs/bpf/{}", unique("pctest"))))
+        Self(std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/{}",
+            unique("pctest")
+        )))
     }
 }
 

@@ -6,7 +6,7 @@
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 /// Server-side address of the pair.
 pub const SERVER_V4: &str = "198.18.0.1";
@@ -18,9 +18,15 @@ pub const CLIENT_V4: [&str; 3] = ["198.18.0.2", "198.18.0.3", "198.18.0.4"];
 pub const CLIENT_V6: [&str; 2] = ["2001:db8::2", "2001:db8::3"];
 
 fn run(args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(args[0]).args(&args[1..]).output().with_context(|| format!("running {args:?}"))?;
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .with_context(|| format!("running {args:?}"))?;
     if !out.status.success() {
-        bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(out)
 }
@@ -50,7 +56,21 @@ impl NetnsPair {
         // From here on, Drop cleans up whatever was created.
         run(&["ip", "netns", "add", &pair.server])?;
         run(&["ip", "netns", "add", &pair.client])?;
-        run(&["ip", "link", "add", &pair.server_if, "netns", &pair.server, "type", "veth", "peer", "name", &pair.client_if, "netns", &pair.client])?;
+        run(&[
+            "ip",
+            "link",
+            "add",
+            &pair.server_if,
+            "netns",
+            &pair.server,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &pair.client_if,
+            "netns",
+            &pair.client,
+        ])?;
         let s = |args: &[&str]| {
             let mut v = vec!["ip", "-n", pair.server.as_str()];
             v.extend_from_slice(args);
@@ -61,15 +81,43 @@ impl NetnsPair {
             v.extend_from_slice(args);
             run(&v)
         };
-        s(&["addr", "add", &format!("{SERVER_V4}/24"), "dev", &pair.server_if])?;
-        s(&["-6", "addr", "add", &format!("{SERVER_V6}/64"), "dev", &pair.server_if, "nodad"])?;
+        s(&[
+            "addr",
+            "add",
+            &format!("{SERVER_V4}/24"),
+            "dev",
+            &pair.server_if,
+        ])?;
+        s(&[
+            "-6",
+            "addr",
+            "add",
+            &format!("{SERVER_V6}/64"),
+            "dev",
+            &pair.server_if,
+            "nodad",
+        ])?;
         for a in CLIENT_V4 {
             c(&["addr", "add", &format!("{a}/24"), "dev", &pair.client_if])?;
         }
         for a in CLIENT_V6 {
-            c(&["-6", "addr", "add", &format!("{a}/64"), "dev", &pair.client_if, "nodad"])?;
+            c(&[
+                "-6",
+                "addr",
+                "add",
+                &format!("{a}/64"),
+                "dev",
+                &pair.client_if,
+                "nodad",
+            ])?;
         }
-        for (f, ifname) in [(&s as &dyn Fn(&[&str]) -> anyhow::Result<Output>, &pair.server_if), (&c, &pair.client_if)] {
+        for (f, ifname) in [
+            (
+                &s as &dyn Fn(&[&str]) -> anyhow::Result<Output>,
+                &pair.server_if,
+            ),
+            (&c, &pair.client_if),
+        ] {
             f(&["link", "set", "lo", "up"])?;
             f(&["link", "set", ifname, "up"])?;
         }
@@ -78,17 +126,26 @@ impl NetnsPair {
 
     /// Runs a command inside the client namespace.
     pub fn client_cmd(&self, args: &[&str]) -> std::io::Result<Output> {
-        Command::new("ip").args(["netns", "exec", &self.client]).args(args).output()
+        Command::new("ip")
+            .args(["netns", "exec", &self.client])
+            .args(args)
+            .output()
     }
 
     /// How many of `count` pings from `src` to `dst` were answered (one per 0.2 s, 1 s wait).
     pub fn ping(&self, src: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
         let count_s = count.to_string();
-        let out = self.client_cmd(&["ping", "-n", "-q", "-c", &count_s, "-i", "0.2", "-W", "1", "-I", src, dst])?;
+        let out = self.client_cmd(&[
+            "ping", "-n", "-q", "-c", &count_s, "-i", "0.2", "-W", "1", "-I", src, dst,
+        ])?;
         let text = String::from_utf8_lossy(&out.stdout);
         let received = text
             .split(',')
-            .find_map(|part| part.trim().strip_suffix(" received").and_then(|n| n.trim().parse().ok()))
+            .find_map(|part| {
+                part.trim()
+                    .strip_suffix(" received")
+                    .and_then(|n| n.trim().parse().ok())
+            })
             .with_context(|| format!("unexpected ping output: {text}"))?;
         Ok(received)
     }
@@ -106,7 +163,8 @@ impl Drop for NetnsPair {
 /// Runs `f` on a thread that has joined network namespace `ns` (sockets it creates, and
 /// interfaces it names, are that namespace's). Only that thread changes namespace.
 pub fn in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> anyhow::Result<T> {
-    let file = std::fs::File::open(format!("/run/netns/{ns}")).with_context(|| format!("opening netns {ns}"))?;
+    let file = std::fs::File::open(format!("/run/netns/{ns}"))
+        .with_context(|| format!("opening netns {ns}"))?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {

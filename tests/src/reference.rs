@@ -22,7 +22,11 @@ pub enum Verdict {
 
 /// The brute-force verdict for `ip` at time `now`.
 pub fn verdict(entries: &[(List, Cidr, u64)], ip: IpAddr, now: u64) -> Verdict {
-    let live = |l: List| entries.iter().any(|(list, c, until)| *list == l && *until > now && c.contains(ip));
+    let live = |l: List| {
+        entries
+            .iter()
+            .any(|(list, c, until)| *list == l && *until > now && c.contains(ip))
+    };
     if live(List::Allow) {
         Verdict::Allowed
     } else if live(List::Deny) {
@@ -37,6 +41,10 @@ pub struct Rng(pub u64);
 
 impl Rng {
     /// Next pseudo-random value.
+    #[expect(
+        clippy::should_implement_trait,
+        reason = "an endless generator, not an iterator"
+    )]
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;

@@ -6,14 +6,20 @@ use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 fn openssl(args: &[&str]) -> anyhow::Result<()> {
-    let out = std::process::Command::new("openssl").args(args).output().context("running openssl (apt-get install openssl)")?;
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .context("running openssl (apt-get install openssl)")?;
     if !out.status.success() {
-        bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "openssl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }
@@ -32,10 +38,35 @@ pub struct TestCerts {
 pub fn self_signed(dir: &Path, name: &str, tag: &str) -> anyhow::Result<TestCerts> {
     let p = |f: &str| dir.join(format!("{tag}-{f}"));
     let s = |p: &PathBuf| p.to_str().unwrap_or_default().to_owned();
-    let (ca, ca_key, cert, key, csr, ext) = (p("ca.pem"), p("ca-key.pem"), p("cert.pem"), p("key.pem"), p("cert.csr"), p("ext.cnf"));
-    std::fs::write(&ext, format!("subjectAltName=DNS:{name}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"))?;
-    let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"];
-    let mut a = vec!["req", "-x509", "-days", "2", "-subj", "/CN=portcullis test CA"];
+    let (ca, ca_key, cert, key, csr, ext) = (
+        p("ca.pem"),
+        p("ca-key.pem"),
+        p("cert.pem"),
+        p("key.pem"),
+        p("cert.csr"),
+        p("ext.cnf"),
+    );
+    std::fs::write(
+        &ext,
+        format!(
+            "subjectAltName=DNS:{name}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
+        ),
+    )?;
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+    ];
+    let mut a = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=portcullis test CA",
+    ];
     a.extend(ec);
     let (ca_key_s, ca_s) = (s(&ca_key), s(&ca));
     a.extend(["-keyout", &ca_key_s, "-out", &ca_s]);
@@ -47,12 +78,34 @@ pub fn self_signed(dir: &Path, name: &str, tag: &str) -> anyhow::Result<TestCert
     b.extend(["-keyout", &key_s, "-out", &csr_s]);
     openssl(&b)?;
     let (cert_s, ext_s) = (s(&cert), s(&ext));
-    openssl(&["x509", "-req", "-days", "2", "-in", &csr_s, "-CA", &ca_s, "-CAkey", &ca_key_s, "-CAcreateserial", "-out", &cert_s, "-extfile", &ext_s])?;
+    openssl(&[
+        "x509",
+        "-req",
+        "-days",
+        "2",
+        "-in",
+        &csr_s,
+        "-CA",
+        &ca_s,
+        "-CAkey",
+        &ca_key_s,
+        "-CAcreateserial",
+        "-out",
+        &cert_s,
+        "-extfile",
+        &ext_s,
+    ])?;
     Ok(TestCerts { ca, cert, key })
 }
 
 /// One HTTP/1.1 request over TLS with rustls, trusting only `ca`; returns (status, body).
-pub fn rustls_get(addr: &str, server_name: &str, ca: &Path, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+pub fn rustls_get(
+    addr: &str,
+    server_name: &str,
+    ca: &Path,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> anyhow::Result<(u16, String)> {
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_file_iter(ca)? {
         roots.add(c?)?;
@@ -81,7 +134,14 @@ pub fn rustls_get(addr: &str, server_name: &str, ca: &Path, path: &str, headers:
         Err(e) => return Err(e.into()),
     }
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = text.split(' ').nth(1).and_then(|s| s.parse().ok()).context("no status line")?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let status: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status line")?;
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Ok((status, body))
 }

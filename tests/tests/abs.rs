@@ -6,10 +6,10 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::agent::{ok, Agent, AgentDirs, AgentOpts};
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
-use portcullis_tests::netns::{in_netns, NetnsPair, CLIENT_V4, SERVER_V4};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
 
 fn json(agent: &Agent, args: &[&str]) -> serde_json::Value {
@@ -19,7 +19,17 @@ fn json(agent: &Agent, args: &[&str]) -> serde_json::Value {
 fn abs_rows(agent: &Agent) -> Vec<String> {
     json(agent, &["deny", "list", "--source", "abs", "--json"])
         .as_array()
-        .map(|a| a.iter().map(|e| format!("{} {}", e["kind"].as_str().unwrap_or(""), e["value"].as_str().unwrap_or(""))).collect())
+        .map(|a| {
+            a.iter()
+                .map(|e| {
+                    format!(
+                        "{} {}",
+                        e["kind"].as_str().unwrap_or(""),
+                        e["value"].as_str().unwrap_or("")
+                    )
+                })
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -55,12 +65,38 @@ fn mirror_failures_push_and_reporting() {
         format!(r#"{{"api_metadata":{{"url":"/shop","oauth2_access_token":true,"decoy_config":{{"decoy_enabled":true,"decoy_subpaths":["admin"]}},"servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#, backend.addr.port()),
     )
     .expect("api");
-    let http = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("port").port();
-    let config = format!("{}[checker]\nhttp = \"127.0.0.1:{http}\"\napi_dir = \"{}\"\ntrust_xff = true\n", abs_config(&dirs, &abs.url()), apis.display());
-    let agent = Agent::start(&dirs, &AgentOpts { config, ..AgentOpts::default() }).expect("agent");
+    let http = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port")
+        .port();
+    let config = format!(
+        "{}[checker]\nhttp = \"127.0.0.1:{http}\"\napi_dir = \"{}\"\ntrust_xff = true\n",
+        abs_config(&dirs, &abs.url()),
+        apis.display()
+    );
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
     let curl = |token: &str, path: &str, xff: &str| -> u16 {
         let out = std::process::Command::new("curl")
-            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "5", "-H", &format!("Authorization: Bearer {token}"), "-H", &format!("X-Forwarded-For: {xff}")])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                &format!("X-Forwarded-For: {xff}"),
+            ])
             .arg(format!("http://127.0.0.1:{http}{path}"))
             .output()
             .expect("curl");
@@ -75,29 +111,72 @@ fn mirror_failures_push_and_reporting() {
     wait_for("the first ABS snapshot", || abs_rows(&agent).len() == 6);
     let polls = abs.requests("GET /v4/abs/attacklist?status=active");
     assert!(!polls.is_empty());
-    assert!(polls[0].headers.contains(&"x-abs-ak: ak-1".to_string()) && polls[0].headers.contains(&"x-abs-sk: s3cret-sk".to_string()), "{:?}", polls[0]);
-    assert!(!agent.log_text().contains("s3cret-sk"), "the secret key is never logged");
-    assert_eq!(curl("stolen-token", "/shop/x", "198.18.9.9"), 403, "ABS-listed token refused at the checker");
-    assert_eq!(curl("fine-token", "/shop/x", "198.18.70.1"), 403, "ABS-listed IP refused at L7 too");
+    assert!(
+        polls[0].headers.contains(&"x-abs-ak: ak-1".to_string())
+            && polls[0]
+                .headers
+                .contains(&"x-abs-sk: s3cret-sk".to_string()),
+        "{:?}",
+        polls[0]
+    );
+    assert!(
+        !agent.log_text().contains("s3cret-sk"),
+        "the secret key is never logged"
+    );
+    assert_eq!(
+        curl("stolen-token", "/shop/x", "198.18.9.9"),
+        403,
+        "ABS-listed token refused at the checker"
+    );
+    assert_eq!(
+        curl("fine-token", "/shop/x", "198.18.70.1"),
+        403,
+        "ABS-listed IP refused at L7 too"
+    );
     assert_eq!(curl("fine-token", "/shop/x", "198.18.9.9"), 200);
     let status = json(&agent, &["status", "--json"]);
     assert_eq!(status["abs"]["listed"], 8, "{status}");
-    assert!(status["abs"]["skipped"].as_u64().unwrap_or(0) >= 2, "0.0.0.0/0 and not-an-ip skipped: {status}");
-    assert!(status["abs"]["unknown_types"].as_u64().unwrap_or(0) >= 1, "{status}");
+    assert!(
+        status["abs"]["skipped"].as_u64().unwrap_or(0) >= 2,
+        "0.0.0.0/0 and not-an-ip skipped: {status}"
+    );
+    assert!(
+        status["abs"]["unknown_types"].as_u64().unwrap_or(0) >= 1,
+        "{status}"
+    );
     assert_eq!(status["kernel_ip_entries"], 3);
 
     // An operator also denies one of ABS's IPs; then ABS stops listing it and the token.
-    ok(&agent.cli(&["deny", "add", "ip", "198.18.70.1", "--reason", "seen it too"]));
+    ok(&agent.cli(&[
+        "deny",
+        "add",
+        "ip",
+        "198.18.70.1",
+        "--reason",
+        "seen it too",
+    ]));
     abs.set(Answer::Json(r#"{"attacklist":{"ips":["198.18.71.0/24",{"value":"198.18.72.1","ttl":3600}],"cookies":{"JSESSIONID":["sess-1"]},"usernames":["mallory"]}}"#.into()));
     wait_for("the removal", || abs_rows(&agent).len() == 4);
-    assert_eq!(curl("stolen-token", "/shop/x", "198.18.9.9"), 200, "token no longer listed");
-    assert_eq!(curl("fine-token", "/shop/x", "198.18.70.1"), 403, "the operator's entry stays");
+    assert_eq!(
+        curl("stolen-token", "/shop/x", "198.18.9.9"),
+        200,
+        "token no longer listed"
+    );
+    assert_eq!(
+        curl("fine-token", "/shop/x", "198.18.70.1"),
+        403,
+        "the operator's entry stays"
+    );
     let manual = json(&agent, &["deny", "list", "--source", "manual", "--json"]);
     assert_eq!(manual.as_array().map(Vec::len), Some(1));
 
     // Every failure keeps the last good list.
     let before = abs_rows(&agent);
-    let failures = |agent: &Agent| json(agent, &["status", "--json"])["abs"]["failures"].as_u64().unwrap_or(0);
+    let failures = |agent: &Agent| {
+        json(agent, &["status", "--json"])["abs"]["failures"]
+            .as_u64()
+            .unwrap_or(0)
+    };
     for bad in [
         Answer::Status(503),
         Answer::Garbage("{\"attacklist\": {\"ips\": [\"198.18.".into()),
@@ -108,29 +187,62 @@ fn mirror_failures_push_and_reporting() {
     ] {
         let f0 = failures(&agent);
         abs.set(bad.clone());
-        wait_for(&format!("a failed poll on {bad:?}"), || failures(&agent) > f0);
+        wait_for(&format!("a failed poll on {bad:?}"), || {
+            failures(&agent) > f0
+        });
         assert_eq!(abs_rows(&agent), before, "{bad:?} changed the list");
-        let err = json(&agent, &["status", "--json"])["abs"]["last_error"].as_str().unwrap_or("").to_owned();
+        let err = json(&agent, &["status", "--json"])["abs"]["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned();
         assert!(!err.is_empty(), "{bad:?}: no error recorded");
     }
-    assert_eq!(curl("fine-token", "/shop/x", "198.18.71.5"), 403, "still enforced after the failures");
+    assert_eq!(
+        curl("fine-token", "/shop/x", "198.18.71.5"),
+        403,
+        "still enforced after the failures"
+    );
 
     // Push path: immediate, same semantics.
     let mut s = std::os::unix::net::UnixStream::connect(dirs.socket()).expect("socket");
     use std::io::{BufRead as _, Write as _};
     s.write_all(b"{\"op\":\"abs-push\",\"add\":[{\"kind\":\"ip\",\"name\":null,\"value\":\"198.18.73.1\",\"ttl\":null}],\"remove\":[{\"kind\":\"username\",\"name\":null,\"value\":\"mallory\",\"ttl\":null}]}\n").expect("push");
     let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).expect("answer");
-    assert!(line.contains("\"ok\":true") && line.contains("\"added\":1") && line.contains("\"removed\":1"), "{line}");
+    std::io::BufReader::new(s)
+        .read_line(&mut line)
+        .expect("answer");
+    assert!(
+        line.contains("\"ok\":true")
+            && line.contains("\"added\":1")
+            && line.contains("\"removed\":1"),
+        "{line}"
+    );
     let rows = abs_rows(&agent);
-    assert!(rows.contains(&"ip 198.18.73.1/32".to_string()) && !rows.iter().any(|r| r.contains("mallory")), "{rows:?}");
+    assert!(
+        rows.contains(&"ip 198.18.73.1/32".to_string())
+            && !rows.iter().any(|r| r.contains("mallory")),
+        "{rows:?}"
+    );
 
     // A detection is reported to ABS.
-    abs.set(Answer::Json(r#"{"attacklist":{"ips":["198.18.71.0/24"]}}"#.into()));
-    assert_eq!(curl("fine-token", "/shop/admin", "198.18.74.1"), 200, "decoy answer");
-    wait_for("the detection report", || abs.requests("POST /v4/abs/detections").iter().any(|r| r.body.contains("198.18.74.1")));
+    abs.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.71.0/24"]}}"#.into(),
+    ));
+    assert_eq!(
+        curl("fine-token", "/shop/admin", "198.18.74.1"),
+        200,
+        "decoy answer"
+    );
+    wait_for("the detection report", || {
+        abs.requests("POST /v4/abs/detections")
+            .iter()
+            .any(|r| r.body.contains("198.18.74.1"))
+    });
     let report = &abs.requests("POST /v4/abs/detections")[0];
-    assert!(report.body.contains("decoy") && report.headers.contains(&"x-abs-ak: ak-1".to_string()), "{report:?}");
+    assert!(
+        report.body.contains("decoy") && report.headers.contains(&"x-abs-ak: ak-1".to_string()),
+        "{report:?}"
+    );
 }
 
 #[test]
@@ -139,20 +251,38 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
         return;
     }
     let pair = NetnsPair::new().expect("namespaces");
-    let abs = in_netns(&pair.server, || FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"))).expect("netns");
+    let abs = in_netns(&pair.server, || {
+        FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"))
+    })
+    .expect("netns");
     let dirs = AgentDirs::new();
     let config = abs_config(&dirs, &abs.url());
-    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], config, ..AgentOpts::default() };
+    let opts = AgentOpts {
+        netns: Some(pair.server.clone()),
+        ifaces: vec![pair.server_if.clone()],
+        config,
+        ..AgentOpts::default()
+    };
     let agent = Agent::start(&dirs, &opts).expect("agent");
     let [attacker, other, _] = CLIENT_V4;
     assert_eq!(pair.ping(attacker, SERVER_V4, 2).expect("ping"), 2);
     let t = Instant::now();
-    abs.set(Answer::Json(format!(r#"{{"attacklist":{{"ips":["{attacker}"]}}}}"#)));
-    wait_for("ABS's IP to be enforced", || pair.ping(attacker, SERVER_V4, 1).map(|n| n == 0).unwrap_or(false));
+    abs.set(Answer::Json(format!(
+        r#"{{"attacklist":{{"ips":["{attacker}"]}}}}"#
+    )));
+    wait_for("ABS's IP to be enforced", || {
+        pair.ping(attacker, SERVER_V4, 1)
+            .map(|n| n == 0)
+            .unwrap_or(false)
+    });
     eprintln!("ABS change to enforcement: {:?} (poll 1 s)", t.elapsed());
     assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 2);
     abs.set(Answer::Json(r#"{"attacklist":{"ips":[]}}"#.into()));
-    wait_for("ABS's removal to be enforced", || pair.ping(attacker, SERVER_V4, 1).map(|n| n == 1).unwrap_or(false));
+    wait_for("ABS's removal to be enforced", || {
+        pair.ping(attacker, SERVER_V4, 1)
+            .map(|n| n == 1)
+            .unwrap_or(false)
+    });
     drop(agent);
     let _ = portcullis::kernel::detach(&dirs.pins.0, &pair.server_if);
 }

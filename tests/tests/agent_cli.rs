@@ -6,8 +6,8 @@ use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::agent::{cli, err, ok, portcullis_bin, Agent, AgentDirs, AgentOpts};
-use portcullis_tests::netns::{NetnsPair, CLIENT_V4, SERVER_V4};
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, cli, err, ok, portcullis_bin};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4};
 use portcullis_tests::privileged;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
@@ -15,7 +15,9 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 }
 
 fn count(agent: &Agent, list: &str) -> usize {
-    json(&agent.cli(&[list, "list", "--json"])).as_array().map_or(0, Vec::len)
+    json(&agent.cli(&[list, "list", "--json"]))
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 #[test]
@@ -24,12 +26,26 @@ fn every_kind_on_both_lists_through_the_cli() {
         return;
     }
     let dirs = AgentDirs::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port();
     let metrics = format!("127.0.0.1:{port}");
-    let agent = Agent::start(&dirs, &AgentOpts { args: vec!["--metrics".into(), metrics.clone()], ..AgentOpts::default() }).expect("agent");
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            args: vec!["--metrics".into(), metrics.clone()],
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
     // Only root and the socket's group may talk to the agent.
     use std::os::unix::fs::PermissionsExt as _;
-    let mode = std::fs::metadata(dirs.socket()).expect("socket").permissions().mode() & 0o777;
+    let mode = std::fs::metadata(dirs.socket())
+        .expect("socket")
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660, "control socket mode {mode:o}");
     let adds: [&[&str]; 6] = [
         &["ip", "198.18.5.0/24"],
@@ -51,10 +67,19 @@ fn every_kind_on_both_lists_through_the_cli() {
         assert_eq!(entries.len(), 6, "{entries:?}");
         // Secrets never come back in clear.
         let text = serde_json::to_string(entries).expect("json");
-        for secret in ["c00kie-value", "s3cret-bearer-token", "k3y-value", "any-k3y"] {
+        for secret in [
+            "c00kie-value",
+            "s3cret-bearer-token",
+            "k3y-value",
+            "any-k3y",
+        ] {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
-        assert!(text.contains("your name") && text.contains("198.18.5.0/24") && text.contains("JSESSIONID"));
+        assert!(
+            text.contains("your name")
+                && text.contains("198.18.5.0/24")
+                && text.contains("JSESSIONID")
+        );
         let only_tokens = json(&agent.cli(&[list, "list", "--kind", "token", "--json"]));
         assert_eq!(only_tokens.as_array().map(Vec::len), Some(1));
         // Remove each kind again, by its clear-text value.
@@ -66,11 +91,26 @@ fn every_kind_on_both_lists_through_the_cli() {
         assert_eq!(count(&agent, list), 0);
     }
     // ASE's verbs and output.
-    assert_eq!(ok(&agent.cli(&["add_blacklist", "ip", "198.18.1.1"])).trim(), "ip 198.18.1.1/32 added to blacklist");
-    assert_eq!(ok(&agent.cli(&["add_whitelist", "ip", "198.18.1.2"])).trim(), "ip 198.18.1.2/32 added to whitelist");
-    assert_eq!(ok(&agent.cli(&["view_blacklist", "ip"])).trim(), "ip 198.18.1.1/32");
-    assert_eq!(ok(&agent.cli(&["delete_blacklist", "ip", "198.18.1.1"])).trim(), "ip 198.18.1.1/32 deleted from blacklist");
-    assert_eq!(ok(&agent.cli(&["clear_whitelist"])).trim(), "whitelist cleared");
+    assert_eq!(
+        ok(&agent.cli(&["add_blacklist", "ip", "198.18.1.1"])).trim(),
+        "ip 198.18.1.1/32 added to blacklist"
+    );
+    assert_eq!(
+        ok(&agent.cli(&["add_whitelist", "ip", "198.18.1.2"])).trim(),
+        "ip 198.18.1.2/32 added to whitelist"
+    );
+    assert_eq!(
+        ok(&agent.cli(&["view_blacklist", "ip"])).trim(),
+        "ip 198.18.1.1/32"
+    );
+    assert_eq!(
+        ok(&agent.cli(&["delete_blacklist", "ip", "198.18.1.1"])).trim(),
+        "ip 198.18.1.1/32 deleted from blacklist"
+    );
+    assert_eq!(
+        ok(&agent.cli(&["clear_whitelist"])).trim(),
+        "whitelist cleared"
+    );
     // Clear by kind and source.
     ok(&agent.cli(&["deny", "add", "token", "t1"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.2.2"]));
@@ -83,12 +123,19 @@ fn every_kind_on_both_lists_through_the_cli() {
     assert!(ok(&agent.cli(&["stats"])).contains("drop_denied"));
     // Prometheus metrics.
     let mut conn = std::net::TcpStream::connect(&metrics).expect("metrics");
-    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n").expect("request");
+    conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
+        .expect("request");
     let mut body = String::new();
     std::io::Read::read_to_string(&mut conn, &mut body).expect("response");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
-    assert!(body.contains("portcullis_xdp_packets_total{verdict=\"drop_denied\"}"), "{body}");
-    assert!(body.contains("portcullis_list_entries{list=\"deny\",kind=\"ip\",source=\"manual\"} 1"), "{body}");
+    assert!(
+        body.contains("portcullis_xdp_packets_total{verdict=\"drop_denied\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("portcullis_list_entries{list=\"deny\",kind=\"ip\",source=\"manual\"} 1"),
+        "{body}"
+    );
 }
 
 #[test]
@@ -97,19 +144,38 @@ fn malformed_input_is_refused_clearly_and_changes_nothing() {
         return;
     }
     let dirs = AgentDirs::new();
-    let agent = Agent::start(&dirs, &AgentOpts { config: "management_networks = [\"198.18.200.0/24\"]\n".into(), ..AgentOpts::default() }).expect("agent");
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config: "management_networks = [\"198.18.200.0/24\"]\n".into(),
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.3.3"]));
     let before = json(&agent.cli(&["deny", "list", "--json"]));
     let cases: [(&[&str], &str); 9] = [
         (&["deny", "add", "ip", "198.18.0.0/33"], "prefix length"),
         (&["deny", "add", "ip", "198.18.0.300"], "invalid IP address"),
         (&["deny", "add", "bogus", "x"], "unknown identifier kind"),
-        (&["deny", "add", "cookie", "only-a-value"], "cookie needs a name"),
+        (
+            &["deny", "add", "cookie", "only-a-value"],
+            "cookie needs a name",
+        ),
         (&["deny", "add", "ip", "0.0.0.0/0"], "every address"),
         (&["deny", "add", "ip", "::/0"], "every address"),
-        (&["deny", "add", "ip", "198.18.0.0/16"], "management network"),
-        (&["deny", "add", "username", "a\u{7}b"], "control characters"),
-        (&["deny", "add", "ip", "198.18.0.1", "--ttl", "5 weeks"], "duration"),
+        (
+            &["deny", "add", "ip", "198.18.0.0/16"],
+            "management network",
+        ),
+        (
+            &["deny", "add", "username", "a\u{7}b"],
+            "control characters",
+        ),
+        (
+            &["deny", "add", "ip", "198.18.0.1", "--ttl", "5 weeks"],
+            "duration",
+        ),
     ];
     for (args, want) in cases {
         let e = err(&agent.cli(args));
@@ -124,10 +190,19 @@ fn malformed_input_is_refused_clearly_and_changes_nothing() {
         .output()
         .expect("cli");
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).to_lowercase().contains("utf-8"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .to_lowercase()
+            .contains("utf-8"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // A 10 MB identifier straight on the socket, and broken JSON: clear errors, agent fine.
     let mut s = std::os::unix::net::UnixStream::connect(dirs.socket()).expect("socket");
-    let big = format!("{{\"op\":\"add\",\"list\":\"deny\",\"kind\":\"token\",\"value\":\"{}\"}}\n", "x".repeat(10 << 20));
+    let big = format!(
+        "{{\"op\":\"add\",\"list\":\"deny\",\"kind\":\"token\",\"value\":\"{}\"}}\n",
+        "x".repeat(10 << 20)
+    );
     s.write_all(big.as_bytes()).expect("write");
     s.write_all(b"{\"op\":\"add\",\"list\":\n").expect("write");
     let mut r = std::io::BufReader::new(s);
@@ -140,7 +215,11 @@ fn malformed_input_is_refused_clearly_and_changes_nothing() {
     // --force allows what the safety rules refused.
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.0/16", "--force"]));
     ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/16"]));
-    assert_eq!(json(&agent.cli(&["deny", "list", "--json"])), before, "refused input changed nothing");
+    assert_eq!(
+        json(&agent.cli(&["deny", "list", "--json"])),
+        before,
+        "refused input changed nothing"
+    );
 }
 
 #[test]
@@ -163,10 +242,22 @@ fn import_streams_and_reports_bad_lines() {
     f.write_all(b"username \xff\xfe\n").expect("w"); // line 30006
     writeln!(f, "cookie SID v").expect("w");
     drop(f);
-    let out = agent.cli(&["deny", "import", path.to_str().expect("utf8"), "--reason", "feed", "--json"]);
+    let out = agent.cli(&[
+        "deny",
+        "import",
+        path.to_str().expect("utf8"),
+        "--reason",
+        "feed",
+        "--json",
+    ]);
     let r = json(&out);
     assert_eq!(r["accepted"], 30_002, "{r}");
-    let rejected: Vec<u64> = r["rejected"].as_array().expect("rejected").iter().map(|x| x[0].as_u64().unwrap_or(0)).collect();
+    let rejected: Vec<u64> = r["rejected"]
+        .as_array()
+        .expect("rejected")
+        .iter()
+        .map(|x| x[0].as_u64().unwrap_or(0))
+        .collect();
     assert_eq!(rejected, vec![30_002, 30_003, 30_005, 30_006], "{r}");
     assert_eq!(count(&agent, "deny"), 30_002);
     let status = json(&agent.cli(&["status", "--json"]));
@@ -187,7 +278,10 @@ fn ttl_entries_expire_from_store_and_kernel() {
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.9", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "token", "short-lived", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.10"]));
-    assert_eq!(json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"], 2);
+    assert_eq!(
+        json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"],
+        2
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(&agent, "deny") > 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -195,7 +289,10 @@ fn ttl_entries_expire_from_store_and_kernel() {
     let left = json(&agent.cli(&["deny", "list", "--json"]));
     assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
     assert_eq!(left[0]["value"], "198.18.9.10/32");
-    assert_eq!(json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"], 1);
+    assert_eq!(
+        json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"],
+        1
+    );
     assert!(agent.log_text().contains("entry expired"));
 }
 
@@ -206,7 +303,11 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     }
     let pair = NetnsPair::new().expect("namespaces");
     let dirs = AgentDirs::new();
-    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], ..AgentOpts::default() };
+    let opts = AgentOpts {
+        netns: Some(pair.server.clone()),
+        ifaces: vec![pair.server_if.clone()],
+        ..AgentOpts::default()
+    };
     let mut agent = Agent::start(&dirs, &opts).expect("agent");
     let [bad, other, allowed] = CLIENT_V4;
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
@@ -216,10 +317,24 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 2);
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.0/29", "--force"]));
     ok(&agent.cli(&["allow", "add", "ip", allowed]));
-    assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 0, "inside the denied /29");
-    assert_eq!(pair.ping(allowed, SERVER_V4, 2).expect("ping"), 2, "allow beats deny");
+    assert_eq!(
+        pair.ping(other, SERVER_V4, 2).expect("ping"),
+        0,
+        "inside the denied /29"
+    );
+    assert_eq!(
+        pair.ping(allowed, SERVER_V4, 2).expect("ping"),
+        2,
+        "allow beats deny"
+    );
     let stats = json(&agent.cli(&["stats", "--json"]));
-    assert!(stats["kernel"]["drop_denied"]["packets"].as_u64().unwrap_or(0) >= 5, "{stats}");
+    assert!(
+        stats["kernel"]["drop_denied"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 5,
+        "{stats}"
+    );
     ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/29"]));
 
     // kill -9 while the denied client keeps pinging: not one packet gets through, before,
@@ -228,7 +343,10 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
         let client = pair.client.clone();
         std::thread::spawn(move || {
             std::process::Command::new("ip")
-                .args(["netns", "exec", &client, "ping", "-n", "-q", "-c", "30", "-i", "0.1", "-W", "1", "-I", bad, SERVER_V4])
+                .args([
+                    "netns", "exec", &client, "ping", "-n", "-q", "-c", "30", "-i", "0.1", "-W",
+                    "1", "-I", bad, SERVER_V4,
+                ])
                 .output()
         })
     };
@@ -238,23 +356,38 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     let agent = Agent::start(&dirs, &opts).expect("restart");
     let out = pinger.join().expect("pinger").expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" 0 received"), "a packet got through across kill -9 and restart: {text}");
+    assert!(
+        text.contains(" 0 received"),
+        "a packet got through across kill -9 and restart: {text}"
+    );
     let deny = json(&agent.cli(&["deny", "list", "--json"]));
     assert_eq!(deny.as_array().map(Vec::len), Some(1), "{deny}");
     assert_eq!(deny[0]["reason"], "test");
     assert_eq!(count(&agent, "allow"), 1);
-    assert!(agent.log_text().contains("reused_pinned_link=true"), "{}", agent.log_text());
+    assert!(
+        agent.log_text().contains("reused_pinned_link=true"),
+        "{}",
+        agent.log_text()
+    );
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
 
     // SIGTERM leaves enforcement in place; detach (without an agent) removes it.
     drop(agent);
-    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0, "still enforced after a graceful stop");
+    assert_eq!(
+        pair.ping(bad, SERVER_V4, 2).expect("ping"),
+        0,
+        "still enforced after a graceful stop"
+    );
     let out = std::process::Command::new(portcullis_bin())
         .args(["detach", "--iface", &pair.server_if, "--pin-dir"])
         .arg(&dirs.pins.0)
         .output()
         .expect("detach");
     assert!(ok(&out).contains("detached"));
-    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2, "traffic restored after detach");
+    assert_eq!(
+        pair.ping(bad, SERVER_V4, 2).expect("ping"),
+        2,
+        "traffic restored after detach"
+    );
     let _ = cli(&dirs.socket(), &["status"]);
 }

@@ -10,21 +10,28 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use portcullis_tests::agent::{ok, Agent, AgentDirs, AgentOpts};
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
-use portcullis_tests::netns::{in_netns, NetnsPair, CLIENT_V4, SERVER_V4};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
 use portcullis_tests::tls::{rustls_get, self_signed};
 
 const HOST: &str = "api.test";
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 fn write_api(dir: &Path, name: &str, meta: &str) {
     std::fs::create_dir_all(dir).expect("api dir");
-    std::fs::write(dir.join(format!("{name}.json")), format!("{{\"api_metadata\":{meta}}}")).expect("api file");
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        format!("{{\"api_metadata\":{meta}}}"),
+    )
+    .expect("api file");
 }
 
 struct Setup {
@@ -52,8 +59,22 @@ fn setup(extra: impl Fn(&Path, u16)) -> Setup {
         key.display(),
         apis.display()
     );
-    let agent = Agent::start(&dirs, &AgentOpts { config, ..AgentOpts::default() }).expect("agent");
-    Setup { dirs, agent, port, http_port, ca: certs.ca, backend }
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    Setup {
+        dirs,
+        agent,
+        port,
+        http_port,
+        ca: certs.ca,
+        backend,
+    }
 }
 
 impl Setup {
@@ -62,7 +83,12 @@ impl Setup {
         let out = Command::new("curl")
             .args(["-s", "--max-time", "5", "--cacert"])
             .arg(&self.ca)
-            .args(["--resolve", &format!("{HOST}:{}:127.0.0.1", self.port), "-w", "\n%{http_code}"])
+            .args([
+                "--resolve",
+                &format!("{HOST}:{}:127.0.0.1", self.port),
+                "-w",
+                "\n%{http_code}",
+            ])
             .args(args)
             .arg(format!("https://{HOST}:{}{path}", self.port))
             .output()
@@ -86,7 +112,9 @@ fn shop_api(apis: &Path, backend: u16) {
     write_api(
         apis,
         "jwt",
-        &format!(r#"{{"url":"/jwt","jwt":{{"location":"h:authorization:bearer","username":"sub"}},"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#),
+        &format!(
+            r#"{{"url":"/jwt","jwt":{{"location":"h:authorization:bearer","username":"sub"}},"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+        ),
     );
 }
 
@@ -98,18 +126,57 @@ fn every_identifier_kind_denied_allowed_removed() {
     let s = setup(shop_api);
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"jwt user"}"#);
     let jwt = format!("Authorization: Bearer eyJhbGciOiJub25lIn0.{payload}.x");
-    let basic = format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode("basic user:pw"));
+    let basic = format!(
+        "Authorization: Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("basic user:pw")
+    );
     // (kind args for the CLI, path, curl args)
     let cases: Vec<(Vec<&str>, &str, Vec<&str>)> = vec![
-        (vec!["ip", "198.18.50.1"], "/shop/a", vec!["-H", "X-Forwarded-For: 198.18.50.1"]),
-        (vec!["ip", "198.18.51.0/24"], "/shop/a", vec!["-H", "X-Forwarded-For: 198.18.51.9"]),
-        (vec!["cookie", "JSESSIONID", "s3ss10n"], "/shop/a", vec!["-H", "Cookie: theme=dark; JSESSIONID=s3ss10n"]),
-        (vec!["token", "t0ken-1"], "/shop/a", vec!["-H", "Authorization: Bearer t0ken-1"]),
-        (vec!["api-key", "X-API-Key", "k3y-1"], "/shop/a", vec!["-H", "X-API-Key: k3y-1"]),
-        (vec!["api-key", "--any-name", "k3y-2"], "/shop/a", vec!["-H", "X-API-Key: k3y-2"]),
-        (vec!["username", "header user"], "/shop/a", vec!["-H", "X-User: header user"]),
-        (vec!["username", "jwt user"], "/jwt/a", vec!["-H", jwt.as_str()]),
-        (vec!["username", "basic user"], "/shop/a", vec!["-H", basic.as_str()]),
+        (
+            vec!["ip", "198.18.50.1"],
+            "/shop/a",
+            vec!["-H", "X-Forwarded-For: 198.18.50.1"],
+        ),
+        (
+            vec!["ip", "198.18.51.0/24"],
+            "/shop/a",
+            vec!["-H", "X-Forwarded-For: 198.18.51.9"],
+        ),
+        (
+            vec!["cookie", "JSESSIONID", "s3ss10n"],
+            "/shop/a",
+            vec!["-H", "Cookie: theme=dark; JSESSIONID=s3ss10n"],
+        ),
+        (
+            vec!["token", "t0ken-1"],
+            "/shop/a",
+            vec!["-H", "Authorization: Bearer t0ken-1"],
+        ),
+        (
+            vec!["api-key", "X-API-Key", "k3y-1"],
+            "/shop/a",
+            vec!["-H", "X-API-Key: k3y-1"],
+        ),
+        (
+            vec!["api-key", "--any-name", "k3y-2"],
+            "/shop/a",
+            vec!["-H", "X-API-Key: k3y-2"],
+        ),
+        (
+            vec!["username", "header user"],
+            "/shop/a",
+            vec!["-H", "X-User: header user"],
+        ),
+        (
+            vec!["username", "jwt user"],
+            "/jwt/a",
+            vec!["-H", jwt.as_str()],
+        ),
+        (
+            vec!["username", "basic user"],
+            "/shop/a",
+            vec!["-H", basic.as_str()],
+        ),
     ];
     for (kind, path, args) in &cases {
         let what = kind.join(" ");
@@ -118,7 +185,11 @@ fn every_identifier_kind_denied_allowed_removed() {
         add.extend(kind.iter());
         ok(&s.agent.cli(&add));
         let (code, body) = s.curl(path, args);
-        assert_eq!((code, body.trim()), (403, "Error: Unauthorized"), "{what}: denied");
+        assert_eq!(
+            (code, body.trim()),
+            (403, "Error: Unauthorized"),
+            "{what}: denied"
+        );
         let mut allow = vec!["allow", "add"];
         allow.extend(kind.iter());
         ok(&s.agent.cli(&allow));
@@ -131,24 +202,54 @@ fn every_identifier_kind_denied_allowed_removed() {
         assert_eq!(s.curl(path, args).0, 200, "{what}: removal restores");
     }
     // An entry scoped to another API does not apply here.
-    ok(&s.agent.cli(&["deny", "add", "token", "scoped", "--api", "jwt"]));
-    assert_eq!(s.curl("/shop/a", &["-H", "Authorization: Bearer scoped"]).0, 200);
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "token", "scoped", "--api", "jwt"]));
+    assert_eq!(
+        s.curl("/shop/a", &["-H", "Authorization: Bearer scoped"]).0,
+        200
+    );
     // The backend saw what a proxy should add.
     let head = s.backend.last().expect("backend saw requests");
-    assert!(head.to_ascii_lowercase().contains("x-forwarded-for:"), "{head}");
-    assert!(head.to_ascii_lowercase().contains("forwarded: for="), "{head}");
+    assert!(
+        head.to_ascii_lowercase().contains("x-forwarded-for:"),
+        "{head}"
+    );
+    assert!(
+        head.to_ascii_lowercase().contains("forwarded: for="),
+        "{head}"
+    );
     // A rustls client and HTTP/2 get the same answers.
     let addr = format!("127.0.0.1:{}", s.port);
     let (code, body) = rustls_get(&addr, HOST, &s.ca, "/shop/x", &[]).expect("rustls");
     assert_eq!((code, body.trim()), (200, "backend GET /shop/x"));
     ok(&s.agent.cli(&["deny", "add", "token", "rt"]));
-    assert_eq!(rustls_get(&addr, HOST, &s.ca, "/shop/x", &[("authorization", "Bearer rt")]).expect("rustls").0, 403);
-    assert_eq!(s.curl("/shop/x", &["--http2", "-H", "Authorization: Bearer rt"]).0, 403);
+    assert_eq!(
+        rustls_get(
+            &addr,
+            HOST,
+            &s.ca,
+            "/shop/x",
+            &[("authorization", "Bearer rt")]
+        )
+        .expect("rustls")
+        .0,
+        403
+    );
+    assert_eq!(
+        s.curl("/shop/x", &["--http2", "-H", "Authorization: Bearer rt"])
+            .0,
+        403
+    );
     // Unknown API.
     let (code, body) = s.curl("/nowhere", &[]);
     assert_eq!((code, body.trim()), (503, "Error: Unknown API"));
-    let stats: serde_json::Value = serde_json::from_str(&ok(&s.agent.cli(&["stats", "--json"]))).expect("json");
-    assert!(stats["l7"]["blocked"].as_u64().unwrap_or(0) >= 20, "{stats}");
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&s.agent.cli(&["stats", "--json"]))).expect("json");
+    assert!(
+        stats["l7"]["blocked"].as_u64().unwrap_or(0) >= 20,
+        "{stats}"
+    );
 }
 
 #[test]
@@ -168,15 +269,56 @@ fn detections_deny_list_the_culprit() {
                     "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
             ),
         );
-        write_api(apis, "bank", &format!(r#"{{"url":"/bank","oauth2_access_token":true,"is_token_mandatory":true,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#));
+        write_api(
+            apis,
+            "bank",
+            &format!(
+                r#"{{"url":"/bank","oauth2_access_token":true,"is_token_mandatory":true,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
     });
     let xff = |ip: &str| format!("X-Forwarded-For: {ip}");
     // Invalid method with a token: the configured error, the token deny-listed.
-    let (code, body) = s.curl("/shop/items", &["-X", "DELETE", "-H", "Authorization: Bearer thief", "-H", &xff("198.18.60.1")]);
+    let (code, body) = s.curl(
+        "/shop/items",
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            "Authorization: Bearer thief",
+            "-H",
+            &xff("198.18.60.1"),
+        ],
+    );
     assert_eq!((code, body.trim()), (401, "Error: Unauthorized method"));
-    assert_eq!(s.curl("/shop/items", &["-H", "Authorization: Bearer thief", "-H", &xff("198.18.60.9")]).0, 403, "token now denied");
+    assert_eq!(
+        s.curl(
+            "/shop/items",
+            &[
+                "-H",
+                "Authorization: Bearer thief",
+                "-H",
+                &xff("198.18.60.9")
+            ]
+        )
+        .0,
+        403,
+        "token now denied"
+    );
     // Wrong content type, no token: the client IP.
-    let (code, _) = s.curl("/shop/items", &["-X", "POST", "-H", "Content-Type: text/xml", "--data", "<x/>", "-H", &xff("198.18.60.2")]);
+    let (code, _) = s.curl(
+        "/shop/items",
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: text/xml",
+            "--data",
+            "<x/>",
+            "-H",
+            &xff("198.18.60.2"),
+        ],
+    );
     assert_eq!(code, 401);
     // Decoy: the decoy answer, the IP deny-listed.
     let (code, body) = s.curl("/shop/admin/login", &["-H", &xff("198.18.60.3")]);
@@ -184,22 +326,66 @@ fn detections_deny_list_the_culprit() {
     assert_eq!(s.curl("/shop/items", &["-H", &xff("198.18.60.3")]).0, 403);
     // Missing mandatory token: the IP.
     assert_eq!(s.curl("/bank/balance", &["-H", &xff("198.18.60.4")]).0, 401);
-    assert_eq!(s.curl("/bank/balance", &["-H", "Authorization: Bearer ok", "-H", &xff("198.18.60.4")]).0, 403);
+    assert_eq!(
+        s.curl(
+            "/bank/balance",
+            &["-H", "Authorization: Bearer ok", "-H", &xff("198.18.60.4")]
+        )
+        .0,
+        403
+    );
     // Allow-listed clients are never deny-listed.
     ok(&s.agent.cli(&["allow", "add", "ip", "198.18.60.5"]));
     assert_eq!(s.curl("/shop/admin", &["-H", &xff("198.18.60.5")]).0, 200);
-    let listed: serde_json::Value = serde_json::from_str(&ok(&s.agent.cli(&["deny", "list", "--source", "checker", "--json"]))).expect("json");
-    let reasons: Vec<String> = listed.as_array().expect("array").iter().map(|e| format!("{} {}", e["kind"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+    let listed: serde_json::Value = serde_json::from_str(&ok(&s
+        .agent
+        .cli(&["deny", "list", "--source", "checker", "--json"])))
+    .expect("json");
+    let reasons: Vec<String> = listed
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
-    for want in ["token invalid-method", "ip invalid-content-type", "ip decoy", "ip missing-token"] {
-        assert!(reasons.iter().any(|r| r.starts_with(want)), "{want} missing from {reasons:?}");
+    for want in [
+        "token invalid-method",
+        "ip invalid-content-type",
+        "ip decoy",
+        "ip missing-token",
+    ] {
+        assert!(
+            reasons.iter().any(|r| r.starts_with(want)),
+            "{want} missing from {reasons:?}"
+        );
     }
-    assert!(listed.as_array().expect("array").iter().all(|e| e["expires"].is_i64()), "detections carry the detection TTL");
-    assert!(!serde_json::to_string(&listed).unwrap_or_default().contains("198.18.60.5"));
+    assert!(
+        listed
+            .as_array()
+            .expect("array")
+            .iter()
+            .all(|e| e["expires"].is_i64()),
+        "detections carry the detection TTL"
+    );
+    assert!(
+        !serde_json::to_string(&listed)
+            .unwrap_or_default()
+            .contains("198.18.60.5")
+    );
     // Loopback (this host) is never deny-listed by a detection.
     let (code, _) = s.curl("/shop/admin", &[]);
     assert_eq!(code, 200);
-    assert!(s.agent.log_text().contains("not deny-listed"), "{}", s.agent.log_text());
+    assert!(
+        s.agent.log_text().contains("not deny-listed"),
+        "{}",
+        s.agent.log_text()
+    );
 }
 
 #[test]
@@ -209,22 +395,34 @@ fn hostile_input_and_certificate_reload() {
     }
     let s = setup(|apis, backend| {
         shop_api(apis, backend);
-        std::fs::write(apis.join("broken.json"), "{\"api_metadata\": {\"url\": \"/b\", \"servers\": [ }").expect("broken");
+        std::fs::write(
+            apis.join("broken.json"),
+            "{\"api_metadata\": {\"url\": \"/b\", \"servers\": [ }",
+        )
+        .expect("broken");
     });
     // The broken file is reported with its path; the others serve.
     let list = ok(&s.agent.cli(&["api", "list", "--json"]));
-    assert!(list.contains("broken.json") && list.contains("invalid JSON"), "{list}");
+    assert!(
+        list.contains("broken.json") && list.contains("invalid JSON"),
+        "{list}"
+    );
     assert_eq!(s.curl("/shop/ok", &[]).0, 200);
     // Oversized headers: refused, and the next request is fine.
     let big = format!("X-Big: {}", "a".repeat(20_000));
     let (code, _) = s.curl("/shop/ok", &["-H", &big]);
-    assert!(code == 431 || code == 400 || code == 0, "oversized header answered {code}");
+    assert!(
+        code == 431 || code == 400 || code == 0,
+        "oversized header answered {code}"
+    );
     assert_eq!(s.curl("/shop/ok", &[]).0, 200);
     // TLS garbage: the connection is dropped, others are served.
     let mut g = std::net::TcpStream::connect(("127.0.0.1", s.port)).expect("connect");
-    g.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8]).expect("garbage");
+    g.write_all(&[0x16, 0x03, 0x01, 0xff, 0xff, 1, 2, 3, 4, 5, 6, 7, 8])
+        .expect("garbage");
     g.write_all(&vec![0x42; 4096]).ok();
-    g.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    g.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let mut sink = [0u8; 64];
     let _ = g.read(&mut sink);
     assert_eq!(s.curl("/shop/ok", &[]).0, 200);
@@ -232,20 +430,40 @@ fn hostile_input_and_certificate_reload() {
     let mut h = std::net::TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
     h.write_all(b"NOT HTTP AT ALL\r\n\r\n").expect("write");
     let mut resp = String::new();
-    h.set_read_timeout(Some(Duration::from_secs(5))).expect("timeout");
+    h.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
     let _ = h.read_to_string(&mut resp);
-    assert!(resp.is_empty() || resp.starts_with("HTTP/1.1 400"), "{resp}");
+    assert!(
+        resp.is_empty() || resp.starts_with("HTTP/1.1 400"),
+        "{resp}"
+    );
     // Slowloris: a head that never completes is cut off after header_timeout (2 s).
     let mut slow = std::net::TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
-    slow.write_all(b"GET /shop/ok HTTP/1.1\r\nHost: x\r\n").expect("write");
-    slow.set_read_timeout(Some(Duration::from_secs(8))).expect("timeout");
+    slow.write_all(b"GET /shop/ok HTTP/1.1\r\nHost: x\r\n")
+        .expect("write");
+    slow.set_read_timeout(Some(Duration::from_secs(8)))
+        .expect("timeout");
     let t = Instant::now();
     let mut buf = Vec::new();
     let _ = slow.read_to_end(&mut buf);
-    assert!(t.elapsed() < Duration::from_secs(7), "idle half-request kept open for {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(7),
+        "idle half-request kept open for {:?}",
+        t.elapsed()
+    );
     // Certificate reload on SIGHUP: new connections present the new certificate.
     let new = self_signed(&s.dirs.root, HOST, "b").expect("cert");
-    assert!(rustls_get(&format!("127.0.0.1:{}", s.port), HOST, &new.ca, "/shop/ok", &[]).is_err(), "new CA not trusted yet");
+    assert!(
+        rustls_get(
+            &format!("127.0.0.1:{}", s.port),
+            HOST,
+            &new.ca,
+            "/shop/ok",
+            &[]
+        )
+        .is_err(),
+        "new CA not trusted yet"
+    );
     std::fs::copy(&new.key, s.dirs.root.join("a-key.pem")).expect("replace key");
     std::fs::copy(&new.cert, s.dirs.root.join("a-cert.pem")).expect("replace cert");
     let cert2 = new.ca.clone();
@@ -256,12 +474,29 @@ fn hostile_input_and_certificate_reload() {
     while rustls_get(&addr, HOST, &cert2, "/shop/ok", &[]).is_err() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
-    assert_eq!(rustls_get(&addr, HOST, &cert2, "/shop/ok", &[]).expect("new certificate served").0, 200);
+    assert_eq!(
+        rustls_get(&addr, HOST, &cert2, "/shop/ok", &[])
+            .expect("new certificate served")
+            .0,
+        200
+    );
     assert!(s.agent.log_text().contains("TLS certificate reloaded"));
     // Fixing the broken file and reloading loads it.
-    std::fs::write(s.dirs.root.join("apis/broken.json"), format!(r#"{{"api_metadata":{{"url":"/b","servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#, s.backend.addr.port())).expect("fix");
+    std::fs::write(
+        s.dirs.root.join("apis/broken.json"),
+        format!(
+            r#"{{"api_metadata":{{"url":"/b","servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#,
+            s.backend.addr.port()
+        ),
+    )
+    .expect("fix");
     assert!(ok(&s.agent.cli(&["api", "reload"])).contains("3 API definitions loaded"));
-    assert_eq!(rustls_get(&addr, HOST, &cert2, "/b/x", &[]).expect("fixed API").0, 200);
+    assert_eq!(
+        rustls_get(&addr, HOST, &cert2, "/b/x", &[])
+            .expect("fixed API")
+            .0,
+        200
+    );
 }
 
 #[test]
@@ -271,7 +506,10 @@ fn a_decoy_visit_gets_the_client_dropped_by_xdp() {
     }
     let pair = NetnsPair::new().expect("namespaces");
     let dirs = AgentDirs::new();
-    let backend = in_netns(&pair.server, || Backend::start(TcpListener::bind((SERVER_V4, 0)).expect("backend"))).expect("netns");
+    let backend = in_netns(&pair.server, || {
+        Backend::start(TcpListener::bind((SERVER_V4, 0)).expect("backend"))
+    })
+    .expect("netns");
     let certs = self_signed(&dirs.root, HOST, "a").expect("cert");
     let (cert, key) = (certs.cert.clone(), certs.key.clone());
     let apis = dirs.root.join("apis");
@@ -290,27 +528,57 @@ fn a_decoy_visit_gets_the_client_dropped_by_xdp() {
         key.display(),
         apis.display()
     );
-    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], config, ..AgentOpts::default() };
+    let opts = AgentOpts {
+        netns: Some(pair.server.clone()),
+        ifaces: vec![pair.server_if.clone()],
+        config,
+        ..AgentOpts::default()
+    };
     let agent = Agent::start(&dirs, &opts).expect("agent");
     let [attacker, bystander, _] = CLIENT_V4;
     let curl = |src: &str, path: &str| -> (i32, String) {
         let out = pair
             .client_cmd(&[
-                "curl", "-s", "--max-time", "3", "--interface", src, "--cacert", certs.ca.to_str().unwrap_or(""),
-                "--resolve", &format!("{HOST}:8443:{SERVER_V4}"), &format!("https://{HOST}:8443{path}"),
+                "curl",
+                "-s",
+                "--max-time",
+                "3",
+                "--interface",
+                src,
+                "--cacert",
+                certs.ca.to_str().unwrap_or(""),
+                "--resolve",
+                &format!("{HOST}:8443:{SERVER_V4}"),
+                &format!("https://{HOST}:8443{path}"),
             ])
             .expect("curl");
-        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned())
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
     };
-    assert_eq!(curl(attacker, "/shop/items"), (0, format!("backend GET /shop/items\n")));
-    assert_eq!(curl(attacker, "/shop/admin"), (0, "admin\n".to_string()), "decoy answer");
+    assert_eq!(
+        curl(attacker, "/shop/items"),
+        (0, "backend GET /shop/items\n".to_string())
+    );
+    assert_eq!(
+        curl(attacker, "/shop/admin"),
+        (0, "admin\n".to_string()),
+        "decoy answer"
+    );
     // The attacker's next connection never completes: XDP drops its SYN.
     let (code, _) = curl(attacker, "/shop/items");
-    assert_eq!(code, 28, "curl should time out (exit 28) connecting from a denied source");
+    assert_eq!(
+        code, 28,
+        "curl should time out (exit 28) connecting from a denied source"
+    );
     assert_eq!(pair.ping(attacker, SERVER_V4, 2).expect("ping"), 0);
     assert_eq!(curl(bystander, "/shop/items").0, 0, "others still served");
     let listed = ok(&agent.cli(&["deny", "list", "--source", "checker"]));
-    assert!(listed.contains(&format!("{attacker}/32")) && listed.contains("decoy"), "{listed}");
+    assert!(
+        listed.contains(&format!("{attacker}/32")) && listed.contains("decoy"),
+        "{listed}"
+    );
     drop(agent);
     let _ = portcullis::kernel::detach(&dirs.pins.0, &pair.server_if);
 }

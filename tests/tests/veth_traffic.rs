@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use portcullis::cidr::Cidr;
 use portcullis::kernel::{self, AttachMode, Filter, List, LoadOptions};
-use portcullis_common::{counter, NEVER};
-use portcullis_tests::netns::{in_netns, NetnsPair, CLIENT_V4, CLIENT_V6, SERVER_V4, SERVER_V6};
-use portcullis_tests::{privileged, PinDir};
+use portcullis_common::{NEVER, counter};
+use portcullis_tests::netns::{CLIENT_V4, CLIENT_V6, NetnsPair, SERVER_V4, SERVER_V6, in_netns};
+use portcullis_tests::{PinDir, privileged};
 
 fn cidr(s: &str) -> Cidr {
     s.parse().expect("test cidr")
@@ -26,7 +26,9 @@ fn udp_delivered(pair: &NetnsPair, server: &UdpSocket, src: &str, count: usize) 
         }
     })
     .expect("client netns");
-    server.set_read_timeout(Some(Duration::from_millis(500))).expect("timeout");
+    server
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .expect("timeout");
     let mut got = 0;
     let mut buf = [0u8; 64];
     while server.recv_from(&mut buf).is_ok() {
@@ -38,7 +40,16 @@ fn udp_delivered(pair: &NetnsPair, server: &UdpSocket, src: &str, count: usize) 
 /// Whether a TCP connection from `src` to the server's listener completes within 1 s.
 fn tcp_connects(pair: &NetnsPair, port: u16, src: &str) -> bool {
     let out = pair
-        .client_cmd(&["nc", "-z", "-w", "1", "-s", src, SERVER_V4, &port.to_string()])
+        .client_cmd(&[
+            "nc",
+            "-z",
+            "-w",
+            "1",
+            "-s",
+            src,
+            SERVER_V4,
+            &port.to_string(),
+        ])
         .expect("nc");
     out.status.success()
 }
@@ -50,15 +61,30 @@ fn denied_sources_are_dropped_on_the_wire() {
     }
     let pair = NetnsPair::new().expect("namespaces");
     let pins = PinDir::new();
-    let mut filter =
-        Filter::load(&LoadOptions { pin_dir: Some(pins.0.clone()), ..LoadOptions::default() }).expect("load");
+    let mut filter = Filter::load(&LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    })
+    .expect("load");
     let iface = pair.server_if.clone();
-    let attached = in_netns(&pair.server, || filter.attach(&iface, AttachMode::Native)).expect("netns").expect("attach");
-    assert_eq!(attached.mode, AttachMode::Native, "veth supports native XDP: {attached:?}");
-    assert!(kernel::filter::link_pin(&pins.0, &pair.server_if).exists(), "link pinned");
+    let attached = in_netns(&pair.server, || filter.attach(&iface, AttachMode::Native))
+        .expect("netns")
+        .expect("attach");
+    assert_eq!(
+        attached.mode,
+        AttachMode::Native,
+        "veth supports native XDP: {attached:?}"
+    );
+    assert!(
+        kernel::filter::link_pin(&pins.0, &pair.server_if).exists(),
+        "link pinned"
+    );
 
     let (udp, tcp) = in_netns(&pair.server, || {
-        (UdpSocket::bind((SERVER_V4, 0)).expect("udp"), TcpListener::bind((SERVER_V4, 0)).expect("tcp"))
+        (
+            UdpSocket::bind((SERVER_V4, 0)).expect("udp"),
+            TcpListener::bind((SERVER_V4, 0)).expect("tcp"),
+        )
     })
     .expect("server netns");
     let port = tcp.local_addr().expect("bound").port();
@@ -68,44 +94,109 @@ fn denied_sources_are_dropped_on_the_wire() {
     assert_eq!(pair.ping(denied, SERVER_V4, 2).expect("ping"), 2);
     assert!(tcp_connects(&pair, port, denied));
 
-    filter.insert(List::Deny, cidr(denied), NEVER).expect("deny");
-    assert_eq!(pair.ping(denied, SERVER_V4, 3).expect("ping"), 0, "ICMP from denied source");
-    assert_eq!(udp_delivered(&pair, &udp, denied, 5), 0, "UDP from denied source");
+    filter
+        .insert(List::Deny, cidr(denied), NEVER)
+        .expect("deny");
+    assert_eq!(
+        pair.ping(denied, SERVER_V4, 3).expect("ping"),
+        0,
+        "ICMP from denied source"
+    );
+    assert_eq!(
+        udp_delivered(&pair, &udp, denied, 5),
+        0,
+        "UDP from denied source"
+    );
     assert!(!tcp_connects(&pair, port, denied), "TCP from denied source");
-    assert_eq!(pair.ping(unlisted, SERVER_V4, 3).expect("ping"), 3, "ICMP from unlisted source");
-    assert_eq!(udp_delivered(&pair, &udp, unlisted, 5), 5, "UDP from unlisted source");
-    assert!(tcp_connects(&pair, port, unlisted), "TCP from unlisted source");
+    assert_eq!(
+        pair.ping(unlisted, SERVER_V4, 3).expect("ping"),
+        3,
+        "ICMP from unlisted source"
+    );
+    assert_eq!(
+        udp_delivered(&pair, &udp, unlisted, 5),
+        5,
+        "UDP from unlisted source"
+    );
+    assert!(
+        tcp_connects(&pair, port, unlisted),
+        "TCP from unlisted source"
+    );
 
     // A whole range denied, one host in it allowed: the allow list wins.
-    filter.insert(List::Deny, cidr("198.18.0.0/24"), NEVER).expect("deny range");
-    filter.insert(List::Allow, cidr(allowed), NEVER).expect("allow");
-    assert_eq!(pair.ping(unlisted, SERVER_V4, 2).expect("ping"), 0, "inside denied range");
-    assert_eq!(pair.ping(allowed, SERVER_V4, 3).expect("ping"), 3, "allowed inside denied range");
+    filter
+        .insert(List::Deny, cidr("198.18.0.0/24"), NEVER)
+        .expect("deny range");
+    filter
+        .insert(List::Allow, cidr(allowed), NEVER)
+        .expect("allow");
+    assert_eq!(
+        pair.ping(unlisted, SERVER_V4, 2).expect("ping"),
+        0,
+        "inside denied range"
+    );
+    assert_eq!(
+        pair.ping(allowed, SERVER_V4, 3).expect("ping"),
+        3,
+        "allowed inside denied range"
+    );
 
     // IPv6.
     let [denied6, unlisted6] = CLIENT_V6;
-    filter.insert(List::Deny, cidr(denied6), NEVER).expect("deny v6");
-    assert_eq!(pair.ping(denied6, SERVER_V6, 3).expect("ping"), 0, "ICMPv6 from denied source");
-    assert_eq!(pair.ping(unlisted6, SERVER_V6, 3).expect("ping"), 3, "ICMPv6 from unlisted source");
+    filter
+        .insert(List::Deny, cidr(denied6), NEVER)
+        .expect("deny v6");
+    assert_eq!(
+        pair.ping(denied6, SERVER_V6, 3).expect("ping"),
+        0,
+        "ICMPv6 from denied source"
+    );
+    assert_eq!(
+        pair.ping(unlisted6, SERVER_V6, 3).expect("ping"),
+        3,
+        "ICMPv6 from unlisted source"
+    );
 
     let c = filter.counters().expect("counters");
-    assert!(c[counter::DROP_DENIED as usize].packets >= 3 + 5 + 2 + 3, "drops counted: {c:?}");
-    assert!(c[counter::PASS_ALLOWED as usize].packets >= 3, "allowed counted: {c:?}");
+    assert!(
+        c[counter::DROP_DENIED as usize].packets >= 3 + 5 + 2 + 3,
+        "drops counted: {c:?}"
+    );
+    assert!(
+        c[counter::PASS_ALLOWED as usize].packets >= 3,
+        "allowed counted: {c:?}"
+    );
 
     // Removing the entries restores traffic.
-    filter.remove(List::Deny, cidr("198.18.0.0/24")).expect("remove");
+    filter
+        .remove(List::Deny, cidr("198.18.0.0/24"))
+        .expect("remove");
     filter.remove(List::Deny, cidr(denied)).expect("remove");
-    assert_eq!(pair.ping(denied, SERVER_V4, 3).expect("ping"), 3, "after removal");
+    assert_eq!(
+        pair.ping(denied, SERVER_V4, 3).expect("ping"),
+        3,
+        "after removal"
+    );
     assert!(tcp_connects(&pair, port, denied), "TCP after removal");
 
     // Enforcement outlives the process that attached it: drop our handle, still dropping.
-    filter.insert(List::Deny, cidr(denied), NEVER).expect("deny");
+    filter
+        .insert(List::Deny, cidr(denied), NEVER)
+        .expect("deny");
     drop(filter);
-    assert_eq!(pair.ping(denied, SERVER_V4, 2).expect("ping"), 0, "after the loader exited");
+    assert_eq!(
+        pair.ping(denied, SERVER_V4, 2).expect("ping"),
+        0,
+        "after the loader exited"
+    );
 
     // Detach works without the loader and restores traffic.
     assert!(kernel::detach(&pins.0, &pair.server_if).expect("detach"));
-    assert_eq!(pair.ping(denied, SERVER_V4, 2).expect("ping"), 2, "after detach");
+    assert_eq!(
+        pair.ping(denied, SERVER_V4, 2).expect("ping"),
+        2,
+        "after detach"
+    );
 }
 
 #[test]
@@ -115,35 +206,60 @@ fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
     }
     let pair = NetnsPair::new().expect("namespaces");
     let pins = PinDir::new();
-    let opts = LoadOptions { pin_dir: Some(pins.0.clone()), ..LoadOptions::default() };
+    let opts = LoadOptions {
+        pin_dir: Some(pins.0.clone()),
+        ..LoadOptions::default()
+    };
     let [denied, unlisted, _] = CLIENT_V4;
     let iface = pair.server_if.clone();
     {
         let mut first = Filter::load(&opts).expect("load");
-        in_netns(&pair.server, || first.attach(&iface, AttachMode::Native)).expect("netns").expect("attach");
+        in_netns(&pair.server, || first.attach(&iface, AttachMode::Native))
+            .expect("netns")
+            .expect("attach");
         first.insert(List::Deny, cidr(denied), NEVER).expect("deny");
-        first.insert(List::Deny, cidr("198.18.0.3"), NEVER).expect("deny");
+        first
+            .insert(List::Deny, cidr("198.18.0.3"), NEVER)
+            .expect("deny");
     }
     // Pings run while the second loader starts, takes over the link and reconciles.
     let pinger = {
         let client = pair.client.clone();
         std::thread::spawn(move || {
             std::process::Command::new("ip")
-                .args(["netns", "exec", &client, "ping", "-n", "-q", "-c", "15", "-i", "0.1", "-W", "1", "-I", denied, SERVER_V4])
+                .args([
+                    "netns", "exec", &client, "ping", "-n", "-q", "-c", "15", "-i", "0.1", "-W",
+                    "1", "-I", denied, SERVER_V4,
+                ])
                 .output()
         })
     };
     std::thread::sleep(Duration::from_millis(300));
     let mut second = Filter::load(&opts).expect("reload");
-    let attached = in_netns(&pair.server, || second.attach(&iface, AttachMode::Native)).expect("netns").expect("attach");
+    let attached = in_netns(&pair.server, || second.attach(&iface, AttachMode::Native))
+        .expect("netns")
+        .expect("attach");
     assert!(attached.reused_link, "{attached:?}");
     // The store of record now holds only `denied`: reconcile drops the stale entry.
-    let report = second.reconcile([(List::Deny, cidr(denied), NEVER)]).expect("reconcile");
+    let report = second
+        .reconcile([(List::Deny, cidr(denied), NEVER)])
+        .expect("reconcile");
     assert!(report.removed >= 1, "{report:?}");
     let out = pinger.join().expect("pinger").expect("ping");
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(" 0 received"), "no ping got through during the takeover: {text}");
-    assert_eq!(pair.ping(unlisted, SERVER_V4, 2).expect("ping"), 2, "stale entry gone");
-    assert_eq!(pair.ping(denied, SERVER_V4, 2).expect("ping"), 0, "kept entry enforced");
+    assert!(
+        text.contains(" 0 received"),
+        "no ping got through during the takeover: {text}"
+    );
+    assert_eq!(
+        pair.ping(unlisted, SERVER_V4, 2).expect("ping"),
+        2,
+        "stale entry gone"
+    );
+    assert_eq!(
+        pair.ping(denied, SERVER_V4, 2).expect("ping"),
+        0,
+        "kept entry enforced"
+    );
     assert!(kernel::detach(&pins.0, &pair.server_if).expect("detach"));
 }

@@ -13,13 +13,21 @@ use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 
 /// bpf-linker release known to build against nightly's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: netns/veth and traffic tools, xdp-tools for the benchmark comparison.
 /// curl and openssl for the L7 checker's tests (real TLS client, throwaway certificates).
-const DEBIAN_PACKAGES: &[&str] = &["iproute2", "iputils-ping", "xdp-tools", "bpftool", "netcat-openbsd", "curl", "openssl"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iputils-ping",
+    "xdp-tools",
+    "bpftool",
+    "netcat-openbsd",
+    "curl",
+    "openssl",
+];
 
 /// What later steps need from setup.
 pub struct Env {
@@ -30,22 +38,36 @@ pub struct Env {
 /// Runs every step.
 pub fn run() -> anyhow::Result<Env> {
     let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
-    let cache = std::env::var_os("XDG_CACHE_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cache")).join("portcullis");
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache"))
+        .join("portcullis");
     let tools = cache.join("tools");
     rust_src()?;
+    lint_components()?;
     bpf_linker(&cache, &tools)?;
     debian_packages()?;
-    let cargo_bin = std::env::var_os("CARGO_HOME").map(PathBuf::from).unwrap_or_else(|| home.join(".cargo")).join("bin");
+    let cargo_bin = std::env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cargo"))
+        .join("bin");
     link_into(&tools.join("bin/bpf-linker"), &cargo_bin)?;
     let mut paths = vec![tools.join("bin"), cargo_bin];
-    paths.extend(std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()));
-    Ok(Env { path: std::env::join_paths(paths)? })
+    paths.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_default(),
+    ));
+    Ok(Env {
+        path: std::env::join_paths(paths)?,
+    })
 }
 
 fn output(cmd: &mut Command) -> anyhow::Result<String> {
     let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
     if !out.status.success() {
-        bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+        bail!(
+            "{cmd:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -58,9 +80,27 @@ fn status(cmd: &mut Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// rustfmt and clippy for `cargo xtask lint` (in rustup's default profile, but not minimal).
+fn lint_components() -> anyhow::Result<()> {
+    let installed = output(Command::new("rustup").args(["component", "list", "--installed"]))?;
+    for c in ["rustfmt", "clippy"] {
+        if !installed.lines().any(|l| l.starts_with(c)) {
+            eprintln!("setup: adding {c} to the stable toolchain");
+            status(Command::new("rustup").args(["component", "add", c]))?;
+        }
+    }
+    Ok(())
+}
+
 fn rust_src() -> anyhow::Result<()> {
-    let installed = output(Command::new("rustup").args(["component", "list", "--installed", "--toolchain", "nightly"]))
-        .context("rustup's nightly toolchain is needed (rustup toolchain install nightly)")?;
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
+    ]))
+    .context("rustup's nightly toolchain is needed (rustup toolchain install nightly)")?;
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         return Ok(());
     }
@@ -75,12 +115,18 @@ fn nightly_llvm() -> anyhow::Result<PathBuf> {
     let lib = Path::new(sysroot.trim()).join("lib");
     for entry in std::fs::read_dir(&lib).with_context(|| format!("reading {}", lib.display()))? {
         let path = entry?.path();
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        let name = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default();
         if name.starts_with("libLLVM.so.") && name.contains("-rust-") {
             return Ok(path);
         }
     }
-    bail!("no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?", lib.display())
+    bail!(
+        "no libLLVM.so.*-rust-* in {}: is the nightly toolchain complete?",
+        lib.display()
+    )
 }
 
 fn bpf_linker(cache: &Path, tools: &Path) -> anyhow::Result<()> {
@@ -91,18 +137,30 @@ fn bpf_linker(cache: &Path, tools: &Path) -> anyhow::Result<()> {
     if have.trim() == want && tools.join("bin/bpf-linker").is_file() {
         return Ok(());
     }
-    eprintln!("setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)", llvm.display());
+    eprintln!(
+        "setup: building bpf-linker {BPF_LINKER_VERSION} against {} (about a minute)",
+        llvm.display()
+    );
     let prefix = cache.join("llvm");
     let lib = prefix.join("lib");
     std::fs::create_dir_all(&lib)?;
     let name = llvm.file_name().context("LLVM library has no file name")?;
     for link in [lib.join("libLLVM.so"), lib.join(name)] {
         let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&llvm, &link).with_context(|| format!("linking {}", link.display()))?;
+        std::os::unix::fs::symlink(&llvm, &link)
+            .with_context(|| format!("linking {}", link.display()))?;
     }
     status(
         Command::new("cargo")
-            .args(["+nightly", "install", "bpf-linker", "--locked", "--force", "--version", BPF_LINKER_VERSION])
+            .args([
+                "+nightly",
+                "install",
+                "bpf-linker",
+                "--locked",
+                "--force",
+                "--version",
+                BPF_LINKER_VERSION,
+            ])
             .args(["--no-default-features", "--features", "llvm-22", "--root"])
             .arg(tools)
             .env("LLVM_PREFIX", &prefix)
@@ -149,7 +207,10 @@ fn install(packages: &[&str]) -> anyhow::Result<()> {
     }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc_geteuid() } != 0 {
-        bail!("missing Debian packages {missing:?}: run `sudo apt-get install -y {}`", missing.join(" "));
+        bail!(
+            "missing Debian packages {missing:?}: run `sudo apt-get install -y {}`",
+            missing.join(" ")
+        );
     }
     eprintln!("setup: installing {missing:?}");
     status(Command::new("apt-get").arg("update").arg("-qq"))?;

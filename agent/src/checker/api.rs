@@ -177,10 +177,26 @@ impl std::fmt::Display for ApiError {
 }
 
 const KNOWN: &[&str] = &[
-    "protocol", "url", "hostname", "cookie", "oauth2_access_token", "is_token_mandatory", "apikey_qs",
-    "apikey_header", "username_header", "jwt", "enable_blocking", "api_pattern_enforcement", "servers",
-    "server_ssl", "health_check", "health_check_interval", "health_retry_count", "health_url",
-    "decoy_config", "flow_control",
+    "protocol",
+    "url",
+    "hostname",
+    "cookie",
+    "oauth2_access_token",
+    "is_token_mandatory",
+    "apikey_qs",
+    "apikey_header",
+    "username_header",
+    "jwt",
+    "enable_blocking",
+    "api_pattern_enforcement",
+    "servers",
+    "server_ssl",
+    "health_check",
+    "health_check_interval",
+    "health_retry_count",
+    "health_url",
+    "decoy_config",
+    "flow_control",
 ];
 
 /// Parses `N/second|minute|hour`.
@@ -189,8 +205,13 @@ fn parse_spike(s: &str) -> Result<Option<(u32, u64)>, String> {
     if s.is_empty() {
         return Ok(None);
     }
-    let (n, unit) = s.split_once('/').ok_or_else(|| format!("client_spike_threshold {s:?}: expected N/second, N/minute or N/hour"))?;
-    let n: u32 = n.trim().parse().map_err(|_| format!("client_spike_threshold {s:?}: {n:?} is not a number"))?;
+    let (n, unit) = s.split_once('/').ok_or_else(|| {
+        format!("client_spike_threshold {s:?}: expected N/second, N/minute or N/hour")
+    })?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("client_spike_threshold {s:?}: {n:?} is not a number"))?;
     let per = match unit.trim() {
         "second" | "sec" | "s" => 1,
         "minute" | "min" | "m" => 60,
@@ -202,30 +223,67 @@ fn parse_spike(s: &str) -> Result<Option<(u32, u64)>, String> {
 
 /// Parses and checks one API file's text.
 pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
-    let err = |message: String| ApiError { path: path.into(), message };
-    let value: serde_json::Value = serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
-    let meta_value = value.get("api_metadata").ok_or_else(|| err("missing top-level \"api_metadata\" object".into()))?;
+    let err = |message: String| ApiError {
+        path: path.into(),
+        message,
+    };
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| err(format!("invalid JSON: {e}")))?;
+    let meta_value = value
+        .get("api_metadata")
+        .ok_or_else(|| err("missing top-level \"api_metadata\" object".into()))?;
     let ignored_fields: Vec<String> = meta_value
         .as_object()
-        .map(|o| o.keys().filter(|k| !KNOWN.contains(&k.as_str())).cloned().collect())
+        .map(|o| {
+            o.keys()
+                .filter(|k| !KNOWN.contains(&k.as_str()))
+                .cloned()
+                .collect()
+        })
         .unwrap_or_default();
-    let meta: ApiMetadata = serde_json::from_value(meta_value.clone()).map_err(|e| err(format!("api_metadata: {e}")))?;
+    let meta: ApiMetadata = serde_json::from_value(meta_value.clone())
+        .map_err(|e| err(format!("api_metadata: {e}")))?;
     if !meta.url.starts_with('/') {
-        return Err(err(format!("field `url`: {:?} must start with '/'", meta.url)));
+        return Err(err(format!(
+            "field `url`: {:?} must start with '/'",
+            meta.url
+        )));
     }
-    if meta.servers.is_empty() && !meta.decoy_config.as_ref().is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty()) {
+    if meta.servers.is_empty()
+        && !meta
+            .decoy_config
+            .as_ref()
+            .is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty())
+    {
         return Err(err("field `servers`: at least one {\"host\", \"port\"} is needed (unless the whole API is a decoy)".into()));
     }
     if meta.server_ssl {
         return Err(err("field `server_ssl`: TLS to the API servers is not supported yet; terminate it on the servers' side or use plain HTTP on a private network".into()));
     }
-    for m in meta.api_pattern_enforcement.iter().flat_map(|p| &p.methods_allowed) {
+    for m in meta
+        .api_pattern_enforcement
+        .iter()
+        .flat_map(|p| &p.methods_allowed)
+    {
         if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(err(format!("field `api_pattern_enforcement.methods_allowed`: {m:?} is not an HTTP method")));
+            return Err(err(format!(
+                "field `api_pattern_enforcement.methods_allowed`: {m:?} is not an HTTP method"
+            )));
         }
     }
-    let spike = parse_spike(meta.flow_control.as_ref().map_or("", |f| f.client_spike_threshold.as_str())).map_err(|m| err(format!("field `flow_control.{m}`")))?;
-    Ok(Api { name: name.into(), path: path.into(), meta, ignored_fields, spike })
+    let spike = parse_spike(
+        meta.flow_control
+            .as_ref()
+            .map_or("", |f| f.client_spike_threshold.as_str()),
+    )
+    .map_err(|m| err(format!("field `flow_control.{m}`")))?;
+    Ok(Api {
+        name: name.into(),
+        path: path.into(),
+        meta,
+        ignored_fields,
+        spike,
+    })
 }
 
 /// Every API in `dir` that loads, and the files that do not.
@@ -235,22 +293,39 @@ pub fn load_dir(dir: &Path) -> (BTreeMap<String, Api>, Vec<ApiError>) {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
         Err(e) => {
-            errors.push(ApiError { path: dir.into(), message: format!("cannot read API directory: {e}") });
+            errors.push(ApiError {
+                path: dir.into(),
+                message: format!("cannot read API directory: {e}"),
+            });
             return (apis, errors);
         }
     };
-    let mut paths: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "json")).collect();
+    let mut paths: Vec<PathBuf> = entries
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "json"))
+        .collect();
     paths.sort();
     for path in paths {
-        let name = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_owned();
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or("")
+            .to_owned();
         let text = match std::fs::read_to_string(&path) {
             Ok(t) if t.len() <= 1 << 20 => t,
             Ok(_) => {
-                errors.push(ApiError { path, message: "larger than 1 MiB".into() });
+                errors.push(ApiError {
+                    path,
+                    message: "larger than 1 MiB".into(),
+                });
                 continue;
             }
             Err(e) => {
-                errors.push(ApiError { path, message: format!("cannot read: {e}") });
+                errors.push(ApiError {
+                    path,
+                    message: format!("cannot read: {e}"),
+                });
                 continue;
             }
         };
@@ -270,16 +345,27 @@ pub fn under(path: &str, prefix: &str) -> bool {
         return true;
     }
     let prefix = prefix.trim_end_matches('/');
-    path == prefix || path.strip_prefix(prefix).is_some_and(|rest| rest.starts_with('/'))
+    path == prefix
+        || path
+            .strip_prefix(prefix)
+            .is_some_and(|rest| rest.starts_with('/'))
 }
 
 /// The API for `host` and `path`: hostname match (or `*`), then the longest `url` prefix.
 pub fn route<'a>(apis: &'a BTreeMap<String, Api>, host: &str, path: &str) -> Option<&'a Api> {
-    let host = host.rsplit_once(':').filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit())).map_or(host, |(h, _)| h);
+    let host = host
+        .rsplit_once(':')
+        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
+        .map_or(host, |(h, _)| h);
     apis.values()
         .filter(|a| a.meta.hostname == "*" || a.meta.hostname.eq_ignore_ascii_case(host))
         .filter(|a| under(path, &a.meta.url))
-        .max_by_key(|a| (a.meta.url.trim_end_matches('/').len(), a.meta.hostname != "*"))
+        .max_by_key(|a| {
+            (
+                a.meta.url.trim_end_matches('/').len(),
+                a.meta.hostname != "*",
+            )
+        })
 }
 
 #[cfg(test)]
@@ -299,19 +385,44 @@ mod tests {
             "servers":[{"host":"127.0.0.1","port":8080}]}}"#).expect("valid");
         assert_eq!(a.ignored_fields, vec!["cookie_idle_timeout".to_string()]);
         assert_eq!(a.spike, Some((10, 1)));
-        let e = api("bad", r#"{"api_metadata":{"url":"shop","servers":[{"host":"h","port":1}]}}"#).expect_err("bad url");
+        let e = api(
+            "bad",
+            r#"{"api_metadata":{"url":"shop","servers":[{"host":"h","port":1}]}}"#,
+        )
+        .expect_err("bad url");
         assert!(e.message.contains("`url`"), "{e}");
-        let e = api("bad", r#"{"api_metadata":{"url":"/x","servers":[{"host":"h","port":"eighty"}]}}"#).expect_err("bad port");
+        let e = api(
+            "bad",
+            r#"{"api_metadata":{"url":"/x","servers":[{"host":"h","port":"eighty"}]}}"#,
+        )
+        .expect_err("bad port");
         assert!(e.message.contains("api_metadata"), "{e}");
-        assert!(api("bad", "{not json").expect_err("json").message.contains("invalid JSON"));
-        assert!(api("bad", r#"{"api_metadata":{"url":"/x","servers":[]}}"#).expect_err("no servers").message.contains("servers"));
+        assert!(
+            api("bad", "{not json")
+                .expect_err("json")
+                .message
+                .contains("invalid JSON")
+        );
+        assert!(
+            api("bad", r#"{"api_metadata":{"url":"/x","servers":[]}}"#)
+                .expect_err("no servers")
+                .message
+                .contains("servers")
+        );
     }
 
     #[test]
     fn longest_prefix_on_segment_boundaries() {
         let mut apis = BTreeMap::new();
-        for (n, url, host) in [("root", "/", "*"), ("shop", "/shop", "*"), ("cart", "/shop/cart", "*"), ("other", "/shop", "api.example")] {
-            let json = format!(r#"{{"api_metadata":{{"url":"{url}","hostname":"{host}","servers":[{{"host":"h","port":1}}]}}}}"#);
+        for (n, url, host) in [
+            ("root", "/", "*"),
+            ("shop", "/shop", "*"),
+            ("cart", "/shop/cart", "*"),
+            ("other", "/shop", "api.example"),
+        ] {
+            let json = format!(
+                r#"{{"api_metadata":{{"url":"{url}","hostname":"{host}","servers":[{{"host":"h","port":1}}]}}}}"#
+            );
             apis.insert(n.to_string(), api(n, &json).expect("valid"));
         }
         let r = |h: &str, p: &str| route(&apis, h, p).map(|a| a.name.clone());

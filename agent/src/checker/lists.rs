@@ -6,10 +6,10 @@ use std::net::IpAddr;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::cidr::{mask128, mask32, Cidr};
+use crate::cidr::{Cidr, mask32, mask128};
 use crate::ident::{Identifier, Kind};
 use crate::kernel::List;
-use crate::store::{ident_key, Entry};
+use crate::store::{Entry, ident_key};
 
 /// Where and until when one identifier is listed.
 #[derive(Clone, Debug, Default)]
@@ -33,7 +33,8 @@ impl Presence {
     }
 
     fn matches(&self, api: &str, now: i64) -> bool {
-        self.global.is_some_and(|e| e > now) || self.scoped.iter().any(|(a, e)| &**a == api && *e > now)
+        self.global.is_some_and(|e| e > now)
+            || self.scoped.iter().any(|(a, e)| &**a == api && *e > now)
     }
 }
 
@@ -49,7 +50,12 @@ pub struct L7Lists {
 
 impl Default for L7Lists {
     fn default() -> Self {
-        Self { idents: HashMap::default(), ips: HashMap::default(), v4_lens: [0; 33], v6_lens: [0; 129] }
+        Self {
+            idents: HashMap::default(),
+            ips: HashMap::default(),
+            v4_lens: [0; 33],
+            v6_lens: [0; 129],
+        }
     }
 }
 
@@ -67,14 +73,18 @@ impl L7Lists {
     pub fn add(&mut self, e: &Entry) {
         match e.ident.cidr() {
             Some(c) => {
-                let p = self.ips.entry((e.list, c)).or_insert_with(|| Presence::default());
+                let p = self.ips.entry((e.list, c)).or_default();
                 let new = p.global.is_none() && p.scoped.is_empty();
                 p.add(&e.api, e.expires);
                 if new {
                     self.count_len(c, 1);
                 }
             }
-            None => self.idents.entry(ident_key(e.list, &e.ident)).or_default().add(&e.api, e.expires),
+            None => self
+                .idents
+                .entry(ident_key(e.list, &e.ident))
+                .or_default()
+                .add(&e.api, e.expires),
         }
     }
 
@@ -106,7 +116,9 @@ impl L7Lists {
 
     /// Whether `ident` is on `list` for `api` at `now`.
     pub fn has(&self, list: List, ident: &Identifier, api: &str, now: i64) -> bool {
-        self.idents.get(&ident_key(list, ident)).is_some_and(|p| p.matches(api, now))
+        self.idents
+            .get(&ident_key(list, ident))
+            .is_some_and(|p| p.matches(api, now))
     }
 
     /// Whether any entry on `list` covers `ip` for `api` at `now`.
@@ -114,15 +126,35 @@ impl L7Lists {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                (0..=32u8).filter(|l| self.v4_lens[*l as usize] > 0).any(|len| {
-                    self.ips.get(&(list, Cidr::V4 { addr: a & mask32(len), len })).is_some_and(|p| p.matches(api, now))
-                })
+                (0..=32u8)
+                    .filter(|l| self.v4_lens[*l as usize] > 0)
+                    .any(|len| {
+                        self.ips
+                            .get(&(
+                                list,
+                                Cidr::V4 {
+                                    addr: a & mask32(len),
+                                    len,
+                                },
+                            ))
+                            .is_some_and(|p| p.matches(api, now))
+                    })
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                (0..=128u8).filter(|l| self.v6_lens[*l as usize] > 0).any(|len| {
-                    self.ips.get(&(list, Cidr::V6 { addr: a & mask128(len), len })).is_some_and(|p| p.matches(api, now))
-                })
+                (0..=128u8)
+                    .filter(|l| self.v6_lens[*l as usize] > 0)
+                    .any(|len| {
+                        self.ips
+                            .get(&(
+                                list,
+                                Cidr::V6 {
+                                    addr: a & mask128(len),
+                                    len,
+                                },
+                            ))
+                            .is_some_and(|p| p.matches(api, now))
+                    })
             }
         }
     }
@@ -158,7 +190,15 @@ pub struct RequestIdents {
 impl RequestIdents {
     /// The non-IP identifiers present.
     pub fn idents(&self) -> impl Iterator<Item = &Identifier> {
-        [&self.cookie, &self.token, &self.api_key, &self.api_key_any, &self.username].into_iter().flatten()
+        [
+            &self.cookie,
+            &self.token,
+            &self.api_key,
+            &self.api_key_any,
+            &self.username,
+        ]
+        .into_iter()
+        .flatten()
     }
 
     /// Whether any identifier of this request is on `list`.
@@ -168,7 +208,9 @@ impl RequestIdents {
         {
             return Some(format!("ip {ip}"));
         }
-        self.idents().find(|i| lists.has(list, i, api, now)).map(|i| i.to_string())
+        self.idents()
+            .find(|i| lists.has(list, i, api, now))
+            .map(|i| i.to_string())
     }
 
     /// The most specific identifier to deny-list for a detection: token, then cookie, then
@@ -191,7 +233,14 @@ impl RequestIdents {
 mod tests {
     use super::*;
 
-    fn entry(list: List, kind: Kind, name: Option<&str>, value: &str, api: &str, expires: Option<i64>) -> Entry {
+    fn entry(
+        list: List,
+        kind: Kind,
+        name: Option<&str>,
+        value: &str,
+        api: &str,
+        expires: Option<i64>,
+    ) -> Entry {
         Entry {
             list,
             ident: Identifier::parse(kind, name, value).expect("valid"),

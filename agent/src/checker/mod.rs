@@ -91,7 +91,10 @@ pub struct ApiRegistry {
 impl ApiRegistry {
     /// Loads every API file in `dir`; broken files are reported and skipped.
     pub fn load(dir: PathBuf) -> Self {
-        let r = Self { dir, ..Self::default() };
+        let r = Self {
+            dir,
+            ..Self::default()
+        };
         r.reload();
         r
     }
@@ -159,6 +162,10 @@ impl L7Stats {
 
     /// `(outcome, count)` pairs.
     pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
-        OUTCOMES.iter().zip(&self.counts).map(|(o, c)| (*o, c.load(Ordering::Relaxed))).collect()
+        OUTCOMES
+            .iter()
+            .zip(&self.counts)
+            .map(|(o, c)| (*o, c.load(Ordering::Relaxed)))
+            .collect()
     }
 }

@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, Request, Response, StatusCode, Version};
-use http_body_util::{combinators::BoxBody, BodyExt as _, Full, Limited};
+use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -23,20 +23,36 @@ use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::control::proto::{AddRequest, Request as Control};
 use crate::ident::Kind;
 use crate::kernel::List;
-use crate::service::{unix_now, Service};
+use crate::service::{Service, unix_now};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Body = BoxBody<Bytes, BoxError>;
 
 fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
-    let mut r = Response::new(Full::new(text.into()).map_err(|e: Infallible| match e {}).boxed());
+    let mut r = Response::new(
+        Full::new(text.into())
+            .map_err(|e: Infallible| match e {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }
 
 /// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = ["connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer", "transfer-encoding", "upgrade"];
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
 
 /// Everything a request handler needs, shared by every connection.
 pub struct Proxy {
@@ -51,8 +67,11 @@ pub struct Proxy {
     /// Servers currently skipped: (host, port) → consecutive failures (shared by workers).
     failures: Arc<RwLock<HashMap<(String, u16), u32>>>,
     /// Per-client request windows (shared by workers).
-    spikes: Arc<Mutex<HashMap<(String, IpAddr), (Instant, u32)>>>,
+    spikes: Arc<Mutex<SpikeWindows>>,
 }
+
+/// (API, client) → (window start, requests in the window).
+type SpikeWindows = HashMap<(String, IpAddr), (Instant, u32)>;
 
 fn backend_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
@@ -73,7 +92,8 @@ impl Proxy {
         stats: Arc<L7Stats>,
         cfg: CheckerConfig,
     ) -> anyhow::Result<Arc<Self>> {
-        let detection_ttl = crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
+        let detection_ttl =
+            crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         Ok(Arc::new(Self {
             registry,
             lists,
@@ -106,11 +126,21 @@ impl Proxy {
     }
 
     /// Answers one request; never fails (errors become responses).
-    pub async fn handle(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Result<Response<Body>, Infallible> {
+    pub async fn handle(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Result<Response<Body>, Infallible> {
         Ok(self.decide(req, peer, tls).await)
     }
 
-    async fn decide(self: Arc<Self>, req: Request<Incoming>, peer: SocketAddr, tls: bool) -> Response<Body> {
+    async fn decide(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        tls: bool,
+    ) -> Response<Body> {
         let apis = self.registry.apis();
         let host = req
             .headers()
@@ -132,7 +162,10 @@ impl Proxy {
                 Ok(l) => l,
                 Err(p) => p.into_inner(),
             };
-            (ids.listed(&lists, List::Allow, &api.name, now), ids.listed(&lists, List::Deny, &api.name, now))
+            (
+                ids.listed(&lists, List::Allow, &api.name, now),
+                ids.listed(&lists, List::Deny, &api.name, now),
+            )
         };
         if allowed.is_some() {
             self.stats.hit("allowed");
@@ -149,11 +182,24 @@ impl Proxy {
         // Decoys: a path no legitimate client calls.
         if let Some(decoy) = api.meta.decoy_config.as_ref().filter(|d| d.decoy_enabled) {
             let hit = decoy.decoy_subpaths.is_empty()
-                || decoy.decoy_subpaths.iter().any(|s| api::under(&path, &format!("{}/{}", api.meta.url.trim_end_matches('/'), s.trim_start_matches('/'))));
+                || decoy.decoy_subpaths.iter().any(|s| {
+                    api::under(
+                        &path,
+                        &format!(
+                            "{}/{}",
+                            api.meta.url.trim_end_matches('/'),
+                            s.trim_start_matches('/')
+                        ),
+                    )
+                });
             if hit {
                 self.stats.hit("decoy");
-                self.detect(api, "decoy", Some((Kind::Ip, None, ip.to_string()))).await;
-                let code = decoy.response_code.and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::OK);
+                self.detect(api, "decoy", Some((Kind::Ip, None, ip.to_string())))
+                    .await;
+                let code = decoy
+                    .response_code
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::OK);
                 return full(code, decoy.response_message.clone());
             }
         }
@@ -162,14 +208,22 @@ impl Proxy {
             if let Some(reason) = violation {
                 self.stats.hit(&reason.replace('-', "_"));
                 self.detect(api, reason, ids.culprit()).await;
-                let code = p.error_code.and_then(|c| StatusCode::from_u16(c).ok()).unwrap_or(StatusCode::UNAUTHORIZED);
-                let body = if p.error_message_body.is_empty() { "Error: Unauthorized\n".to_owned() } else { p.error_message_body.clone() };
+                let code = p
+                    .error_code
+                    .and_then(|c| StatusCode::from_u16(c).ok())
+                    .unwrap_or(StatusCode::UNAUTHORIZED);
+                let body = if p.error_message_body.is_empty() {
+                    "Error: Unauthorized\n".to_owned()
+                } else {
+                    p.error_message_body.clone()
+                };
                 return full(code, body);
             }
         }
         if api.meta.is_token_mandatory && ids.token.is_none() {
             self.stats.hit("missing_token");
-            self.detect(api, "missing-token", Some((Kind::Ip, None, ip.to_string()))).await;
+            self.detect(api, "missing-token", Some((Kind::Ip, None, ip.to_string())))
+                .await;
             return full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n");
         }
         if let Some((n, per)) = api.spike
@@ -183,8 +237,15 @@ impl Proxy {
 
     /// Puts the culprit of a detection on the deny list (source `checker`), unless the
     /// request was allow-listed (checked before any detection).
-    async fn detect(&self, api: &Api, reason: &str, culprit: Option<(Kind, Option<String>, String)>) {
-        let Some((kind, name, value)) = culprit else { return };
+    async fn detect(
+        &self,
+        api: &Api,
+        reason: &str,
+        culprit: Option<(Kind, Option<String>, String)>,
+    ) {
+        let Some((kind, name, value)) = culprit else {
+            return;
+        };
         let service = self.service.clone();
         let req = Control::Add(AddRequest {
             list: Some(List::Deny),
@@ -197,16 +258,24 @@ impl Proxy {
             source: Some("checker".into()),
             force: false,
         });
-        let answer = tokio::task::spawn_blocking(move || service.lock().ok().map(|mut s| s.handle(req))).await;
+        let answer =
+            tokio::task::spawn_blocking(move || service.lock().ok().map(|mut s| s.handle(req)))
+                .await;
         match answer {
-            Ok(Some(r)) if r.ok => tracing::warn!(api = %api.name, reason, ?kind, "attack detected; client deny-listed"),
-            Ok(Some(r)) => tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {}", r.error.unwrap_or_default()),
+            Ok(Some(r)) if r.ok => {
+                tracing::warn!(api = %api.name, reason, ?kind, "attack detected; client deny-listed")
+            }
+            Ok(Some(r)) => {
+                tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {}", r.error.unwrap_or_default())
+            }
             _ => tracing::error!("detection could not reach the agent state"),
         }
     }
 
     fn over_spike(&self, api: &str, ip: IpAddr, n: u32, per: u64) -> bool {
-        let Ok(mut m) = self.spikes.lock() else { return false };
+        let Ok(mut m) = self.spikes.lock() else {
+            return false;
+        };
         let now = Instant::now();
         let window = Duration::from_secs(per);
         if m.len() > 100_000 {
@@ -232,7 +301,11 @@ impl Proxy {
         let limit = api.meta.health_retry_count.unwrap_or(3).max(1);
         (0..servers.len())
             .map(|i| &servers[(start + i) % servers.len()])
-            .find(|s| failures.get(&(s.host.clone(), s.port)).is_none_or(|f| *f < limit))
+            .find(|s| {
+                failures
+                    .get(&(s.host.clone(), s.port))
+                    .is_none_or(|f| *f < limit)
+            })
             .map(|s| (s.host.clone(), s.port))
     }
 
@@ -246,14 +319,30 @@ impl Proxy {
         }
     }
 
-    async fn forward(&self, api: &Api, req: Request<Incoming>, peer: SocketAddr, client: IpAddr, tls: bool) -> Response<Body> {
+    async fn forward(
+        &self,
+        api: &Api,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+        client: IpAddr,
+        tls: bool,
+    ) -> Response<Body> {
         let Some(server) = self.pick(api) else {
             self.stats.hit("bad_gateway");
             return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
         };
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| parts.uri.authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            parts
+                .uri
+                .authority()
+                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        });
+        let pq = parts
+            .uri
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned();
         let Ok(uri) = format!("http://{}:{}{}", server.0, server.1, pq).parse() else {
             self.stats.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Bad Request\n");
@@ -266,7 +355,11 @@ impl Proxy {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
-        let xff = match parts.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        let xff = match parts
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
             Some(prev) => format!("{prev}, {}", peer.ip().to_canonical()),
             None => peer.ip().to_canonical().to_string(),
         };
@@ -274,7 +367,10 @@ impl Proxy {
             parts.headers.insert("x-forwarded-for", v);
         }
         let proto = if tls { "https" } else { "http" };
-        parts.headers.insert("x-forwarded-proto", HeaderValue::from_static(if tls { "https" } else { "http" }));
+        parts.headers.insert(
+            "x-forwarded-proto",
+            HeaderValue::from_static(if tls { "https" } else { "http" }),
+        );
         let for_ip = match client {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("\"[{a}]\""),
@@ -294,7 +390,8 @@ impl Proxy {
                 Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
             }
             Err(e) => {
-                let too_big = std::error::Error::source(&e).is_some_and(|s| s.to_string().contains("length limit"));
+                let too_big = std::error::Error::source(&e)
+                    .is_some_and(|s| s.to_string().contains("length limit"));
                 if too_big {
                     self.stats.hit("bad_request");
                     return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
@@ -317,15 +414,27 @@ impl Proxy {
                 _ = tick.tick() => {}
                 _ = shutdown.changed() => return,
             }
-            for api in self.registry.apis().values().filter(|a| a.meta.health_check) {
-                let every = Duration::from_secs(api.meta.health_check_interval.unwrap_or(10).max(1));
+            for api in self
+                .registry
+                .apis()
+                .values()
+                .filter(|a| a.meta.health_check)
+            {
+                let every =
+                    Duration::from_secs(api.meta.health_check_interval.unwrap_or(10).max(1));
                 if last.get(&api.name).is_some_and(|t| t.elapsed() < every) {
                     continue;
                 }
                 last.insert(api.name.clone(), Instant::now());
                 for s in &api.meta.servers {
                     let uri = format!("http://{}:{}{}", s.host, s.port, api.meta.health_url);
-                    let Ok(req) = Request::get(uri).body(Full::new(Bytes::new()).map_err(|e: Infallible| match e {}).boxed()) else { continue };
+                    let Ok(req) = Request::get(uri).body(
+                        Full::new(Bytes::new())
+                            .map_err(|e: Infallible| match e {})
+                            .boxed(),
+                    ) else {
+                        continue;
+                    };
                     let ok = matches!(
                         tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await,
                         Ok(Ok(r)) if r.status().is_success()
@@ -338,26 +447,67 @@ impl Proxy {
 }
 
 /// The detection a request's method, protocol or content type triggers, if any.
-fn pattern_violation(p: &api::PatternEnforcement, req: &Request<Incoming>, tls: bool) -> Option<&'static str> {
-    if !p.methods_allowed.is_empty() && !p.methods_allowed.iter().any(|m| m.eq_ignore_ascii_case(req.method().as_str())) {
+fn pattern_violation(
+    p: &api::PatternEnforcement,
+    req: &Request<Incoming>,
+    tls: bool,
+) -> Option<&'static str> {
+    if !p.methods_allowed.is_empty()
+        && !p
+            .methods_allowed
+            .iter()
+            .any(|m| m.eq_ignore_ascii_case(req.method().as_str()))
+    {
         return Some("invalid-method");
     }
     if !p.protocol_allowed.trim().is_empty() {
         let scheme = if tls { "https" } else { "http" };
-        if !p.protocol_allowed.split(',').any(|x| x.trim().eq_ignore_ascii_case(scheme)) {
+        if !p
+            .protocol_allowed
+            .split(',')
+            .any(|x| x.trim().eq_ignore_ascii_case(scheme))
+        {
             return Some("invalid-protocol");
         }
     }
     if !p.content_type_allowed.trim().is_empty() {
-        let has_body = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).is_some_and(|v| v != "0")
+        let has_body = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v != "0")
             || req.headers().contains_key(header::TRANSFER_ENCODING)
-            || !matches!(*req.method(), Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS);
-        let ct = req.headers().get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).map(|v| v.split(';').next().unwrap_or("").trim().to_ascii_lowercase());
-        if let Some(ct) = ct.filter(|_| has_body || req.headers().contains_key(header::CONTENT_TYPE)) {
-            if !p.content_type_allowed.split(',').any(|x| x.trim().eq_ignore_ascii_case(&ct)) {
+            || !matches!(
+                *req.method(),
+                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+            );
+        let ct = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| {
+                v.split(';')
+                    .next()
+                    .unwrap_or("")
+                    .trim()
+                    .to_ascii_lowercase()
+            });
+        if let Some(ct) =
+            ct.filter(|_| has_body || req.headers().contains_key(header::CONTENT_TYPE))
+        {
+            if !p
+                .content_type_allowed
+                .split(',')
+                .any(|x| x.trim().eq_ignore_ascii_case(&ct))
+            {
                 return Some("invalid-content-type");
             }
-        } else if has_body && req.headers().get(header::CONTENT_LENGTH).is_some_and(|v| v != "0") {
+        } else if has_body
+            && req
+                .headers()
+                .get(header::CONTENT_LENGTH)
+                .is_some_and(|v| v != "0")
+        {
             return Some("invalid-content-type");
         }
     }
@@ -365,7 +515,8 @@ fn pattern_violation(p: &api::PatternEnforcement, req: &Request<Incoming>, tls: 
 }
 
 fn builder(cfg: &CheckerConfig) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let timeout = Duration::from_secs(crate::config::parse_duration(&cfg.header_timeout).unwrap_or(30));
+    let timeout =
+        Duration::from_secs(crate::config::parse_duration(&cfg.header_timeout).unwrap_or(30));
     let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     b.http1()
         .timer(TokioTimer::new())
@@ -383,12 +534,20 @@ fn builder(cfg: &CheckerConfig) -> hyper_util::server::conn::auto::Builder<Tokio
 /// A listening socket with SO_REUSEPORT, so each worker thread accepts on its own.
 pub fn reuseport_listener(addr: &str) -> anyhow::Result<TcpListener> {
     use anyhow::Context as _;
-    let addr: SocketAddr = addr.parse().with_context(|| format!("listen address {addr:?}"))?;
-    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("listen address {addr:?}"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
     socket.set_reuseaddr(true)?;
     socket.set_reuseport(true)?;
     socket.set_nodelay(true)?;
-    socket.bind(addr).with_context(|| format!("binding {addr}"))?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
     Ok(socket.listen(1024)?)
 }
 
@@ -404,36 +563,60 @@ pub fn spawn_workers(
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
     let mut handles = Vec::new();
     for i in 0..workers.max(1) {
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let (tls_l, http_l) = {
             let _guard = rt.enter();
-            let t = https.as_ref().map(|(a, tls)| reuseport_listener(a).map(|l| (l, tls.clone()))).transpose()?;
+            let t = https
+                .as_ref()
+                .map(|(a, tls)| reuseport_listener(a).map(|l| (l, tls.clone())))
+                .transpose()?;
             let h = http.as_deref().map(reuseport_listener).transpose()?;
             (t, h)
         };
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        handles.push(std::thread::Builder::new().name(format!("checker-{i}")).spawn(move || {
-            rt.block_on(async move {
-                let worker = proxy.worker();
-                let mut tasks = Vec::new();
-                if let Some((l, tls)) = tls_l {
-                    tasks.push(tokio::spawn(serve(l, Some(tls), worker.clone(), shutdown.clone())));
-                }
-                if let Some(l) = http_l {
-                    tasks.push(tokio::spawn(serve(l, None, worker.clone(), shutdown.clone())));
-                }
-                for t in tasks {
-                    let _ = t.await;
-                }
-            });
-        })?);
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("checker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let worker = proxy.worker();
+                        let mut tasks = Vec::new();
+                        if let Some((l, tls)) = tls_l {
+                            tasks.push(tokio::spawn(serve(
+                                l,
+                                Some(tls),
+                                worker.clone(),
+                                shutdown.clone(),
+                            )));
+                        }
+                        if let Some(l) = http_l {
+                            tasks.push(tokio::spawn(serve(
+                                l,
+                                None,
+                                worker.clone(),
+                                shutdown.clone(),
+                            )));
+                        }
+                        for t in tasks {
+                            let _ = t.await;
+                        }
+                    });
+                })?,
+        );
     }
     Ok(handles)
 }
 
 /// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
-pub async fn serve(listener: TcpListener, tls: Option<Arc<Tls>>, proxy: Arc<Proxy>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    proxy: Arc<Proxy>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let builder = Arc::new(builder(&proxy.cfg));
     loop {
         let (stream, peer) = tokio::select! {
@@ -453,11 +636,14 @@ pub async fn serve(listener: TcpListener, tls: Option<Arc<Tls>>, proxy: Arc<Prox
         let tls = tls.clone();
         tokio::spawn(async move {
             let is_tls = tls.is_some();
-            let svc = hyper::service::service_fn(move |req| proxy.clone().handle(req, peer, is_tls));
+            let svc =
+                hyper::service::service_fn(move |req| proxy.clone().handle(req, peer, is_tls));
             let result = match tls {
                 Some(tls) => {
                     let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream)).await {
+                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                        .await
+                    {
                         Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), svc).await,
                         Ok(Err(e)) => {
                             tracing::debug!(%peer, "TLS handshake failed: {e}");

@@ -5,9 +5,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 use std::time::SystemTime;
 
+use rustls::ServerConfig;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use rustls::ServerConfig;
 
 /// A TLS configuration that can be reloaded.
 pub struct Tls {
@@ -27,7 +27,8 @@ fn build(cert: &Path, key: &Path) -> anyhow::Result<Arc<ServerConfig>> {
         .collect::<Result<_, _>>()
         .with_context(|| format!("parsing certificate {}", cert.display()))?;
     anyhow::ensure!(!certs.is_empty(), "no certificate in {}", cert.display());
-    let key = PrivateKeyDer::from_pem_file(key).with_context(|| format!("reading private key {}", key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("reading private key {}", key.display()))?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -43,12 +44,19 @@ impl Tls {
     /// Loads the certificate chain and key.
     pub fn load(cert: &Path, key: &Path) -> anyhow::Result<Self> {
         let cfg = build(cert, key)?;
-        Ok(Self { cert: cert.into(), key: key.into(), current: RwLock::new((cfg, modified(cert).max(modified(key)))) })
+        Ok(Self {
+            cert: cert.into(),
+            key: key.into(),
+            current: RwLock::new((cfg, modified(cert).max(modified(key)))),
+        })
     }
 
     /// The configuration new connections use.
     pub fn config(&self) -> Arc<ServerConfig> {
-        self.current.read().map(|c| c.0.clone()).unwrap_or_else(|p| p.into_inner().0.clone())
+        self.current
+            .read()
+            .map(|c| c.0.clone())
+            .unwrap_or_else(|p| p.into_inner().0.clone())
     }
 
     /// Re-reads the files; on error keeps serving the old certificate and says why.
@@ -65,10 +73,13 @@ impl Tls {
     pub fn reload_if_changed(&self) {
         let now = modified(&self.cert).max(modified(&self.key));
         let seen = self.current.read().map(|c| c.1).unwrap_or(None);
-        if now.is_some() && now != seen
+        if now.is_some()
+            && now != seen
             && let Err(e) = self.reload()
         {
-            tracing::warn!("TLS files changed but cannot be used, keeping the old certificate: {e:#}");
+            tracing::warn!(
+                "TLS files changed but cannot be used, keeping the old certificate: {e:#}"
+            );
             if let Ok(mut c) = self.current.write() {
                 c.1 = now;
             }

@@ -10,7 +10,9 @@ use super::proto::{Request, Response};
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// No agent listens there.
-    #[error("cannot reach the agent at {path}: {source} (is `portcullis agent` running? see `systemctl status portcullis`)")]
+    #[error(
+        "cannot reach the agent at {path}: {source} (is `portcullis agent` running? see `systemctl status portcullis`)"
+    )]
     Connect {
         /// Socket path.
         path: PathBuf,
@@ -34,9 +36,15 @@ pub struct Client {
 impl Client {
     /// Connects to the control socket.
     pub fn connect(path: &Path) -> Result<Self, ClientError> {
-        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect { path: path.into(), source })?;
+        let stream = UnixStream::connect(path).map_err(|source| ClientError::Connect {
+            path: path.into(),
+            source,
+        })?;
         let reader = BufReader::new(stream.try_clone()?);
-        Ok(Self { writer: stream, reader })
+        Ok(Self {
+            writer: stream,
+            reader,
+        })
     }
 
     /// Sends one request and waits for its answer.
@@ -46,7 +54,10 @@ impl Client {
         self.writer.write_all(&line)?;
         let mut answer = String::new();
         if self.reader.read_line(&mut answer)? == 0 {
-            return Err(ClientError::Io(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "agent closed the connection")));
+            return Err(ClientError::Io(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "agent closed the connection",
+            )));
         }
         Ok(serde_json::from_str(&answer)?)
     }

@@ -149,12 +149,20 @@ pub struct Response {
 impl Response {
     /// A success.
     pub fn ok(result: impl Serialize) -> Self {
-        Self { ok: true, error: None, result: serde_json::to_value(result).unwrap_or_default() }
+        Self {
+            ok: true,
+            error: None,
+            result: serde_json::to_value(result).unwrap_or_default(),
+        }
     }
 
     /// A failure.
     pub fn err(message: impl std::fmt::Display) -> Self {
-        Self { ok: false, error: Some(message.to_string()), result: serde_json::Value::Null }
+        Self {
+            ok: false,
+            error: Some(message.to_string()),
+            result: serde_json::Value::Null,
+        }
     }
 }
 

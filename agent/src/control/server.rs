@@ -5,12 +5,12 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{bail, Context as _};
+use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::proto::{Request, Response, MAX_REQUEST};
+use super::proto::{MAX_REQUEST, Request, Response};
 use crate::service::Service;
 
 /// Binds the control socket with mode 0660 (group `group` if given), replacing a stale file
@@ -23,13 +23,17 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!("another agent is already listening on {}", path.display());
         }
-        std::fs::remove_file(path).with_context(|| format!("removing stale socket {}", path.display()))?;
+        std::fs::remove_file(path)
+            .with_context(|| format!("removing stale socket {}", path.display()))?;
     }
-    let listener = UnixListener::bind(path).with_context(|| format!("binding control socket {}", path.display()))?;
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("binding control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
     if let Some(group) = group {
-        let gid = group_id(group).with_context(|| format!("control socket group {group:?} does not exist"))?;
-        std::os::unix::fs::chown(path, None, Some(gid)).with_context(|| format!("chown {} to group {group}", path.display()))?;
+        let gid = group_id(group)
+            .with_context(|| format!("control socket group {group:?} does not exist"))?;
+        std::os::unix::fs::chown(path, None, Some(gid))
+            .with_context(|| format!("chown {} to group {group}", path.display()))?;
     }
     Ok(listener)
 }
@@ -43,7 +47,11 @@ fn group_id(name: &str) -> Option<u32> {
 }
 
 /// Accepts connections until `shutdown` flips.
-pub async fn serve(listener: UnixListener, service: Arc<Mutex<Service>>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    listener: UnixListener,
+    service: Arc<Mutex<Service>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -68,7 +76,10 @@ async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io
     let mut line = Vec::new();
     loop {
         line.clear();
-        let n = (&mut reader).take(MAX_REQUEST as u64).read_until(b'\n', &mut line).await?;
+        let n = (&mut reader)
+            .take(MAX_REQUEST as u64)
+            .read_until(b'\n', &mut line)
+            .await?;
         if n == 0 {
             return Ok(());
         }
@@ -106,7 +117,8 @@ async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io
 }
 
 fn answer(r: &Response) -> Vec<u8> {
-    let mut v = serde_json::to_vec(r).unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer"}"#.to_vec());
+    let mut v = serde_json::to_vec(r)
+        .unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer"}"#.to_vec());
     v.push(b'\n');
     v
 }

@@ -5,11 +5,11 @@ use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{lpm_trie::Key, Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use portcullis_common::{self as common, map_name, Config, Counter, Deadlines, DropEvent, V6Addr};
+use portcullis_common::{self as common, Config, Counter, Deadlines, DropEvent, V6Addr, map_name};
 
 use super::sys;
 use super::table::{Capacity, IpTable, List, MapFull, Plan, Slot};
@@ -68,7 +68,11 @@ pub struct LoadOptions {
 
 impl Default for LoadOptions {
     fn default() -> Self {
-        Self { pin_dir: None, capacity: Capacity::default(), object: Object::Production }
+        Self {
+            pin_dir: None,
+            capacity: Capacity::default(),
+            object: Object::Production,
+        }
     }
 }
 
@@ -76,7 +80,9 @@ impl Default for LoadOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum KernelError {
     /// Loading the object (verifier, map creation, pins) failed.
-    #[error("loading the XDP object failed (are you root, with bpffs mounted at /sys/fs/bpf?): {0}")]
+    #[error(
+        "loading the XDP object failed (are you root, with bpffs mounted at /sys/fs/bpf?): {0}"
+    )]
     Load(#[from] Box<aya::EbpfError>),
     /// The pin directory could not be created.
     #[error("creating pin directory {path}: {source}")]
@@ -135,7 +141,11 @@ pub enum KernelError {
 }
 
 fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
-    move |e| KernelError::Map { op, map, source: std::io::Error::other(e.to_string()) }
+    move |e| KernelError::Map {
+        op,
+        map,
+        source: std::io::Error::other(e.to_string()),
+    }
 }
 
 /// The loaded XDP object, its maps, and the user-space twin of what they hold.
@@ -154,7 +164,9 @@ fn data(map: &Map) -> &MapData {
         | Map::PerCpuArray(d)
         | Map::RingBuf(d)
         | Map::PerCpuHashMap(d) => d,
-        _ => unreachable!("Portcullis uses only array, hash, LPM, per-CPU array and ring buffer maps"),
+        _ => unreachable!(
+            "Portcullis uses only array, hash, LPM, per-CPU array and ring buffer maps"
+        ),
     }
 }
 
@@ -180,8 +192,10 @@ impl Filter {
         let pins: Vec<(&str, PathBuf)> = match &opts.pin_dir {
             Some(dir) => {
                 ensure_bpffs()?;
-                std::fs::create_dir_all(dir)
-                    .map_err(|source| KernelError::PinDir { path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| KernelError::PinDir {
+                    path: dir.clone(),
+                    source,
+                })?;
                 map_name::ALL.iter().map(|n| (*n, dir.join(n))).collect()
             }
             None => Vec::new(),
@@ -189,20 +203,30 @@ impl Filter {
         for (name, path) in &pins {
             loader.map_pin_path(name, path.as_path());
         }
-        let mut ebpf = loader.load(bytes).map_err(|e| KernelError::Load(Box::new(e)))?;
+        let mut ebpf = loader
+            .load(bytes)
+            .map_err(|e| KernelError::Load(Box::new(e)))?;
         let mut maps = BTreeMap::new();
         for name in map_name::ALL {
             let map = ebpf.take_map(name).ok_or(KernelError::Missing(name))?;
             maps.insert(name, map);
         }
-        let filter = Self { ebpf, maps, table: IpTable::new(cap), pin_dir: opts.pin_dir.clone() };
+        let filter = Self {
+            ebpf,
+            maps,
+            table: IpTable::new(cap),
+            pin_dir: opts.pin_dir.clone(),
+        };
         if let Some(dir) = &opts.pin_dir {
             filter.check_pinned(dir, &cap)?;
         }
         // A fresh CONFIG slot is all zero: enforce mode, every drop sampled. Give it the
         // defaults unless an earlier agent already configured it.
         if filter.config()?.sample_mask == 0 && filter.config()?.mode == 0 {
-            let cfg = Config { sample_mask: 63, ..filter.config()? };
+            let cfg = Config {
+                sample_mask: 63,
+                ..filter.config()?
+            };
             filter.set_config(cfg)?;
         }
         Ok(filter)
@@ -251,10 +275,16 @@ impl Filter {
             .program(name)
             .ok_or(KernelError::Missing("program"))?
             .try_into()
-            .map_err(|e| KernelError::Program { op: "typing", target: name.into(), source: Box::new(e) })?;
-        let fd = prog
-            .fd()
-            .map_err(|e| KernelError::Program { op: "fd of", target: name.into(), source: Box::new(e) })?;
+            .map_err(|e| KernelError::Program {
+                op: "typing",
+                target: name.into(),
+                source: Box::new(e),
+            })?;
+        let fd = prog.fd().map_err(|e| KernelError::Program {
+            op: "fd of",
+            target: name.into(),
+            source: Box::new(e),
+        })?;
         Ok(fd.as_fd())
     }
 
@@ -265,10 +295,17 @@ impl Filter {
             .program_mut(name)
             .ok_or(KernelError::Missing("program"))?
             .try_into()
-            .map_err(|e| KernelError::Program { op: "typing", target: name.into(), source: Box::new(e) })?;
+            .map_err(|e| KernelError::Program {
+                op: "typing",
+                target: name.into(),
+                source: Box::new(e),
+            })?;
         if prog.fd().is_err() {
-            prog.load()
-                .map_err(|e| KernelError::Program { op: "verifying", target: name.into(), source: Box::new(e) })?;
+            prog.load().map_err(|e| KernelError::Program {
+                op: "verifying",
+                target: name.into(),
+                source: Box::new(e),
+            })?;
         }
         Ok(())
     }
@@ -279,7 +316,11 @@ impl Filter {
         let fd = self.program_fd(name)?;
         sys::test_run(fd, frame, 1)
             .map(|r| r.retval)
-            .map_err(|source| KernelError::Map { op: "BPF_PROG_TEST_RUN", map: "program", source })
+            .map_err(|source| KernelError::Map {
+                op: "BPF_PROG_TEST_RUN",
+                map: "program",
+                source,
+            })
     }
 
     /// Attaches the production program to `iface` in the current network namespace and pins
@@ -293,10 +334,18 @@ impl Filter {
             .program_mut(PROGRAM)
             .ok_or(KernelError::Missing("program"))?
             .try_into()
-            .map_err(|e| KernelError::Program { op: "typing", target: PROGRAM.into(), source: Box::new(e) })?;
+            .map_err(|e| KernelError::Program {
+                op: "typing",
+                target: PROGRAM.into(),
+                source: Box::new(e),
+            })?;
         let perr = |op: &'static str| {
             let iface = iface.to_owned();
-            move |e| KernelError::Program { op, target: iface, source: Box::new(e) }
+            move |e| KernelError::Program {
+                op,
+                target: iface,
+                source: Box::new(e),
+            }
         };
         if let Some(pin) = &pin
             && pin.exists()
@@ -307,12 +356,15 @@ impl Filter {
                 source: std::io::Error::other(e.to_string()),
             })?;
             let fd_link: FdLink = pinned.into();
-            let link = aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| KernelError::Link {
-                op: "reusing pinned link",
-                path: pin.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            let id = prog.attach_to_link(link).map_err(perr("replacing program of link"))?;
+            let link =
+                aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| KernelError::Link {
+                    op: "reusing pinned link",
+                    path: pin.clone(),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(perr("replacing program of link"))?;
             // Keep the kernel link alive after we exit: drop our handle without detaching.
             let link = prog.take_link(id).map_err(perr("taking link"))?;
             std::mem::forget(FdLink::try_from(link).ok());
@@ -324,11 +376,18 @@ impl Filter {
             });
         }
         let (id, used, fell_back) = match mode {
-            AttachMode::Generic => (prog.attach(iface, XdpMode::Skb).map_err(perr("attaching (generic)"))?, AttachMode::Generic, None),
+            AttachMode::Generic => (
+                prog.attach(iface, XdpMode::Skb)
+                    .map_err(perr("attaching (generic)"))?,
+                AttachMode::Generic,
+                None,
+            ),
             AttachMode::Native => match prog.attach(iface, XdpMode::Driver) {
                 Ok(id) => (id, AttachMode::Native, None),
                 Err(native) => {
-                    let id = prog.attach(iface, XdpMode::Skb).map_err(perr("attaching (generic fallback)"))?;
+                    let id = prog
+                        .attach(iface, XdpMode::Skb)
+                        .map_err(perr("attaching (generic fallback)"))?;
                     (id, AttachMode::Generic, Some(native.to_string()))
                 }
             },
@@ -346,7 +405,12 @@ impl Filter {
                 source: std::io::Error::other(e.to_string()),
             })?;
         }
-        Ok(Attached { iface: iface.into(), mode: used, fell_back, reused_link: false })
+        Ok(Attached {
+            iface: iface.into(),
+            mode: used,
+            fell_back,
+            reused_link: false,
+        })
     }
 
     /// Puts `cidr` on `list` until `until` (`CLOCK_BOOTTIME` ns; `common::NEVER` for no
@@ -377,10 +441,22 @@ impl Filter {
                 slots: plan
                     .slots
                     .iter()
-                    .map(|c| super::table::SlotChange { slot: c.slot, old: c.new, new: c.old })
+                    .map(|c| super::table::SlotChange {
+                        slot: c.slot,
+                        old: c.new,
+                        new: c.old,
+                    })
                     .collect(),
-                v4_guard: plan.v4_guard.iter().map(|(w, _)| (*w, self.table.v4_guard_word(*w))).collect(),
-                v6_guard: plan.v6_guard.iter().map(|(w, _)| (*w, self.table.v6_guard_word(*w))).collect(),
+                v4_guard: plan
+                    .v4_guard
+                    .iter()
+                    .map(|(w, _)| (*w, self.table.v4_guard_word(*w)))
+                    .collect(),
+                v6_guard: plan
+                    .v6_guard
+                    .iter()
+                    .map(|(w, _)| (*w, self.table.v6_guard_word(*w)))
+                    .collect(),
                 v6_unguarded: plan.v6_unguarded.map(|_| self.table.v6_unguarded()),
             };
             let _ = self.write(&restore);
@@ -407,39 +483,84 @@ impl Filter {
         let mut v4n = (Vec::new(), Vec::new(), Vec::new());
         let mut v4w = (Vec::new(), Vec::new());
         let mut v6h = (Vec::new(), Vec::new(), Vec::new());
-        let mut v6p: (Vec<(Key<[u8; 16]>, Deadlines)>, ()) = (Vec::new(), ());
+        let mut v6p: Vec<(Key<[u8; 16]>, Deadlines)> = Vec::new();
         for c in &plan.slots {
             let del = c.new.is_empty();
             match c.slot {
-                Slot::V4Host(a) => if del { v4h.2.push(a) } else { v4h.0.push(a); v4h.1.push(c.new) },
-                Slot::V4Net(n) => if del { v4n.2.push(n) } else { v4n.0.push(n); v4n.1.push(c.new) },
-                Slot::V4Wide(i) => { v4w.0.push(i); v4w.1.push(c.new) }
-                Slot::V6Host(a) => {
-                    let k = V6Addr { bytes: a.to_be_bytes() };
-                    if del { v6h.2.push(k) } else { v6h.0.push(k); v6h.1.push(c.new) }
+                Slot::V4Host(a) => {
+                    if del {
+                        v4h.2.push(a)
+                    } else {
+                        v4h.0.push(a);
+                        v4h.1.push(c.new)
+                    }
                 }
-                Slot::V6Prefix(a, l) => v6p.0.push((Key::new(u32::from(l), a.to_be_bytes()), c.new)),
+                Slot::V4Net(n) => {
+                    if del {
+                        v4n.2.push(n)
+                    } else {
+                        v4n.0.push(n);
+                        v4n.1.push(c.new)
+                    }
+                }
+                Slot::V4Wide(i) => {
+                    v4w.0.push(i);
+                    v4w.1.push(c.new)
+                }
+                Slot::V6Host(a) => {
+                    let k = V6Addr {
+                        bytes: a.to_be_bytes(),
+                    };
+                    if del {
+                        v6h.2.push(k)
+                    } else {
+                        v6h.0.push(k);
+                        v6h.1.push(c.new)
+                    }
+                }
+                Slot::V6Prefix(a, l) => v6p.push((Key::new(u32::from(l), a.to_be_bytes()), c.new)),
             }
         }
-        let upd = |name: &'static str| move |source| KernelError::Map { op: "updating", map: name, source };
-        let del = |name: &'static str| move |source| KernelError::Map { op: "deleting from", map: name, source };
-        sys::update_batch_parallel(self.fd(map_name::V4_HOSTS), &v4h.0, &v4h.1).map_err(upd(map_name::V4_HOSTS))?;
-        sys::update_batch_parallel(self.fd(map_name::V4_NETS), &v4n.0, &v4n.1).map_err(upd(map_name::V4_NETS))?;
-        sys::update_batch(self.fd(map_name::V4_WIDE), &v4w.0, &v4w.1).map_err(upd(map_name::V4_WIDE))?;
-        sys::update_batch_parallel(self.fd(map_name::V6_HOSTS), &v6h.0, &v6h.1).map_err(upd(map_name::V6_HOSTS))?;
+        let upd = |name: &'static str| {
+            move |source| KernelError::Map {
+                op: "updating",
+                map: name,
+                source,
+            }
+        };
+        let del = |name: &'static str| {
+            move |source| KernelError::Map {
+                op: "deleting from",
+                map: name,
+                source,
+            }
+        };
+        sys::update_batch_parallel(self.fd(map_name::V4_HOSTS), &v4h.0, &v4h.1)
+            .map_err(upd(map_name::V4_HOSTS))?;
+        sys::update_batch_parallel(self.fd(map_name::V4_NETS), &v4n.0, &v4n.1)
+            .map_err(upd(map_name::V4_NETS))?;
+        sys::update_batch(self.fd(map_name::V4_WIDE), &v4w.0, &v4w.1)
+            .map_err(upd(map_name::V4_WIDE))?;
+        sys::update_batch_parallel(self.fd(map_name::V6_HOSTS), &v6h.0, &v6h.1)
+            .map_err(upd(map_name::V6_HOSTS))?;
         let trie = self.fd(map_name::V6_PREFIXES);
-        for (key, value) in v6p.0.iter().filter(|(_, v)| !v.is_empty()) {
+        for (key, value) in v6p.iter().filter(|(_, v)| !v.is_empty()) {
             sys::update_elem(trie, key, value).map_err(upd(map_name::V6_PREFIXES))?;
         }
         let (w4, v4): (Vec<u32>, Vec<u64>) = plan.v4_guard.iter().copied().unzip();
-        sys::update_batch(self.fd(map_name::V4_GUARD), &w4, &v4).map_err(upd(map_name::V4_GUARD))?;
+        sys::update_batch(self.fd(map_name::V4_GUARD), &w4, &v4)
+            .map_err(upd(map_name::V4_GUARD))?;
         let (w6, v6): (Vec<u32>, Vec<u64>) = plan.v6_guard.iter().copied().unzip();
-        sys::update_batch(self.fd(map_name::V6_GUARD), &w6, &v6).map_err(upd(map_name::V6_GUARD))?;
+        sys::update_batch(self.fd(map_name::V6_GUARD), &w6, &v6)
+            .map_err(upd(map_name::V6_GUARD))?;
         if let Some(unguarded) = plan.v6_unguarded {
-            let cfg = Config { v6_unguarded: u32::from(unguarded), ..self.config()? };
+            let cfg = Config {
+                v6_unguarded: u32::from(unguarded),
+                ..self.config()?
+            };
             self.set_config(cfg)?;
         }
-        for (key, _) in v6p.0.iter().filter(|(_, v)| v.is_empty()) {
+        for (key, _) in v6p.iter().filter(|(_, v)| v.is_empty()) {
             sys::delete_elem(trie, key).map_err(del(map_name::V6_PREFIXES))?;
         }
         sys::delete_batch(self.fd(map_name::V6_HOSTS), &v6h.2).map_err(del(map_name::V6_HOSTS))?;
@@ -450,30 +571,41 @@ impl Filter {
 
     /// Current runtime configuration.
     pub fn config(&self) -> Result<Config, KernelError> {
-        let arr: Array<&MapData, Config> =
-            Array::try_from(self.map(map_name::CONFIG)).map_err(map_err("opening", map_name::CONFIG))?;
+        let arr: Array<&MapData, Config> = Array::try_from(self.map(map_name::CONFIG))
+            .map_err(map_err("opening", map_name::CONFIG))?;
         arr.get(&0, 0).map_err(map_err("reading", map_name::CONFIG))
     }
 
     /// Replaces the runtime configuration (mode, sampling).
     pub fn set_config(&self, cfg: Config) -> Result<(), KernelError> {
-        sys::update_batch(self.fd(map_name::CONFIG), &[0u32], &[cfg])
-            .map_err(|source| KernelError::Map { op: "updating", map: map_name::CONFIG, source })
+        sys::update_batch(self.fd(map_name::CONFIG), &[0u32], &[cfg]).map_err(|source| {
+            KernelError::Map {
+                op: "updating",
+                map: map_name::CONFIG,
+                source,
+            }
+        })
     }
 
     /// Switches between enforce and monitor mode.
     pub fn set_mode(&self, mode: u32) -> Result<(), KernelError> {
-        let cfg = Config { mode, ..self.config()? };
+        let cfg = Config {
+            mode,
+            ..self.config()?
+        };
         self.set_config(cfg)
     }
 
     /// Counters summed over CPUs, indexed by `common::counter`.
     pub fn counters(&self) -> Result<[Counter; common::counter::COUNT as usize], KernelError> {
         let arr: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.map(map_name::COUNTERS)).map_err(map_err("opening", map_name::COUNTERS))?;
+            PerCpuArray::try_from(self.map(map_name::COUNTERS))
+                .map_err(map_err("opening", map_name::COUNTERS))?;
         let mut out = [Counter::default(); common::counter::COUNT as usize];
         for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = arr.get(&(i as u32), 0).map_err(map_err("reading", map_name::COUNTERS))?;
+            let per_cpu = arr
+                .get(&(i as u32), 0)
+                .map_err(map_err("reading", map_name::COUNTERS))?;
             for c in per_cpu.iter() {
                 slot.packets += c.packets;
                 slot.bytes += c.bytes;
@@ -484,7 +616,10 @@ impl Filter {
 
     /// Takes the sampled drop events waiting in the ring buffer.
     pub fn drain_events(&mut self) -> Result<Vec<DropEvent>, KernelError> {
-        let map = self.maps.get_mut(map_name::EVENTS).ok_or(KernelError::Missing("EVENTS"))?;
+        let map = self
+            .maps
+            .get_mut(map_name::EVENTS)
+            .ok_or(KernelError::Missing("EVENTS"))?;
         let mut ring: RingBuf<&mut MapData> =
             RingBuf::try_from(map).map_err(map_err("opening", map_name::EVENTS))?;
         let mut out = Vec::new();
@@ -512,54 +647,89 @@ impl Filter {
         let mut report = ReconcileReport::default();
         // Desired slots: written unconditionally (cheap, batched, and idempotent).
         for (slot, value) in fresh.slots() {
-            changes.push(super::table::SlotChange { slot, old: Deadlines::EMPTY, new: value });
+            changes.push(super::table::SlotChange {
+                slot,
+                old: Deadlines::EMPTY,
+                new: value,
+            });
         }
         report.written = changes.len();
         // Extra slots in the kernel that no entry needs.
         let hosts: aya::maps::HashMap<&MapData, u32, Deadlines> =
-            aya::maps::HashMap::try_from(self.map(map_name::V4_HOSTS)).map_err(map_err("opening", map_name::V4_HOSTS))?;
+            aya::maps::HashMap::try_from(self.map(map_name::V4_HOSTS))
+                .map_err(map_err("opening", map_name::V4_HOSTS))?;
         for k in hosts.keys().flatten() {
             if fresh.slot(Slot::V4Host(k)).is_empty() {
-                changes.push(super::table::SlotChange { slot: Slot::V4Host(k), old: Deadlines::EMPTY, new: Deadlines::EMPTY });
+                changes.push(super::table::SlotChange {
+                    slot: Slot::V4Host(k),
+                    old: Deadlines::EMPTY,
+                    new: Deadlines::EMPTY,
+                });
             }
         }
         let nets: aya::maps::HashMap<&MapData, u32, Deadlines> =
-            aya::maps::HashMap::try_from(self.map(map_name::V4_NETS)).map_err(map_err("opening", map_name::V4_NETS))?;
+            aya::maps::HashMap::try_from(self.map(map_name::V4_NETS))
+                .map_err(map_err("opening", map_name::V4_NETS))?;
         for k in nets.keys().flatten() {
             if fresh.slot(Slot::V4Net(k)).is_empty() {
-                changes.push(super::table::SlotChange { slot: Slot::V4Net(k), old: Deadlines::EMPTY, new: Deadlines::EMPTY });
+                changes.push(super::table::SlotChange {
+                    slot: Slot::V4Net(k),
+                    old: Deadlines::EMPTY,
+                    new: Deadlines::EMPTY,
+                });
             }
         }
         for i in 0..common::V4_WIDE_SLOTS {
             if fresh.slot(Slot::V4Wide(i)).is_empty() {
-                changes.push(super::table::SlotChange { slot: Slot::V4Wide(i), old: Deadlines::EMPTY, new: Deadlines::EMPTY });
+                changes.push(super::table::SlotChange {
+                    slot: Slot::V4Wide(i),
+                    old: Deadlines::EMPTY,
+                    new: Deadlines::EMPTY,
+                });
             }
         }
         let h6: aya::maps::HashMap<&MapData, V6Addr, Deadlines> =
-            aya::maps::HashMap::try_from(self.map(map_name::V6_HOSTS)).map_err(map_err("opening", map_name::V6_HOSTS))?;
+            aya::maps::HashMap::try_from(self.map(map_name::V6_HOSTS))
+                .map_err(map_err("opening", map_name::V6_HOSTS))?;
         for k in h6.keys().flatten() {
             let a = u128::from_be_bytes(k.bytes);
             if fresh.slot(Slot::V6Host(a)).is_empty() {
-                changes.push(super::table::SlotChange { slot: Slot::V6Host(a), old: Deadlines::EMPTY, new: Deadlines::EMPTY });
+                changes.push(super::table::SlotChange {
+                    slot: Slot::V6Host(a),
+                    old: Deadlines::EMPTY,
+                    new: Deadlines::EMPTY,
+                });
             }
         }
         let p6: LpmTrie<&MapData, [u8; 16], Deadlines> =
-            LpmTrie::try_from(self.map(map_name::V6_PREFIXES)).map_err(map_err("opening", map_name::V6_PREFIXES))?;
+            LpmTrie::try_from(self.map(map_name::V6_PREFIXES))
+                .map_err(map_err("opening", map_name::V6_PREFIXES))?;
         for k in p6.keys().flatten() {
             let (a, l) = (u128::from_be_bytes(k.data()), k.prefix_len() as u8);
             if fresh.slot(Slot::V6Prefix(a, l)).is_empty() {
-                changes.push(super::table::SlotChange { slot: Slot::V6Prefix(a, l), old: Deadlines::EMPTY, new: Deadlines::EMPTY });
+                changes.push(super::table::SlotChange {
+                    slot: Slot::V6Prefix(a, l),
+                    old: Deadlines::EMPTY,
+                    new: Deadlines::EMPTY,
+                });
             }
         }
         report.removed = changes.len() - report.written;
         // Wide slots are an array: "removing" one writes EMPTY, which is not a real removal.
-        report.removed -= changes.iter().filter(|c| matches!(c.slot, Slot::V4Wide(_)) && c.new.is_empty()).count();
+        report.removed -= changes
+            .iter()
+            .filter(|c| matches!(c.slot, Slot::V4Wide(_)) && c.new.is_empty())
+            .count();
         let plan = Plan {
             from_empty: false,
             entries: Vec::new(),
             slots: changes,
-            v4_guard: (0..common::V4_GUARD_WORDS).map(|w| (w, fresh.v4_guard_word(w))).collect(),
-            v6_guard: (0..common::V6_GUARD_WORDS).map(|w| (w, fresh.v6_guard_word(w))).collect(),
+            v4_guard: (0..common::V4_GUARD_WORDS)
+                .map(|w| (w, fresh.v4_guard_word(w)))
+                .collect(),
+            v6_guard: (0..common::V6_GUARD_WORDS)
+                .map(|w| (w, fresh.v6_guard_word(w)))
+                .collect(),
             v6_unguarded: Some(fresh.v6_unguarded()),
         };
         self.write(&plan)?;
@@ -573,19 +743,32 @@ impl Filter {
 
     /// Writes raw values into a map of the loaded object (benchmark probe arrays, reference
     /// maps). `K`/`V` must match the map's layout.
-    pub fn raw_update<K: Copy, V: Copy>(&mut self, name: &str, keys: &[K], values: &[V]) -> Result<(), KernelError> {
+    pub fn raw_update<K: Copy, V: Copy>(
+        &mut self,
+        name: &str,
+        keys: &[K],
+        values: &[V],
+    ) -> Result<(), KernelError> {
         let map = self.ebpf.map(name).ok_or(KernelError::Missing("map"))?;
-        sys::update_batch(data(map).fd().as_fd(), keys, values)
-            .map_err(|source| KernelError::Map { op: "updating", map: "raw", source })
+        sys::update_batch(data(map).fd().as_fd(), keys, values).map_err(|source| KernelError::Map {
+            op: "updating",
+            map: "raw",
+            source,
+        })
     }
 
     /// Inserts into an LPM trie of the loaded object (benchmark reference maps).
-    pub fn raw_lpm_insert<K: aya::Pod>(&mut self, name: &str, items: &[(u32, K, Deadlines)]) -> Result<(), KernelError> {
+    pub fn raw_lpm_insert<K: aya::Pod>(
+        &mut self,
+        name: &str,
+        items: &[(u32, K, Deadlines)],
+    ) -> Result<(), KernelError> {
         let map = self.ebpf.map_mut(name).ok_or(KernelError::Missing("map"))?;
         let mut trie: LpmTrie<&mut MapData, K, Deadlines> =
             LpmTrie::try_from(map).map_err(map_err("opening", "lpm"))?;
         for (len, key, value) in items {
-            trie.insert(&Key::new(*len, *key), *value, 0).map_err(map_err("updating", "lpm"))?;
+            trie.insert(&Key::new(*len, *key), *value, 0)
+                .map_err(map_err("updating", "lpm"))?;
         }
         Ok(())
     }
@@ -608,7 +791,11 @@ pub fn detach(pin_dir: &Path, iface: &str) -> Result<bool, KernelError> {
     match std::fs::remove_file(&pin) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-        Err(source) => Err(KernelError::Link { op: "removing pinned link", path: pin, source }),
+        Err(source) => Err(KernelError::Link {
+            op: "removing pinned link",
+            path: pin,
+            source,
+        }),
     }
 }
 
@@ -627,14 +814,25 @@ pub fn ensure_bpffs() -> Result<(), KernelError> {
     if ok && st.f_type as i64 == BPF_FS_MAGIC {
         return Ok(());
     }
-    std::fs::create_dir_all(path)
-        .map_err(|source| KernelError::PinDir { path: path.into(), source })?;
+    std::fs::create_dir_all(path).map_err(|source| KernelError::PinDir {
+        path: path.into(),
+        source,
+    })?;
     // SAFETY: valid C strings; mounting bpffs has no memory-safety preconditions.
     let rc = unsafe {
-        libc::mount(c"bpf".as_ptr(), c_path.as_ptr(), c"bpf".as_ptr(), 0, std::ptr::null())
+        libc::mount(
+            c"bpf".as_ptr(),
+            c_path.as_ptr(),
+            c"bpf".as_ptr(),
+            0,
+            std::ptr::null(),
+        )
     };
     if rc != 0 {
-        return Err(KernelError::PinDir { path: path.into(), source: std::io::Error::last_os_error() });
+        return Err(KernelError::PinDir {
+            path: path.into(),
+            source: std::io::Error::last_os_error(),
+        });
     }
     Ok(())
 }

@@ -8,5 +8,8 @@ pub mod filter;
 pub mod sys;
 pub mod table;
 
-pub use filter::{detach, ensure_bpffs, AttachMode, Attached, Filter, KernelError, LoadOptions, Object, ReconcileReport, PROGRAM};
+pub use filter::{
+    AttachMode, Attached, Filter, KernelError, LoadOptions, Object, PROGRAM, ReconcileReport,
+    detach, ensure_bpffs,
+};
 pub use table::{Capacity, IpTable, List, MapFull};

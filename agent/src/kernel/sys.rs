@@ -61,14 +61,27 @@ struct GetFdAttr {
 fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size we pass.
     let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, std::mem::size_of::<T>() as u32)
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as u32,
+        )
     };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
 }
 
 /// Writes `keys[i] -> values[i]` for all `i` (`BPF_MAP_UPDATE_BATCH`). `K` and `V` must be the
 /// map's exact key and value layouts. On error, a prefix may have been written.
-pub fn update_batch<K: Copy, V: Copy>(map: BorrowedFd<'_>, keys: &[K], values: &[V]) -> io::Result<()> {
+pub fn update_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: &[V],
+) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
     for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
         let mut done = 0usize;
@@ -85,7 +98,9 @@ pub fn update_batch<K: Copy, V: Copy>(map: BorrowedFd<'_>, keys: &[K], values: &
             done += attr.count as usize;
             match res {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINTR)
+                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -100,7 +115,9 @@ pub fn update_batch_parallel<K: Copy + Sync, V: Copy + Sync>(
     keys: &[K],
     values: &[V],
 ) -> io::Result<()> {
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(8);
     if keys.len() < 2 * BATCH || threads < 2 {
         return update_batch(map, keys, values);
     }
@@ -111,7 +128,10 @@ pub fn update_batch_parallel<K: Copy + Sync, V: Copy + Sync>(
             .zip(values.chunks(chunk))
             .map(|(k, v)| scope.spawn(move || update_batch(map, k, v)))
             .collect();
-        workers.into_iter().try_for_each(|w| w.join().unwrap_or_else(|_| Err(io::Error::other("writer thread panicked"))))
+        workers.into_iter().try_for_each(|w| {
+            w.join()
+                .unwrap_or_else(|_| Err(io::Error::other("writer thread panicked")))
+        })
     })
 }
 
@@ -131,7 +151,9 @@ pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> 
             done += attr.count as usize;
             match res {
                 Ok(_) => {}
-                Err(e) if e.raw_os_error() == Some(libc::EINTR) || e.raw_os_error() == Some(libc::EAGAIN) => {}
+                Err(e)
+                    if e.raw_os_error() == Some(libc::EINTR)
+                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
                 Err(e) => return Err(e),
             }
         }
@@ -161,12 +183,18 @@ pub fn test_run(prog: BorrowedFd<'_>, frame: &[u8], repeat: u32) -> io::Result<T
         ..TestRunAttr::default()
     };
     bpf(BPF_PROG_TEST_RUN, &mut attr)?;
-    Ok(TestRun { retval: attr.retval, per_run: Duration::from_nanos(u64::from(attr.duration)) })
+    Ok(TestRun {
+        retval: attr.retval,
+        per_run: Duration::from_nanos(u64::from(attr.duration)),
+    })
 }
 
 /// Opens a loaded program by its kernel id (for programs another tool loaded).
 pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
-    let mut attr = GetFdAttr { id, ..GetFdAttr::default() };
+    let mut attr = GetFdAttr {
+        id,
+        ..GetFdAttr::default()
+    };
     let fd = bpf(BPF_PROG_GET_FD_BY_ID, &mut attr)?;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -175,7 +203,10 @@ pub fn prog_fd_by_id(id: u32) -> io::Result<OwnedFd> {
 /// Current `CLOCK_BOOTTIME` in nanoseconds: the clock `bpf_ktime_get_boot_ns` reads, so
 /// deadlines survive suspend the way the kernel sees them.
 pub fn boottime_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: valid out-pointer; CLOCK_BOOTTIME always exists on Linux.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
@@ -207,7 +238,11 @@ pub fn update_elem<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K, value: &V) ->
 
 /// Deletes one element (`BPF_MAP_DELETE_ELEM`).
 pub fn delete_elem<K: Copy>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
-    let mut attr = ElemAttr { map_fd: map.as_raw_fd() as u32, key: key as *const K as u64, ..ElemAttr::default() };
+    let mut attr = ElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        ..ElemAttr::default()
+    };
     bpf(BPF_MAP_DELETE_ELEM, &mut attr).map(drop)
 }
 
@@ -225,7 +260,10 @@ struct ObjGetAttr {
 pub fn obj_get(path: &std::path::Path) -> io::Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt as _;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(io::Error::other)?;
-    let mut attr = ObjGetAttr { pathname: c.as_ptr() as u64, ..ObjGetAttr::default() };
+    let mut attr = ObjGetAttr {
+        pathname: c.as_ptr() as u64,
+        ..ObjGetAttr::default()
+    };
     let fd = bpf(BPF_OBJ_GET, &mut attr)?;
     // SAFETY: the kernel just returned this fd to us.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
@@ -237,14 +275,21 @@ pub fn possible_cpus() -> io::Result<usize> {
     let mut n = 0;
     for part in text.trim().split(',') {
         let (a, b) = part.split_once('-').unwrap_or((part, part));
-        let (a, b): (usize, usize) = (a.parse().map_err(io::Error::other)?, b.parse().map_err(io::Error::other)?);
+        let (a, b): (usize, usize) = (
+            a.parse().map_err(io::Error::other)?,
+            b.parse().map_err(io::Error::other)?,
+        );
         n += b - a + 1;
     }
     Ok(n)
 }
 
 /// [`update_elem`] with a value given as a slice (per-CPU maps take one value per CPU).
-pub fn update_elem_raw<K: Copy, V: Copy>(map: BorrowedFd<'_>, key: &K, values: &[V]) -> io::Result<()> {
+pub fn update_elem_raw<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    key: &K,
+    values: &[V],
+) -> io::Result<()> {
     let mut attr = ElemAttr {
         map_fd: map.as_raw_fd() as u32,
         key: key as *const K as u64,

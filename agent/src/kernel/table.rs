@@ -10,14 +10,16 @@ use std::collections::BTreeMap;
 use rustc_hash::{FxHashMap as HashMap, FxHashSet as HashSet};
 
 use portcullis_common::{
-    v4_guard_slot, v6_guard_slot, Deadlines, GUARD_HOST, GUARD_PREFIX, V4_GUARD_WORDS,
-    V4_WIDE_SLOTS, V6_GUARD_WORDS,
+    Deadlines, GUARD_HOST, GUARD_PREFIX, V4_GUARD_WORDS, V4_WIDE_SLOTS, V6_GUARD_WORDS,
+    v4_guard_slot, v6_guard_slot,
 };
 
-use crate::cidr::{mask128, Cidr};
+use crate::cidr::{Cidr, mask128};
 
 /// Which list an entry belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum List {
     /// Never blocked, whatever the deny list holds.
@@ -103,7 +105,9 @@ impl Default for Capacity {
 
 /// A map would overflow; nothing was changed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("kernel map {map} is full: {needed} slots needed, capacity {capacity}; nothing was changed (raise the capacity in the config)")]
+#[error(
+    "kernel map {map} is full: {needed} slots needed, capacity {capacity}; nothing was changed (raise the capacity in the config)"
+)]
 pub struct MapFull {
     /// Map name.
     pub map: &'static str,
@@ -156,8 +160,24 @@ impl EntryMap {
     }
 
     fn iter(&self) -> impl Iterator<Item = (Cidr, Deadlines)> + '_ {
-        let v4 = self.v4.iter().map(|((addr, len), d)| (Cidr::V4 { addr: *addr, len: *len }, *d));
-        let v6 = self.v6.iter().map(|((addr, len), d)| (Cidr::V6 { addr: *addr, len: *len }, *d));
+        let v4 = self.v4.iter().map(|((addr, len), d)| {
+            (
+                Cidr::V4 {
+                    addr: *addr,
+                    len: *len,
+                },
+                *d,
+            )
+        });
+        let v6 = self.v6.iter().map(|((addr, len), d)| {
+            (
+                Cidr::V6 {
+                    addr: *addr,
+                    len: *len,
+                },
+                *d,
+            )
+        });
         v4.chain(v6)
     }
 }
@@ -228,13 +248,27 @@ impl Default for IpTable {
 
 fn with_list(d: Deadlines, list: List, until: u64) -> Deadlines {
     match list {
-        List::Allow => Deadlines { allow_until: until, ..d },
-        List::Deny => Deadlines { deny_until: until, ..d },
+        List::Allow => Deadlines {
+            allow_until: until,
+            ..d
+        },
+        List::Deny => Deadlines {
+            deny_until: until,
+            ..d
+        },
     }
 }
 
-fn nonzero(words: &[u64]) -> Vec<(u32, u64)> {
-    words.iter().enumerate().filter(|(_, w)| **w != 0).map(|(i, w)| (i as u32, *w)).collect()
+/// Guard bitmap words as (index, value) pairs.
+type GuardWords = Vec<(u32, u64)>;
+
+fn nonzero(words: &[u64]) -> GuardWords {
+    words
+        .iter()
+        .enumerate()
+        .filter(|(_, w)| **w != 0)
+        .map(|(i, w)| (i as u32, *w))
+        .collect()
 }
 
 fn v6_top32(addr: u128) -> u32 {
@@ -296,7 +330,10 @@ impl IpTable {
             .filter(|(_, v)| !v.is_empty())
             .map(|(i, v)| (Slot::V4Wide(i as u32), *v));
         let h6 = self.v6_hosts.iter().map(|(k, v)| (Slot::V6Host(*k), *v));
-        let p6 = self.v6_prefixes.iter().map(|((a, l), v)| (Slot::V6Prefix(*a, *l), *v));
+        let p6 = self
+            .v6_prefixes
+            .iter()
+            .map(|((a, l), v)| (Slot::V6Prefix(*a, *l), *v));
         hosts.chain(nets).chain(wide).chain(h6).chain(p6)
     }
 
@@ -365,11 +402,13 @@ impl IpTable {
             let value = self.compute_slot(slot);
             self.put_slot(slot, value);
         }
-        let mut plan = Plan::default();
-        plan.entries = entry_old
-            .into_iter()
-            .map(|(c, old)| (c, old, self.entry(&c)))
-            .collect();
+        let mut plan = Plan {
+            entries: entry_old
+                .into_iter()
+                .map(|(c, old)| (c, old, self.entry(&c)))
+                .collect(),
+            ..Plan::default()
+        };
         let mut v4_words = HashSet::default();
         let mut v6_words = HashSet::default();
         for (slot, old) in slot_old {
@@ -391,8 +430,14 @@ impl IpTable {
                 }
             }
         }
-        plan.v4_guard = v4_words.into_iter().map(|w| (w, self.v4_guard_word(w))).collect();
-        plan.v6_guard = v6_words.into_iter().map(|w| (w, self.v6_guard_word(w))).collect();
+        plan.v4_guard = v4_words
+            .into_iter()
+            .map(|w| (w, self.v4_guard_word(w)))
+            .collect();
+        plan.v6_guard = v6_words
+            .into_iter()
+            .map(|w| (w, self.v6_guard_word(w)))
+            .collect();
         if let Some(before) = short_before
             && (before > 0) != (self.v6_short > 0)
         {
@@ -411,7 +456,8 @@ impl IpTable {
     fn fill_empty(&mut self, items: &[(List, Cidr, Option<u64>)]) -> Result<Plan, MapFull> {
         for (list, cidr, until) in items {
             let e = self.entries.get(cidr).copied().unwrap_or_default();
-            self.entries.insert(*cidr, with_list(e, *list, until.unwrap_or(0)));
+            self.entries
+                .insert(*cidr, with_list(e, *list, until.unwrap_or(0)));
         }
         let hosts = self.entries.v4.keys().filter(|(_, len)| *len >= 25).count();
         self.v4_hosts.reserve(hosts + hosts / 8);
@@ -443,7 +489,13 @@ impl IpTable {
         }
         self.entries = entries;
         // IPv6 prefix slots aggregate the prefixes covering them: computed per slot.
-        let prefixes: Vec<(u128, u8)> = self.entries.v6.keys().copied().filter(|(_, len)| *len < 128).collect();
+        let prefixes: Vec<(u128, u8)> = self
+            .entries
+            .v6
+            .keys()
+            .copied()
+            .filter(|(_, len)| *len < 128)
+            .collect();
         for (addr, len) in prefixes {
             let v = self.compute_slot(Slot::V6Prefix(addr, len));
             self.v6_prefixes.insert((addr, len), v);
@@ -483,8 +535,18 @@ impl IpTable {
                 self.count_v6(a, false, true, |c| &mut c.1);
             }
         }
-        let mut plan = Plan { from_empty: true, ..Plan::default() };
-        plan.slots = self.slots().map(|(slot, new)| SlotChange { slot, old: Deadlines::EMPTY, new }).collect();
+        let mut plan = Plan {
+            from_empty: true,
+            ..Plan::default()
+        };
+        plan.slots = self
+            .slots()
+            .map(|(slot, new)| SlotChange {
+                slot,
+                old: Deadlines::EMPTY,
+                new,
+            })
+            .collect();
         plan.v4_guard = self.v4_guard_words();
         plan.v6_guard = self.v6_guard_words();
         plan.v6_unguarded = self.v6_unguarded().then_some(true);
@@ -518,11 +580,19 @@ impl IpTable {
             ("V4_HOSTS", self.v4_hosts.len(), self.capacity.v4_hosts),
             ("V4_NETS", self.v4_nets.len(), self.capacity.v4_nets),
             ("V6_HOSTS", self.v6_hosts.len(), self.capacity.v6_hosts),
-            ("V6_PREFIXES", self.v6_prefixes.len(), self.capacity.v6_prefixes),
+            (
+                "V6_PREFIXES",
+                self.v6_prefixes.len(),
+                self.capacity.v6_prefixes,
+            ),
         ];
         for (map, needed, capacity) in checks {
             if needed > capacity as usize {
-                return Err(MapFull { map, needed, capacity });
+                return Err(MapFull {
+                    map,
+                    needed,
+                    capacity,
+                });
             }
         }
         Ok(())
@@ -574,13 +644,24 @@ impl IpTable {
             }
         };
         match slot {
-            Slot::V4Host(a) => (25..=32).for_each(|l| take(Cidr::V4 { addr: a & crate::cidr::mask32(l), len: l })),
-            Slot::V4Net(n) => {
-                (17..=24).for_each(|l| take(Cidr::V4 { addr: (n << 8) & crate::cidr::mask32(l), len: l }))
-            }
-            Slot::V4Wide(i) => {
-                (0..=16).for_each(|l| take(Cidr::V4 { addr: (i << 16) & crate::cidr::mask32(l), len: l }))
-            }
+            Slot::V4Host(a) => (25..=32).for_each(|l| {
+                take(Cidr::V4 {
+                    addr: a & crate::cidr::mask32(l),
+                    len: l,
+                })
+            }),
+            Slot::V4Net(n) => (17..=24).for_each(|l| {
+                take(Cidr::V4 {
+                    addr: (n << 8) & crate::cidr::mask32(l),
+                    len: l,
+                })
+            }),
+            Slot::V4Wide(i) => (0..=16).for_each(|l| {
+                take(Cidr::V4 {
+                    addr: (i << 16) & crate::cidr::mask32(l),
+                    len: l,
+                })
+            }),
             Slot::V6Host(a) => take(Cidr::V6 { addr: a, len: 128 }),
             Slot::V6Prefix(a, len) => {
                 // A trie slot exists only for a prefix that is itself an entry; its value
@@ -588,7 +669,12 @@ impl IpTable {
                 if !self.entries.contains_key(&Cidr::V6 { addr: a, len }) {
                     return Deadlines::EMPTY;
                 }
-                (0..=len).for_each(|l| take(Cidr::V6 { addr: a & mask128(l), len: l }))
+                (0..=len).for_each(|l| {
+                    take(Cidr::V6 {
+                        addr: a & mask128(l),
+                        len: l,
+                    })
+                })
             }
         }
         d
@@ -611,7 +697,11 @@ impl IpTable {
         let present = !value.is_empty();
         match slot {
             Slot::V4Host(a) => {
-                let was = if present { self.v4_hosts.insert(a, value) } else { self.v4_hosts.remove(&a) };
+                let was = if present {
+                    self.v4_hosts.insert(a, value)
+                } else {
+                    self.v4_hosts.remove(&a)
+                };
                 match (was.is_some(), present) {
                     (false, true) => *self.v4_hosts_per_net.entry(a >> 8).or_insert(0) += 1,
                     (true, false) => {
@@ -646,7 +736,11 @@ impl IpTable {
                 }
             }
             Slot::V6Host(a) => {
-                let was = if present { self.v6_hosts.insert(a, value) } else { self.v6_hosts.remove(&a) };
+                let was = if present {
+                    self.v6_hosts.insert(a, value)
+                } else {
+                    self.v6_hosts.remove(&a)
+                };
                 self.count_v6(a, was.is_some(), present, |c| &mut c.0);
             }
             Slot::V6Prefix(a, l) => {
@@ -668,7 +762,13 @@ impl IpTable {
         }
     }
 
-    fn count_v6(&mut self, addr: u128, was: bool, now: bool, pick: fn(&mut (u32, u32)) -> &mut u32) {
+    fn count_v6(
+        &mut self,
+        addr: u128,
+        was: bool,
+        now: bool,
+        pick: fn(&mut (u32, u32)) -> &mut u32,
+    ) {
         let (word, shift) = v6_guard_slot(v6_top32(addr));
         let key = (word << 5) | (shift / 2);
         match (was, now) {
@@ -703,7 +803,10 @@ impl IpTable {
         if self.v4_hosts_per_net.contains_key(&net) {
             bits |= GUARD_HOST;
         }
-        let wide = self.v4_wide.get((net >> 8) as usize).is_some_and(|w| !w.is_empty());
+        let wide = self
+            .v4_wide
+            .get((net >> 8) as usize)
+            .is_some_and(|w| !w.is_empty());
         if wide || self.v4_nets.contains_key(&net) {
             bits |= GUARD_PREFIX;
         }
@@ -732,7 +835,7 @@ impl IpTable {
     /// Both guard bitmaps recomputed from the slots alone (non-zero words), to check the
     /// incremental upkeep.
     #[cfg(test)]
-    fn guards_from_scratch(&self) -> (Vec<(u32, u64)>, Vec<(u32, u64)>) {
+    fn guards_from_scratch(&self) -> (GuardWords, GuardWords) {
         let mut fresh = IpTable::new(self.capacity);
         for (slot, value) in self.slots() {
             fresh.put_slot(slot, value);
@@ -753,7 +856,9 @@ impl IpTable {
                     d = self.slot(Slot::V4Host(a));
                 }
                 if bits & GUARD_PREFIX != 0 {
-                    d = d.max(self.slot(Slot::V4Net(a >> 8))).max(self.slot(Slot::V4Wide(a >> 16)));
+                    d = d
+                        .max(self.slot(Slot::V4Net(a >> 8)))
+                        .max(self.slot(Slot::V4Wide(a >> 16)));
                 }
                 d
             }
@@ -813,9 +918,17 @@ mod tests {
     #[test]
     fn allow_inside_deny_and_removal() {
         let mut t = IpTable::default();
-        t.set(List::Deny, c("10.0.0.0/8"), Some(NEVER)).expect("fits");
-        t.set(List::Allow, c("10.1.2.3"), Some(NEVER)).expect("fits");
-        assert_eq!(t.lookup(ip("10.9.9.9")), Deadlines { allow_until: 0, deny_until: NEVER });
+        t.set(List::Deny, c("10.0.0.0/8"), Some(NEVER))
+            .expect("fits");
+        t.set(List::Allow, c("10.1.2.3"), Some(NEVER))
+            .expect("fits");
+        assert_eq!(
+            t.lookup(ip("10.9.9.9")),
+            Deadlines {
+                allow_until: 0,
+                deny_until: NEVER
+            }
+        );
         assert_eq!(t.lookup(ip("10.1.2.3")).allow_until, NEVER);
         assert_eq!(t.lookup(ip("11.0.0.1")), Deadlines::EMPTY);
         let plan = t.set(List::Deny, c("10.0.0.0/8"), None).expect("fits");
@@ -826,10 +939,16 @@ mod tests {
 
     #[test]
     fn full_map_changes_nothing() {
-        let cap = Capacity { v4_hosts: 100, ..Capacity::default() };
+        let cap = Capacity {
+            v4_hosts: 100,
+            ..Capacity::default()
+        };
         let mut t = IpTable::new(cap);
-        t.set(List::Deny, c("198.18.0.1"), Some(NEVER)).expect("fits");
-        let err = t.set(List::Deny, c("198.18.1.0/25"), Some(NEVER)).expect_err("128 > 100");
+        t.set(List::Deny, c("198.18.0.1"), Some(NEVER))
+            .expect("fits");
+        let err = t
+            .set(List::Deny, c("198.18.1.0/25"), Some(NEVER))
+            .expect_err("128 > 100");
         assert_eq!(err.map, "V4_HOSTS");
         assert_eq!(t.len(), 1);
         assert_eq!(t.slots().count(), 1);
@@ -847,15 +966,21 @@ mod tests {
             let v4 = |r: u64| (((r >> 40) as u32 % 3 + 10) << 24) | (r as u32 & 0x00ff_ffff);
             for _ in 0..300 {
                 let r = rng.next();
-                let list = if r % 7 == 0 { List::Allow } else { List::Deny };
+                let list = if r.is_multiple_of(7) {
+                    List::Allow
+                } else {
+                    List::Deny
+                };
                 let until = 1 + rng.next() % 1000;
-                let cidr = if r % 3 == 0 {
+                let cidr = if r.is_multiple_of(3) {
                     let len = (rng.next() % 33) as u8;
                     Cidr::new(IpAddr::V4(v4(rng.next()).into()), len.max(6)).expect("len ok")
                 } else if r % 3 == 1 {
                     Cidr::v4_host(v4(rng.next()))
                 } else {
-                    let a = (0x2001_0db8u128 << 96) | u128::from(rng.next() % 4) << 80 | u128::from(rng.next());
+                    let a = (0x2001_0db8u128 << 96)
+                        | u128::from(rng.next() % 4) << 80
+                        | u128::from(rng.next());
                     let len = [128u8, 128, 64, 48, 36, 20][(rng.next() % 6) as usize];
                     Cidr::new(IpAddr::V6(a.into()), len).expect("len ok")
                 };
@@ -863,10 +988,10 @@ mod tests {
                 model.push((list, cidr, until));
                 t.set(list, cidr, Some(until)).expect("fits");
                 // Occasionally remove an earlier entry or shorten its deadline.
-                if rng.next() % 4 == 0 && !model.is_empty() {
+                if rng.next().is_multiple_of(4) && !model.is_empty() {
                     let i = (rng.next() % model.len() as u64) as usize;
                     let (l, m, _) = model.remove(i);
-                    if rng.next() % 2 == 0 {
+                    if rng.next().is_multiple_of(2) {
                         t.set(l, m, None).expect("fits");
                     } else {
                         let until = 1 + rng.next() % 10;
@@ -877,22 +1002,31 @@ mod tests {
             }
             for _ in 0..3000 {
                 let r = rng.next();
-                let probe = if r % 2 == 0 {
+                let probe = if r.is_multiple_of(2) {
                     IpAddr::V4(v4(rng.next()).into())
                 } else if let Some((_, c, _)) = model.get((r % model.len() as u64) as usize) {
                     // Inside an entry.
                     match c {
-                        Cidr::V4 { addr, len } => IpAddr::V4((addr | (rng.next() as u32 & !crate::cidr::mask32(*len))).into()),
-                        Cidr::V6 { addr, len } => IpAddr::V6((addr | (u128::from(rng.next()) & !mask128(*len))).into()),
+                        Cidr::V4 { addr, len } => IpAddr::V4(
+                            (addr | (rng.next() as u32 & !crate::cidr::mask32(*len))).into(),
+                        ),
+                        Cidr::V6 { addr, len } => {
+                            IpAddr::V6((addr | (u128::from(rng.next()) & !mask128(*len))).into())
+                        }
                     }
                 } else {
                     continue;
                 };
-                assert_eq!(t.lookup(probe), reference(&model, probe), "round {round} probe {probe}");
+                assert_eq!(
+                    t.lookup(probe),
+                    reference(&model, probe),
+                    "round {round} probe {probe}"
+                );
             }
             // The bulk path yields the same slots and guards as one-by-one changes.
             let mut bulk = IpTable::default();
-            bulk.set_many(model.iter().map(|(l, c, u)| (*l, *c, Some(*u)))).expect("fits");
+            bulk.set_many(model.iter().map(|(l, c, u)| (*l, *c, Some(*u))))
+                .expect("fits");
             let sorted = |t: &IpTable| {
                 let mut v: Vec<String> = t.slots().map(|x| format!("{x:?}")).collect();
                 v.sort();
@@ -901,7 +1035,10 @@ mod tests {
             let (a, b) = (sorted(&bulk), sorted(&t));
             let only_bulk: Vec<_> = a.iter().filter(|x| !b.contains(x)).take(5).collect();
             let only_inc: Vec<_> = b.iter().filter(|x| !a.contains(x)).take(5).collect();
-            assert!(only_bulk.is_empty() && only_inc.is_empty(), "round {round}: bulk only {only_bulk:?}, incremental only {only_inc:?}");
+            assert!(
+                only_bulk.is_empty() && only_inc.is_empty(),
+                "round {round}: bulk only {only_bulk:?}, incremental only {only_inc:?}"
+            );
             assert_eq!(bulk.v4_guard_words(), t.v4_guard_words(), "round {round}");
             assert_eq!(bulk.v6_guard_words(), t.v6_guard_words(), "round {round}");
             assert_eq!(bulk.v6_unguarded(), t.v6_unguarded(), "round {round}");

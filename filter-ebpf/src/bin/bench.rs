@@ -12,10 +12,10 @@
 
 use aya_ebpf::{
     macros::{map, xdp},
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, PerCpuArray},
+    maps::{Array, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
-use filter_ebpf::{filter_with, parse, Source};
+use filter_ebpf::{Source, filter_with, parse};
 use portcullis_common::{Deadlines, V6Addr};
 
 /// Probe slots; the harness fills a power-of-two count and sets `PROBE_MASK`.
@@ -49,8 +49,12 @@ static HASH_V6: HashMap<V6Addr, Deadlines> = HashMap::with_max_entries(1 << 20, 
 /// Copies the next probe over the frame's source address. Frames are untagged IPv4 or IPv6.
 #[inline(always)]
 fn next_probe(ctx: &XdpContext) {
-    let Some(mask) = PROBE_MASK.get(0) else { return };
-    let Some(cursor) = PROBE_CURSOR.get_ptr_mut(0) else { return };
+    let Some(mask) = PROBE_MASK.get(0) else {
+        return;
+    };
+    let Some(cursor) = PROBE_CURSOR.get_ptr_mut(0) else {
+        return;
+    };
     // SAFETY: per-CPU slot, only this CPU writes it while we run.
     let idx = unsafe { *cursor } & *mask;
     // SAFETY: as above.
@@ -125,7 +129,6 @@ pub fn bench_base(ctx: XdpContext) -> u32 {
     next_probe(&ctx);
     filter_with(&ctx, |_| Deadlines::EMPTY, |_, _| Deadlines::EMPTY)
 }
-
 
 /// The floor: `BPF_PROG_TEST_RUN`'s own per-packet cost.
 #[xdp]

@@ -7,7 +7,7 @@
 use anyhow::Context as _;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 use portcullis_tests::backend::Backend;
-use portcullis_tests::netns::{in_netns, NetnsPair, CLIENT_V4, SERVER_V4};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 
 fn main() -> anyhow::Result<()> {
     if !portcullis_tests::privileged("demo") {
@@ -15,9 +15,17 @@ fn main() -> anyhow::Result<()> {
     }
     let pair = NetnsPair::new().context("creating namespaces")?;
     let dirs = AgentDirs::new();
-    println!("== namespaces {} (server {SERVER_V4}, veth {}) and {} (clients {})", pair.server, pair.server_if, pair.client, CLIENT_V4.join(", "));
+    println!(
+        "== namespaces {} (server {SERVER_V4}, veth {}) and {} (clients {})",
+        pair.server,
+        pair.server_if,
+        pair.client,
+        CLIENT_V4.join(", ")
+    );
     // An API server behind the L7 checker, both on the server side.
-    let backend = in_netns(&pair.server, || Backend::start(std::net::TcpListener::bind((SERVER_V4, 0)).expect("bind backend")))?;
+    let backend = in_netns(&pair.server, || {
+        Backend::start(std::net::TcpListener::bind((SERVER_V4, 0)).expect("bind backend"))
+    })?;
     let certs = portcullis_tests::tls::self_signed(&dirs.root, "shop.test", "demo")?;
     let apis = dirs.root.join("apis");
     std::fs::create_dir_all(&apis)?;
@@ -36,9 +44,17 @@ fn main() -> anyhow::Result<()> {
         certs.key.display(),
         apis.display()
     );
-    let opts = AgentOpts { netns: Some(pair.server.clone()), ifaces: vec![pair.server_if.clone()], config, ..AgentOpts::default() };
+    let opts = AgentOpts {
+        netns: Some(pair.server.clone()),
+        ifaces: vec![pair.server_if.clone()],
+        config,
+        ..AgentOpts::default()
+    };
     let agent = Agent::start(&dirs, &opts)?;
-    println!("== portcullis agent --iface {} --https {SERVER_V4}:8443 running (API /shop -> backend {})", pair.server_if, backend.addr);
+    println!(
+        "== portcullis agent --iface {} --https {SERVER_V4}:8443 running (API /shop -> backend {})",
+        pair.server_if, backend.addr
+    );
 
     let run = |args: &[&str]| -> anyhow::Result<()> {
         println!("\n$ portcullis {}", args.join(" "));
@@ -50,7 +66,11 @@ fn main() -> anyhow::Result<()> {
     let [a, b, c] = CLIENT_V4;
     let ping = |who: &str, src: &str| -> anyhow::Result<()> {
         let got = pair.ping(src, SERVER_V4, 4)?;
-        let verdict = if got == 0 { "LOST (dropped by XDP)" } else { "answered" };
+        let verdict = if got == 0 {
+            "LOST (dropped by XDP)"
+        } else {
+            "answered"
+        };
         println!("   ping from {who} {src}: {got}/4 {verdict}");
         Ok(())
     };
@@ -62,11 +82,18 @@ fn main() -> anyhow::Result<()> {
     ping("client A", a)?;
     ping("client B", b)?;
 
-    run(&["deny", "add", "ip", "198.18.0.0/29", "--ttl", "10m", "--force"])?;
+    run(&[
+        "deny",
+        "add",
+        "ip",
+        "198.18.0.0/29",
+        "--ttl",
+        "10m",
+        "--force",
+    ])?;
     run(&["allow", "add", "ip", c])?;
     ping("client B", b)?;
     ping("client C", c)?;
-
 
     run(&["deny", "remove", "ip", "198.18.0.0/29"])?;
     run(&["deny", "remove", "ip", a])?;
@@ -75,12 +102,28 @@ fn main() -> anyhow::Result<()> {
     // The L7 checker: TLS, a denied token, a decoy turned into a kernel drop.
     let curl = |src: &str, path: &str, token: &str| -> anyhow::Result<()> {
         let out = pair.client_cmd(&[
-            "curl", "-s", "--max-time", "3", "--interface", src, "--cacert", certs.ca.to_str().unwrap_or(""),
-            "--resolve", &format!("shop.test:8443:{SERVER_V4}"), "-H", &format!("Authorization: Bearer {token}"),
-            "-w", " [HTTP %{http_code}]", &format!("https://shop.test:8443{path}"),
+            "curl",
+            "-s",
+            "--max-time",
+            "3",
+            "--interface",
+            src,
+            "--cacert",
+            certs.ca.to_str().unwrap_or(""),
+            "--resolve",
+            &format!("shop.test:8443:{SERVER_V4}"),
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-w",
+            " [HTTP %{http_code}]",
+            &format!("https://shop.test:8443{path}"),
         ])?;
         let body = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
-        let note = if out.status.code() == Some(28) { "(no answer: connection dropped by XDP)" } else { "" };
+        let note = if out.status.code() == Some(28) {
+            "(no answer: connection dropped by XDP)"
+        } else {
+            ""
+        };
         println!("   curl from {src} https://shop.test:8443{path} (token {token}): {body}{note}");
         Ok(())
     };
