@@ -582,3 +582,29 @@ fn a_decoy_visit_gets_the_client_dropped_by_xdp() {
     drop(agent);
     let _ = portcullis::kernel::detach(&dirs.pins.0, &pair.server_if);
 }
+
+#[test]
+fn round_robin_skips_a_dead_server() {
+    if !privileged("round_robin_skips_a_dead_server") {
+        return;
+    }
+    let dead = free_port();
+    let s = setup(|apis, backend| {
+        write_api(
+            apis,
+            "shop",
+            &format!(
+                r#"{{"url":"/shop","health_retry_count":2,"servers":[{{"host":"127.0.0.1","port":{dead}}},{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    });
+    let codes: Vec<u16> = (0..12).map(|_| s.curl("/shop/x", &[]).0).collect();
+    let failed = codes.iter().filter(|c| **c == 502).count();
+    assert!(
+        failed <= 2,
+        "the dead server is skipped after 2 failures: {codes:?}"
+    );
+    assert!(codes[6..].iter().all(|c| *c == 200), "{codes:?}");
+    let head = s.backend.last().expect("live server served");
+    assert!(head.starts_with("GET /shop/x"), "{head}");
+}

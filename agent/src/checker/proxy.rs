@@ -64,14 +64,22 @@ pub struct Proxy {
     detection_ttl: u64,
     client: Client<HttpConnector, Body>,
     round_robin: Mutex<HashMap<String, usize>>,
-    /// Servers currently skipped: (host, port) → consecutive failures (shared by workers).
-    failures: Arc<RwLock<HashMap<(String, u16), u32>>>,
+    /// Failing servers: (host, port) → (consecutive failures, last failure), shared by
+    /// workers. A server past the API's `health_retry_count` is skipped; without health
+    /// checks it is tried again after [`RETRY_AFTER`], so a recovered server comes back.
+    failures: Arc<RwLock<ServerFailures>>,
     /// Per-client request windows (shared by workers).
     spikes: Arc<Mutex<SpikeWindows>>,
 }
 
 /// (API, client) → (window start, requests in the window).
 type SpikeWindows = HashMap<(String, IpAddr), (Instant, u32)>;
+
+/// (host, port) → (consecutive failures, last failure).
+type ServerFailures = HashMap<(String, u16), (u32, Instant)>;
+
+/// How long a failed server is skipped when no health check will bring it back.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
 
 fn backend_client() -> Client<HttpConnector, Body> {
     let mut connector = HttpConnector::new();
@@ -299,13 +307,16 @@ impl Proxy {
         };
         let failures = self.failures.read().ok()?;
         let limit = api.meta.health_retry_count.unwrap_or(3).max(1);
+        let usable = |s: &&super::api::Server| {
+            failures
+                .get(&(s.host.clone(), s.port))
+                .is_none_or(|(n, last)| {
+                    *n < limit || (!api.meta.health_check && last.elapsed() >= RETRY_AFTER)
+                })
+        };
         (0..servers.len())
             .map(|i| &servers[(start + i) % servers.len()])
-            .find(|s| {
-                failures
-                    .get(&(s.host.clone(), s.port))
-                    .is_none_or(|f| *f < limit)
-            })
+            .find(usable)
             .map(|s| (s.host.clone(), s.port))
     }
 
@@ -314,7 +325,8 @@ impl Proxy {
             if ok {
                 f.remove(server);
             } else {
-                *f.entry(server.clone()).or_insert(0) += 1;
+                let e = f.entry(server.clone()).or_insert((0, Instant::now()));
+                *e = (e.0 + 1, Instant::now());
             }
         }
     }
