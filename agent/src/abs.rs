@@ -130,70 +130,73 @@ pub struct AttackList {
     pub unknown: Vec<String>,
 }
 
-fn item(kind: Kind, name: Option<&str>, v: &serde_json::Value) -> Option<AbsItem> {
-    match v {
-        serde_json::Value::String(s) => Some(AbsItem {
+/// One item as ABS sends it: a string, an object, or (skipped) anything else.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ItemDoc {
+    Plain(String),
+    Full {
+        value: String,
+        #[serde(default)]
+        ttl: Option<u64>,
+        #[serde(default)]
+        name: Option<String>,
+    },
+    Other(serde::de::IgnoredAny),
+}
+
+/// The document: `attacklist` kept as raw JSON slices per key, each then deserialized
+/// straight into typed items (no intermediate JSON tree: a 1M-item list would otherwise cost
+/// hundreds of MB while it is parsed).
+#[derive(Deserialize)]
+struct Doc<'a> {
+    #[serde(borrow)]
+    attacklist: std::collections::BTreeMap<String, &'a serde_json::value::RawValue>,
+}
+
+fn items(kind: Kind, name: Option<&str>, docs: Vec<ItemDoc>, out: &mut Vec<AbsItem>) {
+    out.extend(docs.into_iter().filter_map(|d| match d {
+        ItemDoc::Plain(value) => Some(AbsItem {
             kind,
             name: name.map(str::to_owned),
-            value: s.clone(),
+            value,
             ttl: None,
         }),
-        serde_json::Value::Object(o) => {
-            let value = o.get("value").and_then(|x| x.as_str())?.to_owned();
-            let name = o
-                .get("name")
-                .and_then(|x| x.as_str())
-                .map(str::to_owned)
-                .or_else(|| name.map(str::to_owned));
-            let ttl = o
-                .get("ttl")
-                .and_then(serde_json::Value::as_u64)
-                .filter(|t| *t > 0);
-            Some(AbsItem {
-                kind,
-                name,
-                value,
-                ttl,
-            })
-        }
-        _ => None,
-    }
+        ItemDoc::Full {
+            value,
+            ttl,
+            name: n,
+        } => Some(AbsItem {
+            kind,
+            name: n.or_else(|| name.map(str::to_owned)),
+            value,
+            ttl: ttl.filter(|t| *t > 0),
+        }),
+        ItemDoc::Other(_) => None,
+    }));
 }
 
 /// Parses an attack list document (see the module doc). Items of the wrong JSON type are
-/// skipped; a document without `attacklist` is an error.
+/// skipped; a document without `attacklist`, or with a list that is not a list, is an error.
 pub fn parse_attacklist(body: &[u8]) -> Result<AttackList, AbsError> {
-    let doc: serde_json::Value =
-        serde_json::from_slice(body).map_err(|e| AbsError::Parse(e.to_string()))?;
-    let list = doc
-        .get("attacklist")
-        .and_then(|a| a.as_object())
-        .ok_or_else(|| AbsError::Parse("no \"attacklist\" object".into()))?;
+    let doc: Doc<'_> = serde_json::from_slice(body).map_err(|e| AbsError::Parse(e.to_string()))?;
     let mut out = AttackList::default();
-    let arr = |v: &serde_json::Value| v.as_array().cloned().unwrap_or_default();
-    for (key, v) in list {
+    for (key, raw) in doc.attacklist {
+        let list = |what: &str| -> Result<Vec<ItemDoc>, AbsError> {
+            serde_json::from_str(raw.get())
+                .map_err(|e| AbsError::Parse(format!("attacklist.{what}: {e}")))
+        };
         match key.as_str() {
-            "ips" => out
-                .items
-                .extend(arr(v).iter().filter_map(|x| item(Kind::Ip, None, x))),
-            "oauth_tokens" | "tokens" => out
-                .items
-                .extend(arr(v).iter().filter_map(|x| item(Kind::Token, None, x))),
-            "api_keys" => out
-                .items
-                .extend(arr(v).iter().filter_map(|x| item(Kind::ApiKey, None, x))),
-            "usernames" => out
-                .items
-                .extend(arr(v).iter().filter_map(|x| item(Kind::Username, None, x))),
+            "ips" => items(Kind::Ip, None, list("ips")?, &mut out.items),
+            "oauth_tokens" | "tokens" => items(Kind::Token, None, list(&key)?, &mut out.items),
+            "api_keys" => items(Kind::ApiKey, None, list("api_keys")?, &mut out.items),
+            "usernames" => items(Kind::Username, None, list("usernames")?, &mut out.items),
             "cookies" => {
-                if let Some(by_name) = v.as_object() {
-                    for (name, values) in by_name {
-                        out.items.extend(
-                            arr(values)
-                                .iter()
-                                .filter_map(|x| item(Kind::Cookie, Some(name), x)),
-                        );
-                    }
+                let by_name: std::collections::BTreeMap<String, Vec<ItemDoc>> =
+                    serde_json::from_str(raw.get())
+                        .map_err(|e| AbsError::Parse(format!("attacklist.cookies: {e}")))?;
+                for (name, docs) in by_name {
+                    items(Kind::Cookie, Some(&name), docs, &mut out.items);
                 }
             }
             other => out.unknown.push(other.chars().take(64).collect()),

@@ -591,18 +591,26 @@ impl Service {
     }
 
     /// Makes the `abs` rows of the deny list exactly `items` (see [`crate::abs`]), as a diff.
+    /// Memory stays proportional to the list's keys, not its entries: items are validated
+    /// once to find their identity, and only the ones to add are turned into entries, in
+    /// chunks.
     pub fn abs_mirror(
         &mut self,
         items: Vec<crate::abs::AbsItem>,
     ) -> Result<MirrorReport, ServiceError> {
+        const CHUNK: usize = 50_000;
         let now = unix_now();
         let mut report = MirrorReport::default();
-        let mut desired: std::collections::HashMap<(i64, i64), Entry> =
+        // Identity → (item index, expiry) of every valid item.
+        let mut desired: std::collections::HashMap<(i64, i64), (usize, Option<i64>)> =
             std::collections::HashMap::with_capacity(items.len());
-        for it in items {
-            match self.abs_entry(&it, now) {
+        for (i, it) in items.iter().enumerate() {
+            match self.abs_entry(it, now) {
                 Ok(e) => {
-                    desired.insert(crate::store::ident_key(List::Deny, &e.ident), e);
+                    desired.insert(
+                        crate::store::ident_key(List::Deny, &e.ident),
+                        (i, e.expires),
+                    );
                 }
                 Err(e) => {
                     report.skipped += 1;
@@ -610,28 +618,35 @@ impl Service {
                 }
             }
         }
+        // What the store already holds from ABS: unchanged rows drop out of `desired`,
+        // rows ABS no longer lists become removals.
         let mut stale = Vec::new();
-        let mut unchanged = std::collections::HashSet::new();
         self.store.for_each(|e| {
             if e.list == List::Deny && e.source == "abs" {
                 let k = crate::store::ident_key(List::Deny, &e.ident);
                 match desired.get(&k) {
-                    Some(d) if d.expires == e.expires => {
-                        unchanged.insert(k);
+                    Some((_, exp)) if *exp == e.expires => {
+                        desired.remove(&k);
                     }
                     Some(_) => {}
                     None => stale.push(e.ident.clone()),
                 }
             }
         })?;
-        let adds: Vec<Entry> = desired
-            .into_iter()
-            .filter(|(k, _)| !unchanged.contains(k))
-            .map(|(_, e)| e)
-            .collect();
+        let mut adds: Vec<usize> = desired.into_values().map(|(i, _)| i).collect();
+        adds.sort_unstable();
         report.added = adds.len();
-        self.add_batch(List::Deny, &adds)?;
+        for chunk in adds.chunks(CHUNK) {
+            let entries: Vec<Entry> = chunk
+                .iter()
+                .filter_map(|i| self.abs_entry(&items[*i], now).ok())
+                .collect();
+            self.add_batch(List::Deny, &entries)?;
+        }
+        drop(items);
         report.removed = self.remove_batch(List::Deny, &stale, "abs")?;
+        // SAFETY: glibc's malloc_trim has no preconditions; it returns the sync's buffers.
+        unsafe { libc::malloc_trim(0) };
         Ok(report)
     }
 
