@@ -11,38 +11,68 @@ use crate::ident::{Identifier, Kind};
 use crate::kernel::List;
 use crate::store::{Entry, ident_key};
 
-/// Where and until when one identifier is listed.
-#[derive(Clone, Debug, Default)]
+/// Where and until when one identifier is listed, in 16 bytes (a million entries of each
+/// kind live here): the latest global expiry (`NONE` = not global, `i64::MAX` = never), and
+/// per-API rows only when there are any.
+#[derive(Clone, Debug)]
 struct Presence {
-    /// Expiry of the latest global row (`i64::MAX` = never).
-    global: Option<i64>,
-    /// Per-API rows: (api, expiry).
-    scoped: Vec<(Box<str>, i64)>,
+    global: i64,
+    scoped: Option<Box<ScopedRows>>,
+}
+
+/// Per-API rows of one identifier: (API name, expiry).
+type ScopedRows = Vec<(Box<str>, i64)>;
+
+const NONE: i64 = i64::MIN;
+
+impl Default for Presence {
+    fn default() -> Self {
+        Self {
+            global: NONE,
+            scoped: None,
+        }
+    }
 }
 
 impl Presence {
     fn add(&mut self, api: &str, expires: Option<i64>) {
         let e = expires.unwrap_or(i64::MAX);
         if api.is_empty() {
-            self.global = Some(self.global.map_or(e, |g| g.max(e)));
-        } else if let Some(s) = self.scoped.iter_mut().find(|(a, _)| &**a == api) {
-            s.1 = s.1.max(e);
-        } else {
-            self.scoped.push((api.into(), e));
+            self.global = self.global.max(e);
+            return;
+        }
+        let scoped = self.scoped.get_or_insert_with(Default::default);
+        match scoped.iter_mut().find(|(a, _)| &**a == api) {
+            Some(s) => s.1 = s.1.max(e),
+            None => scoped.push((api.into(), e)),
         }
     }
 
     fn matches(&self, api: &str, now: i64) -> bool {
-        self.global.is_some_and(|e| e > now)
-            || self.scoped.iter().any(|(a, e)| &**a == api && *e > now)
+        (self.global != NONE && self.global > now)
+            || self
+                .scoped
+                .as_ref()
+                .is_some_and(|s| s.iter().any(|(a, e)| &**a == api && *e > now))
     }
+}
+
+/// IPv4 key: address, prefix length and list packed in 8 bytes.
+fn v4_key(list: List, addr: u32, len: u8) -> u64 {
+    (u64::from(addr) << 16) | (u64::from(len) << 1) | u64::from(list == List::Allow)
+}
+
+/// IPv6 key: address, and prefix length with the list.
+fn v6_key(list: List, addr: u128, len: u8) -> (u128, u16) {
+    (addr, (u16::from(len) << 1) | u16::from(list == List::Allow))
 }
 
 /// The L7 view of both lists.
 #[derive(Debug)]
 pub struct L7Lists {
     idents: HashMap<(i64, i64), Presence>,
-    ips: HashMap<(List, Cidr), Presence>,
+    ips4: HashMap<u64, Presence>,
+    ips6: HashMap<(u128, u16), Presence>,
     /// Prefix lengths present, per family, so IP lookups probe only those.
     v4_lens: [u32; 33],
     v6_lens: [u32; 129],
@@ -52,7 +82,8 @@ impl Default for L7Lists {
     fn default() -> Self {
         Self {
             idents: HashMap::default(),
-            ips: HashMap::default(),
+            ips4: HashMap::default(),
+            ips6: HashMap::default(),
             v4_lens: [0; 33],
             v6_lens: [0; 129],
         }
@@ -72,12 +103,20 @@ impl L7Lists {
     /// Records one row.
     pub fn add(&mut self, e: &Entry) {
         match e.ident.cidr() {
-            Some(c) => {
-                let p = self.ips.entry((e.list, c)).or_default();
-                let new = p.global.is_none() && p.scoped.is_empty();
-                p.add(&e.api, e.expires);
+            Some(Cidr::V4 { addr, len }) => {
+                let p = self.ips4.entry(v4_key(e.list, addr, len));
+                let new = matches!(p, std::collections::hash_map::Entry::Vacant(_));
+                p.or_default().add(&e.api, e.expires);
                 if new {
-                    self.count_len(c, 1);
+                    self.v4_lens[len as usize] += 1;
+                }
+            }
+            Some(Cidr::V6 { addr, len }) => {
+                let p = self.ips6.entry(v6_key(e.list, addr, len));
+                let new = matches!(p, std::collections::hash_map::Entry::Vacant(_));
+                p.or_default().add(&e.api, e.expires);
+                if new {
+                    self.v6_lens[len as usize] += 1;
                 }
             }
             None => self
@@ -88,21 +127,18 @@ impl L7Lists {
         }
     }
 
-    fn count_len(&mut self, c: Cidr, delta: i32) {
-        let slot = match c {
-            Cidr::V4 { len, .. } => &mut self.v4_lens[len as usize],
-            Cidr::V6 { len, .. } => &mut self.v6_lens[len as usize],
-        };
-        *slot = slot.saturating_add_signed(delta);
-    }
-
     /// Replaces what is known of one identifier on one list with `rows` (after a removal,
     /// a clear or an expiry, from the store's remaining rows).
     pub fn reset(&mut self, list: List, ident: &Identifier, rows: &[Entry]) {
         match ident.cidr() {
-            Some(c) => {
-                if self.ips.remove(&(list, c)).is_some() {
-                    self.count_len(c, -1);
+            Some(Cidr::V4 { addr, len }) => {
+                if self.ips4.remove(&v4_key(list, addr, len)).is_some() {
+                    self.v4_lens[len as usize] -= 1;
+                }
+            }
+            Some(Cidr::V6 { addr, len }) => {
+                if self.ips6.remove(&v6_key(list, addr, len)).is_some() {
+                    self.v6_lens[len as usize] -= 1;
                 }
             }
             None => {
@@ -129,14 +165,8 @@ impl L7Lists {
                 (0..=32u8)
                     .filter(|l| self.v4_lens[*l as usize] > 0)
                     .any(|len| {
-                        self.ips
-                            .get(&(
-                                list,
-                                Cidr::V4 {
-                                    addr: a & mask32(len),
-                                    len,
-                                },
-                            ))
+                        self.ips4
+                            .get(&v4_key(list, a & mask32(len), len))
                             .is_some_and(|p| p.matches(api, now))
                     })
             }
@@ -145,14 +175,8 @@ impl L7Lists {
                 (0..=128u8)
                     .filter(|l| self.v6_lens[*l as usize] > 0)
                     .any(|len| {
-                        self.ips
-                            .get(&(
-                                list,
-                                Cidr::V6 {
-                                    addr: a & mask128(len),
-                                    len,
-                                },
-                            ))
+                        self.ips6
+                            .get(&v6_key(list, a & mask128(len), len))
                             .is_some_and(|p| p.matches(api, now))
                     })
             }
@@ -161,7 +185,7 @@ impl L7Lists {
 
     /// Number of identifiers held (for status).
     pub fn len(&self) -> usize {
-        self.idents.len() + self.ips.len()
+        self.idents.len() + self.ips4.len() + self.ips6.len()
     }
 
     /// Whether nothing is held.
