@@ -655,60 +655,36 @@ impl Filter {
         }
         report.written = changes.len();
         // Extra slots in the kernel that no entry needs.
+        // Every slot the kernel holds; those no entry needs are removed.
+        let mut held: Vec<Slot> = (0..common::V4_WIDE_SLOTS).map(Slot::V4Wide).collect();
         let hosts: aya::maps::HashMap<&MapData, u32, Deadlines> =
             aya::maps::HashMap::try_from(self.map(map_name::V4_HOSTS))
                 .map_err(map_err("opening", map_name::V4_HOSTS))?;
-        for k in hosts.keys().flatten() {
-            if fresh.slot(Slot::V4Host(k)).is_empty() {
-                changes.push(super::table::SlotChange {
-                    slot: Slot::V4Host(k),
-                    old: Deadlines::EMPTY,
-                    new: Deadlines::EMPTY,
-                });
-            }
-        }
+        held.extend(hosts.keys().flatten().map(Slot::V4Host));
         let nets: aya::maps::HashMap<&MapData, u32, Deadlines> =
             aya::maps::HashMap::try_from(self.map(map_name::V4_NETS))
                 .map_err(map_err("opening", map_name::V4_NETS))?;
-        for k in nets.keys().flatten() {
-            if fresh.slot(Slot::V4Net(k)).is_empty() {
-                changes.push(super::table::SlotChange {
-                    slot: Slot::V4Net(k),
-                    old: Deadlines::EMPTY,
-                    new: Deadlines::EMPTY,
-                });
-            }
-        }
-        for i in 0..common::V4_WIDE_SLOTS {
-            if fresh.slot(Slot::V4Wide(i)).is_empty() {
-                changes.push(super::table::SlotChange {
-                    slot: Slot::V4Wide(i),
-                    old: Deadlines::EMPTY,
-                    new: Deadlines::EMPTY,
-                });
-            }
-        }
+        held.extend(nets.keys().flatten().map(Slot::V4Net));
         let h6: aya::maps::HashMap<&MapData, V6Addr, Deadlines> =
             aya::maps::HashMap::try_from(self.map(map_name::V6_HOSTS))
                 .map_err(map_err("opening", map_name::V6_HOSTS))?;
-        for k in h6.keys().flatten() {
-            let a = u128::from_be_bytes(k.bytes);
-            if fresh.slot(Slot::V6Host(a)).is_empty() {
-                changes.push(super::table::SlotChange {
-                    slot: Slot::V6Host(a),
-                    old: Deadlines::EMPTY,
-                    new: Deadlines::EMPTY,
-                });
-            }
-        }
+        held.extend(
+            h6.keys()
+                .flatten()
+                .map(|k| Slot::V6Host(u128::from_be_bytes(k.bytes))),
+        );
         let p6: LpmTrie<&MapData, [u8; 16], Deadlines> =
             LpmTrie::try_from(self.map(map_name::V6_PREFIXES))
                 .map_err(map_err("opening", map_name::V6_PREFIXES))?;
-        for k in p6.keys().flatten() {
-            let (a, l) = (u128::from_be_bytes(k.data()), k.prefix_len() as u8);
-            if fresh.slot(Slot::V6Prefix(a, l)).is_empty() {
+        held.extend(
+            p6.keys()
+                .flatten()
+                .map(|k| Slot::V6Prefix(u128::from_be_bytes(k.data()), k.prefix_len() as u8)),
+        );
+        for slot in held {
+            if fresh.slot(slot).is_empty() {
                 changes.push(super::table::SlotChange {
-                    slot: Slot::V6Prefix(a, l),
+                    slot,
                     old: Deadlines::EMPTY,
                     new: Deadlines::EMPTY,
                 });

@@ -75,6 +75,43 @@ fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     }
 }
 
+/// Runs a batched map command over `keys` (and `values`, for updates) in chunks of at most
+/// [`BATCH`], resuming where the kernel stopped after a transient `EINTR`/`EAGAIN`.
+fn batch<K: Copy, V: Copy>(
+    cmd: libc::c_long,
+    map: BorrowedFd<'_>,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> io::Result<()> {
+    let mut done = 0usize;
+    let mut stalls = 0;
+    while done < keys.len() {
+        let n = (keys.len() - done).min(BATCH);
+        let mut attr = BatchAttr {
+            keys: keys[done..].as_ptr() as u64,
+            values: values.map_or(0, |v| v[done..].as_ptr() as u64),
+            count: n as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let res = bpf(cmd, &mut attr);
+        // The kernel reports how many it processed even when it stops early.
+        let progressed = (attr.count as usize).min(n);
+        done += progressed;
+        match res {
+            Ok(_) => {}
+            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {
+                stalls = if progressed == 0 { stalls + 1 } else { 0 };
+                if stalls > 100 {
+                    return Err(e);
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 /// Writes `keys[i] -> values[i]` for all `i` (`BPF_MAP_UPDATE_BATCH`). `K` and `V` must be the
 /// map's exact key and value layouts. On error, a prefix may have been written.
 pub fn update_batch<K: Copy, V: Copy>(
@@ -83,29 +120,7 @@ pub fn update_batch<K: Copy, V: Copy>(
     values: &[V],
 ) -> io::Result<()> {
     assert_eq!(keys.len(), values.len(), "one value per key");
-    for (k, v) in keys.chunks(BATCH).zip(values.chunks(BATCH)) {
-        let mut done = 0usize;
-        while done < k.len() {
-            let mut attr = BatchAttr {
-                keys: k[done..].as_ptr() as u64,
-                values: v[done..].as_ptr() as u64,
-                count: (k.len() - done) as u32,
-                map_fd: map.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            let res = bpf(BPF_MAP_UPDATE_BATCH, &mut attr);
-            // The kernel reports how many it processed even when it stops early.
-            done += attr.count as usize;
-            match res {
-                Ok(_) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EINTR)
-                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
+    batch(BPF_MAP_UPDATE_BATCH, map, keys, Some(values))
 }
 
 /// [`update_batch`] split over the available CPUs: hash maps lock per bucket, so large
@@ -138,27 +153,7 @@ pub fn update_batch_parallel<K: Copy + Sync, V: Copy + Sync>(
 /// Deletes `keys` (`BPF_MAP_DELETE_BATCH`); keys that are absent are an error (`ENOENT`),
 /// which callers avoid by deleting only what their twin says exists.
 pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
-    for k in keys.chunks(BATCH) {
-        let mut done = 0usize;
-        while done < k.len() {
-            let mut attr = BatchAttr {
-                keys: k[done..].as_ptr() as u64,
-                count: (k.len() - done) as u32,
-                map_fd: map.as_raw_fd() as u32,
-                ..BatchAttr::default()
-            };
-            let res = bpf(BPF_MAP_DELETE_BATCH, &mut attr);
-            done += attr.count as usize;
-            match res {
-                Ok(_) => {}
-                Err(e)
-                    if e.raw_os_error() == Some(libc::EINTR)
-                        || e.raw_os_error() == Some(libc::EAGAIN) => {}
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(())
+    batch::<K, u8>(BPF_MAP_DELETE_BATCH, map, keys, None)
 }
 
 /// Result of one `BPF_PROG_TEST_RUN`.
