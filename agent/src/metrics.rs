@@ -2,8 +2,8 @@
 //!
 //! | metric | labels | what |
 //! |---|---|---|
-//! | `portcullis_xdp_packets_total` | `verdict` | packets judged by the XDP filter |
-//! | `portcullis_xdp_bytes_total` | `verdict` | their bytes |
+//! | `portcullis_xdp_packets_total` | `iface`, `verdict` | packets judged by the XDP filter (`iface="other"`: interfaces without their own slot) |
+//! | `portcullis_xdp_bytes_total` | `iface`, `verdict` | their bytes |
 //! | `portcullis_list_entries` | `list`, `kind`, `source` | entries in the store |
 //! | `portcullis_reconcile_seconds` | | duration of the last start-up reconcile |
 //! | `portcullis_expired_total` | | entries pruned because they expired |
@@ -31,23 +31,30 @@ pub struct AgentMetrics {
 pub fn render(service: &Service, agent: &AgentMetrics) -> String {
     let mut out = String::new();
     if let Ok(stats) = service.stats()
-        && let Some(kernel) = stats.get("kernel").and_then(|k| k.as_object())
+        && let Some(ifaces) = stats.get("interfaces").and_then(|k| k.as_object())
     {
-        out.push_str("# HELP portcullis_xdp_packets_total Packets judged by the XDP filter, by verdict.\n# TYPE portcullis_xdp_packets_total counter\n");
-        for (verdict, v) in kernel {
-            let _ = writeln!(
-                out,
-                "portcullis_xdp_packets_total{{verdict=\"{verdict}\"}} {}",
-                v["packets"]
-            );
-        }
-        out.push_str("# HELP portcullis_xdp_bytes_total Bytes judged by the XDP filter, by verdict.\n# TYPE portcullis_xdp_bytes_total counter\n");
-        for (verdict, v) in kernel {
-            let _ = writeln!(
-                out,
-                "portcullis_xdp_bytes_total{{verdict=\"{verdict}\"}} {}",
-                v["bytes"]
-            );
+        for (metric, field, help) in [
+            (
+                "portcullis_xdp_packets_total",
+                "packets",
+                "Packets judged by the XDP filter, by interface and verdict.",
+            ),
+            (
+                "portcullis_xdp_bytes_total",
+                "bytes",
+                "Bytes judged by the XDP filter, by interface and verdict.",
+            ),
+        ] {
+            let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
+            for (iface, verdicts) in ifaces {
+                for (verdict, v) in verdicts.as_object().into_iter().flatten() {
+                    let _ = writeln!(
+                        out,
+                        "{metric}{{iface=\"{iface}\",verdict=\"{verdict}\"}} {}",
+                        v[field]
+                    );
+                }
+            }
         }
     }
     if let Ok(stats) = service.stats()

@@ -768,6 +768,22 @@ impl Service {
     /// Kernel counters by verdict name.
     pub fn stats(&self) -> Result<serde_json::Value, ServiceError> {
         let mut kernel = serde_json::Map::new();
+        let mut by_iface = serde_json::Map::new();
+        if let Some(f) = &self.filter {
+            for (iface, counters) in f.counters_by_iface()? {
+                let m: serde_json::Map<String, serde_json::Value> = counters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| {
+                        (
+                            portcullis_common::counter::NAMES[i].to_owned(),
+                            serde_json::json!({"packets": c.packets, "bytes": c.bytes}),
+                        )
+                    })
+                    .collect();
+                by_iface.insert(iface, serde_json::Value::Object(m));
+            }
+        }
         if let Some(f) = &self.filter {
             for (i, c) in f.counters()?.iter().enumerate() {
                 kernel.insert(
@@ -786,7 +802,7 @@ impl Service {
                     .collect()
             })
             .unwrap_or_default();
-        Ok(serde_json::json!({ "kernel": kernel, "l7": l7 }))
+        Ok(serde_json::json!({ "kernel": kernel, "interfaces": by_iface, "l7": l7 }))
     }
 
     /// List sizes for metrics.

@@ -48,8 +48,10 @@ pub mod map_name {
     pub const CONFIG: &str = "CONFIG";
     /// Ring buffer of [`crate::DropEvent`].
     pub const EVENTS: &str = "EVENTS";
+    /// Interface index (masked) → counter slot, see [`crate::IF_SLOT_INDEX`].
+    pub const IF_SLOTS: &str = "IF_SLOTS";
     /// Every map the production program pins, in a fixed order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 11] = [
         V4_GUARD,
         V4_HOSTS,
         V4_NETS,
@@ -60,8 +62,16 @@ pub mod map_name {
         COUNTERS,
         CONFIG,
         EVENTS,
+        IF_SLOTS,
     ];
 }
+
+/// Interfaces get their own counters: `IF_SLOTS[ifindex & (IF_SLOT_INDEX - 1)]` is the slot
+/// (1.., set by the agent on attach; 0 = not attached by name, or an index collision), and
+/// `COUNTERS[slot * counter::COUNT + verdict]` the counter.
+pub const IF_SLOT_INDEX: u32 = 4096;
+/// Counter slots: slot 0 plus up to 31 interfaces.
+pub const IF_COUNTER_SLOTS: u32 = 32;
 
 /// Entries of the IPv4 guard bitmap: 2^24 /24s, two bits each, 32 /24s per `u64` word.
 pub const V4_GUARD_WORDS: u32 = 1 << 19;

@@ -16,10 +16,10 @@ use aya_ebpf::{
     programs::XdpContext,
 };
 use portcullis_common::{
-    Config, Counter, Deadlines, DropEvent, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX, NEVER,
-    V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY, V4_NETS_DEFAULT_CAPACITY, V4_WIDE_SLOTS,
-    V6_GUARD_WORDS, V6_HOSTS_DEFAULT_CAPACITY, V6_PREFIXES_DEFAULT_CAPACITY, V6Addr, counter,
-    family, mode, v4_guard_slot, v6_guard_slot,
+    Config, Counter, Deadlines, DropEvent, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX,
+    IF_COUNTER_SLOTS, IF_SLOT_INDEX, NEVER, V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY,
+    V4_NETS_DEFAULT_CAPACITY, V4_WIDE_SLOTS, V6_GUARD_WORDS, V6_HOSTS_DEFAULT_CAPACITY,
+    V6_PREFIXES_DEFAULT_CAPACITY, V6Addr, counter, family, mode, v4_guard_slot, v6_guard_slot,
 };
 
 /// Two bits per /24 (see `portcullis_common`).
@@ -49,7 +49,11 @@ pub static V6_PREFIXES: LpmTrie<[u8; 16], Deadlines> =
     LpmTrie::with_max_entries(V6_PREFIXES_DEFAULT_CAPACITY, 0);
 /// Per-CPU packet and byte counters per verdict.
 #[map]
-pub static COUNTERS: PerCpuArray<Counter> = PerCpuArray::with_max_entries(counter::COUNT, 0);
+pub static COUNTERS: PerCpuArray<Counter> =
+    PerCpuArray::with_max_entries(counter::COUNT * IF_COUNTER_SLOTS, 0);
+/// Interface index (masked) → counter slot.
+#[map]
+pub static IF_SLOTS: Array<u32> = Array::with_max_entries(IF_SLOT_INDEX, 0);
 /// Runtime configuration, slot 0.
 #[map]
 pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
@@ -245,6 +249,18 @@ pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Deadlines {
     d
 }
 
+/// First counter of the interface the packet arrived on (one inlined array read).
+#[inline(always)]
+fn counter_base(ctx: &XdpContext) -> u32 {
+    // SAFETY: reads the xdp_md context the kernel handed us.
+    let ifindex = unsafe { (*ctx.ctx).ingress_ifindex };
+    let slot = match IF_SLOTS.get(ifindex & (IF_SLOT_INDEX - 1)) {
+        Some(s) if *s < IF_COUNTER_SLOTS => *s,
+        _ => 0,
+    };
+    slot * counter::COUNT
+}
+
 #[inline(always)]
 fn count(index: u32, bytes: u64) -> u64 {
     match COUNTERS.get_ptr_mut(index) {
@@ -271,8 +287,9 @@ fn decide(
     vlan: u32,
 ) -> u32 {
     let bytes = (ctx.data_end() - ctx.data()) as u64;
+    let base = counter_base(ctx);
     if d.is_empty() {
-        count(counter::PASS_NO_MATCH, bytes);
+        count(base + counter::PASS_NO_MATCH, bytes);
         return xdp_action::XDP_PASS;
     }
     // Entries without expiry (the common case) need no clock read.
@@ -283,11 +300,11 @@ fn decide(
         unsafe { bpf_ktime_get_boot_ns() }
     };
     if d.allow_until > now {
-        count(counter::PASS_ALLOWED, bytes);
+        count(base + counter::PASS_ALLOWED, bytes);
         return xdp_action::XDP_PASS;
     }
     if d.deny_until <= now {
-        count(counter::PASS_NO_MATCH, bytes);
+        count(base + counter::PASS_NO_MATCH, bytes);
         return xdp_action::XDP_PASS;
     }
     let (verdict, action) = if cfg.mode == mode::MONITOR {
@@ -295,7 +312,7 @@ fn decide(
     } else {
         (counter::DROP_DENIED, xdp_action::XDP_DROP)
     };
-    let seen = count(verdict, bytes);
+    let seen = count(base + verdict, bytes);
     if seen & u64::from(cfg.sample_mask) == 0 {
         let event = DropEvent {
             addr,
@@ -365,7 +382,10 @@ pub fn filter_with(
             None => truncated(ctx),
         },
         Source::NotIp => {
-            count(counter::PASS_NOT_IP, (ctx.data_end() - ctx.data()) as u64);
+            count(
+                counter_base(ctx) + counter::PASS_NOT_IP,
+                (ctx.data_end() - ctx.data()) as u64,
+            );
             xdp_action::XDP_PASS
         }
         Source::Truncated => truncated(ctx),
@@ -375,7 +395,7 @@ pub fn filter_with(
 #[inline(always)]
 fn truncated(ctx: &XdpContext) -> u32 {
     count(
-        counter::PASS_TRUNCATED,
+        counter_base(ctx) + counter::PASS_TRUNCATED,
         (ctx.data_end() - ctx.data()) as u64,
     );
     xdp_action::XDP_PASS

@@ -129,7 +129,7 @@ fn every_kind_on_both_lists_through_the_cli() {
     std::io::Read::read_to_string(&mut conn, &mut body).expect("response");
     assert!(body.starts_with("HTTP/1.1 200"), "{body}");
     assert!(
-        body.contains("portcullis_xdp_packets_total{verdict=\"drop_denied\"}"),
+        body.contains("portcullis_xdp_packets_total{iface=\"other\",verdict=\"drop_denied\"}"),
         "{body}"
     );
     assert!(
@@ -334,6 +334,14 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
             .unwrap_or(0)
             >= 5,
         "{stats}"
+    );
+    let on_iface = stats["interfaces"][pair.server_if.as_str()]["drop_denied"]["packets"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        on_iface >= 5,
+        "drops counted on {}: {stats}",
+        pair.server_if
     );
     ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/29"]));
 

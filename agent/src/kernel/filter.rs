@@ -154,7 +154,12 @@ pub struct Filter {
     maps: BTreeMap<&'static str, Map>,
     table: IpTable,
     pin_dir: Option<PathBuf>,
+    /// Interface → counter slot, for per-interface counters.
+    iface_slots: BTreeMap<String, u32>,
 }
+
+/// Counters of one slot, indexed by `common::counter`.
+pub type Counters = [Counter; common::counter::COUNT as usize];
 
 fn data(map: &Map) -> &MapData {
     match map {
@@ -216,6 +221,7 @@ impl Filter {
             maps,
             table: IpTable::new(cap),
             pin_dir: opts.pin_dir.clone(),
+            iface_slots: BTreeMap::new(),
         };
         if let Some(dir) = &opts.pin_dir {
             filter.check_pinned(dir, &cap)?;
@@ -328,6 +334,7 @@ impl Filter {
     /// it is switched to this program atomically (no gap).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, KernelError> {
         self.load_program(PROGRAM)?;
+        self.assign_slot(iface)?;
         let pin = self.pin_dir.as_deref().map(|d| link_pin(d, iface));
         let prog: &mut Xdp = self
             .ebpf
@@ -597,21 +604,77 @@ impl Filter {
     }
 
     /// Counters summed over CPUs, indexed by `common::counter`.
-    pub fn counters(&self) -> Result<[Counter; common::counter::COUNT as usize], KernelError> {
-        let arr: PerCpuArray<&MapData, Counter> =
-            PerCpuArray::try_from(self.map(map_name::COUNTERS))
-                .map_err(map_err("opening", map_name::COUNTERS))?;
-        let mut out = [Counter::default(); common::counter::COUNT as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let per_cpu = arr
-                .get(&(i as u32), 0)
-                .map_err(map_err("reading", map_name::COUNTERS))?;
-            for c in per_cpu.iter() {
-                slot.packets += c.packets;
-                slot.bytes += c.bytes;
+    pub fn counters(&self) -> Result<Counters, KernelError> {
+        let mut out = Counters::default();
+        for slot in 0..common::IF_COUNTER_SLOTS {
+            for (o, c) in out.iter_mut().zip(self.slot_counters(slot)?) {
+                o.packets += c.packets;
+                o.bytes += c.bytes;
             }
         }
         Ok(out)
+    }
+
+    /// Counters per interface this filter attached to (by name), plus `"other"` for packets
+    /// on interfaces without a slot.
+    pub fn counters_by_iface(&self) -> Result<Vec<(String, Counters)>, KernelError> {
+        let mut out = vec![("other".to_owned(), self.slot_counters(0)?)];
+        for (iface, slot) in &self.iface_slots {
+            out.push((iface.clone(), self.slot_counters(*slot)?));
+        }
+        Ok(out)
+    }
+
+    fn slot_counters(&self, slot: u32) -> Result<Counters, KernelError> {
+        let arr: PerCpuArray<&MapData, Counter> =
+            PerCpuArray::try_from(self.map(map_name::COUNTERS))
+                .map_err(map_err("opening", map_name::COUNTERS))?;
+        let mut out = Counters::default();
+        for (i, o) in out.iter_mut().enumerate() {
+            let index = slot * common::counter::COUNT + i as u32;
+            let per_cpu = arr
+                .get(&index, 0)
+                .map_err(map_err("reading", map_name::COUNTERS))?;
+            for c in per_cpu.iter() {
+                o.packets += c.packets;
+                o.bytes += c.bytes;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Gives `iface` its own counter slot (kept across restarts through the pinned map).
+    fn assign_slot(&mut self, iface: &str) -> Result<(), KernelError> {
+        let Ok(name) = std::ffi::CString::new(iface) else {
+            return Ok(());
+        };
+        // SAFETY: valid C string; resolved in the calling thread's network namespace.
+        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+        if ifindex == 0 {
+            return Ok(());
+        }
+        let key = ifindex & (common::IF_SLOT_INDEX - 1);
+        let arr: Array<&MapData, u32> = Array::try_from(self.map(map_name::IF_SLOTS))
+            .map_err(map_err("opening", map_name::IF_SLOTS))?;
+        let mut slot = arr
+            .get(&key, 0)
+            .map_err(map_err("reading", map_name::IF_SLOTS))?;
+        if slot == 0 || slot >= common::IF_COUNTER_SLOTS {
+            let used: std::collections::BTreeSet<u32> = arr.iter().flatten().collect();
+            match (1..common::IF_COUNTER_SLOTS).find(|s| !used.contains(s)) {
+                Some(free) => slot = free,
+                None => return Ok(()), // counted under "other"
+            }
+            sys::update_batch(self.fd(map_name::IF_SLOTS), &[key], &[slot]).map_err(|source| {
+                KernelError::Map {
+                    op: "updating",
+                    map: map_name::IF_SLOTS,
+                    source,
+                }
+            })?;
+        }
+        self.iface_slots.insert(iface.to_owned(), slot);
+        Ok(())
     }
 
     /// Takes the sampled drop events waiting in the ring buffer.
