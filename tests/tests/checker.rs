@@ -608,3 +608,44 @@ fn round_robin_skips_a_dead_server() {
     let head = s.backend.last().expect("live server served");
     assert!(head.starts_with("GET /shop/x"), "{head}");
 }
+
+#[test]
+fn spike_threshold_and_monitoring_apis() {
+    if !privileged("spike_threshold_and_monitoring_apis") {
+        return;
+    }
+    let s = setup(|apis, backend| {
+        write_api(
+            apis,
+            "limited",
+            &format!(
+                r#"{{"url":"/limited","flow_control":{{"client_spike_threshold":"5/minute"}},"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+        write_api(
+            apis,
+            "watch",
+            &format!(
+                r#"{{"url":"/watch","oauth2_access_token":true,"enable_blocking":false,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    });
+    // Five requests a minute per client, then 429; another client has its own budget.
+    let xff = |ip: &str| format!("X-Forwarded-For: {ip}");
+    let codes: Vec<u16> = (0..7)
+        .map(|_| s.curl("/limited/x", &["-H", &xff("198.18.80.1")]).0)
+        .collect();
+    assert_eq!(codes, vec![200, 200, 200, 200, 200, 429, 429]);
+    assert_eq!(s.curl("/limited/x", &["-H", &xff("198.18.80.2")]).0, 200);
+    // With enable_blocking off, a denied client is forwarded and counted as "would block".
+    ok(&s.agent.cli(&["deny", "add", "token", "watched"]));
+    assert_eq!(
+        s.curl("/watch/x", &["-H", "Authorization: Bearer watched"])
+            .0,
+        200
+    );
+    let stats: serde_json::Value =
+        serde_json::from_str(&ok(&s.agent.cli(&["stats", "--json"]))).expect("json");
+    assert_eq!(stats["l7"]["would_block"], 1, "{stats}");
+    assert_eq!(stats["l7"]["rate_limited"], 2, "{stats}");
+}
