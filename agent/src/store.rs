@@ -99,29 +99,27 @@ PRAGMA user_version = 2;
 /// bytes as two integers (stable across versions, unlike std's hasher; collisions are out of
 /// reach at any list size).
 pub fn ident_key(list: List, ident: &Identifier) -> (i64, i64) {
-    use sha2::{Digest, Sha256};
-    let mut h = Sha256::new();
-    for part in [
+    hash_fields(&[
         list.as_str(),
         ident.kind.as_str(),
         &ident.name,
         &ident.value,
-    ] {
+    ])
+}
+
+/// SHA-256 over length-prefixed fields, first 16 bytes as two integers.
+pub fn hash_fields(parts: &[&str]) -> (i64, i64) {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    for part in parts {
         h.update((part.len() as u32).to_le_bytes());
         h.update(part.as_bytes());
     }
     let d = h.finalize();
     let half = |i: usize| {
-        i64::from_le_bytes([
-            d[i],
-            d[i + 1],
-            d[i + 2],
-            d[i + 3],
-            d[i + 4],
-            d[i + 5],
-            d[i + 6],
-            d[i + 7],
-        ])
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&d[i..i + 8]);
+        i64::from_le_bytes(b)
     };
     (half(0), half(8))
 }

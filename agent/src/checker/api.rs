@@ -5,6 +5,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 
@@ -159,6 +162,34 @@ pub struct Api {
     /// Parsed `client_spike_threshold`: (requests, per seconds).
     #[serde(skip)]
     pub spike: Option<(u32, u64)>,
+    /// Round-robin position and per-server health, shared by every checker worker (the API
+    /// is shared through the registry), so the request path neither locks nor allocates.
+    #[serde(skip)]
+    pub balance: Arc<Balance>,
+}
+
+/// Where the next request goes, and which servers are failing.
+#[derive(Debug, Default)]
+pub struct Balance {
+    /// Requests so far (the round-robin position).
+    pub next: AtomicUsize,
+    /// One per server, in `servers` order.
+    pub servers: Vec<ServerHealth>,
+}
+
+/// Consecutive failures of one server and when the last one was.
+#[derive(Debug, Default)]
+pub struct ServerHealth {
+    /// Consecutive failures (requests or health probes).
+    pub failures: AtomicU32,
+    /// Milliseconds since [`epoch_ms`]'s start at the last failure.
+    pub last_failure_ms: AtomicU64,
+}
+
+/// Milliseconds on a process-wide monotonic clock.
+pub fn epoch_ms() -> u64 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u64
 }
 
 /// Why an API file was refused.
@@ -277,12 +308,20 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
             .map_or("", |f| f.client_spike_threshold.as_str()),
     )
     .map_err(|m| err(format!("field `flow_control.{m}`")))?;
+    let meta_servers = meta.servers.clone();
     Ok(Api {
         name: name.into(),
         path: path.into(),
         meta,
         ignored_fields,
         spike,
+        balance: Arc::new(Balance {
+            next: AtomicUsize::new(0),
+            servers: meta_servers
+                .iter()
+                .map(|_| ServerHealth::default())
+                .collect(),
+        }),
     })
 }
 

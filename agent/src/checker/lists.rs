@@ -9,7 +9,7 @@ use rustc_hash::FxHashMap as HashMap;
 use crate::cidr::{Cidr, mask32, mask128};
 use crate::ident::{Identifier, Kind};
 use crate::kernel::List;
-use crate::store::{Entry, ident_key};
+use crate::store::{Entry, hash_fields};
 
 /// Where and until when one identifier is listed, in 16 bytes (a million entries of each
 /// kind live here): the latest global expiry (`NONE` = not global, `i64::MAX` = never), and
@@ -55,6 +55,17 @@ impl Presence {
                 .as_ref()
                 .is_some_and(|s| s.iter().any(|(a, e)| &**a == api && *e > now))
     }
+}
+
+/// Key of a non-IP identifier, independent of the list, so a request hashes each of its
+/// identifiers once and probes both lists with [`on_list`].
+pub fn l7_key(ident: &Identifier) -> (i64, i64) {
+    hash_fields(&[ident.kind.as_str(), &ident.name, &ident.value])
+}
+
+/// The key of `key` on `list`: one bit of the hash flipped for the allow list.
+fn on_list(key: (i64, i64), list: List) -> (i64, i64) {
+    (key.0, key.1 ^ i64::from(list == List::Allow))
 }
 
 /// IPv4 key: address, prefix length and list packed in 8 bytes.
@@ -121,7 +132,7 @@ impl L7Lists {
             }
             None => self
                 .idents
-                .entry(ident_key(e.list, &e.ident))
+                .entry(on_list(l7_key(&e.ident), e.list))
                 .or_default()
                 .add(&e.api, e.expires),
         }
@@ -142,7 +153,7 @@ impl L7Lists {
                 }
             }
             None => {
-                self.idents.remove(&ident_key(list, ident));
+                self.idents.remove(&on_list(l7_key(ident), list));
             }
         }
         for r in rows {
@@ -152,8 +163,13 @@ impl L7Lists {
 
     /// Whether `ident` is on `list` for `api` at `now`.
     pub fn has(&self, list: List, ident: &Identifier, api: &str, now: i64) -> bool {
+        self.has_key(list, l7_key(ident), api, now)
+    }
+
+    /// [`L7Lists::has`] with the identifier's [`l7_key`] already computed.
+    pub fn has_key(&self, list: List, key: (i64, i64), api: &str, now: i64) -> bool {
         self.idents
-            .get(&ident_key(list, ident))
+            .get(&on_list(key, list))
             .is_some_and(|p| p.matches(api, now))
     }
 
@@ -225,16 +241,30 @@ impl RequestIdents {
         .flatten()
     }
 
-    /// Whether any identifier of this request is on `list`.
-    pub fn listed(&self, lists: &L7Lists, list: List, api: &str, now: i64) -> Option<String> {
+    /// The [`l7_key`] of each of [`RequestIdents::idents`], in order: computed once per
+    /// request, then used for both lists.
+    pub fn keys(&self) -> Vec<(i64, i64)> {
+        self.idents().map(l7_key).collect()
+    }
+
+    /// Whether any identifier of this request is on `list`; `keys` from [`RequestIdents::keys`].
+    pub fn listed(
+        &self,
+        lists: &L7Lists,
+        list: List,
+        keys: &[(i64, i64)],
+        api: &str,
+        now: i64,
+    ) -> Option<String> {
         if let Some(ip) = self.ip
             && lists.has_ip(list, ip, api, now)
         {
             return Some(format!("ip {ip}"));
         }
         self.idents()
-            .find(|i| lists.has(list, i, api, now))
-            .map(|i| i.to_string())
+            .zip(keys)
+            .find(|(_, k)| lists.has_key(list, **k, api, now))
+            .map(|(i, _)| i.to_string())
     }
 
     /// The most specific identifier to deny-list for a detection: token, then cookie, then

@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -63,20 +64,12 @@ pub struct Proxy {
     cfg: CheckerConfig,
     detection_ttl: u64,
     client: Client<HttpConnector, Body>,
-    round_robin: Mutex<HashMap<String, usize>>,
-    /// Failing servers: (host, port) → (consecutive failures, last failure), shared by
-    /// workers. A server past the API's `health_retry_count` is skipped; without health
-    /// checks it is tried again after [`RETRY_AFTER`], so a recovered server comes back.
-    failures: Arc<RwLock<ServerFailures>>,
     /// Per-client request windows (shared by workers).
     spikes: Arc<Mutex<SpikeWindows>>,
 }
 
 /// (API, client) → (window start, requests in the window).
 type SpikeWindows = HashMap<(String, IpAddr), (Instant, u32)>;
-
-/// (host, port) → (consecutive failures, last failure).
-type ServerFailures = HashMap<(String, u16), (u32, Instant)>;
 
 /// How long a failed server is skipped when no health check will bring it back.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -110,8 +103,6 @@ impl Proxy {
             cfg,
             detection_ttl,
             client: backend_client(),
-            round_robin: Mutex::new(HashMap::new()),
-            failures: Arc::new(RwLock::new(HashMap::new())),
             spikes: Arc::new(Mutex::new(HashMap::new())),
         }))
     }
@@ -127,8 +118,6 @@ impl Proxy {
             cfg: self.cfg.clone(),
             detection_ttl: self.detection_ttl,
             client: backend_client(),
-            round_robin: Mutex::new(HashMap::new()),
-            failures: self.failures.clone(),
             spikes: self.spikes.clone(),
         })
     }
@@ -165,14 +154,15 @@ impl Proxy {
         let now = unix_now();
         let ip = extract::client_ip(req.headers(), peer, self.cfg.trust_xff);
         let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip);
+        let keys = ids.keys();
         let (allowed, denied) = {
             let lists = match self.lists.read() {
                 Ok(l) => l,
                 Err(p) => p.into_inner(),
             };
             (
-                ids.listed(&lists, List::Allow, &api.name, now),
-                ids.listed(&lists, List::Deny, &api.name, now),
+                ids.listed(&lists, List::Allow, &keys, &api.name, now),
+                ids.listed(&lists, List::Deny, &keys, &api.name, now),
             )
         };
         if allowed.is_some() {
@@ -297,36 +287,35 @@ impl Proxy {
         slot.1 > n
     }
 
-    fn pick(&self, api: &Api) -> Option<(String, u16)> {
+    /// The next usable server of `api`, round robin: a server past `health_retry_count`
+    /// failures is skipped; without health checks it is tried again after [`RETRY_AFTER`].
+    fn pick(api: &Api) -> Option<usize> {
         let servers = &api.meta.servers;
-        let start = {
-            let mut rr = self.round_robin.lock().ok()?;
-            let c = rr.entry(api.name.clone()).or_insert(0);
-            *c = c.wrapping_add(1);
-            *c
-        };
-        let failures = self.failures.read().ok()?;
+        let b = &api.balance;
+        let start = b.next.fetch_add(1, Ordering::Relaxed);
         let limit = api.meta.health_retry_count.unwrap_or(3).max(1);
-        let usable = |s: &&super::api::Server| {
-            failures
-                .get(&(s.host.clone(), s.port))
-                .is_none_or(|(n, last)| {
-                    *n < limit || (!api.meta.health_check && last.elapsed() >= RETRY_AFTER)
-                })
-        };
+        let now = super::api::epoch_ms();
         (0..servers.len())
-            .map(|i| &servers[(start + i) % servers.len()])
-            .find(usable)
-            .map(|s| (s.host.clone(), s.port))
+            .map(|i| (start + i) % servers.len())
+            .find(|i| {
+                b.servers.get(*i).is_none_or(|h| {
+                    h.failures.load(Ordering::Relaxed) < limit
+                        || (!api.meta.health_check
+                            && now.saturating_sub(h.last_failure_ms.load(Ordering::Relaxed))
+                                >= RETRY_AFTER.as_millis() as u64)
+                })
+            })
     }
 
-    fn mark(&self, server: &(String, u16), ok: bool) {
-        if let Ok(mut f) = self.failures.write() {
+    /// Records a request's or probe's outcome for server `i` of `api`.
+    fn mark(api: &Api, i: usize, ok: bool) {
+        if let Some(h) = api.balance.servers.get(i) {
             if ok {
-                f.remove(server);
+                h.failures.store(0, Ordering::Relaxed);
             } else {
-                let e = f.entry(server.clone()).or_insert((0, Instant::now()));
-                *e = (e.0 + 1, Instant::now());
+                h.failures.fetch_add(1, Ordering::Relaxed);
+                h.last_failure_ms
+                    .store(super::api::epoch_ms(), Ordering::Relaxed);
             }
         }
     }
@@ -339,7 +328,7 @@ impl Proxy {
         client: IpAddr,
         tls: bool,
     ) -> Response<Body> {
-        let Some(server) = self.pick(api) else {
+        let Some(index) = Self::pick(api) else {
             self.stats.hit("bad_gateway");
             return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
         };
@@ -355,7 +344,8 @@ impl Proxy {
             .path_and_query()
             .map_or("/", |p| p.as_str())
             .to_owned();
-        let Ok(uri) = format!("http://{}:{}{}", server.0, server.1, pq).parse() else {
+        let server = &api.meta.servers[index];
+        let Ok(uri) = format!("http://{}:{}{}", server.host, server.port, pq).parse() else {
             self.stats.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Bad Request\n");
         };
@@ -393,7 +383,7 @@ impl Proxy {
         let body = Limited::new(body, self.cfg.max_body_bytes as usize).boxed();
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
-                self.mark(&server, true);
+                Self::mark(api, index, true);
                 self.stats.hit("forwarded");
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
@@ -408,9 +398,9 @@ impl Proxy {
                     self.stats.hit("bad_request");
                     return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
                 }
-                self.mark(&server, false);
+                Self::mark(api, index, false);
                 self.stats.hit("bad_gateway");
-                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.0, server.1), "backend failed: {e}");
+                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend failed: {e}");
                 full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n")
             }
         }
@@ -438,7 +428,7 @@ impl Proxy {
                     continue;
                 }
                 last.insert(api.name.clone(), Instant::now());
-                for s in &api.meta.servers {
+                for (i, s) in api.meta.servers.iter().enumerate() {
                     let uri = format!("http://{}:{}{}", s.host, s.port, api.meta.health_url);
                     let Ok(req) = Request::get(uri).body(
                         Full::new(Bytes::new())
@@ -451,7 +441,7 @@ impl Proxy {
                         tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await,
                         Ok(Ok(r)) if r.status().is_success()
                     );
-                    self.mark(&(s.host.clone(), s.port), ok);
+                    Self::mark(api, i, ok);
                 }
             }
         }
