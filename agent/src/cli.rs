@@ -448,51 +448,29 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     if !a.ifaces.is_empty() {
         cfg.interfaces = a.ifaces.clone();
     }
-    if let Some(m) = a.xdp_mode {
-        cfg.xdp_mode = m;
+    /// A flag given on the command line replaces the file's value.
+    fn over<T: Clone>(dst: &mut T, flag: &Option<T>) {
+        if let Some(v) = flag {
+            *dst = v.clone();
+        }
     }
-    if let Some(m) = a.mode {
-        cfg.mode = m;
-    }
-    if let Some(d) = &a.state_dir {
-        cfg.state_dir = d.clone();
-    }
-    if let Some(d) = &a.pin_dir {
-        cfg.pin_dir = d.clone();
-    }
-    if let Some(m) = &a.metrics {
-        cfg.metrics = m.clone();
-    }
-    if let Some(d) = &a.api_dir {
-        cfg.checker.api_dir = d.clone();
-    }
-    if let Some(x) = &a.https {
-        cfg.checker.https = x.clone();
-    }
-    if let Some(x) = &a.http {
-        cfg.checker.http = x.clone();
-    }
-    if let Some(x) = &a.tls_cert {
-        cfg.checker.tls_cert = x.clone();
-    }
-    if let Some(x) = &a.tls_key {
-        cfg.checker.tls_key = x.clone();
-    }
+    over(&mut cfg.xdp_mode, &a.xdp_mode);
+    over(&mut cfg.mode, &a.mode);
+    over(&mut cfg.state_dir, &a.state_dir);
+    over(&mut cfg.pin_dir, &a.pin_dir);
+    over(&mut cfg.metrics, &a.metrics);
+    over(&mut cfg.checker.api_dir, &a.api_dir);
+    over(&mut cfg.checker.https, &a.https);
+    over(&mut cfg.checker.http, &a.http);
+    over(&mut cfg.checker.tls_cert, &a.tls_cert);
+    over(&mut cfg.checker.tls_key, &a.tls_key);
     cfg.checker.trust_xff |= a.trust_xff;
-    if let Some(x) = &a.abs_url {
-        cfg.abs.url = x.clone();
-    }
-    if let Some(x) = &a.abs_access_key {
-        cfg.abs.access_key = x.clone();
-    }
-    if let Some(x) = &a.abs_secret_key_file {
-        cfg.abs.secret_key_file = x.clone();
-    }
-    if let Some(x) = &a.abs_poll {
-        cfg.abs.poll = x.clone();
-    }
-    if let Some(x) = &a.abs_ca {
-        cfg.abs.ca_file = Some(x.clone());
+    over(&mut cfg.abs.url, &a.abs_url);
+    over(&mut cfg.abs.access_key, &a.abs_access_key);
+    over(&mut cfg.abs.secret_key_file, &a.abs_secret_key_file);
+    over(&mut cfg.abs.poll, &a.abs_poll);
+    if a.abs_ca.is_some() {
+        cfg.abs.ca_file.clone_from(&a.abs_ca);
     }
     let socket_flag = argv
         .iter()
