@@ -60,42 +60,21 @@ fn main() -> anyhow::Result<()> {
         }
         "bench" => {
             let env = setup::run()?;
-            match rest.first().map(String::as_str) {
-                Some("xdp") | None => {
-                    cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "xdp"])
-                }
-                Some("agent") => {
-                    cargo(
-                        &env,
-                        &["build", "--release", "-p", "portcullis-agent", "--bins"],
-                    )?;
-                    cargo(
-                        &env,
-                        &["bench", "-p", "portcullis-tests", "--bench", "agent"],
-                    )
-                }
-                Some("checker") => {
-                    setup::bench_packages()?;
-                    cargo(
-                        &env,
-                        &["build", "--release", "-p", "portcullis-agent", "--bins"],
-                    )?;
-                    cargo(
-                        &env,
-                        &["bench", "-p", "portcullis-tests", "--bench", "checker"],
-                    )
-                }
-                Some("abs") => {
-                    cargo(
-                        &env,
-                        &["build", "--release", "-p", "portcullis-agent", "--bins"],
-                    )?;
-                    cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", "abs"])
-                }
-                Some(other) => bail!(
-                    "unknown benchmark {other:?}: try `cargo xtask bench xdp|agent|checker|abs`"
-                ),
+            let name = rest.first().map_or("xdp", String::as_str);
+            if !["xdp", "agent", "checker", "abs"].contains(&name) {
+                bail!("unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs`");
             }
+            if name == "checker" {
+                setup::bench_packages()?;
+            }
+            if name != "xdp" {
+                // These drive the real binary.
+                cargo(
+                    &env,
+                    &["build", "--release", "-p", "portcullis-agent", "--bins"],
+                )?;
+            }
+            cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", name])
         }
         "help" | "--help" | "-h" => {
             println!("usage: cargo xtask <setup|build|lint|test|demo|bench xdp|agent|checker|abs>");
