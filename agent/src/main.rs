@@ -19,6 +19,13 @@ fn main() {
     }
     let args = portcullis::cli::rewrite_ase(args);
     let cli = portcullis::cli::Cli::parse_from(args);
+    if !matches!(cli.command, portcullis::cli::Command::Agent(_)) {
+        // Client verbs behave like other Unix tools when piped into `head`: end quietly on
+        // SIGPIPE instead of panicking on a failed print. The daemon keeps Rust's default
+        // (ignored), so a vanished client only costs it an EPIPE.
+        // SAFETY: restoring a default signal disposition before any thread starts.
+        unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     use std::io::IsTerminal as _;
