@@ -273,6 +273,26 @@ impl fmt::Display for Identifier {
 mod tests {
     use super::*;
 
+    /// FIPS 180-4 known answers: the stored digest is plain SHA-256 of the value's bytes, so an
+    /// operator can compute it with `sha256sum` and other tools can match it.
+    #[test]
+    fn digest_matches_sha256_known_answers() {
+        assert_eq!(
+            digest(""),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            digest("abc"),
+            "sha256:ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            digest("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"),
+            "sha256:248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        let t = Identifier::parse(Kind::Token, None, "abc").expect("valid");
+        assert_eq!(t.value, digest("abc"));
+    }
+
     #[test]
     fn secrets_are_digested_and_fingerprinted() {
         let t = Identifier::parse(Kind::Token, None, "eyJhbGciOi.secret").expect("valid");

@@ -19,12 +19,12 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use portcullis::cidr::{Cidr, mask32, mask128};
+use portcullis::kernel::reference::Rng;
 use portcullis::kernel::sys;
 use portcullis::kernel::{AttachMode, Capacity, Filter, List, LoadOptions, Object, PROGRAM};
 use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::frames;
 use portcullis_tests::netns::{NetnsPair, in_netns};
-use portcullis_tests::reference::Rng;
 
 const PROBES: usize = 1 << 16;
 const REPEAT: u32 = 1 << 18;

@@ -8,19 +8,62 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 
 /// The `portcullis` binary next to the test executable (`cargo xtask test` builds it).
+/// Panics when it is missing or older than the agent's sources: a stale binary would test
+/// yesterday's code and pass.
 pub fn portcullis_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test> or target/<profile>/<bin>
-    for dir in exe.ancestors().skip(1).take(2) {
-        let candidate = dir.join("portcullis");
-        if candidate.is_file() {
-            return candidate;
-        }
+    let found = exe
+        .ancestors()
+        .skip(1)
+        .take(2)
+        .map(|dir| dir.join("portcullis"))
+        .find(|c| c.is_file());
+    let Some(bin) = found else {
+        panic!(
+            "portcullis binary not found near {}: run `cargo build -p portcullis-agent --bins` (cargo xtask test does)",
+            exe.display()
+        );
+    };
+    let built = modified(&bin);
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let newest = [
+        "agent/src",
+        "agent/Cargo.toml",
+        "common/src",
+        "filter-ebpf/src",
+    ]
+    .iter()
+    .filter_map(|p| newest_file(&workspace.join(p)))
+    .max_by_key(|(t, _)| *t);
+    if let Some((time, path)) = newest
+        && time > built
+    {
+        panic!(
+            "{} is older than {}: run `cargo build -p portcullis-agent --bins` (cargo xtask test does) so the tests run today's agent",
+            bin.display(),
+            path.display()
+        );
     }
-    panic!(
-        "portcullis binary not found near {}: run `cargo build -p portcullis-agent` (cargo xtask test does)",
-        exe.display()
-    );
+    bin
+}
+
+fn modified(path: &Path) -> std::time::SystemTime {
+    std::fs::metadata(path)
+        .and_then(|m| m.modified())
+        .unwrap_or(std::time::UNIX_EPOCH)
+}
+
+/// The most recently modified file under `path` (or `path` itself).
+fn newest_file(path: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    if path.is_file() {
+        return Some((modified(path), path.to_path_buf()));
+    }
+    std::fs::read_dir(path)
+        .ok()?
+        .flatten()
+        .filter_map(|e| newest_file(&e.path()))
+        .max_by_key(|(t, _)| *t)
 }
 
 /// Where a test agent keeps its state; removed on drop.

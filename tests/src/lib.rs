@@ -1,34 +1,62 @@
 //! Helpers for Portcullis's privileged tests, demo and benchmarks: privilege checks, crafted
-//! frames, throwaway network namespaces with veth pairs, and a brute-force reference model.
+//! frames, throwaway network namespaces with veth pairs, running agents, TLS and ABS fixtures.
+//! The brute-force reference model lives in `portcullis::kernel::reference`.
 
 pub mod agent;
 pub mod backend;
 pub mod fake_abs;
 pub mod frames;
 pub mod netns;
-pub mod reference;
 pub mod tls;
 
-/// Environment variable that turns a skipped privileged test into a failure (set by CI).
+/// Environment variable that turns a skipped privileged test into a failure (set by CI): any
+/// value but empty or `0` counts.
 pub const REQUIRE_PRIVILEGED: &str = "PORTCULLIS_REQUIRE_PRIVILEGED";
 
-/// Whether this process may load BPF programs and create namespaces. When it may not, a test
-/// calling this returns early — unless [`REQUIRE_PRIVILEGED`] is set, in which case the skip
-/// is a failure.
+/// Environment variable naming a file to which each skipped test appends its name, so that
+/// `cargo xtask test` can list the skips in its summary (libtest prints "ok" for them).
+pub const SKIP_LOG: &str = "PORTCULLIS_SKIP_LOG";
+
+/// Whether skipping a privileged test is forbidden in this run.
+pub fn skips_forbidden() -> bool {
+    std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+/// Records that `test` did not run, and why: on stderr, in the [`SKIP_LOG`] file, and as a
+/// failure when [`REQUIRE_PRIVILEGED`] forbids skips.
+pub fn skip(test: &str, why: &str) {
+    assert!(
+        !skips_forbidden(),
+        "{test}: {why}, and {REQUIRE_PRIVILEGED} forbids skipping it"
+    );
+    eprintln!("SKIPPED {test}: {why} (set {REQUIRE_PRIVILEGED}=1 to make this a failure)");
+    if let Some(path) = std::env::var_os(SKIP_LOG) {
+        use std::io::Write as _;
+        let line = format!("{test}: {why}\n");
+        let logged = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| f.write_all(line.as_bytes()));
+        if let Err(e) = logged {
+            eprintln!(
+                "could not record the skip in {}: {e}",
+                path.to_string_lossy()
+            );
+        }
+    }
+}
+
+/// Whether this process may load BPF programs and create namespaces. When it may not, the
+/// test is recorded as skipped (see [`skip`]) and the caller returns early.
 #[must_use]
 pub fn privileged(test: &str) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    if root {
-        return true;
+    if !root {
+        skip(test, "needs root");
     }
-    let required = std::env::var(REQUIRE_PRIVILEGED).is_ok_and(|v| v == "1");
-    assert!(
-        !required,
-        "{test}: needs root, and {REQUIRE_PRIVILEGED}=1 forbids skipping it"
-    );
-    eprintln!("SKIPPED {test}: needs root (set {REQUIRE_PRIVILEGED}=1 to make this a failure)");
-    false
+    root
 }
 
 /// A per-process unique name with `prefix`, short enough for interface names (15 bytes).

@@ -110,10 +110,16 @@ fn lint(env: &setup::Env) -> anyhow::Result<()> {
 }
 
 /// Unit tests in parallel, then the privileged integration tests one at a time (they share
-/// the kernel: namespaces, pins, XDP attachments).
+/// the kernel: namespaces, pins, XDP attachments). Both run to the end (`--no-fail-fast`);
+/// the summary names every failed step and every skipped test, and skips fail the run when
+/// `PORTCULLIS_REQUIRE_PRIVILEGED` is set (CI).
 fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
+    let skip_log = std::env::current_dir()?.join("target/test-skips.log");
+    let _ = std::fs::remove_file(&skip_log);
+    let mut failed = Vec::new();
     let mut unit = vec![
         "test",
+        "--no-fail-fast",
         "--workspace",
         "--exclude",
         "portcullis-tests",
@@ -121,13 +127,52 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
         "filter-ebpf",
     ];
     unit.extend(extra.iter().map(String::as_str));
-    cargo(env, &unit)?;
+    if let Err(e) = cargo(env, &unit) {
+        failed.push(format!("unit tests: {e:#}"));
+    }
     // The integration tests drive the real binary.
     cargo(env, &["build", "-p", "portcullis-agent", "--bins"])?;
-    let mut privileged = vec!["test", "-p", "portcullis-tests"];
+    let mut privileged = vec!["test", "--no-fail-fast", "-p", "portcullis-tests"];
     privileged.extend(extra.iter().map(String::as_str));
     privileged.extend(["--", "--test-threads=1"]);
-    cargo(env, &privileged)
+    let run = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+        .args(&privileged)
+        .env("PATH", &env.path)
+        .env("PORTCULLIS_SKIP_LOG", &skip_log)
+        .status()
+        .context("running the integration tests")?;
+    if !run.success() {
+        failed.push(format!(
+            "integration tests ({run}): the failing test binaries are listed just above"
+        ));
+    }
+    let skipped = std::fs::read_to_string(&skip_log).unwrap_or_default();
+    let skipped: Vec<&str> = skipped.lines().collect();
+    println!("\n== cargo xtask test summary ==");
+    if skipped.is_empty() {
+        println!("skipped: none");
+    } else {
+        println!("skipped: {} test(s):", skipped.len());
+        for s in &skipped {
+            println!("  SKIPPED {s}");
+        }
+        let forbidden =
+            std::env::var("PORTCULLIS_REQUIRE_PRIVILEGED").is_ok_and(|v| !v.is_empty() && v != "0");
+        if forbidden {
+            failed.push(format!(
+                "{} test(s) skipped and PORTCULLIS_REQUIRE_PRIVILEGED forbids skips",
+                skipped.len()
+            ));
+        }
+    }
+    if failed.is_empty() {
+        println!("result: every test ran and passed");
+        return Ok(());
+    }
+    for f in &failed {
+        println!("FAILED {f}");
+    }
+    bail!("{} test step(s) failed", failed.len())
 }
 
 fn cargo(env: &setup::Env, args: &[&str]) -> anyhow::Result<()> {

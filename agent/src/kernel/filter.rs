@@ -140,7 +140,10 @@ pub enum KernelError {
     },
 }
 
-fn map_err(op: &'static str, map: &'static str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+pub(super) fn map_err(
+    op: &'static str,
+    map: &'static str,
+) -> impl FnOnce(aya::maps::MapError) -> KernelError {
     move |e| KernelError::Map {
         op,
         map,
@@ -265,12 +268,12 @@ impl Filter {
         Ok(())
     }
 
-    fn map(&self, name: &'static str) -> &Map {
+    pub(super) fn map(&self, name: &'static str) -> &Map {
         // Every name in map_name::ALL was taken in load().
         &self.maps[name]
     }
 
-    fn fd(&self, name: &'static str) -> BorrowedFd<'_> {
+    pub(super) fn fd(&self, name: &'static str) -> BorrowedFd<'_> {
         data(self.map(name)).fd().as_fd()
     }
 
@@ -717,33 +720,10 @@ impl Filter {
             });
         }
         report.written = changes.len();
-        // Extra slots in the kernel that no entry needs.
-        // Every slot the kernel holds; those no entry needs are removed.
+        // Every slot the kernel holds; those no entry needs are removed. Wide slots are an
+        // array: all of them are "held".
         let mut held: Vec<Slot> = (0..common::V4_WIDE_SLOTS).map(Slot::V4Wide).collect();
-        let hosts: aya::maps::HashMap<&MapData, u32, Deadlines> =
-            aya::maps::HashMap::try_from(self.map(map_name::V4_HOSTS))
-                .map_err(map_err("opening", map_name::V4_HOSTS))?;
-        held.extend(hosts.keys().flatten().map(Slot::V4Host));
-        let nets: aya::maps::HashMap<&MapData, u32, Deadlines> =
-            aya::maps::HashMap::try_from(self.map(map_name::V4_NETS))
-                .map_err(map_err("opening", map_name::V4_NETS))?;
-        held.extend(nets.keys().flatten().map(Slot::V4Net));
-        let h6: aya::maps::HashMap<&MapData, V6Addr, Deadlines> =
-            aya::maps::HashMap::try_from(self.map(map_name::V6_HOSTS))
-                .map_err(map_err("opening", map_name::V6_HOSTS))?;
-        held.extend(
-            h6.keys()
-                .flatten()
-                .map(|k| Slot::V6Host(u128::from_be_bytes(k.bytes))),
-        );
-        let p6: LpmTrie<&MapData, [u8; 16], Deadlines> =
-            LpmTrie::try_from(self.map(map_name::V6_PREFIXES))
-                .map_err(map_err("opening", map_name::V6_PREFIXES))?;
-        held.extend(
-            p6.keys()
-                .flatten()
-                .map(|k| Slot::V6Prefix(u128::from_be_bytes(k.data()), k.prefix_len() as u8)),
-        );
+        held.extend(self.held_slots()?.into_keys());
         for slot in held {
             if fresh.slot(slot).is_empty() {
                 changes.push(super::table::SlotChange {

@@ -2,9 +2,14 @@
 //!
 //! - [`table`]: which map slots the allow/deny entries expand into (pure logic);
 //! - [`filter`]: load, pin, attach, detach, write slots, read counters;
-//! - [`sys`]: the raw `bpf(2)` calls aya does not wrap.
+//! - [`sys`]: the raw `bpf(2)` calls aya does not wrap;
+//! - [`snapshot`]: what the kernel maps really hold, read back;
+//! - [`reference`]: a brute-force model of the verdict and random operation sequences, to
+//!   check the other three against.
 
 pub mod filter;
+pub mod reference;
+pub mod snapshot;
 pub mod sys;
 pub mod table;
 
@@ -12,4 +17,5 @@ pub use filter::{
     AttachMode, Attached, Filter, KernelError, LoadOptions, Object, PROGRAM, ReconcileReport,
     detach, ensure_bpffs,
 };
+pub use snapshot::KernelState;
 pub use table::{Capacity, IpTable, List, MapFull};

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 const BPF_PROG_TEST_RUN: libc::c_long = 10;
 const BPF_PROG_GET_FD_BY_ID: libc::c_long = 13;
+const BPF_MAP_LOOKUP_BATCH: libc::c_long = 24;
 const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
 const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
 
@@ -154,6 +155,47 @@ pub fn update_batch_parallel<K: Copy + Sync, V: Copy + Sync>(
 /// which callers avoid by deleting only what their twin says exists.
 pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> {
     batch::<K, u8>(BPF_MAP_DELETE_BATCH, map, keys, None)
+}
+
+/// Reads every element of an array map of `len` entries (`BPF_MAP_LOOKUP_BATCH`), in index
+/// order: one call per [`BATCH`] elements instead of one per element.
+pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
+    let mut values = vec![V::default(); len as usize];
+    let mut keys = vec![0u32; len as usize];
+    let mut done = 0usize;
+    let mut cursor = 0u32;
+    while done < values.len() {
+        let n = (values.len() - done).min(BATCH);
+        let mut attr = BatchAttr {
+            in_batch: if done == 0 {
+                0
+            } else {
+                &raw const cursor as u64
+            },
+            out_batch: &raw mut cursor as u64,
+            keys: keys[done..].as_mut_ptr() as u64,
+            values: values[done..].as_mut_ptr() as u64,
+            count: n as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let got = (attr.count as usize).min(n);
+        done += got;
+        match res {
+            Ok(_) => {}
+            // ENOENT: the last batch, `count` says how much of it was filled.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
+            Err(e) if got > 0 && e.raw_os_error() == Some(libc::EINTR) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if done != values.len() || keys.iter().enumerate().any(|(i, k)| *k as usize != i) {
+        return Err(io::Error::other(format!(
+            "array lookup returned {done} of {len} elements out of order"
+        )));
+    }
+    Ok(values)
 }
 
 /// Result of one `BPF_PROG_TEST_RUN`.

@@ -29,7 +29,7 @@ pub enum List {
 }
 
 /// One kernel map slot.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Slot {
     /// `V4_HOSTS[addr]`.
     V4Host(u32),
@@ -391,7 +391,10 @@ impl IpTable {
             self.for_each_slot(cidr, |table, slot| {
                 let current = table.slot(slot);
                 slot_old.entry(slot).or_insert(current);
-                if grows {
+                // A new trie slot aggregates every prefix covering it (the trie returns only
+                // the longest match), not just this entry: compute it from scratch.
+                let new_trie_slot = matches!(slot, Slot::V6Prefix(..)) && current.is_empty();
+                if grows && !new_trie_slot {
                     table.put_slot(slot, current.max(new));
                 } else {
                     recompute.insert(slot);
@@ -843,14 +846,15 @@ impl IpTable {
         (fresh.v4_guard_words(), fresh.v6_guard_words())
     }
 
-    /// The deadlines the XDP program computes for `ip`, from these slots (a model of the
-    /// kernel's lookup, used by tests).
+    /// The deadlines the XDP program computes for `ip` from these slots: the same guard bits,
+    /// short-prefix flag and lookups as `classify_v4`/`classify_v6` in `filter-ebpf`, step for
+    /// step, so the property tests judge the layout the kernel really reads.
     pub fn lookup(&self, ip: std::net::IpAddr) -> Deadlines {
         match ip {
             std::net::IpAddr::V4(a) => {
                 let a = u32::from(a);
                 let (w, s) = v4_guard_slot(a);
-                let bits = (self.v4_guard_word(w) >> s) & 3;
+                let bits = (self.v4_guard_word(w) >> s) & (GUARD_HOST | GUARD_PREFIX);
                 let mut d = Deadlines::EMPTY;
                 if bits & GUARD_HOST != 0 {
                     d = self.slot(Slot::V4Host(a));
@@ -864,14 +868,23 @@ impl IpTable {
             }
             std::net::IpAddr::V6(a) => {
                 let a = u128::from(a);
-                let mut d = self.slot(Slot::V6Host(a));
-                if let Some((_, v)) = self
-                    .v6_prefixes
-                    .iter()
-                    .filter(|((p, l), _)| a & mask128(*l) == *p)
-                    .max_by_key(|((_, l), _)| *l)
-                {
-                    d = d.max(*v);
+                let (w, s) = v6_guard_slot(v6_top32(a));
+                let mut bits = (self.v6_guard_word(w) >> s) & (GUARD_HOST | GUARD_PREFIX);
+                if self.v6_unguarded() {
+                    bits |= GUARD_PREFIX;
+                }
+                let mut d = Deadlines::EMPTY;
+                if bits & GUARD_HOST != 0 {
+                    d = self.slot(Slot::V6Host(a));
+                }
+                if bits & GUARD_PREFIX != 0 {
+                    // The LPM trie: the longest stored prefix containing `a`.
+                    let longest = (0..128u8)
+                        .rev()
+                        .find_map(|l| self.v6_prefixes.get(&(a & mask128(l), l)));
+                    if let Some(v) = longest {
+                        d = d.max(*v);
+                    }
                 }
                 d
             }
@@ -884,28 +897,6 @@ mod tests {
     use super::*;
     use portcullis_common::NEVER;
     use std::net::IpAddr;
-
-    /// Brute force: the latest deadline among covering entries, per list.
-    fn reference(entries: &[(List, Cidr, u64)], ip: IpAddr) -> Deadlines {
-        let mut d = Deadlines::EMPTY;
-        for (list, c, until) in entries {
-            if c.contains(ip) {
-                d = d.max(with_list(Deadlines::EMPTY, *list, *until));
-            }
-        }
-        d
-    }
-
-    /// xorshift: deterministic, dependency-free randomness for property tests.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
 
     fn ip(s: &str) -> IpAddr {
         s.parse().expect("test address")
@@ -956,104 +947,119 @@ mod tests {
         assert_eq!(t.lookup(ip("198.18.0.1")).deny_until, NEVER);
     }
 
-    #[test]
-    fn random_lists_match_reference() {
-        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
-        for round in 0..20 {
-            let mut t = IpTable::default();
-            let mut model: Vec<(List, Cidr, u64)> = Vec::new();
-            // Addresses concentrated in a few /8s so prefixes overlap.
-            let v4 = |r: u64| (((r >> 40) as u32 % 3 + 10) << 24) | (r as u32 & 0x00ff_ffff);
-            for _ in 0..300 {
-                let r = rng.next();
-                let list = if r.is_multiple_of(7) {
-                    List::Allow
-                } else {
-                    List::Deny
-                };
-                let until = 1 + rng.next() % 1000;
-                let cidr = if r.is_multiple_of(3) {
-                    let len = (rng.next() % 33) as u8;
-                    Cidr::new(IpAddr::V4(v4(rng.next()).into()), len.max(6)).expect("len ok")
-                } else if r % 3 == 1 {
-                    Cidr::v4_host(v4(rng.next()))
-                } else {
-                    let a = (0x2001_0db8u128 << 96)
-                        | u128::from(rng.next() % 4) << 80
-                        | u128::from(rng.next());
-                    let len = [128u8, 128, 64, 48, 36, 20][(rng.next() % 6) as usize];
-                    Cidr::new(IpAddr::V6(a.into()), len).expect("len ok")
-                };
-                model.retain(|(l, m, _)| !(*l == list && *m == cidr));
-                model.push((list, cidr, until));
-                t.set(list, cidr, Some(until)).expect("fits");
-                // Occasionally remove an earlier entry or shorten its deadline.
-                if rng.next().is_multiple_of(4) && !model.is_empty() {
-                    let i = (rng.next() % model.len() as u64) as usize;
-                    let (l, m, _) = model.remove(i);
-                    if rng.next().is_multiple_of(2) {
-                        t.set(l, m, None).expect("fits");
-                    } else {
-                        let until = 1 + rng.next() % 10;
-                        model.push((l, m, until));
-                        t.set(l, m, Some(until)).expect("fits");
-                    }
-                }
-            }
-            for _ in 0..3000 {
-                let r = rng.next();
-                let probe = if r.is_multiple_of(2) {
-                    IpAddr::V4(v4(rng.next()).into())
-                } else if let Some((_, c, _)) = model.get((r % model.len() as u64) as usize) {
-                    // Inside an entry.
-                    match c {
-                        Cidr::V4 { addr, len } => IpAddr::V4(
-                            (addr | (rng.next() as u32 & !crate::cidr::mask32(*len))).into(),
-                        ),
-                        Cidr::V6 { addr, len } => {
-                            IpAddr::V6((addr | (u128::from(rng.next()) & !mask128(*len))).into())
-                        }
-                    }
-                } else {
-                    continue;
-                };
+    /// Runs one operation sequence, checking the table against the brute-force model after
+    /// every step: the kernel-mirroring lookup for many probes, and now and then the guard
+    /// bitmaps (incremental upkeep vs from scratch) and the slots (vs a bulk rebuild).
+    fn check_sequence(seed: u64, steps: usize) {
+        use super::super::reference::{Chains, Reference, Rng};
+        let mut rng = Rng(seed);
+        let chains = Chains::new(&mut rng);
+        let mut t = IpTable::default();
+        let mut model = Reference::new();
+        let mut now = 1_000_000_000u64;
+        for step in 0..steps {
+            now += rng.below(20_000_000);
+            let op = chains.op(&mut rng, &model, now, 200_000_000);
+            let changes = op.changes(&model);
+            op.apply_to(&mut model);
+            t.set_many(changes)
+                .expect("default capacity holds a few hundred entries");
+            let mut probes: Vec<IpAddr> = (0..48).map(|_| chains.probe(&mut rng)).collect();
+            probes.extend(model.items().iter().take(16).map(|(_, c, _)| c.network()));
+            for p in probes {
+                let want = model.deadlines(p);
+                let got = t.lookup(p);
                 assert_eq!(
-                    t.lookup(probe),
-                    reference(&model, probe),
-                    "round {round} probe {probe}"
+                    (got.allow_until, got.deny_until),
+                    want,
+                    "seed {seed:#x} step {step} ({op:?}): probe {p}"
                 );
             }
-            // The bulk path yields the same slots and guards as one-by-one changes.
-            let mut bulk = IpTable::default();
-            bulk.set_many(model.iter().map(|(l, c, u)| (*l, *c, Some(*u))))
-                .expect("fits");
-            let sorted = |t: &IpTable| {
-                let mut v: Vec<String> = t.slots().map(|x| format!("{x:?}")).collect();
-                v.sort();
-                v
-            };
-            let (a, b) = (sorted(&bulk), sorted(&t));
-            let only_bulk: Vec<_> = a.iter().filter(|x| !b.contains(x)).take(5).collect();
-            let only_inc: Vec<_> = b.iter().filter(|x| !a.contains(x)).take(5).collect();
-            assert!(
-                only_bulk.is_empty() && only_inc.is_empty(),
-                "round {round}: bulk only {only_bulk:?}, incremental only {only_inc:?}"
-            );
-            assert_eq!(bulk.v4_guard_words(), t.v4_guard_words(), "round {round}");
-            assert_eq!(bulk.v6_guard_words(), t.v6_guard_words(), "round {round}");
-            assert_eq!(bulk.v6_unguarded(), t.v6_unguarded(), "round {round}");
-            // The incrementally kept guard bitmaps equal ones computed from scratch.
-            let (v4, v6) = t.guards_from_scratch();
-            assert_eq!(t.v4_guard_words(), v4, "round {round}");
-            assert_eq!(t.v6_guard_words(), v6, "round {round}");
-            // Removing everything leaves no slot and no guard bit.
-            let all: Vec<_> = model.iter().map(|(l, c, _)| (*l, *c, None)).collect();
-            t.set_many(all).expect("fits");
-            assert!(t.is_empty());
-            assert_eq!(t.slots().count(), 0);
-            assert!(t.v4_guard_words().iter().all(|(_, w)| *w == 0));
-            assert!(t.v6_guard_words().is_empty());
-            assert!(!t.v6_unguarded());
+            if step % 16 == 0 || step + 1 == steps {
+                let (v4, v6) = t.guards_from_scratch();
+                assert_eq!(
+                    t.v4_guard_words(),
+                    v4,
+                    "seed {seed:#x} step {step}: v4 guard"
+                );
+                assert_eq!(
+                    t.v6_guard_words(),
+                    v6,
+                    "seed {seed:#x} step {step}: v6 guard"
+                );
+                let mut bulk = IpTable::default();
+                bulk.set_many(model.items().iter().map(|(l, c, u)| (*l, *c, Some(*u))))
+                    .expect("fits");
+                let sorted = |t: &IpTable| {
+                    let mut v: Vec<_> = t.slots().collect();
+                    v.sort_by_key(|(s, _)| *s);
+                    v
+                };
+                assert_eq!(
+                    sorted(&t),
+                    sorted(&bulk),
+                    "seed {seed:#x} step {step}: slots"
+                );
+                assert_eq!(t.v6_unguarded(), bulk.v6_unguarded(), "seed {seed:#x}");
+            }
         }
+        // Removing everything leaves no slot and no guard bit.
+        t.set_many(model.items().iter().map(|(l, c, _)| (*l, *c, None)))
+            .expect("fits");
+        assert!(t.is_empty());
+        assert_eq!(t.slots().count(), 0);
+        assert!(t.v4_guard_words().is_empty());
+        assert!(t.v6_guard_words().is_empty());
+        assert!(!t.v6_unguarded());
+    }
+
+    #[test]
+    fn operation_sequences_match_reference() {
+        for seed in 1..=24u64 {
+            check_sequence(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 250);
+        }
+    }
+
+    /// The bug that got through: a prefix added under a covering prefix must inherit its
+    /// deadlines (the LPM trie returns only the longest match), in every order.
+    #[test]
+    fn nested_v6_prefixes_in_every_order() {
+        let allow = (List::Allow, c("2001:db8::/32"));
+        let deny = (List::Deny, c("2001:db8:10::/48"));
+        let inside = ip("2001:db8:10::2");
+        for order in [[allow, deny], [deny, allow]] {
+            let mut t = IpTable::default();
+            for (l, cidr) in order {
+                t.set(l, cidr, Some(NEVER)).expect("fits");
+            }
+            assert_eq!(t.lookup(inside).allow_until, NEVER, "{order:?}");
+            // Removing the allow exposes the deny; removing the deny keeps the allow.
+            let mut t2 = IpTable::default();
+            for (l, cidr) in order {
+                t2.set(l, cidr, Some(NEVER)).expect("fits");
+            }
+            t2.set(List::Allow, allow.1, None).expect("fits");
+            assert_eq!(
+                t2.lookup(inside),
+                Deadlines {
+                    allow_until: 0,
+                    deny_until: NEVER
+                }
+            );
+            t.set(List::Deny, deny.1, None).expect("fits");
+            assert_eq!(
+                t.lookup(inside),
+                Deadlines {
+                    allow_until: NEVER,
+                    deny_until: 0
+                }
+            );
+        }
+        // A short (unguarded) covering allow, and an expiring one.
+        let mut t = IpTable::default();
+        t.set(List::Allow, c("2001::/16"), Some(5)).expect("fits");
+        t.set(List::Deny, c("2001:db8:10::/48"), Some(NEVER))
+            .expect("fits");
+        assert_eq!(t.lookup(inside).allow_until, 5);
     }
 }

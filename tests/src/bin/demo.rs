@@ -2,7 +2,9 @@
 //! Makes a throwaway pair of network namespaces joined by veth, runs `portcullis agent` on the
 //! server side attached to its veth, then drives it with the CLI: a denied client's pings are
 //! dropped by XDP while an unlisted client's are answered, an allow entry wins inside a
-//! denied range, and the counters show it. Everything it creates is removed at the end.
+//! denied range, and the counters show it. Every step states what it expects; the demo ends
+//! with a verdict and exits non-zero when any expectation failed. Everything it creates is
+//! removed at the end.
 
 use anyhow::Context as _;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
@@ -56,15 +58,27 @@ fn main() -> anyhow::Result<()> {
         pair.server_if, backend.addr
     );
 
+    let failures = std::cell::RefCell::new(Vec::<String>::new());
+    let expect = |ok: bool, what: String| {
+        if !ok {
+            println!("   !! UNEXPECTED: {what}");
+            failures.borrow_mut().push(what);
+        }
+    };
     let run = |args: &[&str]| -> anyhow::Result<()> {
         println!("\n$ portcullis {}", args.join(" "));
         let out = agent.cli(args);
         print!("{}", String::from_utf8_lossy(&out.stdout));
         eprint!("{}", String::from_utf8_lossy(&out.stderr));
+        expect(
+            out.status.success(),
+            format!("`portcullis {}` failed ({})", args.join(" "), out.status),
+        );
         Ok(())
     };
     let [a, b, c] = CLIENT_V4;
-    let ping = |who: &str, src: &str| -> anyhow::Result<()> {
+    // Answered means all four; dropped means none: one lost ping proves nothing.
+    let ping = |who: &str, src: &str, answered: bool| -> anyhow::Result<()> {
         let got = pair.ping(src, SERVER_V4, 4)?;
         let verdict = if got == 0 {
             "LOST (dropped by XDP)"
@@ -72,15 +86,20 @@ fn main() -> anyhow::Result<()> {
             "answered"
         };
         println!("   ping from {who} {src}: {got}/4 {verdict}");
+        let want = if answered { 4 } else { 0 };
+        expect(
+            got == want,
+            format!("ping from {who} {src}: {got}/4 answered, expected {want}/4"),
+        );
         Ok(())
     };
     println!("\n== before any entry");
-    ping("client A", a)?;
-    ping("client B", b)?;
+    ping("client A", a, true)?;
+    ping("client B", b, true)?;
 
     run(&["deny", "add", "ip", a, "--reason", "demo attacker"])?;
-    ping("client A", a)?;
-    ping("client B", b)?;
+    ping("client A", a, false)?;
+    ping("client B", b, true)?;
 
     run(&[
         "deny",
@@ -92,15 +111,16 @@ fn main() -> anyhow::Result<()> {
         "--force",
     ])?;
     run(&["allow", "add", "ip", c])?;
-    ping("client B", b)?;
-    ping("client C", c)?;
+    ping("client B", b, false)?;
+    ping("client C", c, true)?;
 
     run(&["deny", "remove", "ip", "198.18.0.0/29"])?;
     run(&["deny", "remove", "ip", a])?;
-    ping("client A", a)?;
+    ping("client A", a, true)?;
 
     // The L7 checker: TLS, a denied token, a decoy turned into a kernel drop.
-    let curl = |src: &str, path: &str, token: &str| -> anyhow::Result<()> {
+    // `want`: the HTTP status expected, or None for "no answer" (dropped by XDP).
+    let curl = |src: &str, path: &str, token: &str, want: Option<&str>| -> anyhow::Result<()> {
         let out = pair.client_cmd(&[
             "curl",
             "-s",
@@ -125,20 +145,28 @@ fn main() -> anyhow::Result<()> {
             ""
         };
         println!("   curl from {src} https://shop.test:8443{path} (token {token}): {body}{note}");
+        let ok = match want {
+            Some(code) => body.ends_with(&format!("[HTTP {code}]")),
+            None => out.status.code() == Some(28),
+        };
+        expect(
+            ok,
+            format!("curl from {src} {path}: got {body:?}, expected {want:?}"),
+        );
         Ok(())
     };
     println!("\n== the L7 checker");
-    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.stolen")?;
+    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.stolen", Some("200"))?;
     run(&["deny", "add", "token", "eyJhbGciOiJIUzI1NiJ9.stolen"])?;
-    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.stolen")?;
-    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.honest")?;
+    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.stolen", Some("403"))?;
+    curl(b, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.honest", Some("200"))?;
     println!("   -- client C visits a decoy path --");
-    curl(c, "/shop/admin", "eyJhbGciOiJIUzI1NiJ9.honest")?;
+    curl(c, "/shop/admin", "eyJhbGciOiJIUzI1NiJ9.honest", Some("200"))?;
     println!("   (C is allow-listed, so nothing happens to it; take it off the allow list)");
     run(&["allow", "remove", "ip", c])?;
-    curl(c, "/shop/admin", "eyJhbGciOiJIUzI1NiJ9.honest")?;
-    curl(c, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.honest")?;
-    ping("client C", c)?;
+    curl(c, "/shop/admin", "eyJhbGciOiJIUzI1NiJ9.honest", Some("200"))?;
+    curl(c, "/shop/items", "eyJhbGciOiJIUzI1NiJ9.honest", None)?;
+    ping("client C", c, false)?;
     run(&["deny", "list"])?;
     run(&["stats"])?;
     run(&["status"])?;
@@ -146,5 +174,14 @@ fn main() -> anyhow::Result<()> {
     drop(agent);
     println!("\n== agent stopped (SIGTERM); removing the filter and the namespaces");
     portcullis::kernel::detach(&dirs.pins.0, &pair.server_if)?;
-    Ok(())
+    let failures = failures.into_inner();
+    if failures.is_empty() {
+        println!("\n== demo passed: every step did what it said");
+        return Ok(());
+    }
+    anyhow::bail!(
+        "demo FAILED: {} step(s) did not do what they said:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    )
 }
