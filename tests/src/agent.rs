@@ -209,26 +209,41 @@ impl Agent {
         }
     }
 
-    /// Stops the agent with SIGTERM and waits; returns its exit status.
-    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
+    /// Stops the agent with SIGTERM and waits up to 10 s. An agent that hangs (then killed)
+    /// or exits with a failure status is an error: a clean stop is part of the contract.
+    pub fn stop(&mut self) -> anyhow::Result<()> {
+        let Some(mut c) = self.child.take() else {
+            return Ok(());
+        };
         // SAFETY: plain kill(2) on our child's pid.
         unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
-            if let Ok(Some(st)) = c.try_wait() {
-                return Some(st);
+            if let Some(st) = c.try_wait()? {
+                if !st.success() {
+                    bail!("agent exited with {st} on SIGTERM: {}", self.log_text());
+                }
+                return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
         }
         let _ = c.kill();
-        c.wait().ok()
+        let _ = c.wait();
+        bail!(
+            "agent still running 10 s after SIGTERM (killed): {}",
+            self.log_text()
+        )
     }
 }
 
 impl Drop for Agent {
+    /// Stops the agent; a hang or a failed exit fails the test (unless it is already failing).
     fn drop(&mut self) {
-        self.stop();
+        if let Err(e) = self.stop()
+            && !std::thread::panicking()
+        {
+            panic!("{e:#}");
+        }
     }
 }
 

@@ -3,7 +3,7 @@
 //! pass; removing the entry, and detaching, restore traffic.
 
 use std::net::{SocketAddr, TcpListener, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use portcullis::cidr::Cidr;
 use portcullis::kernel::{self, AttachMode, Filter, List, LoadOptions};
@@ -222,20 +222,41 @@ fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
             .insert(List::Deny, cidr("198.18.0.3"), NEVER)
             .expect("deny");
     }
-    // Pings run while the second loader starts, takes over the link and reconciles.
+    // Pings run while the second loader starts, takes over the link and reconciles. The
+    // pinned drop counter must count every one of them, and they must go on after the
+    // takeover is done: the window provably contains it.
+    let dropped =
+        |f: &Filter| f.counters().expect("counters")[counter::DROP_DENIED as usize].packets;
+    const PINGS: u32 = 30;
+    let mut second = Filter::load(&opts).expect("reload");
+    let before = dropped(&second);
+    let started = Instant::now();
     let pinger = {
         let client = pair.client.clone();
         std::thread::spawn(move || {
-            std::process::Command::new("ip")
+            let out = std::process::Command::new("ip")
                 .args([
-                    "netns", "exec", &client, "ping", "-n", "-q", "-c", "15", "-i", "0.1", "-W",
-                    "1", "-I", denied, SERVER_V4,
+                    "netns",
+                    "exec",
+                    &client,
+                    "ping",
+                    "-n",
+                    "-q",
+                    "-c",
+                    &PINGS.to_string(),
+                    "-i",
+                    "0.1",
+                    "-W",
+                    "1",
+                    "-I",
+                    denied,
+                    SERVER_V4,
                 ])
-                .output()
+                .output();
+            (out, Instant::now())
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let mut second = Filter::load(&opts).expect("reload");
     let attached = in_netns(&pair.server, || second.attach(&iface, AttachMode::Native))
         .expect("netns")
         .expect("attach");
@@ -245,11 +266,23 @@ fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
         .reconcile([(List::Deny, cidr(denied), NEVER)])
         .expect("reconcile");
     assert!(report.removed >= 1, "{report:?}");
-    let out = pinger.join().expect("pinger").expect("ping");
-    let text = String::from_utf8_lossy(&out.stdout);
+    let done = Instant::now();
+    let (out, finished) = pinger.join().expect("pinger");
+    let text = String::from_utf8_lossy(&out.expect("ping").stdout).into_owned();
     assert!(
-        text.contains(" 0 received"),
+        text.contains(&format!("{PINGS} packets transmitted, 0 received")),
         "no ping got through during the takeover: {text}"
+    );
+    assert!(
+        finished > done + Duration::from_millis(500),
+        "pings ended at {:?}, before the takeover was done at {:?}",
+        finished - started,
+        done - started
+    );
+    assert_eq!(
+        dropped(&second) - before,
+        u64::from(PINGS),
+        "every ping dropped by XDP across the takeover, none lost elsewhere"
     );
     assert_eq!(
         pair.ping(unlisted, SERVER_V4, 2).expect("ping"),
