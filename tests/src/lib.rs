@@ -6,6 +6,8 @@ pub mod agent;
 pub mod backend;
 pub mod fake_abs;
 pub mod frames;
+pub mod http;
+pub mod kernel_check;
 pub mod netns;
 pub mod tls;
 

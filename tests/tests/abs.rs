@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
+use portcullis_tests::kernel_check::assert_kernel_matches_lists;
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
 
@@ -145,6 +146,7 @@ fn mirror_failures_push_and_reporting() {
         "{status}"
     );
     assert_eq!(status["kernel_ip_entries"], 3);
+    assert_kernel_matches_lists(&agent, &dirs);
 
     // An operator also denies one of ABS's IPs; then ABS stops listing it and the token.
     ok(&agent.cli(&[

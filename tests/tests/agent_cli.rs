@@ -6,7 +6,9 @@ use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::time::{Duration, Instant};
 
+use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, cli, err, ok, portcullis_bin};
+use portcullis_tests::kernel_check::{assert_kernel_matches_lists, kernel};
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4};
 use portcullis_tests::privileged;
 
@@ -119,6 +121,9 @@ fn every_kind_on_both_lists_through_the_cli() {
     // Status and stats answer in both forms.
     let status = json(&agent.cli(&["status", "--json"]));
     assert_eq!(status["kernel_ip_entries"], 1);
+    // ...and the kernel itself holds exactly that one entry's slot (read through the pins).
+    assert_eq!(kernel(&dirs).len(), 1);
+    assert_kernel_matches_lists(&agent, &dirs);
     assert!(ok(&agent.cli(&["status"])).contains("deny   ip"));
     assert!(ok(&agent.cli(&["stats"])).contains("drop_denied"));
     // Prometheus metrics.
@@ -262,6 +267,8 @@ fn import_streams_and_reports_bad_lines() {
     assert_eq!(count(&agent, "deny"), 30_002);
     let status = json(&agent.cli(&["status", "--json"]));
     assert_eq!(status["kernel_ip_entries"], 30_000);
+    assert_eq!(kernel(&dirs).len(), 30_000, "host slots in the pinned maps");
+    assert_kernel_matches_lists(&agent, &dirs);
     // The human form names the file and line.
     let out = agent.cli(&["deny", "import", path.to_str().expect("utf8")]);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -282,6 +289,12 @@ fn ttl_entries_expire_from_store_and_kernel() {
         json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"],
         2
     );
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
+    let d = kernel(&dirs).lookup(ip("198.18.9.9"));
+    assert!(
+        d.deny_until > 0 && d.deny_until < NEVER,
+        "a finite kernel deadline: {d:?}"
+    );
     let deadline = Instant::now() + Duration::from_secs(10);
     while count(&agent, "deny") > 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
@@ -293,6 +306,11 @@ fn ttl_entries_expire_from_store_and_kernel() {
         json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"],
         1
     );
+    // The pruned entry is gone from the kernel maps, the other still there.
+    let k = kernel(&dirs);
+    assert_eq!(k.lookup(ip("198.18.9.9")), Deadlines::EMPTY);
+    assert_eq!(k.lookup(ip("198.18.9.10")).deny_until, NEVER);
+    assert_kernel_matches_lists(&agent, &dirs);
     assert!(agent.log_text().contains("entry expired"));
 }
 

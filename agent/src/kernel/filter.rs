@@ -164,7 +164,7 @@ pub struct Filter {
 /// Counters of one slot, indexed by `common::counter`.
 pub type Counters = [Counter; common::counter::COUNT as usize];
 
-fn data(map: &Map) -> &MapData {
+pub(super) fn data(map: &Map) -> &MapData {
     match map {
         Map::Array(d)
         | Map::HashMap(d)
@@ -266,6 +266,11 @@ impl Filter {
             }
         }
         Ok(())
+    }
+
+    /// Every map of the production object, by name.
+    pub(super) fn maps(&self) -> &BTreeMap<&'static str, Map> {
+        &self.maps
     }
 
     pub(super) fn map(&self, name: &'static str) -> &Map {
