@@ -541,6 +541,7 @@ impl Service {
             }
         }
         let mut items = Vec::with_capacity(by_cidr.len());
+        let mut undo = Vec::with_capacity(by_cidr.len());
         for (cidr, extra) in &by_cidr {
             let current = self
                 .filter
@@ -557,11 +558,24 @@ impl Service {
                 .max()
                 .unwrap_or(0);
             items.push((list, *cidr, Some(current.max(new))));
+            undo.push((list, *cidr, (current != 0).then_some(current)));
         }
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;
         }
-        let new = self.store.upsert(good)?;
+        let new = match self.store.upsert(good) {
+            Ok(n) => n,
+            Err(e) => {
+                // The store refused (disk full, I/O error): put the kernel back as it was, so
+                // neither side holds what the other does not.
+                if let Some(f) = self.filter.as_mut()
+                    && let Err(k) = f.apply_many(undo)
+                {
+                    tracing::error!("store write failed and the kernel could not be rolled back: {k}; it now enforces entries the store lacks until the next restart reconciles");
+                }
+                return Err(e.into());
+            }
+        };
         self.l7_add(good);
         Ok(new)
     }

@@ -122,6 +122,8 @@ pub struct AgentOpts {
     pub config: String,
     /// Extra arguments.
     pub args: Vec<String>,
+    /// State directory (database), when not the temporary root.
+    pub state_dir: Option<PathBuf>,
 }
 
 impl Agent {
@@ -145,7 +147,7 @@ impl Agent {
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
-            .arg(&dirs.root)
+            .arg(opts.state_dir.as_ref().unwrap_or(&dirs.root))
             .arg("--pin-dir")
             .arg(&dirs.pins.0)
             .arg("--socket")

@@ -1,0 +1,180 @@
+//! The rollback paths, with real failures injected: the database on a filesystem that fills
+//! up, and a kernel map filled behind the agent's back so the kernel write fails mid-batch.
+//! Whatever fails, the store and the kernel maps are left as they were, and the agent says
+//! why.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, err, ok};
+use portcullis_tests::kernel_check::assert_kernel_matches_lists;
+use portcullis_tests::privileged;
+
+fn list(agent: &Agent, list: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&agent.cli(&[list, "list", "--json"]))).expect("JSON")
+}
+
+fn accepted(out: &str) -> u64 {
+    let v: serde_json::Value = serde_json::from_str(out).expect("JSON");
+    v["accepted"].as_u64().expect("accepted")
+}
+
+fn feed(dir: &Path, name: &str, from: u32, n: u32) -> PathBuf {
+    let path = dir.join(name);
+    let mut f = std::fs::File::create(&path).expect("feed");
+    for i in from..from + n {
+        writeln!(f, "198.19.{}.{}", i >> 8, i & 255).expect("write");
+    }
+    writeln!(f, "token fed-token-{from}").expect("write");
+    path
+}
+
+/// A small tmpfs, unmounted on drop.
+struct TinyFs(PathBuf);
+
+impl TinyFs {
+    fn mount(at: PathBuf, size: &str) -> Self {
+        std::fs::create_dir_all(&at).expect("mount point");
+        let out = Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(&at)
+            .output()
+            .expect("mount");
+        assert!(out.status.success(), "mount tmpfs: {out:?}");
+        Self(at)
+    }
+
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) -> PathBuf {
+        let path = self.0.join("filler");
+        let mut f = std::fs::File::create(&path).expect("filler");
+        let block = vec![0u8; 4096];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        path
+    }
+}
+
+impl Drop for TinyFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).output();
+    }
+}
+
+#[test]
+fn a_full_disk_changes_neither_store_nor_kernel() {
+    if !privileged("a_full_disk_changes_neither_store_nor_kernel") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let fs = TinyFs::mount(dirs.root.join("state"), "4m");
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            state_dir: Some(fs.0.clone()),
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
+    ok(&agent.cli(&["allow", "add", "ip", "198.18.0.8"]));
+    let before = (list(&agent, "deny"), list(&agent, "allow"));
+    let filler = fs.fill();
+    // A batch (import), a single add and a remove on a full disk: each refused, each with
+    // the store and the kernel as they were.
+    let big = feed(&dirs.root, "feed.txt", 0, 20_000);
+    let e = err(&agent.cli(&["deny", "import", big.to_str().expect("utf8")]));
+    assert!(
+        e.to_lowercase().contains("full") || e.contains("disk"),
+        "{e}"
+    );
+    assert_eq!((list(&agent, "deny"), list(&agent, "allow")), before);
+    assert_kernel_matches_lists(&agent, &dirs);
+    // Single adds until the disk refuses one (the WAL may still hold a few pages).
+    let mut refused = false;
+    for i in 0..2000u32 {
+        let out = agent.cli(&[
+            "deny",
+            "add",
+            "ip",
+            &format!("198.18.{}.{}", 10 + i / 256, i % 256),
+        ]);
+        if !out.status.success() {
+            refused = true;
+            break;
+        }
+    }
+    assert!(refused, "a full disk never refused a single add");
+    assert_kernel_matches_lists(&agent, &dirs);
+    // With room again, everything works and still agrees.
+    std::fs::remove_file(filler).expect("free space");
+    let out = ok(&agent.cli(&["deny", "import", big.to_str().expect("utf8"), "--json"]));
+    assert_eq!(accepted(&out), 20_001, "{out}");
+    ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.7"]));
+    assert_kernel_matches_lists(&agent, &dirs);
+    drop(agent);
+}
+
+#[test]
+fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
+    if !privileged("a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config: "[capacity]\nv4_hosts = 4096\n".into(),
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.1.0/24"]));
+    let before = list(&agent, "deny");
+    // Fill V4_HOSTS behind the agent's back: its twin thinks there is room, the kernel
+    // refuses the write part-way through the batch.
+    let map = dirs.pins.0.join("V4_HOSTS");
+    let junk: Vec<u32> = (0..4000u32).map(|i| 0x0a00_0000 | i).collect();
+    fill_hash(&map, &junk);
+    let f = feed(&dirs.root, "feed.txt", 0, 500);
+    let e = err(&agent.cli(&["deny", "import", f.to_str().expect("utf8")]));
+    assert!(e.contains("V4_HOSTS"), "{e}");
+    assert_eq!(list(&agent, "deny"), before, "store unchanged");
+    let e = err(&agent.cli(&["deny", "add", "ip", "198.19.200.0/25"]));
+    assert!(e.contains("V4_HOSTS"), "{e}");
+    assert_eq!(list(&agent, "deny"), before, "store unchanged");
+    // Take the junk out again: the kernel holds exactly what it held before.
+    drain_hash(&map, &junk);
+    assert_kernel_matches_lists(&agent, &dirs);
+    let out = ok(&agent.cli(&["deny", "import", f.to_str().expect("utf8"), "--json"]));
+    assert_eq!(accepted(&out), 501, "{out}");
+    assert_kernel_matches_lists(&agent, &dirs);
+}
+
+fn fill_hash(map: &Path, keys: &[u32]) {
+    let fd = portcullis::kernel::sys::obj_get(map).expect("open pinned map");
+    use std::os::fd::AsFd as _;
+    let values = vec![portcullis_common::Deadlines::EMPTY; keys.len()];
+    // Write one by one, stopping when the map is full.
+    for (k, v) in keys.iter().zip(&values) {
+        if portcullis::kernel::sys::update_elem(fd.as_fd(), k, v).is_err() {
+            break;
+        }
+    }
+}
+
+fn drain_hash(map: &Path, keys: &[u32]) {
+    let fd = portcullis::kernel::sys::obj_get(map).expect("open pinned map");
+    use std::os::fd::AsFd as _;
+    for k in keys {
+        let _ = portcullis::kernel::sys::delete_elem(fd.as_fd(), k);
+    }
+}
