@@ -571,7 +571,9 @@ impl Service {
                 if let Some(f) = self.filter.as_mut()
                     && let Err(k) = f.apply_many(undo)
                 {
-                    tracing::error!("store write failed and the kernel could not be rolled back: {k}; it now enforces entries the store lacks until the next restart reconciles");
+                    tracing::error!(
+                        "store write failed and the kernel could not be rolled back: {k}; it now enforces entries the store lacks until the next restart reconciles"
+                    );
                 }
                 return Err(e.into());
             }

@@ -98,6 +98,90 @@ pub fn self_signed(dir: &Path, name: &str, tag: &str) -> anyhow::Result<TestCert
     Ok(TestCerts { ca, cert, key })
 }
 
+/// A rustls client connection that keeps alive: several requests on one TLS session (to
+/// show a reload does not drop established connections).
+pub struct TlsClient {
+    tls: rustls::StreamOwned<rustls::ClientConnection, TcpStream>,
+    server_name: String,
+}
+
+impl TlsClient {
+    /// Connects to `addr` and completes the handshake, trusting only `ca`.
+    pub fn connect(addr: &str, server_name: &str, ca: &Path) -> anyhow::Result<Self> {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in CertificateDer::pem_file_iter(ca)? {
+            roots.add(c?)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        let name = ServerName::try_from(server_name.to_owned())?;
+        let conn = rustls::ClientConnection::new(Arc::new(cfg), name)?;
+        let sock = TcpStream::connect(addr)?;
+        sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+        let mut tls = rustls::StreamOwned::new(conn, sock);
+        while tls.conn.is_handshaking() {
+            tls.conn.complete_io(&mut tls.sock)?;
+        }
+        Ok(Self {
+            tls,
+            server_name: server_name.to_owned(),
+        })
+    }
+
+    /// One keep-alive request; reads the answer by its Content-Length.
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, String)> {
+        let mut req = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n", self.server_name);
+        for (k, v) in headers {
+            req.push_str(&format!("{k}: {v}\r\n"));
+        }
+        req.push_str("\r\n");
+        self.tls.write_all(req.as_bytes())?;
+        let mut raw = Vec::new();
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") {
+            anyhow::ensure!(self.tls.read(&mut byte)? == 1, "connection closed mid-head");
+            raw.push(byte[0]);
+        }
+        let head = String::from_utf8_lossy(&raw).into_owned();
+        let status: u16 = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .context("no status line")?;
+        let len: Option<usize> = head.lines().find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-length")
+                .then(|| v.trim().parse().ok())?
+        });
+        let mut body = Vec::new();
+        match len {
+            Some(n) => {
+                body.resize(n, 0);
+                self.tls.read_exact(&mut body)?;
+            }
+            // No length: the body runs to the end of the connection.
+            None => match self.tls.read_to_end(&mut body) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+                Err(e) => return Err(e.into()),
+            },
+        }
+        Ok((status, String::from_utf8_lossy(&body).into_owned()))
+    }
+
+    /// The certificate the server presented (DER of the leaf).
+    pub fn peer_leaf(&self) -> Option<Vec<u8>> {
+        self.tls
+            .conn
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .map(|c| c.to_vec())
+    }
+}
+
 /// One HTTP/1.1 request over TLS with rustls, trusting only `ca`; returns (status, body).
 pub fn rustls_get(
     addr: &str,
@@ -106,42 +190,8 @@ pub fn rustls_get(
     path: &str,
     headers: &[(&str, &str)],
 ) -> anyhow::Result<(u16, String)> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(ca)? {
-        roots.add(c?)?;
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    let name = ServerName::try_from(server_name.to_owned())?;
-    let conn = rustls::ClientConnection::new(Arc::new(cfg), name)?;
-    let sock = TcpStream::connect(addr)?;
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
-    let mut tls = rustls::StreamOwned::new(conn, sock);
-    let mut req = format!("GET {path} HTTP/1.1\r\nhost: {server_name}\r\nconnection: close\r\n");
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    tls.write_all(req.as_bytes())?;
-    let mut raw = Vec::new();
-    match tls.read_to_end(&mut raw) {
-        Ok(_) => {}
-        // A peer closing without close_notify after a complete response is fine here.
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && !raw.is_empty() => {}
-        Err(e) => return Err(e.into()),
-    }
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let status: u16 = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status line")?;
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    let mut c = TlsClient::connect(addr, server_name, ca)?;
+    let mut h = headers.to_vec();
+    h.push(("connection", "close"));
+    c.get(path, &h)
 }

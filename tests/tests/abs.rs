@@ -179,13 +179,26 @@ fn mirror_failures_push_and_reporting() {
             .as_u64()
             .unwrap_or(0)
     };
-    for bad in [
-        Answer::Status(503),
-        Answer::Garbage("{\"attacklist\": {\"ips\": [\"198.18.".into()),
-        Answer::Garbage("<html>maintenance</html>".into()),
-        Answer::Json("{\"something\":\"else\"}".into()),
-        Answer::Slow(Duration::from_secs(4), "{\"attacklist\":{}}".into()),
-        Answer::Huge(2_000_000),
+    // Each failure mode is recognised as itself (status names it), not just "some error".
+    for (bad, want) in [
+        (Answer::Status(503), "answered HTTP 503"),
+        (
+            Answer::Garbage("{\"attacklist\": {\"ips\": [\"198.18.".into()),
+            "EOF while parsing",
+        ),
+        (
+            Answer::Garbage("<html>maintenance</html>".into()),
+            "expected value at line 1 column 1",
+        ),
+        (
+            Answer::Json("{\"something\":\"else\"}".into()),
+            "attacklist",
+        ),
+        (
+            Answer::Slow(Duration::from_secs(4), "{\"attacklist\":{}}".into()),
+            "did not answer within",
+        ),
+        (Answer::Huge(2_000_000), "larger than 1000000 bytes"),
     ] {
         let f0 = failures(&agent);
         abs.set(bad.clone());
@@ -197,7 +210,10 @@ fn mirror_failures_push_and_reporting() {
             .as_str()
             .unwrap_or("")
             .to_owned();
-        assert!(!err.is_empty(), "{bad:?}: no error recorded");
+        assert!(
+            err.contains(want),
+            "{bad:?}: recorded {err:?}, expected {want:?}"
+        );
     }
     assert_eq!(
         curl("fine-token", "/shop/x", "198.18.71.5"),

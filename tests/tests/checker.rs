@@ -14,7 +14,7 @@ use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
-use portcullis_tests::tls::{rustls_get, self_signed};
+use portcullis_tests::tls::{TestCerts, TlsClient, rustls_get, self_signed};
 
 const HOST: &str = "api.test";
 
@@ -403,8 +403,8 @@ fn detections_deny_list_the_culprit() {
 }
 
 #[test]
-fn hostile_input_and_certificate_reload() {
-    if !privileged("hostile_input_and_certificate_reload") {
+fn hostile_input_is_refused_and_others_are_served() {
+    if !privileged("hostile_input_is_refused_and_others_are_served") {
         return;
     }
     let s = setup(|apis, backend| {
@@ -478,36 +478,7 @@ fn hostile_input_and_certificate_reload() {
         "idle half-request kept open for {:?}",
         t.elapsed()
     );
-    // Certificate reload on SIGHUP: new connections present the new certificate.
-    let new = self_signed(&s.dirs.root, HOST, "b").expect("cert");
-    assert!(
-        rustls_get(
-            &format!("127.0.0.1:{}", s.port),
-            HOST,
-            &new.ca,
-            "/shop/ok",
-            &[]
-        )
-        .is_err(),
-        "new CA not trusted yet"
-    );
-    std::fs::copy(&new.key, s.dirs.root.join("a-key.pem")).expect("replace key");
-    std::fs::copy(&new.cert, s.dirs.root.join("a-cert.pem")).expect("replace cert");
-    let cert2 = new.ca.clone();
-    // SAFETY: signalling our own child.
-    unsafe { libc::kill(s.agent.pid().expect("pid") as i32, libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(10);
     let addr = format!("127.0.0.1:{}", s.port);
-    while rustls_get(&addr, HOST, &cert2, "/shop/ok", &[]).is_err() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    assert_eq!(
-        rustls_get(&addr, HOST, &cert2, "/shop/ok", &[])
-            .expect("new certificate served")
-            .0,
-        200
-    );
-    assert!(s.agent.log_text().contains("TLS certificate reloaded"));
     // Fixing the broken file and reloading loads it.
     std::fs::write(
         s.dirs.root.join("apis/broken.json"),
@@ -519,11 +490,111 @@ fn hostile_input_and_certificate_reload() {
     .expect("fix");
     assert!(ok(&s.agent.cli(&["api", "reload"])).contains("3 API definitions loaded"));
     assert_eq!(
-        rustls_get(&addr, HOST, &cert2, "/b/x", &[])
+        rustls_get(&addr, HOST, &s.ca, "/b/x", &[])
             .expect("fixed API")
             .0,
         200
     );
+}
+
+/// Replaces the checker's certificate files with `new`'s; with `keep_mtime` the files keep
+/// their old modification times, so only a SIGHUP can notice.
+fn replace_cert(s: &Setup, new: &TestCerts, keep_mtime: bool) {
+    for (from, to) in [(&new.key, "a-key.pem"), (&new.cert, "a-cert.pem")] {
+        let to = s.dirs.root.join(to);
+        let old = std::fs::metadata(&to)
+            .and_then(|m| m.modified())
+            .expect("mtime");
+        std::fs::copy(from, &to).expect("replace");
+        if keep_mtime {
+            std::fs::File::options()
+                .write(true)
+                .open(&to)
+                .and_then(|f| f.set_modified(old))
+                .expect("set mtime");
+        }
+    }
+}
+
+fn wait_until_served(addr: &str, ca: &std::path::Path, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if rustls_get(addr, HOST, ca, "/shop/ok", &[]).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+#[test]
+fn certificate_reload_by_signal_and_by_file_change_keeps_connections() {
+    if !privileged("certificate_reload_by_signal_and_by_file_change_keeps_connections") {
+        return;
+    }
+    let s = setup(shop_api);
+    let addr = format!("127.0.0.1:{}", s.port);
+    // An established keep-alive connection, kept busy (idle ones are closed after the header
+    // timeout) through both reloads: no reload may drop it.
+    let mut kept = TlsClient::connect(&addr, HOST, &s.ca).expect("connect");
+    let first_leaf = kept.peer_leaf();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let busy = scope.spawn(|| {
+            let mut served = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (code, _) = kept
+                    .get("/shop/ok", &[])
+                    .map_err(|e| format!("request {served} on the kept connection: {e:#}"))?;
+                if code != 200 {
+                    return Err(format!("request {served} answered {code}"));
+                }
+                served += 1;
+                std::thread::sleep(Duration::from_millis(300));
+            }
+            Ok::<_, String>(served)
+        });
+        // SIGHUP alone (file times unchanged, so the file watch cannot be what reloads).
+        let b = self_signed(&s.dirs.root, HOST, "b").expect("cert");
+        assert!(
+            rustls_get(&addr, HOST, &b.ca, "/shop/ok", &[]).is_err(),
+            "new CA not trusted yet"
+        );
+        replace_cert(&s, &b, true);
+        std::thread::sleep(Duration::from_secs(6));
+        assert!(
+            rustls_get(&addr, HOST, &b.ca, "/shop/ok", &[]).is_err(),
+            "reloaded without a signal although the file times did not change"
+        );
+        // SAFETY: signalling our own child.
+        unsafe { libc::kill(s.agent.pid().expect("pid") as i32, libc::SIGHUP) };
+        assert!(
+            wait_until_served(&addr, &b.ca, Duration::from_secs(3)),
+            "SIGHUP did not load the new certificate"
+        );
+
+        // A changed file alone, no signal: the watch picks it up.
+        let c = self_signed(&s.dirs.root, HOST, "c").expect("cert");
+        replace_cert(&s, &c, false);
+        assert!(
+            wait_until_served(&addr, &c.ca, Duration::from_secs(12)),
+            "a replaced certificate file was not picked up without a signal"
+        );
+        assert_eq!(
+            s.agent
+                .log_text()
+                .matches("TLS certificate reloaded")
+                .count(),
+            2,
+            "{}",
+            s.agent.log_text()
+        );
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let served = busy.join().expect("busy client").expect("kept connection");
+        assert!(served > 20, "only {served} requests on the kept connection");
+    });
+    // The connection made before both reloads kept its original certificate.
+    assert_eq!(kept.peer_leaf(), first_leaf);
 }
 
 #[test]
