@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod backend;
+pub mod checker_setup;
 pub mod fake_abs;
 pub mod frames;
 pub mod http;

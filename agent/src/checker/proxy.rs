@@ -328,6 +328,16 @@ impl Proxy {
         client: IpAddr,
         tls: bool,
     ) -> Response<Body> {
+        // A declared body over the limit is refused before any server is involved.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > self.cfg.max_body_bytes) {
+            self.stats.hit("bad_request");
+            return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
+        }
         let Some(index) = Self::pick(api) else {
             self.stats.hit("bad_gateway");
             return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
@@ -392,11 +402,20 @@ impl Proxy {
                 Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
             }
             Err(e) => {
-                let too_big = std::error::Error::source(&e)
-                    .is_some_and(|s| s.to_string().contains("length limit"));
-                if too_big {
-                    self.stats.hit("bad_request");
-                    return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
+                // The client's own body failing (cut short, or past the limit) is the
+                // client's fault: never count it against the server, or any client could
+                // take servers out of rotation.
+                match client_body_failure(&e) {
+                    Some(ClientBody::TooLarge) => {
+                        self.stats.hit("bad_request");
+                        return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
+                    }
+                    Some(ClientBody::Failed) => {
+                        self.stats.hit("bad_request");
+                        tracing::debug!(api = %api.name, "client request body failed: {e}");
+                        return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
+                    }
+                    None => {}
                 }
                 Self::mark(api, index, false);
                 self.stats.hit("bad_gateway");
@@ -664,4 +683,32 @@ pub async fn serve(
             }
         });
     }
+}
+
+/// How a client's request body failed while it was being forwarded.
+enum ClientBody {
+    /// Past `max_body_bytes`.
+    TooLarge,
+    /// Cut short or otherwise broken by the client.
+    Failed,
+}
+
+/// Whether a forwarding error came from the client's request body rather than the server:
+/// hyper reports a failing outgoing body as a "user" error, with the body's error as a source.
+fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody> {
+    let mut user = false;
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return Some(ClientBody::TooLarge);
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            user = true;
+        }
+        cur = err.source();
+    }
+    user.then_some(ClientBody::Failed)
 }

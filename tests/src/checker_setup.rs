@@ -1,0 +1,103 @@
+//! The L7 checker's test fixture: an agent with the checker on 127.0.0.1 (HTTPS and plain
+//! HTTP), a real backend, a self-signed certificate, and API files written by the test.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::Command;
+
+use crate::agent::{Agent, AgentDirs, AgentOpts};
+use crate::backend::Backend;
+use crate::tls::self_signed;
+
+/// The name the checker's certificate is issued to.
+pub const HOST: &str = "api.test";
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+/// Writes one ASE API file `{name}.json` holding `api_metadata: meta`.
+pub fn write_api(dir: &Path, name: &str, meta: &str) {
+    std::fs::create_dir_all(dir).expect("api dir");
+    std::fs::write(
+        dir.join(format!("{name}.json")),
+        format!("{{\"api_metadata\":{meta}}}"),
+    )
+    .expect("api file");
+}
+
+/// A running checker and what it needs.
+pub struct Setup {
+    /// State, certificates and API files.
+    pub dirs: AgentDirs,
+    /// The running agent.
+    pub agent: Agent,
+    /// HTTPS listener port (127.0.0.1).
+    pub port: u16,
+    /// Plain HTTP listener port (127.0.0.1).
+    pub http_port: u16,
+    /// CA that signed the checker's certificate.
+    pub ca: std::path::PathBuf,
+    /// The API server behind the checker.
+    pub backend: Backend,
+}
+
+/// An agent with the checker on 127.0.0.1, X-Forwarded-For trusted (so each request can
+/// present its own client address), and the APIs `extra` writes.
+pub fn setup(extra: impl Fn(&Path, u16)) -> Setup {
+    let dirs = AgentDirs::new();
+    let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
+    let certs = self_signed(&dirs.root, HOST, "a").expect("cert");
+    let (cert, key) = (certs.cert.clone(), certs.key.clone());
+    let apis = dirs.root.join("apis");
+    extra(&apis, backend.addr.port());
+    let (port, http_port) = (free_port(), free_port());
+    let config = format!(
+        "[checker]\nhttps = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:{http_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\ntrust_xff = true\nheader_timeout = \"2s\"\nmax_header_bytes = 8192\n",
+        cert.display(),
+        key.display(),
+        apis.display()
+    );
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    Setup {
+        dirs,
+        agent,
+        port,
+        http_port,
+        ca: certs.ca,
+        backend,
+    }
+}
+
+impl Setup {
+    /// (status, body) of a curl request through the checker's HTTPS listener.
+    pub fn curl(&self, path: &str, args: &[&str]) -> (u16, String) {
+        let out = Command::new("curl")
+            .args(["-s", "--max-time", "5", "--cacert"])
+            .arg(&self.ca)
+            .args([
+                "--resolve",
+                &format!("{HOST}:{}:127.0.0.1", self.port),
+                "-w",
+                "\n%{http_code}",
+            ])
+            .args(args)
+            .arg(format!("https://{HOST}:{}{path}", self.port))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+        (code.trim().parse().unwrap_or(0), body.to_owned())
+    }
+}

@@ -1,0 +1,260 @@
+//! What README promises of the checker and no other test checked: forwarding headers, header
+//! count and body limits, a client cutting its body mid-transfer, detections that pick the
+//! protocol, cookie and API-key culprits, and active health checks.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use portcullis_tests::agent::ok;
+use portcullis_tests::checker_setup::{free_port, setup, write_api};
+use portcullis_tests::{http, privileged};
+
+fn plain(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// Sends `head` and `body` raw, then closes; returns what came back (possibly nothing).
+fn raw(port: u16, head: &str, body: &[u8], close_early: bool) -> String {
+    let mut s = TcpStream::connect(plain(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("head");
+    let _ = s.write_all(body);
+    if close_early {
+        let _ = s.shutdown(std::net::Shutdown::Both);
+        return String::new();
+    }
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn deny_rows(s: &portcullis_tests::checker_setup::Setup) -> Vec<String> {
+    let out = ok(&s
+        .agent
+        .cli(&["deny", "list", "--source", "checker", "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|e| {
+            format!(
+                "{} {} {}",
+                e["kind"].as_str().unwrap_or(""),
+                e["name"].as_str().unwrap_or(""),
+                e["reason"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn forwarding_headers_limits_and_cut_bodies() {
+    if !privileged("forwarding_headers_limits_and_cut_bodies") {
+        return;
+    }
+    let s = setup(|apis, backend| {
+        write_api(
+            apis,
+            "shop",
+            &format!(
+                r#"{{"url":"/shop","health_retry_count":1,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    });
+    // X-Forwarded-Proto says which listener the client used.
+    assert_eq!(s.curl("/shop/a", &[]).0, 200);
+    let head = s.backend.last().expect("forwarded").to_ascii_lowercase();
+    assert!(head.contains("x-forwarded-proto: https"), "{head}");
+    assert_eq!(
+        http::get(plain(s.http_port), "/shop/b", &[])
+            .expect("http")
+            .0,
+        200
+    );
+    let head = s.backend.last().expect("forwarded").to_ascii_lowercase();
+    assert!(head.contains("x-forwarded-proto: http\r\n"), "{head}");
+    // More headers than max_headers (100): 431, nothing forwarded.
+    let many: Vec<(String, String)> = (0..120).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let seen = s.backend.seen.lock().map(|v| v.len()).unwrap_or(0);
+    assert_eq!(
+        http::get(plain(s.http_port), "/shop/many", &many)
+            .expect("answer")
+            .0,
+        431
+    );
+    // A body over max_body_bytes (10 MiB): 413.
+    let big = vec![b'x'; 11 << 20];
+    let answer = raw(
+        s.http_port,
+        &format!(
+            "POST /shop/big HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            big.len()
+        ),
+        &big,
+        false,
+    );
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.200}");
+    assert_eq!(
+        s.backend.seen.lock().map(|v| v.len()).unwrap_or(0),
+        seen,
+        "neither refused request reached the backend"
+    );
+    // Clients that cut their upload short are the client's failure, not the server's: the
+    // server (one failure takes it out here) must stay in rotation for everyone else.
+    for _ in 0..5 {
+        raw(
+            s.http_port,
+            "POST /shop/upload HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\n",
+            &[b'y'; 1000],
+            true,
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let codes: Vec<u16> = (0..4)
+        .map(|_| {
+            http::get(plain(s.http_port), "/shop/after", &[])
+                .expect("http")
+                .0
+        })
+        .collect();
+    assert_eq!(
+        codes, [200; 4],
+        "a cut upload took the server out of rotation"
+    );
+    assert!(
+        !s.backend
+            .seen
+            .lock()
+            .map(|v| v.iter().any(|h| h.starts_with("POST /shop/upload")))
+            .unwrap_or(true),
+        "a truncated request reached the backend as complete"
+    );
+}
+
+#[test]
+fn detections_pick_the_protocol_cookie_and_api_key_culprits() {
+    if !privileged("detections_pick_the_protocol_cookie_and_api_key_culprits") {
+        return;
+    }
+    let s = setup(|apis, backend| {
+        write_api(
+            apis,
+            "shop",
+            &format!(
+                r#"{{"url":"/shop","cookie":"JSESSIONID","apikey_header":"X-API-Key",
+                    "api_pattern_enforcement":{{"protocol_allowed":"https","methods_allowed":["GET"],"error_code":401}},
+                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    });
+    // Plain HTTP to an HTTPS-only API: the client IP.
+    let (code, _) = http::get(
+        plain(s.http_port),
+        "/shop/x",
+        &[("X-Forwarded-For", "198.18.61.1")],
+    )
+    .expect("http");
+    assert_eq!(code, 401);
+    // A bad method with a session cookie: the cookie, which is then refused from anywhere.
+    let (code, _) = s.curl(
+        "/shop/x",
+        &[
+            "-X",
+            "DELETE",
+            "-H",
+            "Cookie: JSESSIONID=stolen-session",
+            "-H",
+            "X-Forwarded-For: 198.18.61.2",
+        ],
+    );
+    assert_eq!(code, 401);
+    let (code, _) = s.curl(
+        "/shop/x",
+        &[
+            "-H",
+            "Cookie: JSESSIONID=stolen-session",
+            "-H",
+            "X-Forwarded-For: 198.18.61.9",
+        ],
+    );
+    assert_eq!(code, 403, "the cookie is denied now");
+    // A bad method with an API key: the key.
+    let (code, _) = s.curl(
+        "/shop/x",
+        &[
+            "-X",
+            "PUT",
+            "-H",
+            "X-API-Key: leaked-key",
+            "-H",
+            "X-Forwarded-For: 198.18.61.3",
+        ],
+    );
+    assert_eq!(code, 401);
+    let (code, _) = s.curl(
+        "/shop/x",
+        &[
+            "-H",
+            "X-API-Key: leaked-key",
+            "-H",
+            "X-Forwarded-For: 198.18.61.9",
+        ],
+    );
+    assert_eq!(code, 403, "the key is denied now");
+    let mut rows = deny_rows(&s);
+    rows.sort();
+    assert_eq!(rows.len(), 3, "one entry per detection: {rows:?}");
+    for (row, want) in rows.iter().zip([
+        "api-key X-API-Key invalid-method",
+        "cookie JSESSIONID invalid-method",
+        "ip  invalid-protocol",
+    ]) {
+        assert!(row.starts_with(want), "{row:?}, expected {want:?}");
+    }
+    // The honest client from the same network is served.
+    assert_eq!(
+        s.curl("/shop/x", &["-H", "X-Forwarded-For: 198.18.61.9"]).0,
+        200
+    );
+}
+
+#[test]
+fn active_health_checks_take_a_dead_server_out_before_clients_notice() {
+    if !privileged("active_health_checks_take_a_dead_server_out_before_clients_notice") {
+        return;
+    }
+    let dead = free_port();
+    let s = setup(|apis, backend| {
+        write_api(
+            apis,
+            "shop",
+            &format!(
+                r#"{{"url":"/shop","health_check":true,"health_check_interval":1,"health_url":"/health","health_retry_count":1,
+                    "servers":[{{"host":"127.0.0.1","port":{dead}}},{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    });
+    // Wait until the live server has been probed (the probe loop ticks every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(12);
+    let probed = || {
+        s.backend
+            .seen
+            .lock()
+            .map(|v| v.iter().any(|h| h.starts_with("GET /health")))
+            .unwrap_or(false)
+    };
+    while !probed() {
+        assert!(
+            Instant::now() < deadline,
+            "no health probe reached the live server"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // The dead server was probed in the same round: no client request goes to it.
+    let codes: Vec<u16> = (0..8).map(|_| s.curl("/shop/x", &[]).0).collect();
+    assert_eq!(codes, [200; 8], "a client request went to the dead server");
+}
