@@ -49,7 +49,7 @@ use crate::ident::Kind;
 use crate::service::Service;
 
 /// `[abs]` in the agent's configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AbsConfig {
     /// Base URL, e.g. `https://abs.example:8080`; empty = feed off.

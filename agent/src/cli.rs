@@ -485,6 +485,9 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
             cfg.interfaces.len(),
             cfg.mode
         );
+        // The effective configuration, file and flags merged: what the agent would run with.
+        let effective = toml::to_string(&cfg).context("printing the effective configuration")?;
+        println!("# effective configuration (file and flags merged)\n{effective}");
         return Ok(());
     }
     crate::daemon::run(cfg)

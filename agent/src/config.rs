@@ -37,7 +37,7 @@ pub enum XdpMode {
 }
 
 /// Kernel map capacities (entries). Changing them needs a detach and fresh pins.
-#[derive(Clone, Copy, Debug, Deserialize)]
+#[derive(Clone, Copy, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CapacityConfig {
     /// IPv4 host-level slots.
@@ -74,7 +74,7 @@ impl From<CapacityConfig> for Capacity {
 }
 
 /// The whole agent configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     /// Interfaces to attach the XDP filter to (none: lists and L7 only).

@@ -44,3 +44,21 @@ pub fn get(
 ) -> std::io::Result<(u16, String)> {
     request(addr, "GET", path, headers)
 }
+
+/// The agent's Prometheus text from `addr`.
+pub fn metrics(addr: SocketAddr) -> String {
+    let (status, body) = get(addr, "/metrics", &[]).expect("metrics endpoint");
+    assert_eq!(status, 200, "metrics answered {status}: {body}");
+    body
+}
+
+/// The value of the sample `series` (name with its labels, exactly as exported), if present.
+pub fn metric(text: &str, series: &str) -> Option<f64> {
+    text.lines().find_map(|l| {
+        l.strip_prefix(series)?
+            .strip_prefix(' ')?
+            .trim()
+            .parse()
+            .ok()
+    })
+}

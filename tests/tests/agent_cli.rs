@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 
 use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, cli, err, ok, portcullis_bin};
+use portcullis_tests::http;
 use portcullis_tests::kernel_check::{assert_kernel_matches_lists, kernel};
-use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
 
 fn json(out: &std::process::Output) -> serde_json::Value {
@@ -281,7 +282,17 @@ fn ttl_entries_expire_from_store_and_kernel() {
         return;
     }
     let dirs = AgentDirs::new();
-    let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            args: vec!["--metrics".into(), port.to_string()],
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.9", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "token", "short-lived", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.10"]));
@@ -312,6 +323,11 @@ fn ttl_entries_expire_from_store_and_kernel() {
     assert_eq!(k.lookup(ip("198.18.9.10")).deny_until, NEVER);
     assert_kernel_matches_lists(&agent, &dirs);
     assert!(agent.log_text().contains("entry expired"));
+    assert_eq!(
+        http::metric(&http::metrics(port), "portcullis_expired_total"),
+        Some(2.0),
+        "both expired entries counted"
+    );
 }
 
 #[test]
@@ -321,9 +337,12 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     }
     let pair = NetnsPair::new().expect("namespaces");
     let dirs = AgentDirs::new();
+    // Metrics inside the server namespace (the agent runs there).
+    let metrics_addr: std::net::SocketAddr = "127.0.0.1:9469".parse().expect("addr");
     let opts = AgentOpts {
         netns: Some(pair.server.clone()),
         ifaces: vec![pair.server_if.clone()],
+        args: vec!["--metrics".into(), metrics_addr.to_string()],
         ..AgentOpts::default()
     };
     let mut agent = Agent::start(&dirs, &opts).expect("agent");
@@ -421,6 +440,24 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
         dropped(&agent) - before,
         u64::from(PINGS),
         "every ping was dropped by XDP, none lost elsewhere"
+    );
+    // The metrics README promises: bytes per interface and verdict, and the restart's
+    // reconcile time.
+    let text = in_netns(&pair.server, || http::metrics(metrics_addr)).expect("netns");
+    let bytes = http::metric(
+        &text,
+        &format!(
+            "portcullis_xdp_bytes_total{{iface=\"{}\",verdict=\"drop_denied\"}}",
+            pair.server_if
+        ),
+    );
+    assert!(
+        bytes.is_some_and(|b| b >= f64::from(PINGS) * 84.0),
+        "{PINGS} pings of 98 bytes counted in bytes: {bytes:?}\n{text}"
+    );
+    assert!(
+        http::metric(&text, "portcullis_reconcile_seconds").is_some(),
+        "{text}"
     );
     let deny = json(&agent.cli(&["deny", "list", "--json"]));
     assert_eq!(deny.as_array().map(Vec::len), Some(1), "{deny}");
@@ -521,4 +558,133 @@ fn readme_promises_hold() {
     std::fs::write(&typo, "prune_intervall = \"1s\"\n").expect("config");
     let e = err(&check(&typo));
     assert!(e.contains("prune_intervall"), "{e}");
+}
+
+/// Every `portcullis agent` flag replaces the file's value: `--check-config` prints the
+/// effective configuration, and each flag's value must be in it.
+#[test]
+fn every_agent_flag_overrides_the_file() {
+    let dir = std::env::temp_dir().join(portcullis_tests::unique("pcflags"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let file = dir.join("p.toml");
+    std::fs::write(
+        &file,
+        "interfaces = [\"file0\"]\nxdp_mode = \"native\"\nmode = \"enforce\"\nstate_dir = \"/file/state\"\npin_dir = \"/file/pins\"\nmetrics = \"127.0.0.1:1\"\n[checker]\napi_dir = \"/file/apis\"\nhttps = \"127.0.0.1:2\"\nhttp = \"127.0.0.1:3\"\ntls_cert = \"/file/c\"\ntls_key = \"/file/k\"\n[abs]\nurl = \"https://file.test\"\naccess_key = \"file-ak\"\nsecret_key_file = \"/file/sk\"\npoll = \"5m\"\nca_file = \"/file/ca\"\n",
+    )
+    .expect("config");
+    let flags: [(&str, &str, &str); 18] = [
+        ("--iface", "flag0", "interfaces = [\"flag0\"]"),
+        ("--xdp-mode", "generic", "xdp_mode = \"generic\""),
+        ("--mode", "monitor", "mode = \"monitor\""),
+        ("--state-dir", "/flag/state", "state_dir = \"/flag/state\""),
+        ("--pin-dir", "/flag/pins", "pin_dir = \"/flag/pins\""),
+        ("--metrics", "127.0.0.1:11", "metrics = \"127.0.0.1:11\""),
+        ("--socket", "/flag/sock", "socket = \"/flag/sock\""),
+        ("--api-dir", "/flag/apis", "api_dir = \"/flag/apis\""),
+        ("--https", "127.0.0.1:12", "https = \"127.0.0.1:12\""),
+        ("--http", "127.0.0.1:13", "http = \"127.0.0.1:13\""),
+        ("--tls-cert", "/flag/c", "tls_cert = \"/flag/c\""),
+        ("--tls-key", "/flag/k", "tls_key = \"/flag/k\""),
+        (
+            "--abs-url",
+            "https://flag.test",
+            "url = \"https://flag.test\"",
+        ),
+        ("--abs-access-key", "flag-ak", "access_key = \"flag-ak\""),
+        (
+            "--abs-secret-key-file",
+            "/flag/sk",
+            "secret_key_file = \"/flag/sk\"",
+        ),
+        ("--abs-poll", "30s", "poll = \"30s\""),
+        ("--abs-ca", "/flag/ca", "ca_file = \"/flag/ca\""),
+        ("--trust-xff", "", "trust_xff = true"),
+    ];
+    // Without flags, the file's values.
+    let base = ok(&std::process::Command::new(portcullis_bin())
+        .args(["agent", "--check-config", "--config"])
+        .arg(&file)
+        .output()
+        .expect("check-config"));
+    for want in [
+        "xdp_mode = \"native\"",
+        "url = \"https://file.test\"",
+        "trust_xff = false",
+    ] {
+        assert!(base.lines().any(|l| l == want), "{want} missing:\n{base}");
+    }
+    // With every flag, every flag's value. (`--socket` is the global option, before the verb.)
+    let mut cmd = std::process::Command::new(portcullis_bin());
+    cmd.args([
+        "--socket",
+        "/flag/sock",
+        "agent",
+        "--check-config",
+        "--config",
+    ])
+    .arg(&file);
+    for (flag, value, _) in &flags {
+        if *flag == "--socket" {
+            continue;
+        }
+        cmd.arg(flag);
+        if !value.is_empty() {
+            cmd.arg(value);
+        }
+    }
+    let out = ok(&cmd.output().expect("check-config"));
+    for (flag, _, want) in &flags {
+        assert!(
+            out.lines().any(|l| l == *want),
+            "{flag}: {want} missing:\n{out}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `socket_group`: the control socket belongs to that group with mode 0660, so its members
+/// may use the CLI without root.
+#[test]
+fn the_socket_group_owns_the_control_socket() {
+    if !privileged("the_socket_group_owns_the_control_socket") {
+        return;
+    }
+    let group = portcullis_tests::unique("pcg");
+    let made = std::process::Command::new("groupadd")
+        .args(["--system", &group])
+        .status()
+        .expect("groupadd");
+    assert!(made.success(), "groupadd {group}");
+    struct Group(String);
+    impl Drop for Group {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("groupdel").arg(&self.0).status();
+        }
+    }
+    let _cleanup = Group(group.clone());
+    let gid: u32 = String::from_utf8_lossy(
+        &std::process::Command::new("getent")
+            .args(["group", &group])
+            .output()
+            .expect("getent")
+            .stdout,
+    )
+    .split(':')
+    .nth(2)
+    .and_then(|g| g.trim().parse().ok())
+    .expect("gid");
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config: format!("socket_group = \"{group}\"\n"),
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(dirs.socket()).expect("socket");
+    assert_eq!(meta.gid(), gid, "socket group");
+    assert_eq!(meta.mode() & 0o777, 0o660, "socket mode");
+    ok(&agent.cli(&["status"]));
 }

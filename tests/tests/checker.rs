@@ -339,6 +339,17 @@ fn hostile_input_is_refused_and_others_are_served() {
         "{list}"
     );
     assert_eq!(s.curl("/shop/ok", &[]).0, 200);
+    // `api show` gives the definition as loaded.
+    let shown: serde_json::Value =
+        serde_json::from_str(&ok(&s.agent.cli(&["api", "show", "shop"]))).expect("JSON");
+    let text = shown.to_string();
+    assert!(
+        text.contains("\"/shop\"")
+            && text.contains("JSESSIONID")
+            && text.contains(&s.backend.addr.port().to_string()),
+        "{shown}"
+    );
+    assert!(!s.agent.cli(&["api", "show", "nope"]).status.success());
     // Oversized headers: refused, and the next request is fine.
     let big = format!("X-Big: {}", "a".repeat(20_000));
     let (code, _) = s.curl("/shop/ok", &["-H", &big]);

@@ -28,7 +28,7 @@ use std::sync::{Arc, RwLock};
 use serde::Deserialize;
 
 /// `[checker]` in the agent's configuration.
-#[derive(Clone, Debug, Deserialize)]
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CheckerConfig {
     /// HTTPS listen address ("" = off).
