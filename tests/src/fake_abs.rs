@@ -1,9 +1,10 @@
 //! A real HTTP server that plays ABS for the tests: it answers the attack-list poll with
 //! whatever the test scripts (a snapshot, an error status, garbage, a slow or huge answer),
-//! accepts detection reports, and records every request.
+//! accepts detection reports (or refuses them, as scripted), and records every request. Plain
+//! HTTP, or HTTPS with a certificate the test makes.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -38,26 +39,83 @@ pub struct FakeAbs {
     /// Where it listens.
     pub addr: SocketAddr,
     answer: Arc<Mutex<Answer>>,
+    /// Status answered to detection reports.
+    report_status: Arc<Mutex<u16>>,
     /// Requests received.
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    tls: bool,
+}
+
+/// What each connection handler shares.
+#[derive(Clone)]
+struct Shared {
+    answer: Arc<Mutex<Answer>>,
+    report_status: Arc<Mutex<u16>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
 }
 
 impl FakeAbs {
-    /// Starts on `listener` with an empty attack list.
+    /// Starts on `listener` with an empty attack list, plain HTTP.
     pub fn start(listener: TcpListener) -> Self {
+        Self::spawn(listener, None)
+    }
+
+    /// Starts on `listener` serving HTTPS with this certificate chain and key (PEM files).
+    pub fn start_tls(listener: TcpListener, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+            .expect("certificate file")
+            .map(|c| c.expect("certificate"))
+            .collect();
+        let key = PrivateKeyDer::from_pem_file(key).expect("key");
+        let cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .expect("server config");
+        Self::spawn(listener, Some(Arc::new(cfg)))
+    }
+
+    fn spawn(listener: TcpListener, tls: Option<Arc<rustls::ServerConfig>>) -> Self {
         let addr = listener.local_addr().expect("bound");
-        let answer = Arc::new(Mutex::new(Answer::Json(r#"{"attacklist":{}}"#.into())));
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (a, s) = (answer.clone(), seen.clone());
+        let shared = Shared {
+            answer: Arc::new(Mutex::new(Answer::Json(r#"{"attacklist":{}}"#.into()))),
+            report_status: Arc::new(Mutex::new(200)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+        };
+        let is_tls = tls.is_some();
+        let s = shared.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (a, s) = (a.clone(), s.clone());
+                let (s, tls) = (s.clone(), tls.clone());
                 std::thread::spawn(move || {
-                    let _ = handle(stream, &a, &s);
+                    let _ = match tls {
+                        Some(cfg) => rustls::ServerConnection::new(cfg)
+                            .map_err(std::io::Error::other)
+                            .and_then(|c| handle(rustls::StreamOwned::new(c, stream), &s)),
+                        None => handle(stream, &s),
+                    };
                 });
             }
         });
-        Self { addr, answer, seen }
+        Self {
+            addr,
+            answer: shared.answer,
+            report_status: shared.report_status,
+            seen: shared.seen,
+            tls: is_tls,
+        }
+    }
+
+    /// Scripts the status detection reports get (200 by default).
+    pub fn set_report_status(&self, status: u16) {
+        if let Ok(mut x) = self.report_status.lock() {
+            *x = status;
+        }
     }
 
     /// Scripts the answer to the next polls.
@@ -82,17 +140,13 @@ impl FakeAbs {
 
     /// The base URL.
     pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.addr)
     }
 }
 
-fn handle(
-    stream: TcpStream,
-    answer: &Mutex<Answer>,
-    seen: &Mutex<Vec<Seen>>,
-) -> std::io::Result<()> {
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
+fn handle<S: Read + Write>(stream: S, shared: &Shared) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 {
@@ -116,7 +170,7 @@ fn handle(
             .unwrap_or(0);
         let mut body = vec![0u8; len];
         reader.read_exact(&mut body)?;
-        if let Ok(mut s) = seen.lock() {
+        if let Ok(mut s) = shared.seen.lock() {
             s.push(Seen {
                 line: line.trim().to_owned(),
                 headers,
@@ -124,9 +178,13 @@ fn handle(
             });
         }
         let a = if line.starts_with("POST") {
-            Answer::Json("{}".into())
+            match shared.report_status.lock().map(|s| *s).unwrap_or(500) {
+                200 => Answer::Json("{}".into()),
+                other => Answer::Status(other),
+            }
         } else {
-            answer
+            shared
+                .answer
                 .lock()
                 .map(|a| a.clone())
                 .unwrap_or(Answer::Status(500))
@@ -147,6 +205,8 @@ fn handle(
             "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
             body.len()
         );
+        let out = reader.get_mut();
         out.write_all(resp.as_bytes())?;
+        out.flush()?;
     }
 }

@@ -49,7 +49,13 @@ pub fn self_signed(dir: &Path, name: &str, tag: &str) -> anyhow::Result<TestCert
     std::fs::write(
         &ext,
         format!(
-            "subjectAltName=DNS:{name}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n"
+            // An address gets an IP SAN (a server reached by address, like ABS in tests).
+            "subjectAltName={}:{name}\nbasicConstraints=critical,CA:FALSE\nextendedKeyUsage=serverAuth\n",
+            if name.parse::<std::net::IpAddr>().is_ok() {
+                "IP"
+            } else {
+                "DNS"
+            }
         ),
     )?;
     let ec = [

@@ -294,6 +294,15 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
             .unwrap_or(false)
     });
     eprintln!("ABS change to enforcement: {:?} (poll 1 s)", t.elapsed());
+    // One lost ping proves little: every one of the next three is dropped, by XDP.
+    let dropped = || {
+        json(&agent, &["stats", "--json"])["kernel"]["drop_denied"]["packets"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = dropped();
+    assert_eq!(pair.ping(attacker, SERVER_V4, 3).expect("ping"), 0);
+    assert_eq!(dropped() - before, 3, "dropped in XDP");
     assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 2);
     abs.set(Answer::Json(r#"{"attacklist":{"ips":[]}}"#.into()));
     wait_for("ABS's removal to be enforced", || {
@@ -301,6 +310,133 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
             .map(|n| n == 1)
             .unwrap_or(false)
     });
+    assert_eq!(pair.ping(attacker, SERVER_V4, 3).expect("ping"), 3);
     drop(agent);
     let _ = portcullis::kernel::detach(&dirs.pins.0, &pair.server_if);
+}
+
+/// ABS over HTTPS verified with its CA file; an identifier ABS keeps listing is never
+/// un-enforced while the rest of the list changes under it, in the store or in the kernel;
+/// and detection reports wait in a bounded queue while ABS refuses them.
+#[test]
+fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
+    if !privileged("https_with_a_ca_nothing_blinks_and_reports_are_bounded") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let certs = portcullis_tests::tls::self_signed(&dirs.root, "127.0.0.1", "abs").expect("certs");
+    let abs = FakeAbs::start_tls(
+        TcpListener::bind("127.0.0.1:0").expect("bind"),
+        &certs.cert,
+        &certs.key,
+    );
+    assert!(abs.url().starts_with("https://"));
+    let stay = "198.18.80.1";
+    let list = |shift: u32| {
+        let others: Vec<String> = (0..50)
+            .map(|i| format!("\"198.18.81.{}\"", (i + shift) % 250))
+            .collect();
+        Answer::Json(format!(
+            r#"{{"attacklist":{{"ips":["{stay}",{}]}}}}"#,
+            others.join(",")
+        ))
+    };
+    abs.set(list(0));
+    let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
+    let apis = dirs.root.join("apis");
+    std::fs::create_dir_all(&apis).expect("apis");
+    std::fs::write(
+        apis.join("shop.json"),
+        format!(r#"{{"api_metadata":{{"url":"/shop","decoy_config":{{"decoy_enabled":true,"decoy_subpaths":["admin"]}},"servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#, backend.addr.port()),
+    )
+    .expect("api");
+    let http: std::net::SocketAddr = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let config = format!(
+        "{}ca_file = \"{}\"\nreport_queue = 5\n[checker]\nhttp = \"{http}\"\napi_dir = \"{}\"\ntrust_xff = true\n",
+        abs_config(&dirs, &abs.url()),
+        certs.ca.display(),
+        apis.display()
+    );
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    wait_for("the first snapshot over HTTPS", || {
+        abs_rows(&agent).len() == 51
+    });
+
+    // The list shifts every 300 ms for 4 s; `stay` must hold in the kernel all along.
+    let ip: std::net::IpAddr = stay.parse().expect("ip");
+    let polls0 = abs.requests("GET /v4/abs/attacklist").len();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let (samples, gaps) = std::thread::scope(|scope| {
+        let sampler = scope.spawn(|| {
+            let (mut samples, mut gaps) = (0, 0);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let k = portcullis::kernel::KernelState::read_pinned(&dirs.pins.0).expect("maps");
+                samples += 1;
+                if k.lookup(ip).deny_until == 0 {
+                    gaps += 1;
+                }
+            }
+            (samples, gaps)
+        });
+        for shift in 1..=13 {
+            abs.set(list(shift * 7));
+            std::thread::sleep(Duration::from_millis(300));
+            assert!(
+                abs_rows(&agent).contains(&format!("ip {stay}/32")),
+                "{stay} left the store during the diff"
+            );
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        sampler.join().expect("sampler")
+    });
+    assert!(
+        abs.requests("GET /v4/abs/attacklist").len() >= polls0 + 3,
+        "the agent polled through the changes"
+    );
+    assert!(samples > 20, "only {samples} kernel samples");
+    assert_eq!(
+        gaps, 0,
+        "{stay} un-enforced in {gaps} of {samples} kernel samples"
+    );
+
+    // Reports: ABS refuses them; 12 detections queue in a queue of 5, the oldest dropped.
+    abs.set_report_status(503);
+    for i in 0..12 {
+        let (code, _) = portcullis_tests::http::get(
+            http,
+            "/shop/admin",
+            &[("X-Forwarded-For", &format!("198.18.82.{i}"))],
+        )
+        .expect("decoy");
+        assert_eq!(code, 200);
+    }
+    let status = json(&agent, &["status", "--json"]);
+    assert_eq!(status["abs"]["report_dropped"], 7, "{status}");
+    assert_eq!(status["abs"]["report_queued"], 5, "{status}");
+    let refused = abs.requests("POST /v4/abs/detections").len();
+    abs.set_report_status(200);
+    wait_for("the queued reports", || {
+        json(&agent, &["status", "--json"])["abs"]["report_queued"] == 0
+    });
+    let sent: Vec<String> = abs.requests("POST /v4/abs/detections")[refused..]
+        .iter()
+        .map(|r| r.body.clone())
+        .collect();
+    let reported: Vec<u32> = (0..12)
+        .filter(|i| sent.iter().any(|b| b.contains(&format!("198.18.82.{i}/"))))
+        .collect();
+    assert_eq!(
+        reported,
+        (7..12).collect::<Vec<_>>(),
+        "the newest five, once ABS took them"
+    );
 }

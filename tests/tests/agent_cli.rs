@@ -83,6 +83,35 @@ fn every_kind_on_both_lists_through_the_cli() {
                 && text.contains("198.18.5.0/24")
                 && text.contains("JSESSIONID")
         );
+        // The database holds plain SHA-256 digests (as `sha256sum` computes them), never the
+        // clear values.
+        let mut db = Vec::new();
+        for f in ["portcullis.db", "portcullis.db-wal"] {
+            db.extend(std::fs::read(dirs.root.join(f)).unwrap_or_default());
+        }
+        let db = String::from_utf8_lossy(&db);
+        for secret in [
+            "c00kie-value",
+            "s3cret-bearer-token",
+            "k3y-value",
+            "any-k3y",
+        ] {
+            assert!(!db.contains(secret), "{secret} stored in clear");
+        }
+        let sum = std::process::Command::new("sh")
+            .args(["-c", "printf %s s3cret-bearer-token | sha256sum"])
+            .output()
+            .expect("sha256sum");
+        let hex = String::from_utf8_lossy(&sum.stdout)
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_owned();
+        assert_eq!(hex.len(), 64);
+        assert!(
+            db.contains(&hex),
+            "the token's SHA-256 {hex} is not in the database"
+        );
         let only_tokens = json(&agent.cli(&[list, "list", "--kind", "token", "--json"]));
         assert_eq!(only_tokens.as_array().map(Vec::len), Some(1));
         // Remove each kind again, by its clear-text value.
