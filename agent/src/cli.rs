@@ -480,14 +480,24 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     }
     cfg.validate()?;
     if a.check_config {
-        println!(
-            "configuration OK: {} interface(s), mode {:?}",
-            cfg.interfaces.len(),
-            cfg.mode
-        );
         // The effective configuration, file and flags merged: what the agent would run with.
-        let effective = toml::to_string(&cfg).context("printing the effective configuration")?;
-        println!("# effective configuration (file and flags merged)\n{effective}");
+        // The whole output is valid TOML (the verdict is a comment), so it can be saved and
+        // used as a config file; the ABS access key is not repeated into logs and tickets.
+        let mut shown = cfg.clone();
+        if !shown.abs.access_key.is_empty() {
+            let fp = crate::ident::fingerprint(&crate::ident::digest(&shown.abs.access_key));
+            shown.abs.access_key = format!("(set; not shown: {fp})");
+        }
+        let effective = toml::to_string(&shown).context("printing the effective configuration")?;
+        println!(
+            "# configuration OK: {} interface(s), mode {}\n# effective configuration (file and flags merged); the ABS access key is shown\n# as a fingerprint only: put the real key back before using this as a config file\n{effective}",
+            cfg.interfaces.len(),
+            if cfg.mode == crate::config::Mode::Monitor {
+                "monitor"
+            } else {
+                "enforce"
+            },
+        );
         return Ok(());
     }
     crate::daemon::run(cfg)

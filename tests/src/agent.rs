@@ -29,9 +29,13 @@ pub fn portcullis_bin() -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let newest = [
         "agent/src",
+        "agent/build.rs",
         "agent/Cargo.toml",
         "common/src",
+        "common/Cargo.toml",
         "filter-ebpf/src",
+        "filter-ebpf/Cargo.toml",
+        "Cargo.lock",
     ]
     .iter()
     .filter_map(|p| newest_file(&workspace.join(p)))

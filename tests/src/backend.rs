@@ -10,8 +10,10 @@ use std::sync::{Arc, Mutex};
 pub struct Backend {
     /// Where it listens.
     pub addr: SocketAddr,
-    /// Request heads seen, newest last.
+    /// Heads of the requests received whole (head and body), newest last.
     pub seen: Arc<Mutex<Vec<String>>>,
+    /// Heads of every request as soon as its head arrived, whole or not.
+    pub arrived: Arc<Mutex<Vec<String>>>,
 }
 
 impl Backend {
@@ -19,16 +21,21 @@ impl Backend {
     pub fn start(listener: TcpListener) -> Self {
         let addr = listener.local_addr().expect("bound");
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let log = seen.clone();
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let (log, heads) = (seen.clone(), arrived.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let log = log.clone();
+                let (log, heads) = (log.clone(), heads.clone());
                 std::thread::spawn(move || {
-                    let _ = serve(stream, &log);
+                    let _ = serve(stream, &log, &heads);
                 });
             }
         });
-        Self { addr, seen }
+        Self {
+            addr,
+            seen,
+            arrived,
+        }
     }
 
     /// The last request head received, if any.
@@ -37,7 +44,39 @@ impl Backend {
     }
 }
 
-fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
+fn push(log: &Mutex<Vec<String>>, head: &str) {
+    if let Ok(mut l) = log.lock() {
+        l.push(head.to_owned());
+        if l.len() > 1000 {
+            l.remove(0);
+        }
+    }
+}
+
+/// Reads a chunked body to its end (RFC 9112 §7.1; trailers ignored).
+fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<()> {
+    loop {
+        let mut size = String::new();
+        reader.read_line(&mut size)?;
+        let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or(""), 16)
+            .map_err(std::io::Error::other)?;
+        if n == 0 {
+            let mut end = String::new();
+            while reader.read_line(&mut end)? > 2 {
+                end.clear();
+            }
+            return Ok(());
+        }
+        let mut chunk = vec![0u8; n + 2];
+        reader.read_exact(&mut chunk)?;
+    }
+}
+
+fn serve(
+    stream: TcpStream,
+    log: &Mutex<Vec<String>>,
+    arrived: &Mutex<Vec<String>>,
+) -> std::io::Result<()> {
     stream.set_nodelay(true)?;
     let mut reader = BufReader::new(stream.try_clone()?);
     let mut out = stream;
@@ -66,14 +105,18 @@ fn serve(stream: TcpStream, log: &Mutex<Vec<String>>) -> std::io::Result<()> {
                     .map(|v| v.trim().parse().unwrap_or(0))
             })
             .unwrap_or(0);
-        let mut body = vec![0u8; len];
-        reader.read_exact(&mut body)?;
-        if let Ok(mut l) = log.lock() {
-            l.push(head.clone());
-            if l.len() > 1000 {
-                l.remove(0);
-            }
+        push(arrived, &head);
+        let chunked = head.lines().any(|l| {
+            l.to_ascii_lowercase().starts_with("transfer-encoding:")
+                && l.to_ascii_lowercase().contains("chunked")
+        });
+        if chunked {
+            read_chunked(&mut reader)?;
+        } else {
+            let mut body = vec![0u8; len];
+            reader.read_exact(&mut body)?;
         }
+        push(log, &head);
         let text = if path.contains("size=1k") {
             "x".repeat(1024)
         } else {

@@ -619,7 +619,12 @@ fn every_agent_flag_overrides_the_file() {
             "https://flag.test",
             "url = \"https://flag.test\"",
         ),
-        ("--abs-access-key", "flag-ak", "access_key = \"flag-ak\""),
+        (
+            "--abs-access-key",
+            "flag-ak",
+            // shown only as a fingerprint of its SHA-256
+            "access_key = \"(set; not shown: FLAG_AK_FP)\"",
+        ),
         (
             "--abs-secret-key-file",
             "/flag/sk",
@@ -662,12 +667,42 @@ fn every_agent_flag_overrides_the_file() {
         }
     }
     let out = ok(&cmd.output().expect("check-config"));
+    let sum = std::process::Command::new("sh")
+        .args(["-c", "printf %s flag-ak | sha256sum"])
+        .output()
+        .expect("sha256sum");
+    let fp = format!("sha256:{}…", &String::from_utf8_lossy(&sum.stdout)[..8]);
     for (flag, _, want) in &flags {
+        let want = want.replace("FLAG_AK_FP", &fp);
         assert!(
-            out.lines().any(|l| l == *want),
+            out.lines().any(|l| l == want),
             "{flag}: {want} missing:\n{out}"
         );
     }
+    // The output is itself a valid configuration that yields the same effective config.
+    assert!(out.starts_with("# configuration OK"), "{out}");
+    assert!(
+        !out.contains("flag-ak"),
+        "the ABS access key is not printed"
+    );
+    let saved = dir.join("effective.toml");
+    std::fs::write(&saved, &out).expect("save");
+    let again = ok(&std::process::Command::new(portcullis_bin())
+        .args(["agent", "--check-config", "--config"])
+        .arg(&saved)
+        .output()
+        .expect("check-config"));
+    let body = |t: &str| {
+        t.lines()
+            .filter(|l| !l.starts_with("access_key"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(
+        body(&again),
+        body(&out),
+        "the printed configuration round-trips"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -30,6 +30,34 @@ fn raw(port: u16, head: &str, body: &[u8], close_early: bool) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// Streams `total` bytes as a chunked body from one thread while reading the answer on
+/// another (the proxy may answer and close before the upload ends).
+fn chunked_upload(port: u16, path: &str, total: usize) -> String {
+    let mut s = TcpStream::connect(plain(port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut w = s.try_clone().expect("clone");
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+    );
+    let writer = std::thread::spawn(move || {
+        w.write_all(head.as_bytes())?;
+        let chunk = vec![b'z'; 64 << 10];
+        let mut sent = 0;
+        while sent < total {
+            w.write_all(format!("{:x}\r\n", chunk.len()).as_bytes())?;
+            w.write_all(&chunk)?;
+            w.write_all(b"\r\n")?;
+            sent += chunk.len();
+        }
+        w.write_all(b"0\r\n\r\n")
+    });
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let _ = writer.join();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn deny_rows(s: &portcullis_tests::checker_setup::Setup) -> Vec<String> {
     let out = ok(&s
         .agent
@@ -78,7 +106,10 @@ fn forwarding_headers_limits_and_cut_bodies() {
     // More headers than max_headers (100): 431, nothing forwarded.
     let many: Vec<(String, String)> = (0..120).map(|i| (format!("x-h{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let seen = s.backend.seen.lock().map(|v| v.len()).unwrap_or(0);
+    let arrived = |s: &portcullis_tests::checker_setup::Setup| {
+        s.backend.arrived.lock().map(|v| v.len()).unwrap_or(0)
+    };
+    let seen = arrived(&s);
     assert_eq!(
         http::get(plain(s.http_port), "/shop/many", &many)
             .expect("answer")
@@ -96,11 +127,32 @@ fn forwarding_headers_limits_and_cut_bodies() {
         &big,
         false,
     );
-    assert!(answer.starts_with("HTTP/1.1 413"), "{answer:.200}");
+    assert!(
+        answer.starts_with("HTTP/1.1 413") && answer.ends_with("Error: Payload Too Large\n"),
+        "{answer:.300}"
+    );
     assert_eq!(
-        s.backend.seen.lock().map(|v| v.len()).unwrap_or(0),
+        arrived(&s),
         seen,
-        "neither refused request reached the backend"
+        "neither refused request reached the backend, not even its head"
+    );
+    // A chunked upload has no declared length: it is cut off at the limit mid-forward, the
+    // client gets 413, and the server (which saw part of it) stays in rotation.
+    let answer = chunked_upload(s.http_port, "/shop/chunked", 11 << 20);
+    assert!(
+        answer.starts_with("HTTP/1.1 413") && answer.ends_with("Error: Payload Too Large\n"),
+        "{answer:.300}"
+    );
+    let codes: Vec<u16> = (0..4)
+        .map(|_| {
+            http::get(plain(s.http_port), "/shop/after-chunked", &[])
+                .expect("http")
+                .0
+        })
+        .collect();
+    assert_eq!(
+        codes, [200; 4],
+        "an oversized chunked upload took the server out of rotation"
     );
     // Clients that cut their upload short are the client's failure, not the server's: the
     // server (one failure takes it out here) must stay in rotation for everyone else.

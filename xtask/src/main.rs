@@ -114,7 +114,10 @@ fn lint(env: &setup::Env) -> anyhow::Result<()> {
 /// the summary names every failed step and every skipped test, and skips fail the run when
 /// `PORTCULLIS_REQUIRE_PRIVILEGED` is set (CI).
 fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
-    let skip_log = std::env::current_dir()?.join("target/test-skips.log");
+    // The workspace's target directory, wherever the command was started from.
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target");
+    std::fs::create_dir_all(&target).context("creating the target directory")?;
+    let skip_log = target.join("test-skips.log");
     let _ = std::fs::remove_file(&skip_log);
     let mut failed = Vec::new();
     let mut unit = vec![
@@ -166,7 +169,14 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
         }
     }
     if failed.is_empty() {
-        println!("result: every test ran and passed");
+        if skipped.is_empty() {
+            println!("result: every test ran and passed");
+        } else {
+            println!(
+                "result: passed, {} skipped (not run; see above)",
+                skipped.len()
+            );
+        }
         return Ok(());
     }
     for f in &failed {

@@ -694,7 +694,10 @@ enum ClientBody {
 }
 
 /// Whether a forwarding error came from the client's request body rather than the server:
-/// hyper reports a failing outgoing body as a "user" error, with the body's error as a source.
+/// hyper reports a failing outgoing body as a "user" error whose source is the body's own
+/// error — for the incoming body, another `hyper::Error` (the client's connection broke
+/// off) or the length limit. Other "user" errors (a request Portcullis built wrongly) stay
+/// server-side failures.
 fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody> {
     let mut user = false;
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
@@ -702,13 +705,14 @@ fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Option<ClientBo
         if err.is::<http_body_util::LengthLimitError>() {
             return Some(ClientBody::TooLarge);
         }
-        if err
-            .downcast_ref::<hyper::Error>()
-            .is_some_and(hyper::Error::is_user)
-        {
-            user = true;
+        if let Some(h) = err.downcast_ref::<hyper::Error>() {
+            if user {
+                // A hyper error inside the outgoing body's error: the incoming body failed.
+                return Some(ClientBody::Failed);
+            }
+            user = h.is_user();
         }
         cur = err.source();
     }
-    user.then_some(ClientBody::Failed)
+    None
 }

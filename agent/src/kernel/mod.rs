@@ -8,6 +8,7 @@
 //!   check the other three against.
 
 pub mod filter;
+#[cfg(any(test, feature = "testkit"))]
 pub mod reference;
 pub mod snapshot;
 pub mod sys;

@@ -5,8 +5,9 @@
 //! shares no mask, containment or deadline-merge code with what it checks, so a bug there cannot
 //! hide in both. [`Chains`] draws operations over a few nested prefix chains (every length, both
 //! families, allow and deny, single changes, batches, deadline changes and prunes), which is
-//! where slot aggregation goes wrong. The unit tests, the privileged kernel tests
-//! (`BPF_PROG_TEST_RUN`) and the `table_ops` fuzz target all use it.
+//! where slot aggregation goes wrong. The unit tests and the privileged kernel tests
+//! (`BPF_PROG_TEST_RUN`) use it; it is compiled only for tests (`cfg(test)` or the
+//! `testkit` feature the test crate turns on), never into the production binary.
 
 use std::net::IpAddr;
 

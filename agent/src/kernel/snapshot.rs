@@ -55,7 +55,9 @@ impl KernelState {
         }
     }
 
-    /// Reads the maps pinned in `pin_dir` (a running agent's, from another process).
+    /// Reads the maps pinned in `pin_dir` (a running agent's, from another process). Not a
+    /// consistent snapshot while the agent writes (the arrays are read in batches): compare
+    /// quiescent states, and probe in-flight ones with `BPF_PROG_TEST_RUN`.
     pub fn read_pinned(pin_dir: &Path) -> Result<Self, KernelError> {
         let mut maps = Maps::new();
         for name in READ {
@@ -152,10 +154,15 @@ fn read(maps: &Maps) -> Result<KernelState, KernelError> {
     let config = config
         .get(&0, 0)
         .map_err(map_err("reading", map_name::CONFIG))?;
+    // In the XDP program's order: config and guard bits first, then the slots they point
+    // at. The agent writes slots, then guards, then deletions, so a reader in this order
+    // sees a state some packet could have seen while a write is under way.
+    let v4_guard = nonzero(array(maps, map_name::V4_GUARD, common::V4_GUARD_WORDS)?);
+    let v6_guard = nonzero(array(maps, map_name::V6_GUARD, common::V6_GUARD_WORDS)?);
     Ok(KernelState {
         slots: held_slots(maps)?,
-        v4_guard: nonzero(array(maps, map_name::V4_GUARD, common::V4_GUARD_WORDS)?),
-        v6_guard: nonzero(array(maps, map_name::V6_GUARD, common::V6_GUARD_WORDS)?),
+        v4_guard,
+        v6_guard,
         v6_unguarded: config.v6_unguarded != 0,
     })
 }
