@@ -66,6 +66,14 @@ impl Cidr {
 
     /// The block of `len` bits around `addr`, host bits cleared.
     pub fn new(addr: IpAddr, len: u8) -> Result<Self, CidrError> {
+        // An IPv4-mapped IPv6 block (`::ffff:a.b.c.d/96+`) is IPv4: packets from it arrive as
+        // IPv4, so as IPv6 it would be "enforced" and never match.
+        if let IpAddr::V6(a) = addr
+            && let Some(v4) = a.to_ipv4_mapped()
+            && (96..=128).contains(&len)
+        {
+            return Self::new(IpAddr::V4(v4), len - 96);
+        }
         match addr {
             IpAddr::V4(a) if len <= 32 => Ok(Self::V4 {
                 addr: u32::from(a) & mask32(len),

@@ -142,9 +142,10 @@ pub struct AgentArgs {
     /// PEM private key for HTTPS.
     #[arg(long)]
     pub tls_key: Option<PathBuf>,
-    /// Take the client address from X-Forwarded-For (only behind a trusted proxy).
-    #[arg(long)]
-    pub trust_xff: bool,
+    /// A proxy in front of the checker (CIDR, repeatable; replaces the config's list):
+    /// X-Forwarded-For is read only from these.
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<String>,
     /// Base URL of the ABS engine whose attack list is mirrored.
     #[arg(long)]
     pub abs_url: Option<String>,
@@ -464,7 +465,9 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     over(&mut cfg.checker.http, &a.http);
     over(&mut cfg.checker.tls_cert, &a.tls_cert);
     over(&mut cfg.checker.tls_key, &a.tls_key);
-    cfg.checker.trust_xff |= a.trust_xff;
+    if !a.trusted_proxies.is_empty() {
+        cfg.checker.trusted_proxies.clone_from(&a.trusted_proxies);
+    }
     over(&mut cfg.abs.url, &a.abs_url);
     over(&mut cfg.abs.access_key, &a.abs_access_key);
     over(&mut cfg.abs.secret_key_file, &a.abs_secret_key_file);

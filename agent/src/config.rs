@@ -95,6 +95,11 @@ pub struct Config {
     pub metrics: String,
     /// Networks a deny must not cover without `--force` (besides the host's own addresses).
     pub management_networks: Vec<String>,
+    /// A deny of an IPv4 prefix shorter than this needs `--force` (a slip of the finger
+    /// must not cut off a sixteenth of the Internet).
+    pub min_deny_prefix_v4: u8,
+    /// Likewise for IPv6.
+    pub min_deny_prefix_v6: u8,
     /// How often expired entries are pruned, e.g. "30s".
     pub prune_interval: String,
     /// One drop event in this many is sampled to the log (power of two).
@@ -119,6 +124,8 @@ impl Default for Config {
             socket_group: None,
             metrics: paths::METRICS_ADDR.into(),
             management_networks: Vec::new(),
+            min_deny_prefix_v4: 8,
+            min_deny_prefix_v6: 32,
             prune_interval: "10s".into(),
             drop_sample_every: 64,
             capacity: CapacityConfig::default(),
@@ -188,6 +195,12 @@ impl Config {
                 message: e.to_string(),
             })?;
         }
+        if self.min_deny_prefix_v4 > 32 || self.min_deny_prefix_v6 > 128 {
+            return Err(ConfigError::Invalid {
+                field: "min_deny_prefix_v4",
+                message: "at most 32 (IPv4) and 128 (min_deny_prefix_v6)".into(),
+            });
+        }
         parse_duration(&self.prune_interval).map_err(|m| ConfigError::Invalid {
             field: "prune_interval",
             message: m,
@@ -224,6 +237,18 @@ impl Config {
             field: "checker.header_timeout",
             message: m,
         })?;
+        if c.trust_xff == Some(true) {
+            return Err(ConfigError::Invalid {
+                field: "checker.trust_xff",
+                message: "was removed: it trusted the left-most X-Forwarded-For hop, which any client writes; list the proxies in front of the checker instead: trusted_proxies = [\"10.0.0.0/24\"]".into(),
+            });
+        }
+        for p in &c.trusted_proxies {
+            p.parse::<Cidr>().map_err(|e| ConfigError::Invalid {
+                field: "checker.trusted_proxies",
+                message: e.to_string(),
+            })?;
+        }
         if c.max_headers == 0 || c.max_header_bytes < 1024 {
             return Err(ConfigError::Invalid {
                 field: "checker.max_headers",

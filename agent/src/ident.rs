@@ -215,10 +215,11 @@ impl Identifier {
                 } else {
                     digest(value)
                 };
-                let name = if kind == Kind::Token {
-                    String::new()
-                } else {
-                    name.to_owned()
+                let name = match kind {
+                    Kind::Token => String::new(),
+                    // A header name, case-insensitive in HTTP: one identity whatever the case.
+                    Kind::ApiKey => name.to_ascii_lowercase(),
+                    _ => name.to_owned(),
                 };
                 Ok(Self {
                     kind,

@@ -33,8 +33,10 @@ pub enum ServiceError {
     #[error("{0}")]
     BadRequest(String),
     /// A deny that would cut off everyone or this host.
-    #[error("refusing to deny {cidr}: it covers {what}; add --force if you really mean it")]
+    #[error("refusing to {list} {cidr}: it covers {what}; add --force if you really mean it")]
     WorldBlocking {
+        /// Which list.
+        list: List,
         /// The CIDR.
         cidr: Cidr,
         /// What it covers.
@@ -294,7 +296,9 @@ impl Service {
         res.unwrap_or_else(Response::err)
     }
 
-    /// Refuses denies that would cut off everyone or this host, unless forced.
+    /// Refuses, unless forced: denies that would cut off everyone, a large part of the
+    /// Internet, this host or a management network; and an allow of every address, which
+    /// would turn enforcement off.
     fn check_safety(
         &self,
         list: List,
@@ -304,17 +308,40 @@ impl Service {
         let Some(cidr) = ident.cidr() else {
             return Ok(());
         };
-        if list != List::Deny || force {
+        if force {
+            return Ok(());
+        }
+        if list == List::Allow {
+            if cidr.len() == 0 {
+                return Err(ServiceError::WorldBlocking {
+                    list,
+                    cidr,
+                    what: "every address, which turns enforcement off,".into(),
+                });
+            }
             return Ok(());
         }
         if cidr.len() == 0 {
             return Err(ServiceError::WorldBlocking {
+                list,
                 cidr,
                 what: "every address".into(),
             });
         }
+        let min = match cidr {
+            Cidr::V4 { .. } => self.config.min_deny_prefix_v4,
+            Cidr::V6 { .. } => self.config.min_deny_prefix_v6,
+        };
+        if cidr.len() < min {
+            return Err(ServiceError::WorldBlocking {
+                list,
+                cidr,
+                what: format!("more than a /{min} (min_deny_prefix)"),
+            });
+        }
         if let Some(a) = self.own_addresses.iter().find(|a| cidr.contains(**a)) {
             return Err(ServiceError::WorldBlocking {
+                list,
                 cidr,
                 what: format!("this host's own address {a}"),
             });
@@ -326,6 +353,7 @@ impl Service {
             .find(|m| m.covers(&cidr) || cidr.covers(m))
         {
             return Err(ServiceError::WorldBlocking {
+                list,
                 cidr,
                 what: format!("management network {m}"),
             });

@@ -57,7 +57,7 @@ pub fn setup(extra: impl Fn(&Path, u16)) -> Setup {
     extra(&apis, backend.addr.port());
     let (port, http_port) = (free_port(), free_port());
     let config = format!(
-        "[checker]\nhttps = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:{http_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\ntrust_xff = true\nheader_timeout = \"2s\"\nmax_header_bytes = 8192\n",
+        "[checker]\nhttps = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:{http_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nheader_timeout = \"2s\"\nmax_header_bytes = 8192\n",
         cert.display(),
         key.display(),
         apis.display()

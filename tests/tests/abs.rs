@@ -71,7 +71,7 @@ fn mirror_failures_push_and_reporting() {
         .expect("port")
         .port();
     let config = format!(
-        "{}[checker]\nhttp = \"127.0.0.1:{http}\"\napi_dir = \"{}\"\ntrust_xff = true\n",
+        "{}[checker]\nhttp = \"127.0.0.1:{http}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
         abs_config(&dirs, &abs.url()),
         apis.display()
     );
@@ -361,7 +361,7 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
         .and_then(|l| l.local_addr())
         .expect("port");
     let config = format!(
-        "{}ca_file = \"{}\"\nreport_queue = 5\n[checker]\nhttp = \"{http}\"\napi_dir = \"{}\"\ntrust_xff = true\n",
+        "{}ca_file = \"{}\"\nreport_queue = 5\n[checker]\nhttp = \"{http}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
         abs_config(&dirs, &abs.url()),
         certs.ca.display(),
         apis.display()

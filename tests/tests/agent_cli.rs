@@ -632,7 +632,11 @@ fn every_agent_flag_overrides_the_file() {
         ),
         ("--abs-poll", "30s", "poll = \"30s\""),
         ("--abs-ca", "/flag/ca", "ca_file = \"/flag/ca\""),
-        ("--trust-xff", "", "trust_xff = true"),
+        (
+            "--trusted-proxy",
+            "10.0.0.0/8",
+            "trusted_proxies = [\"10.0.0.0/8\"]",
+        ),
     ];
     // Without flags, the file's values.
     let base = ok(&std::process::Command::new(portcullis_bin())
@@ -643,7 +647,7 @@ fn every_agent_flag_overrides_the_file() {
     for want in [
         "xdp_mode = \"native\"",
         "url = \"https://file.test\"",
-        "trust_xff = false",
+        "trusted_proxies = []",
     ] {
         assert!(base.lines().any(|l| l == want), "{want} missing:\n{base}");
     }

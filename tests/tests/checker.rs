@@ -43,10 +43,6 @@ fn every_identifier_kind_denied_allowed_removed() {
     let s = setup(shop_api);
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"jwt user"}"#);
     let jwt = format!("Authorization: Bearer eyJhbGciOiJub25lIn0.{payload}.x");
-    let basic = format!(
-        "Authorization: Basic {}",
-        base64::engine::general_purpose::STANDARD.encode("basic user:pw")
-    );
     // (kind args for the CLI, path, curl args)
     let cases: Vec<(Vec<&str>, &str, Vec<&str>)> = vec![
         (
@@ -88,11 +84,6 @@ fn every_identifier_kind_denied_allowed_removed() {
             vec!["username", "jwt user"],
             "/jwt/a",
             vec!["-H", jwt.as_str()],
-        ),
-        (
-            vec!["username", "basic user"],
-            "/shop/a",
-            vec!["-H", basic.as_str()],
         ),
     ];
     for (kind, path, args) in &cases {
@@ -176,7 +167,7 @@ fn every_identifier_kind_denied_allowed_removed() {
     let stats: serde_json::Value =
         serde_json::from_str(&ok(&s.agent.cli(&["stats", "--json"]))).expect("json");
     assert!(
-        stats["l7"]["blocked"].as_u64().unwrap_or(0) >= 20,
+        stats["l7"]["blocked"].as_u64().unwrap_or(0) >= 18,
         "{stats}"
     );
 }

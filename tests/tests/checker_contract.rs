@@ -260,7 +260,7 @@ fn detections_pick_the_protocol_cookie_and_api_key_culprits() {
     rows.sort();
     assert_eq!(rows.len(), 3, "one entry per detection: {rows:?}");
     for (row, want) in rows.iter().zip([
-        "api-key X-API-Key invalid-method",
+        "api-key x-api-key invalid-method",
         "cookie JSESSIONID invalid-method",
         "ip  invalid-protocol",
     ]) {

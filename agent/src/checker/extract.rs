@@ -1,6 +1,19 @@
 //! Pulls the client's identifiers out of a request, as the API definition says where they
-//! are: session cookie, OAuth2 bearer token, API key (header or query parameter), username
-//! (header, a JWT claim decoded locally, or HTTP Basic auth), and the client address.
+//! are, and as the origin server will read them: every occurrence counts, because servers
+//! disagree on which of two cookies, tokens or keys they use, and an attacker picks the one
+//! the checker does not look at.
+//!
+//! - Session cookie: every `Cookie` header (HTTP/2 sends one per crumb), split on `;` as
+//!   RFC 6265 §5.4 servers do, names exact, values with whitespace trimmed and one pair of
+//!   quotes removed; a non-UTF-8 byte elsewhere in the header hides nothing.
+//! - OAuth2 token: every `Authorization: Bearer` (scheme in any case) and every
+//!   `access_token` query parameter (RFC 6750 §2.3).
+//! - API key: every value of the header (names are case-insensitive in HTTP) or of the query
+//!   parameter (names percent-decoded, compared without case, as the identity of an
+//!   `api-key` entry is).
+//! - Username: the gateway's header, or a JWT claim decoded locally. There is no HTTP Basic
+//!   fallback: any client can claim a Basic username, so it would let one claim an
+//!   allow-listed user (ASE has none either).
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -9,6 +22,7 @@ use http::HeaderMap;
 
 use super::api::ApiMetadata;
 use super::lists::RequestIdents;
+use crate::cidr::Cidr;
 use crate::ident::{Identifier, Kind};
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -18,25 +32,67 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .filter(|v| !v.is_empty())
 }
 
-/// The value of cookie `name` in the request's `Cookie` headers.
-pub fn cookie<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    h.get_all(http::header::COOKIE)
+/// Every value of header `name` (any case), trimmed, non-empty, UTF-8.
+fn headers_all<'a>(h: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str> {
+    h.get_all(name)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
+        .map(str::trim)
         .filter(|v| !v.is_empty())
 }
 
-/// The value of query parameter `name` (percent-decoding `%XX` and `+`).
-pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query?
-        .split('&')
+fn trim_ows(b: &[u8]) -> &[u8] {
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b' ' | b'\t'))
+        .unwrap_or(b.len());
+    let end = b
+        .iter()
+        .rposition(|c| !matches!(c, b' ' | b'\t'))
+        .map_or(start, |e| e + 1);
+    &b[start..end.max(start)]
+}
+
+/// Every value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4), in order,
+/// without duplicates.
+pub fn cookies(h: &HeaderMap, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for header in h.get_all(http::header::COOKIE) {
+        for pair in header.as_bytes().split(|b| *b == b';') {
+            let pair = trim_ows(pair);
+            let Some(eq) = pair.iter().position(|b| *b == b'=') else {
+                continue;
+            };
+            if trim_ows(&pair[..eq]) != name.as_bytes() {
+                continue;
+            }
+            let mut v = trim_ows(&pair[eq + 1..]);
+            if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
+                v = &v[1..v.len() - 1];
+            }
+            if let Ok(v) = std::str::from_utf8(v)
+                && !v.is_empty()
+                && !out.iter().any(|o| o == v)
+            {
+                out.push(v.to_owned());
+            }
+        }
+    }
+    out
+}
+
+/// Every value of query parameter `name` (names and values percent-decoded, `+` as space;
+/// names compared without case).
+pub fn query_params(query: Option<&str>, name: &str) -> Vec<String> {
+    let Some(q) = query else {
+        return Vec::new();
+    };
+    q.split('&')
         .filter_map(|kv| kv.split_once('='))
-        .find(|(k, _)| *k == name)
+        .filter(|(k, _)| percent_decode(k).eq_ignore_ascii_case(name))
         .map(|(_, v)| percent_decode(v))
+        .filter(|v| !v.is_empty())
+        .collect()
 }
 
 fn percent_decode(s: &str) -> String {
@@ -61,30 +117,29 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The bearer token of an `Authorization` header.
-pub fn bearer(h: &HeaderMap) -> Option<&str> {
-    let v = header(h, "authorization")?;
-    let (scheme, rest) = v.split_once(' ')?;
+/// The bearer token of one `Authorization` value (scheme in any case).
+fn bearer_of(v: &str) -> Option<&str> {
+    let (scheme, rest) = v.trim().split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| rest.trim())
         .filter(|t| !t.is_empty())
 }
 
-/// The username of HTTP Basic auth.
-pub fn basic_user(h: &HeaderMap) -> Option<String> {
-    let v = header(h, "authorization")?;
-    let (scheme, rest) = v.split_once(' ')?;
-    if !scheme.eq_ignore_ascii_case("basic") {
-        return None;
+/// Every OAuth2 bearer token of the request: `Authorization` headers and `access_token`
+/// query parameters, without duplicates.
+pub fn tokens(h: &HeaderMap, query: Option<&str>) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let found = headers_all(h, "authorization")
+        .filter_map(bearer_of)
+        .map(str::to_owned)
+        .chain(query_params(query, "access_token"));
+    for t in found {
+        if !out.contains(&t) {
+            out.push(t);
+        }
     }
-    let raw = base64::engine::general_purpose::STANDARD
-        .decode(rest.trim())
-        .ok()?;
-    let text = String::from_utf8(raw).ok()?;
-    text.split_once(':')
-        .map(|(u, _)| u.to_owned())
-        .filter(|u| !u.is_empty())
+    out
 }
 
 /// A claim of a JWT's payload, decoded without verifying or fetching anything (the API
@@ -112,20 +167,39 @@ fn jwt_token(h: &HeaderMap, query: Option<&str>, location: &str) -> Option<Strin
                 .then(|| rest.trim().to_owned())
         }
         (Some("h"), Some(name), None) => header(h, name).map(str::to_owned),
-        (Some("qs"), Some(name), None) => query_param(query, name),
+        (Some("qs"), Some(name), None) => query_params(query, name).into_iter().next(),
         _ => None,
     }
 }
 
-/// The client address: the socket peer, or with `trust_xff` the first X-Forwarded-For hop.
-pub fn client_ip(h: &HeaderMap, peer: SocketAddr, trust_xff: bool) -> IpAddr {
-    if trust_xff
-        && let Some(first) = header(h, "x-forwarded-for").and_then(|v| v.split(',').next())
-        && let Ok(ip) = first.trim().parse::<IpAddr>()
-    {
+/// The client address. The socket peer, unless the peer is a trusted proxy: then the
+/// right-most X-Forwarded-For address (over every such header, in order) that is not a
+/// trusted proxy — the hops to its left are written by the client and prove nothing. A hop
+/// that is not an address ends the walk at the last trusted hop.
+pub fn client_ip(h: &HeaderMap, peer: SocketAddr, trusted: &[Cidr]) -> IpAddr {
+    let mut ip = peer.ip().to_canonical();
+    let is_trusted = |a: IpAddr| trusted.iter().any(|c| c.contains(a));
+    if !is_trusted(ip) {
         return ip;
     }
-    peer.ip().to_canonical()
+    let hops: Vec<&str> = h
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .collect();
+    for hop in hops.iter().rev() {
+        let Ok(hop) = hop.parse::<IpAddr>() else {
+            break;
+        };
+        ip = hop.to_canonical();
+        if !is_trusted(ip) {
+            break;
+        }
+    }
+    ip
 }
 
 /// Every identifier the API's definition locates in this request. Values that fail
@@ -140,43 +214,64 @@ pub fn identifiers(
         ip: Some(ip),
         ..RequestIdents::default()
     };
-    if !meta.cookie.is_empty()
-        && let Some(v) = cookie(h, &meta.cookie)
-    {
-        r.cookie = Identifier::parse(Kind::Cookie, Some(&meta.cookie), v).ok();
+    if !meta.cookie.is_empty() {
+        r.cookies = cookies(h, &meta.cookie)
+            .iter()
+            .filter_map(|v| Identifier::parse(Kind::Cookie, Some(&meta.cookie), v).ok())
+            .collect();
     }
-    if meta.oauth2_access_token
-        && let Some(t) = bearer(h)
-    {
-        r.token = Identifier::parse(Kind::Token, None, t).ok();
+    if meta.oauth2_access_token {
+        r.tokens = tokens(h, query)
+            .iter()
+            .filter_map(|t| Identifier::parse(Kind::Token, None, t).ok())
+            .collect();
     }
-    let key = if !meta.apikey_header.is_empty() {
-        header(h, &meta.apikey_header).map(|v| (meta.apikey_header.as_str(), v.to_owned()))
+    let mut keys: Vec<(&str, String)> = Vec::new();
+    if !meta.apikey_header.is_empty() {
+        keys.extend(
+            headers_all(h, &meta.apikey_header)
+                .map(|v| (meta.apikey_header.as_str(), v.to_owned())),
+        );
+    }
+    if !meta.apikey_qs.is_empty() {
+        keys.extend(
+            query_params(query, &meta.apikey_qs)
+                .into_iter()
+                .map(|v| (meta.apikey_qs.as_str(), v)),
+        );
+    }
+    for (name, v) in keys {
+        if let (Ok(named), Ok(any)) = (
+            Identifier::parse(Kind::ApiKey, Some(name), &v),
+            Identifier::parse(Kind::ApiKey, None, &v),
+        ) && !r.api_keys.iter().any(|(n, _)| *n == named)
+        {
+            r.api_keys.push((named, any));
+        }
+    }
+    let mut users: Vec<String> = if meta.username_header.is_empty() {
+        Vec::new()
     } else {
-        None
+        headers_all(h, &meta.username_header)
+            .map(str::to_owned)
+            .collect()
     };
-    let key = key.or_else(|| {
-        (!meta.apikey_qs.is_empty())
-            .then(|| query_param(query, &meta.apikey_qs).map(|v| (meta.apikey_qs.as_str(), v)))
-            .flatten()
-    });
-    if let Some((name, v)) = key {
-        r.api_key = Identifier::parse(Kind::ApiKey, Some(name), &v).ok();
-        r.api_key_any = Identifier::parse(Kind::ApiKey, None, &v).ok();
-    }
-    let user = (!meta.username_header.is_empty())
-        .then(|| header(h, &meta.username_header).map(str::to_owned))
-        .flatten();
-    let user = user.or_else(|| {
-        let jwt = meta
+    if users.is_empty()
+        && let Some(jwt) = meta
             .jwt
             .as_ref()
-            .filter(|j| !j.location.is_empty() && !j.username.is_empty())?;
-        jwt_claim(&jwt_token(h, query, &jwt.location)?, &jwt.username)
-    });
-    let user = user.or_else(|| basic_user(h));
-    if let Some(u) = user {
-        r.username = Identifier::parse(Kind::Username, None, &u).ok();
+            .filter(|j| !j.location.is_empty() && !j.username.is_empty())
+        && let Some(claim) =
+            jwt_token(h, query, &jwt.location).and_then(|t| jwt_claim(&t, &jwt.username))
+    {
+        users.push(claim);
+    }
+    for u in users {
+        if let Ok(id) = Identifier::parse(Kind::Username, None, &u)
+            && !r.usernames.contains(&id)
+        {
+            r.usernames.push(id);
+        }
     }
     r
 }
@@ -213,28 +308,160 @@ mod tests {
             ("x-forwarded-for", "198.18.7.7, 10.0.0.1"),
         ]);
         let peer: SocketAddr = "198.18.0.2:5555".parse().expect("addr");
-        let ip = client_ip(&h, peer, true);
-        assert_eq!(ip.to_string(), "198.18.7.7");
-        assert_eq!(client_ip(&h, peer, false).to_string(), "198.18.0.2");
+        let proxies: Vec<Cidr> = vec!["198.18.0.0/30".parse().expect("cidr")];
+        let ip = client_ip(&h, peer, &proxies);
+        assert_eq!(ip.to_string(), "10.0.0.1", "the right-most untrusted hop");
+        assert_eq!(client_ip(&h, peer, &[]).to_string(), "198.18.0.2");
         let r = identifiers(&meta, &h, Some("x=1&key=k%20y"), ip);
-        assert_eq!(
-            r.cookie.as_ref().map(|c| c.name.as_str()),
-            Some("JSESSIONID")
-        );
-        assert_eq!(
-            r.token.as_ref().map(|t| t.value.clone()),
-            Some(crate::ident::digest(&jwt))
-        );
-        assert_eq!(
-            r.api_key_any.as_ref().map(|k| k.value.clone()),
-            Some(crate::ident::digest("k y"))
-        );
-        assert_eq!(
-            r.username.as_ref().map(|u| u.value.as_str()),
-            Some("your name")
-        );
+        assert_eq!(r.cookies.len(), 1);
+        assert_eq!(r.cookies[0].value, crate::ident::digest("s3ss"));
+        assert_eq!(r.tokens.len(), 1);
+        assert_eq!(r.tokens[0].value, crate::ident::digest(&jwt));
+        assert_eq!(r.api_keys.len(), 1);
+        assert_eq!(r.api_keys[0].1.value, crate::ident::digest("k y"));
+        assert_eq!(r.usernames.len(), 1);
+        assert_eq!(r.usernames[0].value, "your name");
+        // No Basic-auth username: any client could claim an allow-listed user with it.
         let basic = headers(&[("authorization", "Basic dXNlcjE6cGFzcw==")]);
-        assert_eq!(basic_user(&basic).as_deref(), Some("user1"));
-        assert_eq!(query_param(Some("a=%zz"), "a").as_deref(), Some("%zz"));
+        assert!(identifiers(&meta, &basic, None, ip).usernames.is_empty());
+        assert_eq!(query_params(Some("a=%zz"), "a"), ["%zz"]);
+    }
+
+    /// X-Forwarded-For: the client writes the left of it; only trusted proxies' hops count.
+    #[test]
+    fn forwarded_for_trusts_only_the_proxies() {
+        let proxies: Vec<Cidr> = vec![
+            "198.18.0.0/30".parse().expect("cidr"),
+            "2001:db8::/64".parse().expect("cidr"),
+        ];
+        let via_proxy: SocketAddr = "198.18.0.1:1".parse().expect("addr");
+        let direct: SocketAddr = "198.18.9.9:1".parse().expect("addr");
+        let ip = |h: &[(&str, &str)], peer| client_ip(&headers(h), peer, &proxies).to_string();
+        // The client forges an allow-listed address on the left: ignored.
+        assert_eq!(
+            ip(&[("x-forwarded-for", "203.0.113.1, 198.18.5.5")], via_proxy),
+            "198.18.5.5"
+        );
+        // Trusted hops on the right are skipped, over several headers.
+        assert_eq!(
+            ip(
+                &[
+                    ("x-forwarded-for", "198.18.5.5"),
+                    ("x-forwarded-for", "198.18.0.2, 2001:db8::7")
+                ],
+                via_proxy
+            ),
+            "198.18.5.5"
+        );
+        // A client that is not a proxy cannot speak for anyone.
+        assert_eq!(
+            ip(&[("x-forwarded-for", "203.0.113.1")], direct),
+            "198.18.9.9"
+        );
+        // Garbage ends the walk at the last trusted hop; nothing unparsed is believed.
+        assert_eq!(
+            ip(&[("x-forwarded-for", "198.18.5.5, junk")], via_proxy),
+            "198.18.0.1"
+        );
+        assert_eq!(
+            ip(&[("x-forwarded-for", "::ffff:198.18.5.5")], via_proxy),
+            "198.18.5.5"
+        );
+    }
+
+    /// Each way a client hid a denied identifier from the checker while the server still
+    /// read it: the checker must find the value the server would use.
+    #[test]
+    fn hostile_spellings_still_yield_the_identifier() {
+        let d = crate::ident::digest;
+        let cookie = |pairs: &[(&str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.append(
+                    http::HeaderName::from_bytes(k.as_bytes()).expect("name"),
+                    http::HeaderValue::from_bytes(v.as_bytes()).expect("value"),
+                );
+            }
+            cookies(&h, "JSESSIONID")
+        };
+        for (case, hdrs) in [
+            ("space after =", vec![("cookie", "JSESSIONID= DENIED")]),
+            (
+                "tab around",
+                vec![("cookie", "a=1;\tJSESSIONID =\tDENIED\t")],
+            ),
+            ("quoted", vec![("cookie", "JSESSIONID=\"DENIED\"")]),
+            (
+                "repeated name",
+                vec![("cookie", "JSESSIONID=ok; JSESSIONID=DENIED")],
+            ),
+            (
+                "second header",
+                vec![("cookie", "JSESSIONID=ok"), ("cookie", "JSESSIONID=DENIED")],
+            ),
+            (
+                "h2 crumbs",
+                vec![("cookie", "a=1"), ("cookie", "JSESSIONID=DENIED")],
+            ),
+        ] {
+            assert!(
+                cookie(&hdrs).iter().any(|v| v == "DENIED"),
+                "{case}: {:?}",
+                cookie(&hdrs)
+            );
+        }
+        // A non-UTF-8 byte in another cookie hides nothing.
+        let mut h = HeaderMap::new();
+        h.append(
+            http::header::COOKIE,
+            http::HeaderValue::from_bytes(b"x=\xff; JSESSIONID=DENIED").expect("value"),
+        );
+        assert_eq!(cookies(&h, "JSESSIONID"), ["DENIED"]);
+        assert!(
+            cookie(&[("cookie", "jsessionid=DENIED")]).is_empty(),
+            "names are exact"
+        );
+
+        // Tokens: any scheme case, every header, RFC 6750's query parameter.
+        let meta: ApiMetadata = serde_json::from_str(
+            r#"{"oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key"}"#,
+        )
+        .expect("meta");
+        let ip: IpAddr = "198.18.0.1".parse().expect("ip");
+        let h = headers(&[("authorization", "bEaReR  DENIED ")]);
+        let r = identifiers(&meta, &h, None, ip);
+        assert_eq!(r.tokens[0].value, d("DENIED"));
+        let h = headers(&[
+            ("authorization", "Bearer ok"),
+            ("authorization", "Bearer DENIED"),
+        ]);
+        assert_eq!(identifiers(&meta, &h, None, ip).tokens.len(), 2);
+        let r = identifiers(
+            &meta,
+            &HeaderMap::new(),
+            Some("a=1&access_token=DENIED"),
+            ip,
+        );
+        assert_eq!(r.tokens[0].value, d("DENIED"));
+
+        // API keys: header any case and every duplicate; query names decoded, any case.
+        let h = headers(&[("x-api-key", "ok"), ("X-Api-Key", "DENIED")]);
+        let r = identifiers(&meta, &h, None, ip);
+        assert!(
+            r.api_keys
+                .iter()
+                .any(|(n, _)| n.value == d("DENIED") && n.name == "x-api-key")
+        );
+        for q in [
+            "api%5Fkey=DENIED",
+            "API_KEY=DENIED",
+            "api_key=ok&api_key=DENIED",
+        ] {
+            let r = identifiers(&meta, &HeaderMap::new(), Some(q), ip);
+            assert!(
+                r.api_keys.iter().any(|(_, any)| any.value == d("DENIED")),
+                "{q}"
+            );
+        }
     }
 }

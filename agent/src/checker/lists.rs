@@ -60,6 +60,12 @@ impl Presence {
 /// Key of a non-IP identifier, independent of the list, so a request hashes each of its
 /// identifiers once and probes both lists with [`on_list`].
 pub fn l7_key(ident: &Identifier) -> (i64, i64) {
+    // API-key names are header names: case-insensitive (rows stored before names were
+    // lower-cased on entry still match).
+    if ident.kind == Kind::ApiKey && ident.name.bytes().any(|b| b.is_ascii_uppercase()) {
+        let name = ident.name.to_ascii_lowercase();
+        return hash_fields(&[ident.kind.as_str(), &name, &ident.value]);
+    }
     hash_fields(&[ident.kind.as_str(), &ident.name, &ident.value])
 }
 
@@ -210,44 +216,56 @@ impl L7Lists {
     }
 }
 
-/// The identifiers of one request, as the checker extracted them.
-#[derive(Clone, Debug, Default)]
+/// The identifiers found in one request: every occurrence, without duplicates.
+#[derive(Debug, Default)]
 pub struct RequestIdents {
-    /// Client address (socket peer, or first X-Forwarded-For hop when trusted).
+    /// Client address (socket peer, or the X-Forwarded-For hop the trusted proxies vouch for).
     pub ip: Option<IpAddr>,
-    /// Session cookie (name, value), validated.
-    pub cookie: Option<Identifier>,
-    /// Bearer token.
-    pub token: Option<Identifier>,
-    /// API key under its name.
-    pub api_key: Option<Identifier>,
-    /// The same key as an any-name entry would match it.
-    pub api_key_any: Option<Identifier>,
-    /// Username.
-    pub username: Option<Identifier>,
+    /// Session cookie values (name, value), validated.
+    pub cookies: Vec<Identifier>,
+    /// Bearer tokens.
+    pub tokens: Vec<Identifier>,
+    /// API keys: under their name, and as an any-name entry would match them.
+    pub api_keys: Vec<(Identifier, Identifier)>,
+    /// Usernames.
+    pub usernames: Vec<Identifier>,
 }
 
 impl RequestIdents {
-    /// The non-IP identifiers present.
-    pub fn idents(&self) -> impl Iterator<Item = &Identifier> {
-        [
-            &self.cookie,
-            &self.token,
-            &self.api_key,
-            &self.api_key_any,
-            &self.username,
-        ]
-        .into_iter()
-        .flatten()
+    /// The non-IP identifiers present, with whether their kind is ambiguous (the request
+    /// carries several values of it, so an allow entry for one of them proves nothing).
+    pub fn idents(&self) -> impl Iterator<Item = (&Identifier, bool)> {
+        let many = |n: usize| n > 1;
+        let keys = self
+            .api_keys
+            .iter()
+            .flat_map(|(named, any)| [named, any])
+            .map(move |k| (k, many(self.api_keys.len())));
+        self.cookies
+            .iter()
+            .map(move |c| (c, many(self.cookies.len())))
+            .chain(
+                self.tokens
+                    .iter()
+                    .map(move |t| (t, many(self.tokens.len()))),
+            )
+            .chain(keys)
+            .chain(
+                self.usernames
+                    .iter()
+                    .map(move |u| (u, many(self.usernames.len()))),
+            )
     }
 
     /// The [`l7_key`] of each of [`RequestIdents::idents`], in order: computed once per
     /// request, then used for both lists.
     pub fn keys(&self) -> Vec<(i64, i64)> {
-        self.idents().map(l7_key).collect()
+        self.idents().map(|(i, _)| l7_key(i)).collect()
     }
 
-    /// Whether any identifier of this request is on `list`; `keys` from [`RequestIdents::keys`].
+    /// Whether an identifier of this request is on `list`; `keys` from
+    /// [`RequestIdents::keys`]. Any occurrence on the deny list counts; on the allow list,
+    /// only identifiers whose kind the request does not carry twice with different values.
     pub fn listed(
         &self,
         lists: &L7Lists,
@@ -263,20 +281,21 @@ impl RequestIdents {
         }
         self.idents()
             .zip(keys)
+            .filter(|((_, ambiguous), _)| list == List::Deny || !ambiguous)
             .find(|(_, k)| lists.has_key(list, **k, api, now))
-            .map(|(i, _)| i.to_string())
+            .map(|((i, _), _)| i.to_string())
     }
 
     /// The most specific identifier to deny-list for a detection: token, then cookie, then
     /// API key, then the client IP.
     pub fn culprit(&self) -> Option<(Kind, Option<String>, String)> {
-        if let Some(t) = &self.token {
+        if let Some(t) = self.tokens.first() {
             return Some((Kind::Token, None, t.value.clone()));
         }
-        if let Some(c) = &self.cookie {
+        if let Some(c) = self.cookies.first() {
             return Some((Kind::Cookie, Some(c.name.clone()), c.value.clone()));
         }
-        if let Some(k) = &self.api_key {
+        if let Some((k, _)) = self.api_keys.first() {
             return Some((Kind::ApiKey, Some(k.name.clone()), k.value.clone()));
         }
         self.ip.map(|ip| (Kind::Ip, None, ip.to_string()))

@@ -18,6 +18,7 @@ pub mod api;
 pub mod extract;
 pub mod lists;
 pub mod proxy;
+pub mod target;
 pub mod tls;
 
 use std::collections::BTreeMap;
@@ -41,8 +42,13 @@ pub struct CheckerConfig {
     pub tls_key: PathBuf,
     /// Directory of ASE API JSON files.
     pub api_dir: PathBuf,
-    /// Take the client address from the first X-Forwarded-For hop (only behind a trusted proxy).
-    pub trust_xff: bool,
+    /// Proxies in front of the checker (CIDRs): only when the peer is one of them is
+    /// X-Forwarded-For read, and the client is its right-most address that is not one.
+    pub trusted_proxies: Vec<String>,
+    /// Removed: it trusted the left-most X-Forwarded-For hop, which the client writes.
+    /// `true` is refused with a pointer to `trusted_proxies`.
+    #[serde(skip_serializing)]
+    pub trust_xff: Option<bool>,
     /// How long detections stay on the deny list, e.g. "1h".
     pub detection_ttl: String,
     /// Largest request head (request line and headers), bytes.
@@ -63,7 +69,8 @@ impl Default for CheckerConfig {
             tls_cert: PathBuf::from("/etc/portcullis/tls/cert.pem"),
             tls_key: PathBuf::from("/etc/portcullis/tls/key.pem"),
             api_dir: PathBuf::from("/etc/portcullis/apis"),
-            trust_xff: false,
+            trusted_proxies: Vec::new(),
+            trust_xff: None,
             detection_ttl: "1h".into(),
             max_header_bytes: 16 * 1024,
             max_headers: 100,
@@ -74,6 +81,15 @@ impl Default for CheckerConfig {
 }
 
 impl CheckerConfig {
+    /// `trusted_proxies` parsed (validated by `Config::validate`; bad entries are skipped
+    /// here).
+    pub fn trusted_proxies(&self) -> Vec<crate::cidr::Cidr> {
+        self.trusted_proxies
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    }
+
     /// Whether any listener is configured.
     pub fn enabled(&self) -> bool {
         !self.https.is_empty() || !self.http.is_empty()

@@ -19,6 +19,7 @@ use tokio::sync::watch;
 use super::api::{self, Api};
 use super::extract;
 use super::lists::L7Lists;
+use super::target;
 use super::tls::Tls;
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::control::proto::{AddRequest, Request as Control};
@@ -62,6 +63,8 @@ pub struct Proxy {
     service: Arc<Mutex<Service>>,
     stats: Arc<L7Stats>,
     cfg: CheckerConfig,
+    /// `cfg.trusted_proxies`, parsed.
+    trusted: Vec<crate::cidr::Cidr>,
     detection_ttl: u64,
     client: Client<HttpConnector, Body>,
     /// Per-client request windows (shared by workers).
@@ -100,6 +103,7 @@ impl Proxy {
             lists,
             service,
             stats,
+            trusted: cfg.trusted_proxies(),
             cfg,
             detection_ttl,
             client: backend_client(),
@@ -116,6 +120,7 @@ impl Proxy {
             service: self.service.clone(),
             stats: self.stats.clone(),
             cfg: self.cfg.clone(),
+            trusted: self.trusted.clone(),
             detection_ttl: self.detection_ttl,
             client: backend_client(),
             spikes: self.spikes.clone(),
@@ -139,20 +144,29 @@ impl Proxy {
         tls: bool,
     ) -> Response<Body> {
         let apis = self.registry.apis();
-        let host = req
-            .headers()
-            .get(header::HOST)
-            .and_then(|h| h.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
-            .unwrap_or_default();
-        let path = req.uri().path().to_owned();
-        let Some(api) = api::route(&apis, &host, &path) else {
+        // The target as the server will resolve it; what servers resolve differently is
+        // refused rather than guessed.
+        let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
+            Some(Err(_)) => Err(target::TargetError::HostMismatch),
+            hdr => target::request_host(
+                hdr.and_then(Result::ok),
+                req.uri().authority().map(|a| a.as_str()),
+            ),
+        };
+        let (host, path) = match (host, target::normalize_path(req.uri().path())) {
+            (Ok(h), Ok(p)) => (h, p),
+            (Err(e), _) | (_, Err(e)) => {
+                self.stats.hit("bad_request");
+                tracing::debug!("malformed request target: {e}");
+                return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
+            }
+        };
+        let Some(api) = api::route(&apis, &host, &path.matched) else {
             self.stats.hit("unknown_api");
             return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
         };
         let now = unix_now();
-        let ip = extract::client_ip(req.headers(), peer, self.cfg.trust_xff);
+        let ip = extract::client_ip(req.headers(), peer, &self.trusted);
         let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip);
         let keys = ids.keys();
         let (allowed, denied) = {
@@ -167,7 +181,7 @@ impl Proxy {
         };
         if allowed.is_some() {
             self.stats.hit("allowed");
-            return self.forward(api, req, peer, ip, tls).await;
+            return self.forward(api, req, &path.forward, peer, ip, tls).await;
         }
         if let Some(who) = denied {
             if api.meta.enable_blocking {
@@ -182,7 +196,7 @@ impl Proxy {
             let hit = decoy.decoy_subpaths.is_empty()
                 || decoy.decoy_subpaths.iter().any(|s| {
                     api::under(
-                        &path,
+                        &path.matched,
                         &format!(
                             "{}/{}",
                             api.meta.url.trim_end_matches('/'),
@@ -218,7 +232,7 @@ impl Proxy {
                 return full(code, body);
             }
         }
-        if api.meta.is_token_mandatory && ids.token.is_none() {
+        if api.meta.is_token_mandatory && ids.tokens.is_empty() {
             self.stats.hit("missing_token");
             self.detect(api, "missing-token", Some((Kind::Ip, None, ip.to_string())))
                 .await;
@@ -230,7 +244,7 @@ impl Proxy {
             self.stats.hit("rate_limited");
             return full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n");
         }
-        self.forward(api, req, peer, ip, tls).await
+        self.forward(api, req, &path.forward, peer, ip, tls).await
     }
 
     /// Puts the culprit of a detection on the deny list (source `checker`), unless the
@@ -244,6 +258,14 @@ impl Proxy {
         let Some((kind, name, value)) = culprit else {
             return;
         };
+        // The proxies in front of us speak for many clients: never deny-list one.
+        if kind == Kind::Ip
+            && let Ok(ip) = value.parse::<IpAddr>()
+            && self.trusted.iter().any(|c| c.contains(ip))
+        {
+            tracing::warn!(api = %api.name, reason, %ip, "attack detected from a trusted proxy's address: not deny-listed");
+            return;
+        }
         let service = self.service.clone();
         let req = Control::Add(AddRequest {
             list: Some(List::Deny),
@@ -324,6 +346,7 @@ impl Proxy {
         &self,
         api: &Api,
         req: Request<Incoming>,
+        path: &str,
         peer: SocketAddr,
         client: IpAddr,
         tls: bool,
@@ -349,11 +372,11 @@ impl Proxy {
                 .authority()
                 .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         });
-        let pq = parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .to_owned();
+        // The normalised path, so the server serves what the checker judged.
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_owned(),
+        };
         let server = &api.meta.servers[index];
         let Ok(uri) = format!("http://{}:{}{}", server.host, server.port, pq).parse() else {
             self.stats.hit("bad_request");
@@ -468,18 +491,33 @@ impl Proxy {
 }
 
 /// The detection a request's method, protocol or content type triggers, if any.
+/// Headers with which clients ask frameworks to treat a request as another method.
+const METHOD_OVERRIDES: [&str; 3] = [
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 fn pattern_violation(
     p: &api::PatternEnforcement,
     req: &Request<Incoming>,
     tls: bool,
 ) -> Option<&'static str> {
-    if !p.methods_allowed.is_empty()
-        && !p
-            .methods_allowed
+    // The method, and any method-override header a framework would honour instead of it:
+    // each must be allowed.
+    if !p.methods_allowed.is_empty() {
+        let allowed = |m: &str| {
+            p.methods_allowed
+                .iter()
+                .any(|a| a.eq_ignore_ascii_case(m.trim()))
+        };
+        let overrides = METHOD_OVERRIDES
             .iter()
-            .any(|m| m.eq_ignore_ascii_case(req.method().as_str()))
-    {
-        return Some("invalid-method");
+            .flat_map(|h| req.headers().get_all(*h))
+            .map(|v| v.to_str().unwrap_or("\u{0}"));
+        if !allowed(req.method().as_str()) || overrides.into_iter().any(|m| !allowed(m)) {
+            return Some("invalid-method");
+        }
     }
     if !p.protocol_allowed.trim().is_empty() {
         let scheme = if tls { "https" } else { "http" };

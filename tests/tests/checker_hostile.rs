@@ -1,0 +1,354 @@
+//! The checker must see what the origin server will see. Each case here is a way a hostile
+//! client got a denied identifier past the checker, or got an allow-listed one to vouch for
+//! it, or dodged an API's rules by spelling a path or host differently; each failed before
+//! the checker learnt to read requests as servers do.
+
+use std::net::SocketAddr;
+
+use portcullis_tests::agent::{err, ok};
+use portcullis_tests::checker_setup::{Setup, setup, write_api};
+use portcullis_tests::{http, privileged};
+
+fn plain(s: &Setup) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], s.http_port))
+}
+
+/// Status of a raw request (exact bytes on the wire: no client-side normalisation).
+fn raw(s: &Setup, request: &[u8]) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut c = std::net::TcpStream::connect(plain(s)).expect("connect");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+fn get(s: &Setup, path: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    http::get(plain(s), path, headers).expect("http")
+}
+
+fn checker_rows(s: &Setup) -> String {
+    ok(&s
+        .agent
+        .cli(&["deny", "list", "--source", "checker", "--json"]))
+}
+
+fn hostile_setup() -> Setup {
+    setup(|apis, backend| {
+        write_api(
+            apis,
+            "shop",
+            &format!(
+                r#"{{"url":"/shop","cookie":"JSESSIONID","oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key",
+                    "api_pattern_enforcement":{{"methods_allowed":["GET","POST"],"error_code":401}},
+                    "decoy_config":{{"decoy_enabled":true,"response_code":200,"response_message":"decoy\n","decoy_subpaths":["admin"]}},
+                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+        write_api(
+            apis,
+            "hosted",
+            &format!(
+                r#"{{"url":"/hosted","hostname":"api.test","servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    })
+}
+
+#[test]
+fn denied_cookies_tokens_and_keys_are_found_however_they_are_spelt() {
+    if !privileged("denied_cookies_tokens_and_keys_are_found_however_they_are_spelt") {
+        return;
+    }
+    let s = hostile_setup();
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "cookie", "JSESSIONID", "DENIED"]));
+    ok(&s.agent.cli(&["deny", "add", "token", "DENIED-T"]));
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "api-key", "X-API-Key", "DENIED-K"]));
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "api-key", "api_key", "DENIED-Q"]));
+    // Honest requests pass.
+    assert_eq!(get(&s, "/shop/x", &[("Cookie", "JSESSIONID=fine")]).0, 200);
+    // Cookies.
+    for cookie in [
+        vec!["JSESSIONID= DENIED"],
+        vec!["JSESSIONID=\"DENIED\""],
+        vec!["JSESSIONID=fine; JSESSIONID=DENIED"],
+        vec!["JSESSIONID=fine", "JSESSIONID=DENIED"],
+        vec!["a=1", "JSESSIONID=DENIED"],
+    ] {
+        let h: Vec<(&str, &str)> = cookie.iter().map(|c| ("Cookie", *c)).collect();
+        assert_eq!(get(&s, "/shop/x", &h).0, 403, "{cookie:?}");
+    }
+    assert_eq!(
+        raw(
+            &s,
+            b"GET /shop/x HTTP/1.1\r\nHost: t\r\nCookie: x=\xff\xfe; JSESSIONID=DENIED\r\nConnection: close\r\n\r\n"
+        ),
+        403,
+        "a non-UTF-8 byte in another cookie"
+    );
+    // HTTP/2 sends each cookie crumb as its own field.
+    let (code, _) = s.curl(
+        "/shop/x",
+        &[
+            "--http2",
+            "-H",
+            "Cookie: a=1",
+            "-H",
+            "Cookie: JSESSIONID=DENIED",
+        ],
+    );
+    assert_eq!(code, 403, "HTTP/2 cookie crumbs");
+    // Tokens.
+    for h in [
+        vec![("Authorization", "bEaReR DENIED-T")],
+        vec![
+            ("Authorization", "Bearer fine"),
+            ("Authorization", "Bearer DENIED-T"),
+        ],
+    ] {
+        assert_eq!(get(&s, "/shop/x", &h).0, 403, "{h:?}");
+    }
+    assert_eq!(
+        get(&s, "/shop/x?access_token=DENIED-T", &[]).0,
+        403,
+        "RFC 6750 query"
+    );
+    // API keys: the header in any case, every duplicate, the query name decoded.
+    for h in [
+        vec![("x-api-key", "DENIED-K")],
+        vec![("X-API-KEY", "fine"), ("x-Api-Key", "DENIED-K")],
+    ] {
+        assert_eq!(get(&s, "/shop/x", &h).0, 403, "{h:?}");
+    }
+    for q in [
+        "/shop/x?api%5Fkey=DENIED-Q",
+        "/shop/x?API_KEY=DENIED-Q",
+        "/shop/x?api_key=a&api_key=DENIED-Q",
+    ] {
+        assert_eq!(get(&s, q, &[]).0, 403, "{q}");
+    }
+    // An api-key entry's identity does not depend on the name's case.
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "api-key", "x-api-key", "DENIED-K2"]));
+    assert_eq!(get(&s, "/shop/x", &[("X-Api-Key", "DENIED-K2")]).0, 403);
+    let e = err(&s
+        .agent
+        .cli(&["deny", "remove", "api-key", "X-API-KEY", "nope"]));
+    assert!(
+        e.contains("not on the deny list") || e.contains("not found"),
+        "{e}"
+    );
+    ok(&s
+        .agent
+        .cli(&["deny", "remove", "api-key", "X-API-KEY", "DENIED-K2"]));
+}
+
+#[test]
+fn allow_entries_cannot_be_borrowed_to_vouch_for_a_denied_client() {
+    if !privileged("allow_entries_cannot_be_borrowed_to_vouch_for_a_denied_client") {
+        return;
+    }
+    let s = hostile_setup();
+    ok(&s.agent.cli(&["allow", "add", "username", "admin"]));
+    ok(&s.agent.cli(&["allow", "add", "ip", "198.18.90.1"]));
+    ok(&s
+        .agent
+        .cli(&["allow", "add", "cookie", "JSESSIONID", "trusted"]));
+    ok(&s.agent.cli(&["deny", "add", "token", "DENIED-T"]));
+    ok(&s.agent.cli(&["deny", "add", "ip", "198.18.90.2"]));
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "cookie", "JSESSIONID", "DENIED"]));
+    // HTTP Basic names no one: it cannot claim the allow-listed user.
+    assert_eq!(
+        get(
+            &s,
+            "/shop/x",
+            &[
+                ("Authorization", "Basic YWRtaW46eA=="),
+                ("X-API-Key", "x"),
+                ("Cookie", "JSESSIONID=DENIED")
+            ]
+        )
+        .0,
+        403
+    );
+    // X-Forwarded-For: the client writes the left part; the proxy (127.0.0.1, trusted) adds
+    // the right-most address, which is what counts.
+    assert_eq!(
+        get(
+            &s,
+            "/shop/x",
+            &[("X-Forwarded-For", "198.18.90.1, 198.18.90.2")]
+        )
+        .0,
+        403,
+        "a forged allow-listed hop on the left"
+    );
+    assert_eq!(
+        get(&s, "/shop/x", &[("X-Forwarded-For", "198.18.90.1")]).0,
+        200
+    );
+    // Two values of the session cookie: the allow-listed one vouches for nothing.
+    assert_eq!(
+        get(
+            &s,
+            "/shop/x",
+            &[("Cookie", "JSESSIONID=trusted; JSESSIONID=DENIED")]
+        )
+        .0,
+        403
+    );
+    assert_eq!(
+        get(&s, "/shop/x", &[("Cookie", "JSESSIONID=trusted")]).0,
+        200
+    );
+}
+
+#[test]
+fn paths_and_hosts_are_judged_as_the_server_resolves_them() {
+    if !privileged("paths_and_hosts_are_judged_as_the_server_resolves_them") {
+        return;
+    }
+    let s = hostile_setup();
+    // Decoys dodged by spelling: each is the decoy, and its client is deny-listed.
+    for (i, path) in [
+        "/shop//admin",
+        "/shop/%61dmin",
+        "/shop/./admin",
+        "/shop/admin;x",
+        "/shop/x/../admin",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let client = format!("198.18.92.{i}");
+        let (code, body) = get(&s, path, &[("X-Forwarded-For", &client)]);
+        assert_eq!((code, body.as_str()), (200, "decoy\n"), "{path}");
+        assert!(
+            checker_rows(&s).contains(&client),
+            "{path}: {client} not deny-listed"
+        );
+    }
+    // The API's rules dodged by spelling the API's url differently.
+    for path in ["//shop/x", "/%73hop/x", "/./shop/x"] {
+        let code = raw(
+            &s,
+            format!("DELETE {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(code, 401, "{path}: the /shop API's method rule");
+    }
+    // Encodings servers resolve differently: refused, never forwarded.
+    let before = s.backend.arrived.lock().map(|v| v.len()).unwrap_or(0);
+    for path in [
+        "/shop%2Fadmin",
+        "/shop/%00x",
+        "/shop\\admin",
+        "/shop/%zz",
+        "/shop/..;/admin",
+    ] {
+        let code = raw(
+            &s,
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+        );
+        assert_eq!(code, 400, "{path}");
+    }
+    assert_eq!(
+        s.backend.arrived.lock().map(|v| v.len()).unwrap_or(0),
+        before
+    );
+    // The server gets the path the checker judged.
+    assert_eq!(get(&s, "/shop//items/./a/../b", &[]).0, 200);
+    let head = s.backend.last().expect("forwarded");
+    assert!(head.starts_with("GET /shop/items/b HTTP/1.1"), "{head}");
+    // Hosts: case, trailing dot and port do not matter; Host and authority must agree.
+    for host in ["API.TEST", "api.test.", "api.test:8080"] {
+        let code = raw(
+            &s,
+            format!("GET /hosted/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+        assert_eq!(code, 200, "{host}");
+    }
+    let code = raw(
+        &s,
+        b"GET http://other.test/hosted/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 400, "authority and Host disagree");
+}
+
+#[test]
+fn a_method_override_header_does_not_get_around_the_allowed_methods() {
+    if !privileged("a_method_override_header_does_not_get_around_the_allowed_methods") {
+        return;
+    }
+    let s = hostile_setup();
+    for (i, h) in [
+        "X-HTTP-Method-Override",
+        "X-HTTP-Method",
+        "X-Method-Override",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let code = raw(
+            &s,
+            format!(
+                "POST /shop/x HTTP/1.1\r\nHost: t\r\n{h}: DELETE\r\nX-Forwarded-For: 198.18.93.{i}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        assert_eq!(code, 401, "{h}");
+    }
+    let code = raw(
+        &s,
+        b"POST /shop/x HTTP/1.1\r\nHost: t\r\nX-HTTP-Method-Override: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(code, 200, "an allowed override is fine");
+}
+
+#[test]
+fn anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off() {
+    if !privileged("anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off") {
+        return;
+    }
+    let s = hostile_setup();
+    for (args, want) in [
+        (vec!["deny", "add", "ip", "128.0.0.0/1"], "more than a /8"),
+        (vec!["deny", "add", "ip", "10.0.0.0/7"], "more than a /8"),
+        (vec!["deny", "add", "ip", "2000::/3"], "more than a /32"),
+        (
+            vec!["allow", "add", "ip", "0.0.0.0/0"],
+            "turns enforcement off",
+        ),
+        (vec!["allow", "add", "ip", "::/0"], "turns enforcement off"),
+    ] {
+        let e = err(&s.agent.cli(&args));
+        assert!(e.contains(want) && e.contains("--force"), "{args:?}: {e}");
+    }
+    ok(&s.agent.cli(&["deny", "add", "ip", "10.0.0.0/8"]));
+    ok(&s.agent.cli(&["deny", "add", "ip", "2001:db8::/32"]));
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "ip", "128.0.0.0/1", "--force"]));
+    // An IPv4-mapped IPv6 address is the IPv4 address it maps (packets come as IPv4).
+    let out = ok(&s.agent.cli(&["deny", "add", "ip", "::ffff:198.18.94.1"]));
+    assert!(out.contains("198.18.94.1/32"), "{out}");
+    assert_eq!(
+        get(&s, "/shop/x", &[("X-Forwarded-For", "198.18.94.1")]).0,
+        403
+    );
+}
