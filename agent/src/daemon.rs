@@ -15,8 +15,10 @@ use crate::metrics::{self, AgentMetrics};
 use crate::service::Service;
 use crate::store::Store;
 
-/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (harmless elsewhere).
-fn raise_memlock() {
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (harmless elsewhere),
+/// and the soft RLIMIT_NOFILE to its hard limit (the checker holds a descriptor per
+/// connection; 1024 would let a few idle clients starve it).
+fn raise_limits() {
     let lim = libc::rlimit {
         rlim_cur: libc::RLIM_INFINITY,
         rlim_max: libc::RLIM_INFINITY,
@@ -27,6 +29,18 @@ fn raise_memlock() {
             "could not raise RLIMIT_MEMLOCK: {}",
             std::io::Error::last_os_error()
         );
+    }
+    let mut files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer; then a valid pointer to the limit read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max
+        {
+            files.rlim_cur = files.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+        }
     }
 }
 
@@ -63,7 +77,7 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
-    raise_memlock();
+    raise_limits();
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let store = Store::open(&config.db_path())
@@ -192,7 +206,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
             .map(|t| (config.checker.https.clone(), t));
         let http = (!config.checker.http.is_empty()).then(|| config.checker.http.clone());
         checker_threads =
-            crate::checker::proxy::spawn_workers(workers, https, http, &proxy, &stop_rx)
+            crate::checker::listen::spawn_workers(workers, https, http, &proxy, &stop_rx)
                 .context("starting the L7 checker")?;
         tracing::info!(https = %config.checker.https, http = %config.checker.http, workers, apis = registry.apis().len(), "L7 checker listening");
         tokio::spawn(proxy.clone().health_loop(stop_rx.clone()));

@@ -104,7 +104,11 @@ pub async fn serve(
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else { continue };
+                let Ok((mut stream, _)) = accepted else {
+                    // EMFILE: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                };
                 let service = service.clone();
                 let agent = agent.clone();
                 tokio::spawn(async move {

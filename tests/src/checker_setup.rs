@@ -49,6 +49,11 @@ pub struct Setup {
 /// An agent with the checker on 127.0.0.1, X-Forwarded-For trusted (so each request can
 /// present its own client address), and the APIs `extra` writes.
 pub fn setup(extra: impl Fn(&Path, u16)) -> Setup {
+    setup_with("", extra)
+}
+
+/// [`setup`] with more `[checker]` settings (TOML lines).
+pub fn setup_with(checker_config: &str, extra: impl Fn(&Path, u16)) -> Setup {
     let dirs = AgentDirs::new();
     let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
     let certs = self_signed(&dirs.root, HOST, "a").expect("cert");
@@ -57,7 +62,7 @@ pub fn setup(extra: impl Fn(&Path, u16)) -> Setup {
     extra(&apis, backend.addr.port());
     let (port, http_port) = (free_port(), free_port());
     let config = format!(
-        "[checker]\nhttps = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:{http_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nheader_timeout = \"2s\"\nmax_header_bytes = 8192\n",
+        "[checker]\nhttps = \"127.0.0.1:{port}\"\nhttp = \"127.0.0.1:{http_port}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\nheader_timeout = \"2s\"\nmax_header_bytes = 8192\n{checker_config}",
         cert.display(),
         key.display(),
         apis.display()

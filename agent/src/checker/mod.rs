@@ -16,6 +16,7 @@
 
 pub mod api;
 pub mod extract;
+pub mod listen;
 pub mod lists;
 pub mod proxy;
 pub mod target;
@@ -57,8 +58,16 @@ pub struct CheckerConfig {
     pub max_headers: usize,
     /// Largest request body forwarded, bytes.
     pub max_body_bytes: u64,
-    /// A client that sends no complete request head for this long is disconnected, e.g. "30s".
+    /// A client that sends no complete request head (or first byte, or TLS handshake) for
+    /// this long is disconnected, e.g. "30s".
     pub header_timeout: String,
+    /// An HTTP/2 connection with no request in flight for this long is closed, e.g. "60s".
+    pub idle_timeout: String,
+    /// Most connections open at once.
+    pub max_connections: usize,
+    /// Most connections open at once from one client address (IPv6: per /64); trusted
+    /// proxies count only against `max_connections`.
+    pub max_connections_per_client: u32,
 }
 
 impl Default for CheckerConfig {
@@ -76,6 +85,9 @@ impl Default for CheckerConfig {
             max_headers: 100,
             max_body_bytes: 10 << 20,
             header_timeout: "30s".into(),
+            idle_timeout: "60s".into(),
+            max_connections: 20_000,
+            max_connections_per_client: 200,
         }
     }
 }

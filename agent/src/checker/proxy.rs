@@ -12,15 +12,13 @@ use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use tokio::net::TcpListener;
+use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
 use super::api::{self, Api};
 use super::extract;
 use super::lists::L7Lists;
 use super::target;
-use super::tls::Tls;
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::control::proto::{AddRequest, Request as Control};
 use crate::ident::Kind;
@@ -109,6 +107,11 @@ impl Proxy {
             client: backend_client(),
             spikes: Arc::new(Mutex::new(HashMap::new())),
         }))
+    }
+
+    /// The checker's configuration.
+    pub fn config(&self) -> &CheckerConfig {
+        &self.cfg
     }
 
     /// A copy for another worker thread: same lists, APIs, health and rate state, but its own
@@ -571,156 +574,6 @@ fn pattern_violation(
         }
     }
     None
-}
-
-fn builder(cfg: &CheckerConfig) -> hyper_util::server::conn::auto::Builder<TokioExecutor> {
-    let timeout =
-        Duration::from_secs(crate::config::parse_duration(&cfg.header_timeout).unwrap_or(30));
-    let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(timeout)
-        .max_buf_size(cfg.max_header_bytes.max(8192))
-        .max_headers(cfg.max_headers);
-    b.http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(cfg.max_header_bytes as u32)
-        .keep_alive_interval(Some(Duration::from_secs(30)))
-        .keep_alive_timeout(Duration::from_secs(20));
-    b
-}
-
-/// A listening socket with SO_REUSEPORT, so each worker thread accepts on its own.
-pub fn reuseport_listener(addr: &str) -> anyhow::Result<TcpListener> {
-    use anyhow::Context as _;
-    let addr: SocketAddr = addr
-        .parse()
-        .with_context(|| format!("listen address {addr:?}"))?;
-    let socket = if addr.is_ipv4() {
-        tokio::net::TcpSocket::new_v4()?
-    } else {
-        tokio::net::TcpSocket::new_v6()?
-    };
-    socket.set_reuseaddr(true)?;
-    socket.set_reuseport(true)?;
-    socket.set_nodelay(true)?;
-    socket
-        .bind(addr)
-        .with_context(|| format!("binding {addr}"))?;
-    Ok(socket.listen(1024)?)
-}
-
-/// Runs the checker's listeners on `workers` threads, each with its own single-threaded
-/// runtime and SO_REUSEPORT sockets (the kernel spreads connections), until `shutdown`
-/// flips. Binding happens before this returns, so address errors surface at start-up.
-pub fn spawn_workers(
-    workers: usize,
-    https: Option<(String, Arc<Tls>)>,
-    http: Option<String>,
-    proxy: &Arc<Proxy>,
-    shutdown: &watch::Receiver<bool>,
-) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let mut handles = Vec::new();
-    for i in 0..workers.max(1) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
-        let (tls_l, http_l) = {
-            let _guard = rt.enter();
-            let t = https
-                .as_ref()
-                .map(|(a, tls)| reuseport_listener(a).map(|l| (l, tls.clone())))
-                .transpose()?;
-            let h = http.as_deref().map(reuseport_listener).transpose()?;
-            (t, h)
-        };
-        let proxy = proxy.clone();
-        let shutdown = shutdown.clone();
-        handles.push(
-            std::thread::Builder::new()
-                .name(format!("checker-{i}"))
-                .spawn(move || {
-                    rt.block_on(async move {
-                        let worker = proxy.worker();
-                        let mut tasks = Vec::new();
-                        if let Some((l, tls)) = tls_l {
-                            tasks.push(tokio::spawn(serve(
-                                l,
-                                Some(tls),
-                                worker.clone(),
-                                shutdown.clone(),
-                            )));
-                        }
-                        if let Some(l) = http_l {
-                            tasks.push(tokio::spawn(serve(
-                                l,
-                                None,
-                                worker.clone(),
-                                shutdown.clone(),
-                            )));
-                        }
-                        for t in tasks {
-                            let _ = t.await;
-                        }
-                    });
-                })?,
-        );
-    }
-    Ok(handles)
-}
-
-/// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
-pub async fn serve(
-    listener: TcpListener,
-    tls: Option<Arc<Tls>>,
-    proxy: Arc<Proxy>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let builder = Arc::new(builder(&proxy.cfg));
-    loop {
-        let (stream, peer) = tokio::select! {
-            a = listener.accept() => match a {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!("checker accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => return,
-        };
-        let _ = stream.set_nodelay(true);
-        let proxy = proxy.clone();
-        let builder = builder.clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let is_tls = tls.is_some();
-            let svc =
-                hyper::service::service_fn(move |req| proxy.clone().handle(req, peer, is_tls));
-            let result = match tls {
-                Some(tls) => {
-                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
-                    match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
-                        .await
-                    {
-                        Ok(Ok(s)) => builder.serve_connection(TokioIo::new(s), svc).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(%peer, "TLS handshake failed: {e}");
-                            return;
-                        }
-                        Err(_) => {
-                            tracing::debug!(%peer, "TLS handshake timed out");
-                            return;
-                        }
-                    }
-                }
-                None => builder.serve_connection(TokioIo::new(stream), svc).await,
-            };
-            if let Err(e) = result {
-                tracing::debug!(%peer, "connection ended: {e}");
-            }
-        });
-    }
 }
 
 /// How a client's request body failed while it was being forwarded.

@@ -63,7 +63,11 @@ pub async fn serve(
                         }
                     });
                 }
-                Err(e) => tracing::warn!("control socket accept failed: {e}"),
+                Err(e) => {
+                    // EMFILE: back off instead of spinning; the connections will close.
+                    tracing::warn!("control socket accept failed: {e} (backing off)");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                }
             },
             _ = shutdown.changed() => break,
         }

@@ -1,0 +1,395 @@
+//! The checker's listeners: sockets, which connections are admitted, and how long a
+//! connection may hold a slot without doing anything.
+//!
+//! One client must not be able to exhaust the process's file descriptors or the server's
+//! patience: a connection that sends no first byte (or no TLS handshake) within
+//! `header_timeout` is closed; HTTP/1 keep-alive connections are closed after the same time
+//! without a new request head (hyper's header timeout); HTTP/2 connections with no request in
+//! flight for `idle_timeout` get a GOAWAY. At most `max_connections` are open at once, and at
+//! most `max_connections_per_client` from one address (IPv6 clients by /64; trusted proxies
+//! count only against the total). Accept errors (EMFILE) back off instead of spinning.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use super::CheckerConfig;
+use super::proxy::Proxy;
+use super::tls::Tls;
+use crate::cidr::Cidr;
+
+/// Open connections, in total and per client; a [`Ticket`] holds one slot.
+pub struct Admission {
+    total: AtomicUsize,
+    per_client: Mutex<HashMap<IpAddr, u32>>,
+    max_total: usize,
+    max_per_client: u32,
+    exempt: Vec<Cidr>,
+    /// Connections refused at the door since start.
+    pub refused: AtomicU64,
+}
+
+/// One admitted connection's slot, given back on drop.
+pub struct Ticket {
+    admission: Arc<Admission>,
+    client: Option<IpAddr>,
+}
+
+/// The key a client's connections are counted under: the address, IPv6 by /64.
+fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
+impl Admission {
+    /// Limits from the checker's configuration; `exempt` (trusted proxies) count only
+    /// against the total.
+    pub fn new(cfg: &CheckerConfig, exempt: Vec<Cidr>) -> Arc<Self> {
+        Arc::new(Self {
+            total: AtomicUsize::new(0),
+            per_client: Mutex::new(HashMap::new()),
+            max_total: cfg.max_connections.max(1),
+            max_per_client: cfg.max_connections_per_client.max(1),
+            exempt,
+            refused: AtomicU64::new(0),
+        })
+    }
+
+    /// A slot for a connection from `peer`, or `None` when a limit is reached.
+    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        let peer = peer.to_canonical();
+        let client = (!self.exempt.iter().any(|c| c.contains(peer))).then(|| client_key(peer));
+        if let Some(key) = client {
+            let mut m = self
+                .per_client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            let n = m.entry(key).or_insert(0);
+            if *n >= self.max_per_client {
+                drop(m);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                self.refused.fetch_add(1, Ordering::Relaxed);
+                return None;
+            }
+            *n += 1;
+        }
+        Some(Ticket {
+            admission: self.clone(),
+            client,
+        })
+    }
+
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if let Some(key) = self.client {
+            let mut m = self
+                .admission
+                .per_client
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some(n) = m.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    m.remove(&key);
+                }
+            }
+        }
+        self.admission.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// When a connection last started or finished a request, and how many are in flight: an
+/// HTTP/2 connection with nothing in flight for the idle limit is asked to go away.
+#[derive(Default)]
+struct Activity {
+    in_flight: AtomicUsize,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn touch(&self, since: Instant) {
+        self.last_ms
+            .store(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The connection's timing limits.
+#[derive(Clone, Copy)]
+struct Limits {
+    /// First byte / TLS handshake / request head.
+    head: Duration,
+    /// HTTP/2 with nothing in flight.
+    idle: Duration,
+}
+
+fn limits(cfg: &CheckerConfig) -> Limits {
+    let secs = |t: &str, d| crate::config::parse_duration(t).unwrap_or(d);
+    Limits {
+        head: Duration::from_secs(secs(&cfg.header_timeout, 30).max(1)),
+        idle: Duration::from_secs(secs(&cfg.idle_timeout, 60).max(1)),
+    }
+}
+
+/// A listening socket with SO_REUSEPORT, so each worker thread accepts on its own.
+pub fn reuseport_listener(addr: &str) -> anyhow::Result<TcpListener> {
+    use anyhow::Context as _;
+    let addr: SocketAddr = addr
+        .parse()
+        .with_context(|| format!("listen address {addr:?}"))?;
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_reuseport(true)?;
+    socket.set_nodelay(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    Ok(socket.listen(1024)?)
+}
+
+/// Runs the checker's listeners on `workers` threads, each with its own single-threaded
+/// runtime and SO_REUSEPORT sockets (the kernel spreads connections), until `shutdown`
+/// flips. Binding happens before this returns, so address errors surface at start-up.
+pub fn spawn_workers(
+    workers: usize,
+    https: Option<(String, Arc<Tls>)>,
+    http: Option<String>,
+    proxy: &Arc<Proxy>,
+    shutdown: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let admission = Admission::new(proxy.config(), proxy.config().trusted_proxies());
+    let mut handles = Vec::new();
+    for i in 0..workers.max(1) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tls_l, http_l) = {
+            let _guard = rt.enter();
+            let t = https
+                .as_ref()
+                .map(|(a, tls)| reuseport_listener(a).map(|l| (l, tls.clone())))
+                .transpose()?;
+            let h = http.as_deref().map(reuseport_listener).transpose()?;
+            (t, h)
+        };
+        let proxy = proxy.clone();
+        let shutdown = shutdown.clone();
+        let admission = admission.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("checker-{i}"))
+                .spawn(move || {
+                    rt.block_on(async move {
+                        let worker = proxy.worker();
+                        let mut tasks = Vec::new();
+                        for (l, tls) in
+                            [tls_l.map(|(l, t)| (l, Some(t))), http_l.map(|l| (l, None))]
+                                .into_iter()
+                                .flatten()
+                        {
+                            tasks.push(tokio::spawn(serve(
+                                l,
+                                tls,
+                                worker.clone(),
+                                admission.clone(),
+                                shutdown.clone(),
+                            )));
+                        }
+                        for t in tasks {
+                            let _ = t.await;
+                        }
+                    });
+                })?,
+        );
+    }
+    Ok(handles)
+}
+
+/// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Option<Arc<Tls>>,
+    proxy: Arc<Proxy>,
+    admission: Arc<Admission>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let limits = limits(proxy.config());
+    let mut last_warning: Option<Instant> = None;
+    loop {
+        let (stream, peer) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: wait for connections to close instead of spinning,
+                    // and say so once a second at most.
+                    if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                        tracing::warn!("checker accept failed: {e} (backing off)");
+                        last_warning = Some(Instant::now());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let Some(ticket) = admission.admit(peer.ip()) else {
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let proxy = proxy.clone();
+        let tls = tls.clone();
+        tokio::spawn(async move {
+            let _ticket = ticket;
+            connection(stream, peer, tls, proxy, limits).await;
+        });
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<Tls>>,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+) {
+    match tls {
+        Some(tls) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let s = match tokio::time::timeout(limits.head, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            };
+            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+            http(TokioIo::new(s), h2, peer, true, proxy, limits).await;
+        }
+        None => {
+            // Nothing sent within the head limit: the slot goes back.
+            let mut first = [0u8; 24];
+            let n = match tokio::time::timeout(limits.head, stream.peek(&mut first)).await {
+                Ok(Ok(n)) if n > 0 => n,
+                _ => return,
+            };
+            let h2 = H2_PREFACE.starts_with(&first[..n]) && n >= 3;
+            http(TokioIo::new(stream), h2, peer, false, proxy, limits).await;
+        }
+    }
+}
+
+async fn http<I>(io: I, h2: bool, peer: SocketAddr, tls: bool, proxy: Arc<Proxy>, limits: Limits)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let cfg = proxy.config().clone();
+    let born = Instant::now();
+    let activity = Arc::new(Activity::default());
+    let seen = activity.clone();
+    let svc = hyper::service::service_fn(move |req| {
+        let (proxy, seen) = (proxy.clone(), seen.clone());
+        async move {
+            seen.in_flight.fetch_add(1, Ordering::Relaxed);
+            seen.touch(born);
+            let r = proxy.handle(req, peer, tls).await;
+            seen.in_flight.fetch_sub(1, Ordering::Relaxed);
+            seen.touch(born);
+            r
+        }
+    });
+    let result = if h2 {
+        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .max_header_list_size(cfg.max_header_bytes as u32)
+            .max_concurrent_streams(100)
+            .keep_alive_interval(Some(Duration::from_secs(30)))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let mut going_away: Option<Instant> = None;
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                    if let Some(since) = going_away {
+                        // A client that ignores the GOAWAY loses the connection anyway.
+                        if since.elapsed() >= limits.head {
+                            break Ok(());
+                        }
+                        continue;
+                    }
+                    let idle_for = born.elapsed().saturating_sub(Duration::from_millis(activity.last_ms.load(Ordering::Relaxed)));
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= limits.idle {
+                        conn.as_mut().graceful_shutdown();
+                        going_away = Some(Instant::now());
+                    }
+                }
+            }
+        }
+    } else {
+        hyper::server::conn::http1::Builder::new()
+            .timer(TokioTimer::new())
+            .header_read_timeout(limits.head)
+            .max_buf_size(cfg.max_header_bytes.max(8192))
+            .max_headers(cfg.max_headers)
+            .serve_connection(io, svc)
+            .await
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, "connection ended: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_caps_total_and_per_client_and_gives_slots_back() {
+        let cfg = CheckerConfig {
+            max_connections: 5,
+            max_connections_per_client: 2,
+            ..CheckerConfig::default()
+        };
+        let proxy: Cidr = "198.18.0.1/32".parse().expect("cidr");
+        let a = Admission::new(&cfg, vec![proxy]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let t1 = a.admit(ip("198.18.5.5")).expect("first");
+        let _t2 = a.admit(ip("198.18.5.5")).expect("second");
+        assert!(a.admit(ip("198.18.5.5")).is_none(), "third from one client");
+        // IPv6 clients count per /64.
+        let _v1 = a.admit(ip("2001:db8::1")).expect("v6");
+        let _v2 = a.admit(ip("2001:db8::2")).expect("v6 same /64");
+        assert!(a.admit(ip("2001:db8::3")).is_none(), "third from one /64");
+        // The trusted proxy counts only against the total (5).
+        let _p = a.admit(ip("198.18.0.1")).expect("proxy");
+        assert!(a.admit(ip("198.18.0.1")).is_none(), "total reached");
+        drop(t1);
+        assert!(a.admit(ip("198.18.5.5")).is_some(), "slot given back");
+        assert_eq!(a.refused.load(Ordering::Relaxed), 3);
+    }
+}

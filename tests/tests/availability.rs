@@ -1,0 +1,158 @@
+//! One client must not take the service down: 2 000 idle connections (plain and TLS, none
+//! sending a byte) leave a normal request served and the control API answering; the idle
+//! ones are closed after the head limit; an idle HTTP/2 connection gets a GOAWAY.
+
+use std::io::{Read as _, Write as _};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::os::fd::FromRawFd as _;
+use std::time::{Duration, Instant};
+
+use portcullis_tests::agent::ok;
+use portcullis_tests::checker_setup::{setup_with, write_api};
+use portcullis_tests::privileged;
+
+/// A TCP connection from `src` (a loopback address other than the trusted proxy's).
+fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream> {
+    let SocketAddr::V4(dst) = dst else {
+        return Err(std::io::Error::other("IPv4 only"));
+    };
+    let sa = |ip: Ipv4Addr, port: u16| libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: port.to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from(ip).to_be(),
+        },
+        sin_zero: [0; 8],
+    };
+    let len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: plain socket calls with valid, initialised sockaddr_in values; the fd is owned
+    // by the TcpStream on success and closed on failure.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let stream = TcpStream::from_raw_fd(fd);
+        let local = sa(src, 0);
+        if libc::bind(fd, (&raw const local).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        let remote = sa(*dst.ip(), dst.port());
+        if libc::connect(fd, (&raw const remote).cast(), len) != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(stream)
+    }
+}
+
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer, then a valid pointer to the limit read.
+    unsafe {
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
+        l.rlim_cur = l.rlim_max;
+        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+    }
+}
+
+#[test]
+fn idle_connections_do_not_take_the_service_down() {
+    if !privileged("idle_connections_do_not_take_the_service_down") {
+        return;
+    }
+    raise_nofile();
+    let s = setup_with("idle_timeout = \"3s\"\n", |apis, backend| {
+        write_api(
+            apis,
+            "shop",
+            &format!(r#"{{"url":"/shop","servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#),
+        );
+    });
+    let attacker = Ipv4Addr::new(127, 0, 0, 3);
+    let mut idle = Vec::new();
+    for port in [s.http_port, s.port] {
+        let dst = SocketAddr::from(([127, 0, 0, 1], port));
+        for _ in 0..1000 {
+            if let Ok(c) = connect_from(attacker, dst) {
+                idle.push(c);
+            }
+        }
+    }
+    assert!(
+        idle.len() > 1500,
+        "only {} idle connections opened",
+        idle.len()
+    );
+    // A normal client is served at once, and the operator's CLI answers.
+    let t = Instant::now();
+    assert_eq!(
+        s.curl("/shop/x", &[]).0,
+        200,
+        "normal request during the flood"
+    );
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    ok(&s.agent.cli(&["status"]));
+    // The attacker got at most its share of slots; the rest were closed at the door, and the
+    // admitted ones are closed after the 2 s head limit: every idle connection ends.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let mut open = 0;
+    for c in &mut idle {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(10));
+        c.set_read_timeout(Some(left)).expect("timeout");
+        let mut b = [0u8; 16];
+        if matches!(c.read(&mut b), Err(ref e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut)
+        {
+            open += 1;
+        }
+    }
+    assert_eq!(
+        open, 0,
+        "{open} idle connections still open after the head limit"
+    );
+    drop(idle);
+    assert_eq!(s.curl("/shop/x", &[]).0, 200, "served after the flood");
+
+    // HTTP/2 with prior knowledge, then silence: a GOAWAY after the idle limit (3 s).
+    let mut h2 = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("preface");
+    h2.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut goaway_at = None;
+    let mut buf = [0u8; 4096];
+    // Frames as they come: when the GOAWAY arrives, and that the connection then ends
+    // (this client never answers the server's PING, so the server closes it itself).
+    while let Ok(n) = h2.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if got[at + 3] == 7 && goaway_at.is_none() {
+                goaway_at = Some(t.elapsed());
+            }
+            at += 9 + len;
+        }
+    }
+    let ended = t.elapsed();
+    let goaway = goaway_at.expect("a GOAWAY frame");
+    assert!(
+        goaway >= Duration::from_secs(2) && goaway < Duration::from_secs(6),
+        "GOAWAY after {goaway:?} (idle limit 3 s)"
+    );
+    assert!(
+        ended < Duration::from_secs(10),
+        "connection ended after {ended:?}"
+    );
+}
