@@ -311,12 +311,19 @@ impl Service {
         if force {
             return Ok(());
         }
+        let min = match cidr {
+            Cidr::V4 { .. } => self.config.min_deny_prefix_v4,
+            Cidr::V6 { .. } => self.config.min_deny_prefix_v6,
+        };
         if list == List::Allow {
-            if cidr.len() == 0 {
+            // An allow of a huge range (or two halves of everything) turns enforcement off.
+            if cidr.len() < min {
                 return Err(ServiceError::WorldBlocking {
                     list,
                     cidr,
-                    what: "every address, which turns enforcement off,".into(),
+                    what: format!(
+                        "more than a /{min} (min_deny_prefix), which turns enforcement off there,"
+                    ),
                 });
             }
             return Ok(());
@@ -328,10 +335,6 @@ impl Service {
                 what: "every address".into(),
             });
         }
-        let min = match cidr {
-            Cidr::V4 { .. } => self.config.min_deny_prefix_v4,
-            Cidr::V6 { .. } => self.config.min_deny_prefix_v6,
-        };
         if cidr.len() < min {
             return Err(ServiceError::WorldBlocking {
                 list,
@@ -344,6 +347,20 @@ impl Service {
                 list,
                 cidr,
                 what: format!("this host's own address {a}"),
+            });
+        }
+        // The proxies in front of the checker speak for many clients.
+        if let Some(p) = self
+            .config
+            .checker
+            .trusted_proxies()
+            .iter()
+            .find(|p| p.covers(&cidr) || cidr.covers(p))
+        {
+            return Err(ServiceError::WorldBlocking {
+                list,
+                cidr,
+                what: format!("trusted proxy {p}, and every client behind it"),
             });
         }
         if let Some(m) = self

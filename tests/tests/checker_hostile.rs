@@ -39,6 +39,22 @@ fn checker_rows(s: &Setup) -> String {
         .cli(&["deny", "list", "--source", "checker", "--json"]))
 }
 
+/// Status of a raw request sent from `src` (a loopback address that is not a trusted proxy).
+fn raw_from(s: &Setup, src: std::net::Ipv4Addr, request: &[u8]) -> u16 {
+    use std::io::{Read as _, Write as _};
+    let mut c = http::connect_from(src, plain(s)).expect("connect");
+    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    c.write_all(request).expect("write");
+    let mut out = Vec::new();
+    let _ = c.read_to_end(&mut out);
+    String::from_utf8_lossy(&out)
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
 fn hostile_setup() -> Setup {
     setup(|apis, backend| {
         write_api(
@@ -46,6 +62,7 @@ fn hostile_setup() -> Setup {
             "shop",
             &format!(
                 r#"{{"url":"/shop","cookie":"JSESSIONID","oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key",
+                    "username_header":"X-User","jwt":{{"location":"h:authorization:bearer","username":"sub"}},
                     "api_pattern_enforcement":{{"methods_allowed":["GET","POST"],"error_code":401}},
                     "decoy_config":{{"decoy_enabled":true,"response_code":200,"response_message":"decoy\n","decoy_subpaths":["admin"]}},
                     "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
@@ -350,5 +367,149 @@ fn anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off() {
     assert_eq!(
         get(&s, "/shop/x", &[("X-Forwarded-For", "198.18.94.1")]).0,
         403
+    );
+}
+
+/// Found by the attacker review of the first round: each of these still got through.
+#[test]
+fn second_round_bypasses_are_closed() {
+    if !privileged("second_round_bypasses_are_closed") {
+        return;
+    }
+    let s = hostile_setup();
+    ok(&s.agent.cli(&["allow", "add", "username", "alice"]));
+    ok(&s.agent.cli(&["deny", "add", "token", "DENIED-T"]));
+    ok(&s.agent.cli(&["deny", "add", "ip", "198.18.95.1"]));
+    ok(&s
+        .agent
+        .cli(&["deny", "add", "api-key", "X-API-Key", "DENIED-K"]));
+    ok(&s.agent.cli(&["deny", "add", "username", "mallory"]));
+    // A username is written by the client (a header, or an unsigned JWT claim): it never
+    // exempts, though a denied one still blocks.
+    use base64::Engine as _;
+    let claim = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"alice"}"#);
+    let forged = format!("Bearer eyJhbGciOiJub25lIn0.{claim}.");
+    assert_eq!(
+        get(
+            &s,
+            "/shop/x?access_token=DENIED-T",
+            &[("Authorization", &forged)]
+        )
+        .0,
+        403,
+        "a forged allow-listed JWT user"
+    );
+    let attacker = std::net::Ipv4Addr::new(127, 0, 0, 3);
+    assert_eq!(
+        raw_from(&s, attacker, b"GET /shop/x?access_token=DENIED-T HTTP/1.1\r\nHost: t\r\nX-User: alice\r\nConnection: close\r\n\r\n"),
+        403,
+        "a client's own allow-listed username header"
+    );
+    // From the gateway (a trusted proxy: this test's own connections), it vouches.
+    assert_eq!(
+        get(&s, "/shop/x?access_token=DENIED-T", &[("X-User", "alice")]).0,
+        200,
+        "the gateway's username header"
+    );
+    assert_eq!(
+        get(&s, "/shop/x", &[("X_User", "mallory")]).0,
+        403,
+        "X_User is X-User to CGI"
+    );
+    // Tab after the scheme; underscore spelling of the key's header.
+    assert_eq!(
+        get(&s, "/shop/x", &[("Authorization", "Bearer\tDENIED-T")]).0,
+        403
+    );
+    assert_eq!(get(&s, "/shop/x", &[("X_API_Key", "DENIED-K")]).0, 403);
+    // A parameter-only segment before `..` no longer splits the checker's view from the
+    // server's.
+    let (code, body) = get(
+        &s,
+        "/shop/admin/;x/..",
+        &[("X-Forwarded-For", "198.18.96.1")],
+    );
+    assert_eq!((code, body.as_str()), (200, "decoy\n"));
+    // X-Forwarded-For: a bad byte or a port in the client's part hides nothing; an unreadable
+    // client hop is refused, not blamed on the proxy (which is exempt from everything).
+    assert_eq!(
+        raw(&s, b"GET /shop/x HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: \x80, 198.18.95.1\r\nConnection: close\r\n\r\n"),
+        403
+    );
+    assert_eq!(
+        get(&s, "/shop/x", &[("X-Forwarded-For", "198.18.95.1:4242")]).0,
+        403
+    );
+    assert_eq!(get(&s, "/shop/x", &[("X-Forwarded-For", "unknown")]).0, 400);
+    // `_method` in the query is a method override too.
+    assert_eq!(
+        raw(&s, b"POST /shop/x?_method=DELETE HTTP/1.1\r\nHost: t\r\nX-Forwarded-For: 198.18.96.2\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        401
+    );
+    // A client that is not a proxy cannot tell the server who it is.
+    assert_eq!(
+        raw_from(&s, attacker, b"GET /shop/who HTTP/1.1\r\nHost: t\r\nForwarded: for=198.18.90.1\r\nX-Real-IP: 198.18.90.1\r\nX-Forwarded-For: 198.18.90.1\r\nConnection: close\r\n\r\n"),
+        200
+    );
+    let head = s.backend.last().expect("forwarded").to_ascii_lowercase();
+    assert!(head.contains("x-forwarded-for: 127.0.0.3\r\n"), "{head}");
+    assert!(!head.contains("198.18.90.1"), "{head}");
+    // An allow of half the Internet turns enforcement off there: --force only.
+    let e = portcullis_tests::agent::err(&s.agent.cli(&["allow", "add", "ip", "0.0.0.0/1"]));
+    assert!(e.contains("turns enforcement off"), "{e}");
+}
+
+/// Content types: a body with no type, two types, and the empty type are not allowed types.
+#[test]
+fn content_type_rules_hold_for_every_body() {
+    if !privileged("content_type_rules_hold_for_every_body") {
+        return;
+    }
+    let s = setup(|apis, backend| {
+        write_api(
+            apis,
+            "json",
+            &format!(
+                r#"{{"url":"/json","api_pattern_enforcement":{{"content_type_allowed":"application/json,","error_code":415}},
+                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
+    });
+    let post = |extra: &str, body: &str| {
+        raw(
+            &s,
+            format!("POST /json/x HTTP/1.1\r\nHost: t\r\n{extra}Connection: close\r\n\r\n{body}")
+                .as_bytes(),
+        )
+    };
+    assert_eq!(
+        post(
+            "Content-Type: application/json\r\nContent-Length: 2\r\n",
+            "{}"
+        ),
+        200
+    );
+    assert_eq!(
+        post("Content-Length: 0\r\n", ""),
+        200,
+        "an empty POST needs no type"
+    );
+    assert_eq!(
+        post("Transfer-Encoding: chunked\r\n", "2\r\n{}\r\n0\r\n\r\n"),
+        415,
+        "chunked, no type"
+    );
+    assert_eq!(
+        post(
+            "Content-Type: application/json\r\nContent-Type: text/xml\r\nContent-Length: 2\r\n",
+            "{}"
+        ),
+        415,
+        "two types"
+    );
+    assert_eq!(
+        post("Content-Type: ;x\r\nContent-Length: 2\r\n", "{}"),
+        415,
+        "the empty type"
     );
 }

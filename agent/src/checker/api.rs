@@ -391,11 +391,8 @@ pub fn under(path: &str, prefix: &str) -> bool {
 }
 
 /// The API for `host` and `path`: hostname match (or `*`), then the longest `url` prefix.
+/// `host` is in `target::normalize_host` form (no port: an IPv6 literal keeps its colons).
 pub fn route<'a>(apis: &'a BTreeMap<String, Api>, host: &str, path: &str) -> Option<&'a Api> {
-    let host = host
-        .rsplit_once(':')
-        .filter(|(_, p)| p.bytes().all(|b| b.is_ascii_digit()))
-        .map_or(host, |(h, _)| h);
     apis.values()
         .filter(|a| a.meta.hostname == "*" || a.meta.hostname.eq_ignore_ascii_case(host))
         .filter(|a| under(path, &a.meta.url))
@@ -467,8 +464,10 @@ mod tests {
         let r = |h: &str, p: &str| route(&apis, h, p).map(|a| a.name.clone());
         assert_eq!(r("x", "/shop/cart/1"), Some("cart".into()));
         assert_eq!(r("x", "/shopping"), Some("root".into()));
-        assert_eq!(r("x:443", "/shop"), Some("shop".into()));
-        assert_eq!(r("api.example:8443", "/shop/x"), Some("other".into()));
+        // Hosts arrive normalised (target::normalize_host): no port.
+        assert_eq!(r("x", "/shop"), Some("shop".into()));
+        assert_eq!(r("api.example", "/shop/x"), Some("other".into()));
+        assert_eq!(r("2001:db8::1", "/shop/x"), Some("shop".into()));
         assert_eq!(r("x", "/elsewhere"), Some("root".into()));
         apis.remove("root");
         assert!(route(&apis, "x", "/elsewhere").is_none());

@@ -41,6 +41,17 @@ fn headers_all<'a>(h: &'a HeaderMap, name: &str) -> impl Iterator<Item = &'a str
         .filter(|v| !v.is_empty())
 }
 
+/// [`headers_all`], also under the name with `-` spelt `_`: CGI, WSGI and Rack servers map
+/// both to the same variable.
+fn headers_any_spelling(h: &HeaderMap, name: &str) -> Vec<String> {
+    let mut out: Vec<String> = headers_all(h, name).map(str::to_owned).collect();
+    let alt = name.replace('-', "_");
+    if alt != name {
+        out.extend(headers_all(h, &alt).map(str::to_owned));
+    }
+    out
+}
+
 fn trim_ows(b: &[u8]) -> &[u8] {
     let start = b
         .iter()
@@ -54,31 +65,61 @@ fn trim_ows(b: &[u8]) -> &[u8] {
 }
 
 /// Every value of cookie `name` in the request's `Cookie` headers (RFC 6265 §5.4), in order,
-/// without duplicates.
+/// without duplicates — and, since some servers match cookie names without case (ASP.NET)
+/// or percent-decode values (Express, PHP), also those spellings: more candidates only
+/// make a deny match likelier, and (several values) an allow exemption impossible.
 pub fn cookies(h: &HeaderMap, name: &str) -> Vec<String> {
     let mut out: Vec<String> = Vec::new();
+    let mut add = |v: &str| {
+        if !v.is_empty() && !out.iter().any(|o| o == v) {
+            out.push(v.to_owned());
+        }
+    };
     for header in h.get_all(http::header::COOKIE) {
         for pair in header.as_bytes().split(|b| *b == b';') {
             let pair = trim_ows(pair);
             let Some(eq) = pair.iter().position(|b| *b == b'=') else {
                 continue;
             };
-            if trim_ows(&pair[..eq]) != name.as_bytes() {
+            if !trim_ows(&pair[..eq]).eq_ignore_ascii_case(name.as_bytes()) {
                 continue;
             }
             let mut v = trim_ows(&pair[eq + 1..]);
             if v.len() >= 2 && v[0] == b'"' && v[v.len() - 1] == b'"' {
                 v = &v[1..v.len() - 1];
             }
-            if let Ok(v) = std::str::from_utf8(v)
-                && !v.is_empty()
-                && !out.iter().any(|o| o == v)
-            {
-                out.push(v.to_owned());
+            if let Ok(v) = std::str::from_utf8(v) {
+                add(v);
+                if v.contains('%') {
+                    add(&pct_decode(v));
+                }
             }
         }
     }
     out
+}
+
+/// `%XX` escapes decoded (nothing else), as cookie libraries do.
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let hex = |c: u8| (c as char).to_digit(16);
+        if b[i] == b'%'
+            && let (Some(h), Some(l)) = (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            )
+        {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every value of query parameter `name` (names and values percent-decoded, `+` as space;
@@ -117,9 +158,9 @@ fn percent_decode(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// The bearer token of one `Authorization` value (scheme in any case).
+/// The bearer token of one `Authorization` value (scheme in any case, then spaces or tabs).
 fn bearer_of(v: &str) -> Option<&str> {
-    let (scheme, rest) = v.trim().split_once(' ')?;
+    let (scheme, rest) = v.trim().split_once([' ', '\t'])?;
     scheme
         .eq_ignore_ascii_case("bearer")
         .then(|| rest.trim())
@@ -172,43 +213,61 @@ fn jwt_token(h: &HeaderMap, query: Option<&str>, location: &str) -> Option<Strin
     }
 }
 
+/// One X-Forwarded-For hop: an address, with or without a port, brackets or an IPv6 zone.
+fn parse_hop(hop: &[u8]) -> Option<IpAddr> {
+    let hop = std::str::from_utf8(trim_ows(hop)).ok()?;
+    let bare = if let Some(rest) = hop.strip_prefix('[') {
+        rest.split(']').next()?
+    } else if hop.matches(':').count() == 1 {
+        hop.split(':').next()? // 203.0.113.7:8080
+    } else {
+        hop
+    };
+    let bare = bare.split('%').next()?; // fe80::1%eth0
+    bare.parse::<IpAddr>().ok().map(|ip| ip.to_canonical())
+}
+
 /// The client address. The socket peer, unless the peer is a trusted proxy: then the
 /// right-most X-Forwarded-For address (over every such header, in order) that is not a
-/// trusted proxy — the hops to its left are written by the client and prove nothing. A hop
-/// that is not an address ends the walk at the last trusted hop.
-pub fn client_ip(h: &HeaderMap, peer: SocketAddr, trusted: &[Cidr]) -> IpAddr {
+/// trusted proxy — the hops to its left are written by the client and prove nothing.
+/// `None` when that hop cannot be read (garbage, a non-UTF-8 byte): the request is refused
+/// rather than blamed on the proxy, which would dodge every IP entry.
+pub fn client_ip(h: &HeaderMap, peer: SocketAddr, trusted: &[Cidr]) -> Option<IpAddr> {
     let mut ip = peer.ip().to_canonical();
     let is_trusted = |a: IpAddr| trusted.iter().any(|c| c.contains(a));
     if !is_trusted(ip) {
-        return ip;
+        return Some(ip);
     }
-    let hops: Vec<&str> = h
+    let values: Vec<&[u8]> = h
         .get_all("x-forwarded-for")
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    let hops: Vec<&[u8]> = values
+        .iter()
+        .flat_map(|v| v.split(|b| *b == b','))
+        .filter(|hop| !trim_ows(hop).is_empty())
         .collect();
     for hop in hops.iter().rev() {
-        let Ok(hop) = hop.parse::<IpAddr>() else {
-            break;
-        };
-        ip = hop.to_canonical();
+        ip = parse_hop(hop)?;
         if !is_trusted(ip) {
             break;
         }
     }
-    ip
+    Some(ip)
 }
 
 /// Every identifier the API's definition locates in this request. Values that fail
-/// validation (oversized, control characters) are treated as absent.
+/// validation (oversized, control characters) are treated as absent. `from_proxy`: the peer
+/// is a trusted proxy (a gateway), so a username it put in the API's username header
+/// vouches for the client; otherwise the client wrote it, and it counts only for the deny
+/// list (as does a JWT claim, which the checker does not verify).
 pub fn identifiers(
     meta: &ApiMetadata,
     h: &HeaderMap,
     query: Option<&str>,
     ip: IpAddr,
+    from_proxy: bool,
 ) -> RequestIdents {
     let mut r = RequestIdents {
         ip: Some(ip),
@@ -229,8 +288,9 @@ pub fn identifiers(
     let mut keys: Vec<(&str, String)> = Vec::new();
     if !meta.apikey_header.is_empty() {
         keys.extend(
-            headers_all(h, &meta.apikey_header)
-                .map(|v| (meta.apikey_header.as_str(), v.to_owned())),
+            headers_any_spelling(h, &meta.apikey_header)
+                .into_iter()
+                .map(|v| (meta.apikey_header.as_str(), v)),
         );
     }
     if !meta.apikey_qs.is_empty() {
@@ -252,10 +312,9 @@ pub fn identifiers(
     let mut users: Vec<String> = if meta.username_header.is_empty() {
         Vec::new()
     } else {
-        headers_all(h, &meta.username_header)
-            .map(str::to_owned)
-            .collect()
+        headers_any_spelling(h, &meta.username_header)
     };
+    r.username_vouched = from_proxy && !users.is_empty();
     if users.is_empty()
         && let Some(jwt) = meta
             .jwt
@@ -309,10 +368,13 @@ mod tests {
         ]);
         let peer: SocketAddr = "198.18.0.2:5555".parse().expect("addr");
         let proxies: Vec<Cidr> = vec!["198.18.0.0/30".parse().expect("cidr")];
-        let ip = client_ip(&h, peer, &proxies);
+        let ip = client_ip(&h, peer, &proxies).expect("readable");
         assert_eq!(ip.to_string(), "10.0.0.1", "the right-most untrusted hop");
-        assert_eq!(client_ip(&h, peer, &[]).to_string(), "198.18.0.2");
-        let r = identifiers(&meta, &h, Some("x=1&key=k%20y"), ip);
+        assert_eq!(
+            client_ip(&h, peer, &[]).map(|i| i.to_string()),
+            Some("198.18.0.2".into())
+        );
+        let r = identifiers(&meta, &h, Some("x=1&key=k%20y"), ip, false);
         assert_eq!(r.cookies.len(), 1);
         assert_eq!(r.cookies[0].value, crate::ident::digest("s3ss"));
         assert_eq!(r.tokens.len(), 1);
@@ -323,7 +385,11 @@ mod tests {
         assert_eq!(r.usernames[0].value, "your name");
         // No Basic-auth username: any client could claim an allow-listed user with it.
         let basic = headers(&[("authorization", "Basic dXNlcjE6cGFzcw==")]);
-        assert!(identifiers(&meta, &basic, None, ip).usernames.is_empty());
+        assert!(
+            identifiers(&meta, &basic, None, ip, false)
+                .usernames
+                .is_empty()
+        );
         assert_eq!(query_params(Some("a=%zz"), "a"), ["%zz"]);
     }
 
@@ -336,7 +402,9 @@ mod tests {
         ];
         let via_proxy: SocketAddr = "198.18.0.1:1".parse().expect("addr");
         let direct: SocketAddr = "198.18.9.9:1".parse().expect("addr");
-        let ip = |h: &[(&str, &str)], peer| client_ip(&headers(h), peer, &proxies).to_string();
+        let ip = |h: &[(&str, &str)], peer| {
+            client_ip(&headers(h), peer, &proxies).map_or("unreadable".into(), |i| i.to_string())
+        };
         // The client forges an allow-listed address on the left: ignored.
         assert_eq!(
             ip(&[("x-forwarded-for", "203.0.113.1, 198.18.5.5")], via_proxy),
@@ -358,11 +426,30 @@ mod tests {
             ip(&[("x-forwarded-for", "203.0.113.1")], direct),
             "198.18.9.9"
         );
-        // Garbage ends the walk at the last trusted hop; nothing unparsed is believed.
+        // Garbage where the client's hop should be: refused, never blamed on the proxy.
         assert_eq!(
             ip(&[("x-forwarded-for", "198.18.5.5, junk")], via_proxy),
-            "198.18.0.1"
+            "unreadable"
         );
+        let mut h = HeaderMap::new();
+        h.append(
+            "x-forwarded-for",
+            http::HeaderValue::from_bytes(b"\x80, 198.18.5.6").expect("value"),
+        );
+        assert_eq!(
+            client_ip(&h, via_proxy, &proxies).map(|i| i.to_string()),
+            Some("198.18.5.6".into()),
+            "a bad byte in the client's part hides nothing"
+        );
+        // Ports, brackets and zones are read as servers read them.
+        for (hop, want) in [
+            ("198.18.5.5:8080", "198.18.5.5"),
+            ("[2001:db9::1]:443", "2001:db9::1"),
+            ("[2001:db9::1]", "2001:db9::1"),
+            ("fe80::1%eth0", "fe80::1"),
+        ] {
+            assert_eq!(ip(&[("x-forwarded-for", hop)], via_proxy), want, "{hop}");
+        }
         assert_eq!(
             ip(&[("x-forwarded-for", "::ffff:198.18.5.5")], via_proxy),
             "198.18.5.5"
@@ -417,9 +504,11 @@ mod tests {
             http::HeaderValue::from_bytes(b"x=\xff; JSESSIONID=DENIED").expect("value"),
         );
         assert_eq!(cookies(&h, "JSESSIONID"), ["DENIED"]);
+        // Some servers match names without case, some decode values: those spellings count.
+        assert_eq!(cookie(&[("cookie", "jsessionid=DENIED")]), ["DENIED"]);
         assert!(
-            cookie(&[("cookie", "jsessionid=DENIED")]).is_empty(),
-            "names are exact"
+            cookie(&[("cookie", "JSESSIONID=%44ENIED")]).contains(&"DENIED".to_string()),
+            "percent-encoded value"
         );
 
         // Tokens: any scheme case, every header, RFC 6750's query parameter.
@@ -429,24 +518,25 @@ mod tests {
         .expect("meta");
         let ip: IpAddr = "198.18.0.1".parse().expect("ip");
         let h = headers(&[("authorization", "bEaReR  DENIED ")]);
-        let r = identifiers(&meta, &h, None, ip);
+        let r = identifiers(&meta, &h, None, ip, false);
         assert_eq!(r.tokens[0].value, d("DENIED"));
         let h = headers(&[
             ("authorization", "Bearer ok"),
             ("authorization", "Bearer DENIED"),
         ]);
-        assert_eq!(identifiers(&meta, &h, None, ip).tokens.len(), 2);
+        assert_eq!(identifiers(&meta, &h, None, ip, false).tokens.len(), 2);
         let r = identifiers(
             &meta,
             &HeaderMap::new(),
             Some("a=1&access_token=DENIED"),
             ip,
+            false,
         );
         assert_eq!(r.tokens[0].value, d("DENIED"));
 
         // API keys: header any case and every duplicate; query names decoded, any case.
         let h = headers(&[("x-api-key", "ok"), ("X-Api-Key", "DENIED")]);
-        let r = identifiers(&meta, &h, None, ip);
+        let r = identifiers(&meta, &h, None, ip, false);
         assert!(
             r.api_keys
                 .iter()
@@ -457,7 +547,7 @@ mod tests {
             "API_KEY=DENIED",
             "api_key=ok&api_key=DENIED",
         ] {
-            let r = identifiers(&meta, &HeaderMap::new(), Some(q), ip);
+            let r = identifiers(&meta, &HeaderMap::new(), Some(q), ip, false);
             assert!(
                 r.api_keys.iter().any(|(_, any)| any.value == d("DENIED")),
                 "{q}"

@@ -229,11 +229,15 @@ pub struct RequestIdents {
     pub api_keys: Vec<(Identifier, Identifier)>,
     /// Usernames.
     pub usernames: Vec<Identifier>,
+    /// The username came from a trusted proxy's header (a gateway), so it may vouch.
+    pub username_vouched: bool,
 }
 
 impl RequestIdents {
-    /// The non-IP identifiers present, with whether their kind is ambiguous (the request
-    /// carries several values of it, so an allow entry for one of them proves nothing).
+    /// The non-IP identifiers present, each with whether it counts for the deny list only:
+    /// its kind has several values in this request (an allow entry for one of them proves
+    /// nothing), or it is a username the client itself wrote (its own header, or an
+    /// unverified JWT claim) rather than a trusted gateway.
     pub fn idents(&self) -> impl Iterator<Item = (&Identifier, bool)> {
         let many = |n: usize| n > 1;
         let keys = self
@@ -253,7 +257,7 @@ impl RequestIdents {
             .chain(
                 self.usernames
                     .iter()
-                    .map(move |u| (u, many(self.usernames.len()))),
+                    .map(move |u| (u, !self.username_vouched || many(self.usernames.len()))),
             )
     }
 
@@ -265,7 +269,7 @@ impl RequestIdents {
 
     /// Whether an identifier of this request is on `list`; `keys` from
     /// [`RequestIdents::keys`]. Any occurrence on the deny list counts; on the allow list,
-    /// only identifiers whose kind the request does not carry twice with different values.
+    /// only identifiers that are not deny-only (see [`RequestIdents::idents`]).
     pub fn listed(
         &self,
         lists: &L7Lists,
@@ -281,7 +285,7 @@ impl RequestIdents {
         }
         self.idents()
             .zip(keys)
-            .filter(|((_, ambiguous), _)| list == List::Deny || !ambiguous)
+            .filter(|((_, deny_only), _)| list == List::Deny || !deny_only)
             .find(|(_, k)| lists.has_key(list, **k, api, now))
             .map(|((i, _), _)| i.to_string())
     }

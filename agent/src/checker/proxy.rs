@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request, Response, StatusCode, Version, header};
+use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
@@ -169,8 +169,15 @@ impl Proxy {
             return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
         };
         let now = unix_now();
-        let ip = extract::client_ip(req.headers(), peer, &self.trusted);
-        let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip);
+        let Some(ip) = extract::client_ip(req.headers(), peer, &self.trusted) else {
+            self.stats.hit("bad_request");
+            return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
+        };
+        let from_proxy = self
+            .trusted
+            .iter()
+            .any(|c| c.contains(peer.ip().to_canonical()));
+        let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip, from_proxy);
         let keys = ids.keys();
         let (allowed, denied) = {
             let lists = match self.lists.read() {
@@ -393,14 +400,30 @@ impl Proxy {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
-        let xff = match parts
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) => format!("{prev}, {}", peer.ip().to_canonical()),
-            None => peer.ip().to_canonical().to_string(),
+        // What the server learns of the client comes from us: a client's own claims are
+        // passed on only when its peer is a trusted proxy (every X-Forwarded-For line,
+        // joined in order, then this hop), and dropped otherwise.
+        let peer_ip = peer.ip().to_canonical();
+        let from_proxy = self.trusted.iter().any(|c| c.contains(peer_ip));
+        let prev: Vec<String> = if from_proxy {
+            parts
+                .headers
+                .get_all("x-forwarded-for")
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect()
+        } else {
+            for h in ["forwarded", "x-real-ip"] {
+                parts.headers.remove(h);
+            }
+            Vec::new()
         };
+        let xff = prev
+            .into_iter()
+            .chain(std::iter::once(peer_ip.to_string()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        parts.headers.remove("x-forwarded-for");
         if let Ok(v) = HeaderValue::from_str(&xff) {
             parts.headers.insert("x-forwarded-for", v);
         }
@@ -517,8 +540,10 @@ fn pattern_violation(
         let overrides = METHOD_OVERRIDES
             .iter()
             .flat_map(|h| req.headers().get_all(*h))
-            .map(|v| v.to_str().unwrap_or("\u{0}"));
-        if !allowed(req.method().as_str()) || overrides.into_iter().any(|m| !allowed(m)) {
+            .map(|v| v.to_str().unwrap_or("\u{0}").to_owned())
+            // Express's method-override, Laravel, Rails and Symfony also read `_method`.
+            .chain(extract::query_params(req.uri().query(), "_method"));
+        if !allowed(req.method().as_str()) || overrides.into_iter().any(|m| !allowed(&m)) {
             return Some("invalid-method");
         }
     }
@@ -533,44 +558,38 @@ fn pattern_violation(
         }
     }
     if !p.content_type_allowed.trim().is_empty() {
-        let has_body = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v != "0")
-            || req.headers().contains_key(header::TRANSFER_ENCODING)
-            || !matches!(
-                *req.method(),
-                Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
-            );
-        let ct = req
-            .headers()
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|v| {
-                v.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            });
-        if let Some(ct) =
-            ct.filter(|_| has_body || req.headers().contains_key(header::CONTENT_TYPE))
-        {
-            if !p
-                .content_type_allowed
-                .split(',')
-                .any(|x| x.trim().eq_ignore_ascii_case(&ct))
-            {
-                return Some("invalid-content-type");
-            }
-        } else if has_body
-            && req
-                .headers()
-                .get(header::CONTENT_LENGTH)
-                .is_some_and(|v| v != "0")
-        {
+        // Whether a body follows: hyper knows (a zero length or HTTP/2 END_STREAM on the
+        // headers says no; any length, chunked coding or open stream says yes).
+        let has_body = !hyper::body::Body::is_end_stream(req.body());
+        let types: Vec<&HeaderValue> = req.headers().get_all(header::CONTENT_TYPE).iter().collect();
+        // Servers disagree on which of two Content-Types they use: refuse both.
+        if types.len() > 1 {
             return Some("invalid-content-type");
+        }
+        let ct = types.first().map(|v| {
+            v.to_str()
+                .unwrap_or("\u{0}")
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        });
+        match ct {
+            Some(ct) => {
+                let allowed = p
+                    .content_type_allowed
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|x| !x.is_empty())
+                    .any(|x| x.eq_ignore_ascii_case(&ct));
+                if !allowed {
+                    return Some("invalid-content-type");
+                }
+            }
+            // A body with no declared type is not of an allowed type.
+            None if has_body => return Some("invalid-content-type"),
+            None => {}
         }
     }
     None

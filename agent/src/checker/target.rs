@@ -62,13 +62,23 @@ fn decode(raw: &str) -> Result<String, TargetError> {
                     b'/' => return Err(TargetError::Ambiguous("encoded '/'")),
                     b'\\' => return Err(TargetError::Ambiguous("encoded backslash")),
                     0 => return Err(TargetError::Ambiguous("encoded NUL")),
+                    // `%25XX`: a server that decodes twice sees another escape.
+                    b'%' if b.get(i + 3).copied().and_then(hex).is_some()
+                        && b.get(i + 4).copied().and_then(hex).is_some() =>
+                    {
+                        return Err(TargetError::Ambiguous("double percent-encoding"));
+                    }
                     v if unreserved(v) => out.push(v as char),
                     v => out.push_str(&format!("%{v:02X}")),
                 }
                 i += 3;
             }
+            // Raw non-ASCII bytes (servers accept them): kept, percent-encoded.
+            c if c >= 0x80 => {
+                out.push_str(&format!("%{c:02X}"));
+                i += 1;
+            }
             c => {
-                // `raw` comes from a parsed URI: ASCII only.
                 out.push(c as char);
                 i += 1;
             }
@@ -84,35 +94,36 @@ pub fn normalize_path(raw: &str) -> Result<NormalPath, TargetError> {
     }
     let decoded = decode(raw)?;
     let trailing = decoded.len() > 1 && decoded.ends_with('/');
-    let mut forward: Vec<&str> = Vec::new();
-    let mut matched: Vec<&str> = Vec::new();
+    // One list of (segment, segment without parameters): `..` removes one entry from both
+    // views at once, so they cannot drift apart.
+    let mut segs: Vec<(&str, &str)> = Vec::new();
     for seg in decoded.split('/') {
         let bare = seg.split(';').next().unwrap_or("");
         match (seg, bare) {
             ("", _) | (".", _) => {}
             ("..", _) => {
-                forward.pop();
-                matched.pop();
+                segs.pop();
             }
             (_, "." | "..") => return Err(TargetError::Ambiguous("dot segment with parameters")),
-            (_, "") => forward.push(seg),
-            _ => {
-                forward.push(seg);
-                matched.push(bare);
-            }
+            _ => segs.push((seg, bare)),
         }
     }
-    let join = |segs: &[&str]| {
+    let join = |parts: Vec<&str>| {
         let mut p = String::from("/");
-        p.push_str(&segs.join("/"));
-        if trailing && !segs.is_empty() {
+        p.push_str(&parts.join("/"));
+        if trailing && !parts.is_empty() {
             p.push('/');
         }
         p
     };
     Ok(NormalPath {
-        forward: join(&forward),
-        matched: join(&matched),
+        forward: join(segs.iter().map(|(s, _)| *s).collect()),
+        matched: join(
+            segs.iter()
+                .map(|(_, b)| *b)
+                .filter(|b| !b.is_empty())
+                .collect(),
+        ),
     })
 }
 
@@ -165,6 +176,10 @@ mod tests {
             ("/", "/"),
             ("/shop/", "/shop/"),
             ("/shop/%7e", "/shop/~"),
+            // A parameter-only segment and `..` do not let the two views drift apart.
+            ("/api/decoy/;x/..", "/api/decoy"),
+            ("/admin/;/..", "/admin"),
+            ("/caf\u{e9}", "/caf%C3%A9"),
         ] {
             assert_eq!(m(raw), want, "{raw}");
         }
@@ -186,6 +201,7 @@ mod tests {
             "/shop/%4",
             "/shop/..;/admin",
             "/shop/.;x/admin",
+            "/shop/%252e%252e/admin",
             "shop",
         ] {
             assert!(normalize_path(raw).is_err(), "{raw}");
