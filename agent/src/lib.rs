@@ -13,6 +13,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod ident;
+pub mod infrastructure;
 pub mod kernel;
 pub mod metrics;
 pub mod paths;

@@ -71,6 +71,23 @@ pub fn kernel_deadline(expires: Option<i64>, now_unix: i64) -> u64 {
     }
 }
 
+/// The addresses ABS's URL names (resolved once, at start).
+fn abs_hosts(url: &str) -> Vec<IpAddr> {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return Vec::new();
+    };
+    let Some(host) = uri.host() else {
+        return Vec::new();
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(443);
+    use std::net::ToSocketAddrs as _;
+    (host, port)
+        .to_socket_addrs()
+        .map(|it| it.map(|a| a.ip().to_canonical()).collect())
+        .unwrap_or_default()
+}
+
 /// The addresses of this host's interfaces (a deny covering one needs `--force`).
 pub fn host_addresses() -> Vec<IpAddr> {
     let mut out = Vec::new();
@@ -197,6 +214,8 @@ pub struct Service {
     abs: Option<Arc<crate::abs::Abs>>,
     config: Config,
     own_addresses: Vec<IpAddr>,
+    /// Resolvers, gateways and ABS hosts: never deny-listed by an automatic source.
+    infrastructure: Vec<IpAddr>,
     attached: Vec<Attached>,
     started: Instant,
 }
@@ -206,6 +225,8 @@ impl Service {
     pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
         let mut lists = L7Lists::default();
         store.for_each(|e| lists.add(e))?;
+        let mut infrastructure = crate::infrastructure::addresses();
+        infrastructure.extend(abs_hosts(&config.abs.url));
         Ok(Self {
             store,
             filter,
@@ -214,6 +235,7 @@ impl Service {
             abs: None,
             config,
             own_addresses: host_addresses(),
+            infrastructure,
             attached: Vec::new(),
             started: Instant::now(),
         })
@@ -378,6 +400,47 @@ impl Service {
         Ok(())
     }
 
+    /// What an automatic source (ABS, detections, the fleet) may never deny-list: the
+    /// configured backends, ABS's hosts, this host's resolvers and gateways. (This host's
+    /// addresses, loopback, trusted proxies and management networks are refused for every
+    /// source by `check_safety`.)
+    fn check_automatic(&self, ident: &Identifier) -> Result<(), ServiceError> {
+        let Some(cidr) = ident.cidr() else {
+            return Ok(());
+        };
+        let backends: Vec<IpAddr> = self
+            .checker
+            .as_ref()
+            .map(|(registry, _)| {
+                registry
+                    .apis()
+                    .values()
+                    .flat_map(|a| a.meta.servers.iter())
+                    .filter_map(|s| s.host.parse::<IpAddr>().ok())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let hit = self
+            .infrastructure
+            .iter()
+            .map(|a| {
+                (
+                    a,
+                    "an address this host depends on (resolver, gateway or ABS)",
+                )
+            })
+            .chain(backends.iter().map(|a| (a, "a configured API server")))
+            .find(|(a, _)| cidr.contains(**a));
+        match hit {
+            Some((a, what)) => Err(ServiceError::WorldBlocking {
+                list: List::Deny,
+                cidr,
+                what: format!("{a}, {what}"),
+            }),
+            None => Ok(()),
+        }
+    }
+
     fn entry_from(&self, r: &AddRequest, now: i64) -> Result<Entry, ServiceError> {
         let list = r
             .list
@@ -387,6 +450,9 @@ impl Service {
             .ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
         let ident = Identifier::parse(kind, r.name.as_deref(), &r.value)?;
         self.check_safety(list, &ident, r.force)?;
+        if list == List::Deny && matches!(r.source.as_deref(), Some("abs" | "checker" | "fleet")) {
+            self.check_automatic(&ident)?;
+        }
         let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
             let v = v.clone().unwrap_or_default();
             if v.len() > 1024 || v.chars().any(char::is_control) {

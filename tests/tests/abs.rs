@@ -463,3 +463,65 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
         "the newest five, once ABS took them"
     );
 }
+
+/// ABS (an automatic source) can never deny-list what this host depends on: its resolvers,
+/// its default gateway, the API servers behind the checker. The operator can.
+#[test]
+fn abs_cannot_cut_the_host_off_its_infrastructure() {
+    if !privileged("abs_cannot_cut_the_host_off_its_infrastructure") {
+        return;
+    }
+    let mut protected: Vec<String> = portcullis::infrastructure::addresses()
+        .iter()
+        .map(|a| a.to_string())
+        .collect();
+    protected.push("198.18.99.1".into()); // the API server below
+    let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let dirs = AgentDirs::new();
+    let apis = dirs.root.join("apis");
+    std::fs::create_dir_all(&apis).expect("apis");
+    std::fs::write(
+        apis.join("shop.json"),
+        r#"{"api_metadata":{"url":"/shop","servers":[{"host":"198.18.99.1","port":8080}]}}"#,
+    )
+    .expect("api");
+    let http = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("port");
+    let config = format!(
+        "{}[checker]\nhttp = \"{http}\"\napi_dir = \"{}\"\n",
+        abs_config(&dirs, &abs.url()),
+        apis.display()
+    );
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config,
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    let listed: Vec<String> = protected
+        .iter()
+        .chain(std::iter::once(&"198.18.99.2".to_string()))
+        .map(|a| format!("\"{a}\""))
+        .collect();
+    abs.set(Answer::Json(format!(
+        r#"{{"attacklist":{{"ips":[{}]}}}}"#,
+        listed.join(",")
+    )));
+    wait_for("the ABS sync", || !abs_rows(&agent).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        abs_rows(&agent),
+        ["ip 198.18.99.2/32"],
+        "protected {protected:?} were deny-listed"
+    );
+    let status = json(&agent, &["status", "--json"]);
+    assert!(
+        status["abs"]["skipped"].as_u64().unwrap_or(0) >= protected.len() as u64,
+        "{status}"
+    );
+    // The operator still can.
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.99.1"]));
+}

@@ -19,6 +19,7 @@ pub mod extract;
 pub mod listen;
 pub mod lists;
 pub mod proxy;
+pub mod spikes;
 pub mod target;
 pub mod tls;
 

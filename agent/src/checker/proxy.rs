@@ -66,11 +66,8 @@ pub struct Proxy {
     detection_ttl: u64,
     client: Client<HttpConnector, Body>,
     /// Per-client request windows (shared by workers).
-    spikes: Arc<Mutex<SpikeWindows>>,
+    spikes: Arc<super::spikes::Spikes>,
 }
-
-/// (API, client) → (window start, requests in the window).
-type SpikeWindows = HashMap<(String, IpAddr), (Instant, u32)>;
 
 /// How long a failed server is skipped when no health check will bring it back.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
@@ -105,7 +102,7 @@ impl Proxy {
             cfg,
             detection_ttl,
             client: backend_client(),
-            spikes: Arc::new(Mutex::new(HashMap::new())),
+            spikes: Arc::default(),
         }))
     }
 
@@ -303,20 +300,7 @@ impl Proxy {
     }
 
     fn over_spike(&self, api: &str, ip: IpAddr, n: u32, per: u64) -> bool {
-        let Ok(mut m) = self.spikes.lock() else {
-            return false;
-        };
-        let now = Instant::now();
-        let window = Duration::from_secs(per);
-        if m.len() > 100_000 {
-            m.retain(|_, (start, _)| now.duration_since(*start) < window);
-        }
-        let slot = m.entry((api.to_owned(), ip)).or_insert((now, 0));
-        if now.duration_since(slot.0) >= window {
-            *slot = (now, 0);
-        }
-        slot.1 += 1;
-        slot.1 > n
+        self.spikes.over(api, ip, n, Duration::from_secs(per))
     }
 
     /// The next usable server of `api`, round robin: a server past `health_retry_count`
