@@ -62,6 +62,8 @@ pub struct AbsConfig {
     pub poll: String,
     /// PEM CA bundle to trust for HTTPS (default: none, so HTTPS needs it).
     pub ca_file: Option<PathBuf>,
+    /// Allow an `http://` URL, which sends the secret key in clear (tests, a loopback ABS).
+    pub insecure: bool,
     /// Per-request timeout.
     pub timeout: String,
     /// Largest attack list accepted, bytes.
@@ -80,6 +82,7 @@ impl Default for AbsConfig {
             secret_key_file: PathBuf::from("/etc/portcullis/abs.secret"),
             poll: "60s".into(),
             ca_file: None,
+            insecure: false,
             timeout: "10s".into(),
             max_body_bytes: 256 << 20,
             report: true,

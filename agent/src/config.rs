@@ -265,6 +265,12 @@ impl Config {
                     message: format!("{:?} is not an http(s) URL", self.abs.url),
                 });
             }
+            if self.abs.url.starts_with("http://") && !self.abs.insecure {
+                return Err(ConfigError::Invalid {
+                    field: "abs.url",
+                    message: "http:// would send the ABS secret key in clear: use https:// (with abs.ca_file for ABS's certificate), or set abs.insecure = true".into(),
+                });
+            }
             parse_duration(&self.abs.poll).map_err(|m| ConfigError::Invalid {
                 field: "abs.poll",
                 message: m,
@@ -361,5 +367,20 @@ mod tests {
         assert_eq!(ok.mode, Mode::Monitor);
         assert_eq!(ok.capacity.v4_hosts, 1000);
         ok.validate().expect("valid");
+        // ABS over plain HTTP sends the secret key in clear: only when asked for.
+        let clear: Config = toml::from_str("[abs]\nurl = \"http://abs.test\"\n").expect("parses");
+        let err = clear.validate().expect_err("http refused");
+        assert!(err.to_string().contains("abs.insecure"), "{err}");
+        let asked: Config =
+            toml::from_str("[abs]\nurl = \"http://abs.test\"\ninsecure = true\n").expect("parses");
+        asked.validate().expect("explicitly insecure");
+        // The removed trust_xff is refused with the way forward.
+        let xff: Config = toml::from_str("[checker]\ntrust_xff = true\n").expect("parses");
+        assert!(
+            xff.validate()
+                .expect_err("removed")
+                .to_string()
+                .contains("trusted_proxies")
+        );
     }
 }

@@ -78,10 +78,27 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
     raise_limits();
+    // Everything the agent creates is private by default: the database (digests of secrets,
+    // the lists), its WAL, and the control socket from the moment it exists (bind then
+    // widens it to 0660 for the group, never the other way round).
+    // SAFETY: umask(2) has no preconditions.
+    unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("making {} private", config.state_dir.display()))?;
+    }
     let store = Store::open(&config.db_path())
         .with_context(|| format!("opening {}", config.db_path().display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mut p = config.db_path().into_os_string();
+        p.push(suffix);
+        // Databases written by older versions may be world-readable.
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
     kernel::ensure_bpffs().context("mounting bpffs")?;
     let filter = Filter::load(&LoadOptions {
         pin_dir: Some(config.pin_dir.clone()),
@@ -172,9 +189,14 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let service = Arc::new(Mutex::new(service));
     let (stop_tx, stop_rx) = watch::channel(false);
     let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
+    let group = config
+        .socket_group
+        .as_deref()
+        .and_then(crate::control::server::group_id);
     let mut tasks = vec![tokio::spawn(crate::control::server::serve(
         control,
         service.clone(),
+        group,
         stop_rx.clone(),
     ))];
     if !config.metrics.is_empty() {

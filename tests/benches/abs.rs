@@ -78,7 +78,7 @@ fn main() -> anyhow::Result<()> {
     let secret = dirs.root.join("abs.secret");
     std::fs::write(&secret, "sk")?;
     let config = format!(
-        "[abs]\nurl = \"{}\"\naccess_key = \"ak\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ntimeout = \"60s\"\nmax_body_bytes = 100000000\n",
+        "[abs]\nurl = \"{}\"\naccess_key = \"ak\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\ntimeout = \"60s\"\nmax_body_bytes = 100000000\n",
         abs.url(),
         secret.display()
     );

@@ -46,7 +46,7 @@ fn abs_config(dirs: &AgentDirs, url: &str) -> String {
     let secret = dirs.root.join("abs.secret");
     std::fs::write(&secret, "s3cret-sk\n").expect("secret");
     format!(
-        "[abs]\nurl = \"{url}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ntimeout = \"2s\"\nmax_body_bytes = 1000000\n",
+        "[abs]\nurl = \"{url}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ntimeout = \"2s\"\nmax_body_bytes = 1000000\ninsecure = true\n",
         secret.display()
     )
 }

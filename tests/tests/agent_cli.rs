@@ -755,4 +755,27 @@ fn the_socket_group_owns_the_control_socket() {
     assert_eq!(meta.gid(), gid, "socket group");
     assert_eq!(meta.mode() & 0o777, 0o660, "socket mode");
     ok(&agent.cli(&["status"]));
+    // The state is private: directory 0700, database 0600.
+    let mode = |p: &std::path::Path| std::fs::metadata(p).expect("meta").mode() & 0o777;
+    assert_eq!(mode(&dirs.root), 0o700, "state directory");
+    assert_eq!(mode(&dirs.root.join("portcullis.db")), 0o600, "database");
+    // Even with the socket and its directory opened up by mistake, the agent answers only
+    // root, itself and the group's members (primary or supplementary).
+    use std::os::unix::fs::PermissionsExt as _;
+    for (p, m) in [(dirs.root.clone(), 0o755), (dirs.socket(), 0o666)] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).expect("chmod");
+    }
+    let as_user = |groups: &str| {
+        std::process::Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup", groups])
+            .arg(portcullis_bin())
+            .arg("--socket")
+            .arg(dirs.socket())
+            .arg("status")
+            .output()
+            .expect("setpriv")
+    };
+    let e = err(&as_user("--clear-groups"));
+    assert!(e.contains("not allowed"), "{e}");
+    ok(&as_user(&format!("--groups={gid}")));
 }

@@ -56,7 +56,7 @@ fn cli_detections_and_abs_at_once_leave_store_and_kernel_equal() {
     let secret = dirs.root.join("abs.secret");
     std::fs::write(&secret, "sk\n").expect("secret");
     let config = format!(
-        "[abs]\nurl = \"{}\"\naccess_key = \"ak\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\n[checker]\nhttp = \"{http_addr}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        "[abs]\nurl = \"{}\"\naccess_key = \"ak\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\n[checker]\nhttp = \"{http_addr}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
         abs.url(),
         secret.display(),
         apis.display()

@@ -38,7 +38,8 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-fn group_id(name: &str) -> Option<u32> {
+/// The id of group `name`, if it exists.
+pub fn group_id(name: &str) -> Option<u32> {
     let c = std::ffi::CString::new(name).ok()?;
     // SAFETY: valid C string; getgrnam returns a pointer to static storage or null.
     let g = unsafe { libc::getgrnam(c.as_ptr()) };
@@ -50,12 +51,18 @@ fn group_id(name: &str) -> Option<u32> {
 pub async fn serve(
     listener: UnixListener,
     service: Arc<Mutex<Service>>,
+    group: Option<u32>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => {
+                    if !peer_allowed(&stream, group) {
+                        tracing::warn!(peer = ?stream.peer_cred().ok(), "control connection refused");
+                        tokio::spawn(refuse(stream));
+                        continue;
+                    }
                     let service = service.clone();
                     tokio::spawn(async move {
                         if let Err(e) = connection(stream, service).await {
@@ -72,6 +79,51 @@ pub async fn serve(
             _ = shutdown.changed() => break,
         }
     }
+}
+
+/// Answers a refused peer's first request with the reason (reading it first, so the client
+/// sees the answer rather than a broken pipe), then hangs up.
+async fn refuse(stream: UnixStream) {
+    let (read, mut write) = stream.into_split();
+    let mut sink = Vec::new();
+    let mut limited = BufReader::new(read).take(MAX_REQUEST as u64);
+    let first = limited.read_until(b'\n', &mut sink);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), first).await;
+    let r = Response::err(
+        "not allowed: the control socket is for root, the agent's user and its group",
+    );
+    let _ = write.write_all(&answer(&r)).await;
+}
+
+/// Who may talk to the agent: root, the agent's own user, and members of the socket's group
+/// (primary or supplementary, from `/proc/PID/status`). The socket's mode already says so;
+/// this holds even if someone widens the mode.
+fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
+    let Ok(cred) = stream.peer_cred() else {
+        return false;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    if cred.uid() == 0 || cred.uid() == me {
+        return true;
+    }
+    let Some(g) = group else {
+        return false;
+    };
+    if cred.gid() == g {
+        return true;
+    }
+    let Some(pid) = cred.pid() else {
+        return false;
+    };
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Groups:"))
+                .map(|groups| groups.split_whitespace().any(|x| x.parse::<u32>() == Ok(g)))
+        })
+        .unwrap_or(false)
 }
 
 async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io::Result<()> {
