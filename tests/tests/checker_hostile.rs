@@ -15,8 +15,15 @@ fn plain(s: &Setup) -> SocketAddr {
 
 /// Status of a raw request (exact bytes on the wire: no client-side normalisation).
 fn raw(s: &Setup, request: &[u8]) -> u16 {
+    exchange(
+        std::net::TcpStream::connect(plain(s)).expect("connect"),
+        request,
+    )
+}
+
+/// Sends `request` on `c` and returns the answer's status (0: none).
+fn exchange(mut c: std::net::TcpStream, request: &[u8]) -> u16 {
     use std::io::{Read as _, Write as _};
-    let mut c = std::net::TcpStream::connect(plain(s)).expect("connect");
     c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
         .expect("timeout");
     c.write_all(request).expect("write");
@@ -41,18 +48,7 @@ fn checker_rows(s: &Setup) -> String {
 
 /// Status of a raw request sent from `src` (a loopback address that is not a trusted proxy).
 fn raw_from(s: &Setup, src: std::net::Ipv4Addr, request: &[u8]) -> u16 {
-    use std::io::{Read as _, Write as _};
-    let mut c = http::connect_from(src, plain(s)).expect("connect");
-    c.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-        .expect("timeout");
-    c.write_all(request).expect("write");
-    let mut out = Vec::new();
-    let _ = c.read_to_end(&mut out);
-    String::from_utf8_lossy(&out)
-        .split(' ')
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0)
+    exchange(http::connect_from(src, plain(s)).expect("connect"), request)
 }
 
 fn hostile_setup() -> Setup {
