@@ -265,7 +265,11 @@ impl Config {
                     message: format!("{:?} is not an http(s) URL", self.abs.url),
                 });
             }
-            if self.abs.url.starts_with("http://") && !self.abs.insecure {
+            let clear = self.abs.url.parse::<http::Uri>().is_ok_and(|u| {
+                u.scheme_str()
+                    .is_some_and(|s| s.eq_ignore_ascii_case("http"))
+            });
+            if clear && !self.abs.insecure {
                 return Err(ConfigError::Invalid {
                     field: "abs.url",
                     message: "http:// would send the ABS secret key in clear: use https:// (with abs.ca_file for ABS's certificate), or set abs.insecure = true".into(),
@@ -371,6 +375,11 @@ mod tests {
         let clear: Config = toml::from_str("[abs]\nurl = \"http://abs.test\"\n").expect("parses");
         let err = clear.validate().expect_err("http refused");
         assert!(err.to_string().contains("abs.insecure"), "{err}");
+        let shout: Config = toml::from_str("[abs]\nurl = \"HTTP://abs.test\"\n").expect("parses");
+        assert!(
+            shout.validate().is_err(),
+            "the scheme in capitals is still http"
+        );
         let asked: Config =
             toml::from_str("[abs]\nurl = \"http://abs.test\"\ninsecure = true\n").expect("parses");
         asked.validate().expect("explicitly insecure");

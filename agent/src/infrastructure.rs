@@ -24,7 +24,8 @@ pub fn gateways(route: &str, ipv6_route: &str) -> Vec<IpAddr> {
             && let Ok(g) = u32::from_str_radix(gw, 16)
             && g != 0
         {
-            out.push(IpAddr::V4(Ipv4Addr::from(g.swap_bytes())));
+            // The kernel prints the address's memory (network order) as a native integer.
+            out.push(IpAddr::V4(Ipv4Addr::from(g.to_ne_bytes())));
         }
     }
     for l in ipv6_route.lines() {

@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use http_body_util::BodyExt as _;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -41,8 +42,9 @@ pub struct Ticket {
     client: Option<IpAddr>,
 }
 
-/// The key a client's connections are counted under: the address, IPv6 by /64.
-fn client_key(ip: IpAddr) -> IpAddr {
+/// The key a client's connections (and request rate) are counted under: the address, IPv6
+/// by /64.
+pub(super) fn client_key(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
         v4 => v4,
@@ -129,6 +131,53 @@ impl Activity {
     fn touch(&self, since: Instant) {
         self.last_ms
             .store(since.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// One request in flight on a connection; counted out (and the time noted) on drop.
+struct Busy {
+    activity: Arc<Activity>,
+    born: Instant,
+}
+
+impl Busy {
+    fn new(activity: Arc<Activity>, born: Instant) -> Self {
+        activity.in_flight.fetch_add(1, Ordering::Relaxed);
+        activity.touch(born);
+        Self { activity, born }
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.activity.touch(self.born);
+    }
+}
+
+/// A response body that keeps its request counted as in flight until it is sent or dropped.
+struct BusyBody {
+    body: super::proxy::Body,
+    _busy: Busy,
+}
+
+impl hyper::body::Body for BusyBody {
+    type Data = bytes::Bytes;
+    type Error = super::proxy::BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -313,19 +362,19 @@ where
     let svc = hyper::service::service_fn(move |req| {
         let (proxy, seen) = (proxy.clone(), seen.clone());
         async move {
-            seen.in_flight.fetch_add(1, Ordering::Relaxed);
-            seen.touch(born);
+            // In flight until the response body is done or dropped — also when the client
+            // resets the stream and the handler is dropped half-way.
+            let busy = Busy::new(seen, born);
             let r = proxy.handle(req, peer, tls).await;
-            seen.in_flight.fetch_sub(1, Ordering::Relaxed);
-            seen.touch(born);
-            r
+            r.map(|resp| resp.map(|body| BusyBody { body, _busy: busy }.boxed()))
         }
     });
     let result = if h2 {
         let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .max_header_list_size(cfg.max_header_bytes as u32)
-            .max_concurrent_streams(100)
+            // Each stream holds a backend request: few per connection.
+            .max_concurrent_streams(16)
             .keep_alive_interval(Some(Duration::from_secs(30)))
             .keep_alive_timeout(Duration::from_secs(20))
             .serve_connection(io, svc);

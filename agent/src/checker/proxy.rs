@@ -25,8 +25,10 @@ use crate::ident::Kind;
 use crate::kernel::List;
 use crate::service::{Service, unix_now};
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = BoxBody<Bytes, BoxError>;
+/// Errors a response body can end with.
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The checker's response body.
+pub(super) type Body = BoxBody<Bytes, BoxError>;
 
 fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
@@ -300,7 +302,9 @@ impl Proxy {
     }
 
     fn over_spike(&self, api: &str, ip: IpAddr, n: u32, per: u64) -> bool {
-        self.spikes.over(api, ip, n, Duration::from_secs(per))
+        // Counted per client as connections are: an IPv6 client by its /64.
+        let client = super::listen::client_key(ip);
+        self.spikes.over(api, client, n, Duration::from_secs(per))
     }
 
     /// The next usable server of `api`, round robin: a server past `health_retry_count`

@@ -3,7 +3,7 @@
 //!
 //! A set-associative table: a keyed hash of (API, client) picks one of [`SETS`] sets of
 //! [`WAYS`] windows, each behind its own lock. A client takes the slot holding its tag, or
-//! an expired one, or the set's oldest window. Under more than `SETS × WAYS` active clients
+//! an expired one, or the set's lightest window. Under more than `SETS × WAYS` active clients
 //! per window some windows restart early — counting too little, never blaming an honest
 //! client for another's requests. The hash key is random per process, so clients cannot aim
 //! at one set.
@@ -61,8 +61,10 @@ impl Spikes {
                 .iter()
                 .position(|w| w.is_none_or(|w| !live(&w)))
                 .unwrap_or_else(|| {
+                    // The lightest window goes: evicting the busiest would free the clients
+                    // closest to their limit.
                     (0..WAYS)
-                        .min_by_key(|i| ways[*i].map(|w| w.start))
+                        .min_by_key(|i| ways[*i].map(|w| w.count))
                         .unwrap_or(0)
                 }),
         };

@@ -16,8 +16,12 @@ use crate::service::Service;
 /// Binds the control socket with mode 0660 (group `group` if given), replacing a stale file
 /// but refusing to steal the socket of a running agent.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
-    if let Some(dir) = path.parent() {
+    if let Some(dir) = path.parent()
+        && !dir.exists()
+    {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        // The agent's umask is 077; the group must be able to reach the socket inside.
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
