@@ -132,6 +132,25 @@ impl NetnsPair {
             .output()
     }
 
+    /// Starts `count` pings from `src` to `dst`, one per 0.1 s, on another thread; the thread
+    /// returns ping's output and when it ended (for tests that restart something mid-way).
+    pub fn ping_in_background(
+        &self,
+        src: &str,
+        dst: &str,
+        count: u32,
+    ) -> std::thread::JoinHandle<(std::io::Result<Output>, std::time::Instant)> {
+        let (client, src, dst) = (self.client.clone(), src.to_owned(), dst.to_owned());
+        std::thread::spawn(move || {
+            let out = Command::new("ip")
+                .args(["netns", "exec", &client, "ping", "-n", "-q", "-c"])
+                .arg(count.to_string())
+                .args(["-i", "0.1", "-W", "1", "-I", &src, &dst])
+                .output();
+            (out, std::time::Instant::now())
+        })
+    }
+
     /// How many of `count` pings from `src` to `dst` were answered (one per 0.2 s, 1 s wait).
     pub fn ping(&self, src: &str, dst: &str, count: u32) -> anyhow::Result<u32> {
         let count_s = count.to_string();

@@ -423,31 +423,7 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     let before = dropped(&agent);
     const PINGS: u32 = 60;
     let started = Instant::now();
-    let pinger = {
-        let client = pair.client.clone();
-        std::thread::spawn(move || {
-            let out = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &client,
-                    "ping",
-                    "-n",
-                    "-q",
-                    "-c",
-                    &PINGS.to_string(),
-                    "-i",
-                    "0.1",
-                    "-W",
-                    "1",
-                    "-I",
-                    bad,
-                    SERVER_V4,
-                ])
-                .output();
-            (out, Instant::now())
-        })
-    };
+    let pinger = pair.ping_in_background(bad, SERVER_V4, PINGS);
     std::thread::sleep(Duration::from_millis(300));
     agent.kill9();
     std::thread::sleep(Duration::from_millis(500));

@@ -231,31 +231,7 @@ fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
     let mut second = Filter::load(&opts).expect("reload");
     let before = dropped(&second);
     let started = Instant::now();
-    let pinger = {
-        let client = pair.client.clone();
-        std::thread::spawn(move || {
-            let out = std::process::Command::new("ip")
-                .args([
-                    "netns",
-                    "exec",
-                    &client,
-                    "ping",
-                    "-n",
-                    "-q",
-                    "-c",
-                    &PINGS.to_string(),
-                    "-i",
-                    "0.1",
-                    "-W",
-                    "1",
-                    "-I",
-                    denied,
-                    SERVER_V4,
-                ])
-                .output();
-            (out, Instant::now())
-        })
-    };
+    let pinger = pair.ping_in_background(denied, SERVER_V4, PINGS);
     std::thread::sleep(Duration::from_millis(300));
     let attached = in_netns(&pair.server, || second.attach(&iface, AttachMode::Native))
         .expect("netns")

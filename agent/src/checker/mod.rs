@@ -18,6 +18,7 @@ pub mod api;
 pub mod extract;
 pub mod listen;
 pub mod lists;
+pub mod pattern;
 pub mod proxy;
 pub mod spikes;
 pub mod target;
