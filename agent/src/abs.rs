@@ -46,7 +46,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::ident::Kind;
-use crate::service::Service;
+use crate::writer::Writer;
 
 /// `[abs]` in the agent's configuration.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -408,11 +408,7 @@ impl Abs {
 
     /// Polls ABS and mirrors the list until `shutdown`; retries failures with exponential
     /// back-off and jitter (capped at the poll interval).
-    pub async fn run(
-        self: Arc<Self>,
-        service: Arc<Mutex<Service>>,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub async fn run(self: Arc<Self>, writer: Writer, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
         loop {
             let now = crate::service::unix_now();
@@ -422,14 +418,10 @@ impl Abs {
                     failures = 0;
                     let n = list.items.len();
                     let unknown = list.unknown.clone();
-                    let svc = service.clone();
-                    let applied = tokio::task::spawn_blocking(move || {
-                        svc.lock().ok().map(|mut s| s.abs_mirror(list.items))
-                    })
-                    .await;
+                    let applied = writer.abs_mirror(list.items).await;
                     let mut st = self.state.lock().ok();
                     match applied {
-                        Ok(Some(Ok(report))) => {
+                        Ok(report) => {
                             if let Some(s) = st.as_mut() {
                                 s.last_success = Some(now);
                                 s.last_error = None;
@@ -451,14 +443,13 @@ impl Abs {
                                 "ABS attack list mirrored"
                             );
                         }
-                        Ok(Some(Err(e))) => {
+                        Err(e) => {
                             tracing::error!("applying the ABS list failed: {e}");
                             if let Some(s) = st.as_mut() {
                                 s.last_error = Some(e.to_string());
                                 s.failures += 1;
                             }
                         }
-                        _ => tracing::error!("ABS sync task failed"),
                     }
                     if let Some(s) = st.as_mut() {
                         s.last_attempt = Some(now);

@@ -102,6 +102,8 @@ pub struct Config {
     pub min_deny_prefix_v6: u8,
     /// How often expired entries are pruned, e.g. "30s".
     pub prune_interval: String,
+    /// How long, on SIGTERM, open connections and queued list commands get to finish.
+    pub shutdown_grace: String,
     /// One drop event in this many is sampled to the log (power of two).
     pub drop_sample_every: u32,
     /// Kernel map capacities.
@@ -127,6 +129,7 @@ impl Default for Config {
             min_deny_prefix_v4: 8,
             min_deny_prefix_v6: 32,
             prune_interval: "10s".into(),
+            shutdown_grace: "5s".into(),
             drop_sample_every: 64,
             capacity: CapacityConfig::default(),
             checker: crate::checker::CheckerConfig::default(),
@@ -203,6 +206,10 @@ impl Config {
         }
         parse_duration(&self.prune_interval).map_err(|m| ConfigError::Invalid {
             field: "prune_interval",
+            message: m,
+        })?;
+        parse_duration(&self.shutdown_grace).map_err(|m| ConfigError::Invalid {
+            field: "shutdown_grace",
             message: m,
         })?;
         if !self.metrics.is_empty() {

@@ -1,7 +1,8 @@
 //! Portcullis: keeps known-bad API clients out, as early and as cheaply as possible.
 //!
 //! The agent library: the kernel map layer ([`kernel`]), identifiers ([`cidr`], [`ident`]),
-//! the durable lists ([`store`]), what each control request does ([`service`]), the control
+//! the durable lists ([`store`]), what each control request does ([`service`]), the one task
+//! that applies them ([`writer`]), the control
 //! API ([`control`]), the daemon ([`daemon`]), metrics ([`metrics`]), configuration
 //! ([`config`]) and the command line ([`cli`]).
 
@@ -19,3 +20,4 @@ pub mod metrics;
 pub mod paths;
 pub mod service;
 pub mod store;
+pub mod writer;

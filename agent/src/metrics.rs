@@ -9,14 +9,14 @@
 //! | `portcullis_expired_total` | | entries pruned because they expired |
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::service::Service;
+use crate::writer::{MetricsData, Writer};
 
 /// Agent-side gauges and counters not kept by the kernel or the store.
 #[derive(Default)]
@@ -28,11 +28,9 @@ pub struct AgentMetrics {
 }
 
 /// Renders every metric.
-pub fn render(service: &Service, agent: &AgentMetrics) -> String {
+pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
     let mut out = String::new();
-    if let Ok(stats) = service.stats()
-        && let Some(ifaces) = stats.get("interfaces").and_then(|k| k.as_object())
-    {
+    if let Some(ifaces) = data.stats.get("interfaces").and_then(|k| k.as_object()) {
         for (metric, field, help) in [
             (
                 "portcullis_xdp_packets_total",
@@ -57,11 +55,11 @@ pub fn render(service: &Service, agent: &AgentMetrics) -> String {
             }
         }
     }
-    if let Ok(stats) = service.stats()
-        && let Some(l7) = stats
-            .get("l7")
-            .and_then(|k| k.as_object())
-            .filter(|m| !m.is_empty())
+    if let Some(l7) = data
+        .stats
+        .get("l7")
+        .and_then(|k| k.as_object())
+        .filter(|m| !m.is_empty())
     {
         out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome.\n# TYPE portcullis_l7_requests_total counter\n");
         for (outcome, v) in l7 {
@@ -72,14 +70,12 @@ pub fn render(service: &Service, agent: &AgentMetrics) -> String {
         }
     }
     out.push_str("# HELP portcullis_list_entries Entries on the allow and deny lists.\n# TYPE portcullis_list_entries gauge\n");
-    if let Ok(counts) = service.counts() {
-        for (list, kind, source, n) in counts {
-            let source = source.replace(['"', '\\', '\n'], "_");
-            let _ = writeln!(
-                out,
-                "portcullis_list_entries{{list=\"{list}\",kind=\"{kind}\",source=\"{source}\"}} {n}"
-            );
-        }
+    for (list, kind, source, n) in &data.counts {
+        let source = source.replace(['"', '\\', '\n'], "_");
+        let _ = writeln!(
+            out,
+            "portcullis_list_entries{{list=\"{list}\",kind=\"{kind}\",source=\"{source}\"}} {n}"
+        );
     }
     let _ = writeln!(
         out,
@@ -97,7 +93,7 @@ pub fn render(service: &Service, agent: &AgentMetrics) -> String {
 /// Serves `/metrics` until `shutdown` flips.
 pub async fn serve(
     listener: TcpListener,
-    service: Arc<Mutex<Service>>,
+    writer: Writer,
     agent: Arc<AgentMetrics>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -109,7 +105,7 @@ pub async fn serve(
                     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
                     continue;
                 };
-                let service = service.clone();
+                let writer = writer.clone();
                 let agent = agent.clone();
                 tokio::spawn(async move {
                     let mut buf = vec![0u8; 4096];
@@ -117,11 +113,7 @@ pub async fn serve(
                     let Ok(Ok(n)) = read else { return };
                     let head = String::from_utf8_lossy(&buf[..n]);
                     let reply = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-                        let body = tokio::task::spawn_blocking(move || {
-                            service.lock().map(|s| render(&s, &agent)).unwrap_or_default()
-                        })
-                        .await
-                        .unwrap_or_default();
+                        let body = writer.metrics().await.map(|d| render(&d, &agent)).unwrap_or_default();
                         format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
                     } else {
                         "HTTP/1.1 404 Not Found\r\ncontent-length: 10\r\nconnection: close\r\n\r\nnot found\n".to_string()

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -20,10 +20,10 @@ use super::extract;
 use super::lists::L7Lists;
 use super::target;
 use super::{ApiRegistry, CheckerConfig, L7Stats};
-use crate::control::proto::{AddRequest, Request as Control};
 use crate::ident::Kind;
 use crate::kernel::List;
-use crate::service::{Service, unix_now};
+use crate::service::unix_now;
+use crate::writer::{Detection, Writer};
 
 /// Errors a response body can end with.
 pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -60,7 +60,7 @@ const HOP_BY_HOP: [&str; 8] = [
 pub struct Proxy {
     registry: Arc<ApiRegistry>,
     lists: Arc<RwLock<L7Lists>>,
-    service: Arc<Mutex<Service>>,
+    writer: Writer,
     stats: Arc<L7Stats>,
     cfg: CheckerConfig,
     /// `cfg.trusted_proxies`, parsed.
@@ -89,7 +89,7 @@ impl Proxy {
     pub fn new(
         registry: Arc<ApiRegistry>,
         lists: Arc<RwLock<L7Lists>>,
-        service: Arc<Mutex<Service>>,
+        writer: Writer,
         stats: Arc<L7Stats>,
         cfg: CheckerConfig,
     ) -> anyhow::Result<Arc<Self>> {
@@ -98,7 +98,7 @@ impl Proxy {
         Ok(Arc::new(Self {
             registry,
             lists,
-            service,
+            writer,
             stats,
             trusted: cfg.trusted_proxies(),
             cfg,
@@ -119,7 +119,7 @@ impl Proxy {
         Arc::new(Self {
             registry: self.registry.clone(),
             lists: self.lists.clone(),
-            service: self.service.clone(),
+            writer: self.writer.clone(),
             stats: self.stats.clone(),
             cfg: self.cfg.clone(),
             trusted: self.trusted.clone(),
@@ -275,29 +275,20 @@ impl Proxy {
             tracing::warn!(api = %api.name, reason, %ip, "attack detected from a trusted proxy's address: not deny-listed");
             return;
         }
-        let service = self.service.clone();
-        let req = Control::Add(AddRequest {
-            list: Some(List::Deny),
-            kind: Some(kind),
+        let detection = Detection {
+            kind,
             name,
             value,
-            ttl_secs: Some(self.detection_ttl),
-            reason: Some(format!("{reason} on API {}", api.name)),
-            api: None,
-            source: Some("checker".into()),
-            force: false,
-        });
-        let answer =
-            tokio::task::spawn_blocking(move || service.lock().ok().map(|mut s| s.handle(req)))
-                .await;
-        match answer {
-            Ok(Some(r)) if r.ok => {
+            reason: format!("{reason} on API {}", api.name),
+            ttl_secs: self.detection_ttl,
+        };
+        match self.writer.detect(detection).await {
+            Ok(_) => {
                 tracing::warn!(api = %api.name, reason, ?kind, "attack detected; client deny-listed")
             }
-            Ok(Some(r)) => {
-                tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {}", r.error.unwrap_or_default())
+            Err(e) => {
+                tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {e}")
             }
-            _ => tracing::error!("detection could not reach the agent state"),
         }
     }
 

@@ -91,6 +91,22 @@ pub enum Request {
     Stats,
 }
 
+impl Request {
+    /// Whether this request only reads: the list writer answers reads between the chunks of
+    /// a long write, so `status` stays quick during a large import.
+    pub fn is_read(&self) -> bool {
+        matches!(
+            self,
+            Self::List { .. }
+                | Self::Status
+                | Self::ApiList
+                | Self::ApiShow { .. }
+                | Self::ApiReload
+                | Self::Stats
+        )
+    }
+}
+
 /// Adding one entry.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct AddRequest {

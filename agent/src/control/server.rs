@@ -1,9 +1,8 @@
-//! The agent's side of the control socket: one task per connection, requests answered in
-//! order on a blocking thread (they touch SQLite and the kernel maps).
+//! The agent's side of the control socket: one task per connection, each request handed to
+//! the list writer ([`crate::writer`]) and answered in order.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
@@ -11,7 +10,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
 use super::proto::{MAX_REQUEST, Request, Response};
-use crate::service::Service;
+use crate::writer::Writer;
 
 /// Binds the control socket with mode 0660 (group `group` if given), replacing a stale file
 /// but refusing to steal the socket of a running agent.
@@ -54,7 +53,7 @@ pub fn group_id(name: &str) -> Option<u32> {
 /// Accepts connections until `shutdown` flips.
 pub async fn serve(
     listener: UnixListener,
-    service: Arc<Mutex<Service>>,
+    writer: Writer,
     group: Option<u32>,
     mut shutdown: watch::Receiver<bool>,
 ) {
@@ -67,9 +66,9 @@ pub async fn serve(
                         tokio::spawn(refuse(stream));
                         continue;
                     }
-                    let service = service.clone();
+                    let writer = writer.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, service).await {
+                        if let Err(e) = connection(stream, writer).await {
                             tracing::debug!("control connection ended: {e}");
                         }
                     });
@@ -130,7 +129,7 @@ fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
         .unwrap_or(false)
 }
 
-async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, writer: Writer) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -150,25 +149,7 @@ async fn connection(stream: UnixStream, service: Arc<Mutex<Service>>) -> std::io
             return Ok(());
         } else {
             match serde_json::from_slice::<Request>(&line) {
-                Ok(req) => {
-                    let service = service.clone();
-                    let bulk = matches!(req, Request::Import { .. } | Request::Clear { .. });
-                    tokio::task::spawn_blocking(move || {
-                        let r = match service.lock() {
-                            Ok(mut s) => s.handle(req),
-                            Err(_) => Response::err("agent state is poisoned after an internal error; restart the agent"),
-                        };
-                        if bulk {
-                            // Hand the batch's buffers back to the OS: a long-running agent
-                            // should not keep its import high-water mark as RSS.
-                            // SAFETY: glibc's malloc_trim has no preconditions.
-                            unsafe { libc::malloc_trim(0) };
-                        }
-                        r
-                    })
-                    .await
-                    .unwrap_or_else(|e| Response::err(format!("internal error: {e}")))
-                }
+                Ok(req) => writer.control(req).await,
                 Err(e) => Response::err(format!("invalid request: {e}")),
             }
         };

@@ -1,0 +1,111 @@
+//! Starting the L7 checker: its API registry, TLS certificate, worker threads and health
+//! probes, and the reloads SIGHUP and the certificate watcher ask for.
+
+use std::sync::{Arc, RwLock};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+
+use crate::checker::lists::L7Lists;
+use crate::checker::tls::Tls;
+use crate::checker::{ApiRegistry, L7Stats};
+use crate::config::Config;
+use crate::service::Service;
+use crate::writer::Writer;
+
+/// The checker's parts, loaded before the list writer starts (the service needs the
+/// registry for `api` requests and the automatic-source safety rules).
+pub(super) struct Prepared {
+    registry: Arc<ApiRegistry>,
+    stats: Arc<L7Stats>,
+    tls: Option<Arc<Tls>>,
+}
+
+/// A running checker.
+pub(super) struct Running {
+    registry: Arc<ApiRegistry>,
+    tls: Option<Arc<Tls>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Prepared {
+    /// Loads the API definitions and the certificate, when a listener is configured.
+    pub(super) fn new(service: &mut Service, config: &Config) -> anyhow::Result<Option<Self>> {
+        if !config.checker.enabled() {
+            return Ok(None);
+        }
+        let registry = Arc::new(ApiRegistry::load(config.checker.api_dir.clone()));
+        let stats = Arc::new(L7Stats::default());
+        service.set_checker(registry.clone(), stats.clone());
+        let tls = if config.checker.https.is_empty() {
+            None
+        } else {
+            Some(Arc::new(
+                Tls::load(&config.checker.tls_cert, &config.checker.tls_key)
+                    .context("loading the checker's TLS certificate")?,
+            ))
+        };
+        Ok(Some(Self {
+            registry,
+            stats,
+            tls,
+        }))
+    }
+
+    /// Starts one worker thread per core and the health probes.
+    pub(super) fn start(
+        self,
+        lists: Arc<RwLock<L7Lists>>,
+        writer: &Writer,
+        config: &Config,
+        stop_rx: &watch::Receiver<bool>,
+    ) -> anyhow::Result<Running> {
+        let proxy = crate::checker::proxy::Proxy::new(
+            self.registry.clone(),
+            lists,
+            writer.clone(),
+            self.stats,
+            config.checker.clone(),
+        )?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let https = self
+            .tls
+            .clone()
+            .filter(|_| !config.checker.https.is_empty())
+            .map(|t| (config.checker.https.clone(), t));
+        let http = (!config.checker.http.is_empty()).then(|| config.checker.http.clone());
+        let threads = crate::checker::listen::spawn_workers(workers, https, http, &proxy, stop_rx)
+            .context("starting the L7 checker")?;
+        tracing::info!(https = %config.checker.https, http = %config.checker.http, workers, apis = self.registry.apis().len(), "L7 checker listening");
+        tokio::spawn(proxy.health_loop(stop_rx.clone()));
+        Ok(Running {
+            registry: self.registry,
+            tls: self.tls,
+            threads,
+        })
+    }
+}
+
+impl Running {
+    /// SIGHUP: the certificate and the API definitions, again.
+    pub(super) fn reload(&self) {
+        if let Some(t) = &self.tls
+            && let Err(e) = t.reload()
+        {
+            tracing::error!("TLS reload failed, keeping the old certificate: {e:#}");
+        }
+        self.registry.reload();
+    }
+
+    /// Picks up a renewed certificate (certbot and friends replace the files).
+    pub(super) fn reload_tls_if_changed(&self) {
+        if let Some(t) = &self.tls {
+            t.reload_if_changed();
+        }
+    }
+
+    /// The worker threads, to join at shutdown.
+    pub(super) fn into_threads(self) -> Vec<std::thread::JoinHandle<()>> {
+        self.threads
+    }
+}

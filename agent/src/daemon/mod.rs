@@ -1,0 +1,191 @@
+//! `portcullis agent`: load and attach the filter, reconcile the kernel with the store, start
+//! the list writer, serve the control API, metrics and the L7 checker, prune expired entries,
+//! log sampled drops, and on SIGTERM drain and leave enforcement in place (the link and maps
+//! stay pinned).
+//!
+//! One shutdown path: stop accepting, give connections and queued list commands
+//! `shutdown_grace` to finish, join the workers, then let the writer finish what it holds.
+
+mod checker;
+mod setup;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, parse_duration};
+use crate::metrics::{self, AgentMetrics};
+use crate::service::Service;
+use crate::writer::Writer;
+
+/// Runs the agent until SIGTERM or SIGINT.
+pub fn run(config: Config) -> anyhow::Result<()> {
+    // One worker per core: the L7 checker is the hot path when it runs.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("portcullis")
+        .build()
+        .context("starting the runtime")?;
+    rt.block_on(run_async(config))
+}
+
+async fn run_async(config: Config) -> anyhow::Result<()> {
+    setup::raise_limits();
+    let store = setup::open_store(&config)?;
+    let filter = setup::load_filter(&config)?;
+    let mut service =
+        Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
+    let agent_metrics = Arc::new(AgentMetrics::default());
+    setup::reconcile_and_attach(&mut service, &config, &agent_metrics)?;
+    let checker = checker::Prepared::new(&mut service, &config)?;
+    let abs = setup::abs_feed(&mut service, &config)?;
+    let lists = service.lists();
+    let (writer, writer_thread) = Writer::spawn(service).context("starting the list writer")?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut tasks = serve_control_and_metrics(&config, &writer, &agent_metrics, &stop_rx).await?;
+    let checker = checker
+        .map(|c| c.start(lists, &writer, &config, &stop_rx))
+        .transpose()?;
+    if let Some(abs) = abs {
+        tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
+        tasks.push(tokio::spawn(abs.run(writer.clone(), stop_rx.clone())));
+    }
+    tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
+    setup::notify_ready();
+
+    run_until_signal(&config, &writer, checker.as_ref(), &agent_metrics).await?;
+
+    tracing::info!(
+        "shutting down; XDP enforcement stays in place (use `portcullis detach` to remove it)"
+    );
+    let grace = Duration::from_secs(parse_duration(&config.shutdown_grace).unwrap_or(5));
+    let deadline = Instant::now() + grace;
+    let _ = stop_tx.send(true);
+    let drain = async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    };
+    if tokio::time::timeout(grace, drain).await.is_err() {
+        tracing::warn!("some connections did not finish within {grace:?}");
+    }
+    let mut threads = checker
+        .map(checker::Running::into_threads)
+        .unwrap_or_default();
+    drop(writer);
+    threads.push(writer_thread);
+    join_threads(threads, deadline).await;
+    let _ = std::fs::remove_file(&config.socket);
+    Ok(())
+}
+
+/// Binds and serves the control socket and, when configured, the metrics endpoint.
+async fn serve_control_and_metrics(
+    config: &Config,
+    writer: &Writer,
+    agent_metrics: &Arc<AgentMetrics>,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Vec<JoinHandle<()>>> {
+    let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
+    let group = config
+        .socket_group
+        .as_deref()
+        .and_then(crate::control::server::group_id);
+    let mut tasks = vec![tokio::spawn(crate::control::server::serve(
+        control,
+        writer.clone(),
+        group,
+        stop_rx.clone(),
+    ))];
+    if !config.metrics.is_empty() {
+        let listener = tokio::net::TcpListener::bind(&config.metrics)
+            .await
+            .with_context(|| format!("binding metrics on {}", config.metrics))?;
+        tasks.push(tokio::spawn(metrics::serve(
+            listener,
+            writer.clone(),
+            agent_metrics.clone(),
+            stop_rx.clone(),
+        )));
+    }
+    Ok(tasks)
+}
+
+/// The agent's timers and signals, until SIGTERM or SIGINT.
+async fn run_until_signal(
+    config: &Config,
+    writer: &Writer,
+    checker: Option<&checker::Running>,
+    agent_metrics: &AgentMetrics,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let prune_every =
+        Duration::from_secs(parse_duration(&config.prune_interval).map_err(anyhow::Error::msg)?);
+    let mut prune_tick = tokio::time::interval(prune_every);
+    let mut events_tick = tokio::time::interval(Duration::from_secs(1));
+    let mut tls_tick = tokio::time::interval(Duration::from_secs(5));
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the TLS certificate and the API definitions");
+                if let Some(c) = checker {
+                    c.reload();
+                }
+            }
+            _ = tls_tick.tick() => {
+                if let Some(c) = checker {
+                    c.reload_tls_if_changed();
+                }
+            }
+            _ = prune_tick.tick() => match writer.prune().await {
+                Ok(gone) => {
+                    agent_metrics.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!("pruning expired entries failed: {e}"),
+            },
+            _ = events_tick.tick() => log_drop_events(writer).await,
+        }
+    }
+}
+
+/// Logs the kernel's sampled drop events.
+async fn log_drop_events(writer: &Writer) {
+    for e in writer.drain_events().await {
+        let addr = if e.family == portcullis_common::family::V4 {
+            std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])
+        } else {
+            std::net::IpAddr::from(e.addr)
+        };
+        let verdict = if e.verdict == portcullis_common::counter::DROP_DENIED {
+            "dropped"
+        } else {
+            "would drop (monitor)"
+        };
+        tracing::info!(source = %addr, ifindex = e.ifindex, vlan = e.vlan, "sampled packet {verdict}");
+    }
+}
+
+/// Joins worker threads until `deadline`; threads still busy then are left to the exit.
+async fn join_threads(threads: Vec<std::thread::JoinHandle<()>>, deadline: Instant) {
+    let join = tokio::task::spawn_blocking(move || {
+        for t in threads {
+            if t.join().is_err() {
+                tracing::error!("a worker thread panicked");
+            }
+        }
+    });
+    let left = deadline.saturating_duration_since(Instant::now()) + Duration::from_secs(1);
+    if tokio::time::timeout(left, join).await.is_err() {
+        tracing::warn!("some workers did not finish in time; exiting anyway");
+    }
+}

@@ -1,0 +1,166 @@
+//! Start-up steps: process limits, the private state directory, the filter loaded and
+//! reconciled with the store, the interfaces attached, and readiness told to systemd.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use anyhow::Context as _;
+
+use crate::config::{Config, Mode, XdpMode};
+use crate::kernel::{self, AttachMode, Filter, LoadOptions};
+use crate::metrics::AgentMetrics;
+use crate::service::Service;
+use crate::store::Store;
+
+/// Raises RLIMIT_MEMLOCK for kernels that still charge BPF maps to it (harmless elsewhere),
+/// and the soft RLIMIT_NOFILE to its hard limit (the checker holds a descriptor per
+/// connection; 1024 would let a few idle clients starve it).
+pub(super) fn raise_limits() {
+    let lim = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: valid pointer to an initialised rlimit.
+    if unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &lim) } != 0 {
+        tracing::debug!(
+            "could not raise RLIMIT_MEMLOCK: {}",
+            std::io::Error::last_os_error()
+        );
+    }
+    let mut files = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: valid out-pointer; then a valid pointer to the limit read.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut files) == 0 && files.rlim_cur < files.rlim_max
+        {
+            files.rlim_cur = files.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &files);
+        }
+    }
+}
+
+/// Tells systemd (`Type=notify`) that the agent is ready, if it is watching.
+pub(super) fn notify_ready() {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
+        return;
+    };
+    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
+    let res = if bytes.first() == Some(&b'@') {
+        use std::os::linux::net::SocketAddrExt as _;
+        std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])
+            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
+    } else {
+        sock.send_to(b"READY=1", &path)
+    };
+    if let Err(e) = res {
+        tracing::warn!("sd_notify READY failed: {e}");
+    }
+}
+
+/// Makes the state directory and the database private, then opens the store.
+pub(super) fn open_store(config: &Config) -> anyhow::Result<Store> {
+    use std::os::unix::fs::PermissionsExt as _;
+    // Everything the agent creates is private by default: the database (digests of secrets,
+    // the lists), its WAL, and the control socket from the moment it exists (bind then
+    // widens it to 0660 for the group, never the other way round).
+    // SAFETY: umask(2) has no preconditions.
+    unsafe { libc::umask(0o077) };
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("making {} private", config.state_dir.display()))?;
+    let store = Store::open(&config.db_path())
+        .with_context(|| format!("opening {}", config.db_path().display()))?;
+    for suffix in ["", "-wal", "-shm"] {
+        let mut p = config.db_path().into_os_string();
+        p.push(suffix);
+        // Databases written by older versions may be world-readable.
+        let _ = std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600));
+    }
+    Ok(store)
+}
+
+/// Loads (or reuses the pinned) filter and sets its mode and drop sampling.
+pub(super) fn load_filter(config: &Config) -> anyhow::Result<Filter> {
+    kernel::ensure_bpffs().context("mounting bpffs")?;
+    let filter = Filter::load(&LoadOptions {
+        pin_dir: Some(config.pin_dir.clone()),
+        capacity: config.capacity.into(),
+        ..LoadOptions::default()
+    })
+    .context("loading the XDP filter")?;
+    let mode = match config.mode {
+        Mode::Enforce => portcullis_common::mode::ENFORCE,
+        Mode::Monitor => portcullis_common::mode::MONITOR,
+    };
+    let cfg = portcullis_common::Config {
+        mode,
+        sample_mask: config.drop_sample_every - 1,
+        ..filter.config()?
+    };
+    filter.set_config(cfg)?;
+    Ok(filter)
+}
+
+/// Makes the (possibly reused) pinned maps equal to the store, prunes what expired while
+/// the agent was down, and only then attaches: enforcement never regresses.
+pub(super) fn reconcile_and_attach(
+    service: &mut Service,
+    config: &Config,
+    metrics: &AgentMetrics,
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let (written, removed) = service
+        .reconcile()
+        .context("reconciling kernel maps with the store")?;
+    metrics
+        .reconcile_micros
+        .store(t.elapsed().as_micros() as u64, Ordering::Relaxed);
+    tracing::info!(written, removed, elapsed = ?t.elapsed(), "kernel maps reconciled with the store");
+    let pruned = service.prune()?;
+    metrics
+        .expired
+        .fetch_add(pruned.len() as u64, Ordering::Relaxed);
+    let mut attached = Vec::new();
+    if let Some(filter) = service.filter_mut() {
+        for iface in &config.interfaces {
+            let mode = match config.xdp_mode {
+                XdpMode::Native => AttachMode::Native,
+                XdpMode::Generic => AttachMode::Generic,
+            };
+            let a = filter
+                .attach(iface, mode)
+                .with_context(|| format!("attaching XDP to {iface}"))?;
+            if let Some(reason) = &a.fell_back {
+                tracing::warn!(
+                    iface,
+                    "native XDP refused ({reason}); attached in generic mode, which is slower"
+                );
+            }
+            tracing::info!(iface, mode = ?a.mode, reused_pinned_link = a.reused_link, "XDP filter attached");
+            attached.push(a);
+        }
+    }
+    service.set_attached(attached);
+    Ok(())
+}
+
+/// Connects the ABS feed to the service, when a URL is configured.
+pub(super) fn abs_feed(
+    service: &mut Service,
+    config: &Config,
+) -> anyhow::Result<Option<Arc<crate::abs::Abs>>> {
+    if config.abs.url.is_empty() {
+        return Ok(None);
+    }
+    let state = Arc::new(std::sync::Mutex::new(crate::abs::AbsState::default()));
+    let abs = crate::abs::Abs::new(config.abs.clone(), state).context("setting up the ABS feed")?;
+    service.set_abs(abs.clone());
+    Ok(Some(abs))
+}

@@ -1,0 +1,248 @@
+//! Many entries at once: imports, and the batched kernel-then-store writes that imports and
+//! the ABS feed share.
+
+use std::collections::BTreeMap;
+
+use std::sync::Arc;
+
+use super::{Change, Imported, Service, ServiceError, kernel_deadline, unix_now};
+use crate::cidr::Cidr;
+use crate::control::proto::{AddRequest, ImportDefaults};
+use crate::ident::{IdentError, Identifier, Kind};
+use crate::kernel::List;
+use crate::store::Entry;
+
+impl Service {
+    /// Validates and adds one batch of import lines; refused lines are reported by number.
+    pub(crate) fn import(
+        &mut self,
+        list: List,
+        lines: &[(u64, String)],
+        defaults: &ImportDefaults,
+    ) -> Result<Imported, ServiceError> {
+        let now = unix_now();
+        let mut out = Imported::default();
+        let mut good: Vec<Entry> = Vec::with_capacity(lines.len());
+        for (no, line) in lines {
+            match parse_import_line(line) {
+                Ok(None) => {}
+                Ok(Some(mut req)) => {
+                    req.list = Some(list);
+                    req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
+                    req.reason = req.reason.or_else(|| defaults.reason.clone());
+                    req.source = req.source.or_else(|| defaults.source.clone());
+                    req.force |= defaults.force;
+                    match self.entry_from(&req, now) {
+                        Ok(e) => good.push(e),
+                        Err(e) => out.rejected.push((*no, e.to_string())),
+                    }
+                }
+                Err(msg) => out.rejected.push((*no, msg)),
+            }
+        }
+        out.new = self.add_batch(list, &good)?;
+        out.accepted = good.len();
+        tracing::info!(%list, accepted = out.accepted, rejected = out.rejected.len(), "import batch");
+        Ok(out)
+    }
+
+    /// Adds validated entries: kernel first (one batched write for every global IP entry;
+    /// adding only raises deadlines, so the new deadline is the later of what the kernel
+    /// holds, which the twin knows, and the batch's own: no database lookups), then the
+    /// store, then the L7 lists. Returns how many rows were new.
+    pub(super) fn add_batch(&mut self, list: List, good: &[Entry]) -> Result<usize, ServiceError> {
+        let now = unix_now();
+        let mut by_cidr: BTreeMap<Cidr, Vec<&Entry>> = BTreeMap::new();
+        for e in good {
+            if let (Some(c), true) = (e.ident.cidr(), e.api.is_empty()) {
+                by_cidr.entry(c).or_default().push(e);
+            }
+        }
+        let mut items = Vec::with_capacity(by_cidr.len());
+        let mut undo = Vec::with_capacity(by_cidr.len());
+        for (cidr, extra) in &by_cidr {
+            let current = self
+                .filter
+                .as_ref()
+                .map(|f| f.table().entry(cidr))
+                .unwrap_or_default();
+            let current = match list {
+                List::Allow => current.allow_until,
+                List::Deny => current.deny_until,
+            };
+            let new = extra
+                .iter()
+                .map(|e| kernel_deadline(e.expires, now))
+                .max()
+                .unwrap_or(0);
+            items.push((list, *cidr, Some(current.max(new))));
+            undo.push((list, *cidr, (current != 0).then_some(current)));
+        }
+        if let Some(f) = self.filter.as_mut() {
+            f.apply_many(items)?;
+        }
+        let new = match self.store.upsert(good) {
+            Ok(n) => n,
+            Err(e) => {
+                // The store refused (disk full, I/O error): put the kernel back as it was, so
+                // neither side holds what the other does not.
+                if let Some(f) = self.filter.as_mut()
+                    && let Err(k) = f.apply_many(undo)
+                {
+                    tracing::error!(
+                        "store write failed and the kernel could not be rolled back: {k}; it now enforces entries the store lacks until the next restart reconciles"
+                    );
+                }
+                return Err(e.into());
+            }
+        };
+        self.l7_add(good);
+        if !good.is_empty() {
+            self.publish(|| Change::Added(Arc::from(good)));
+        }
+        Ok(new)
+    }
+
+    /// Removes one source's rows of these identifiers, then brings the kernel and the L7
+    /// lists in line with what other sources still hold.
+    pub(super) fn remove_batch(
+        &mut self,
+        list: List,
+        idents: &[Identifier],
+        source: &str,
+    ) -> Result<usize, ServiceError> {
+        let now = unix_now();
+        let mut removed = Vec::new();
+        let mut kernel = Vec::new();
+        for ident in idents {
+            removed.extend(self.store.remove(list, ident, Some(source))?);
+            if let Some(c) = ident.cidr() {
+                kernel.push((list, c, self.ip_deadline(list, ident, &[], now)?));
+            }
+            self.l7_reset(list, ident)?;
+        }
+        if let Some(f) = self.filter.as_mut() {
+            f.apply_many(kernel)?;
+        }
+        if !removed.is_empty() {
+            self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
+        }
+        Ok(removed.len())
+    }
+}
+
+/// Parses one import line: blank lines and `#` comments are skipped; `{...}` is NDJSON
+/// (`{"kind":"ip","value":"203.0.113.7","ttl":"1h","reason":"..."}`); otherwise
+/// `KIND [NAME] VALUE` as on the command line, or a bare IP/CIDR.
+pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
+    let line = line.trim();
+    if line.is_empty() || line.starts_with('#') {
+        return Ok(None);
+    }
+    if line.starts_with('{') {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Json {
+            kind: String,
+            #[serde(default)]
+            name: Option<String>,
+            value: String,
+            #[serde(default)]
+            ttl: Option<String>,
+            #[serde(default)]
+            reason: Option<String>,
+            #[serde(default)]
+            api: Option<String>,
+        }
+        let j: Json = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+        let kind: Kind = j.kind.parse().map_err(|e: IdentError| e.to_string())?;
+        let ttl_secs = j
+            .ttl
+            .as_deref()
+            .map(crate::config::parse_duration)
+            .transpose()?;
+        return Ok(Some(AddRequest {
+            kind: Some(kind),
+            name: j.name,
+            value: j.value,
+            ttl_secs,
+            reason: j.reason,
+            api: j.api,
+            ..AddRequest::default()
+        }));
+    }
+    let (first, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
+    let rest = rest.trim();
+    let kind = match first.parse::<Kind>() {
+        Ok(k) => k,
+        Err(_) if rest.is_empty() && first.parse::<Cidr>().is_ok() => {
+            return Ok(Some(AddRequest {
+                kind: Some(Kind::Ip),
+                value: first.to_owned(),
+                ..AddRequest::default()
+            }));
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    let (name, value) = match kind {
+        Kind::Cookie | Kind::ApiKey => match rest.split_once(char::is_whitespace) {
+            Some(("--any-name", v)) if kind == Kind::ApiKey => (None, v.trim().to_owned()),
+            Some((n, v)) => (Some(n.to_owned()), v.trim().to_owned()),
+            None if kind == Kind::ApiKey => (None, rest.to_owned()),
+            None => return Err("a cookie line needs a name and a value: cookie NAME VALUE".into()),
+        },
+        Kind::Username => (None, rest.trim_matches('"').to_owned()),
+        Kind::Ip | Kind::Token => (None, rest.to_owned()),
+    };
+    if value.is_empty() {
+        return Err(format!("{kind} line has no value"));
+    }
+    Ok(Some(AddRequest {
+        kind: Some(kind),
+        name,
+        value,
+        ..AddRequest::default()
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn import_lines() {
+        let r = parse_import_line("203.0.113.7")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!((r.kind, r.value.as_str()), (Some(Kind::Ip), "203.0.113.7"));
+        let r = parse_import_line("cookie JSESSIONID abc")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(
+            (r.name.as_deref(), r.value.as_str()),
+            (Some("JSESSIONID"), "abc")
+        );
+        let r = parse_import_line("username \"your name\"")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(r.value, "your name");
+        let r = parse_import_line("api-key --any-name k1")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!((r.name, r.value.as_str()), (None, "k1"));
+        let r = parse_import_line(r#"{"kind":"token","value":"t","ttl":"1h"}"#)
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(r.ttl_secs, Some(3600));
+        assert_eq!(
+            parse_import_line("  # comment")
+                .expect("ok")
+                .map(|r| r.value),
+            None
+        );
+        assert!(parse_import_line("bogus 1.2.3.4").is_err());
+        assert!(parse_import_line("{\"kind\":\"ip\"").is_err());
+        assert!(parse_import_line(r#"{"kind":"ip","value":"1.2.3.4","colour":"red"}"#).is_err());
+        assert!(parse_import_line("cookie JSESSIONID").is_err());
+    }
+}

@@ -1,0 +1,483 @@
+//! What the agent does for each control request, synchronously: validate, apply the safety
+//! rules, write the kernel maps and the store, and answer. The control server and the
+//! daemon's timers call into this; it knows nothing of sockets.
+//!
+//! Order of writes: the kernel first, then the store. An IP deny is enforced before the CLI
+//! hears "added"; if the store write then fails, the kernel entry is taken back, and if the
+//! agent dies in between, the start-up reconcile removes it (the store is the list of record).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use std::sync::{Arc, RwLock};
+
+use crate::checker::lists::L7Lists;
+use crate::checker::{ApiRegistry, L7Stats};
+use crate::cidr::Cidr;
+use crate::config::Config;
+use crate::control::proto::{AddRequest, Request, Response};
+use crate::ident::{IdentError, Identifier, Kind};
+use crate::kernel::{Attached, Filter, KernelError, List, sys};
+use crate::store::{self, Entry, Store, StoreError};
+
+mod abs_sync;
+mod batch;
+mod safety;
+mod views;
+
+pub use batch::parse_import_line;
+pub use safety::host_addresses;
+pub use views::{Added, EntryView, Imported, MirrorReport};
+
+/// Why a request was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The identifier is malformed.
+    #[error(transparent)]
+    Invalid(#[from] IdentError),
+    /// The request lacks something.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A deny that would cut off everyone or this host.
+    #[error("refusing to {list} {cidr}: it covers {what}; add --force if you really mean it")]
+    WorldBlocking {
+        /// Which list.
+        list: List,
+        /// The CIDR.
+        cidr: Cidr,
+        /// What it covers.
+        what: String,
+    },
+    /// Nothing matched.
+    #[error("{0} is not on the {1} list")]
+    NotFound(String, List),
+    /// The database failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The kernel maps refused (full, or a syscall failed); nothing was changed.
+    #[error(transparent)]
+    Kernel(#[from] KernelError),
+    /// The command failed inside the agent (a bug); the list writer recovered and goes on.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// One applied change to the lists, as the writer's subscribers see it (see
+/// [`crate::writer::Writer::subscribe`]).
+#[derive(Clone, Debug)]
+pub enum Change {
+    /// Rows added or refreshed.
+    Added(Arc<[Entry]>),
+    /// Rows taken off (by an operator, a feed, or on expiry).
+    Removed(Arc<[Entry]>),
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The kernel deadline (`CLOCK_BOOTTIME` ns) of an entry expiring at unix time `expires`.
+pub fn kernel_deadline(expires: Option<i64>, now_unix: i64) -> u64 {
+    match expires {
+        None => portcullis_common::NEVER,
+        Some(e) => {
+            let left = u64::try_from(e - now_unix).unwrap_or(0);
+            sys::boottime_ns().saturating_add(left.saturating_mul(1_000_000_000))
+        }
+    }
+}
+
+/// The agent's state behind the control API.
+pub struct Service {
+    store: Store,
+    filter: Option<Filter>,
+    /// The L7 checker's in-memory view of the lists, kept in step with the store.
+    lists: Arc<RwLock<L7Lists>>,
+    /// The checker's API definitions and counters, when it runs.
+    checker: Option<(Arc<ApiRegistry>, Arc<L7Stats>)>,
+    /// The ABS feed, when configured: detections are queued to it, status shows its state.
+    abs: Option<Arc<crate::abs::Abs>>,
+    config: Config,
+    own_addresses: Vec<IpAddr>,
+    /// Resolvers, gateways and ABS hosts: never deny-listed by an automatic source.
+    infrastructure: Vec<IpAddr>,
+    attached: Vec<Attached>,
+    started: Instant,
+    /// Where applied changes are published (set by the list writer).
+    changes: Option<tokio::sync::broadcast::Sender<Change>>,
+}
+
+impl Service {
+    /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
+    pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
+        let mut lists = L7Lists::default();
+        store.for_each(|e| lists.add(e))?;
+        let mut infrastructure = crate::infrastructure::addresses();
+        infrastructure.extend(safety::abs_hosts(&config.abs.url));
+        Ok(Self {
+            store,
+            filter,
+            lists: Arc::new(RwLock::new(lists)),
+            checker: None,
+            abs: None,
+            config,
+            own_addresses: host_addresses(),
+            infrastructure,
+            attached: Vec::new(),
+            started: Instant::now(),
+            changes: None,
+        })
+    }
+
+    /// The L7 lists, for the checker.
+    pub fn lists(&self) -> Arc<RwLock<L7Lists>> {
+        self.lists.clone()
+    }
+
+    /// Connects the checker's API registry and counters (for `api` requests and stats).
+    pub fn set_checker(&mut self, registry: Arc<ApiRegistry>, stats: Arc<L7Stats>) {
+        self.checker = Some((registry, stats));
+    }
+
+    /// Connects the ABS feed (detections are reported to it).
+    pub fn set_abs(&mut self, abs: Arc<crate::abs::Abs>) {
+        self.abs = Some(abs);
+    }
+
+    fn l7_add(&self, entries: &[Entry]) {
+        if let Ok(mut l) = self.lists.write() {
+            for e in entries {
+                l.add(e);
+            }
+        }
+    }
+
+    fn l7_reset(&self, list: List, ident: &Identifier) -> Result<(), ServiceError> {
+        let rows = self.store.rows_of(list, ident)?;
+        if let Ok(mut l) = self.lists.write() {
+            l.reset(list, ident, &rows);
+        }
+        Ok(())
+    }
+
+    /// Publishes applied changes on `changes`.
+    pub fn set_changes(&mut self, changes: tokio::sync::broadcast::Sender<Change>) {
+        self.changes = Some(changes);
+    }
+
+    /// Tells subscribers, if any (the rows are only copied when someone listens).
+    fn publish(&self, make: impl FnOnce() -> Change) {
+        if let Some(tx) = &self.changes
+            && tx.receiver_count() > 0
+        {
+            let _ = tx.send(make());
+        }
+    }
+
+    /// Deny-lists the culprit of a checker detection (source `checker`).
+    pub fn detect(&mut self, d: &crate::writer::Detection) -> Result<Added, ServiceError> {
+        self.add(AddRequest {
+            list: Some(List::Deny),
+            kind: Some(d.kind),
+            name: d.name.clone(),
+            value: d.value.clone(),
+            ttl_secs: Some(d.ttl_secs),
+            reason: Some(d.reason.clone()),
+            api: None,
+            source: Some("checker".into()),
+            force: false,
+        })
+    }
+
+    /// Records what was attached (for status).
+    pub fn set_attached(&mut self, attached: Vec<Attached>) {
+        self.attached = attached;
+    }
+
+    /// The loaded filter.
+    pub fn filter_mut(&mut self) -> Option<&mut Filter> {
+        self.filter.as_mut()
+    }
+
+    /// Answers one control request: reads through [`Service::query`], writes here.
+    pub fn handle(&mut self, req: Request) -> Response {
+        if req.is_read() {
+            return self.query(req);
+        }
+        let res = match req {
+            Request::Add(r) => self.add(r).map(Response::ok),
+            Request::Remove {
+                list,
+                kind,
+                name,
+                value,
+                source,
+            } => self
+                .remove(list, kind, name.as_deref(), &value, source.as_deref())
+                .map(Response::ok),
+            Request::Clear { list, kind, source } => {
+                self.clear(list, kind, source).map(Response::ok)
+            }
+            Request::Import {
+                list,
+                lines,
+                defaults,
+            } => self.import(list, &lines, &defaults).map(Response::ok),
+            Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
+            other => Ok(self.query(other)),
+        };
+        res.unwrap_or_else(Response::err)
+    }
+
+    /// Answers a request that changes nothing (see [`Request::is_read`]).
+    pub fn query(&self, req: Request) -> Response {
+        let res = match req {
+            Request::List { list, kind, source } => self
+                .store
+                .list(&store::Filter { list, kind, source })
+                .map(|v| Response::ok(v.iter().map(EntryView::from).collect::<Vec<_>>()))
+                .map_err(ServiceError::from),
+            Request::Status => self.status().map(Response::ok),
+            Request::ApiList => self.api_list(),
+            Request::ApiShow { name } => self.api_show(&name),
+            Request::ApiReload => self.api_reload(),
+            Request::Stats => self.stats().map(Response::ok),
+            _ => Err(ServiceError::BadRequest(
+                "internal error: a write was routed as a read".into(),
+            )),
+        };
+        res.unwrap_or_else(Response::err)
+    }
+
+    /// Brings the kernel maps and the checker's lists back in line with the store after a
+    /// command failed half-way (a panic): the store is the list of record.
+    pub fn recover(&mut self) -> Result<(), ServiceError> {
+        self.lists.clear_poison();
+        let mut fresh = L7Lists::default();
+        self.store.for_each(|e| fresh.add(e))?;
+        match self.lists.write() {
+            Ok(mut l) => *l = fresh,
+            Err(p) => *p.into_inner() = fresh,
+        }
+        self.lists.clear_poison();
+        self.reconcile()?;
+        Ok(())
+    }
+
+    fn entry_from(&self, r: &AddRequest, now: i64) -> Result<Entry, ServiceError> {
+        let list = r
+            .list
+            .ok_or_else(|| ServiceError::BadRequest("missing list".into()))?;
+        let kind = r
+            .kind
+            .ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
+        let ident = Identifier::parse(kind, r.name.as_deref(), &r.value)?;
+        self.check_safety(list, &ident, r.force)?;
+        if list == List::Deny && matches!(r.source.as_deref(), Some("abs" | "checker" | "fleet")) {
+            self.check_automatic(&ident)?;
+        }
+        let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
+            let v = v.clone().unwrap_or_default();
+            if v.len() > 1024 || v.chars().any(char::is_control) {
+                return Err(ServiceError::BadRequest(format!(
+                    "{what} must be at most 1024 printable characters"
+                )));
+            }
+            Ok(v)
+        };
+        let ttl = r
+            .ttl_secs
+            .map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2).min(i64::MAX / 2));
+        Ok(Entry {
+            list,
+            ident,
+            source: {
+                let s = text(&r.source, "source")?;
+                if s.is_empty() { "manual".into() } else { s }
+            },
+            reason: text(&r.reason, "reason")?,
+            api: text(&r.api, "api")?,
+            created: now,
+            expires: ttl.map(|t| now.saturating_add(t)),
+        })
+    }
+
+    /// The kernel deadline an IP identifier should have given its store rows plus `extra`.
+    fn ip_deadline(
+        &self,
+        list: List,
+        ident: &Identifier,
+        extra: &[&Entry],
+        now: i64,
+    ) -> Result<Option<u64>, ServiceError> {
+        let rows = self.store.rows_of(list, ident)?;
+        let mut best: Option<Option<i64>> = None;
+        for e in rows.iter().chain(extra.iter().copied()) {
+            if !e.api.is_empty() || e.expires.is_some_and(|x| x <= now) {
+                continue;
+            }
+            best = Some(match (best, e.expires) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                (None, Some(b)) => Some(b),
+            });
+        }
+        Ok(best.map(|exp| kernel_deadline(exp, now)))
+    }
+
+    /// Makes the kernel's entry for one IP identifier match the store.
+    fn sync_ip(&mut self, list: List, ident: &Identifier, now: i64) -> Result<bool, ServiceError> {
+        let Some(cidr) = ident.cidr() else {
+            return Ok(false);
+        };
+        let deadline = self.ip_deadline(list, ident, &[], now)?;
+        let Some(f) = self.filter.as_mut() else {
+            return Ok(false);
+        };
+        match deadline {
+            Some(d) => f.insert(list, cidr, d)?,
+            None => f.remove(list, cidr)?,
+        }
+        Ok(deadline.is_some())
+    }
+
+    fn add(&mut self, r: AddRequest) -> Result<Added, ServiceError> {
+        let now = unix_now();
+        let entry = self.entry_from(&r, now)?;
+        let mut enforced = false;
+        if let (Some(cidr), true) = (entry.ident.cidr(), entry.api.is_empty())
+            && let Some(d) = self.ip_deadline(entry.list, &entry.ident, &[&entry], now)?
+            && let Some(f) = self.filter.as_mut()
+        {
+            f.insert(entry.list, cidr, d)?;
+            enforced = true;
+        }
+        let new = match self.store.upsert(std::slice::from_ref(&entry)) {
+            Ok(n) => n == 1,
+            Err(e) => {
+                // Take the kernel back to what the store says.
+                let _ = self.sync_ip(entry.list, &entry.ident, now);
+                return Err(e.into());
+            }
+        };
+        self.l7_add(std::slice::from_ref(&entry));
+        self.publish(|| Change::Added(Arc::from([entry.clone()])));
+        if entry.source == "checker"
+            && let Some(abs) = &self.abs
+        {
+            abs.queue_detection(serde_json::json!({
+                "kind": entry.ident.kind, "name": entry.ident.name, "value": entry.ident.value,
+                "reason": entry.reason, "time": entry.created,
+            }));
+        }
+        tracing::info!(list = %entry.list, ident = %entry.ident, source = %entry.source, reason = %entry.reason, expires = ?entry.expires, "entry added");
+        Ok(Added {
+            entry: EntryView::from(&entry),
+            new,
+            enforced_in_kernel: enforced,
+        })
+    }
+
+    fn remove(
+        &mut self,
+        list: List,
+        kind: Kind,
+        name: Option<&str>,
+        value: &str,
+        source: Option<&str>,
+    ) -> Result<Vec<EntryView>, ServiceError> {
+        let ident = Identifier::parse(kind, name, value)?;
+        let removed = self.store.remove(list, &ident, source)?;
+        if removed.is_empty() {
+            return Err(ServiceError::NotFound(ident.to_string(), list));
+        }
+        self.sync_ip(list, &ident, unix_now())?;
+        self.l7_reset(list, &ident)?;
+        self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
+        tracing::info!(%list, %ident, rows = removed.len(), "entry removed");
+        Ok(removed.iter().map(EntryView::from).collect())
+    }
+
+    fn clear(
+        &mut self,
+        list: List,
+        kind: Option<Kind>,
+        source: Option<String>,
+    ) -> Result<usize, ServiceError> {
+        let removed = self.store.clear(&store::Filter {
+            list: Some(list),
+            kind,
+            source,
+        })?;
+        let now = unix_now();
+        let mut seen = std::collections::HashSet::new();
+        let mut items = Vec::new();
+        for e in &removed {
+            if let Some(cidr) = e.ident.cidr()
+                && seen.insert(cidr)
+            {
+                items.push((list, cidr, self.ip_deadline(list, &e.ident, &[], now)?));
+            }
+        }
+        if let Some(f) = self.filter.as_mut() {
+            f.apply_many(items)?;
+        }
+        let mut done = std::collections::HashSet::new();
+        for e in &removed {
+            if done.insert(crate::store::ident_key(e.list, &e.ident)) {
+                self.l7_reset(e.list, &e.ident)?;
+            }
+        }
+        self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
+        tracing::info!(%list, ?kind, rows = removed.len(), "list cleared");
+        Ok(removed.len())
+    }
+
+    /// Rebuilds the kernel maps from the store (at start-up, after reusing pinned maps).
+    pub fn reconcile(&mut self) -> Result<(usize, usize), ServiceError> {
+        let now = unix_now();
+        let all = self.store.list(&store::Filter {
+            kind: Some(Kind::Ip),
+            ..store::Filter::default()
+        })?;
+        let mut best: BTreeMap<(List, Cidr), Option<i64>> = BTreeMap::new();
+        for e in &all {
+            let Some(c) = e.ident.cidr() else { continue };
+            if !e.api.is_empty() || e.expires.is_some_and(|x| x <= now) {
+                continue;
+            }
+            let slot = best.entry((e.list, c)).or_insert(Some(i64::MIN));
+            *slot = match (*slot, e.expires) {
+                (None, _) | (_, None) => None,
+                (Some(a), Some(b)) => Some(a.max(b)),
+            };
+        }
+        let Some(f) = self.filter.as_mut() else {
+            return Ok((0, 0));
+        };
+        let report = f.reconcile(
+            best.into_iter()
+                .map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))),
+        )?;
+        Ok((report.written, report.removed))
+    }
+
+    /// Removes expired entries from the store and the kernel; returns them.
+    pub fn prune(&mut self) -> Result<Vec<Entry>, ServiceError> {
+        let now = unix_now();
+        let gone = self.store.prune_expired(now)?;
+        for e in &gone {
+            self.sync_ip(e.list, &e.ident, now)?;
+            self.l7_reset(e.list, &e.ident)?;
+            tracing::info!(list = %e.list, ident = %e.ident, source = %e.source, "entry expired");
+        }
+        if !gone.is_empty() {
+            self.publish(|| Change::Removed(Arc::from(gone.as_slice())));
+        }
+        Ok(gone)
+    }
+}

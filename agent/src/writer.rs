@@ -1,0 +1,419 @@
+//! The one list writer: a thread that alone owns the store (SQLite) and the kernel maps.
+//!
+//! The control server, the checker's detections, the ABS feed and the daemon's timers send it
+//! typed commands over bounded channels and await typed replies; nothing else holds the
+//! agent's state, so no lock is held across I/O and no async worker blocks on SQLite or a
+//! syscall. Reads (`status`, `list`, `stats`, metrics) have their own channel and are served
+//! first, and between the chunks of a long import, so they answer while a large write runs.
+//! A command that panics is answered with an error, the kernel and the checker's lists are
+//! brought back in line with the store, and the writer goes on. Every applied change is
+//! published on a broadcast stream ([`Writer::subscribe`]).
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::abs::AbsItem;
+use crate::control::proto::{Request, Response};
+use crate::ident::Kind;
+use crate::service::{Added, Change, Imported, MirrorReport, Service, ServiceError};
+use crate::store::Entry;
+use portcullis_common::DropEvent;
+
+/// How many commands may wait for the writer before senders wait too (back-pressure).
+const QUEUE: usize = 256;
+/// Import lines handled between two looks at the read queue.
+const IMPORT_CHUNK: usize = 10_000;
+
+/// What the checker found: the culprit to deny-list (source `checker`).
+#[derive(Clone, Debug)]
+pub struct Detection {
+    /// Identifier kind.
+    pub kind: Kind,
+    /// Cookie or API-key name.
+    pub name: Option<String>,
+    /// The value (an address, or a secret digested by the store).
+    pub value: String,
+    /// What was detected, and on which API.
+    pub reason: String,
+    /// Seconds the deny lasts.
+    pub ttl_secs: u64,
+}
+
+/// Data the metrics endpoint renders, read in one go.
+pub struct MetricsData {
+    /// Kernel and L7 counters (the `stats` answer).
+    pub stats: serde_json::Value,
+    /// Entries by list, kind and source.
+    pub counts: Vec<(crate::kernel::List, Kind, String, u64)>,
+}
+
+enum Write {
+    Control(Request, oneshot::Sender<Response>),
+    Detect(Detection, oneshot::Sender<Result<Added, ServiceError>>),
+    AbsMirror(
+        Vec<AbsItem>,
+        oneshot::Sender<Result<MirrorReport, ServiceError>>,
+    ),
+    Prune(oneshot::Sender<Result<Vec<Entry>, ServiceError>>),
+    DrainEvents(oneshot::Sender<Vec<DropEvent>>),
+    #[cfg(test)]
+    Panic(oneshot::Sender<Result<(), ServiceError>>),
+}
+
+enum Read {
+    Control(Request, oneshot::Sender<Response>),
+    Metrics(oneshot::Sender<MetricsData>),
+}
+
+/// A handle on the list writer; cheap to clone. The writer stops when every handle is gone.
+#[derive(Clone)]
+pub struct Writer {
+    writes: mpsc::Sender<Write>,
+    reads: mpsc::Sender<Read>,
+    changes: broadcast::Sender<Change>,
+}
+
+/// The writer is gone (the agent is shutting down).
+fn gone() -> ServiceError {
+    ServiceError::Internal("the list writer has stopped".into())
+}
+
+impl Writer {
+    /// Starts the writer thread with `service` (already reconciled with the kernel).
+    pub fn spawn(mut service: Service) -> std::io::Result<(Self, std::thread::JoinHandle<()>)> {
+        let (writes, write_rx) = mpsc::channel(QUEUE);
+        let (reads, read_rx) = mpsc::channel(QUEUE);
+        let (changes, _) = broadcast::channel(1024);
+        service.set_changes(changes.clone());
+        let thread = std::thread::Builder::new()
+            .name("list-writer".into())
+            .spawn(move || run(service, write_rx, read_rx))?;
+        Ok((
+            Self {
+                writes,
+                reads,
+                changes,
+            },
+            thread,
+        ))
+    }
+
+    /// Every change applied from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.changes.subscribe()
+    }
+
+    async fn write<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Write,
+    ) -> Result<T, ServiceError> {
+        let (tx, rx) = oneshot::channel();
+        self.writes.send(make(tx)).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+
+    /// Answers one control request (reads jump the write queue).
+    pub async fn control(&self, req: Request) -> Response {
+        let (tx, rx) = oneshot::channel();
+        let sent = if req.is_read() {
+            self.reads.send(Read::Control(req, tx)).await.is_ok()
+        } else {
+            self.writes.send(Write::Control(req, tx)).await.is_ok()
+        };
+        if !sent {
+            return Response::err(gone());
+        }
+        rx.await.unwrap_or_else(|_| Response::err(gone()))
+    }
+
+    /// Deny-lists a detection's culprit.
+    pub async fn detect(&self, d: Detection) -> Result<Added, ServiceError> {
+        self.write(|tx| Write::Detect(d, tx)).await?
+    }
+
+    /// Makes the `abs` rows of the deny list exactly `items`.
+    pub async fn abs_mirror(&self, items: Vec<AbsItem>) -> Result<MirrorReport, ServiceError> {
+        self.write(|tx| Write::AbsMirror(items, tx)).await?
+    }
+
+    /// Removes expired entries; returns them.
+    pub async fn prune(&self) -> Result<Vec<Entry>, ServiceError> {
+        self.write(Write::Prune).await?
+    }
+
+    /// The sampled drop events the kernel logged since the last call.
+    pub async fn drain_events(&self) -> Vec<DropEvent> {
+        self.write(Write::DrainEvents).await.unwrap_or_default()
+    }
+
+    /// Counters and list sizes for the metrics endpoint.
+    pub async fn metrics(&self) -> Option<MetricsData> {
+        let (tx, rx) = oneshot::channel();
+        self.reads.send(Read::Metrics(tx)).await.ok()?;
+        rx.await.ok()
+    }
+
+    #[cfg(test)]
+    async fn panic(&self) -> Result<(), ServiceError> {
+        self.write(Write::Panic).await?
+    }
+}
+
+/// Runs `f`; a panic becomes `on_panic(message)`.
+fn guarded<T>(f: impl FnOnce() -> T, on_panic: impl FnOnce(String) -> T) -> T {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => v,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(ToString::to_string)
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            on_panic(msg)
+        }
+    }
+}
+
+fn run(mut service: Service, mut writes: mpsc::Receiver<Write>, mut reads: mpsc::Receiver<Read>) {
+    let rt = match tokio::runtime::Builder::new_current_thread().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("the list writer could not start: {e}");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        loop {
+            tokio::select! {
+                biased;
+                Some(r) = reads.recv() => read(&service, r),
+                w = writes.recv() => match w {
+                    Some(w) => write(&mut service, w, &mut reads),
+                    None => break,
+                },
+            }
+        }
+    });
+    tracing::debug!("list writer stopped");
+}
+
+fn read(service: &Service, r: Read) {
+    match r {
+        Read::Control(req, tx) => {
+            let resp = guarded(
+                || service.query(req),
+                |m| Response::err(ServiceError::Internal(m)),
+            );
+            let _ = tx.send(resp);
+        }
+        Read::Metrics(tx) => {
+            let data = guarded(
+                || MetricsData {
+                    stats: service.stats().unwrap_or_default(),
+                    counts: service.counts().unwrap_or_default(),
+                },
+                |_| MetricsData {
+                    stats: serde_json::Value::Null,
+                    counts: Vec::new(),
+                },
+            );
+            let _ = tx.send(data);
+        }
+    }
+}
+
+/// Serves reads that are waiting (called between the chunks of a long write).
+fn serve_waiting_reads(service: &Service, reads: &mut mpsc::Receiver<Read>) {
+    while let Ok(r) = reads.try_recv() {
+        read(service, r);
+    }
+}
+
+fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>) {
+    let mut panicked = false;
+    let mut on_panic = |m: String| {
+        tracing::error!("a list command panicked: {m}; recovering from the store");
+        panicked = true;
+        ServiceError::Internal(m)
+    };
+    match w {
+        Write::Control(
+            Request::Import {
+                list,
+                lines,
+                defaults,
+            },
+            tx,
+        ) => {
+            let mut total = Imported::default();
+            let mut failed = None;
+            for chunk in lines.chunks(IMPORT_CHUNK) {
+                match guarded(
+                    || service.import(list, chunk, &defaults),
+                    |m| Err(on_panic(m)),
+                ) {
+                    Ok(part) => {
+                        total.accepted += part.accepted;
+                        total.new += part.new;
+                        total.rejected.extend(part.rejected);
+                    }
+                    Err(e) => {
+                        failed = Some(e);
+                        break;
+                    }
+                }
+                serve_waiting_reads(service, reads);
+            }
+            let resp = match failed {
+                None => Response::ok(total),
+                Some(e) if total.accepted == 0 => Response::err(e),
+                Some(e) => Response::err(format!(
+                    "{e} (the first {} entries of this batch were imported)",
+                    total.accepted
+                )),
+            };
+            let _ = tx.send(resp);
+            trim();
+        }
+        Write::Control(req, tx) => {
+            let bulk = matches!(req, Request::Clear { .. } | Request::AbsPush { .. });
+            let resp = guarded(|| service.handle(req), |m| Response::err(on_panic(m)));
+            let _ = tx.send(resp);
+            if bulk {
+                trim();
+            }
+        }
+        Write::Detect(d, tx) => {
+            let _ = tx.send(guarded(|| service.detect(&d), |m| Err(on_panic(m))));
+        }
+        Write::AbsMirror(items, tx) => {
+            let _ = tx.send(guarded(|| service.abs_mirror(items), |m| Err(on_panic(m))));
+            trim();
+        }
+        Write::Prune(tx) => {
+            let _ = tx.send(guarded(|| service.prune(), |m| Err(on_panic(m))));
+        }
+        Write::DrainEvents(tx) => {
+            let events = guarded(
+                || {
+                    service
+                        .filter_mut()
+                        .and_then(|f| f.drain_events().ok())
+                        .unwrap_or_default()
+                },
+                |m| {
+                    on_panic(m);
+                    Vec::new()
+                },
+            );
+            let _ = tx.send(events);
+        }
+        #[cfg(test)]
+        Write::Panic(tx) => {
+            let _ = tx.send(guarded(
+                || panic!("a command that panics (test)"),
+                |m| Err(on_panic(m)),
+            ));
+        }
+    }
+    if panicked && let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
+        tracing::error!("recovering after a panic failed: {e}");
+    }
+}
+
+/// Hands a batch's buffers back to the OS: a long-running agent should not keep its import
+/// high-water mark as RSS.
+fn trim() {
+    // SAFETY: glibc's malloc_trim has no preconditions.
+    unsafe { libc::malloc_trim(0) };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::proto::AddRequest;
+    use crate::kernel::List;
+
+    /// A state directory removed when the test ends.
+    struct Dir(std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn writer(name: &str) -> (Writer, std::thread::JoinHandle<()>, Dir) {
+        let dir =
+            Dir(std::env::temp_dir().join(format!("pc-writer-{name}-{}", std::process::id())));
+        std::fs::create_dir_all(&dir.0).expect("state dir");
+        let store = crate::store::Store::open(&dir.0.join("lists.db")).expect("store");
+        let config = crate::config::Config::default();
+        let service = Service::new(config, store, None).expect("service");
+        let (w, t) = Writer::spawn(service).expect("spawn");
+        (w, t, dir)
+    }
+
+    fn add(value: &str) -> Request {
+        Request::Add(AddRequest {
+            list: Some(List::Deny),
+            kind: Some(Kind::Token),
+            value: value.into(),
+            ..AddRequest::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn survives_a_command_that_panics() {
+        let (w, thread, _dir) = writer("panic");
+        let mut changes = w.subscribe();
+        assert!(w.control(add("before")).await.ok);
+        let err = w
+            .panic()
+            .await
+            .expect_err("the panic is answered as an error");
+        assert!(err.to_string().contains("panics"), "{err}");
+        // The writer goes on: writes and reads still work, and what was there is still there.
+        assert!(w.control(add("after")).await.ok);
+        let listed = w
+            .control(Request::List {
+                list: Some(List::Deny),
+                kind: None,
+                source: None,
+            })
+            .await;
+        assert_eq!(
+            listed.result.as_array().map(Vec::len),
+            Some(2),
+            "{listed:?}"
+        );
+        // Both adds were published.
+        for _ in 0..2 {
+            assert!(matches!(changes.recv().await, Ok(Change::Added(_))));
+        }
+        drop(w);
+        thread
+            .join()
+            .expect("the writer thread ends when every handle is gone");
+    }
+
+    #[tokio::test]
+    async fn a_large_import_is_answered_whole_in_chunks() {
+        let (w, _thread, _dir) = writer("import");
+        let lines: Vec<(u64, String)> = (0..25_000u64)
+            .map(|i| (i + 1, format!("token t{i}")))
+            .chain([(25_001, "bogus line".into())])
+            .collect();
+        let r = w
+            .control(Request::Import {
+                list: List::Deny,
+                lines,
+                defaults: Default::default(),
+            })
+            .await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.result["accepted"], 25_000);
+        assert_eq!(r.result["new"], 25_000);
+        assert_eq!(r.result["rejected"][0][0], 25_001);
+    }
+}
