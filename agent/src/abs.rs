@@ -45,7 +45,7 @@ use hyper_util::rt::TokioExecutor;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::ident::Kind;
+use crate::model::Kind;
 use crate::writer::Writer;
 
 /// `[abs]` in the agent's configuration.

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::cidr::Cidr;
 use crate::kernel::Capacity;
+use crate::model::Cidr;
 use crate::paths;
 
 /// Kernel enforcement mode.
@@ -102,7 +102,8 @@ pub struct Config {
     pub min_deny_prefix_v6: u8,
     /// How often expired entries are pruned, e.g. "30s".
     pub prune_interval: String,
-    /// How long, on SIGTERM, open connections and queued list commands get to finish.
+    /// How long, on SIGTERM, open connections and queued list commands get to finish (at
+    /// most 60 s; the agent exits at most a second after it).
     pub shutdown_grace: String,
     /// One drop event in this many is sampled to the log (power of two).
     pub drop_sample_every: u32,
@@ -208,10 +209,21 @@ impl Config {
             field: "prune_interval",
             message: m,
         })?;
-        parse_duration(&self.shutdown_grace).map_err(|m| ConfigError::Invalid {
-            field: "shutdown_grace",
-            message: m,
-        })?;
+        match parse_duration(&self.shutdown_grace) {
+            Ok(g) if g <= 60 => {}
+            Ok(_) => {
+                return Err(ConfigError::Invalid {
+                    field: "shutdown_grace",
+                    message: "at most 60s (and below the unit's TimeoutStopSec)".into(),
+                });
+            }
+            Err(m) => {
+                return Err(ConfigError::Invalid {
+                    field: "shutdown_grace",
+                    message: m,
+                });
+            }
+        }
         if !self.metrics.is_empty() {
             self.metrics
                 .parse::<SocketAddr>()

@@ -8,15 +8,14 @@
 
 pub mod abs;
 pub mod checker;
-pub mod cidr;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod ident;
 pub mod infrastructure;
 pub mod kernel;
 pub mod metrics;
+pub mod model;
 pub mod paths;
 pub mod service;
 pub mod store;

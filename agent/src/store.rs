@@ -10,28 +10,7 @@ use std::path::Path;
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::ident::{Identifier, Kind};
-use crate::kernel::List;
-
-/// One entry: an identifier on a list, with where it came from and until when.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Entry {
-    /// Allow or deny.
-    pub list: List,
-    /// The identifier (secrets as digests).
-    #[serde(flatten)]
-    pub ident: Identifier,
-    /// `manual`, `abs`, `checker` or `fleet`.
-    pub source: String,
-    /// Free text (for `checker`, the detection).
-    pub reason: String,
-    /// API name the entry is scoped to; empty = every API (and the kernel, for IPs).
-    pub api: String,
-    /// Unix seconds.
-    pub created: i64,
-    /// Unix seconds; `None` = never expires.
-    pub expires: Option<i64>,
-}
+use crate::model::{Entry, Identifier, Kind, List};
 
 /// Which entries a query or a clear applies to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -397,13 +376,10 @@ mod tests {
         expires: Option<i64>,
     ) -> Entry {
         Entry {
-            list,
-            ident: Identifier::parse(kind, name, value).expect("valid"),
             source: source.into(),
-            reason: String::new(),
-            api: String::new(),
             created: 1,
             expires,
+            ..Entry::sample(list, kind, name, value)
         }
     }
 

@@ -3,27 +3,39 @@
 //! The control server, the checker's detections, the ABS feed and the daemon's timers send it
 //! typed commands over bounded channels and await typed replies; nothing else holds the
 //! agent's state, so no lock is held across I/O and no async worker blocks on SQLite or a
-//! syscall. Reads (`status`, `list`, `stats`, metrics) have their own channel and are served
-//! first, and between the chunks of a long import, so they answer while a large write runs.
+//! syscall. Reads (`status`, `list`, `stats`, metrics) have their own channel; the reads
+//! waiting when a write ends (or between the chunks of a long import) are answered before the
+//! next write, so they answer while a large write runs, yet a flood of reads cannot starve
+//! the writes (each write is followed by at most the reads already queued).
 //! A command that panics is answered with an error, the kernel and the checker's lists are
-//! brought back in line with the store, and the writer goes on. Every applied change is
-//! published on a broadcast stream ([`Writer::subscribe`]).
+//! brought back in line with the store, and the writer goes on; repeated panics, or a failed
+//! recovery, stop the agent so that systemd restarts it and the start-up reconcile applies.
+//! Every applied change is published on a broadcast stream ([`Writer::subscribe`]).
+//!
+//! At shutdown the daemon calls [`Writer::close`]: the queues close, the commands already
+//! queued are applied until the deadline, and the rest are answered "stopped".
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::time::{Duration, Instant};
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::abs::AbsItem;
 use crate::control::proto::{Request, Response};
-use crate::ident::Kind;
+use crate::model::Entry;
+use crate::model::Kind;
 use crate::service::{Added, Change, Imported, MirrorReport, Service, ServiceError};
-use crate::store::Entry;
 use portcullis_common::DropEvent;
 
 /// How many commands may wait for the writer before senders wait too (back-pressure).
 const QUEUE: usize = 256;
 /// Import lines handled between two looks at the read queue.
 const IMPORT_CHUNK: usize = 10_000;
+/// This many panics within [`PANIC_WINDOW`] and the writer stops the agent (a restart
+/// reconciles the kernel with the store from scratch).
+const PANIC_LIMIT: usize = 5;
+/// See [`PANIC_LIMIT`].
+const PANIC_WINDOW: Duration = Duration::from_secs(60);
 
 /// What the checker found: the culprit to deny-list (source `checker`).
 #[derive(Clone, Debug)]
@@ -45,7 +57,7 @@ pub struct MetricsData {
     /// Kernel and L7 counters (the `stats` answer).
     pub stats: serde_json::Value,
     /// Entries by list, kind and source.
-    pub counts: Vec<(crate::kernel::List, Kind, String, u64)>,
+    pub counts: Vec<(crate::model::List, Kind, String, u64)>,
 }
 
 enum Write {
@@ -72,6 +84,8 @@ pub struct Writer {
     writes: mpsc::Sender<Write>,
     reads: mpsc::Sender<Read>,
     changes: broadcast::Sender<Change>,
+    /// Set once, at shutdown: the deadline for the commands already queued.
+    close: watch::Sender<Option<Instant>>,
 }
 
 /// The writer is gone (the agent is shutting down).
@@ -85,18 +99,26 @@ impl Writer {
         let (writes, write_rx) = mpsc::channel(QUEUE);
         let (reads, read_rx) = mpsc::channel(QUEUE);
         let (changes, _) = broadcast::channel(1024);
+        let (close, close_rx) = watch::channel(None);
         service.set_changes(changes.clone());
         let thread = std::thread::Builder::new()
             .name("list-writer".into())
-            .spawn(move || run(service, write_rx, read_rx))?;
+            .spawn(move || run(service, write_rx, read_rx, close_rx))?;
         Ok((
             Self {
                 writes,
                 reads,
                 changes,
+                close,
             },
             thread,
         ))
+    }
+
+    /// Stops taking commands; those already queued are applied until `deadline`, the rest
+    /// are answered "stopped". The thread then ends.
+    pub fn close(&self, deadline: Instant) {
+        let _ = self.close.send(Some(deadline));
     }
 
     /// Every change applied from now on.
@@ -175,7 +197,12 @@ fn guarded<T>(f: impl FnOnce() -> T, on_panic: impl FnOnce(String) -> T) -> T {
     }
 }
 
-fn run(mut service: Service, mut writes: mpsc::Receiver<Write>, mut reads: mpsc::Receiver<Read>) {
+fn run(
+    mut service: Service,
+    mut writes: mpsc::Receiver<Write>,
+    mut reads: mpsc::Receiver<Read>,
+    mut close: watch::Receiver<Option<Instant>>,
+) {
     let rt = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -183,19 +210,56 @@ fn run(mut service: Service, mut writes: mpsc::Receiver<Write>, mut reads: mpsc:
             return;
         }
     };
+    let mut panics = Panics::default();
     rt.block_on(async move {
-        loop {
+        let deadline = loop {
             tokio::select! {
-                biased;
                 Some(r) = reads.recv() => read(&service, r),
                 w = writes.recv() => match w {
-                    Some(w) => write(&mut service, w, &mut reads),
-                    None => break,
+                    Some(w) => {
+                        write(&mut service, w, &mut reads, &mut panics);
+                        serve_waiting_reads(&service, &mut reads);
+                    }
+                    None => return,
                 },
+                changed = close.changed() => match (changed, *close.borrow()) {
+                    (Ok(()), Some(deadline)) => break deadline,
+                    (Ok(()), None) => {}
+                    (Err(_), _) => break Instant::now(),
+                },
+            }
+        };
+        // Shutdown: apply what is already queued while time remains; dropping the rest
+        // answers their callers "stopped".
+        writes.close();
+        reads.close();
+        while Instant::now() < deadline {
+            match writes.try_recv() {
+                Ok(w) => write(&mut service, w, &mut reads, &mut panics),
+                Err(_) => break,
             }
         }
     });
     tracing::debug!("list writer stopped");
+}
+
+/// Recent panics, to tell a bug hit once from a writer that can no longer make progress.
+#[derive(Default)]
+struct Panics(Vec<Instant>);
+
+impl Panics {
+    /// Records one; stops the agent when there were too many lately.
+    fn record(&mut self) {
+        let now = Instant::now();
+        self.0.retain(|t| now.duration_since(*t) < PANIC_WINDOW);
+        self.0.push(now);
+        if self.0.len() >= PANIC_LIMIT {
+            tracing::error!(
+                "{PANIC_LIMIT} list commands panicked within {PANIC_WINDOW:?}; stopping the agent so that it restarts from the store (XDP enforcement stays in place)"
+            );
+            std::process::exit(70);
+        }
+    }
 }
 
 fn read(service: &Service, r: Read) {
@@ -223,19 +287,26 @@ fn read(service: &Service, r: Read) {
     }
 }
 
-/// Serves reads that are waiting (called between the chunks of a long write).
+/// Serves the reads waiting now, and no more (reads arriving meanwhile wait for the next
+/// turn, so a flood of them cannot hold the writes back).
 fn serve_waiting_reads(service: &Service, reads: &mut mpsc::Receiver<Read>) {
-    while let Ok(r) = reads.try_recv() {
-        read(service, r);
+    for _ in 0..reads.len() {
+        match reads.try_recv() {
+            Ok(r) => read(service, r),
+            Err(_) => break,
+        }
     }
 }
 
-fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>) {
+fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>, panics: &mut Panics) {
     let mut panicked = false;
     let mut on_panic = |m: String| {
         tracing::error!("a list command panicked: {m}; recovering from the store");
         panicked = true;
-        ServiceError::Internal(m)
+        ServiceError::Internal(
+            "the command failed inside the agent (logged); the lists were re-read from the store"
+                .into(),
+        )
     };
     match w {
         Write::Control(
@@ -248,7 +319,9 @@ fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>) {
         ) => {
             let mut total = Imported::default();
             let mut failed = None;
+            let mut stopped_at = 0;
             for chunk in lines.chunks(IMPORT_CHUNK) {
+                stopped_at = chunk.first().map_or(0, |(no, _)| *no);
                 match guarded(
                     || service.import(list, chunk, &defaults),
                     |m| Err(on_panic(m)),
@@ -268,10 +341,19 @@ fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>) {
             let resp = match failed {
                 None => Response::ok(total),
                 Some(e) if total.accepted == 0 => Response::err(e),
-                Some(e) => Response::err(format!(
-                    "{e} (the first {} entries of this batch were imported)",
-                    total.accepted
-                )),
+                Some(e) => {
+                    // Earlier chunks are committed (store and kernel): say so, with the
+                    // counts, so a script knows where to resume.
+                    let mut r = Response::err(format!(
+                        "{e}: the import stopped at line {stopped_at}; the {} entries accepted from the lines before it are on the list",
+                        total.accepted
+                    ));
+                    r.result = serde_json::json!({
+                        "accepted": total.accepted, "new": total.new,
+                        "rejected": total.rejected, "stopped_at_line": stopped_at,
+                    });
+                    r
+                }
             };
             let _ = tx.send(resp);
             trim();
@@ -317,8 +399,14 @@ fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>) {
             ));
         }
     }
-    if panicked && let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
-        tracing::error!("recovering after a panic failed: {e}");
+    if panicked {
+        if let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
+            // The kernel or the checker's lists may now differ from the store: a restart
+            // reconciles them from scratch.
+            tracing::error!("recovering after a panic failed: {e}; stopping the agent");
+            std::process::exit(70);
+        }
+        panics.record();
     }
 }
 
@@ -333,7 +421,7 @@ fn trim() {
 mod tests {
     use super::*;
     use crate::control::proto::AddRequest;
-    use crate::kernel::List;
+    use crate::model::List;
 
     /// A state directory removed when the test ends.
     struct Dir(std::path::PathBuf);
@@ -372,7 +460,7 @@ mod tests {
             .panic()
             .await
             .expect_err("the panic is answered as an error");
-        assert!(err.to_string().contains("panics"), "{err}");
+        assert!(err.to_string().contains("inside the agent"), "{err}");
         // The writer goes on: writes and reads still work, and what was there is still there.
         assert!(w.control(add("after")).await.ok);
         let listed = w

@@ -3,12 +3,12 @@
 //! HTTP server playing ABS. Writes `target/bench/abs.json`.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
+use portcullis_tests::report::{self, Table};
 
 fn proc_stat(pid: u32) -> anyhow::Result<(f64, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -172,40 +172,39 @@ fn main() -> anyhow::Result<()> {
         "push_to_enforcement_ms": {"median": pushed[pushed.len() / 2], "max": pushed[pushed.len() - 1]},
         "list_1m": {"body_mb": body_mb, "first_sync_s": first.as_secs_f64(), "first_sync_cpu_s": cpu1 - cpu0, "unchanged_sync_cpu_s_per_poll": steady_cpu_per_poll, "peak_rss_mib": hwm1.max(hwm2) as f64 / 1024.0},
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    std::fs::create_dir_all(target.join("bench"))?;
-    std::fs::write(
-        target.join("bench/abs.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    println!("| measure | value |");
-    println!("|---|---:|");
-    println!(
-        "| ABS list change → kernel enforcement, 1 s poll, median / max | {:.0} / {:.0} ms |",
-        polled[polled.len() / 2],
-        polled[polled.len() - 1]
-    );
-    println!(
-        "| ABS push → enforced (answer received), median / max | {:.2} / {:.2} ms |",
-        pushed[pushed.len() / 2],
-        pushed[pushed.len() - 1]
-    );
-    println!(
-        "| 1M-identifier list ({body_mb:.0} MB JSON): first sync, wall | {:.1} s |",
-        first.as_secs_f64()
-    );
-    println!(
-        "| 1M-identifier list: first sync, agent CPU | {:.1} s |",
-        cpu1 - cpu0
-    );
-    println!(
-        "| 1M-identifier list: each unchanged re-sync, agent CPU | {steady_cpu_per_poll:.2} s |"
-    );
-    println!(
-        "| agent peak RSS with the 1M list | {:.0} MiB |",
-        hwm1.max(hwm2) as f64 / 1024.0
-    );
+    let mut t = Table::new(&["measure", ">value"]);
+    t.row([
+        "ABS list change → enforced in the kernel, 1 s poll, median / max".into(),
+        format!(
+            "{} / {}",
+            report::ms(polled[polled.len() / 2]),
+            report::ms(polled[polled.len() - 1])
+        ),
+    ]);
+    t.row([
+        "ABS push → enforced when the answer arrives, median / max".into(),
+        format!(
+            "{} / {}",
+            report::ms(pushed[pushed.len() / 2]),
+            report::ms(pushed[pushed.len() - 1])
+        ),
+    ]);
+    t.row([
+        format!(
+            "1M-identifier list (500k IPs, 500k tokens, {} of JSON): first sync, wall",
+            report::bytes(body_mb * 1e6)
+        ),
+        report::secs(first.as_secs_f64()),
+    ]);
+    t.row(["the same: agent CPU time".into(), report::secs(cpu1 - cpu0)]);
+    t.row([
+        "each later poll of the unchanged 1M list (fetch, parse, diff), agent CPU".into(),
+        report::secs(steady_cpu_per_poll),
+    ]);
+    t.row([
+        "agent peak RSS while syncing the 1M list".into(),
+        format!("{} MiB", report::num(hwm1.max(hwm2) as f64 / 1024.0)),
+    ]);
+    report::write("abs", json, &t, &[])?;
     Ok(())
 }

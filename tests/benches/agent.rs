@@ -4,9 +4,11 @@
 //!   socket round trip, kernel map write, database commit), and the same request over an
 //!   open socket without the process start;
 //! - import rate: `portcullis deny import` of 1M IP entries and of 1M tokens;
-//! - agent RSS growth per entry with 1M entries of each of the five kinds.
+//! - agent RSS growth per entry with 1M entries of each of the five kinds;
+//! - the control API while the list writer imports: `status` round trips on a second
+//!   connection during the 1M-token import.
 //!
-//! Writes `target/bench/agent.json` and prints a markdown table.
+//! Writes `target/bench/agent.json` (see [`portcullis_tests::report`]).
 
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::path::{Path, PathBuf};
@@ -14,6 +16,7 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
+use portcullis_tests::report::{self, Table};
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -52,6 +55,32 @@ fn import(agent: &Agent, path: &Path) -> anyhow::Result<f64> {
     let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let accepted = r["accepted"].as_f64().unwrap_or(0.0);
     Ok(accepted / secs)
+}
+
+/// Sends `status` every 20 ms on its own connection until `stop`; returns the round trips (ms).
+fn sample_status(
+    socket: PathBuf,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<anyhow::Result<Vec<f64>>> {
+    std::thread::spawn(move || {
+        let s = std::os::unix::net::UnixStream::connect(socket)?;
+        let mut w = s.try_clone()?;
+        let mut r = BufReader::new(s);
+        let mut line = String::new();
+        let mut out = Vec::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let t = Instant::now();
+            w.write_all(b"{\"op\":\"status\"}\n")?;
+            line.clear();
+            r.read_line(&mut line)?;
+            out.push(t.elapsed().as_secs_f64() * 1e3);
+            if !line.contains("\"ok\":true") {
+                bail!("status failed: {line}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        Ok(out)
+    })
 }
 
 fn main() -> anyhow::Result<()> {
@@ -128,7 +157,14 @@ fn main() -> anyhow::Result<()> {
     eprintln!("bench agent: importing");
     let ip_rate = import(&agent, &f("ips"))?;
     let rss_ip = rss_kib(pid)?;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_status(dirs.socket(), stop.clone());
     let token_rate = import(&agent, &f("tokens"))?;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut status_ms = sampler
+        .join()
+        .map_err(|_| anyhow::anyhow!("status sampler panicked"))??;
+    status_ms.sort_by(f64::total_cmp);
     let cookie_rate = import(&agent, &f("cookies"))?;
     let key_rate = import(&agent, &f("keys"))?;
     let user_rate = import(&agent, &f("users"))?;
@@ -143,41 +179,79 @@ fn main() -> anyhow::Result<()> {
     let json = serde_json::json!({
         "add_cli_ms": {"median": percentile(&cli_ms, 0.5), "p99": percentile(&cli_ms, 0.99)},
         "add_socket_ms": {"median": percentile(&sock_ms, 0.5), "p99": percentile(&sock_ms, 0.99)},
+        "status_during_import_ms": {"samples": status_ms.len(), "median": percentile(&status_ms, 0.5), "p99": percentile(&status_ms, 0.99), "max": status_ms.last()},
         "import_per_s": {"ip": ip_rate, "token": token_rate, "cookie": cookie_rate, "api_key": key_rate, "username": user_rate},
         "rss_kib": {"start": rss0, "after_1m_ip": rss_ip, "after_1m_each_kind": rss_all},
         "rss_bytes_per_entry": {"ip": per_entry_ip, "all_kinds": per_entry_all},
         "database_bytes": db,
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    std::fs::create_dir_all(target.join("bench"))?;
-    std::fs::write(
-        target.join("bench/agent.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    println!("| measure | value | target |");
-    println!("|---|---:|---|");
-    println!(
-        "| add → enforced, CLI process, median / p99 | {:.2} / {:.2} ms | p99 < 10 ms |",
-        percentile(&cli_ms, 0.5),
-        percentile(&cli_ms, 0.99)
-    );
-    println!(
-        "| add → enforced, open socket, median / p99 | {:.3} / {:.3} ms | |",
-        percentile(&sock_ms, 0.5),
-        percentile(&sock_ms, 0.99)
-    );
-    println!("| import 1M IP entries | {ip_rate:.0} /s | ≥ 200k/s |");
-    println!("| import 1M tokens | {token_rate:.0} /s | ≥ 200k/s |");
-    println!(
-        "| import 1M cookies / API keys / usernames | {cookie_rate:.0} / {key_rate:.0} / {user_rate:.0} /s | |"
-    );
-    println!("| agent RSS growth per IP entry (1M) | {per_entry_ip:.0} B | < 200 B |");
-    println!("| agent RSS growth per entry, 1M of each kind | {per_entry_all:.0} B | < 200 B |");
-    println!(
-        "| database file, 5M entries | {:.0} MB | |",
-        db as f64 / 1e6
-    );
+    let mut t = Table::new(&["measure", ">value", "target"]);
+    t.row([
+        "`deny add ip` → enforced in the kernel, whole CLI process, median / p99".into(),
+        format!(
+            "{} / {}",
+            report::ms(percentile(&cli_ms, 0.5)),
+            report::ms(percentile(&cli_ms, 0.99))
+        ),
+        "p99 < 10 ms".into(),
+    ]);
+    t.row([
+        "the same request on an open socket, median / p99".into(),
+        format!(
+            "{} / {}",
+            report::ms(percentile(&sock_ms, 0.5)),
+            report::ms(percentile(&sock_ms, 0.99))
+        ),
+        String::new(),
+    ]);
+    t.row([
+        format!(
+            "`status` while 1M tokens are imported, median / p99 / max ({} samples)",
+            status_ms.len()
+        ),
+        format!(
+            "{} / {} / {}",
+            report::ms(percentile(&status_ms, 0.5)),
+            report::ms(percentile(&status_ms, 0.99)),
+            report::ms(status_ms.last().copied().unwrap_or(f64::NAN))
+        ),
+        "< 100 ms".into(),
+    ]);
+    t.row([
+        "`deny import` of 1M IP entries".into(),
+        report::si(ip_rate, "/s"),
+        "≥ 200k/s".into(),
+    ]);
+    t.row([
+        "`deny import` of 1M tokens".into(),
+        report::si(token_rate, "/s"),
+        "≥ 200k/s".into(),
+    ]);
+    t.row([
+        "`deny import` of 1M cookies / API keys / usernames (table already 2–4M rows)".into(),
+        format!(
+            "{} / {} / {}",
+            report::si(cookie_rate, "/s"),
+            report::si(key_rate, "/s"),
+            report::si(user_rate, "/s")
+        ),
+        String::new(),
+    ]);
+    t.row([
+        "agent RSS growth per entry, 1M IP entries".into(),
+        report::bytes(per_entry_ip),
+        "≤ 200 B".into(),
+    ]);
+    t.row([
+        "agent RSS growth per entry, 1M entries of each of the five kinds".into(),
+        report::bytes(per_entry_all),
+        "≤ 200 B".into(),
+    ]);
+    t.row([
+        "database file with those 5M entries".into(),
+        report::bytes(db as f64),
+        String::new(),
+    ]);
+    report::write("agent", json, &t, &[])?;
     Ok(())
 }

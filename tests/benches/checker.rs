@@ -5,13 +5,13 @@
 //! and the median run is reported. Writes `target/bench/checker.json`.
 
 use std::net::TcpListener;
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 use portcullis_tests::backend::Backend;
+use portcullis_tests::report::{self, Table};
 use portcullis_tests::tls::self_signed;
 
 const SECS: &str = "8";
@@ -215,27 +215,21 @@ fn main() -> anyhow::Result<()> {
         "portcullis_vs_nginx_rps": pc.rps / ng.rps,
         "portcullis_added_p99_ms": pc.p99_ms - direct.p99_ms,
     });
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    std::fs::create_dir_all(target.join("bench"))?;
-    std::fs::write(
-        target.join("bench/checker.json"),
-        serde_json::to_string_pretty(&json)?,
-    )?;
-    println!("| target | requests/s | p50 | p99 |");
-    println!("|---|---:|---:|---:|");
+    let mut t = Table::new(&["target", ">requests/s", ">p50", ">p99"]);
     for (i, r) in median.iter().enumerate() {
-        println!(
-            "| {} | {:.0} | {:.2} ms | {:.2} ms |",
-            targets[i].0, r.rps, r.p50_ms, r.p99_ms
-        );
+        t.row([
+            targets[i].0.to_string(),
+            report::num(r.rps),
+            report::ms(r.p50_ms),
+            report::ms(r.p99_ms),
+        ]);
     }
-    println!(
-        "\nportcullis / nginx throughput: {:.2}x; p99 added over the backend: {:.2} ms; a denied token got HTTP {denied_code}",
+    let note = format!(
+        "portcullis / nginx throughput: {:.2}x; p99 added over the backend: {}; a denied token got HTTP {denied_code}",
         pc.rps / ng.rps,
-        pc.p99_ms - direct.p99_ms
+        report::ms(pc.p99_ms - direct.p99_ms)
     );
+    report::write("checker", json, &t, &[note])?;
     drop(agent);
     Ok(())
 }

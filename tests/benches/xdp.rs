@@ -13,18 +13,19 @@
 
 use std::collections::HashSet;
 use std::net::{Ipv4Addr, Ipv6Addr};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
-use portcullis::cidr::{Cidr, mask32, mask128};
 use portcullis::kernel::reference::Rng;
 use portcullis::kernel::sys;
-use portcullis::kernel::{AttachMode, Capacity, Filter, List, LoadOptions, Object, PROGRAM};
+use portcullis::kernel::{AttachMode, Capacity, Filter, LoadOptions, Object, PROGRAM};
+use portcullis::model::List;
+use portcullis::model::{Cidr, mask32, mask128};
 use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::frames;
 use portcullis_tests::netns::{NetnsPair, in_netns};
+use portcullis_tests::report::{self, Table};
 
 const PROBES: usize = 1 << 16;
 const REPEAT: u32 = 1 << 18;
@@ -452,66 +453,73 @@ fn map_fd(fd: &std::os::fd::OwnedFd) -> std::os::fd::BorrowedFd<'_> {
 }
 
 fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Result<()> {
-    // cargo runs benches from the package directory: resolve the workspace's target dir.
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let dir = target.join("bench");
-    std::fs::create_dir_all(&dir)?;
-    let opt = |v: Option<f64>| v.map_or("null".to_string(), |x| format!("{x:.1}"));
-    let json_rows: Vec<String> = rows
+    let json_rows: Vec<serde_json::Value> = rows
         .iter()
         .map(|r| {
-            format!(
-                r#"{{"family":"{}","entries":{},"case":"{}","portcullis_ns":{:.1},"lpm_only_ns":{:.1},"hash_only_ns":{:.1},"xdp_filter_ns":{},"portcullis_per_frame_ns":{},"harness_ns":{:.1},"empty_program_ns":{:.1}}}"#,
-                r.family, r.entries, r.case, r.portcullis, r.lpm, r.hash, opt(r.xdp_filter), opt(r.portcullis_frames), r.base, r.empty
-            )
+            serde_json::json!({
+                "family": r.family, "entries": r.entries, "case": r.case,
+                "portcullis_ns": r.portcullis, "lpm_only_ns": r.lpm, "hash_only_ns": r.hash,
+                "xdp_filter_ns": r.xdp_filter, "portcullis_per_frame_ns": r.portcullis_frames,
+                "harness_ns": r.base, "empty_program_ns": r.empty,
+            })
         })
         .collect();
-    let json = format!(
-        "{{\"rows\":[{}],\"bulk_load_1m_s\":{},\"lpm_one_by_one_load_1m_s\":{}}}\n",
-        json_rows.join(","),
-        bulk.map_or("null".to_string(), |x| format!("{x:.3}")),
-        opt(lpm_load)
-    );
-    let path = dir.join("xdp.json");
-    std::fs::write(&path, json)?;
-    println!(
-        "| family | entries | case | portcullis | lpm_only | hash_only | xdp-filter | harness | test-run floor | vs hash (net) | lpm / portcullis (net) |"
-    );
-    println!("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let json = serde_json::json!({
+        "rows": json_rows, "bulk_load_1m_s": bulk, "lpm_one_by_one_load_1m_s": lpm_load,
+    });
+    let mut t = Table::new(&[
+        "family",
+        ">entries",
+        "case",
+        ">portcullis",
+        ">lpm_only",
+        ">hash_only",
+        ">xdp-filter",
+        ">harness",
+        ">test-run floor",
+        ">vs hash (net)",
+        ">lpm / portcullis (net)",
+    ]);
+    let ratio = |x: f64| format!("{x:.2}x");
     for r in rows {
         let net = |x: f64| (x - r.empty).max(0.1);
         let xf = match (r.xdp_filter, r.portcullis_frames) {
-            (Some(t), Some(m)) => format!("{t:.1} (portcullis {m:.1})"),
+            (Some(t), Some(m)) => format!("{} (portcullis {})", report::num(t), report::num(m)),
             _ => "–".into(),
         };
-        println!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {:.1} | {:.2}x ({:.2}x) | {:.1}x ({:.1}x) |",
-            r.family,
-            r.entries,
-            r.case,
-            r.portcullis,
-            r.lpm,
-            r.hash,
+        t.row([
+            r.family.to_string(),
+            r.entries.to_string(),
+            r.case.to_string(),
+            report::num(r.portcullis),
+            report::num(r.lpm),
+            report::num(r.hash),
             xf,
-            r.base,
-            r.empty,
-            r.portcullis / r.hash,
-            net(r.portcullis) / net(r.hash),
-            r.lpm / r.portcullis,
-            net(r.lpm) / net(r.portcullis)
-        );
+            report::num(r.base),
+            report::num(r.empty),
+            format!(
+                "{} ({})",
+                ratio(r.portcullis / r.hash),
+                ratio(net(r.portcullis) / net(r.hash))
+            ),
+            format!(
+                "{} ({})",
+                ratio(r.lpm / r.portcullis),
+                ratio(net(r.lpm) / net(r.portcullis))
+            ),
+        ]);
     }
-    println!(
-        "\nns per packet; (net) = minus the empty program's cost, BPF_PROG_TEST_RUN's own floor"
-    );
+    let mut notes = vec![
+        "ns per packet; (net) = minus the empty program's cost, BPF_PROG_TEST_RUN's own floor"
+            .to_string(),
+    ];
     if let Some(b) = bulk {
-        println!(
-            "\nbulk load of 1M IPv4 entries: {b:.2} s (one-by-one into an LPM trie: {:.2} s)",
-            lpm_load.unwrap_or(f64::NAN)
-        );
+        notes.push(format!(
+            "bulk load of 1M IPv4 entries: {} (one-by-one into an LPM trie: {})",
+            report::secs(b),
+            lpm_load.map_or("–".into(), report::secs)
+        ));
     }
-    println!("wrote {}", path.display());
+    report::write("xdp", json, &t, &notes)?;
     Ok(())
 }

@@ -3,9 +3,10 @@
 
 use std::collections::BTreeMap;
 
-use portcullis::cidr::Cidr;
 use portcullis::kernel::table::Slot;
-use portcullis::kernel::{IpTable, KernelState, List};
+use portcullis::kernel::{IpTable, KernelState};
+use portcullis::model::Cidr;
+use portcullis::model::List;
 use portcullis_common::{Deadlines, NEVER};
 
 use crate::agent::{Agent, AgentDirs, ok};

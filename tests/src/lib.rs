@@ -10,6 +10,7 @@ pub mod frames;
 pub mod http;
 pub mod kernel_check;
 pub mod netns;
+pub mod report;
 pub mod tls;
 
 /// Environment variable that turns a skipped privileged test into a failure (set by CI): any

@@ -5,8 +5,9 @@
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::time::{Duration, Instant};
 
-use portcullis::cidr::Cidr;
-use portcullis::kernel::{self, AttachMode, Filter, List, LoadOptions};
+use portcullis::kernel::{self, AttachMode, Filter, LoadOptions};
+use portcullis::model::Cidr;
+use portcullis::model::List;
 use portcullis_common::{NEVER, counter};
 use portcullis_tests::netns::{CLIENT_V4, CLIENT_V6, NetnsPair, SERVER_V4, SERVER_V6, in_netns};
 use portcullis_tests::{PinDir, privileged};

@@ -5,10 +5,11 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use portcullis::cidr::Cidr;
 use portcullis::kernel::reference::{Chains, Op, Reference, Rng, Verdict};
 use portcullis::kernel::sys::boottime_ns;
-use portcullis::kernel::{Capacity, Filter, KernelError, KernelState, List, LoadOptions, PROGRAM};
+use portcullis::kernel::{Capacity, Filter, KernelError, KernelState, LoadOptions, PROGRAM};
+use portcullis::model::Cidr;
+use portcullis::model::List;
 use portcullis_common::{NEVER, counter, mode};
 use portcullis_tests::frames::{self, Tag};
 use portcullis_tests::{PinDir, privileged};

@@ -3,10 +3,13 @@
 //! - `setup`: installs what builds and tests need (idempotent, seconds when done);
 //! - `test`: every test, privileged ones single-threaded;
 //! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
-//! - `bench xdp`: the XDP benchmark (writes `target/bench/xdp.json`).
+//! - `bench xdp|agent|checker|abs`: a benchmark (writes `target/bench/<name>.json`), then
+//!   `readme`;
+//! - `readme`: puts the benchmark tables from `target/bench/*.json` into README.md.
 //!
 //! Every verb runs `setup` first.
 
+mod readme;
 mod setup;
 
 use std::process::Command;
@@ -21,7 +24,12 @@ fn main() -> anyhow::Result<()> {
         "setup" => setup::run().map(drop),
         "build" => {
             let env = setup::run()?;
-            cargo(&env, &["build", "--release", "--workspace"])
+            // The agent alone: built with the workspace, feature unification would give it
+            // the test kit (the reference model and the benchmark eBPF object).
+            cargo(
+                &env,
+                &["build", "--release", "-p", "portcullis-agent", "--bins"],
+            )
         }
         "test" => {
             let env = setup::run()?;
@@ -74,14 +82,26 @@ fn main() -> anyhow::Result<()> {
                     &["build", "--release", "-p", "portcullis-agent", "--bins"],
                 )?;
             }
-            cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", name])
+            cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", name])?;
+            update_readme()
         }
+        "readme" => update_readme(),
         "help" | "--help" | "-h" => {
-            println!("usage: cargo xtask <setup|build|lint|test|demo|bench xdp|agent|checker|abs>");
+            println!(
+                "usage: cargo xtask <setup|build|lint|test|demo|bench xdp|agent|checker|abs|readme>"
+            );
             Ok(())
         }
         other => bail!("unknown verb {other:?}: try `cargo xtask help`"),
     }
+}
+
+/// Regenerates the README's benchmark tables from the reports in `target/bench`.
+fn update_readme() -> anyhow::Result<()> {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let done = readme::update(&root)?;
+    println!("README.md: benchmark tables updated from target/bench: {done:?}");
+    Ok(())
 }
 
 /// One lint regime: rustfmt everywhere, clippy with warnings as errors on the host crates

@@ -22,8 +22,8 @@ use http::HeaderMap;
 
 use super::api::ApiMetadata;
 use super::lists::RequestIdents;
-use crate::cidr::Cidr;
-use crate::ident::{Identifier, Kind};
+use crate::model::Cidr;
+use crate::model::{Identifier, Kind};
 
 fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
     h.get(name)
@@ -376,11 +376,11 @@ mod tests {
         );
         let r = identifiers(&meta, &h, Some("x=1&key=k%20y"), ip, false);
         assert_eq!(r.cookies.len(), 1);
-        assert_eq!(r.cookies[0].value, crate::ident::digest("s3ss"));
+        assert_eq!(r.cookies[0].value, crate::model::digest("s3ss"));
         assert_eq!(r.tokens.len(), 1);
-        assert_eq!(r.tokens[0].value, crate::ident::digest(&jwt));
+        assert_eq!(r.tokens[0].value, crate::model::digest(&jwt));
         assert_eq!(r.api_keys.len(), 1);
-        assert_eq!(r.api_keys[0].1.value, crate::ident::digest("k y"));
+        assert_eq!(r.api_keys[0].1.value, crate::model::digest("k y"));
         assert_eq!(r.usernames.len(), 1);
         assert_eq!(r.usernames[0].value, "your name");
         // No Basic-auth username: any client could claim an allow-listed user with it.
@@ -460,7 +460,7 @@ mod tests {
     /// read it: the checker must find the value the server would use.
     #[test]
     fn hostile_spellings_still_yield_the_identifier() {
-        let d = crate::ident::digest;
+        let d = crate::model::digest;
         let cookie = |pairs: &[(&str, &str)]| {
             let mut h = HeaderMap::new();
             for (k, v) in pairs {

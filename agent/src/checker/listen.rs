@@ -23,7 +23,7 @@ use tokio::sync::watch;
 use super::CheckerConfig;
 use super::proxy::Proxy;
 use super::tls::Tls;
-use crate::cidr::Cidr;
+use crate::model::Cidr;
 
 /// Open connections, in total and per client; a [`Ticket`] holds one slot.
 pub struct Admission {

@@ -6,10 +6,11 @@ use std::net::IpAddr;
 
 use rustc_hash::FxHashMap as HashMap;
 
-use crate::cidr::{Cidr, mask32, mask128};
-use crate::ident::{Identifier, Kind};
-use crate::kernel::List;
-use crate::store::{Entry, hash_fields};
+use crate::model::Entry;
+use crate::model::List;
+use crate::model::{Cidr, mask32, mask128};
+use crate::model::{Identifier, Kind};
+use crate::store::hash_fields;
 
 /// Where and until when one identifier is listed, in 16 bytes (a million entries of each
 /// kind live here): the latest global expiry (`NONE` = not global, `i64::MAX` = never), and
@@ -319,13 +320,9 @@ mod tests {
         expires: Option<i64>,
     ) -> Entry {
         Entry {
-            list,
-            ident: Identifier::parse(kind, name, value).expect("valid"),
-            source: "manual".into(),
-            reason: String::new(),
             api: api.into(),
-            created: 0,
             expires,
+            ..Entry::sample(list, kind, name, value)
         }
     }
 

@@ -97,7 +97,7 @@ impl Default for CheckerConfig {
 impl CheckerConfig {
     /// `trusted_proxies` parsed (validated by `Config::validate`; bad entries are skipped
     /// here).
-    pub fn trusted_proxies(&self) -> Vec<crate::cidr::Cidr> {
+    pub fn trusted_proxies(&self) -> Vec<crate::model::Cidr> {
         self.trusted_proxies
             .iter()
             .filter_map(|c| c.parse().ok())

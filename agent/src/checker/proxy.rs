@@ -20,8 +20,8 @@ use super::extract;
 use super::lists::L7Lists;
 use super::target;
 use super::{ApiRegistry, CheckerConfig, L7Stats};
-use crate::ident::Kind;
-use crate::kernel::List;
+use crate::model::Kind;
+use crate::model::List;
 use crate::service::unix_now;
 use crate::writer::{Detection, Writer};
 
@@ -64,7 +64,7 @@ pub struct Proxy {
     stats: Arc<L7Stats>,
     cfg: CheckerConfig,
     /// `cfg.trusted_proxies`, parsed.
-    trusted: Vec<crate::cidr::Cidr>,
+    trusted: Vec<crate::model::Cidr>,
     detection_ttl: u64,
     client: Client<HttpConnector, Body>,
     /// Per-client request windows (shared by workers).

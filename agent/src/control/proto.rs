@@ -9,8 +9,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ident::Kind;
-use crate::kernel::List;
+use crate::model::Kind;
+use crate::model::List;
 
 /// One request.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -92,17 +92,12 @@ pub enum Request {
 }
 
 impl Request {
-    /// Whether this request only reads: the list writer answers reads between the chunks of
-    /// a long write, so `status` stays quick during a large import.
+    /// Whether this request only reads: the list writer answers reads between writes and
+    /// between the chunks of a long import, so `status` stays quick during a large import.
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            Self::List { .. }
-                | Self::Status
-                | Self::ApiList
-                | Self::ApiShow { .. }
-                | Self::ApiReload
-                | Self::Stats
+            Self::List { .. } | Self::Status | Self::ApiList | Self::ApiShow { .. } | Self::Stats
         )
     }
 }

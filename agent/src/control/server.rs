@@ -67,9 +67,14 @@ pub async fn serve(
                         continue;
                     }
                     let writer = writer.clone();
+                    let mut stop = shutdown.clone();
                     tokio::spawn(async move {
-                        if let Err(e) = connection(stream, writer).await {
-                            tracing::debug!("control connection ended: {e}");
+                        // An idle client must not keep the writer (and the shutdown) waiting.
+                        tokio::select! {
+                            r = connection(stream, writer) => if let Err(e) = r {
+                                tracing::debug!("control connection ended: {e}");
+                            },
+                            _ = stop.changed() => {}
                         }
                     });
                 }

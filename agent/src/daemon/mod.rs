@@ -30,7 +30,10 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("portcullis")
         .build()
         .context("starting the runtime")?;
-    rt.block_on(run_async(config))
+    let result = rt.block_on(run_async(config));
+    // Whatever is still running (a worker stuck past the grace) must not hold the exit.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
@@ -47,10 +50,11 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let (writer, writer_thread) = Writer::spawn(service).context("starting the list writer")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let mut tasks = serve_control_and_metrics(&config, &writer, &agent_metrics, &stop_rx).await?;
+    // The control socket comes last: once it answers, every listener is bound.
     let checker = checker
         .map(|c| c.start(lists, &writer, &config, &stop_rx))
         .transpose()?;
+    let mut tasks = serve_control_and_metrics(&config, &writer, &agent_metrics, &stop_rx).await?;
     if let Some(abs) = abs {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
         tasks.push(tokio::spawn(abs.run(writer.clone(), stop_rx.clone())));
@@ -121,7 +125,7 @@ async fn run_until_signal(
     config: &Config,
     writer: &Writer,
     checker: Option<&checker::Running>,
-    agent_metrics: &AgentMetrics,
+    agent_metrics: &Arc<AgentMetrics>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let prune_every =
@@ -132,6 +136,7 @@ async fn run_until_signal(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
+    let (mut pruning, mut logging): (Option<JoinHandle<()>>, Option<JoinHandle<()>>) = (None, None);
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -147,19 +152,32 @@ async fn run_until_signal(
                     c.reload_tls_if_changed();
                 }
             }
-            _ = prune_tick.tick() => match writer.prune().await {
-                Ok(gone) => {
-                    agent_metrics.expired.fetch_add(gone.len() as u64, Ordering::Relaxed);
-                }
-                Err(e) => tracing::warn!("pruning expired entries failed: {e}"),
+            // Both run beside the loop (a long import must not hold the signals back), one
+            // at a time each.
+            _ = prune_tick.tick() => if pruning.as_ref().is_none_or(JoinHandle::is_finished) {
+                pruning = Some(tokio::spawn(prune(writer.clone(), agent_metrics.clone())));
             },
-            _ = events_tick.tick() => log_drop_events(writer).await,
+            _ = events_tick.tick() => if logging.as_ref().is_none_or(JoinHandle::is_finished) {
+                logging = Some(tokio::spawn(log_drop_events(writer.clone())));
+            },
         }
     }
 }
 
+/// Removes expired entries (through the writer) and counts them.
+async fn prune(writer: Writer, agent_metrics: Arc<AgentMetrics>) {
+    match writer.prune().await {
+        Ok(gone) => {
+            agent_metrics
+                .expired
+                .fetch_add(gone.len() as u64, Ordering::Relaxed);
+        }
+        Err(e) => tracing::warn!("pruning expired entries failed: {e}"),
+    }
+}
+
 /// Logs the kernel's sampled drop events.
-async fn log_drop_events(writer: &Writer) {
+async fn log_drop_events(writer: Writer) {
     for e in writer.drain_events().await {
         let addr = if e.family == portcullis_common::family::V4 {
             std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])

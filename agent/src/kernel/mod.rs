@@ -19,4 +19,4 @@ pub use filter::{
     detach, ensure_bpffs,
 };
 pub use snapshot::KernelState;
-pub use table::{Capacity, IpTable, List, MapFull};
+pub use table::{Capacity, IpTable, MapFull};

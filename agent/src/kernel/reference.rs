@@ -11,8 +11,8 @@
 
 use std::net::IpAddr;
 
-use super::table::List;
-use crate::cidr::Cidr;
+use crate::model::Cidr;
+use crate::model::List;
 use portcullis_common::NEVER;
 
 /// xorshift64: deterministic, dependency-free randomness for property tests and benchmarks.

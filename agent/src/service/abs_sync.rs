@@ -2,9 +2,9 @@
 
 use super::{MirrorReport, Service, ServiceError, unix_now};
 use crate::control::proto::AddRequest;
-use crate::ident::Identifier;
-use crate::kernel::List;
-use crate::store::Entry;
+use crate::model::Entry;
+use crate::model::Identifier;
+use crate::model::List;
 
 impl Service {
     /// Makes the `abs` rows of the deny list exactly `items` (see [`crate::abs`]), as a diff.

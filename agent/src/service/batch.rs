@@ -6,11 +6,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use super::{Change, Imported, Service, ServiceError, kernel_deadline, unix_now};
-use crate::cidr::Cidr;
 use crate::control::proto::{AddRequest, ImportDefaults};
-use crate::ident::{IdentError, Identifier, Kind};
-use crate::kernel::List;
-use crate::store::Entry;
+use crate::model::Cidr;
+use crate::model::Entry;
+use crate::model::List;
+use crate::model::{IdentError, Identifier, Kind};
 
 impl Service {
     /// Validates and adds one batch of import lines; refused lines are reported by number.

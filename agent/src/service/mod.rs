@@ -14,12 +14,13 @@ use std::sync::{Arc, RwLock};
 
 use crate::checker::lists::L7Lists;
 use crate::checker::{ApiRegistry, L7Stats};
-use crate::cidr::Cidr;
 use crate::config::Config;
 use crate::control::proto::{AddRequest, Request, Response};
-use crate::ident::{IdentError, Identifier, Kind};
-use crate::kernel::{Attached, Filter, KernelError, List, sys};
-use crate::store::{self, Entry, Store, StoreError};
+use crate::kernel::{Attached, Filter, KernelError, sys};
+use crate::model::Cidr;
+use crate::model::{Entry, List, expiry};
+use crate::model::{IdentError, Identifier, Kind};
+use crate::store::{self, Store, StoreError};
 
 mod abs_sync;
 mod batch;
@@ -228,6 +229,7 @@ impl Service {
                 defaults,
             } => self.import(list, &lines, &defaults).map(Response::ok),
             Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
+            Request::ApiReload => self.api_reload(),
             other => Ok(self.query(other)),
         };
         res.unwrap_or_else(Response::err)
@@ -244,7 +246,6 @@ impl Service {
             Request::Status => self.status().map(Response::ok),
             Request::ApiList => self.api_list(),
             Request::ApiShow { name } => self.api_show(&name),
-            Request::ApiReload => self.api_reload(),
             Request::Stats => self.stats().map(Response::ok),
             _ => Err(ServiceError::BadRequest(
                 "internal error: a write was routed as a read".into(),
@@ -315,17 +316,7 @@ impl Service {
         now: i64,
     ) -> Result<Option<u64>, ServiceError> {
         let rows = self.store.rows_of(list, ident)?;
-        let mut best: Option<Option<i64>> = None;
-        for e in rows.iter().chain(extra.iter().copied()) {
-            if !e.api.is_empty() || e.expires.is_some_and(|x| x <= now) {
-                continue;
-            }
-            best = Some(match (best, e.expires) {
-                (Some(None), _) | (_, None) => None,
-                (Some(Some(a)), Some(b)) => Some(a.max(b)),
-                (None, Some(b)) => Some(b),
-            });
-        }
+        let best = expiry::kernel_expiry(rows.iter().chain(extra.iter().copied()), now);
         Ok(best.map(|exp| kernel_deadline(exp, now)))
     }
 
@@ -444,25 +435,19 @@ impl Service {
             kind: Some(Kind::Ip),
             ..store::Filter::default()
         })?;
-        let mut best: BTreeMap<(List, Cidr), Option<i64>> = BTreeMap::new();
+        let mut rows: BTreeMap<(List, Cidr), Vec<&Entry>> = BTreeMap::new();
         for e in &all {
-            let Some(c) = e.ident.cidr() else { continue };
-            if !e.api.is_empty() || e.expires.is_some_and(|x| x <= now) {
-                continue;
+            if let Some(c) = e.ident.cidr() {
+                rows.entry((e.list, c)).or_default().push(e);
             }
-            let slot = best.entry((e.list, c)).or_insert(Some(i64::MIN));
-            *slot = match (*slot, e.expires) {
-                (None, _) | (_, None) => None,
-                (Some(a), Some(b)) => Some(a.max(b)),
-            };
         }
+        let best = rows
+            .into_iter()
+            .filter_map(|(key, rows)| expiry::kernel_expiry(rows, now).map(|exp| (key, exp)));
         let Some(f) = self.filter.as_mut() else {
             return Ok((0, 0));
         };
-        let report = f.reconcile(
-            best.into_iter()
-                .map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))),
-        )?;
+        let report = f.reconcile(best.map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))))?;
         Ok((report.written, report.removed))
     }
 

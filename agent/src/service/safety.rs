@@ -4,9 +4,9 @@
 use std::net::IpAddr;
 
 use super::{Service, ServiceError};
-use crate::cidr::Cidr;
-use crate::ident::Identifier;
-use crate::kernel::List;
+use crate::model::Cidr;
+use crate::model::Identifier;
+use crate::model::List;
 
 /// The addresses ABS's URL names (resolved once, at start).
 pub(super) fn abs_hosts(url: &str) -> Vec<IpAddr> {

@@ -9,9 +9,10 @@ use super::{Service, ServiceError};
 use crate::checker::ApiRegistry;
 use crate::config::Mode;
 use crate::control::proto::Response;
-use crate::ident::Kind;
-use crate::kernel::{Filter, List};
-use crate::store::Entry;
+use crate::kernel::Filter;
+use crate::model::Entry;
+use crate::model::Kind;
+use crate::model::List;
 
 /// Outcome of an add.
 #[derive(Debug, Serialize)]

@@ -10,7 +10,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::cidr::{Cidr, CidrError};
+use crate::model::{Cidr, CidrError};
 
 /// Longest identifier value accepted (a large JWT fits; a 10 MB blob does not).
 pub const MAX_VALUE: usize = 8192;

@@ -1,0 +1,283 @@
+//! The command line's shape (clap) and the rewriting of ASE's verbs to ours.
+
+use super::*;
+
+/// Portcullis: keeps known-bad API clients out, down to the XDP layer.
+#[derive(Debug, Parser)]
+#[command(name = "portcullis", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Control socket of the agent.
+    #[arg(long, global = true, env = "PORTCULLIS_SOCKET", default_value = paths::CONTROL_SOCKET)]
+    pub socket: PathBuf,
+    /// Answer in ASE's style (set by the ASE verb aliases).
+    #[arg(long, hide = true, global = true)]
+    pub ase: bool,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent daemon (as root or with CAP_BPF, CAP_NET_ADMIN, CAP_PERFMON).
+    Agent(Box<AgentArgs>),
+    /// Manage the deny list.
+    Deny {
+        /// What to do with it.
+        #[command(subcommand)]
+        verb: ListVerb,
+    },
+    /// Manage the allow list (it always wins over the deny list).
+    Allow {
+        /// What to do with it.
+        #[command(subcommand)]
+        verb: ListVerb,
+    },
+    /// Interfaces, XDP mode, list sizes.
+    Status(JsonFlag),
+    /// The L7 checker's API definitions.
+    Api {
+        /// What to do.
+        #[command(subcommand)]
+        verb: ApiVerb,
+    },
+    /// Kernel counters per verdict.
+    Stats(JsonFlag),
+    /// Remove the XDP filter from interfaces; works whether or not the agent runs.
+    Detach {
+        /// Only this interface (default: all).
+        #[arg(long)]
+        iface: Option<String>,
+        /// Pin directory.
+        #[arg(long, default_value = paths::PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Print shell completions.
+    #[command(hide = true)]
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    #[command(hide = true)]
+    Man,
+}
+
+/// `portcullis api ...`.
+#[derive(Debug, Subcommand)]
+pub enum ApiVerb {
+    /// Loaded APIs and refused files.
+    List(JsonFlag),
+    /// One API's definition.
+    Show {
+        /// The API's name (its file name without .json).
+        name: String,
+    },
+    /// Re-read the API directory (also done on SIGHUP).
+    Reload(JsonFlag),
+}
+
+/// `--json`.
+#[derive(Debug, Args)]
+pub struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `portcullis agent` options; flags override the config file.
+#[derive(Debug, Clone, Args)]
+pub struct AgentArgs {
+    /// The global --socket, when given (set by `run`).
+    #[arg(skip)]
+    pub socket_override: Option<PathBuf>,
+    /// Configuration file.
+    #[arg(long, default_value = paths::CONFIG)]
+    pub config: PathBuf,
+    /// Attach to this interface (repeatable; replaces the config's list).
+    #[arg(long = "iface")]
+    pub ifaces: Vec<String>,
+    /// native (falls back to generic) or generic.
+    #[arg(long, value_enum)]
+    pub xdp_mode: Option<XdpMode>,
+    /// enforce or monitor.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Database directory.
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Pin directory on bpffs.
+    #[arg(long)]
+    pub pin_dir: Option<PathBuf>,
+    /// Metrics address ("" disables).
+    #[arg(long)]
+    pub metrics: Option<String>,
+    /// Directory of API JSON definitions (ASE format) for the L7 checker.
+    #[arg(long)]
+    pub api_dir: Option<PathBuf>,
+    /// HTTPS listen address of the L7 checker.
+    #[arg(long)]
+    pub https: Option<String>,
+    /// Plain HTTP listen address of the L7 checker.
+    #[arg(long)]
+    pub http: Option<String>,
+    /// PEM certificate chain for HTTPS.
+    #[arg(long)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for HTTPS.
+    #[arg(long)]
+    pub tls_key: Option<PathBuf>,
+    /// A proxy in front of the checker (CIDR, repeatable; replaces the config's list):
+    /// X-Forwarded-For is read only from these.
+    #[arg(long = "trusted-proxy")]
+    pub trusted_proxies: Vec<String>,
+    /// Base URL of the ABS engine whose attack list is mirrored.
+    #[arg(long)]
+    pub abs_url: Option<String>,
+    /// ABS access key.
+    #[arg(long)]
+    pub abs_access_key: Option<String>,
+    /// File with the ABS secret key.
+    #[arg(long)]
+    pub abs_secret_key_file: Option<PathBuf>,
+    /// How often to poll ABS (e.g. 30s, 10m).
+    #[arg(long)]
+    pub abs_poll: Option<String>,
+    /// PEM CA bundle for ABS over HTTPS.
+    #[arg(long)]
+    pub abs_ca: Option<PathBuf>,
+    /// Check the configuration and exit.
+    #[arg(long)]
+    pub check_config: bool,
+}
+
+/// What to do with a list.
+#[derive(Debug, Subcommand)]
+pub enum ListVerb {
+    /// Add an identifier: `ip ADDR|CIDR`, `cookie NAME VALUE`, `token VALUE`,
+    /// `api-key NAME VALUE` (or `api-key --any-name VALUE`), `username "NAME"`.
+    Add {
+        /// Kind: ip, cookie, token, api-key, username.
+        kind: String,
+        /// Name and/or value.
+        #[arg(required = true, num_args = 1..=2)]
+        values: Vec<String>,
+        /// api-key only: the key matches under any header or query parameter name.
+        #[arg(long)]
+        any_name: bool,
+        /// Expire after this long (30s, 15m, 1h, 7d).
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Why (shown in list and logs).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only for this API.
+        #[arg(long)]
+        api: Option<String>,
+        /// Allow a deny that covers every address, this host, or a management network.
+        #[arg(long)]
+        force: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove an identifier (from every source unless --source).
+    Remove {
+        /// Kind.
+        kind: String,
+        /// Name and/or value.
+        #[arg(required = true, num_args = 1..=2)]
+        values: Vec<String>,
+        /// api-key only: the entry that matches any name.
+        #[arg(long)]
+        any_name: bool,
+        /// Only the entry from this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show entries.
+    List {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove every entry (of a kind, of a source).
+    Clear {
+        /// Only this kind.
+        #[arg(long)]
+        kind: Option<String>,
+        /// Only this source.
+        #[arg(long)]
+        source: Option<String>,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Add entries from a file: one per line (`KIND [NAME] VALUE`, or a bare IP/CIDR) or
+    /// NDJSON (`{"kind":"ip","value":"203.0.113.7","ttl":"1h"}`); `-` reads stdin.
+    Import {
+        /// The file.
+        file: PathBuf,
+        /// Expire after this long.
+        #[arg(long)]
+        ttl: Option<String>,
+        /// Reason for every entry.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Source label (default manual).
+        #[arg(long)]
+        source: Option<String>,
+        /// Allow world-blocking denies.
+        #[arg(long)]
+        force: bool,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// Rewrites ASE's verbs to Portcullis's: `add_blacklist ip 1.1.1.1` → `--ase deny add ip 1.1.1.1`.
+pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
+    // Skip global options before the verb.
+    let mut at = 1;
+    while let Some(a) = args.get(at) {
+        match a.as_str() {
+            "--socket" => at += 2,
+            s if s.starts_with("--socket=") || s == "--ase" => at += 1,
+            _ => break,
+        }
+    }
+    let Some(verb) = args.get(at) else {
+        return args;
+    };
+    let (list, action) = match verb.as_str() {
+        "add_blacklist" => ("deny", "add"),
+        "add_whitelist" => ("allow", "add"),
+        "delete_blacklist" => ("deny", "remove"),
+        "delete_whitelist" => ("allow", "remove"),
+        "view_blacklist" => ("deny", "list"),
+        "view_whitelist" => ("allow", "list"),
+        "clear_blacklist" => ("deny", "clear"),
+        "clear_whitelist" => ("allow", "clear"),
+        _ => return args,
+    };
+    let mut out: Vec<String> = args[..at].to_vec();
+    out.extend(["--ase".into(), list.into(), action.into()]);
+    let rest = &args[at + 1..];
+    // ASE's view/clear take the kind positionally.
+    if matches!(action, "list" | "clear") && !rest.is_empty() && !rest[0].starts_with('-') {
+        out.push("--kind".into());
+    }
+    out.extend(rest.iter().cloned());
+    out
+}

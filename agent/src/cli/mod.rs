@@ -1,0 +1,188 @@
+//! The `portcullis` command line: the daemon verb and the client verbs that talk to it.
+//!
+//! ASE's verbs (`add_blacklist ip 1.1.1.1`, `view_whitelist`, ...) are rewritten to ours by
+//! [`rewrite_ase`] before parsing, and answered with ASE-style lines.
+
+use std::io::{BufRead, BufReader, IsTerminal, Write};
+use std::path::PathBuf;
+
+use anyhow::{Context as _, bail};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+use crate::config::{Config, Mode, XdpMode};
+use crate::control::client::Client;
+use crate::control::proto::{AddRequest, ImportDefaults, Request, Response};
+use crate::model::Kind;
+use crate::model::List;
+use crate::paths;
+
+mod args;
+mod lists;
+mod output;
+mod show;
+
+pub use args::{AgentArgs, ApiVerb, Cli, Command, JsonFlag, ListVerb, rewrite_ase};
+use lists::list_verb;
+use output::*;
+use show::{api, stats, status};
+
+/// Runs a parsed command line.
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Agent(a) => {
+            let mut a = (**a).clone();
+            a.socket_override = Some(cli.socket.clone());
+            agent(&a)
+        }
+        Command::Deny { verb } => list_verb(&cli, List::Deny, verb),
+        Command::Allow { verb } => list_verb(&cli, List::Allow, verb),
+        Command::Status(j) => status(&cli, j.json),
+        Command::Api { verb } => api(&cli, verb),
+        Command::Stats(j) => stats(&cli, j.json),
+        Command::Detach { iface, pin_dir } => detach(iface.as_deref(), pin_dir),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                *shell,
+                &mut Cli::command(),
+                "portcullis",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => {
+            clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout())?;
+            Ok(())
+        }
+    }
+}
+
+fn agent(a: &AgentArgs) -> anyhow::Result<()> {
+    let argv: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let explicit = argv
+        .iter()
+        .any(|x| x == "--config" || x.starts_with("--config="));
+    let mut cfg = Config::load(&a.config, explicit)?;
+    if !a.ifaces.is_empty() {
+        cfg.interfaces = a.ifaces.clone();
+    }
+    /// A flag given on the command line replaces the file's value.
+    fn over<T: Clone>(dst: &mut T, flag: &Option<T>) {
+        if let Some(v) = flag {
+            *dst = v.clone();
+        }
+    }
+    over(&mut cfg.xdp_mode, &a.xdp_mode);
+    over(&mut cfg.mode, &a.mode);
+    over(&mut cfg.state_dir, &a.state_dir);
+    over(&mut cfg.pin_dir, &a.pin_dir);
+    over(&mut cfg.metrics, &a.metrics);
+    over(&mut cfg.checker.api_dir, &a.api_dir);
+    over(&mut cfg.checker.https, &a.https);
+    over(&mut cfg.checker.http, &a.http);
+    over(&mut cfg.checker.tls_cert, &a.tls_cert);
+    over(&mut cfg.checker.tls_key, &a.tls_key);
+    if !a.trusted_proxies.is_empty() {
+        cfg.checker.trusted_proxies.clone_from(&a.trusted_proxies);
+    }
+    over(&mut cfg.abs.url, &a.abs_url);
+    over(&mut cfg.abs.access_key, &a.abs_access_key);
+    over(&mut cfg.abs.secret_key_file, &a.abs_secret_key_file);
+    over(&mut cfg.abs.poll, &a.abs_poll);
+    if a.abs_ca.is_some() {
+        cfg.abs.ca_file.clone_from(&a.abs_ca);
+    }
+    let socket_flag = argv
+        .iter()
+        .any(|x| x == "--socket" || x.starts_with("--socket="));
+    if socket_flag || std::env::var_os("PORTCULLIS_SOCKET").is_some() {
+        cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
+    }
+    cfg.validate()?;
+    if a.check_config {
+        // The effective configuration, file and flags merged: what the agent would run with.
+        // The whole output is valid TOML (the verdict is a comment), so it can be saved and
+        // used as a config file; the ABS access key is not repeated into logs and tickets.
+        let mut shown = cfg.clone();
+        if !shown.abs.access_key.is_empty() {
+            let fp = crate::model::fingerprint(&crate::model::digest(&shown.abs.access_key));
+            shown.abs.access_key = format!("(set; not shown: {fp})");
+        }
+        let effective = toml::to_string(&shown).context("printing the effective configuration")?;
+        println!(
+            "# configuration OK: {} interface(s), mode {}\n# effective configuration (file and flags merged); the ABS access key is shown\n# as a fingerprint only: put the real key back before using this as a config file\n{effective}",
+            cfg.interfaces.len(),
+            if cfg.mode == crate::config::Mode::Monitor {
+                "monitor"
+            } else {
+                "enforce"
+            },
+        );
+        return Ok(());
+    }
+    crate::daemon::run(cfg)
+}
+
+fn detach(iface: Option<&str>, pin_dir: &std::path::Path) -> anyhow::Result<()> {
+    let ifaces: Vec<String> = match iface {
+        Some(i) => vec![i.to_owned()],
+        None => std::fs::read_dir(pin_dir)
+            .map(|rd| {
+                rd.flatten()
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_prefix("link_"))
+                            .map(str::to_owned)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    if ifaces.is_empty() {
+        println!(
+            "nothing attached (no pinned links under {})",
+            pin_dir.display()
+        );
+    }
+    for i in ifaces {
+        if crate::kernel::detach(pin_dir, &i)? {
+            println!("detached from {i}");
+        } else {
+            println!("{i}: not attached");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v(s: &str) -> Vec<String> {
+        s.split(' ').map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn ase_verbs_are_rewritten() {
+        assert_eq!(
+            rewrite_ase(v("p add_blacklist ip 1.1.1.1")),
+            v("p --ase deny add ip 1.1.1.1")
+        );
+        assert_eq!(
+            rewrite_ase(v("p view_whitelist ip")),
+            v("p --ase allow list --kind ip")
+        );
+        assert_eq!(rewrite_ase(v("p clear_blacklist")), v("p --ase deny clear"));
+        assert_eq!(
+            rewrite_ase(v("p deny add ip 1.1.1.1")),
+            v("p deny add ip 1.1.1.1")
+        );
+        assert_eq!(
+            rewrite_ase(v("p --socket /s add_blacklist ip 1.1.1.1")),
+            v("p --socket /s --ase deny add ip 1.1.1.1")
+        );
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,229 @@
+//! Writing the allow and deny slots: the twin plans each change, this writes exactly what
+//! changed in an order that never opens a gap, undoes a half-done write, and reconciles the
+//! maps with the store at start-up.
+
+use super::*;
+
+impl Filter {
+    /// Puts `cidr` on `list` until `until` (`CLOCK_BOOTTIME` ns; `common::NEVER` for no
+    /// expiry). Enforced when this returns. On error nothing changed.
+    pub fn insert(&mut self, list: List, cidr: Cidr, until: u64) -> Result<(), KernelError> {
+        self.apply_many([(list, cidr, Some(until))])
+    }
+
+    /// Takes `cidr` off `list`.
+    pub fn remove(&mut self, list: List, cidr: Cidr) -> Result<(), KernelError> {
+        self.apply_many([(list, cidr, None)])
+    }
+
+    /// Applies many insertions (`Some(deadline)`) and removals (`None`) in one batched write.
+    /// All or nothing: if the maps would overflow or a write fails, the kernel and the twin are
+    /// left as they were.
+    pub fn apply_many(
+        &mut self,
+        items: impl IntoIterator<Item = (List, Cidr, Option<u64>)>,
+    ) -> Result<(), KernelError> {
+        let plan = self.table.set_many(items)?;
+        if let Err(e) = self.write(&plan) {
+            self.table.undo(&plan);
+            // Put back what the failed write may have changed.
+            let restore = Plan {
+                from_empty: false,
+                entries: Vec::new(),
+                slots: plan
+                    .slots
+                    .iter()
+                    .map(|c| crate::kernel::table::SlotChange {
+                        slot: c.slot,
+                        old: c.new,
+                        new: c.old,
+                    })
+                    .collect(),
+                v4_guard: plan
+                    .v4_guard
+                    .iter()
+                    .map(|(w, _)| (*w, self.table.v4_guard_word(*w)))
+                    .collect(),
+                v6_guard: plan
+                    .v6_guard
+                    .iter()
+                    .map(|(w, _)| (*w, self.table.v6_guard_word(*w)))
+                    .collect(),
+                v6_unguarded: plan.v6_unguarded.map(|_| self.table.v6_unguarded()),
+            };
+            let _ = self.write(&restore);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Entries on either list with their deadlines.
+    pub fn entries(&self) -> impl Iterator<Item = (Cidr, Deadlines)> + '_ {
+        self.table.entries()
+    }
+
+    /// The user-space twin (for tests and status).
+    pub fn table(&self) -> &IpTable {
+        &self.table
+    }
+
+    /// Writes a plan: upserts first, then guard words and config, then deletions, so that at
+    /// no point does a guard bit hide a slot that still matches, and no entry that stays on a
+    /// list stops matching.
+    pub(super) fn write(&self, plan: &Plan) -> Result<(), KernelError> {
+        let mut v4h = (Vec::new(), Vec::new(), Vec::new());
+        let mut v4n = (Vec::new(), Vec::new(), Vec::new());
+        let mut v4w = (Vec::new(), Vec::new());
+        let mut v6h = (Vec::new(), Vec::new(), Vec::new());
+        let mut v6p: Vec<(Key<[u8; 16]>, Deadlines)> = Vec::new();
+        for c in &plan.slots {
+            let del = c.new.is_empty();
+            match c.slot {
+                Slot::V4Host(a) => {
+                    if del {
+                        v4h.2.push(a)
+                    } else {
+                        v4h.0.push(a);
+                        v4h.1.push(c.new)
+                    }
+                }
+                Slot::V4Net(n) => {
+                    if del {
+                        v4n.2.push(n)
+                    } else {
+                        v4n.0.push(n);
+                        v4n.1.push(c.new)
+                    }
+                }
+                Slot::V4Wide(i) => {
+                    v4w.0.push(i);
+                    v4w.1.push(c.new)
+                }
+                Slot::V6Host(a) => {
+                    let k = V6Addr {
+                        bytes: a.to_be_bytes(),
+                    };
+                    if del {
+                        v6h.2.push(k)
+                    } else {
+                        v6h.0.push(k);
+                        v6h.1.push(c.new)
+                    }
+                }
+                Slot::V6Prefix(a, l) => v6p.push((Key::new(u32::from(l), a.to_be_bytes()), c.new)),
+            }
+        }
+        let upd = |name: &'static str| {
+            move |source| KernelError::Map {
+                op: "updating",
+                map: name,
+                source,
+            }
+        };
+        let del = |name: &'static str| {
+            move |source| KernelError::Map {
+                op: "deleting from",
+                map: name,
+                source,
+            }
+        };
+        sys::update_batch_parallel(self.fd(map_name::V4_HOSTS), &v4h.0, &v4h.1)
+            .map_err(upd(map_name::V4_HOSTS))?;
+        sys::update_batch_parallel(self.fd(map_name::V4_NETS), &v4n.0, &v4n.1)
+            .map_err(upd(map_name::V4_NETS))?;
+        sys::update_batch(self.fd(map_name::V4_WIDE), &v4w.0, &v4w.1)
+            .map_err(upd(map_name::V4_WIDE))?;
+        sys::update_batch_parallel(self.fd(map_name::V6_HOSTS), &v6h.0, &v6h.1)
+            .map_err(upd(map_name::V6_HOSTS))?;
+        let trie = self.fd(map_name::V6_PREFIXES);
+        for (key, value) in v6p.iter().filter(|(_, v)| !v.is_empty()) {
+            sys::update_elem(trie, key, value).map_err(upd(map_name::V6_PREFIXES))?;
+        }
+        let (w4, v4): (Vec<u32>, Vec<u64>) = plan.v4_guard.iter().copied().unzip();
+        sys::update_batch(self.fd(map_name::V4_GUARD), &w4, &v4)
+            .map_err(upd(map_name::V4_GUARD))?;
+        let (w6, v6): (Vec<u32>, Vec<u64>) = plan.v6_guard.iter().copied().unzip();
+        sys::update_batch(self.fd(map_name::V6_GUARD), &w6, &v6)
+            .map_err(upd(map_name::V6_GUARD))?;
+        if let Some(unguarded) = plan.v6_unguarded {
+            let cfg = Config {
+                v6_unguarded: u32::from(unguarded),
+                ..self.config()?
+            };
+            self.set_config(cfg)?;
+        }
+        for (key, _) in v6p.iter().filter(|(_, v)| v.is_empty()) {
+            sys::delete_elem(trie, key).map_err(del(map_name::V6_PREFIXES))?;
+        }
+        sys::delete_batch(self.fd(map_name::V6_HOSTS), &v6h.2).map_err(del(map_name::V6_HOSTS))?;
+        sys::delete_batch(self.fd(map_name::V4_NETS), &v4n.2).map_err(del(map_name::V4_NETS))?;
+        sys::delete_batch(self.fd(map_name::V4_HOSTS), &v4h.2).map_err(del(map_name::V4_HOSTS))?;
+        Ok(())
+    }
+
+    /// Makes the kernel maps hold exactly `entries` (after a restart reused pinned maps):
+    /// writes what is missing or different first, then removes slots no entry needs, so an
+    /// entry that stays never stops matching.
+    pub fn reconcile(
+        &mut self,
+        entries: impl IntoIterator<Item = (List, Cidr, u64)>,
+    ) -> Result<ReconcileReport, KernelError> {
+        let mut fresh = IpTable::new(self.table_capacity());
+        let plan = fresh.set_many(entries.into_iter().map(|(l, c, u)| (l, c, Some(u))))?;
+        drop(plan);
+        let mut changes = Vec::new();
+        let mut report = ReconcileReport::default();
+        // Desired slots: written unconditionally (cheap, batched, and idempotent).
+        for (slot, value) in fresh.slots() {
+            changes.push(crate::kernel::table::SlotChange {
+                slot,
+                old: Deadlines::EMPTY,
+                new: value,
+            });
+        }
+        report.written = changes.len();
+        // Every slot the kernel holds; those no entry needs are removed. Wide slots are an
+        // array: all of them are "held".
+        let mut held: Vec<Slot> = (0..common::V4_WIDE_SLOTS).map(Slot::V4Wide).collect();
+        held.extend(self.held_slots()?.into_keys());
+        for slot in held {
+            if fresh.slot(slot).is_empty() {
+                changes.push(crate::kernel::table::SlotChange {
+                    slot,
+                    old: Deadlines::EMPTY,
+                    new: Deadlines::EMPTY,
+                });
+            }
+        }
+        report.removed = changes.len() - report.written;
+        // Wide slots are an array: "removing" one writes EMPTY, which is not a real removal.
+        report.removed -= changes
+            .iter()
+            .filter(|c| matches!(c.slot, Slot::V4Wide(_)) && c.new.is_empty())
+            .count();
+        let plan = Plan {
+            from_empty: false,
+            entries: Vec::new(),
+            slots: changes,
+            v4_guard: (0..common::V4_GUARD_WORDS)
+                .map(|w| (w, fresh.v4_guard_word(w)))
+                .collect(),
+            v6_guard: (0..common::V6_GUARD_WORDS)
+                .map(|w| (w, fresh.v6_guard_word(w)))
+                .collect(),
+            v6_unguarded: Some(fresh.v6_unguarded()),
+        };
+        self.write(&plan)?;
+        self.table = fresh;
+        Ok(report)
+    }
+}
+
+/// What [`Filter::reconcile`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReconcileReport {
+    /// Slots written (every slot the entries need).
+    pub written: usize,
+    /// Stale slots removed.
+    pub removed: usize,
+}
