@@ -103,7 +103,7 @@ pub struct Config {
     /// How often expired entries are pruned, e.g. "30s".
     pub prune_interval: String,
     /// How long, on SIGTERM, open connections and queued list commands get to finish (at
-    /// most 60 s; the agent exits at most a second after it).
+    /// most 10 s; the agent exits at most two seconds after it, within the unit's 15 s).
     pub shutdown_grace: String,
     /// One drop event in this many is sampled to the log (power of two).
     pub drop_sample_every: u32,
@@ -210,11 +210,11 @@ impl Config {
             message: m,
         })?;
         match parse_duration(&self.shutdown_grace) {
-            Ok(g) if g <= 60 => {}
+            Ok(g) if g <= 10 => {}
             Ok(_) => {
                 return Err(ConfigError::Invalid {
                     field: "shutdown_grace",
-                    message: "at most 60s (and below the unit's TimeoutStopSec)".into(),
+                    message: "at most 10s: the agent then needs up to 2s more, and the unit's TimeoutStopSec is 15s".into(),
                 });
             }
             Err(m) => {

@@ -194,8 +194,13 @@ impl Store {
 
     /// Inserts or updates entries in one transaction; returns how many rows were new.
     pub fn upsert(&mut self, entries: &[Entry]) -> Result<usize, StoreError> {
+        Ok(self.upsert_new(entries)?.iter().filter(|n| **n).count())
+    }
+
+    /// Like [`Store::upsert`], telling for each entry whether its row is new.
+    pub fn upsert_new(&mut self, entries: &[Entry]) -> Result<Vec<bool>, StoreError> {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
-        let mut added = 0;
+        let mut new = vec![false; entries.len()];
         {
             let mut insert = tx
                 .prepare_cached(&format!(
@@ -206,12 +211,14 @@ impl Store {
                 .prepare_cached("UPDATE entries SET reason = ?5, expires = ?6 WHERE ikey=?1 AND ikey2=?2 AND api=?3 AND source=?4")
                 .map_err(sql("prepare"))?;
             // In key order, consecutive inserts land on neighbouring index pages.
-            let mut keyed: Vec<((i64, i64), &Entry)> = entries
+            let mut keyed: Vec<((i64, i64), usize)> = entries
                 .iter()
-                .map(|e| (ident_key(e.list, &e.ident), e))
+                .enumerate()
+                .map(|(i, e)| (ident_key(e.list, &e.ident), i))
                 .collect();
             keyed.sort_unstable_by_key(|(k, _)| *k);
-            for ((k1, k2), e) in keyed {
+            for ((k1, k2), i) in keyed {
+                let e = &entries[i];
                 let (list, kind) = (e.list.as_str(), e.ident.kind.as_str());
                 let n = insert
                     .execute(params![
@@ -229,7 +236,7 @@ impl Store {
                     ])
                     .map_err(sql("insert"))?;
                 if n == 1 {
-                    added += 1;
+                    new[i] = true;
                 } else {
                     update
                         .execute(params![k1, k2, e.api, e.source, e.reason, e.expires])
@@ -238,7 +245,7 @@ impl Store {
             }
         }
         tx.commit().map_err(sql("commit"))?;
-        Ok(added)
+        Ok(new)
     }
 
     /// Removes one identifier from a list (every source, or one); returns the rows removed.

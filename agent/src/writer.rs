@@ -3,10 +3,11 @@
 //! The control server, the checker's detections, the ABS feed and the daemon's timers send it
 //! typed commands over bounded channels and await typed replies; nothing else holds the
 //! agent's state, so no lock is held across I/O and no async worker blocks on SQLite or a
-//! syscall. Reads (`status`, `list`, `stats`, metrics) have their own channel; the reads
-//! waiting when a write ends (or between the chunks of a long import) are answered before the
-//! next write, so they answer while a large write runs, yet a flood of reads cannot starve
-//! the writes (each write is followed by at most the reads already queued).
+//! syscall. `status` and the list sizes never wait for it: they are read from the status
+//! board ([`crate::service::Board`]) the writer updates, so they answer at once even while a
+//! million-line import holds the writer. Other reads (`list`, `stats`, API definitions) have
+//! their own channel; each write is followed by at most the reads already queued, so neither
+//! side can starve the other.
 //! A command that panics is answered with an error, the kernel and the checker's lists are
 //! brought back in line with the store, and the writer goes on; repeated panics, or a failed
 //! recovery, stop the agent so that systemd restarts it and the start-up reconcile applies.
@@ -24,13 +25,13 @@ use crate::abs::AbsItem;
 use crate::control::proto::{Request, Response};
 use crate::model::Entry;
 use crate::model::Kind;
-use crate::service::{Added, Change, Imported, MirrorReport, Service, ServiceError};
+use std::sync::Arc;
+
+use crate::service::{Added, Board, Change, MirrorReport, Service, ServiceError};
 use portcullis_common::DropEvent;
 
 /// How many commands may wait for the writer before senders wait too (back-pressure).
 const QUEUE: usize = 256;
-/// Import lines handled between two looks at the read queue.
-const IMPORT_CHUNK: usize = 10_000;
 /// This many panics within [`PANIC_WINDOW`] and the writer stops the agent (a restart
 /// reconciles the kernel with the store from scratch).
 const PANIC_LIMIT: usize = 5;
@@ -86,6 +87,8 @@ pub struct Writer {
     changes: broadcast::Sender<Change>,
     /// Set once, at shutdown: the deadline for the commands already queued.
     close: watch::Sender<Option<Instant>>,
+    /// List sizes and fixed facts, kept by the writer, read without it.
+    board: Arc<Board>,
 }
 
 /// The writer is gone (the agent is shutting down).
@@ -101,6 +104,7 @@ impl Writer {
         let (changes, _) = broadcast::channel(1024);
         let (close, close_rx) = watch::channel(None);
         service.set_changes(changes.clone());
+        let board = service.board();
         let thread = std::thread::Builder::new()
             .name("list-writer".into())
             .spawn(move || run(service, write_rx, read_rx, close_rx))?;
@@ -110,6 +114,7 @@ impl Writer {
                 reads,
                 changes,
                 close,
+                board,
             },
             thread,
         ))
@@ -135,8 +140,11 @@ impl Writer {
         rx.await.map_err(|_| gone())
     }
 
-    /// Answers one control request (reads jump the write queue).
+    /// Answers one control request (`status` from the board, other reads on their queue).
     pub async fn control(&self, req: Request) -> Response {
+        if matches!(req, Request::Status) {
+            return Response::ok(self.board.status());
+        }
         let (tx, rx) = oneshot::channel();
         let sent = if req.is_read() {
             self.reads.send(Read::Control(req, tx)).await.is_ok()
@@ -217,7 +225,7 @@ fn run(
                 Some(r) = reads.recv() => read(&service, r),
                 w = writes.recv() => match w {
                     Some(w) => {
-                        write(&mut service, w, &mut reads, &mut panics);
+                        write(&mut service, w, &mut panics);
                         serve_waiting_reads(&service, &mut reads);
                     }
                     None => return,
@@ -235,7 +243,7 @@ fn run(
         reads.close();
         while Instant::now() < deadline {
             match writes.try_recv() {
-                Ok(w) => write(&mut service, w, &mut reads, &mut panics),
+                Ok(w) => write(&mut service, w, &mut panics),
                 Err(_) => break,
             }
         }
@@ -298,7 +306,7 @@ fn serve_waiting_reads(service: &Service, reads: &mut mpsc::Receiver<Read>) {
     }
 }
 
-fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>, panics: &mut Panics) {
+fn write(service: &mut Service, w: Write, panics: &mut Panics) {
     let mut panicked = false;
     let mut on_panic = |m: String| {
         tracing::error!("a list command panicked: {m}; recovering from the store");
@@ -309,57 +317,11 @@ fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>, pani
         )
     };
     match w {
-        Write::Control(
-            Request::Import {
-                list,
-                lines,
-                defaults,
-            },
-            tx,
-        ) => {
-            let mut total = Imported::default();
-            let mut failed = None;
-            let mut stopped_at = 0;
-            for chunk in lines.chunks(IMPORT_CHUNK) {
-                stopped_at = chunk.first().map_or(0, |(no, _)| *no);
-                match guarded(
-                    || service.import(list, chunk, &defaults),
-                    |m| Err(on_panic(m)),
-                ) {
-                    Ok(part) => {
-                        total.accepted += part.accepted;
-                        total.new += part.new;
-                        total.rejected.extend(part.rejected);
-                    }
-                    Err(e) => {
-                        failed = Some(e);
-                        break;
-                    }
-                }
-                serve_waiting_reads(service, reads);
-            }
-            let resp = match failed {
-                None => Response::ok(total),
-                Some(e) if total.accepted == 0 => Response::err(e),
-                Some(e) => {
-                    // Earlier chunks are committed (store and kernel): say so, with the
-                    // counts, so a script knows where to resume.
-                    let mut r = Response::err(format!(
-                        "{e}: the import stopped at line {stopped_at}; the {} entries accepted from the lines before it are on the list",
-                        total.accepted
-                    ));
-                    r.result = serde_json::json!({
-                        "accepted": total.accepted, "new": total.new,
-                        "rejected": total.rejected, "stopped_at_line": stopped_at,
-                    });
-                    r
-                }
-            };
-            let _ = tx.send(resp);
-            trim();
-        }
         Write::Control(req, tx) => {
-            let bulk = matches!(req, Request::Clear { .. } | Request::AbsPush { .. });
+            let bulk = matches!(
+                req,
+                Request::Import { .. } | Request::Clear { .. } | Request::AbsPush { .. }
+            );
             let resp = guarded(|| service.handle(req), |m| Response::err(on_panic(m)));
             let _ = tx.send(resp);
             if bulk {
@@ -399,6 +361,7 @@ fn write(service: &mut Service, w: Write, reads: &mut mpsc::Receiver<Read>, pani
             ));
         }
     }
+    service.refresh_board();
     if panicked {
         if let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
             // The kernel or the checker's lists may now differ from the store: a restart
@@ -486,7 +449,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_large_import_is_answered_whole_in_chunks() {
+    async fn a_large_import_is_answered_whole() {
         let (w, _thread, _dir) = writer("import");
         let lines: Vec<(u64, String)> = (0..25_000u64)
             .map(|i| (i + 1, format!("token t{i}")))

@@ -221,11 +221,18 @@ pub(super) fn import(
         if batch.is_empty() {
             return Ok(());
         }
+        let first = batch.first().map_or(0, |(no, _)| *no);
+        // Each request is applied whole or not at all; the ones before it stay applied.
         let r = unwrap(client.call(&Request::Import {
             list,
             lines: std::mem::take(batch),
             defaults: defaults.clone(),
-        })?)?;
+        })?)
+        .with_context(|| {
+            format!(
+                "the import stopped at line {first}; the {accepted} entries ({new} new) from the lines before it are on the {list} list"
+            )
+        })?;
         accepted += r["accepted"].as_u64().unwrap_or(0);
         new += r["new"].as_u64().unwrap_or(0);
         if let Some(rej) = r["rejected"].as_array() {

@@ -12,6 +12,15 @@ use tokio::sync::watch;
 use super::proto::{MAX_REQUEST, Request, Response};
 use crate::writer::Writer;
 
+/// Fails when another agent answers on `path` (checked first thing at start, and again by
+/// [`bind`]).
+pub fn ensure_no_agent(path: &Path) -> anyhow::Result<()> {
+    if path.exists() && std::os::unix::net::UnixStream::connect(path).is_ok() {
+        bail!("another agent is already listening on {}", path.display());
+    }
+    Ok(())
+}
+
 /// Binds the control socket with mode 0660 (group `group` if given), replacing a stale file
 /// but refusing to steal the socket of a running agent.
 pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
@@ -22,10 +31,8 @@ pub fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
         // The agent's umask is 077; the group must be able to reach the socket inside.
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
     }
+    ensure_no_agent(path)?;
     if path.exists() {
-        if std::os::unix::net::UnixStream::connect(path).is_ok() {
-            bail!("another agent is already listening on {}", path.display());
-        }
         std::fs::remove_file(path)
             .with_context(|| format!("removing stale socket {}", path.display()))?;
     }

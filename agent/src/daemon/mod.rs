@@ -38,6 +38,9 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 async fn run_async(config: Config) -> anyhow::Result<()> {
     setup::raise_limits();
+    // Before any listener exists: a second agent started by mistake must not share the
+    // checker's ports (SO_REUSEPORT) with the running one, even for a moment.
+    crate::control::server::ensure_no_agent(&config.socket)?;
     let store = setup::open_store(&config)?;
     let filter = setup::load_filter(&config)?;
     let mut service =
@@ -70,6 +73,8 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let grace = Duration::from_secs(parse_duration(&config.shutdown_grace).unwrap_or(5));
     let deadline = Instant::now() + grace;
     let _ = stop_tx.send(true);
+    // Commands already queued are applied until the deadline; new ones are refused.
+    writer.close(deadline);
     let drain = async {
         for t in tasks {
             let _ = t.await;

@@ -81,8 +81,16 @@ impl Service {
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;
         }
-        let new = match self.store.upsert(good) {
-            Ok(n) => n,
+        let new = match self.store.upsert_new(good) {
+            Ok(flags) => {
+                self.board.counts_mut(|c| {
+                    good.iter()
+                        .zip(&flags)
+                        .filter(|(_, new)| **new)
+                        .for_each(|(e, _)| c.add(e))
+                });
+                flags.iter().filter(|n| **n).count()
+            }
             Err(e) => {
                 // The store refused (disk full, I/O error): put the kernel back as it was, so
                 // neither side holds what the other does not.
@@ -115,7 +123,9 @@ impl Service {
         let mut removed = Vec::new();
         let mut kernel = Vec::new();
         for ident in idents {
-            removed.extend(self.store.remove(list, ident, Some(source))?);
+            let rows = self.store.remove(list, ident, Some(source))?;
+            self.count_removed(&rows);
+            removed.extend(rows);
             if let Some(c) = ident.cidr() {
                 kernel.push((list, c, self.ip_deadline(list, ident, &[], now)?));
             }

@@ -8,13 +8,13 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::{Arc, RwLock};
 
 use crate::checker::lists::L7Lists;
 use crate::checker::{ApiRegistry, L7Stats};
-use crate::config::Config;
+use crate::config::{Config, Mode};
 use crate::control::proto::{AddRequest, Request, Response};
 use crate::kernel::{Attached, Filter, KernelError, sys};
 use crate::model::Cidr;
@@ -24,10 +24,12 @@ use crate::store::{self, Store, StoreError};
 
 mod abs_sync;
 mod batch;
+mod board;
 mod safety;
 mod views;
 
 pub use batch::parse_import_line;
+pub use board::{Board, Counts};
 pub use safety::host_addresses;
 pub use views::{Added, EntryView, Imported, MirrorReport};
 
@@ -106,8 +108,8 @@ pub struct Service {
     own_addresses: Vec<IpAddr>,
     /// Resolvers, gateways and ABS hosts: never deny-listed by an automatic source.
     infrastructure: Vec<IpAddr>,
-    attached: Vec<Attached>,
-    started: Instant,
+    /// List sizes and fixed facts for `status` and metrics, readable without the writer.
+    board: Arc<Board>,
     /// Where applied changes are published (set by the list writer).
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
 }
@@ -119,6 +121,18 @@ impl Service {
         store.for_each(|e| lists.add(e))?;
         let mut infrastructure = crate::infrastructure::addresses();
         infrastructure.extend(safety::abs_hosts(&config.abs.url));
+        let board = Arc::new(Board::new(config.pin_dir.clone(), config.db_path()));
+        let counts = Counts::from_rows(&store.counts()?);
+        board.counts_mut(|c| *c = counts);
+        if let Some(f) = &filter {
+            let monitor = f.config()?.mode == portcullis_common::mode::MONITOR;
+            board.set_mode(if monitor {
+                Mode::Monitor
+            } else {
+                Mode::Enforce
+            });
+            board.set_kernel_ip_entries(f.table().len());
+        }
         Ok(Self {
             store,
             filter,
@@ -128,8 +142,7 @@ impl Service {
             config,
             own_addresses: host_addresses(),
             infrastructure,
-            attached: Vec::new(),
-            started: Instant::now(),
+            board,
             changes: None,
         })
     }
@@ -146,6 +159,7 @@ impl Service {
 
     /// Connects the ABS feed (detections are reported to it).
     pub fn set_abs(&mut self, abs: Arc<crate::abs::Abs>) {
+        self.board.set_abs(abs.clone());
         self.abs = Some(abs);
     }
 
@@ -163,6 +177,26 @@ impl Service {
             l.reset(list, ident, &rows);
         }
         Ok(())
+    }
+
+    /// The status board (list sizes without a database scan).
+    pub fn board(&self) -> Arc<Board> {
+        self.board.clone()
+    }
+
+    /// Takes rows the store removed off the board's counts.
+    fn count_removed(&self, rows: &[Entry]) {
+        if !rows.is_empty() {
+            self.board
+                .counts_mut(|c| rows.iter().for_each(|e| c.remove(e)));
+        }
+    }
+
+    /// Brings the board's kernel entry count up to date (after each command).
+    pub fn refresh_board(&self) {
+        if let Some(f) = &self.filter {
+            self.board.set_kernel_ip_entries(f.table().len());
+        }
     }
 
     /// Publishes applied changes on `changes`.
@@ -196,7 +230,7 @@ impl Service {
 
     /// Records what was attached (for status).
     pub fn set_attached(&mut self, attached: Vec<Attached>) {
-        self.attached = attached;
+        self.board.set_attached(&attached);
     }
 
     /// The loaded filter.
@@ -265,6 +299,8 @@ impl Service {
             Err(p) => *p.into_inner() = fresh,
         }
         self.lists.clear_poison();
+        let counts = Counts::from_rows(&self.store.counts()?);
+        self.board.counts_mut(|c| *c = counts);
         self.reconcile()?;
         Ok(())
     }
@@ -348,7 +384,12 @@ impl Service {
             enforced = true;
         }
         let new = match self.store.upsert(std::slice::from_ref(&entry)) {
-            Ok(n) => n == 1,
+            Ok(n) => {
+                if n == 1 {
+                    self.board.counts_mut(|c| c.add(&entry));
+                }
+                n == 1
+            }
             Err(e) => {
                 // Take the kernel back to what the store says.
                 let _ = self.sync_ip(entry.list, &entry.ident, now);
@@ -383,6 +424,7 @@ impl Service {
     ) -> Result<Vec<EntryView>, ServiceError> {
         let ident = Identifier::parse(kind, name, value)?;
         let removed = self.store.remove(list, &ident, source)?;
+        self.count_removed(&removed);
         if removed.is_empty() {
             return Err(ServiceError::NotFound(ident.to_string(), list));
         }
@@ -404,6 +446,7 @@ impl Service {
             kind,
             source,
         })?;
+        self.count_removed(&removed);
         let now = unix_now();
         let mut seen = std::collections::HashSet::new();
         let mut items = Vec::new();
@@ -455,6 +498,7 @@ impl Service {
     pub fn prune(&mut self) -> Result<Vec<Entry>, ServiceError> {
         let now = unix_now();
         let gone = self.store.prune_expired(now)?;
+        self.count_removed(&gone);
         for e in &gone {
             self.sync_ip(e.list, &e.ident, now)?;
             self.l7_reset(e.list, &e.ident)?;

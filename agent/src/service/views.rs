@@ -7,9 +7,7 @@ use serde::Serialize;
 
 use super::{Service, ServiceError};
 use crate::checker::ApiRegistry;
-use crate::config::Mode;
 use crate::control::proto::Response;
-use crate::kernel::Filter;
 use crate::model::Entry;
 use crate::model::Kind;
 use crate::model::List;
@@ -91,26 +89,7 @@ pub struct Imported {
 
 impl Service {
     pub(super) fn status(&self) -> Result<serde_json::Value, ServiceError> {
-        let counts = self.store.counts()?;
-        let mode = match self.filter.as_ref().map(Filter::config).transpose()? {
-            Some(c) if c.mode == portcullis_common::mode::MONITOR => Mode::Monitor,
-            _ => Mode::Enforce,
-        };
-        Ok(serde_json::json!({
-            "mode": mode,
-            "interfaces": self.attached.iter().map(|a| serde_json::json!({
-                "iface": a.iface,
-                "xdp_mode": match a.mode { crate::kernel::AttachMode::Native => "native", crate::kernel::AttachMode::Generic => "generic" },
-                "fell_back": a.fell_back,
-                "reused_pinned_link": a.reused_link,
-            })).collect::<Vec<_>>(),
-            "pin_dir": self.config.pin_dir,
-            "database": self.config.db_path(),
-            "lists": counts.iter().map(|(l, k, s, n)| serde_json::json!({"list": l, "kind": k, "source": s, "count": n})).collect::<Vec<_>>(),
-            "kernel_ip_entries": self.filter.as_ref().map_or(0, |f| f.table().len()),
-            "abs": self.abs.as_ref().and_then(|a| a.state.lock().ok().map(|s| s.clone())),
-            "uptime_secs": self.started.elapsed().as_secs(),
-        }))
+        Ok(self.board.status())
     }
 
     /// Kernel counters by verdict name.
@@ -155,7 +134,7 @@ impl Service {
 
     /// List sizes for metrics.
     pub fn counts(&self) -> Result<Vec<(List, Kind, String, u64)>, ServiceError> {
-        Ok(self.store.counts()?)
+        Ok(self.board.counts())
     }
 
     pub(super) fn registry(&self) -> Result<&Arc<ApiRegistry>, ServiceError> {

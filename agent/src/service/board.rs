@@ -1,0 +1,202 @@
+//! What `status` and the metrics report about the lists, kept up to date by the list writer
+//! and readable without it: `status` answers at once even while a million-line import holds
+//! the writer, and a scrape never scans the database (a `GROUP BY` over millions of rows took
+//! seconds).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use crate::config::Mode;
+use crate::kernel::{AttachMode, Attached};
+use crate::model::{Entry, Kind, List};
+
+const KINDS: [Kind; 5] = [
+    Kind::Ip,
+    Kind::Cookie,
+    Kind::Token,
+    Kind::ApiKey,
+    Kind::Username,
+];
+
+/// Rows by source, then by list and kind (`list * 5 + kind`): counting a row allocates
+/// nothing unless its source is new.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Counts(HashMap<String, [u64; 10]>);
+
+fn slot(list: List, kind: Kind) -> usize {
+    let k = KINDS.iter().position(|x| *x == kind).unwrap_or(0);
+    usize::from(list == List::Deny) * KINDS.len() + k
+}
+
+impl Counts {
+    /// From the store's `(list, kind, source, count)` rows.
+    pub fn from_rows(rows: &[(List, Kind, String, u64)]) -> Self {
+        let mut c = Self::default();
+        for (list, kind, source, n) in rows {
+            c.0.entry(source.clone()).or_default()[slot(*list, *kind)] += n;
+        }
+        c
+    }
+
+    /// One more row.
+    pub fn add(&mut self, e: &Entry) {
+        let s = slot(e.list, e.ident.kind);
+        match self.0.get_mut(e.source.as_str()) {
+            Some(v) => v[s] += 1,
+            None => self.0.entry(e.source.clone()).or_default()[s] += 1,
+        }
+    }
+
+    /// One row fewer.
+    pub fn remove(&mut self, e: &Entry) {
+        if let Some(v) = self.0.get_mut(e.source.as_str()) {
+            let s = slot(e.list, e.ident.kind);
+            v[s] = v[s].saturating_sub(1);
+        }
+    }
+
+    /// Non-zero counts in the order the store lists them: list, kind and source by name.
+    pub fn rows(&self) -> Vec<(List, Kind, String, u64)> {
+        let mut out: Vec<(List, Kind, String, u64)> = self
+            .0
+            .iter()
+            .flat_map(|(source, v)| {
+                [List::Allow, List::Deny].into_iter().flat_map(move |list| {
+                    KINDS.into_iter().filter_map(move |kind| {
+                        let n = v[slot(list, kind)];
+                        (n > 0).then(|| (list, kind, source.clone(), n))
+                    })
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            (a.0.as_str(), a.1.as_str(), &a.2).cmp(&(b.0.as_str(), b.1.as_str(), &b.2))
+        });
+        out
+    }
+}
+
+/// The status board: list sizes and the agent's fixed facts.
+pub struct Board {
+    counts: Mutex<Counts>,
+    kernel_ip_entries: AtomicUsize,
+    mode: Mutex<Mode>,
+    interfaces: Mutex<Vec<serde_json::Value>>,
+    abs: Mutex<Option<Arc<crate::abs::Abs>>>,
+    pin_dir: PathBuf,
+    database: PathBuf,
+    started: Instant,
+}
+
+impl Board {
+    /// A board for an agent with these paths.
+    pub fn new(pin_dir: PathBuf, database: PathBuf) -> Self {
+        Self {
+            counts: Mutex::default(),
+            kernel_ip_entries: AtomicUsize::new(0),
+            mode: Mutex::new(Mode::Enforce),
+            interfaces: Mutex::default(),
+            abs: Mutex::default(),
+            pin_dir,
+            database,
+            started: Instant::now(),
+        }
+    }
+
+    /// Changes the counts (the writer, after each store write).
+    pub fn counts_mut<T>(&self, f: impl FnOnce(&mut Counts) -> T) -> T {
+        f(&mut self.counts.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The counts as `(list, kind, source, count)` rows.
+    pub fn counts(&self) -> Vec<(List, Kind, String, u64)> {
+        self.counts_mut(|c| c.rows())
+    }
+
+    /// How many IP entries the kernel twin holds.
+    pub fn set_kernel_ip_entries(&self, n: usize) {
+        self.kernel_ip_entries.store(n, Ordering::Relaxed);
+    }
+
+    /// The filter's mode, as set at start.
+    pub fn set_mode(&self, mode: Mode) {
+        *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
+    }
+
+    /// The interfaces the filter is attached to.
+    pub fn set_attached(&self, attached: &[Attached]) {
+        let v = attached
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "iface": a.iface,
+                    "xdp_mode": match a.mode { AttachMode::Native => "native", AttachMode::Generic => "generic" },
+                    "fell_back": a.fell_back,
+                    "reused_pinned_link": a.reused_link,
+                })
+            })
+            .collect();
+        *self
+            .interfaces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = v;
+    }
+
+    /// The ABS feed, whose state status shows.
+    pub fn set_abs(&self, abs: Arc<crate::abs::Abs>) {
+        *self.abs.lock().unwrap_or_else(PoisonError::into_inner) = Some(abs);
+    }
+
+    /// The `status` answer.
+    pub fn status(&self) -> serde_json::Value {
+        let abs = self
+            .abs
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(|a| a.state.lock().ok().map(|s| s.clone()));
+        serde_json::json!({
+            "mode": *self.mode.lock().unwrap_or_else(PoisonError::into_inner),
+            "interfaces": *self.interfaces.lock().unwrap_or_else(PoisonError::into_inner),
+            "pin_dir": self.pin_dir,
+            "database": self.database,
+            "lists": self.counts().iter().map(|(l, k, s, n)| serde_json::json!({"list": l, "kind": k, "source": s, "count": n})).collect::<Vec<_>>(),
+            "kernel_ip_entries": self.kernel_ip_entries.load(Ordering::Relaxed),
+            "abs": abs,
+            "uptime_secs": self.started.elapsed().as_secs(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_follow_rows_in_store_order() {
+        let t = Entry::sample(List::Deny, Kind::Token, None, "t");
+        let ip = Entry::sample(List::Allow, Kind::Ip, None, "198.18.0.1");
+        let abs = Entry {
+            source: "abs".into(),
+            ..Entry::sample(List::Deny, Kind::ApiKey, Some("k"), "v")
+        };
+        let mut c = Counts::default();
+        for e in [&t, &t, &ip, &abs] {
+            c.add(e);
+        }
+        c.remove(&t);
+        c.remove(&ip);
+        c.remove(&ip);
+        assert_eq!(
+            c.rows(),
+            vec![
+                (List::Deny, Kind::ApiKey, "abs".into(), 1),
+                (List::Deny, Kind::Token, "manual".into(), 1),
+            ]
+        );
+        assert_eq!(Counts::from_rows(&c.rows()), c);
+    }
+}
