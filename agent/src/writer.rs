@@ -3,10 +3,10 @@
 //! The control server, the checker's detections, the ABS feed and the daemon's timers send it
 //! typed commands over bounded channels and await typed replies; nothing else holds the
 //! agent's state, so no lock is held across I/O and no async worker blocks on SQLite or a
-//! syscall. `status` and the list sizes never wait for it: they are read from the status
-//! board ([`crate::service::Board`]) the writer updates, so they answer at once even while a
-//! million-line import holds the writer. Other reads (`list`, `stats`, API definitions) have
-//! their own channel; each write is followed by at most the reads already queued, so neither
+//! syscall. `status` never waits for it: it is read from the status board
+//! ([`crate::service::Board`]) the writer updates before each answer, so it answers at once
+//! even while a million-line import holds the writer. Other reads (`list`, `stats`, the
+//! metrics' kernel counters, API definitions) have their own channel; each write is followed by at most the reads already queued, so neither
 //! side can starve the other.
 //! A command that panics is answered with an error, the kernel and the checker's lists are
 //! brought back in line with the store, and the writer goes on; repeated panics, or a failed
@@ -316,27 +316,30 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
                 .into(),
         )
     };
-    match w {
+    // Replies go out after the board and (after a panic) the lists are up to date, so a
+    // `status` sent after an answer sees the change.
+    let mut bulk = false;
+    let reply: Box<dyn FnOnce()> = match w {
         Write::Control(req, tx) => {
-            let bulk = matches!(
+            bulk = matches!(
                 req,
                 Request::Import { .. } | Request::Clear { .. } | Request::AbsPush { .. }
             );
             let resp = guarded(|| service.handle(req), |m| Response::err(on_panic(m)));
-            let _ = tx.send(resp);
-            if bulk {
-                trim();
-            }
+            Box::new(move || drop(tx.send(resp)))
         }
         Write::Detect(d, tx) => {
-            let _ = tx.send(guarded(|| service.detect(&d), |m| Err(on_panic(m))));
+            let r = guarded(|| service.detect(&d), |m| Err(on_panic(m)));
+            Box::new(move || drop(tx.send(r)))
         }
         Write::AbsMirror(items, tx) => {
-            let _ = tx.send(guarded(|| service.abs_mirror(items), |m| Err(on_panic(m))));
-            trim();
+            bulk = true;
+            let r = guarded(|| service.abs_mirror(items), |m| Err(on_panic(m)));
+            Box::new(move || drop(tx.send(r)))
         }
         Write::Prune(tx) => {
-            let _ = tx.send(guarded(|| service.prune(), |m| Err(on_panic(m))));
+            let r = guarded(|| service.prune(), |m| Err(on_panic(m)));
+            Box::new(move || drop(tx.send(r)))
         }
         Write::DrainEvents(tx) => {
             let events = guarded(
@@ -351,17 +354,17 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
                     Vec::new()
                 },
             );
-            let _ = tx.send(events);
+            Box::new(move || drop(tx.send(events)))
         }
         #[cfg(test)]
         Write::Panic(tx) => {
-            let _ = tx.send(guarded(
+            let r = guarded(
                 || panic!("a command that panics (test)"),
                 |m| Err(on_panic(m)),
-            ));
+            );
+            Box::new(move || drop(tx.send(r)))
         }
-    }
-    service.refresh_board();
+    };
     if panicked {
         if let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
             // The kernel or the checker's lists may now differ from the store: a restart
@@ -370,6 +373,11 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
             std::process::exit(70);
         }
         panics.record();
+    }
+    service.refresh_board();
+    reply();
+    if bulk {
+        trim();
     }
 }
 

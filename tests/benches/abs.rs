@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
+use portcullis_tests::agent::{Agent, AgentDirs};
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::report::{self, Table};
 
@@ -75,20 +75,12 @@ fn main() -> anyhow::Result<()> {
     }
     let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0")?);
     let dirs = AgentDirs::new();
-    let secret = dirs.root.join("abs.secret");
-    std::fs::write(&secret, "sk")?;
-    let config = format!(
-        "[abs]\nurl = \"{}\"\naccess_key = \"ak\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\ntimeout = \"60s\"\nmax_body_bytes = 100000000\n",
-        abs.url(),
-        secret.display()
-    );
-    let agent = Agent::start(
+    let config = portcullis_tests::fake_abs::agent_config(
         &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )?;
+        &abs.url(),
+        "timeout = \"60s\"\nmax_body_bytes = 100000000\n",
+    );
+    let agent = Agent::with_config(&dirs, config)?;
     let pid = agent.pid().context("pid")?;
 
     eprintln!("bench abs: change-to-enforcement, 10 changes with a 1 s poll");

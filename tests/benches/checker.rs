@@ -9,7 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
+use portcullis_tests::agent::{Agent, AgentDirs};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::report::{self, Table};
 use portcullis_tests::tls::self_signed;
@@ -110,13 +110,7 @@ fn main() -> anyhow::Result<()> {
         certs.key.display(),
         apis.display()
     );
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )?;
+    let agent = Agent::with_config(&dirs, config)?;
     eprintln!("bench checker: putting 1M tokens on the deny list");
     let feed = dirs.root.join("tokens");
     {

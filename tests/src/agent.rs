@@ -131,6 +131,17 @@ pub struct AgentOpts {
 }
 
 impl Agent {
+    /// Starts an agent with this extra configuration (TOML) and the default options.
+    pub fn with_config(dirs: &AgentDirs, config: String) -> anyhow::Result<Self> {
+        Self::start(
+            dirs,
+            &AgentOpts {
+                config,
+                ..AgentOpts::default()
+            },
+        )
+    }
+
     /// Starts an agent using `dirs`, waits until its control socket answers.
     pub fn start(dirs: &AgentDirs, opts: &AgentOpts) -> anyhow::Result<Self> {
         let config = dirs.root.join("portcullis.toml");

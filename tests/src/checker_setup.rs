@@ -5,7 +5,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::process::Command;
 
-use crate::agent::{Agent, AgentDirs, AgentOpts};
+use crate::agent::{Agent, AgentDirs};
 use crate::backend::Backend;
 use crate::tls::self_signed;
 
@@ -67,14 +67,7 @@ pub fn setup_with(checker_config: &str, extra: impl Fn(&Path, u16)) -> Setup {
         key.display(),
         apis.display()
     );
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, config).expect("agent");
     Setup {
         dirs,
         agent,

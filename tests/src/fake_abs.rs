@@ -210,3 +210,14 @@ fn handle<S: Read + Write>(stream: S, shared: &Shared) -> std::io::Result<()> {
         out.flush()?;
     }
 }
+
+/// The agent's `[abs]` section for an ABS at `url`: a secret key file in `dirs`, a 1 s poll,
+/// plain HTTP allowed (`insecure`), and `extra` lines (e.g. `timeout = "2s"`).
+pub fn agent_config(dirs: &crate::agent::AgentDirs, url: &str, extra: &str) -> String {
+    let secret = dirs.root.join("abs.secret");
+    std::fs::write(&secret, "s3cret-sk\n").expect("secret");
+    format!(
+        "[abs]\nurl = \"{url}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\n{extra}",
+        secret.display()
+    )
+}

@@ -43,11 +43,10 @@ fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 fn abs_config(dirs: &AgentDirs, url: &str) -> String {
-    let secret = dirs.root.join("abs.secret");
-    std::fs::write(&secret, "s3cret-sk\n").expect("secret");
-    format!(
-        "[abs]\nurl = \"{url}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ntimeout = \"2s\"\nmax_body_bytes = 1000000\ninsecure = true\n",
-        secret.display()
+    portcullis_tests::fake_abs::agent_config(
+        dirs,
+        url,
+        "timeout = \"2s\"\nmax_body_bytes = 1000000\n",
     )
 }
 
@@ -75,14 +74,7 @@ fn mirror_failures_push_and_reporting() {
         abs_config(&dirs, &abs.url()),
         apis.display()
     );
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, config).expect("agent");
     let curl = |token: &str, path: &str, xff: &str| -> u16 {
         let out = std::process::Command::new("curl")
             .args([
@@ -366,14 +358,7 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
         certs.ca.display(),
         apis.display()
     );
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, config).expect("agent");
     wait_for("the first snapshot over HTTPS", || {
         abs_rows(&agent).len() == 51
     });
@@ -493,14 +478,7 @@ fn abs_cannot_cut_the_host_off_its_infrastructure() {
         abs_config(&dirs, &abs.url()),
         apis.display()
     );
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, config).expect("agent");
     let listed: Vec<String> = protected
         .iter()
         .chain(std::iter::once(&"198.18.99.2".to_string()))

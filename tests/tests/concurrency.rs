@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
+use portcullis_tests::agent::{Agent, AgentDirs, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
@@ -53,22 +53,12 @@ fn cli_detections_and_abs_at_once_leave_store_and_kernel_equal() {
     let http_addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
-    let secret = dirs.root.join("abs.secret");
-    std::fs::write(&secret, "sk\n").expect("secret");
     let config = format!(
-        "[abs]\nurl = \"{}\"\naccess_key = \"ak\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\n[checker]\nhttp = \"{http_addr}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
-        abs.url(),
-        secret.display(),
+        "{}[checker]\nhttp = \"{http_addr}\"\napi_dir = \"{}\"\ntrusted_proxies = [\"127.0.0.1/32\"]\n",
+        portcullis_tests::fake_abs::agent_config(&dirs, &abs.url(), ""),
         apis.display()
     );
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config,
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, config).expect("agent");
 
     let stop_at = Instant::now() + Duration::from_secs(6);
     std::thread::scope(|scope| {

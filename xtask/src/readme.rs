@@ -27,7 +27,13 @@ pub fn update(root: &Path) -> anyhow::Result<Vec<&'static str>> {
                 report.display()
             );
         };
-        readme = replace_block(&readme, name, table)?;
+        let mut block = table.to_owned();
+        for note in json["notes"].as_array().into_iter().flatten() {
+            if let Some(n) = note.as_str() {
+                block.push_str(&format!("\n{n}\n"));
+            }
+        }
+        readme = replace_block(&readme, name, &block)?;
         done.push(name);
     }
     std::fs::write(&readme_path, readme).context("writing README.md")?;

@@ -223,16 +223,25 @@ pub(super) fn import(
         }
         let first = batch.first().map_or(0, |(no, _)| *no);
         // Each request is applied whole or not at all; the ones before it stay applied.
-        let r = unwrap(client.call(&Request::Import {
-            list,
-            lines: std::mem::take(batch),
-            defaults: defaults.clone(),
-        })?)
-        .with_context(|| {
-            format!(
-                "the import stopped at line {first}; the {accepted} entries ({new} new) from the lines before it are on the {list} list"
-            )
-        })?;
+        let stopped = |e: anyhow::Error| {
+            let before = if accepted == 0 {
+                "nothing was imported".to_owned()
+            } else {
+                format!(
+                    "the {accepted} entries ({new} new) from the lines before it are on the {list} list"
+                )
+            };
+            anyhow::anyhow!("{e:#}\nthe import stopped at line {first}: {before}")
+        };
+        let r = client
+            .call(&Request::Import {
+                list,
+                lines: std::mem::take(batch),
+                defaults: defaults.clone(),
+            })
+            .map_err(anyhow::Error::from)
+            .and_then(unwrap)
+            .map_err(stopped)?;
         accepted += r["accepted"].as_u64().unwrap_or(0);
         new += r["new"].as_u64().unwrap_or(0);
         if let Some(rej) = r["rejected"].as_array() {

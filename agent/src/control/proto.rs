@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! {"op":"add","list":"deny","kind":"ip","value":"203.0.113.7","ttl_secs":3600}
-//! {"ok":true,"result":{...}}
-//! {"ok":false,"error":"refusing to deny 0.0.0.0/0 ..."}
+//! {"ok":true,"result":{...},"version":1}
+//! {"ok":false,"error":"refusing to deny 0.0.0.0/0 ...","version":1}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -144,6 +144,10 @@ pub struct ImportDefaults {
     pub force: bool,
 }
 
+/// The protocol version this agent speaks, sent in every answer. Additions (new ops, new
+/// fields) keep the number; a change that breaks existing scripts raises it.
+pub const PROTOCOL_VERSION: u32 = 1;
+
 /// One response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Response {
@@ -155,12 +159,17 @@ pub struct Response {
     /// The result.
     #[serde(default)]
     pub result: serde_json::Value,
+    /// The agent's [`PROTOCOL_VERSION`] (0 from agents older than the field). Last, so that
+    /// scripts matching an answer's start (`{"ok":true`) keep working.
+    #[serde(default)]
+    pub version: u32,
 }
 
 impl Response {
     /// A success.
     pub fn ok(result: impl Serialize) -> Self {
         Self {
+            version: PROTOCOL_VERSION,
             ok: true,
             error: None,
             result: serde_json::to_value(result).unwrap_or_default(),
@@ -170,6 +179,7 @@ impl Response {
     /// A failure.
     pub fn err(message: impl std::fmt::Display) -> Self {
         Self {
+            version: PROTOCOL_VERSION,
             ok: false,
             error: Some(message.to_string()),
             result: serde_json::Value::Null,
@@ -179,3 +189,18 @@ impl Response {
 
 /// Longest request line the agent reads (an import batch fits; a runaway client does not).
 pub const MAX_REQUEST: usize = 64 << 20;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn answers_carry_the_version_and_old_answers_still_parse() {
+        let line = serde_json::to_string(&Response::ok(7)).expect("encode");
+        assert!(line.starts_with(r#"{"ok":true,"#), "{line}");
+        assert!(line.ends_with(r#","version":1}"#), "{line}");
+        let old: Response =
+            serde_json::from_str(r#"{"ok":false,"error":"x"}"#).expect("an older agent's answer");
+        assert_eq!((old.version, old.ok), (0, false));
+    }
+}

@@ -171,7 +171,7 @@ async fn connection(stream: UnixStream, writer: Writer) -> std::io::Result<()> {
 
 fn answer(r: &Response) -> Vec<u8> {
     let mut v = serde_json::to_vec(r)
-        .unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer"}"#.to_vec());
+        .unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer","version":1}"#.to_vec());
     v.push(b'\n');
     v
 }

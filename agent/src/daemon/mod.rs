@@ -42,6 +42,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     // checker's ports (SO_REUSEPORT) with the running one, even for a moment.
     crate::control::server::ensure_no_agent(&config.socket)?;
     let store = setup::open_store(&config)?;
+    let _lock = setup::lock_state(&config)?;
     let filter = setup::load_filter(&config)?;
     let mut service =
         Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;

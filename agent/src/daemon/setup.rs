@@ -86,6 +86,31 @@ pub(super) fn open_store(config: &Config) -> anyhow::Result<Store> {
     Ok(store)
 }
 
+/// Takes `agent.lock` in the state directory for the agent's life (the returned file): a
+/// second agent started at the same moment on the same state fails here, before it binds
+/// any listener (the control-socket check alone leaves that window open).
+pub(super) fn lock_state(config: &Config) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd as _;
+    std::fs::create_dir_all(&config.state_dir)
+        .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
+    let path = config.state_dir.join("agent.lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    // SAFETY: flock(2) on a descriptor we own.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        anyhow::bail!(
+            "another agent is running on {} (it holds {})",
+            config.state_dir.display(),
+            path.display()
+        );
+    }
+    Ok(file)
+}
+
 /// Loads (or reuses the pinned) filter and sets its mode and drop sampling.
 pub(super) fn load_filter(config: &Config) -> anyhow::Result<Filter> {
     kernel::ensure_bpffs().context("mounting bpffs")?;

@@ -83,12 +83,13 @@ impl Service {
         }
         let new = match self.store.upsert_new(good) {
             Ok(flags) => {
-                self.board.counts_mut(|c| {
-                    good.iter()
-                        .zip(&flags)
-                        .filter(|(_, new)| **new)
-                        .for_each(|(e, _)| c.add(e))
-                });
+                // Counted outside the board's lock: `status` must not wait for a big batch.
+                let mut added = super::Counts::default();
+                good.iter()
+                    .zip(&flags)
+                    .filter(|(_, new)| **new)
+                    .for_each(|(e, _)| added.add(e));
+                self.board.counts_mut(|c| c.merge(added));
                 flags.iter().filter(|n| **n).count()
             }
             Err(e) => {

@@ -1,7 +1,7 @@
-//! What `status` and the metrics report about the lists, kept up to date by the list writer
-//! and readable without it: `status` answers at once even while a million-line import holds
-//! the writer, and a scrape never scans the database (a `GROUP BY` over millions of rows took
-//! seconds).
+//! What `status` reports about the lists, kept up to date by the list writer and readable
+//! without it: `status` answers at once even while a million-line import holds the writer,
+//! and neither it nor a metrics scrape scans the database (a `GROUP BY` over millions of rows
+//! took seconds).
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -50,11 +50,24 @@ impl Counts {
         }
     }
 
-    /// One row fewer.
+    /// One row fewer (a source with no rows left is forgotten).
     pub fn remove(&mut self, e: &Entry) {
         if let Some(v) = self.0.get_mut(e.source.as_str()) {
             let s = slot(e.list, e.ident.kind);
             v[s] = v[s].saturating_sub(1);
+            if v.iter().all(|n| *n == 0) {
+                self.0.remove(e.source.as_str());
+            }
+        }
+    }
+
+    /// Adds another set of counts (built outside the board's lock).
+    pub fn merge(&mut self, other: Counts) {
+        for (source, v) in other.0 {
+            let mine = self.0.entry(source).or_default();
+            for (m, n) in mine.iter_mut().zip(v) {
+                *m += n;
+            }
         }
     }
 

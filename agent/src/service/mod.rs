@@ -491,6 +491,7 @@ impl Service {
             return Ok((0, 0));
         };
         let report = f.reconcile(best.map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))))?;
+        self.board.set_kernel_ip_entries(f.table().len());
         Ok((report.written, report.removed))
     }
 
