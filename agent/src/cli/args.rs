@@ -157,48 +157,9 @@ pub struct AgentArgs {
 pub enum ListVerb {
     /// Add an identifier: `ip ADDR|CIDR`, `cookie NAME VALUE`, `token VALUE`,
     /// `api-key NAME VALUE` (or `api-key --any-name VALUE`), `username "NAME"`.
-    Add {
-        /// Kind: ip, cookie, token, api-key, username.
-        kind: String,
-        /// Name and/or value.
-        #[arg(required = true, num_args = 1..=2)]
-        values: Vec<String>,
-        /// api-key only: the key matches under any header or query parameter name.
-        #[arg(long)]
-        any_name: bool,
-        /// Expire after this long (30s, 15m, 1h, 7d).
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Why (shown in list and logs).
-        #[arg(long)]
-        reason: Option<String>,
-        /// Only for this API.
-        #[arg(long)]
-        api: Option<String>,
-        /// Allow a deny that covers every address, this host, or a management network.
-        #[arg(long)]
-        force: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Add(AddArgs),
     /// Remove an identifier (from every source unless --source).
-    Remove {
-        /// Kind.
-        kind: String,
-        /// Name and/or value.
-        #[arg(required = true, num_args = 1..=2)]
-        values: Vec<String>,
-        /// api-key only: the entry that matches any name.
-        #[arg(long)]
-        any_name: bool,
-        /// Only the entry from this source.
-        #[arg(long)]
-        source: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
-    },
+    Remove(RemoveArgs),
     /// Show entries.
     List {
         /// Only this kind.
@@ -280,4 +241,51 @@ pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
     }
     out.extend(rest.iter().cloned());
     out
+}
+
+/// `allow|deny add`'s arguments.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// Kind: ip, cookie, token, api-key, username.
+    pub kind: String,
+    /// Name and/or value.
+    #[arg(required = true, num_args = 1..=2)]
+    pub values: Vec<String>,
+    /// api-key only: the key matches under any header or query parameter name.
+    #[arg(long)]
+    pub any_name: bool,
+    /// Expire after this long (30s, 15m, 1h, 7d).
+    #[arg(long)]
+    pub ttl: Option<String>,
+    /// Why (shown in list and logs).
+    #[arg(long)]
+    pub reason: Option<String>,
+    /// Only for this API.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// Allow a deny that covers every address, this host, or a management network.
+    #[arg(long)]
+    pub force: bool,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `allow|deny remove`'s arguments.
+#[derive(Debug, Args)]
+pub struct RemoveArgs {
+    /// Kind.
+    pub kind: String,
+    /// Name and/or value.
+    #[arg(required = true, num_args = 1..=2)]
+    pub values: Vec<String>,
+    /// api-key only: the entry that matches any name.
+    #[arg(long)]
+    pub any_name: bool,
+    /// Only the entry from this source.
+    #[arg(long)]
+    pub source: Option<String>,
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
 }

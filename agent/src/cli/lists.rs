@@ -32,94 +32,8 @@ pub(super) fn name_value(
 
 pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
     match verb {
-        ListVerb::Add {
-            kind: k,
-            values,
-            any_name,
-            ttl,
-            reason,
-            api,
-            force,
-            json,
-        } => {
-            let k = kind(k)?;
-            let (name, value) = name_value(k, values, *any_name)?;
-            let ttl_secs = ttl
-                .as_deref()
-                .map(crate::config::parse_duration)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
-            let req = Request::Add(AddRequest {
-                list: Some(list),
-                kind: Some(k),
-                name,
-                value,
-                ttl_secs,
-                reason: reason.clone(),
-                api: api.clone(),
-                source: None,
-                force: *force,
-            });
-            let r = call(cli, &req)?;
-            if *json {
-                return print_json(&r);
-            }
-            let entry = &r["entry"];
-            if cli.ase {
-                println!("{} added to {}", describe(entry), list.ase_name());
-            } else {
-                let how = if r["enforced_in_kernel"].as_bool() == Some(true) {
-                    " (enforced in the kernel)"
-                } else {
-                    ""
-                };
-                let verb = if r["new"].as_bool() == Some(true) {
-                    "added"
-                } else {
-                    "updated"
-                };
-                println!(
-                    "{list} {} {verb}{how}, expires {}",
-                    describe(entry),
-                    when(entry["expires"].as_i64())
-                );
-            }
-        }
-        ListVerb::Remove {
-            kind: k,
-            values,
-            any_name,
-            source,
-            json,
-        } => {
-            let k = kind(k)?;
-            let (name, value) = name_value(k, values, *any_name)?;
-            let r = call(
-                cli,
-                &Request::Remove {
-                    list,
-                    kind: k,
-                    name,
-                    value,
-                    source: source.clone(),
-                },
-            )?;
-            if *json {
-                return print_json(&r);
-            }
-            let removed = r.as_array().cloned().unwrap_or_default();
-            let first = removed.first().cloned().unwrap_or_default();
-            if cli.ase {
-                println!("{} deleted from {}", describe(&first), list.ase_name());
-            } else {
-                println!(
-                    "{list} {} removed ({} entr{})",
-                    describe(&first),
-                    removed.len(),
-                    if removed.len() == 1 { "y" } else { "ies" }
-                );
-            }
-        }
+        ListVerb::Add(a) => add(cli, list, a)?,
+        ListVerb::Remove(r) => remove(cli, list, r)?,
         ListVerb::List {
             kind: k,
             source,
@@ -309,5 +223,85 @@ pub(super) fn import(
         accepted as f64 / secs.max(1e-9),
         rejected.len()
     );
+    Ok(())
+}
+
+/// `allow|deny add`: puts one identifier on the list and says whether the kernel enforces it.
+fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
+    let k = kind(&a.kind)?;
+    let (name, value) = name_value(k, &a.values, a.any_name)?;
+    let ttl_secs = a
+        .ttl
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
+    let req = Request::Add(AddRequest {
+        list: Some(list),
+        kind: Some(k),
+        name,
+        value,
+        ttl_secs,
+        reason: a.reason.clone(),
+        api: a.api.clone(),
+        source: None,
+        force: a.force,
+    });
+    let r = call(cli, &req)?;
+    if a.json {
+        return print_json(&r);
+    }
+    let entry = &r["entry"];
+    if cli.ase {
+        println!("{} added to {}", describe(entry), list.ase_name());
+    } else {
+        let how = if r["enforced_in_kernel"].as_bool() == Some(true) {
+            " (enforced in the kernel)"
+        } else {
+            ""
+        };
+        let verb = if r["new"].as_bool() == Some(true) {
+            "added"
+        } else {
+            "updated"
+        };
+        println!(
+            "{list} {} {verb}{how}, expires {}",
+            describe(entry),
+            when(entry["expires"].as_i64())
+        );
+    }
+    Ok(())
+}
+
+/// `allow|deny remove`: takes an identifier off the list (every source unless one is named).
+fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
+    let k = kind(&r.kind)?;
+    let (name, value) = name_value(k, &r.values, r.any_name)?;
+    let answer = call(
+        cli,
+        &Request::Remove {
+            list,
+            kind: k,
+            name,
+            value,
+            source: r.source.clone(),
+        },
+    )?;
+    if r.json {
+        return print_json(&answer);
+    }
+    let removed = answer.as_array().cloned().unwrap_or_default();
+    let first = removed.first().cloned().unwrap_or_default();
+    if cli.ase {
+        println!("{} deleted from {}", describe(&first), list.ase_name());
+    } else {
+        println!(
+            "{list} {} removed ({} entr{})",
+            describe(&first),
+            removed.len(),
+            if removed.len() == 1 { "y" } else { "ies" }
+        );
+    }
     Ok(())
 }

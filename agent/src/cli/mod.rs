@@ -21,7 +21,9 @@ mod lists;
 mod output;
 mod show;
 
-pub use args::{AgentArgs, ApiVerb, Cli, Command, JsonFlag, ListVerb, rewrite_ase};
+pub use args::{
+    AddArgs, AgentArgs, ApiVerb, Cli, Command, JsonFlag, ListVerb, RemoveArgs, rewrite_ase,
+};
 use lists::list_verb;
 use output::*;
 use show::{api, stats, status};
