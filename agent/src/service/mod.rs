@@ -117,12 +117,15 @@ pub struct Service {
 impl Service {
     /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
     pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
-        let mut lists = L7Lists::default();
-        store.for_each(|e| lists.add(e))?;
+        // One pass over the store fills both the checker's lists and the board's counts.
+        let (mut lists, mut counts) = (L7Lists::default(), Counts::default());
+        store.for_each(|e| {
+            lists.add(e);
+            counts.add(e);
+        })?;
         let mut infrastructure = crate::infrastructure::addresses();
         infrastructure.extend(safety::abs_hosts(&config.abs.url));
         let board = Arc::new(Board::new(config.pin_dir.clone(), config.db_path()));
-        let counts = Counts::from_rows(&store.counts()?);
         board.counts_mut(|c| *c = counts);
         if let Some(f) = &filter {
             let monitor = f.config()?.mode == portcullis_common::mode::MONITOR;
@@ -292,14 +295,16 @@ impl Service {
     /// command failed half-way (a panic): the store is the list of record.
     pub fn recover(&mut self) -> Result<(), ServiceError> {
         self.lists.clear_poison();
-        let mut fresh = L7Lists::default();
-        self.store.for_each(|e| fresh.add(e))?;
+        let (mut fresh, mut counts) = (L7Lists::default(), Counts::default());
+        self.store.for_each(|e| {
+            fresh.add(e);
+            counts.add(e);
+        })?;
         match self.lists.write() {
             Ok(mut l) => *l = fresh,
             Err(p) => *p.into_inner() = fresh,
         }
         self.lists.clear_poison();
-        let counts = Counts::from_rows(&self.store.counts()?);
         self.board.counts_mut(|c| *c = counts);
         self.reconcile()?;
         Ok(())

@@ -43,11 +43,7 @@ impl Filter {
             .program_mut(PROGRAM)
             .ok_or(KernelError::Missing("program"))?
             .try_into()
-            .map_err(|e| KernelError::Program {
-                op: "typing",
-                target: PROGRAM.into(),
-                source: Box::new(e),
-            })?;
+            .map_err(super::not_xdp(PROGRAM))?;
         let perr = |op: &'static str| {
             let iface = iface.to_owned();
             move |e| KernelError::Program {

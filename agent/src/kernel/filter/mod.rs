@@ -151,6 +151,15 @@ pub struct Filter {
     iface_slots: BTreeMap<String, u32>,
 }
 
+/// The error for a program `name` that the object holds but not as an XDP program.
+fn not_xdp(name: &str) -> impl FnOnce(aya::programs::ProgramError) -> KernelError + '_ {
+    move |e| KernelError::Program {
+        op: "typing",
+        target: name.into(),
+        source: Box::new(e),
+    }
+}
+
 /// Counters of one slot, indexed by `common::counter`.
 pub type Counters = [Counter; common::counter::COUNT as usize];
 
@@ -275,11 +284,7 @@ impl Filter {
             .program(name)
             .ok_or(KernelError::Missing("program"))?
             .try_into()
-            .map_err(|e| KernelError::Program {
-                op: "typing",
-                target: name.into(),
-                source: Box::new(e),
-            })?;
+            .map_err(not_xdp(name))?;
         let fd = prog.fd().map_err(|e| KernelError::Program {
             op: "fd of",
             target: name.into(),
@@ -295,11 +300,7 @@ impl Filter {
             .program_mut(name)
             .ok_or(KernelError::Missing("program"))?
             .try_into()
-            .map_err(|e| KernelError::Program {
-                op: "typing",
-                target: name.into(),
-                source: Box::new(e),
-            })?;
+            .map_err(not_xdp(name))?;
         if prog.fd().is_err() {
             prog.load().map_err(|e| KernelError::Program {
                 op: "verifying",
