@@ -23,18 +23,8 @@ pub enum Mode {
     Monitor,
 }
 
-/// How XDP is attached.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, serde::Serialize, clap::ValueEnum,
-)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpMode {
-    /// In the driver; falls back to generic with a warning.
-    #[default]
-    Native,
-    /// In the generic network stack.
-    Generic,
-}
+/// How XDP is attached: one enum for the config, the CLI and the kernel layer.
+pub use crate::kernel::AttachMode as XdpMode;
 
 /// Kernel map capacities (entries). Changing them needs a detach and fresh pins.
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize)]

@@ -70,6 +70,7 @@ enum Write {
     ),
     Prune(oneshot::Sender<Result<Vec<Entry>, ServiceError>>),
     DrainEvents(oneshot::Sender<Vec<DropEvent>>),
+    CheckLinks(oneshot::Sender<Vec<String>>),
     #[cfg(test)]
     Panic(oneshot::Sender<Result<(), ServiceError>>),
 }
@@ -175,6 +176,11 @@ impl Writer {
     /// The sampled drop events the kernel logged since the last call.
     pub async fn drain_events(&self) -> Vec<DropEvent> {
         self.write(Write::DrainEvents).await.unwrap_or_default()
+    }
+
+    /// Notices interfaces whose filter was detached outside the agent; returns their names.
+    pub async fn check_links(&self) -> Vec<String> {
+        self.write(Write::CheckLinks).await.unwrap_or_default()
     }
 
     /// Counters and list sizes for the metrics endpoint.
@@ -355,6 +361,16 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
                 },
             );
             Box::new(move || drop(tx.send(events)))
+        }
+        Write::CheckLinks(tx) => {
+            let gone = guarded(
+                || service.check_links(),
+                |m| {
+                    on_panic(m);
+                    Vec::new()
+                },
+            );
+            Box::new(move || drop(tx.send(gone)))
         }
         #[cfg(test)]
         Write::Panic(tx) => {

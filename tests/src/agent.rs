@@ -264,6 +264,20 @@ impl Drop for Agent {
     }
 }
 
+/// Sends one raw JSON line on the control socket and returns the agent's one-line answer
+/// (for what the CLI never sends: foreign clients, hostile or outdated ones).
+pub fn control_line(socket: &Path, line: &str) -> String {
+    use std::io::{BufRead as _, Write as _};
+    let mut s = std::os::unix::net::UnixStream::connect(socket).expect("control socket");
+    s.write_all(line.as_bytes()).expect("write");
+    s.write_all(b"\n").expect("write");
+    let mut answer = String::new();
+    std::io::BufReader::new(s)
+        .read_line(&mut answer)
+        .expect("answer");
+    answer
+}
+
 /// Runs `portcullis --socket SOCKET args...`.
 pub fn cli(socket: &Path, args: &[&str]) -> Output {
     Command::new(portcullis_bin())

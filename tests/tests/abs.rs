@@ -214,13 +214,10 @@ fn mirror_failures_push_and_reporting() {
     );
 
     // Push path: immediate, same semantics.
-    let mut s = std::os::unix::net::UnixStream::connect(dirs.socket()).expect("socket");
-    use std::io::{BufRead as _, Write as _};
-    s.write_all(b"{\"op\":\"abs-push\",\"add\":[{\"kind\":\"ip\",\"name\":null,\"value\":\"198.18.73.1\",\"ttl\":null}],\"remove\":[{\"kind\":\"username\",\"name\":null,\"value\":\"mallory\",\"ttl\":null}]}\n").expect("push");
-    let mut line = String::new();
-    std::io::BufReader::new(s)
-        .read_line(&mut line)
-        .expect("answer");
+    let line = portcullis_tests::agent::control_line(
+        &dirs.socket(),
+        r#"{"op":"abs-push","add":[{"kind":"ip","name":null,"value":"198.18.73.1","ttl":null}],"remove":[{"kind":"username","name":null,"value":"mallory","ttl":null}]}"#,
+    );
     assert!(
         line.contains("\"ok\":true")
             && line.contains("\"added\":1")

@@ -7,7 +7,9 @@ use std::os::unix::ffi::OsStrExt as _;
 use std::time::{Duration, Instant};
 
 use portcullis_common::{Deadlines, NEVER};
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, cli, err, ok, portcullis_bin};
+use portcullis_tests::agent::{
+    Agent, AgentDirs, AgentOpts, cli, control_line, err, ok, portcullis_bin,
+};
 use portcullis_tests::http;
 use portcullis_tests::kernel_check::{assert_kernel_matches_lists, kernel};
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
@@ -544,6 +546,28 @@ fn readme_promises_hold() {
     let left = json(&agent.cli(&["deny", "list", "--json"]));
     assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
     assert_eq!(left[0]["source"], "manual");
+    // A bare clear would wipe the whole list: it asks for --all, on the CLI and the socket.
+    let e = err(&agent.cli(&["deny", "clear"]));
+    assert!(e.contains("--all"), "{e}");
+    assert_eq!(count(&agent, "deny"), 1, "nothing removed");
+    let raw = control_line(&dirs.socket(), r#"{"op":"clear","list":"deny"}"#);
+    assert!(raw.contains("\"ok\":false") && raw.contains("all"), "{raw}");
+    assert_eq!(count(&agent, "deny"), 1, "nothing removed");
+    // Comments are whole lines; a `#` after a space is refused with its line number, so a
+    // token is never stored with a note glued to it.
+    let feed = dirs.root.join("commented.txt");
+    std::fs::write(
+        &feed,
+        "# a comment\ntoken tok-ok\ntoken abc # stolen 2026-11-30\n",
+    )
+    .expect("feed");
+    let out = agent.cli(&["deny", "import", feed.to_str().expect("utf8")]);
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("commented.txt:3:") && e.contains('#'), "{e}");
+    assert!(ok(&out).contains("1 entries imported (1 new)"));
+    ok(&agent.cli(&["deny", "remove", "token", "tok-ok"]));
+    ok(&agent.cli(&["deny", "clear", "--all"]));
+    assert_eq!(count(&agent, "deny"), 0);
     // --check-config: a good file passes, a bad one names the field and exits non-zero.
     let good = dirs.root.join("good.toml");
     std::fs::write(&good, "mode = \"monitor\"\n").expect("config");

@@ -44,7 +44,17 @@ pub enum Command {
     },
     /// Kernel counters per verdict.
     Stats(JsonFlag),
-    /// Remove the XDP filter from interfaces; works whether or not the agent runs.
+    /// Put the XDP filter back on interfaces after a detach (through the running agent).
+    Attach {
+        /// Only this interface (default: the configured ones).
+        #[arg(long)]
+        iface: Option<String>,
+        /// native (falls back to generic) or generic (default: the configured mode).
+        #[arg(long, value_enum)]
+        xdp_mode: Option<XdpMode>,
+    },
+    /// Take the XDP filter off interfaces at once; works whether or not the agent runs, and
+    /// a running agent leaves it off until `attach`.
     Detach {
         /// Only this interface (default: all).
         #[arg(long)]
@@ -172,7 +182,7 @@ pub enum ListVerb {
         #[arg(long)]
         json: bool,
     },
-    /// Remove every entry (of a kind, of a source).
+    /// Remove every entry of a kind or of a source (or, with --all, every entry).
     Clear {
         /// Only this kind.
         #[arg(long)]
@@ -180,6 +190,9 @@ pub enum ListVerb {
         /// Only this source.
         #[arg(long)]
         source: Option<String>,
+        /// Without --kind or --source: yes, the whole list.
+        #[arg(long)]
+        all: bool,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
@@ -236,8 +249,13 @@ pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
     out.extend(["--ase".into(), list.into(), action.into()]);
     let rest = &args[at + 1..];
     // ASE's view/clear take the kind positionally.
-    if matches!(action, "list" | "clear") && !rest.is_empty() && !rest[0].starts_with('-') {
+    let positional_kind = !rest.is_empty() && !rest[0].starts_with('-');
+    if matches!(action, "list" | "clear") && positional_kind {
         out.push("--kind".into());
+    }
+    // ASE's clear without a kind empties the list: say so explicitly.
+    if action == "clear" && !positional_kind {
+        out.push("--all".into());
     }
     out.extend(rest.iter().cloned());
     out

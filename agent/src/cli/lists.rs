@@ -63,15 +63,22 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
         ListVerb::Clear {
             kind: k,
             source,
+            all,
             json,
         } => {
             let k = k.as_deref().map(kind).transpose()?;
+            if k.is_none() && source.is_none() && !all {
+                bail!(
+                    "`{list} clear` without --kind or --source removes every entry of the {list} list; add --all if that is what you mean"
+                );
+            }
             let r = call(
                 cli,
                 &Request::Clear {
                     list,
                     kind: k,
                     source: source.clone(),
+                    all: *all,
                 },
             )?;
             if *json {

@@ -17,6 +17,7 @@ use crate::model::List;
 use crate::paths;
 
 mod args;
+mod iface;
 mod lists;
 mod output;
 mod show;
@@ -41,7 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(j) => status(&cli, j.json),
         Command::Api { verb } => api(&cli, verb),
         Command::Stats(j) => stats(&cli, j.json),
-        Command::Detach { iface, pin_dir } => detach(iface.as_deref(), pin_dir),
+        Command::Detach { iface, pin_dir } => iface::detach(&cli, iface.as_deref(), pin_dir),
+        Command::Attach { iface, xdp_mode } => iface::attach(&cli, iface.as_deref(), *xdp_mode),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -126,38 +128,6 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     crate::daemon::run(cfg)
 }
 
-fn detach(iface: Option<&str>, pin_dir: &std::path::Path) -> anyhow::Result<()> {
-    let ifaces: Vec<String> = match iface {
-        Some(i) => vec![i.to_owned()],
-        None => std::fs::read_dir(pin_dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_prefix("link_"))
-                            .map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
-    };
-    if ifaces.is_empty() {
-        println!(
-            "nothing attached (no pinned links under {})",
-            pin_dir.display()
-        );
-    }
-    for i in ifaces {
-        if crate::kernel::detach(pin_dir, &i)? {
-            println!("detached from {i}");
-        } else {
-            println!("{i}: not attached");
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,23 +138,19 @@ mod tests {
 
     #[test]
     fn ase_verbs_are_rewritten() {
-        assert_eq!(
-            rewrite_ase(v("p add_blacklist ip 1.1.1.1")),
-            v("p --ase deny add ip 1.1.1.1")
-        );
-        assert_eq!(
-            rewrite_ase(v("p view_whitelist ip")),
-            v("p --ase allow list --kind ip")
-        );
-        assert_eq!(rewrite_ase(v("p clear_blacklist")), v("p --ase deny clear"));
-        assert_eq!(
-            rewrite_ase(v("p deny add ip 1.1.1.1")),
-            v("p deny add ip 1.1.1.1")
-        );
-        assert_eq!(
-            rewrite_ase(v("p --socket /s add_blacklist ip 1.1.1.1")),
-            v("p --socket /s --ase deny add ip 1.1.1.1")
-        );
+        for (ase, ours) in [
+            ("p add_blacklist ip 1.1.1.1", "p --ase deny add ip 1.1.1.1"),
+            ("p view_whitelist ip", "p --ase allow list --kind ip"),
+            ("p clear_blacklist", "p --ase deny clear --all"),
+            ("p clear_blacklist ip", "p --ase deny clear --kind ip"),
+            ("p deny add ip 1.1.1.1", "p deny add ip 1.1.1.1"),
+            (
+                "p --socket /s add_blacklist ip 1.1.1.1",
+                "p --socket /s --ase deny add ip 1.1.1.1",
+            ),
+        ] {
+            assert_eq!(rewrite_ase(v(ase)), v(ours), "{ase}");
+        }
         Cli::command().debug_assert();
     }
 }

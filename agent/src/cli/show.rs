@@ -17,11 +17,13 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             .as_str()
             .map(|s| format!(" (native refused: {s})"))
             .unwrap_or_default();
-        println!(
-            "interface {}: XDP {}{fb}",
-            i["iface"].as_str().unwrap_or("?"),
-            i["xdp_mode"].as_str().unwrap_or("?")
-        );
+        let name = i["iface"].as_str().unwrap_or("?");
+        match i["xdp_mode"].as_str() {
+            Some(m) => println!("interface {name}: XDP {m}{fb}"),
+            None => println!(
+                "interface {name}: DETACHED, nothing filtered (`portcullis attach --iface {name}` puts it back)"
+            ),
+        }
     }
     println!("database: {}", r["database"].as_str().unwrap_or("?"));
     println!("kernel IP entries: {}", r["kernel_ip_entries"]);

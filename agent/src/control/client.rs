@@ -47,6 +47,13 @@ impl Client {
         })
     }
 
+    /// Gives up on an answer after `limit` (for callers that must not hang on a wedged agent).
+    pub fn set_timeout(&mut self, limit: std::time::Duration) -> Result<(), ClientError> {
+        self.writer.set_read_timeout(Some(limit))?;
+        self.writer.set_write_timeout(Some(limit))?;
+        Ok(())
+    }
+
     /// Sends one request and waits for its answer.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
         let mut line = serde_json::to_vec(req)?;

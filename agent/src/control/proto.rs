@@ -55,6 +55,9 @@ pub enum Request {
         /// Source.
         #[serde(default)]
         source: Option<String>,
+        /// Required without `kind` and `source`: the whole list is meant.
+        #[serde(default)]
+        all: bool,
     },
     /// A batch of raw import lines (text or NDJSON) with their line numbers.
     Import {
@@ -89,6 +92,21 @@ pub enum Request {
     },
     /// Kernel counters.
     Stats,
+    /// Put the filter on an interface (or back on every configured one).
+    Attach {
+        /// Only this interface (default: the configured ones).
+        #[serde(default)]
+        iface: Option<String>,
+        /// Mode (default: the configured one).
+        #[serde(default)]
+        xdp_mode: Option<crate::kernel::AttachMode>,
+    },
+    /// The filter was taken off (the CLI detaches in the kernel first, then tells the agent).
+    Detach {
+        /// Only this interface (default: all).
+        #[serde(default)]
+        iface: Option<String>,
+    },
 }
 
 impl Request {

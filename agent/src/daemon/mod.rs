@@ -164,7 +164,7 @@ async fn run_until_signal(
                 pruning = Some(tokio::spawn(prune(writer.clone(), agent_metrics.clone())));
             },
             _ = events_tick.tick() => if logging.as_ref().is_none_or(JoinHandle::is_finished) {
-                logging = Some(tokio::spawn(log_drop_events(writer.clone())));
+                logging = Some(tokio::spawn(watch_kernel(writer.clone())));
             },
         }
     }
@@ -182,8 +182,10 @@ async fn prune(writer: Writer, agent_metrics: Arc<AgentMetrics>) {
     }
 }
 
-/// Logs the kernel's sampled drop events.
-async fn log_drop_events(writer: Writer) {
+/// Logs the kernel's sampled drop events, and notices a filter detached outside the agent
+/// (the detach itself logs it and shows in `status`).
+async fn watch_kernel(writer: Writer) {
+    writer.check_links().await;
     for e in writer.drain_events().await {
         let addr = if e.family == portcullis_common::family::V4 {
             std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])

@@ -7,8 +7,8 @@ use std::time::Instant;
 
 use anyhow::Context as _;
 
-use crate::config::{Config, Mode, XdpMode};
-use crate::kernel::{self, AttachMode, Filter, LoadOptions};
+use crate::config::{Config, Mode};
+use crate::kernel::{self, Filter, LoadOptions};
 use crate::metrics::AgentMetrics;
 use crate::service::Service;
 use crate::store::Store;
@@ -152,27 +152,11 @@ pub(super) fn reconcile_and_attach(
     metrics
         .expired
         .fetch_add(pruned.len() as u64, Ordering::Relaxed);
-    let mut attached = Vec::new();
-    if let Some(filter) = service.filter_mut() {
-        for iface in &config.interfaces {
-            let mode = match config.xdp_mode {
-                XdpMode::Native => AttachMode::Native,
-                XdpMode::Generic => AttachMode::Generic,
-            };
-            let a = filter
-                .attach(iface, mode)
-                .with_context(|| format!("attaching XDP to {iface}"))?;
-            if let Some(reason) = &a.fell_back {
-                tracing::warn!(
-                    iface,
-                    "native XDP refused ({reason}); attached in generic mode, which is slower"
-                );
-            }
-            tracing::info!(iface, mode = ?a.mode, reused_pinned_link = a.reused_link, "XDP filter attached");
-            attached.push(a);
-        }
+    if service.filter_mut().is_some() {
+        service
+            .attach(None, Some(config.xdp_mode))
+            .context("attaching XDP")?;
     }
-    service.set_attached(attached);
     Ok(())
 }
 

@@ -2,12 +2,15 @@
 //!
 //! - [`table`]: which map slots the allow/deny entries expand into (pure logic);
 //! - [`filter`]: load, pin, attach, detach, write slots, read counters;
+//! - [`link`], [`netlink`]: pinned links and interfaces as the kernel reports them;
 //! - [`sys`]: the raw `bpf(2)` calls aya does not wrap;
 //! - [`snapshot`]: what the kernel maps really hold, read back;
 //! - [`reference`]: a brute-force model of the verdict and random operation sequences, to
 //!   check the other three against.
 
 pub mod filter;
+pub mod link;
+pub mod netlink;
 #[cfg(any(test, feature = "testkit"))]
 pub mod reference;
 pub mod snapshot;
@@ -16,7 +19,7 @@ pub mod table;
 
 pub use filter::{
     AttachMode, Attached, Filter, KernelError, LoadOptions, Object, PROGRAM, ReconcileReport,
-    detach, ensure_bpffs,
+    detach, ensure_bpffs, link_attached,
 };
 pub use snapshot::KernelState;
 pub use table::{Capacity, IpTable, MapFull};

@@ -59,7 +59,7 @@ struct GetFdAttr {
     open_flags: u32,
 }
 
-fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: `attr` is a valid, initialised bpf_attr prefix of the size we pass.
     let ret = unsafe {
         libc::syscall(

@@ -182,6 +182,11 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
             ..AddRequest::default()
         }));
     }
+    // Comments are whole lines. A `#` after a space would otherwise end up inside the stored
+    // value (`token abc # note` stored the digest of `abc # note`, and `abc` stayed allowed).
+    if line.split_whitespace().skip(1).any(|w| w.starts_with('#')) {
+        return Err("'#' after a space is not a comment here (comments are whole lines that start with #); put the note on its own line, or import a value containing ' #' as a JSON line".into());
+    }
     let (first, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let rest = rest.trim();
     let kind = match first.parse::<Kind>() {
@@ -202,11 +207,22 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
             None if kind == Kind::ApiKey => (None, rest.to_owned()),
             None => return Err("a cookie line needs a name and a value: cookie NAME VALUE".into()),
         },
-        Kind::Username => (None, rest.trim_matches('"').to_owned()),
+        Kind::Username => (None, unquote(rest)?.to_owned()),
         Kind::Ip | Kind::Token => (None, rest.to_owned()),
     };
     if value.is_empty() {
         return Err(format!("{kind} line has no value"));
+    }
+    // Only a username may have spaces: anything else with more words is a mistake (a
+    // forgotten name, two values on a line), never a value to store.
+    if kind != Kind::Username && value.contains(char::is_whitespace) {
+        return Err(format!(
+            "a {kind} line has one value (a username may have spaces); this one has more words: {}",
+            match kind {
+                Kind::Cookie | Kind::ApiKey => "NAME VALUE, then more",
+                _ => "VALUE, then more",
+            }
+        ));
     }
     Ok(Some(AddRequest {
         kind: Some(kind),
@@ -214,6 +230,19 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
         value,
         ..AddRequest::default()
     }))
+}
+
+/// A username, bare (the rest of the line) or in one pair of double quotes.
+fn unquote(s: &str) -> Result<&str, String> {
+    match s.strip_prefix('"') {
+        None if s.ends_with('"') => {
+            Err("a username ends with '\"' but does not start with one".into())
+        }
+        None => Ok(s),
+        Some(inner) => inner
+            .strip_suffix('"')
+            .ok_or_else(|| "a quoted username lacks its closing '\"'".into()),
+    }
 }
 
 #[cfg(test)]
@@ -255,5 +284,36 @@ mod tests {
         assert!(parse_import_line("{\"kind\":\"ip\"").is_err());
         assert!(parse_import_line(r#"{"kind":"ip","value":"1.2.3.4","colour":"red"}"#).is_err());
         assert!(parse_import_line("cookie JSESSIONID").is_err());
+    }
+
+    #[test]
+    fn lines_whose_meaning_is_unclear_are_refused() {
+        for line in [
+            "token abc # stolen",
+            "198.51.100.7 # scanner",
+            "cookie JSESSIONID abc #note",
+            "username bob # admin",
+            "token abc def",
+            "cookie JSESSIONID abc def",
+            "api-key X-API-Key k1 k2",
+            "username \"bob",
+            "username bob\"",
+        ] {
+            assert!(parse_import_line(line).is_err(), "{line}");
+        }
+        // `#` inside a word is part of the value; a whole-line comment is skipped.
+        let r = parse_import_line("cookie S a#b")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(r.value, "a#b");
+        assert!(parse_import_line("# token abc").expect("ok").is_none());
+        let r = parse_import_line("username \"your name\"")
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(r.value, "your name");
+        let r = parse_import_line(r#"{"kind":"token","value":"abc # not a comment"}"#)
+            .expect("ok")
+            .expect("entry");
+        assert_eq!(r.value, "abc # not a comment");
     }
 }

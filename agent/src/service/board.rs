@@ -10,7 +10,6 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::config::Mode;
-use crate::kernel::{AttachMode, Attached};
 use crate::model::{Entry, Kind, List};
 
 const KINDS: [Kind; 5] = [
@@ -139,14 +138,16 @@ impl Board {
         *self.mode.lock().unwrap_or_else(PoisonError::into_inner) = mode;
     }
 
-    /// The interfaces the filter is attached to.
-    pub fn set_attached(&self, attached: &[Attached]) {
-        let v = attached
-            .iter()
-            .map(|a| {
+    /// The interfaces the filter was put on, and whether it is still there.
+    pub fn set_interfaces(&self, interfaces: &super::links::Interfaces) {
+        let v = interfaces
+            .values()
+            .map(|i| {
+                let a = &i.attached;
                 serde_json::json!({
                     "iface": a.iface,
-                    "xdp_mode": match a.mode { AttachMode::Native => "native", AttachMode::Generic => "generic" },
+                    "state": if i.detached { "detached" } else { "attached" },
+                    "xdp_mode": (!i.detached).then_some(a.mode),
                     "fell_back": a.fell_back,
                     "reused_pinned_link": a.reused_link,
                 })

@@ -16,7 +16,7 @@ use crate::checker::lists::L7Lists;
 use crate::checker::{ApiRegistry, L7Stats};
 use crate::config::{Config, Mode};
 use crate::control::proto::{AddRequest, Request, Response};
-use crate::kernel::{Attached, Filter, KernelError, sys};
+use crate::kernel::{Filter, KernelError, sys};
 use crate::model::Cidr;
 use crate::model::{Entry, List, expiry};
 use crate::model::{IdentError, Identifier, Kind};
@@ -25,6 +25,7 @@ use crate::store::{self, Store, StoreError};
 mod abs_sync;
 mod batch;
 mod board;
+mod links;
 mod safety;
 mod views;
 
@@ -110,6 +111,8 @@ pub struct Service {
     infrastructure: Vec<IpAddr>,
     /// List sizes and fixed facts for `status` and metrics, readable without the writer.
     board: Arc<Board>,
+    /// The interfaces the filter was put on, attached or detached since.
+    interfaces: links::Interfaces,
     /// Where applied changes are published (set by the list writer).
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
 }
@@ -146,6 +149,7 @@ impl Service {
             own_addresses: host_addresses(),
             infrastructure,
             board,
+            interfaces: links::Interfaces::new(),
             changes: None,
         })
     }
@@ -231,11 +235,6 @@ impl Service {
         })
     }
 
-    /// Records what was attached (for status).
-    pub fn set_attached(&mut self, attached: Vec<Attached>) {
-        self.board.set_attached(&attached);
-    }
-
     /// The loaded filter.
     pub fn filter_mut(&mut self) -> Option<&mut Filter> {
         self.filter.as_mut()
@@ -257,8 +256,19 @@ impl Service {
             } => self
                 .remove(list, kind, name.as_deref(), &value, source.as_deref())
                 .map(Response::ok),
-            Request::Clear { list, kind, source } => {
-                self.clear(list, kind, source).map(Response::ok)
+            Request::Clear {
+                list,
+                kind,
+                source,
+                all,
+            } => {
+                if kind.is_none() && source.is_none() && !all {
+                    Err(ServiceError::BadRequest(format!(
+                        "clearing the whole {list} list needs \"all\": true (or a kind or source)"
+                    )))
+                } else {
+                    self.clear(list, kind, source).map(Response::ok)
+                }
             }
             Request::Import {
                 list,
@@ -267,6 +277,12 @@ impl Service {
             } => self.import(list, &lines, &defaults).map(Response::ok),
             Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
             Request::ApiReload => self.api_reload(),
+            Request::Attach { iface, xdp_mode } => self
+                .attach(iface.as_deref(), xdp_mode)
+                .map(|a| Response::ok(a.iter().map(views::attached).collect::<Vec<_>>())),
+            Request::Detach { iface } => self
+                .detach(iface.as_deref())
+                .map(|d| Response::ok(serde_json::json!({ "detached": d }))),
             other => Ok(self.query(other)),
         };
         res.unwrap_or_else(Response::err)

@@ -87,6 +87,16 @@ pub struct Imported {
     pub rejected: Vec<(u64, String)>,
 }
 
+/// One attachment as the control API reports it.
+pub(super) fn attached(a: &crate::kernel::Attached) -> serde_json::Value {
+    serde_json::json!({
+        "iface": a.iface,
+        "xdp_mode": a.mode,
+        "fell_back": a.fell_back,
+        "reused_pinned_link": a.reused_link,
+    })
+}
+
 impl Service {
     pub(super) fn status(&self) -> Result<serde_json::Value, ServiceError> {
         Ok(self.board.status())

@@ -2,11 +2,25 @@
 //! agent, a counter slot per interface, detaching, and the bpffs mount they need.
 
 use super::*;
+use crate::kernel::link::PinnedXdpLink;
+use crate::kernel::netlink;
 
 /// How to attach to an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Deserialize,
+    serde::Serialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
 pub enum AttachMode {
     /// In the driver; falls back to generic with a warning when the driver refuses.
+    #[default]
     Native,
     /// In the generic network stack (works everywhere, slower).
     Generic,
@@ -53,7 +67,7 @@ impl Filter {
             }
         };
         if let Some(pin) = &pin
-            && pin.exists()
+            && let Some(kernel_mode) = reusable_link(pin, iface, mode)?
         {
             let pinned = PinnedLink::from_pin(pin).map_err(|e| KernelError::Link {
                 op: "opening pinned link",
@@ -70,12 +84,13 @@ impl Filter {
             let id = prog
                 .attach_to_link(link)
                 .map_err(perr("replacing program of link"))?;
-            // Keep the kernel link alive after we exit: drop our handle without detaching.
+            // The pin keeps the link; closing our descriptor does not detach it, and holding
+            // it would keep the filter attached after `portcullis detach`.
             let link = prog.take_link(id).map_err(perr("taking link"))?;
-            std::mem::forget(FdLink::try_from(link).ok());
+            drop(FdLink::try_from(link));
             return Ok(Attached {
                 iface: iface.into(),
-                mode: AttachMode::Native,
+                mode: kernel_mode,
                 fell_back: None,
                 reused_link: true,
             });
@@ -120,14 +135,9 @@ impl Filter {
 
     /// Gives `iface` its own counter slot (kept across restarts through the pinned map).
     pub(super) fn assign_slot(&mut self, iface: &str) -> Result<(), KernelError> {
-        let Ok(name) = std::ffi::CString::new(iface) else {
+        let Some(ifindex) = ifindex(iface) else {
             return Ok(());
         };
-        // SAFETY: valid C string; resolved in the calling thread's network namespace.
-        let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
-        if ifindex == 0 {
-            return Ok(());
-        }
         let key = ifindex & (common::IF_SLOT_INDEX - 1);
         let arr: Array<&MapData, u32> = Array::try_from(self.map(map_name::IF_SLOTS))
             .map_err(map_err("opening", map_name::IF_SLOTS))?;
@@ -153,20 +163,107 @@ impl Filter {
     }
 }
 
-/// Removes the pinned link of `iface` under `pin_dir`, which detaches the filter from it once
-/// no agent holds the link open. Works whether or not an agent runs. Returns whether a link
-/// was pinned.
-pub fn detach(pin_dir: &Path, iface: &str) -> Result<bool, KernelError> {
-    let pin = link_pin(pin_dir, iface);
-    match std::fs::remove_file(&pin) {
+/// The mode of the link pinned for `iface`, when it can be reused as it is: attached to this
+/// interface in the asked-for mode. A pin whose link was detached, or that runs on another
+/// interface or in the other mode, is detached and unpinned so a fresh link replaces it (the
+/// kernel runs one XDP mode at a time, so a mode change has a moment without the filter).
+fn reusable_link(
+    pin: &Path,
+    iface: &str,
+    mode: AttachMode,
+) -> Result<Option<AttachMode>, KernelError> {
+    let lerr = |op: &'static str| {
+        move |source| KernelError::Link {
+            op,
+            path: pin.to_owned(),
+            source,
+        }
+    };
+    let Some(link) = PinnedXdpLink::open(pin).map_err(lerr("opening pinned link"))? else {
+        return Ok(None);
+    };
+    let info = link.info().map_err(lerr("reading pinned link"))?;
+    let here = ifindex(iface);
+    let kernel_mode = match info.ifindex {
+        Some(i) if Some(i) == here => {
+            netlink::xdp_attachment(i)
+                .map_err(lerr("asking the kernel for the interface's XDP mode"))?
+                .mode
+        }
+        _ => None,
+    };
+    if kernel_mode == Some(mode) {
+        return Ok(kernel_mode);
+    }
+    match kernel_mode {
+        Some(old) => tracing::warn!(
+            iface,
+            ?old,
+            new = ?mode,
+            "changing the XDP mode: the kernel runs one mode at a time, so the filter is off for the moment of the switch"
+        ),
+        None => tracing::info!(
+            iface,
+            "pinned link no longer attached here; attaching afresh"
+        ),
+    }
+    if info.ifindex.is_some() {
+        link.detach().map_err(lerr("detaching pinned link"))?;
+    }
+    remove_pin(pin)?;
+    Ok(None)
+}
+
+/// The interface's index in the calling thread's namespace.
+pub(crate) fn ifindex(iface: &str) -> Option<u32> {
+    let name = std::ffi::CString::new(iface).ok()?;
+    // SAFETY: valid C string; resolved in the calling thread's network namespace.
+    let i = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    (i != 0).then_some(i)
+}
+
+fn remove_pin(pin: &Path) -> Result<bool, KernelError> {
+    match std::fs::remove_file(pin) {
         Ok(()) => Ok(true),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(source) => Err(KernelError::Link {
             op: "removing pinned link",
-            path: pin,
+            path: pin.to_owned(),
             source,
         }),
     }
+}
+
+/// Takes the filter off `iface`: detaches the link pinned under `pin_dir` in the kernel, for
+/// every process that holds it (a running agent included), then removes the pin. Works
+/// whether or not an agent runs. Returns whether a link was pinned.
+pub fn detach(pin_dir: &Path, iface: &str) -> Result<bool, KernelError> {
+    let pin = link_pin(pin_dir, iface);
+    let lerr = |op: &'static str| {
+        let path = pin.clone();
+        move |source| KernelError::Link { op, path, source }
+    };
+    if let Some(link) = PinnedXdpLink::open(&pin).map_err(lerr("opening pinned link"))? {
+        let attached = link.info().map_err(lerr("reading pinned link"))?.ifindex;
+        if attached.is_some() {
+            link.detach().map_err(lerr("detaching pinned link"))?;
+        }
+    }
+    remove_pin(&pin)
+}
+
+/// Whether the link pinned for `iface` is still attached to it: `false` once someone
+/// detached it (`portcullis detach`, `bpftool link detach`) or removed its pin.
+pub fn link_attached(pin_dir: &Path, iface: &str) -> Result<bool, KernelError> {
+    let pin = link_pin(pin_dir, iface);
+    let lerr = |op: &'static str| {
+        let path = pin.clone();
+        move |source| KernelError::Link { op, path, source }
+    };
+    let Some(link) = PinnedXdpLink::open(&pin).map_err(lerr("opening pinned link"))? else {
+        return Ok(false);
+    };
+    Ok(link.info().map_err(lerr("reading pinned link"))?.ifindex == ifindex(iface))
 }
 
 /// `statfs` magic of bpffs (include/uapi/linux/magic.h).

@@ -21,7 +21,7 @@ mod attach;
 mod stats;
 mod write;
 
-pub use attach::{AttachMode, Attached, detach, ensure_bpffs, link_pin};
+pub use attach::{AttachMode, Attached, detach, ensure_bpffs, link_attached, link_pin};
 pub use write::ReconcileReport;
 
 /// Which compiled object to load.
@@ -178,6 +178,11 @@ pub(super) fn data(map: &Map) -> &MapData {
 }
 
 impl Filter {
+    /// Where maps and links are pinned (`None`: private to this process).
+    pub fn pin_dir(&self) -> Option<&Path> {
+        self.pin_dir.as_deref()
+    }
+
     /// Loads the object, creating its maps or reusing the pinned ones.
     pub fn load(opts: &LoadOptions) -> Result<Self, KernelError> {
         let bytes = match opts.object {

@@ -1,0 +1,117 @@
+//! The interfaces the filter runs on, as the agent and `status` see them: attached at start
+//! (the configured interfaces) or by `portcullis attach`; detached by `portcullis detach`,
+//! which the agent notices and respects: it does not re-attach until told.
+
+use std::collections::BTreeMap;
+
+use super::{Service, ServiceError};
+use crate::kernel::{self, AttachMode, Attached};
+
+/// One interface the agent has put the filter on.
+#[derive(Clone, Debug)]
+pub struct Interface {
+    /// How it was attached.
+    pub attached: Attached,
+    /// Taken off since (by `portcullis detach` or outside the agent).
+    pub detached: bool,
+}
+
+/// The interfaces by name.
+pub(super) type Interfaces = BTreeMap<String, Interface>;
+
+impl Service {
+    /// Attaches the filter to `only`, or to every configured interface, in `mode` (default:
+    /// the configured mode). A link pinned by an earlier agent is reused when it is attached
+    /// there in that mode; otherwise it is replaced.
+    pub fn attach(
+        &mut self,
+        only: Option<&str>,
+        mode: Option<AttachMode>,
+    ) -> Result<Vec<Attached>, ServiceError> {
+        let names = match only {
+            Some(i) => vec![i.to_owned()],
+            None => self.config.interfaces.clone(),
+        };
+        let mode = mode.unwrap_or(self.config.xdp_mode);
+        let Some(filter) = self.filter.as_mut() else {
+            return Err(ServiceError::BadRequest(
+                "this agent runs without the kernel filter".into(),
+            ));
+        };
+        let mut done = Vec::new();
+        for iface in names {
+            let a = filter.attach(&iface, mode)?;
+            if let Some(reason) = &a.fell_back {
+                tracing::warn!(
+                    iface,
+                    "native XDP refused ({reason}); attached in generic mode, which is slower"
+                );
+            }
+            tracing::info!(iface, mode = ?a.mode, reused_pinned_link = a.reused_link, "XDP filter attached");
+            self.interfaces.insert(
+                iface,
+                Interface {
+                    attached: a.clone(),
+                    detached: false,
+                },
+            );
+            done.push(a);
+        }
+        self.board.set_interfaces(&self.interfaces);
+        Ok(done)
+    }
+
+    /// Takes the filter off `only`, or off every interface it is on; returns their names.
+    /// The kernel detaches the link for every holder, so this holds whatever else has it open.
+    pub fn detach(&mut self, only: Option<&str>) -> Result<Vec<String>, ServiceError> {
+        let names: Vec<String> = match only {
+            Some(i) => vec![i.to_owned()],
+            None => self.interfaces.keys().cloned().collect(),
+        };
+        if let Some(dir) = self.filter.as_ref().and_then(|f| f.pin_dir()) {
+            for iface in &names {
+                kernel::detach(dir, iface)?;
+            }
+        }
+        for iface in &names {
+            if let Some(i) = self.interfaces.get_mut(iface)
+                && !i.detached
+            {
+                i.detached = true;
+                tracing::warn!(
+                    iface,
+                    "XDP filter detached; `portcullis attach` puts it back"
+                );
+            }
+        }
+        self.board.set_interfaces(&self.interfaces);
+        Ok(names)
+    }
+
+    /// Notices interfaces whose link was detached behind the agent's back (`portcullis
+    /// detach` without an agent reachable, `bpftool link detach`); returns their names.
+    pub fn check_links(&mut self) -> Vec<String> {
+        let Some(dir) = self.filter.as_ref().and_then(|f| f.pin_dir()) else {
+            return Vec::new();
+        };
+        let mut gone = Vec::new();
+        for (iface, i) in self.interfaces.iter_mut().filter(|(_, i)| !i.detached) {
+            match kernel::link_attached(dir, iface) {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(
+                        iface,
+                        "the XDP filter was detached outside the agent; not re-attaching until `portcullis attach`"
+                    );
+                    i.detached = true;
+                    gone.push(iface.clone());
+                }
+                Err(e) => tracing::warn!(iface, "cannot check the XDP link: {e}"),
+            }
+        }
+        if !gone.is_empty() {
+            self.board.set_interfaces(&self.interfaces);
+        }
+        gone
+    }
+}

@@ -1,0 +1,208 @@
+//! The off switch, tried as an operator handling a false positive would: `portcullis detach`
+//! takes the filter off the interface at once, with the agent running (also after a restart
+//! that reused the pinned link) or stopped; a running agent reports the interface detached
+//! and leaves it off until `portcullis attach`; `status` tells the XDP mode the kernel has,
+//! and a changed `--xdp-mode` is applied on restart.
+
+use std::process::Output;
+use std::time::Duration;
+
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok, portcullis_bin};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4};
+use portcullis_tests::privileged;
+
+fn status(agent: &Agent) -> serde_json::Value {
+    serde_json::from_str(&ok(&agent.cli(&["status", "--json"]))).expect("status JSON")
+}
+
+/// The interface's entry in `status`.
+fn iface_status(agent: &Agent, iface: &str) -> serde_json::Value {
+    let s = status(agent);
+    s["interfaces"]
+        .as_array()
+        .and_then(|v| v.iter().find(|i| i["iface"] == iface).cloned())
+        .unwrap_or_else(|| panic!("{iface} missing from status: {s}"))
+}
+
+/// What `ip -d link` in the server namespace says: "native", "generic" or "none".
+fn kernel_mode(pair: &NetnsPair) -> &'static str {
+    let out = std::process::Command::new("ip")
+        .args([
+            "-n",
+            &pair.server,
+            "-d",
+            "link",
+            "show",
+            "dev",
+            &pair.server_if,
+        ])
+        .output()
+        .expect("ip link");
+    let text = String::from_utf8_lossy(&out.stdout);
+    if text.contains("xdpgeneric") {
+        "generic"
+    } else if text.contains(" xdp ") || text.contains("prog/xdp") {
+        "native"
+    } else {
+        "none"
+    }
+}
+
+/// A namespace pair and an agent configuration attaching to its server end (`--xdp-mode`
+/// given when `mode` is).
+fn setup(mode: Option<&str>) -> (NetnsPair, AgentDirs, AgentOpts) {
+    let pair = NetnsPair::new().expect("namespaces");
+    let opts = AgentOpts {
+        netns: Some(pair.server.clone()),
+        ifaces: vec![pair.server_if.clone()],
+        args: mode
+            .map(|m| vec!["--xdp-mode".into(), m.into()])
+            .unwrap_or_default(),
+        ..AgentOpts::default()
+    };
+    (pair, AgentDirs::new(), opts)
+}
+
+fn detach(agent: &Agent, dirs: &AgentDirs, iface: &str) -> Output {
+    let pins = dirs.pins.0.to_str().expect("utf8");
+    agent.cli(&["detach", "--iface", iface, "--pin-dir", pins])
+}
+
+#[test]
+fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
+    if !privileged("detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off") {
+        return;
+    }
+    let (pair, dirs, opts) = setup(None);
+    let iface = pair.server_if.as_str();
+    let [bad, ..] = CLIENT_V4;
+    let mut agent = Agent::start(&dirs, &opts).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", bad]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    // A restart reuses the pinned link: the case where detach used to lie.
+    agent.stop().expect("stop");
+    let agent = Agent::start(&dirs, &opts).expect("restart");
+    assert_eq!(iface_status(&agent, iface)["reused_pinned_link"], true);
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+
+    let text = ok(&detach(&agent, &dirs, iface));
+    assert!(text.contains(&format!("detached from {iface}")), "{text}");
+    assert_eq!(
+        pair.ping(bad, SERVER_V4, 2).expect("ping"),
+        2,
+        "the filter is off the interface while the agent runs"
+    );
+    assert_eq!(kernel_mode(&pair), "none");
+    let s = iface_status(&agent, iface);
+    assert_eq!(s["state"], "detached", "{s}");
+    assert!(s["xdp_mode"].is_null(), "{s}");
+    let human = ok(&agent.cli(&["status"]));
+    assert!(human.contains("DETACHED"), "{human}");
+    // The agent does not put it back on its own (its link check runs every second).
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
+    assert_eq!(iface_status(&agent, iface)["state"], "detached");
+    // Lists still change while detached, and apply again once attached.
+    ok(&agent.cli(&["deny", "add", "ip", CLIENT_V4[1]]));
+
+    let text = ok(&agent.cli(&["attach", "--iface", iface]));
+    assert!(text.contains(&format!("attached to {iface}")), "{text}");
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    assert_eq!(pair.ping(CLIENT_V4[1], SERVER_V4, 2).expect("ping"), 0);
+    assert_eq!(iface_status(&agent, iface)["state"], "attached");
+    assert_eq!(iface_status(&agent, iface)["xdp_mode"], kernel_mode(&pair));
+}
+
+#[test]
+fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
+    if !privileged("detach_behind_the_agents_back_and_with_the_agent_stopped") {
+        return;
+    }
+    let (pair, dirs, opts) = setup(None);
+    let iface = pair.server_if.as_str();
+    let [bad, ..] = CLIENT_V4;
+    let mut agent = Agent::start(&dirs, &opts).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", bad]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    // An operator on another socket (or an unreachable agent): the CLI detaches in the
+    // kernel itself and the agent notices on its own.
+    let out = std::process::Command::new(portcullis_bin())
+        .args([
+            "--socket",
+            "/nonexistent/portcullis.sock",
+            "detach",
+            "--iface",
+            iface,
+        ])
+        .arg("--pin-dir")
+        .arg(&dirs.pins.0)
+        .output()
+        .expect("detach");
+    assert!(ok(&out).contains("detached"));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while iface_status(&agent, iface)["state"] != "detached" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the agent did not notice the detach: {}",
+            status(&agent)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(agent.log_text().contains("detached outside the agent"));
+
+    // Stopped agent: detach, then a restart with the interface configured enforces again.
+    ok(&agent.cli(&["attach"]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    agent.stop().expect("stop");
+    assert_eq!(
+        pair.ping(bad, SERVER_V4, 2).expect("ping"),
+        0,
+        "outlives the agent"
+    );
+    let out = std::process::Command::new(portcullis_bin())
+        .args(["detach", "--pin-dir"])
+        .arg(&dirs.pins.0)
+        .output()
+        .expect("detach");
+    assert!(ok(&out).contains(&format!("detached from {iface}")));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
+    let agent = Agent::start(&dirs, &opts).expect("restart");
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    assert_eq!(iface_status(&agent, iface)["state"], "attached");
+}
+
+#[test]
+fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
+    if !privileged("status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied") {
+        return;
+    }
+    let (pair, dirs, generic) = setup(Some("generic"));
+    let iface = pair.server_if.as_str();
+    let [bad, ..] = CLIENT_V4;
+    let with_mode = |mode: &str| AgentOpts {
+        args: vec!["--xdp-mode".into(), mode.into()],
+        ..generic.clone()
+    };
+    let mut agent = Agent::start(&dirs, &with_mode("generic")).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", bad]));
+    assert_eq!(kernel_mode(&pair), "generic");
+    assert_eq!(iface_status(&agent, iface)["xdp_mode"], "generic");
+    agent.stop().expect("stop");
+    // Same mode: the link is reused and still reported as generic (it used to say native).
+    let mut agent = Agent::start(&dirs, &with_mode("generic")).expect("agent");
+    let s = iface_status(&agent, iface);
+    assert_eq!(
+        (s["xdp_mode"].as_str(), s["reused_pinned_link"].as_bool()),
+        (Some("generic"), Some(true)),
+        "{s}"
+    );
+    agent.stop().expect("stop");
+    // A changed mode is applied (veth has native XDP).
+    let agent = Agent::start(&dirs, &with_mode("native")).expect("agent");
+    assert_eq!(kernel_mode(&pair), "native");
+    let s = iface_status(&agent, iface);
+    assert_eq!(s["xdp_mode"], "native", "{s}");
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    assert_eq!(pair.ping(CLIENT_V4[1], SERVER_V4, 2).expect("ping"), 2);
+}
