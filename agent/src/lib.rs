@@ -17,6 +17,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod paths;
+pub mod preflight;
 pub mod service;
 pub mod store;
 pub mod writer;

@@ -196,6 +196,8 @@ impl Agent {
             if let Some(child) = self.child.as_mut()
                 && let Some(status) = child.try_wait()?
             {
+                // Reaped: nothing left for `Drop` to stop.
+                self.child = None;
                 bail!("agent exited with {status}: {}", self.log_text());
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -124,6 +124,32 @@ impl NetnsPair {
         Ok(pair)
     }
 
+    /// The XDP program on the server end as `ip -d link` reports it: "native", "generic" or
+    /// "none" (what the kernel has, independent of what the agent says).
+    pub fn server_xdp_mode(&self) -> &'static str {
+        let out = Command::new("ip")
+            .args([
+                "-n",
+                &self.server,
+                "-d",
+                "link",
+                "show",
+                "dev",
+                &self.server_if,
+            ])
+            .output();
+        let text = out
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        if text.contains("xdpgeneric") {
+            "generic"
+        } else if text.contains("prog/xdp") {
+            "native"
+        } else {
+            "none"
+        }
+    }
+
     /// Runs a command inside the client namespace.
     pub fn client_cmd(&self, args: &[&str]) -> std::io::Result<Output> {
         Command::new("ip")

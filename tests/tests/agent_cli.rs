@@ -638,12 +638,16 @@ fn every_agent_flag_overrides_the_file() {
             "trusted_proxies = [\"10.0.0.0/8\"]",
         ),
     ];
-    // Without flags, the file's values.
-    let base = ok(&std::process::Command::new(portcullis_bin())
-        .args(["agent", "--check-config", "--config"])
-        .arg(&file)
-        .output()
-        .expect("check-config"));
+    // Without flags, the file's values. The file names files and interfaces this machine
+    // lacks: the check fails (on stderr) but still prints the effective configuration.
+    let stdout = |o: std::process::Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let base = stdout(
+        std::process::Command::new(portcullis_bin())
+            .args(["agent", "--check-config", "--config"])
+            .arg(&file)
+            .output()
+            .expect("check-config"),
+    );
     for want in [
         "xdp_mode = \"native\"",
         "url = \"https://file.test\"",
@@ -670,7 +674,7 @@ fn every_agent_flag_overrides_the_file() {
             cmd.arg(value);
         }
     }
-    let out = ok(&cmd.output().expect("check-config"));
+    let out = stdout(cmd.output().expect("check-config"));
     let sum = std::process::Command::new("sh")
         .args(["-c", "printf %s flag-ak | sha256sum"])
         .output()
@@ -684,18 +688,20 @@ fn every_agent_flag_overrides_the_file() {
         );
     }
     // The output is itself a valid configuration that yields the same effective config.
-    assert!(out.starts_with("# configuration OK"), "{out}");
+    assert!(out.starts_with("# configuration parses"), "{out}");
     assert!(
         !out.contains("flag-ak"),
         "the ABS access key is not printed"
     );
     let saved = dir.join("effective.toml");
     std::fs::write(&saved, &out).expect("save");
-    let again = ok(&std::process::Command::new(portcullis_bin())
-        .args(["agent", "--check-config", "--config"])
-        .arg(&saved)
-        .output()
-        .expect("check-config"));
+    let again = stdout(
+        std::process::Command::new(portcullis_bin())
+            .args(["agent", "--check-config", "--config"])
+            .arg(&saved)
+            .output()
+            .expect("check-config"),
+    );
     let body = |t: &str| {
         t.lines()
             .filter(|l| !l.starts_with("access_key"))

@@ -24,30 +24,6 @@ fn iface_status(agent: &Agent, iface: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("{iface} missing from status: {s}"))
 }
 
-/// What `ip -d link` in the server namespace says: "native", "generic" or "none".
-fn kernel_mode(pair: &NetnsPair) -> &'static str {
-    let out = std::process::Command::new("ip")
-        .args([
-            "-n",
-            &pair.server,
-            "-d",
-            "link",
-            "show",
-            "dev",
-            &pair.server_if,
-        ])
-        .output()
-        .expect("ip link");
-    let text = String::from_utf8_lossy(&out.stdout);
-    if text.contains("xdpgeneric") {
-        "generic"
-    } else if text.contains(" xdp ") || text.contains("prog/xdp") {
-        "native"
-    } else {
-        "none"
-    }
-}
-
 /// A namespace pair and an agent configuration attaching to its server end (`--xdp-mode`
 /// given when `mode` is).
 fn setup(mode: Option<&str>) -> (NetnsPair, AgentDirs, AgentOpts) {
@@ -92,7 +68,7 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
         2,
         "the filter is off the interface while the agent runs"
     );
-    assert_eq!(kernel_mode(&pair), "none");
+    assert_eq!(pair.server_xdp_mode(), "none");
     let s = iface_status(&agent, iface);
     assert_eq!(s["state"], "detached", "{s}");
     assert!(s["xdp_mode"].is_null(), "{s}");
@@ -110,7 +86,10 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
     assert_eq!(pair.ping(CLIENT_V4[1], SERVER_V4, 2).expect("ping"), 0);
     assert_eq!(iface_status(&agent, iface)["state"], "attached");
-    assert_eq!(iface_status(&agent, iface)["xdp_mode"], kernel_mode(&pair));
+    assert_eq!(
+        iface_status(&agent, iface)["xdp_mode"],
+        pair.server_xdp_mode()
+    );
 }
 
 #[test]
@@ -186,7 +165,7 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
     };
     let mut agent = Agent::start(&dirs, &with_mode("generic")).expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", bad]));
-    assert_eq!(kernel_mode(&pair), "generic");
+    assert_eq!(pair.server_xdp_mode(), "generic");
     assert_eq!(iface_status(&agent, iface)["xdp_mode"], "generic");
     agent.stop().expect("stop");
     // Same mode: the link is reused and still reported as generic (it used to say native).
@@ -200,7 +179,7 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
     agent.stop().expect("stop");
     // A changed mode is applied (veth has native XDP).
     let agent = Agent::start(&dirs, &with_mode("native")).expect("agent");
-    assert_eq!(kernel_mode(&pair), "native");
+    assert_eq!(pair.server_xdp_mode(), "native");
     let s = iface_status(&agent, iface);
     assert_eq!(s["xdp_mode"], "native", "{s}");
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);

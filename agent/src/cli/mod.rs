@@ -104,28 +104,49 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
         cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
     }
     cfg.validate()?;
+    let problems = crate::preflight::problems(&cfg);
     if a.check_config {
-        // The effective configuration, file and flags merged: what the agent would run with.
-        // The whole output is valid TOML (the verdict is a comment), so it can be saved and
-        // used as a config file; the ABS access key is not repeated into logs and tickets.
-        let mut shown = cfg.clone();
-        if !shown.abs.access_key.is_empty() {
-            let fp = crate::model::fingerprint(&crate::model::digest(&shown.abs.access_key));
-            shown.abs.access_key = format!("(set; not shown: {fp})");
-        }
-        let effective = toml::to_string(&shown).context("printing the effective configuration")?;
-        println!(
-            "# configuration OK: {} interface(s), mode {}\n# effective configuration (file and flags merged); the ABS access key is shown\n# as a fingerprint only: put the real key back before using this as a config file\n{effective}",
-            cfg.interfaces.len(),
-            if cfg.mode == crate::config::Mode::Monitor {
-                "monitor"
-            } else {
-                "enforce"
-            },
-        );
-        return Ok(());
+        return check_config(&cfg, &problems);
+    }
+    if !problems.is_empty() {
+        // Before anything is loaded or attached: a start that cannot finish does not begin.
+        bail!("not starting:\n  {}", problems.join("\n  "));
     }
     crate::daemon::run(cfg)
+}
+
+/// `agent --check-config`: the effective configuration, file and flags merged (what the
+/// agent would run with), then what on this machine would stop a start. The output is valid
+/// TOML (the verdict is a comment), so it can be saved and used as a config file; the ABS
+/// access key is not repeated into logs and tickets.
+fn check_config(cfg: &Config, problems: &[String]) -> anyhow::Result<()> {
+    let mut shown = cfg.clone();
+    if !shown.abs.access_key.is_empty() {
+        let fp = crate::model::fingerprint(&crate::model::digest(&shown.abs.access_key));
+        shown.abs.access_key = format!("(set; not shown: {fp})");
+    }
+    let effective = toml::to_string(&shown).context("printing the effective configuration")?;
+    let verdict = if problems.is_empty() {
+        "configuration OK"
+    } else {
+        "configuration parses, but the agent would not start here (reasons on stderr)"
+    };
+    println!(
+        "# {verdict}: {} interface(s), mode {}\n# effective configuration (file and flags merged); the ABS access key is shown\n# as a fingerprint only: put the real key back before using this as a config file\n{effective}",
+        cfg.interfaces.len(),
+        if cfg.mode == Mode::Monitor {
+            "monitor"
+        } else {
+            "enforce"
+        },
+    );
+    if !problems.is_empty() {
+        bail!(
+            "the agent would not start with this configuration here:\n  {}",
+            problems.join("\n  ")
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -48,6 +48,11 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
         Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
     let agent_metrics = Arc::new(AgentMetrics::default());
     setup::reconcile_and_attach(&mut service, &config, &agent_metrics)?;
+    // Until the agent is ready, a failure takes the filter off the interfaces it put it on.
+    let mut undo = setup::UndoAttach {
+        pin_dir: config.pin_dir.clone(),
+        ifaces: service.fresh_interfaces(),
+    };
     let checker = checker::Prepared::new(&mut service, &config)?;
     let abs = setup::abs_feed(&mut service, &config)?;
     let lists = service.lists();
@@ -65,6 +70,7 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     }
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
     setup::notify_ready();
+    undo.ifaces.clear();
 
     run_until_signal(&config, &writer, checker.as_ref(), &agent_metrics).await?;
 

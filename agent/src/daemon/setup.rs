@@ -173,3 +173,17 @@ pub(super) fn abs_feed(
     service.set_abs(abs.clone());
     Ok(Some(abs))
 }
+
+/// The interfaces a start attached afresh, detached again if the start fails before it is
+/// ready (dropped with `ifaces` still set).
+pub(super) struct UndoAttach {
+    pub(super) pin_dir: std::path::PathBuf,
+    pub(super) ifaces: Vec<String>,
+}
+
+impl Drop for UndoAttach {
+    fn drop(&mut self) {
+        let names: Vec<&str> = self.ifaces.iter().map(String::as_str).collect();
+        crate::service::undo_fresh(Some(&self.pin_dir), &names);
+    }
+}

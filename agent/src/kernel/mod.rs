@@ -19,7 +19,7 @@ pub mod table;
 
 pub use filter::{
     AttachMode, Attached, Filter, KernelError, LoadOptions, Object, PROGRAM, ReconcileReport,
-    detach, ensure_bpffs, link_attached,
+    detach, ensure_bpffs, ifindex, link_attached,
 };
 pub use snapshot::KernelState;
 pub use table::{Capacity, IpTable, MapFull};

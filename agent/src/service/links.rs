@@ -22,7 +22,8 @@ pub(super) type Interfaces = BTreeMap<String, Interface>;
 impl Service {
     /// Attaches the filter to `only`, or to every configured interface, in `mode` (default:
     /// the configured mode). A link pinned by an earlier agent is reused when it is attached
-    /// there in that mode; otherwise it is replaced.
+    /// there in that mode; otherwise it is replaced. All or nothing: when one interface
+    /// fails, the ones this call attached afresh are detached again (reused links stay).
     pub fn attach(
         &mut self,
         only: Option<&str>,
@@ -40,7 +41,22 @@ impl Service {
         };
         let mut done = Vec::new();
         for iface in names {
-            let a = filter.attach(&iface, mode)?;
+            let a = match filter.attach(&iface, mode) {
+                Ok(a) => a,
+                Err(e) => {
+                    let fresh: Vec<&str> = done
+                        .iter()
+                        .filter(|a: &&Attached| !a.reused_link)
+                        .map(|a| a.iface.as_str())
+                        .collect();
+                    undo_fresh(filter.pin_dir(), &fresh);
+                    for i in fresh {
+                        self.interfaces.remove(i);
+                    }
+                    self.board.set_interfaces(&self.interfaces);
+                    return Err(e.into());
+                }
+            };
             if let Some(reason) = &a.fell_back {
                 tracing::warn!(
                     iface,
@@ -113,5 +129,32 @@ impl Service {
             self.board.set_interfaces(&self.interfaces);
         }
         gone
+    }
+}
+
+/// Takes the filter off interfaces it was put on by a start or an attach that then failed:
+/// a failed start must not leave half of itself attached. (Links reused from an earlier
+/// agent are not passed here: they were enforcing before and go on.)
+pub fn undo_fresh(pin_dir: Option<&std::path::Path>, ifaces: &[&str]) {
+    let Some(dir) = pin_dir else { return };
+    for iface in ifaces {
+        match kernel::detach(dir, iface) {
+            Ok(_) => tracing::warn!(
+                iface,
+                "took the XDP filter off again: it was attached by a start or attach that failed"
+            ),
+            Err(e) => tracing::error!(iface, "could not take the XDP filter off again: {e}"),
+        }
+    }
+}
+
+impl Service {
+    /// The interfaces this agent attached afresh (not reused from an earlier agent).
+    pub fn fresh_interfaces(&self) -> Vec<String> {
+        self.interfaces
+            .values()
+            .filter(|i| !i.attached.reused_link && !i.detached)
+            .map(|i| i.attached.iface.clone())
+            .collect()
     }
 }

@@ -31,6 +31,7 @@ mod views;
 
 pub use batch::parse_import_line;
 pub use board::{Board, Counts};
+pub use links::undo_fresh;
 pub use safety::host_addresses;
 pub use views::{Added, EntryView, Imported, MirrorReport};
 

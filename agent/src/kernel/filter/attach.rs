@@ -215,7 +215,7 @@ fn reusable_link(
 }
 
 /// The interface's index in the calling thread's namespace.
-pub(crate) fn ifindex(iface: &str) -> Option<u32> {
+pub fn ifindex(iface: &str) -> Option<u32> {
     let name = std::ffi::CString::new(iface).ok()?;
     // SAFETY: valid C string; resolved in the calling thread's network namespace.
     let i = unsafe { libc::if_nametoindex(name.as_ptr()) };

@@ -21,7 +21,7 @@ mod attach;
 mod stats;
 mod write;
 
-pub use attach::{AttachMode, Attached, detach, ensure_bpffs, link_attached, link_pin};
+pub use attach::{AttachMode, Attached, detach, ensure_bpffs, ifindex, link_attached, link_pin};
 pub use write::ReconcileReport;
 
 /// Which compiled object to load.
