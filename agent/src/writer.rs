@@ -329,7 +329,10 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
         Write::Control(req, tx) => {
             bulk = matches!(
                 req,
-                Request::Import { .. } | Request::Clear { .. } | Request::AbsPush { .. }
+                Request::Import { .. }
+                    | Request::Clear { .. }
+                    | Request::AbsPush { .. }
+                    | Request::Restore { .. }
             );
             let resp = guarded(|| service.handle(req), |m| Response::err(on_panic(m)));
             Box::new(move || drop(tx.send(resp)))

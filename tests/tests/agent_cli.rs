@@ -771,17 +771,25 @@ fn the_socket_group_owns_the_control_socket() {
     for (p, m) in [(dirs.root.clone(), 0o755), (dirs.socket(), 0o666)] {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).expect("chmod");
     }
-    let as_user = |groups: &str| {
+    let as_user = |groups: &str, args: &[&str]| {
         std::process::Command::new("setpriv")
             .args(["--reuid=nobody", "--regid=nogroup", groups])
             .arg(portcullis_bin())
             .arg("--socket")
             .arg(dirs.socket())
-            .arg("status")
+            .args(args)
             .output()
             .expect("setpriv")
     };
-    let e = err(&as_user("--clear-groups"));
+    let e = err(&as_user("--clear-groups", &["status"]));
     assert!(e.contains("not allowed"), "{e}");
-    ok(&as_user(&format!("--groups={gid}")));
+    let member = format!("--groups={gid}");
+    ok(&as_user(&member, &["status"]));
+    // Members manage the lists, but only root may have the agent write or read a file.
+    let copy = dirs.root.join("by-member.db");
+    let e = err(&as_user(&member, &["backup", copy.to_str().expect("utf8")]));
+    assert!(e.contains("for root"), "{e}");
+    assert!(!copy.exists());
+    let e = err(&as_user(&member, &["restore", "/etc/passwd"]));
+    assert!(e.contains("for root"), "{e}");
 }

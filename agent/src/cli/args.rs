@@ -44,6 +44,19 @@ pub enum Command {
     },
     /// Kernel counters per verdict.
     Stats(JsonFlag),
+    /// Write a consistent copy of the lists (digests included) while the agent runs. Root.
+    Backup {
+        /// The new file (never overwritten).
+        file: PathBuf,
+    },
+    /// Replace the lists with a backup; the lists before are kept beside the database. Root.
+    Restore {
+        /// The backup.
+        file: PathBuf,
+        /// Restore even a deny list that would cut off everyone or this host.
+        #[arg(long)]
+        force: bool,
+    },
     /// Put the XDP filter back on interfaces after a detach (through the running agent).
     Attach {
         /// Only this interface (default: the configured ones).

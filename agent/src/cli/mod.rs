@@ -17,6 +17,7 @@ use crate::model::List;
 use crate::paths;
 
 mod args;
+mod backup;
 mod iface;
 mod lists;
 mod output;
@@ -43,6 +44,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api { verb } => api(&cli, verb),
         Command::Stats(j) => stats(&cli, j.json),
         Command::Detach { iface, pin_dir } => iface::detach(&cli, iface.as_deref(), pin_dir),
+        Command::Backup { file } => backup::backup(&cli, file),
+        Command::Restore { file, force } => backup::restore(&cli, file, *force),
         Command::Attach { iface, xdp_mode } => iface::attach(&cli, iface.as_deref(), *xdp_mode),
         Command::Completions { shell } => {
             clap_complete::generate(

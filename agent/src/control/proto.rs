@@ -101,6 +101,19 @@ pub enum Request {
         #[serde(default)]
         xdp_mode: Option<crate::kernel::AttachMode>,
     },
+    /// Write a consistent copy of the database to `path` (absolute, new). Root only.
+    Backup {
+        /// Where.
+        path: std::path::PathBuf,
+    },
+    /// Replace the lists with a copy made by `backup`. Root only.
+    Restore {
+        /// The copy.
+        path: std::path::PathBuf,
+        /// Restore even a deny list that would cut off everyone or this host.
+        #[serde(default)]
+        force: bool,
+    },
     /// The filter was taken off (the CLI detaches in the kernel first, then tells the agent).
     Detach {
         /// Only this interface (default: all).
@@ -115,8 +128,19 @@ impl Request {
     pub fn is_read(&self) -> bool {
         matches!(
             self,
-            Self::List { .. } | Self::Status | Self::ApiList | Self::ApiShow { .. } | Self::Stats
+            Self::List { .. }
+                | Self::Status
+                | Self::ApiList
+                | Self::ApiShow { .. }
+                | Self::Stats
+                | Self::Backup { .. }
         )
+    }
+
+    /// Whether only root (or the agent's own user) may ask: the agent reads or writes a file
+    /// the request names.
+    pub fn needs_root(&self) -> bool {
+        matches!(self, Self::Backup { .. } | Self::Restore { .. })
     }
 }
 

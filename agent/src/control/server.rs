@@ -73,12 +73,13 @@ pub async fn serve(
                         tokio::spawn(refuse(stream));
                         continue;
                     }
+                    let root = peer_is_root(&stream);
                     let writer = writer.clone();
                     let mut stop = shutdown.clone();
                     tokio::spawn(async move {
                         // An idle client must not keep the writer (and the shutdown) waiting.
                         tokio::select! {
-                            r = connection(stream, writer) => if let Err(e) = r {
+                            r = connection(stream, writer, root) => if let Err(e) = r {
                                 tracing::debug!("control connection ended: {e}");
                             },
                             _ = stop.changed() => {}
@@ -110,18 +111,26 @@ async fn refuse(stream: UnixStream) {
     let _ = write.write_all(&answer(&r)).await;
 }
 
+/// Whether the peer is root or the agent's own user (who may have the agent read and write
+/// files: backup, restore).
+fn peer_is_root(stream: &UnixStream) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    stream
+        .peer_cred()
+        .is_ok_and(|c| c.uid() == 0 || c.uid() == me)
+}
+
 /// Who may talk to the agent: root, the agent's own user, and members of the socket's group
 /// (primary or supplementary, from `/proc/PID/status`). The socket's mode already says so;
 /// this holds even if someone widens the mode.
 fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
+    if peer_is_root(stream) {
+        return true;
+    }
     let Ok(cred) = stream.peer_cred() else {
         return false;
     };
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
-    if cred.uid() == 0 || cred.uid() == me {
-        return true;
-    }
     let Some(g) = group else {
         return false;
     };
@@ -141,7 +150,7 @@ fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
         .unwrap_or(false)
 }
 
-async fn connection(stream: UnixStream, writer: Writer) -> std::io::Result<()> {
+async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::Result<()> {
     let (read, mut write) = stream.into_split();
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
@@ -161,6 +170,9 @@ async fn connection(stream: UnixStream, writer: Writer) -> std::io::Result<()> {
             return Ok(());
         } else {
             match serde_json::from_slice::<Request>(&line) {
+                Ok(req) if req.needs_root() && !root => Response::err(
+                    "backup and restore are for root: the agent reads and writes the files as itself",
+                ),
                 Ok(req) => writer.control(req).await,
                 Err(e) => Response::err(format!("invalid request: {e}")),
             }

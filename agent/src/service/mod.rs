@@ -26,6 +26,7 @@ mod abs_sync;
 mod batch;
 mod board;
 mod links;
+mod restore;
 mod safety;
 mod views;
 
@@ -281,6 +282,7 @@ impl Service {
             Request::Attach { iface, xdp_mode } => self
                 .attach(iface.as_deref(), xdp_mode)
                 .map(|a| Response::ok(a.iter().map(views::attached).collect::<Vec<_>>())),
+            Request::Restore { path, force } => self.restore(&path, force).map(Response::ok),
             Request::Detach { iface } => self
                 .detach(iface.as_deref())
                 .map(|d| Response::ok(serde_json::json!({ "detached": d }))),
@@ -297,6 +299,7 @@ impl Service {
                 .list(&store::Filter { list, kind, source })
                 .map(|v| Response::ok(v.iter().map(EntryView::from).collect::<Vec<_>>()))
                 .map_err(ServiceError::from),
+            Request::Backup { path } => self.backup(&path).map(Response::ok),
             Request::Status => self.status().map(Response::ok),
             Request::ApiList => self.api_list(),
             Request::ApiShow { name } => self.api_show(&name),

@@ -12,6 +12,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::model::{Entry, Identifier, Kind, List};
 
+mod backup;
+
+pub use backup::CopyInfo;
+
 /// Which entries a query or a clear applies to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Filter {
@@ -23,11 +27,17 @@ pub struct Filter {
     pub source: Option<String>,
 }
 
+/// The schema version this build reads and writes (`PRAGMA user_version`).
+const SCHEMA_VERSION: i64 = 2;
+
 /// Store errors: the database file and what was being done.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A backup could not be written, or a copy to restore is not one.
+    #[error("{0}")]
+    BadCopy(String),
     /// The file was written by another, incompatible version.
-    #[error("state database has schema version {found}, this build reads version 2")]
+    #[error("state database has schema version {found}, this build reads version {SCHEMA_VERSION}")]
     Schema {
         /// Version found.
         found: i64,
@@ -185,7 +195,7 @@ impl Store {
             )
             .map_err(sql("reading schema"))?
             > 0;
-        if has_table && version != 2 {
+        if has_table && version != SCHEMA_VERSION {
             return Err(StoreError::Schema { found: version });
         }
         conn.execute_batch(SCHEMA).map_err(sql("creating schema"))?;
