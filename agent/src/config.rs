@@ -26,7 +26,8 @@ pub enum Mode {
 /// How XDP is attached: one enum for the config, the CLI and the kernel layer.
 pub use crate::kernel::AttachMode as XdpMode;
 
-/// Kernel map capacities (entries). Changing them needs a detach and fresh pins.
+/// Kernel map capacities (entries). A change is applied at start by migrating to new maps
+/// (`Filter::set_aside_stale_maps`).
 #[derive(Clone, Copy, Debug, Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct CapacityConfig {

@@ -114,6 +114,10 @@ pub(super) fn lock_state(config: &Config) -> anyhow::Result<std::fs::File> {
 /// Loads (or reuses the pinned) filter and sets its mode and drop sampling.
 pub(super) fn load_filter(config: &Config) -> anyhow::Result<Filter> {
     kernel::ensure_bpffs().context("mounting bpffs")?;
+    // Maps an upgrade or a new [capacity] cannot reuse are moved aside, not refused: the
+    // links enforce on them until `reconcile_and_attach` swaps in the new program.
+    Filter::set_aside_stale_maps(&config.pin_dir, config.capacity.into())
+        .context("checking the pinned maps")?;
     let filter = Filter::load(&LoadOptions {
         pin_dir: Some(config.pin_dir.clone()),
         capacity: config.capacity.into(),
@@ -156,6 +160,8 @@ pub(super) fn reconcile_and_attach(
         service
             .attach(None, Some(config.xdp_mode))
             .context("attaching XDP")?;
+        // Every configured link now runs this program on these maps.
+        Filter::remove_stale_maps(&config.pin_dir, &config.interfaces);
     }
     Ok(())
 }

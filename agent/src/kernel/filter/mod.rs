@@ -19,6 +19,7 @@ use crate::model::List;
 
 mod attach;
 mod stats;
+mod upgrade;
 mod write;
 
 pub use attach::{AttachMode, Attached, detach, ensure_bpffs, ifindex, link_attached, link_pin};
