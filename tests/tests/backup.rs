@@ -123,6 +123,23 @@ fn bad_or_hostile_copies_change_nothing() {
     );
     let e = err(&agent.cli(&["restore", &path("world.db")]));
     assert!(e.contains("--force"), "{e}");
+    // Nor an allow list so wide it turns enforcement off.
+    ok(&agent.cli(&["backup", &path("open.db")]));
+    sqlite(
+        &path("open.db"),
+        "UPDATE entries SET list = 'allow', value = '0.0.0.0/1' WHERE kind = 'ip';",
+    );
+    let e = err(&agent.cli(&["restore", &path("open.db")]));
+    assert!(e.contains("--force"), "{e}");
+    // The agent itself opens only copies in its state directory, whatever a client names.
+    let raw = portcullis_tests::agent::control_line(
+        &dirs.socket(),
+        r#"{"op":"restore","path":"/etc/passwd"}"#,
+    );
+    assert!(
+        raw.contains("\"ok\":false") && raw.contains("state directory"),
+        "{raw}"
+    );
     // A copy with a kind this build does not know.
     ok(&agent.cli(&["backup", &path("strange.db")]));
     sqlite(

@@ -177,8 +177,18 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
         "{s}"
     );
     agent.stop().expect("stop");
-    // A changed mode is applied (veth has native XDP).
+    // A native request over a generic link keeps it (native may have been refused before:
+    // replacing it at every restart would open a gap each time) and says so; the operator
+    // switches it explicitly.
     let agent = Agent::start(&dirs, &with_mode("native")).expect("agent");
+    assert_eq!(pair.server_xdp_mode(), "generic");
+    assert_eq!(iface_status(&agent, iface)["xdp_mode"], "generic");
+    assert!(
+        agent.log_text().contains("--xdp-mode native"),
+        "{}",
+        agent.log_text()
+    );
+    ok(&agent.cli(&["attach", "--iface", iface, "--xdp-mode", "native"]));
     assert_eq!(pair.server_xdp_mode(), "native");
     let s = iface_status(&agent, iface);
     assert_eq!(s["xdp_mode"], "native", "{s}");

@@ -234,11 +234,16 @@ pub enum ListVerb {
 }
 
 /// Rewrites ASE's verbs to Portcullis's: `add_blacklist ip 1.1.1.1` → `--ase deny add ip 1.1.1.1`.
-pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
+/// ASE scripts pass `-u USER -p PASS` before the verb (`cli.sh -u admin -p admin ...`); the
+/// socket's own access rules replace them, so they are dropped.
+pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     // Skip global options before the verb.
     let mut at = 1;
     while let Some(a) = args.get(at) {
         match a.as_str() {
+            "-u" | "-p" if args.get(at + 2).is_some() => {
+                args.drain(at..at + 2);
+            }
             "--socket" => at += 2,
             s if s.starts_with("--socket=") || s == "--ase" => at += 1,
             _ => break,
@@ -262,15 +267,31 @@ pub fn rewrite_ase(args: Vec<String>) -> Vec<String> {
     out.extend(["--ase".into(), list.into(), action.into()]);
     let rest = &args[at + 1..];
     // ASE's view/clear take the kind positionally.
-    let positional_kind = !rest.is_empty() && !rest[0].starts_with('-');
-    if matches!(action, "list" | "clear") && positional_kind {
-        out.push("--kind".into());
+    let mut rest = rest.to_vec();
+    // ASE's view/clear take an option word (all, manual, abs, realtime) or a kind.
+    let word = rest.first().filter(|w| !w.starts_with('-')).cloned();
+    let source = match word.as_deref() {
+        Some("all") => Some(None),
+        Some("manual") => Some(Some("manual")),
+        Some("abs") => Some(Some("abs")),
+        Some("realtime") => Some(Some("checker")),
+        _ => None,
+    };
+    match (action, source) {
+        ("list" | "clear", Some(src)) => {
+            rest.remove(0);
+            if let Some(src) = src {
+                out.extend(["--source".into(), src.into()]);
+            } else if action == "clear" {
+                out.push("--all".into());
+            }
+        }
+        ("list" | "clear", None) if word.is_some() => out.push("--kind".into()),
+        // ASE's clear without a kind empties the list: say so explicitly.
+        ("clear", None) => out.push("--all".into()),
+        _ => {}
     }
-    // ASE's clear without a kind empties the list: say so explicitly.
-    if action == "clear" && !positional_kind {
-        out.push("--all".into());
-    }
-    out.extend(rest.iter().cloned());
+    out.extend(rest);
     out
 }
 

@@ -1,25 +1,65 @@
-//! `portcullis backup FILE` and `restore FILE`: the agent copies its database while it runs
-//! (digests included), and restores one in a single step. Both are for root: the agent reads
-//! and writes the files.
+//! `portcullis backup FILE` and `restore FILE`. The agent copies its database while it runs
+//! (digests included) into its state directory, and restores only from there; this command
+//! moves the copy between there and FILE with the caller's own rights, so it works under the
+//! service's sandbox (the agent cannot see /root or the caller's /tmp) and the agent never
+//! opens a path a client chose. Both are for root: the state directory is root's.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
 
 use super::*;
 
+/// Copies `from` to the new file `to` (never overwriting, never through a symlink), 0600.
+fn copy_new(from: &Path, to: &Path) -> anyhow::Result<u64> {
+    let mut src =
+        std::fs::File::open(from).with_context(|| format!("reading {}", from.display()))?;
+    let mut dst = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(to)
+        .with_context(|| format!("creating {} (it must not exist yet)", to.display()))?;
+    let n = std::io::copy(&mut src, &mut dst)?;
+    dst.flush()?;
+    dst.sync_all()
+        .with_context(|| format!("writing {}", to.display()))?;
+    Ok(n)
+}
+
 /// `portcullis backup FILE`.
-pub(super) fn backup(cli: &Cli, file: &std::path::Path) -> anyhow::Result<()> {
-    let path = std::path::absolute(file).context("resolving the backup path")?;
-    let r = call(cli, &Request::Backup { path: path.clone() })?;
-    println!(
-        "backup written to {} ({} bytes)",
-        path.display(),
-        r["bytes"].as_u64().unwrap_or(0)
-    );
+pub(super) fn backup(cli: &Cli, file: &Path) -> anyhow::Result<()> {
+    let r = call(cli, &Request::Backup)?;
+    let made = std::path::PathBuf::from(r["path"].as_str().unwrap_or_default());
+    let copied = copy_new(&made, file);
+    let _ = std::fs::remove_file(&made);
+    let bytes = copied.context("the agent wrote the backup, but it could not be moved")?;
+    println!("backup written to {} ({bytes} bytes)", file.display());
     Ok(())
 }
 
 /// `portcullis restore FILE [--force]`.
-pub(super) fn restore(cli: &Cli, file: &std::path::Path, force: bool) -> anyhow::Result<()> {
-    let path = std::path::absolute(file).context("resolving the backup path")?;
-    let r = call(cli, &Request::Restore { path, force })?;
+pub(super) fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
+    let status = call(cli, &Request::Status)?;
+    let db = std::path::PathBuf::from(status["database"].as_str().unwrap_or_default());
+    let dir = db
+        .parent()
+        .context("the agent did not say where its database is")?;
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let staged = dir.join(format!("restore-{}-{stamp}.db", std::process::id()));
+    copy_new(file, &staged)?;
+    let r = call(
+        cli,
+        &Request::Restore {
+            path: staged.clone(),
+            force,
+        },
+    );
+    let _ = std::fs::remove_file(&staged);
+    let r = r?;
     println!(
         "restored {} entries from {}; the lists before the restore are kept in {}",
         r["rows"].as_u64().unwrap_or(0),

@@ -4,44 +4,51 @@
 
 use super::*;
 
-/// `portcullis detach [--iface I]`.
+/// `portcullis detach [--iface I]`. Goes on past a failure (during an incident every
+/// interface it can take the filter off counts), and fails only when nothing was confirmed.
 pub(super) fn detach(
     cli: &Cli,
     iface: Option<&str>,
     pin_dir: &std::path::Path,
 ) -> anyhow::Result<()> {
+    let mut problems = Vec::new();
     let ifaces: Vec<String> = match iface {
         Some(i) => vec![i.to_owned()],
-        None => std::fs::read_dir(pin_dir)
-            .map(|rd| {
-                rd.flatten()
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_prefix("link_"))
-                            .map(str::to_owned)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default(),
+        None => match std::fs::read_dir(pin_dir) {
+            Ok(rd) => rd
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_prefix("link_"))
+                        .map(str::to_owned)
+                })
+                .collect(),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => {
+                problems.push(format!("reading {}: {e} (run as root)", pin_dir.display()));
+                Vec::new()
+            }
+        },
     };
-    if ifaces.is_empty() {
-        println!(
-            "nothing attached (no pinned links under {})",
-            pin_dir.display()
-        );
-    }
+    let mut confirmed = 0;
     for i in &ifaces {
-        if crate::kernel::detach(pin_dir, i)? {
-            println!("detached from {i}");
-        } else {
-            println!("{i}: not attached");
+        match crate::kernel::detach(pin_dir, i) {
+            Ok(true) => {
+                println!("detached from {i}");
+                confirmed += 1;
+            }
+            Ok(false) => println!(
+                "{i}: not attached (no pinned link under {})",
+                pin_dir.display()
+            ),
+            Err(e) => problems.push(format!("{i}: {e}")),
         }
     }
     // A running agent records it (status shows the interface detached) and stays off it
-    // until `portcullis attach`; it would notice within a second anyway.
+    // until `portcullis attach`; it detaches with its own rights what this user could not.
     if let Ok(mut client) = Client::connect(&cli.socket) {
-        // The filter is already off: a wedged agent must not hold the operator up.
+        // The filter may already be off: a wedged agent must not hold the operator up.
         let told = client
             .set_timeout(std::time::Duration::from_secs(3))
             .and_then(|()| {
@@ -49,9 +56,30 @@ pub(super) fn detach(
                     iface: iface.map(str::to_owned),
                 })
             });
-        if let Err(e) = told.map_err(anyhow::Error::from).and_then(unwrap) {
-            eprintln!("warning: detached, but the running agent could not be told: {e:#}");
+        match told.map_err(anyhow::Error::from).and_then(unwrap) {
+            Ok(r) => {
+                for name in r["detached"].as_array().into_iter().flatten() {
+                    let name = name.as_str().unwrap_or("?");
+                    if !ifaces.iter().any(|i| i == name) || !problems.is_empty() {
+                        println!("detached from {name} (by the agent)");
+                    }
+                    confirmed += 1;
+                }
+            }
+            Err(e) => problems.push(format!("the running agent could not be told: {e:#}")),
         }
+    }
+    for p in &problems {
+        eprintln!("warning: {p}");
+    }
+    if confirmed == 0 {
+        if !problems.is_empty() {
+            bail!("nothing was detached: {}", problems.join("; "));
+        }
+        println!(
+            "nothing attached (no pinned links under {})",
+            pin_dir.display()
+        );
     }
     Ok(())
 }

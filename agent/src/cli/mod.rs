@@ -167,6 +167,17 @@ mod tests {
             ("p view_whitelist ip", "p --ase allow list --kind ip"),
             ("p clear_blacklist", "p --ase deny clear --all"),
             ("p clear_blacklist ip", "p --ase deny clear --kind ip"),
+            ("p clear_blacklist all", "p --ase deny clear --all"),
+            ("p clear_blacklist abs", "p --ase deny clear --source abs"),
+            (
+                "p view_blacklist realtime",
+                "p --ase deny list --source checker",
+            ),
+            ("p view_blacklist all", "p --ase deny list"),
+            (
+                "p -u admin -p admin add_blacklist ip 1.1.1.1",
+                "p --ase deny add ip 1.1.1.1",
+            ),
             ("p deny add ip 1.1.1.1", "p deny add ip 1.1.1.1"),
             (
                 "p --socket /s add_blacklist ip 1.1.1.1",

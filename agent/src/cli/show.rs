@@ -21,7 +21,7 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         match i["xdp_mode"].as_str() {
             Some(m) => println!("interface {name}: XDP {m}{fb}"),
             None => println!(
-                "interface {name}: DETACHED, nothing filtered (`portcullis attach --iface {name}` puts it back)"
+                "interface {name}: DETACHED, no XDP filtering here (the L7 checker, if on, still checks; `portcullis attach --iface {name}` puts XDP back)"
             ),
         }
     }

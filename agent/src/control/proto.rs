@@ -101,14 +101,12 @@ pub enum Request {
         #[serde(default)]
         xdp_mode: Option<crate::kernel::AttachMode>,
     },
-    /// Write a consistent copy of the database to `path` (absolute, new). Root only.
-    Backup {
-        /// Where.
-        path: std::path::PathBuf,
-    },
-    /// Replace the lists with a copy made by `backup`. Root only.
+    /// Write a consistent copy of the database into the state directory; the answer names
+    /// it (the CLI moves it where the operator asked). Root only.
+    Backup,
+    /// Replace the lists with a copy made by `backup`, placed in the state directory. Root only.
     Restore {
-        /// The copy.
+        /// The copy (directly in the state directory).
         path: std::path::PathBuf,
         /// Restore even a deny list that would cut off everyone or this host.
         #[serde(default)]
@@ -133,14 +131,14 @@ impl Request {
                 | Self::ApiList
                 | Self::ApiShow { .. }
                 | Self::Stats
-                | Self::Backup { .. }
+                | Self::Backup
         )
     }
 
     /// Whether only root (or the agent's own user) may ask: the agent reads or writes a file
     /// the request names.
     pub fn needs_root(&self) -> bool {
-        matches!(self, Self::Backup { .. } | Self::Restore { .. })
+        matches!(self, Self::Backup | Self::Restore { .. })
     }
 }
 

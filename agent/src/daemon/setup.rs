@@ -157,11 +157,11 @@ pub(super) fn reconcile_and_attach(
         .expired
         .fetch_add(pruned.len() as u64, Ordering::Relaxed);
     if service.filter_mut().is_some() {
-        service
-            .attach(None, Some(config.xdp_mode))
-            .context("attaching XDP")?;
-        // Every configured link now runs this program on these maps.
-        Filter::remove_stale_maps(&config.pin_dir, &config.interfaces);
+        service.attach(None, None).context("attaching XDP")?;
+        // Every configured link now runs this program on these maps; the others follow.
+        if let Some(f) = service.filter_mut() {
+            f.finish_upgrade(&config.interfaces);
+        }
     }
     Ok(())
 }

@@ -99,6 +99,16 @@ impl PinnedXdpLink {
             info: &raw mut info as u64,
         };
         bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+        // A pinned program answers this call too (and its type number for XDP is also 6):
+        // only a link's fdinfo has a `link_type` line.
+        let fdinfo = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", self.fd.as_raw_fd()))
+            .unwrap_or_default();
+        if !fdinfo.lines().any(|l| l.starts_with("link_type:")) {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "the pin is not a BPF link",
+            ));
+        }
         if info.link_type != BPF_LINK_TYPE_XDP {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidData,

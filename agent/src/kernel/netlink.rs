@@ -144,7 +144,9 @@ fn parse_answer(mut b: &[u8]) -> io::Result<Option<XdpAttachment>> {
             NLMSG_ERROR => {
                 let code = u32_at(msg, 0).ok_or_else(bad)? as i32;
                 if code != 0 {
-                    return Err(io::Error::from_raw_os_error(-code));
+                    return Err(io::Error::from_raw_os_error(
+                        code.checked_neg().unwrap_or(0),
+                    ));
                 }
             }
             RTM_NEWLINK => {

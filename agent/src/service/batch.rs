@@ -215,6 +215,12 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
     }
     // Only a username may have spaces: anything else with more words is a mistake (a
     // forgotten name, two values on a line), never a value to store.
+    if kind != Kind::Username && value.len() >= 2 && value.starts_with('"') && value.ends_with('"')
+    {
+        return Err(format!(
+            "a {kind} value in double quotes: the quotes would be stored as part of it; write it without them"
+        ));
+    }
     if kind != Kind::Username && value.contains(char::is_whitespace) {
         return Err(format!(
             "a {kind} line has one value (a username may have spaces); this one has more words: {}",
@@ -239,9 +245,11 @@ fn unquote(s: &str) -> Result<&str, String> {
             Err("a username ends with '\"' but does not start with one".into())
         }
         None => Ok(s),
-        Some(inner) => inner
-            .strip_suffix('"')
-            .ok_or_else(|| "a quoted username lacks its closing '\"'".into()),
+        Some(inner) => match inner.strip_suffix('"') {
+            Some(u) if !u.contains('"') => Ok(u),
+            Some(_) => Err("a quoted username holds another '\"'; use a JSON line".into()),
+            None => Err("a quoted username lacks its closing '\"'".into()),
+        },
     }
 }
 
@@ -297,6 +305,8 @@ mod tests {
             "cookie JSESSIONID abc def",
             "api-key X-API-Key k1 k2",
             "username \"bob",
+            "username \"a\" \"b\"",
+            "token \"abc\"",
             "username bob\"",
         ] {
             assert!(parse_import_line(line).is_err(), "{line}");

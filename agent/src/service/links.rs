@@ -7,6 +7,21 @@ use std::collections::BTreeMap;
 use super::{Service, ServiceError};
 use crate::kernel::{self, AttachMode, Attached};
 
+/// An interface name as the kernel allows it (it becomes part of a pin's file name).
+fn valid_iface(name: &str) -> Result<(), ServiceError> {
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains(['/', '\0'])
+        || name == "."
+        || name == ".."
+    {
+        return Err(ServiceError::BadRequest(format!(
+            "{name:?} is not an interface name"
+        )));
+    }
+    Ok(())
+}
+
 /// One interface the agent has put the filter on.
 #[derive(Clone, Debug)]
 pub struct Interface {
@@ -33,7 +48,11 @@ impl Service {
             Some(i) => vec![i.to_owned()],
             None => self.config.interfaces.clone(),
         };
+        // A mode the operator names is applied even over a generic link; the configured one
+        // keeps a generic link a native request fell back to.
+        let switch_mode = mode.is_some();
         let mode = mode.unwrap_or(self.config.xdp_mode);
+        names.iter().try_for_each(|n| valid_iface(n))?;
         let Some(filter) = self.filter.as_mut() else {
             return Err(ServiceError::BadRequest(
                 "this agent runs without the kernel filter".into(),
@@ -41,12 +60,12 @@ impl Service {
         };
         let mut done = Vec::new();
         for iface in names {
-            let a = match filter.attach(&iface, mode) {
+            let a = match filter.attach_as(&iface, mode, switch_mode) {
                 Ok(a) => a,
                 Err(e) => {
                     let fresh: Vec<&str> = done
                         .iter()
-                        .filter(|a: &&Attached| !a.reused_link)
+                        .filter(|a: &&Attached| !a.reused_link && !a.replaced)
                         .map(|a| a.iface.as_str())
                         .collect();
                     undo_fresh(filter.pin_dir(), &fresh);
@@ -84,6 +103,7 @@ impl Service {
             Some(i) => vec![i.to_owned()],
             None => self.interfaces.keys().cloned().collect(),
         };
+        names.iter().try_for_each(|n| valid_iface(n))?;
         if let Some(dir) = self.filter.as_ref().and_then(|f| f.pin_dir()) {
             for iface in &names {
                 kernel::detach(dir, iface)?;
@@ -153,7 +173,7 @@ impl Service {
     pub fn fresh_interfaces(&self) -> Vec<String> {
         self.interfaces
             .values()
-            .filter(|i| !i.attached.reused_link && !i.detached)
+            .filter(|i| !i.attached.reused_link && !i.attached.replaced && !i.detached)
             .map(|i| i.attached.iface.clone())
             .collect()
     }

@@ -299,7 +299,7 @@ impl Service {
                 .list(&store::Filter { list, kind, source })
                 .map(|v| Response::ok(v.iter().map(EntryView::from).collect::<Vec<_>>()))
                 .map_err(ServiceError::from),
-            Request::Backup { path } => self.backup(&path).map(Response::ok),
+            Request::Backup => self.backup().map(Response::ok),
             Request::Status => self.status().map(Response::ok),
             Request::ApiList => self.api_list(),
             Request::ApiShow { name } => self.api_show(&name),

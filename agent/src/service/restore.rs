@@ -1,61 +1,84 @@
-//! Backup and restore through the list writer: a backup is a consistent copy taken between
-//! writes; a restore checks the copy and the safety rules, keeps the current lists as a copy
-//! beside the database (so a restore can be undone with another restore), swaps the rows in
-//! one transaction, and rebuilds the kernel maps and the checker's lists from them.
+//! Backup and restore through the list writer. A backup is a consistent copy taken between
+//! writes, left in the state directory for the CLI to move. A restore reads only a copy in
+//! the state directory (the CLI puts it there), applies to every row the rules an add
+//! applies, keeps the current lists as a copy (so a restore can be undone with another
+//! restore), swaps the rows in one transaction, and rebuilds the kernel maps and the
+//! checker's lists from them.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use super::{Service, ServiceError, unix_now};
+use super::{Service, ServiceError};
 use crate::model::{Identifier, Kind, List};
-use crate::store::Store;
+use crate::store::Copy;
 
 impl Service {
-    /// Writes a consistent copy of the lists to `path` (absolute, new).
-    pub(super) fn backup(&self, path: &Path) -> Result<serde_json::Value, ServiceError> {
-        let bytes = self.store.backup_to(path)?;
-        tracing::info!(path = %path.display(), bytes, "backup written");
-        Ok(serde_json::json!({ "path": path, "bytes": bytes }))
+    /// The state directory: the only place backups are written to and restored from.
+    fn state_dir(&self) -> PathBuf {
+        let db = self.config.db_path();
+        let dir = db.parent().map(Path::to_path_buf).unwrap_or_default();
+        std::fs::canonicalize(&dir).unwrap_or(dir)
     }
 
-    /// Replaces the lists with the copy at `path`. A copy whose deny list would cut off
-    /// everyone or this host is refused unless `force`, as an add would be.
+    /// Writes a consistent copy of the lists into the state directory; returns its path.
+    pub(super) fn backup(&self) -> Result<serde_json::Value, ServiceError> {
+        let path = self.store.backup_into(&self.state_dir())?;
+        tracing::info!(path = %path.display(), "backup written");
+        Ok(serde_json::json!({ "path": path }))
+    }
+
+    /// Replaces the lists with the copy at `path`, which must be a file directly in the
+    /// state directory. A copy the safety rules would refuse row by row (a deny covering
+    /// everyone or this host, an allow so wide it turns enforcement off, an automatic deny
+    /// of infrastructure) is refused unless `force`.
     pub(super) fn restore(
         &mut self,
         path: &Path,
         force: bool,
     ) -> Result<serde_json::Value, ServiceError> {
-        let copy = Store::check_copy(path)?;
-        for v in &copy.deny_ips {
-            let ident = Identifier::parse(Kind::Ip, None, v).map_err(|e| {
-                ServiceError::BadRequest(format!(
-                    "the copy holds a deny entry that is not an IP/CIDR: {e}"
+        let dir = self.state_dir();
+        let parent = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
+        if parent.as_deref() != Some(dir.as_path()) {
+            return Err(ServiceError::BadRequest(format!(
+                "the agent restores only copies in its state directory {} (`portcullis restore FILE` puts one there)",
+                dir.display()
+            )));
+        }
+        let copy = Copy::open(path)?;
+        copy.for_each(|e| {
+            if e.ident.kind != Kind::Ip {
+                return Ok(());
+            }
+            let refuse = |m: String| crate::store::StoreError::BadCopy(m);
+            let ident = Identifier::parse(Kind::Ip, None, &e.ident.value).map_err(|err| {
+                refuse(format!(
+                    "the copy holds an IP entry that is not an IP/CIDR: {err}"
                 ))
             })?;
-            self.check_safety(List::Deny, &ident, force)?;
-        }
-        let dir = self
-            .config
-            .db_path()
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
-        let now = unix_now();
-        let previous = (0..)
-            .map(|n| dir.join(format!("pre-restore-{now}-{n}.db")))
-            .find(|p| !p.exists())
-            .unwrap_or_default();
-        let previous = std::path::absolute(&previous).unwrap_or(previous);
-        self.store.backup_to(&previous)?;
-        self.store.restore_from(path)?;
+            self.check_safety(e.list, &ident, force).map_err(|err| {
+                refuse(format!("the copy holds {} {}: {err}", e.list, ident.value))
+            })?;
+            if e.list == List::Deny && matches!(e.source.as_str(), "abs" | "checker" | "fleet") {
+                self.check_automatic(&ident)
+                    .map_err(|err| refuse(format!("the copy holds {}: {err}", ident.value)))?;
+            }
+            Ok(())
+        })?;
+        let previous = self.store.backup_into(&dir)?;
+        let rows = self.store.restore_from(&copy)?;
         if let Err(e) = self.recover() {
             tracing::error!(
                 "the restored lists could not be applied ({e}); putting the previous lists back"
             );
-            self.store.restore_from(&previous)?;
-            self.recover()?;
+            let undo = Copy::open(&previous)
+                .and_then(|c| self.store.restore_from(&c))
+                .map_err(ServiceError::from)
+                .and_then(|_| self.recover());
+            if let Err(u) = undo {
+                tracing::error!("putting the previous lists back failed too: {u}");
+            }
             return Err(e);
         }
-        tracing::warn!(from = %path.display(), rows = copy.rows, previous = %previous.display(), "lists restored");
-        Ok(serde_json::json!({ "rows": copy.rows, "previous": previous }))
+        tracing::warn!(rows, previous = %previous.display(), "lists restored");
+        Ok(serde_json::json!({ "rows": rows, "previous": previous }))
     }
 }

@@ -1,60 +1,115 @@
 //! Online backup and restore of the lists. A backup is a consistent copy of the database
 //! taken while the agent runs (digests included: `list --json` is no backup, it shows only
-//! fingerprints). A restore checks a copy first, then replaces every row with the copy's in
-//! one transaction.
+//! fingerprints), written into the state directory for the CLI to move where the operator
+//! wants it. A restore reads only a copy the CLI put into the state directory: it is checked,
+//! every row is read back as an entry (so the caller can apply the rules an add applies), and
+//! the rows are replaced in one transaction with their identity keys computed afresh.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags};
+use rusqlite::{Connection, OpenFlags, params};
 
-use super::{COLUMNS, SCHEMA_VERSION, Store, StoreError, sql};
-
-/// What a copy holds, checked before anything is replaced.
-#[derive(Debug, Default)]
-pub struct CopyInfo {
-    /// Rows in the copy.
-    pub rows: u64,
-    /// The values of its deny-list IP rows, for the safety rules.
-    pub deny_ips: Vec<String>,
-}
+use super::{COLUMNS, SCHEMA_VERSION, Store, StoreError, ident_key, row_entry, sql};
+use crate::model::Entry;
 
 fn bad(msg: impl Into<String>) -> StoreError {
     StoreError::BadCopy(msg.into())
 }
 
+/// A copy to restore, opened read-only after it was checked.
+pub struct Copy {
+    conn: Connection,
+}
+
 impl Store {
-    /// Writes a consistent copy of the database to `path`, which must be absolute and must
-    /// not exist; the copy is readable by its owner only. Returns its size in bytes.
-    pub fn backup_to(&self, path: &Path) -> Result<u64, StoreError> {
-        if !path.is_absolute() {
-            return Err(bad("the backup path must be absolute"));
-        }
-        if path.exists() {
-            return Err(bad(format!(
-                "{} exists; a backup never overwrites a file",
-                path.display()
-            )));
-        }
+    /// Writes a consistent copy of the database to a new file in `dir` (the state
+    /// directory, 0700; the file is 0600 under the agent's umask) and returns its path.
+    pub fn backup_into(&self, dir: &Path) -> Result<PathBuf, StoreError> {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let path = dir.join(format!("backup-{stamp}.db"));
         let text = path
             .to_str()
-            .ok_or_else(|| bad("the backup path must be UTF-8"))?;
-        // The agent's umask (077) makes the file 0600: digests of secrets stay private.
+            .ok_or_else(|| bad("the state directory's path must be UTF-8"))?;
         self.conn
             .execute("VACUUM INTO ?1", [text])
             .map_err(sql("writing the backup"))?;
-        std::fs::metadata(path)
-            .map(|m| m.len())
-            .map_err(|e| bad(format!("reading back {}: {e}", path.display())))
+        Ok(path)
     }
 
-    /// Checks that `path` is a copy this build can restore: a SQLite file of this schema
-    /// version that passes SQLite's quick check and holds only known lists and kinds.
-    pub fn check_copy(path: &Path) -> Result<CopyInfo, StoreError> {
-        let conn = Connection::open_with_flags(path, OpenFlags::SQLITE_OPEN_READ_ONLY)
+    /// Replaces every row with the copy's, in one transaction, computing each row's identity
+    /// key afresh (a copy's keys are not trusted). Returns how many rows it holds now.
+    pub fn restore_from(&mut self, copy: &Copy) -> Result<u64, StoreError> {
+        let tx = self.conn.transaction().map_err(sql("begin"))?;
+        tx.execute("DELETE FROM entries", [])
+            .map_err(sql("restore"))?;
+        let mut n = 0u64;
+        {
+            let mut insert = tx
+                .prepare(&format!(
+                    "INSERT OR IGNORE INTO entries (ikey, ikey2, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
+                ))
+                .map_err(sql("prepare"))?;
+            copy.for_each(|e| {
+                let (k1, k2) = ident_key(e.list, &e.ident);
+                n += insert
+                    .execute(params![
+                        k1,
+                        k2,
+                        e.list.as_str(),
+                        e.ident.kind.as_str(),
+                        e.ident.name,
+                        e.ident.value,
+                        e.api,
+                        e.source,
+                        e.reason,
+                        e.created,
+                        e.expires
+                    ])
+                    .map_err(sql("restore"))? as u64;
+                Ok(())
+            })?;
+        }
+        tx.commit().map_err(sql("commit"))?;
+        Ok(n)
+    }
+}
+
+impl Copy {
+    /// Opens and checks the copy at `path`: a regular file (not a link, pipe or device), a
+    /// Portcullis database of this schema version whose `entries` is a table, that passes
+    /// SQLite's quick check and holds only known lists and kinds. Opened read-only,
+    /// immutable, with the schema untrusted, so nothing in it runs and nothing is written
+    /// beside it.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let meta =
+            std::fs::symlink_metadata(path).map_err(|e| bad(format!("{}: {e}", path.display())))?;
+        if !meta.file_type().is_file() {
+            return Err(bad(format!("{} is not a regular file", path.display())));
+        }
+        let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_NOFOLLOW;
+        let conn = Connection::open_with_flags(path, flags).map_err(sql("opening the copy"))?;
+        conn.pragma_update(None, "trusted_schema", false)
             .map_err(sql("opening the copy"))?;
+        conn.pragma_update(None, "query_only", true)
+            .map_err(sql("opening the copy"))?;
+        let not_ours = || bad(format!("{} is not a Portcullis database", path.display()));
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
-            .map_err(|_| bad(format!("{} is not a Portcullis database", path.display())))?;
+            .map_err(|_| not_ours())?;
+        let kind: Option<String> = conn
+            .query_row(
+                "SELECT type FROM sqlite_master WHERE name = 'entries'",
+                [],
+                |r| r.get(0),
+            )
+            .ok();
+        if kind.as_deref() != Some("table") {
+            return Err(not_ours());
+        }
         if version != SCHEMA_VERSION {
             return Err(bad(format!(
                 "the copy has schema version {version}; this build restores version {SCHEMA_VERSION}"
@@ -78,53 +133,24 @@ impl Store {
                 "the copy has {strange} rows with an unknown list or kind"
             )));
         }
-        let rows: i64 = conn
-            .query_row("SELECT COUNT(*) FROM entries", [], |r| r.get(0))
-            .map_err(sql("reading the copy"))?;
-        let mut q = conn
-            .prepare("SELECT value FROM entries WHERE list = 'deny' AND kind = 'ip'")
-            .map_err(sql("reading the copy"))?;
-        let deny_ips = q
-            .query_map([], |r| r.get::<_, String>(0))
-            .map_err(sql("reading the copy"))?
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(sql("reading the copy"))?;
-        Ok(CopyInfo {
-            rows: rows.try_into().unwrap_or(0),
-            deny_ips,
-        })
+        Ok(Self { conn })
     }
 
-    /// Replaces every row with the rows of the copy at `path` (checked with
-    /// [`Store::check_copy`] first), in one transaction. Returns how many rows it holds now.
-    pub fn restore_from(&mut self, path: &Path) -> Result<u64, StoreError> {
-        let text = path
-            .to_str()
-            .ok_or_else(|| bad("the copy's path must be UTF-8"))?;
-        self.conn
-            .execute("ATTACH DATABASE ?1 AS copy", [text])
-            .map_err(sql("opening the copy"))?;
-        let swapped = (|| {
-            let tx = self.conn.transaction().map_err(sql("begin"))?;
-            tx.execute("DELETE FROM main.entries", [])
-                .map_err(sql("restore"))?;
-            let n = tx
-                .execute(
-                    &format!(
-                        "INSERT INTO main.entries (ikey, ikey2, {COLUMNS}) SELECT ikey, ikey2, {COLUMNS} FROM copy.entries"
-                    ),
-                    [],
-                )
-                .map_err(sql("restore"))?;
-            tx.commit().map_err(sql("commit"))?;
-            Ok(n as u64)
-        })();
-        let detached = self
+    /// Every row of the copy, as an entry.
+    pub fn for_each(
+        &self,
+        mut f: impl FnMut(&Entry) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut q = self
             .conn
-            .execute("DETACH DATABASE copy", [])
-            .map_err(sql("closing the copy"));
-        let n = swapped?;
-        detached?;
-        Ok(n)
+            .prepare(&format!("SELECT {COLUMNS} FROM entries"))
+            .map_err(sql("reading the copy"))?;
+        let rows = q
+            .query_map([], row_entry)
+            .map_err(sql("reading the copy"))?;
+        for r in rows {
+            f(&r.map_err(sql("reading the copy"))?)?;
+        }
+        Ok(())
     }
 }

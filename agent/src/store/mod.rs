@@ -14,7 +14,7 @@ use crate::model::{Entry, Identifier, Kind, List};
 
 mod backup;
 
-pub use backup::CopyInfo;
+pub use backup::Copy;
 
 /// Which entries a query or a clear applies to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]

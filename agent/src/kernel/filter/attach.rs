@@ -37,6 +37,9 @@ pub struct Attached {
     pub fell_back: Option<String>,
     /// The link already existed (pinned by an earlier agent) and now runs this program.
     pub reused_link: bool,
+    /// An earlier agent's link was there but had to be replaced (another mode, another
+    /// interface): the interface was filtered before this attach, so it is not "fresh".
+    pub replaced: bool,
 }
 
 /// Path of the pinned link for `iface`.
@@ -49,9 +52,35 @@ impl Filter {
     /// the link, so enforcement outlives this process. If an earlier agent's link is pinned,
     /// it is switched to this program atomically (no gap).
     pub fn attach(&mut self, iface: &str, mode: AttachMode) -> Result<Attached, KernelError> {
+        self.attach_as(iface, mode, false)
+    }
+
+    /// [`Filter::attach`], where `switch_mode` says the operator asked for this mode: a link
+    /// running in generic mode is then replaced by a native one. Otherwise it is kept, since
+    /// generic is also where a native request lands when the driver refuses native, and
+    /// replacing it at every restart would leave a moment without the filter each time.
+    pub fn attach_as(
+        &mut self,
+        iface: &str,
+        mode: AttachMode,
+        switch_mode: bool,
+    ) -> Result<Attached, KernelError> {
         self.load_program(PROGRAM)?;
         self.assign_slot(iface)?;
         let pin = self.pin_dir.as_deref().map(|d| link_pin(d, iface));
+        let mut replaced = false;
+        if let Some(pin) = &pin
+            && let Some(kernel_mode) = reusable_link(pin, iface, mode, switch_mode, &mut replaced)?
+        {
+            self.swap_program(pin)?;
+            return Ok(Attached {
+                iface: iface.into(),
+                mode: kernel_mode,
+                fell_back: None,
+                reused_link: true,
+                replaced: false,
+            });
+        }
         let prog: &mut Xdp = self
             .ebpf
             .program_mut(PROGRAM)
@@ -66,35 +95,6 @@ impl Filter {
                 source: Box::new(e),
             }
         };
-        if let Some(pin) = &pin
-            && let Some(kernel_mode) = reusable_link(pin, iface, mode)?
-        {
-            let pinned = PinnedLink::from_pin(pin).map_err(|e| KernelError::Link {
-                op: "opening pinned link",
-                path: pin.clone(),
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            let fd_link: FdLink = pinned.into();
-            let link =
-                aya::programs::xdp::XdpLink::try_from(fd_link).map_err(|e| KernelError::Link {
-                    op: "reusing pinned link",
-                    path: pin.clone(),
-                    source: std::io::Error::other(e.to_string()),
-                })?;
-            let id = prog
-                .attach_to_link(link)
-                .map_err(perr("replacing program of link"))?;
-            // The pin keeps the link; closing our descriptor does not detach it, and holding
-            // it would keep the filter attached after `portcullis detach`.
-            let link = prog.take_link(id).map_err(perr("taking link"))?;
-            drop(FdLink::try_from(link));
-            return Ok(Attached {
-                iface: iface.into(),
-                mode: kernel_mode,
-                fell_back: None,
-                reused_link: true,
-            });
-        }
         let (id, used, fell_back) = match mode {
             AttachMode::Generic => (
                 prog.attach(iface, XdpMode::Skb)
@@ -130,7 +130,39 @@ impl Filter {
             mode: used,
             fell_back,
             reused_link: false,
+            replaced,
         })
+    }
+
+    /// Makes the link pinned at `pin` run this program, atomically (`BPF_LINK_UPDATE`: every
+    /// packet sees the old program or the new one). The pin keeps the link; closing our
+    /// descriptor does not detach it, and holding it would keep the filter attached after
+    /// `portcullis detach`.
+    pub fn swap_program(&mut self, pin: &Path) -> Result<(), KernelError> {
+        self.load_program(PROGRAM)?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(PROGRAM)
+            .ok_or(KernelError::Missing("program"))?
+            .try_into()
+            .map_err(super::not_xdp(PROGRAM))?;
+        let lerr = |op: &'static str, e: String| KernelError::Link {
+            op,
+            path: pin.to_owned(),
+            source: std::io::Error::other(e),
+        };
+        let pinned =
+            PinnedLink::from_pin(pin).map_err(|e| lerr("opening pinned link", e.to_string()))?;
+        let link = aya::programs::xdp::XdpLink::try_from(FdLink::from(pinned))
+            .map_err(|e| lerr("reusing pinned link", e.to_string()))?;
+        let id = prog
+            .attach_to_link(link)
+            .map_err(|e| lerr("replacing the program of the link", e.to_string()))?;
+        let link = prog
+            .take_link(id)
+            .map_err(|e| lerr("taking the link", e.to_string()))?;
+        drop(FdLink::try_from(link));
+        Ok(())
     }
 
     /// Gives `iface` its own counter slot (kept across restarts through the pinned map).
@@ -164,13 +196,17 @@ impl Filter {
 }
 
 /// The mode of the link pinned for `iface`, when it can be reused as it is: attached to this
-/// interface in the asked-for mode. A pin whose link was detached, or that runs on another
+/// interface (running its program), in the asked-for mode or in generic mode for a native
+/// request not `switch_mode`. A pin whose link was detached, or that runs on another
 /// interface or in the other mode, is detached and unpinned so a fresh link replaces it (the
-/// kernel runs one XDP mode at a time, so a mode change has a moment without the filter).
+/// kernel runs one XDP mode at a time, so a mode change has a moment without the filter);
+/// `replaced` then says whether it was enforcing here until now.
 fn reusable_link(
     pin: &Path,
     iface: &str,
     mode: AttachMode,
+    switch_mode: bool,
+    replaced: &mut bool,
 ) -> Result<Option<AttachMode>, KernelError> {
     let lerr = |op: &'static str| {
         move |source| KernelError::Link {
@@ -186,15 +222,24 @@ fn reusable_link(
     let here = ifindex(iface);
     let kernel_mode = match info.ifindex {
         Some(i) if Some(i) == here => {
-            netlink::xdp_attachment(i)
-                .map_err(lerr("asking the kernel for the interface's XDP mode"))?
-                .mode
+            let seen = netlink::xdp_attachment(i)
+                .map_err(lerr("asking the kernel for the interface's XDP mode"))?;
+            // The interface must run this link's program, not merely share its index.
+            seen.mode.filter(|_| seen.prog_id == info.prog_id)
         }
         _ => None,
     };
-    if kernel_mode == Some(mode) {
+    let keep_generic = mode == AttachMode::Native && !switch_mode;
+    if kernel_mode == Some(mode) || (keep_generic && kernel_mode == Some(AttachMode::Generic)) {
+        if kernel_mode != Some(mode) {
+            tracing::info!(
+                iface,
+                "the pinned link runs in generic mode (native was refused before?); keeping it: `portcullis attach --iface {iface} --xdp-mode native` switches"
+            );
+        }
         return Ok(kernel_mode);
     }
+    *replaced = kernel_mode.is_some();
     match kernel_mode {
         Some(old) => tracing::warn!(
             iface,
@@ -263,7 +308,12 @@ pub fn link_attached(pin_dir: &Path, iface: &str) -> Result<bool, KernelError> {
     let Some(link) = PinnedXdpLink::open(&pin).map_err(lerr("opening pinned link"))? else {
         return Ok(false);
     };
-    Ok(link.info().map_err(lerr("reading pinned link"))?.ifindex == ifindex(iface))
+    let info = link.info().map_err(lerr("reading pinned link"))?;
+    let Some(i) = info.ifindex.filter(|i| Some(*i) == ifindex(iface)) else {
+        return Ok(false);
+    };
+    let seen = netlink::xdp_attachment(i).map_err(lerr("asking the kernel about the interface"))?;
+    Ok(seen.prog_id == info.prog_id)
 }
 
 /// `statfs` magic of bpffs (include/uapi/linux/magic.h).

@@ -9,16 +9,28 @@ use super::*;
 /// Prefix of the directories old maps are moved into.
 const STALE: &str = "stale-";
 
-/// What must match for a pinned map to be reused: type, key and value sizes, entries, flags.
-fn shape(info: &aya::maps::MapInfo) -> String {
+/// What must match for a pinned map to be reused: type, key and value sizes, entries, flags
+/// (`entries` given, or the map's own).
+fn shape(info: &aya::maps::MapInfo, entries: Option<u32>) -> String {
     format!(
         "{:?} key {} value {} entries {} flags {:#x}",
         info.map_type().ok(),
         info.key_size(),
         info.value_size(),
-        info.max_entries(),
+        entries.unwrap_or(info.max_entries()),
         info.map_flags()
     )
+}
+
+/// The configured size of the maps `[capacity]` sizes.
+fn sized(name: &str, c: &Capacity) -> Option<u32> {
+    match name {
+        map_name::V4_HOSTS => Some(c.v4_hosts),
+        map_name::V4_NETS => Some(c.v4_nets),
+        map_name::V6_HOSTS => Some(c.v6_hosts),
+        map_name::V6_PREFIXES => Some(c.v6_prefixes),
+        _ => None,
+    }
 }
 
 impl Filter {
@@ -37,10 +49,18 @@ impl Filter {
         if pinned.is_empty() {
             return Ok(None);
         }
-        // This build's maps, private to this process, to compare with.
+        // This build's maps, private to this process and as small as they go (hash maps are
+        // preallocated: full-size copies would cost hundreds of MB at every start), to
+        // compare with; the sized maps' entries come from `capacity`.
+        let tiny = Capacity {
+            v4_hosts: 1,
+            v4_nets: 1,
+            v6_hosts: 1,
+            v6_prefixes: 1,
+        };
         let fresh = Self::load(&LoadOptions {
             pin_dir: None,
-            capacity,
+            capacity: tiny,
             object: Object::Production,
         })?;
         let mut changed = Vec::new();
@@ -51,8 +71,9 @@ impl Filter {
             let new = data(fresh.map(name))
                 .info()
                 .map_err(map_err("reading info of", name))?;
-            if shape(&old) != shape(&new) {
-                changed.push(format!("{name}: {} -> {}", shape(&old), shape(&new)));
+            let want = shape(&new, sized(name, &capacity));
+            if shape(&old, None) != want {
+                changed.push(format!("{name}: {} -> {want}", shape(&old, None)));
             }
         }
         if changed.is_empty() {
@@ -78,11 +99,15 @@ impl Filter {
         Ok(Some(aside))
     }
 
-    /// Removes the map pins set aside by upgrades, once the links of `attached` run this
-    /// program; a pinned link on another interface still runs the old program on the old
-    /// maps, which lose their pins but not their contents: it is named in a warning.
-    pub fn remove_stale_maps(dir: &Path, attached: &[String]) {
-        let Ok(entries) = std::fs::read_dir(dir) else {
+    /// Finishes an upgrade once the links of `attached` run this program: every other link
+    /// pinned here (an interface the configuration no longer lists) is moved to this program
+    /// too, so no link keeps enforcing on maps that no longer change; then the set-aside map
+    /// pins are removed.
+    pub fn finish_upgrade(&mut self, attached: &[String]) {
+        let Some(dir) = self.pin_dir.clone() else {
+            return;
+        };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
             return;
         };
         let names: Vec<String> = entries
@@ -97,10 +122,16 @@ impl Filter {
             .filter_map(|n| n.strip_prefix("link_"))
             .filter(|i| !attached.iter().any(|a| a == i))
         {
-            tracing::warn!(
-                iface,
-                "this pinned link is not in the configuration and still runs the previous program on the previous maps, which no longer change: `portcullis attach --iface {iface}` or `portcullis detach --iface {iface}`"
-            );
+            match self.swap_program(&attach::link_pin(&dir, iface)) {
+                Ok(()) => tracing::warn!(
+                    iface,
+                    "this pinned link is not in the configuration; it now runs the new program on the new maps (`portcullis detach --iface {iface}` takes it off)"
+                ),
+                Err(e) => tracing::error!(
+                    iface,
+                    "this pinned link is not in the configuration and still runs the previous program on maps that no longer change ({e}): `portcullis detach --iface {iface}`"
+                ),
+            }
         }
         for e in names
             .iter()
