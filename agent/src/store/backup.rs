@@ -7,9 +7,11 @@
 
 use std::path::{Path, PathBuf};
 
-use rusqlite::{Connection, OpenFlags, params};
+use rusqlite::{Connection, OpenFlags};
 
-use super::{COLUMNS, SCHEMA_VERSION, Store, StoreError, ident_key, row_entry, sql};
+use super::{
+    COLUMNS, INSERT, SCHEMA_VERSION, Store, StoreError, ident_key, insert_row, row_entry, sql,
+};
 use crate::model::Entry;
 
 fn bad(msg: impl Into<String>) -> StoreError {
@@ -46,27 +48,9 @@ impl Store {
             .map_err(sql("restore"))?;
         let mut n = 0u64;
         {
-            let mut insert = tx
-                .prepare(&format!(
-                    "INSERT OR IGNORE INTO entries (ikey, ikey2, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                ))
-                .map_err(sql("prepare"))?;
+            let mut insert = tx.prepare(INSERT).map_err(sql("prepare"))?;
             copy.for_each(|e| {
-                let (k1, k2) = ident_key(e.list, &e.ident);
-                n += insert
-                    .execute(params![
-                        k1,
-                        k2,
-                        e.list.as_str(),
-                        e.ident.kind.as_str(),
-                        e.ident.name,
-                        e.ident.value,
-                        e.api,
-                        e.source,
-                        e.reason,
-                        e.created,
-                        e.expires
-                    ])
+                n += insert_row(&mut insert, ident_key(e.list, &e.ident), e)
                     .map_err(sql("restore"))? as u64;
                 Ok(())
             })?;

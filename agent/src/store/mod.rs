@@ -115,6 +115,29 @@ pub fn hash_fields(parts: &[&str]) -> (i64, i64) {
 
 const COLUMNS: &str = "list, kind, name, value, api, source, reason, created, expires";
 const SAME_IDENT: &str = "ikey=?1 AND ikey2=?2";
+/// Inserts a row unless its identity (key, scope, source) is there already.
+const INSERT: &str = "INSERT OR IGNORE INTO entries (ikey, ikey2, list, kind, name, value, api, source, reason, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+
+/// Runs [`INSERT`] for `e` under identity key `key`; returns 1 if the row is new.
+fn insert_row(
+    stmt: &mut rusqlite::Statement<'_>,
+    key: (i64, i64),
+    e: &Entry,
+) -> rusqlite::Result<usize> {
+    stmt.execute(params![
+        key.0,
+        key.1,
+        e.list.as_str(),
+        e.ident.kind.as_str(),
+        e.ident.name,
+        e.ident.value,
+        e.api,
+        e.source,
+        e.reason,
+        e.created,
+        e.expires
+    ])
+}
 
 fn kind_of(s: &str) -> Kind {
     s.parse().unwrap_or(Kind::Username)
@@ -212,11 +235,7 @@ impl Store {
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let mut new = vec![false; entries.len()];
         {
-            let mut insert = tx
-                .prepare_cached(&format!(
-                    "INSERT OR IGNORE INTO entries (ikey, ikey2, {COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)"
-                ))
-                .map_err(sql("prepare"))?;
+            let mut insert = tx.prepare_cached(INSERT).map_err(sql("prepare"))?;
             let mut update = tx
                 .prepare_cached("UPDATE entries SET reason = ?5, expires = ?6 WHERE ikey=?1 AND ikey2=?2 AND api=?3 AND source=?4")
                 .map_err(sql("prepare"))?;
@@ -229,22 +248,7 @@ impl Store {
             keyed.sort_unstable_by_key(|(k, _)| *k);
             for ((k1, k2), i) in keyed {
                 let e = &entries[i];
-                let (list, kind) = (e.list.as_str(), e.ident.kind.as_str());
-                let n = insert
-                    .execute(params![
-                        k1,
-                        k2,
-                        list,
-                        kind,
-                        e.ident.name,
-                        e.ident.value,
-                        e.api,
-                        e.source,
-                        e.reason,
-                        e.created,
-                        e.expires
-                    ])
-                    .map_err(sql("insert"))?;
+                let n = insert_row(&mut insert, (k1, k2), e).map_err(sql("insert"))?;
                 if n == 1 {
                     new[i] = true;
                 } else {

@@ -81,12 +81,7 @@ impl Filter {
                 replaced: false,
             });
         }
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(KernelError::Missing("program"))?
-            .try_into()
-            .map_err(super::not_xdp(PROGRAM))?;
+        let prog = self.production_program()?;
         let perr = |op: &'static str| {
             let iface = iface.to_owned();
             move |e| KernelError::Program {
@@ -139,13 +134,7 @@ impl Filter {
     /// descriptor does not detach it, and holding it would keep the filter attached after
     /// `portcullis detach`.
     pub fn swap_program(&mut self, pin: &Path) -> Result<(), KernelError> {
-        self.load_program(PROGRAM)?;
-        let prog: &mut Xdp = self
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or(KernelError::Missing("program"))?
-            .try_into()
-            .map_err(super::not_xdp(PROGRAM))?;
+        let prog = self.production_program()?;
         let lerr = |op: &'static str, e: String| KernelError::Link {
             op,
             path: pin.to_owned(),

@@ -300,6 +300,16 @@ impl Filter {
     }
 
     /// Loads (verifies) the named program into the kernel, once.
+    /// The production program, loaded into the kernel.
+    pub(super) fn production_program(&mut self) -> Result<&mut Xdp, KernelError> {
+        self.load_program(PROGRAM)?;
+        self.ebpf
+            .program_mut(PROGRAM)
+            .ok_or(KernelError::Missing("program"))?
+            .try_into()
+            .map_err(not_xdp(PROGRAM))
+    }
+
     pub fn load_program(&mut self, name: &str) -> Result<(), KernelError> {
         let prog: &mut Xdp = self
             .ebpf
