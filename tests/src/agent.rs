@@ -312,3 +312,51 @@ pub fn err(out: &Output) -> String {
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
+
+/// A system group made for one test (the control socket's group), removed on drop.
+pub struct TempGroup {
+    /// Its name.
+    pub name: String,
+    /// Its id.
+    pub gid: u32,
+}
+
+impl TempGroup {
+    /// Creates a new system group.
+    pub fn new() -> anyhow::Result<Self> {
+        let name = crate::unique("pcg");
+        let made = Command::new("groupadd")
+            .args(["--system", &name])
+            .status()
+            .context("groupadd")?;
+        if !made.success() {
+            bail!("groupadd {name} failed");
+        }
+        let out = Command::new("getent").args(["group", &name]).output()?;
+        let gid = String::from_utf8_lossy(&out.stdout)
+            .split(':')
+            .nth(2)
+            .and_then(|g| g.trim().parse().ok())
+            .context("gid of the new group")?;
+        Ok(Self { name, gid })
+    }
+
+    /// Runs `portcullis --socket SOCKET args...` as `nobody`, a member of this group only.
+    pub fn cli_as_member(&self, socket: &Path, args: &[&str]) -> Output {
+        Command::new("setpriv")
+            .args(["--reuid=nobody", "--regid=nogroup"])
+            .arg(format!("--groups={}", self.gid))
+            .arg(portcullis_bin())
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .output()
+            .expect("setpriv")
+    }
+}
+
+impl Drop for TempGroup {
+    fn drop(&mut self) {
+        let _ = Command::new("groupdel").arg(&self.name).status();
+    }
+}

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::agent::{
-    Agent, AgentDirs, AgentOpts, cli, control_line, err, ok, portcullis_bin,
+    Agent, AgentDirs, AgentOpts, TempGroup, cli, control_line, err, ok, portcullis_bin,
 };
 use portcullis_tests::http;
 use portcullis_tests::kernel_check::{assert_kernel_matches_lists, kernel};
@@ -723,35 +723,13 @@ fn the_socket_group_owns_the_control_socket() {
     if !privileged("the_socket_group_owns_the_control_socket") {
         return;
     }
-    let group = portcullis_tests::unique("pcg");
-    let made = std::process::Command::new("groupadd")
-        .args(["--system", &group])
-        .status()
-        .expect("groupadd");
-    assert!(made.success(), "groupadd {group}");
-    struct Group(String);
-    impl Drop for Group {
-        fn drop(&mut self) {
-            let _ = std::process::Command::new("groupdel").arg(&self.0).status();
-        }
-    }
-    let _cleanup = Group(group.clone());
-    let gid: u32 = String::from_utf8_lossy(
-        &std::process::Command::new("getent")
-            .args(["group", &group])
-            .output()
-            .expect("getent")
-            .stdout,
-    )
-    .split(':')
-    .nth(2)
-    .and_then(|g| g.trim().parse().ok())
-    .expect("gid");
+    let group = TempGroup::new().expect("group");
+    let gid = group.gid;
     let dirs = AgentDirs::new();
     let agent = Agent::start(
         &dirs,
         &AgentOpts {
-            config: format!("socket_group = \"{group}\"\n"),
+            config: format!("socket_group = \"{}\"\n", group.name),
             ..AgentOpts::default()
         },
     )

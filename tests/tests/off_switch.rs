@@ -7,7 +7,7 @@
 use std::process::Output;
 use std::time::Duration;
 
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok, portcullis_bin};
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, TempGroup, ok, portcullis_bin};
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4};
 use portcullis_tests::privileged;
 
@@ -194,4 +194,35 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
     assert_eq!(s["xdp_mode"], "native", "{s}");
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
     assert_eq!(pair.ping(CLIENT_V4[1], SERVER_V4, 2).expect("ping"), 2);
+}
+
+#[test]
+fn a_socket_group_member_can_use_the_off_switch() {
+    if !privileged("a_socket_group_member_can_use_the_off_switch") {
+        return;
+    }
+    let group = TempGroup::new().expect("group");
+    let (pair, dirs, mut opts) = setup(None);
+    opts.config = format!("socket_group = \"{}\"\n", group.name);
+    let iface = pair.server_if.as_str();
+    let [bad, ..] = CLIENT_V4;
+    let agent = Agent::start(&dirs, &opts).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", bad]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    // As in a real install, the socket's directory is open to all (/run/portcullis is 0755)
+    // and the socket to the group.
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dirs.root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    // The member cannot read the pins (root's), but the running agent detaches for it.
+    let pins = dirs.pins.0.to_str().expect("utf8");
+    let out = group.cli_as_member(&dirs.socket(), &["detach", "--pin-dir", pins]);
+    let text = ok(&out);
+    assert!(
+        text.contains(&format!("detached from {iface} (by the agent)")),
+        "{text}"
+    );
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
+    assert_eq!(iface_status(&agent, iface)["state"], "detached");
+    ok(&group.cli_as_member(&dirs.socket(), &["attach"]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
 }

@@ -32,6 +32,7 @@ pub(super) fn detach(
         },
     };
     let mut confirmed = 0;
+    let mut agent_answered = false;
     for i in &ifaces {
         match crate::kernel::detach(pin_dir, i) {
             Ok(true) => {
@@ -58,6 +59,7 @@ pub(super) fn detach(
             });
         match told.map_err(anyhow::Error::from).and_then(unwrap) {
             Ok(r) => {
+                agent_answered = true;
                 for name in r["detached"].as_array().into_iter().flatten() {
                     let name = name.as_str().unwrap_or("?");
                     if !ifaces.iter().any(|i| i == name) || !problems.is_empty() {
@@ -73,7 +75,8 @@ pub(super) fn detach(
         eprintln!("warning: {p}");
     }
     if confirmed == 0 {
-        if !problems.is_empty() {
+        // The running agent's answer is authoritative: it has nothing to detach.
+        if !problems.is_empty() && !agent_answered {
             bail!("nothing was detached: {}", problems.join("; "));
         }
         println!(
