@@ -130,6 +130,17 @@ pub struct AgentOpts {
     pub state_dir: Option<PathBuf>,
 }
 
+impl AgentOpts {
+    /// An agent inside `pair`'s server namespace, attached to its end of the veth pair.
+    pub fn on_server(pair: &crate::netns::NetnsPair) -> Self {
+        Self {
+            netns: Some(pair.server.clone()),
+            ifaces: vec![pair.server_if.clone()],
+            ..Self::default()
+        }
+    }
+}
+
 impl Agent {
     /// Starts an agent with this extra configuration (TOML) and the default options.
     pub fn with_config(dirs: &AgentDirs, config: String) -> anyhow::Result<Self> {

@@ -29,14 +29,20 @@ fn iface_status(agent: &Agent, iface: &str) -> serde_json::Value {
 fn setup(mode: Option<&str>) -> (NetnsPair, AgentDirs, AgentOpts) {
     let pair = NetnsPair::new().expect("namespaces");
     let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         args: mode
             .map(|m| vec!["--xdp-mode".into(), m.into()])
             .unwrap_or_default(),
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     (pair, AgentDirs::new(), opts)
+}
+
+/// Starts the agent and denies `bad`, whose pings are then dropped.
+fn denying(pair: &NetnsPair, dirs: &AgentDirs, opts: &AgentOpts, bad: &str) -> Agent {
+    let agent = Agent::start(dirs, opts).expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", bad]));
+    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    agent
 }
 
 fn detach(agent: &Agent, dirs: &AgentDirs, iface: &str) -> Output {
@@ -52,9 +58,7 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
     let (pair, dirs, opts) = setup(None);
     let iface = pair.server_if.as_str();
     let [bad, ..] = CLIENT_V4;
-    let mut agent = Agent::start(&dirs, &opts).expect("agent");
-    ok(&agent.cli(&["deny", "add", "ip", bad]));
-    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    let mut agent = denying(&pair, &dirs, &opts, bad);
     // A restart reuses the pinned link: the case where detach used to lie.
     agent.stop().expect("stop");
     let agent = Agent::start(&dirs, &opts).expect("restart");
@@ -100,9 +104,7 @@ fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
     let (pair, dirs, opts) = setup(None);
     let iface = pair.server_if.as_str();
     let [bad, ..] = CLIENT_V4;
-    let mut agent = Agent::start(&dirs, &opts).expect("agent");
-    ok(&agent.cli(&["deny", "add", "ip", bad]));
-    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    let mut agent = denying(&pair, &dirs, &opts, bad);
     // An operator on another socket (or an unreachable agent): the CLI detaches in the
     // kernel itself and the agent notices on its own.
     let out = std::process::Command::new(portcullis_bin())
@@ -206,9 +208,7 @@ fn a_socket_group_member_can_use_the_off_switch() {
     opts.config = format!("socket_group = \"{}\"\n", group.name);
     let iface = pair.server_if.as_str();
     let [bad, ..] = CLIENT_V4;
-    let agent = Agent::start(&dirs, &opts).expect("agent");
-    ok(&agent.cli(&["deny", "add", "ip", bad]));
-    assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
+    let agent = denying(&pair, &dirs, &opts, bad);
     // As in a real install, the socket's directory is open to all (/run/portcullis is 0755)
     // and the socket to the group.
     use std::os::unix::fs::PermissionsExt as _;

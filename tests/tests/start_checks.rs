@@ -53,10 +53,8 @@ fn a_refused_start_attaches_nothing() {
     let pair = NetnsPair::new().expect("namespaces");
     let dirs = AgentDirs::new();
     let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         config: "socket_group = \"pc-no-such-group\"\n".into(),
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     let e = format!("{:#}", Agent::start(&dirs, &opts).err().expect("refused"));
     assert!(e.contains("pc-no-such-group"), "{e}");
@@ -89,10 +87,8 @@ fn a_start_that_fails_half_way_takes_off_only_what_it_attached() {
     .expect("netns");
     let _blocker = blocker.1.expect("bind blocker");
     let busy = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         args: vec!["--metrics".into(), format!("127.0.0.1:{port}")],
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     let e = format!("{:#}", Agent::start(&dirs, &busy).err().expect("fails"));
     assert!(e.contains("metrics"), "{e}");
@@ -109,10 +105,7 @@ fn a_start_that_fails_half_way_takes_off_only_what_it_attached() {
     );
 
     // An agent that was enforcing before: its link stays through a failed restart.
-    let good = AgentOpts {
-        args: Vec::new(),
-        ..busy.clone()
-    };
+    let good = AgentOpts::on_server(&pair);
     let mut agent = Agent::start(&dirs, &good).expect("agent");
     let [bad, ..] = CLIENT_V4;
     ok(&agent.cli(&["deny", "add", "ip", bad]));

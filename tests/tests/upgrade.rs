@@ -16,11 +16,7 @@ fn a_changed_capacity_is_migrated_without_a_gap() {
     }
     let pair = NetnsPair::new().expect("namespaces");
     let dirs = AgentDirs::new();
-    let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
-        ..AgentOpts::default()
-    };
+    let opts = AgentOpts::on_server(&pair);
     let [bad, other, _] = CLIENT_V4;
     let mut agent = Agent::start(&dirs, &opts).expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", bad]));
