@@ -63,8 +63,8 @@ impl Store {
 impl Copy {
     /// Opens and checks the copy at `path`: a regular file (not a link, pipe or device), a
     /// Portcullis database of this schema version whose `entries` is a table, that passes
-    /// SQLite's quick check and holds only known lists and kinds. Opened read-only,
-    /// immutable, with the schema untrusted, so nothing in it runs and nothing is written
+    /// SQLite's quick check and holds only known lists and kinds. Opened read-only and
+    /// query-only, with the schema untrusted, so nothing in it runs and nothing is written
     /// beside it.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
         let meta =
