@@ -185,123 +185,91 @@ impl Config {
     /// Checks values that parse but make no sense.
     pub fn validate(&self) -> Result<(), ConfigError> {
         for net in &self.management_networks {
-            net.parse::<Cidr>().map_err(|e| ConfigError::Invalid {
-                field: "management_networks",
-                message: e.to_string(),
-            })?;
+            net.parse::<Cidr>()
+                .map_err(|e| invalid("management_networks", e))?;
         }
         if self.min_deny_prefix_v4 > 32 || self.min_deny_prefix_v6 > 128 {
-            return Err(ConfigError::Invalid {
-                field: "min_deny_prefix_v4",
-                message: "at most 32 (IPv4) and 128 (min_deny_prefix_v6)".into(),
-            });
+            return Err(invalid(
+                "min_deny_prefix_v4",
+                "at most 32 (IPv4) and 128 (min_deny_prefix_v6)",
+            ));
         }
-        parse_duration(&self.prune_interval).map_err(|m| ConfigError::Invalid {
-            field: "prune_interval",
-            message: m,
-        })?;
-        match parse_duration(&self.shutdown_grace) {
-            Ok(g) if g <= 10 => {}
-            Ok(_) => {
-                return Err(ConfigError::Invalid {
-                    field: "shutdown_grace",
-                    message: "at most 10s: the agent then needs up to 2s more, and the unit's TimeoutStopSec is 15s".into(),
-                });
-            }
-            Err(m) => {
-                return Err(ConfigError::Invalid {
-                    field: "shutdown_grace",
-                    message: m,
-                });
-            }
+        duration("prune_interval", &self.prune_interval)?;
+        if duration("shutdown_grace", &self.shutdown_grace)? > 10 {
+            return Err(invalid(
+                "shutdown_grace",
+                "at most 10s: the agent then needs up to 2s more, and the unit's TimeoutStopSec is 15s",
+            ));
         }
         if !self.metrics.is_empty() {
-            self.metrics
-                .parse::<SocketAddr>()
-                .map_err(|e| ConfigError::Invalid {
-                    field: "metrics",
-                    message: format!("{:?}: {e}", self.metrics),
-                })?;
+            socket_addr("metrics", &self.metrics)?;
         }
         if !self.drop_sample_every.is_power_of_two() {
-            return Err(ConfigError::Invalid {
-                field: "drop_sample_every",
-                message: "must be a power of two".into(),
-            });
-        }
-        let c = &self.checker;
-        for (field, addr) in [("checker.https", &c.https), ("checker.http", &c.http)] {
-            if !addr.is_empty() {
-                addr.parse::<SocketAddr>()
-                    .map_err(|e| ConfigError::Invalid {
-                        field,
-                        message: format!("{addr:?}: {e}"),
-                    })?;
-            }
-        }
-        parse_duration(&c.detection_ttl).map_err(|m| ConfigError::Invalid {
-            field: "checker.detection_ttl",
-            message: m,
-        })?;
-        parse_duration(&c.header_timeout).map_err(|m| ConfigError::Invalid {
-            field: "checker.header_timeout",
-            message: m,
-        })?;
-        if c.trust_xff == Some(true) {
-            return Err(ConfigError::Invalid {
-                field: "checker.trust_xff",
-                message: "was removed: it trusted the left-most X-Forwarded-For hop, which any client writes; list the proxies in front of the checker instead: trusted_proxies = [\"10.0.0.0/24\"]".into(),
-            });
-        }
-        for p in &c.trusted_proxies {
-            p.parse::<Cidr>().map_err(|e| ConfigError::Invalid {
-                field: "checker.trusted_proxies",
-                message: e.to_string(),
-            })?;
-        }
-        if c.max_headers == 0 || c.max_header_bytes < 1024 {
-            return Err(ConfigError::Invalid {
-                field: "checker.max_headers",
-                message: "limits too small to serve any request".into(),
-            });
-        }
-        if !self.abs.url.is_empty() {
-            let ok = self.abs.url.parse::<http::Uri>().is_ok_and(|u| {
-                matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()
-            });
-            if !ok {
-                return Err(ConfigError::Invalid {
-                    field: "abs.url",
-                    message: format!("{:?} is not an http(s) URL", self.abs.url),
-                });
-            }
-            let clear = self.abs.url.parse::<http::Uri>().is_ok_and(|u| {
-                u.scheme_str()
-                    .is_some_and(|s| s.eq_ignore_ascii_case("http"))
-            });
-            if clear && !self.abs.insecure {
-                return Err(ConfigError::Invalid {
-                    field: "abs.url",
-                    message: "http:// would send the ABS secret key in clear: use https:// (with abs.ca_file for ABS's certificate), or set abs.insecure = true".into(),
-                });
-            }
-            parse_duration(&self.abs.poll).map_err(|m| ConfigError::Invalid {
-                field: "abs.poll",
-                message: m,
-            })?;
-            parse_duration(&self.abs.timeout).map_err(|m| ConfigError::Invalid {
-                field: "abs.timeout",
-                message: m,
-            })?;
+            return Err(invalid("drop_sample_every", "must be a power of two"));
         }
         for iface in &self.interfaces {
             if iface.is_empty() || iface.len() > 15 || iface.contains('/') {
-                return Err(ConfigError::Invalid {
-                    field: "interfaces",
-                    message: format!("{iface:?} is not an interface name"),
-                });
+                return Err(invalid(
+                    "interfaces",
+                    format!("{iface:?} is not an interface name"),
+                ));
             }
         }
+        self.validate_checker()?;
+        self.validate_abs()
+    }
+
+    fn validate_checker(&self) -> Result<(), ConfigError> {
+        let c = &self.checker;
+        for (field, addr) in [("checker.https", &c.https), ("checker.http", &c.http)] {
+            if !addr.is_empty() {
+                socket_addr(field, addr)?;
+            }
+        }
+        duration("checker.detection_ttl", &c.detection_ttl)?;
+        duration("checker.header_timeout", &c.header_timeout)?;
+        if c.trust_xff == Some(true) {
+            return Err(invalid(
+                "checker.trust_xff",
+                "was removed: it trusted the left-most X-Forwarded-For hop, which any client writes; list the proxies in front of the checker instead: trusted_proxies = [\"10.0.0.0/24\"]",
+            ));
+        }
+        for p in &c.trusted_proxies {
+            p.parse::<Cidr>()
+                .map_err(|e| invalid("checker.trusted_proxies", e))?;
+        }
+        if c.max_headers == 0 || c.max_header_bytes < 1024 {
+            return Err(invalid(
+                "checker.max_headers",
+                "limits too small to serve any request",
+            ));
+        }
+        Ok(())
+    }
+
+    fn validate_abs(&self) -> Result<(), ConfigError> {
+        if self.abs.url.is_empty() {
+            return Ok(());
+        }
+        let uri = self.abs.url.parse::<http::Uri>().ok();
+        let scheme = uri.as_ref().and_then(|u| u.scheme_str());
+        let ok = uri.as_ref().is_some_and(|u| u.host().is_some())
+            && scheme
+                .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
+        if !ok {
+            return Err(invalid(
+                "abs.url",
+                format!("{:?} is not an http(s) URL", self.abs.url),
+            ));
+        }
+        if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) && !self.abs.insecure {
+            return Err(invalid(
+                "abs.url",
+                "http:// would send the ABS secret key in clear: use https:// (with abs.ca_file for ABS's certificate), or set abs.insecure = true",
+            ));
+        }
+        duration("abs.poll", &self.abs.poll)?;
+        duration("abs.timeout", &self.abs.timeout)?;
         Ok(())
     }
 
@@ -317,6 +285,27 @@ impl Config {
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("portcullis.db")
     }
+}
+
+/// A config error for `field`.
+fn invalid(field: &'static str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        field,
+        message: message.to_string(),
+    }
+}
+
+/// `value` of `field` as a duration in seconds.
+fn duration(field: &'static str, value: &str) -> Result<u64, ConfigError> {
+    parse_duration(value).map_err(|m| invalid(field, m))
+}
+
+/// Checks that `value` of `field` is an address:port.
+fn socket_addr(field: &'static str, value: &str) -> Result<(), ConfigError> {
+    value
+        .parse::<SocketAddr>()
+        .map(drop)
+        .map_err(|e| invalid(field, format!("{value:?}: {e}")))
 }
 
 /// Parses `90`, `30s`, `15m`, `1h`, `7d` into seconds.

@@ -314,26 +314,56 @@ fn serve_waiting_reads(service: &Service, reads: &mut mpsc::Receiver<Read>) {
 
 fn write(service: &mut Service, w: Write, panics: &mut Panics) {
     let mut panicked = false;
-    let mut on_panic = |m: String| {
+    let bulk = is_bulk(&w);
+    // Replies go out after the board and (after a panic) the lists are up to date, so a
+    // `status` sent after an answer sees the change.
+    let reply = execute(service, w, &mut |m: String| {
         tracing::error!("a list command panicked: {m}; recovering from the store");
         panicked = true;
         ServiceError::Internal(
             "the command failed inside the agent (logged); the lists were re-read from the store"
                 .into(),
         )
-    };
-    // Replies go out after the board and (after a panic) the lists are up to date, so a
-    // `status` sent after an answer sees the change.
-    let mut bulk = false;
-    let reply: Box<dyn FnOnce()> = match w {
+    });
+    if panicked {
+        if let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
+            // The kernel or the checker's lists may now differ from the store: a restart
+            // reconciles them from scratch.
+            tracing::error!("recovering after a panic failed: {e}; stopping the agent");
+            std::process::exit(70);
+        }
+        panics.record();
+    }
+    service.refresh_board();
+    reply();
+    if bulk {
+        trim();
+    }
+}
+
+/// Whether a write moves many rows (its buffers are handed back to the OS afterwards).
+fn is_bulk(w: &Write) -> bool {
+    matches!(
+        w,
+        Write::Control(
+            Request::Import { .. }
+                | Request::Clear { .. }
+                | Request::AbsPush { .. }
+                | Request::Restore { .. },
+            _
+        ) | Write::AbsMirror(..)
+    )
+}
+
+/// Runs one write command, a panic turned into an error by `on_panic`; returns the reply,
+/// to be sent once the board is up to date.
+fn execute(
+    service: &mut Service,
+    w: Write,
+    on_panic: &mut dyn FnMut(String) -> ServiceError,
+) -> Box<dyn FnOnce()> {
+    match w {
         Write::Control(req, tx) => {
-            bulk = matches!(
-                req,
-                Request::Import { .. }
-                    | Request::Clear { .. }
-                    | Request::AbsPush { .. }
-                    | Request::Restore { .. }
-            );
             let resp = guarded(|| service.handle(req), |m| Response::err(on_panic(m)));
             Box::new(move || drop(tx.send(resp)))
         }
@@ -342,7 +372,6 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
             Box::new(move || drop(tx.send(r)))
         }
         Write::AbsMirror(items, tx) => {
-            bulk = true;
             let r = guarded(|| service.abs_mirror(items), |m| Err(on_panic(m)));
             Box::new(move || drop(tx.send(r)))
         }
@@ -383,20 +412,6 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
             );
             Box::new(move || drop(tx.send(r)))
         }
-    };
-    if panicked {
-        if let Err(e) = guarded(|| service.recover(), |m| Err(ServiceError::Internal(m))) {
-            // The kernel or the checker's lists may now differ from the store: a restart
-            // reconciles them from scratch.
-            tracing::error!("recovering after a panic failed: {e}; stopping the agent");
-            std::process::exit(70);
-        }
-        panics.record();
-    }
-    service.refresh_board();
-    reply();
-    if bulk {
-        trim();
     }
 }
 

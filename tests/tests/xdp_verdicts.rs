@@ -288,7 +288,7 @@ fn operation_sequences_match_reference_in_kernel() {
             if step % 8 == 0 {
                 assert_eq!(
                     f.kernel_state().expect("read maps back"),
-                    KernelState::of_table(f.table()),
+                    KernelState::of_table(&f.table()),
                     "seed {seed:#x} step {step}: kernel maps differ from the twin"
                 );
             }

@@ -390,6 +390,19 @@ pub fn under(path: &str, prefix: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('/'))
 }
 
+/// The armed decoy of `api` that `path` falls under, if any (every path of the API when it
+/// lists no sub-paths).
+pub fn decoy_hit<'a>(api: &'a Api, path: &str) -> Option<&'a DecoyConfig> {
+    let decoy = api.meta.decoy_config.as_ref().filter(|d| d.decoy_enabled)?;
+    let base = api.meta.url.trim_end_matches('/');
+    let hit = decoy.decoy_subpaths.is_empty()
+        || decoy
+            .decoy_subpaths
+            .iter()
+            .any(|s| under(path, &format!("{base}/{}", s.trim_start_matches('/'))));
+    hit.then_some(decoy)
+}
+
 /// The API for `host` and `path`: hostname match (or `*`), then the longest `url` prefix.
 /// `host` is in `target::normalize_host` form (no port: an IPv6 literal keeps its colons).
 pub fn route<'a>(apis: &'a BTreeMap<String, Api>, host: &str, path: &str) -> Option<&'a Api> {

@@ -1,11 +1,17 @@
 //! The allow and deny lists as the L7 checker consults them on every request: in memory,
 //! keyed by the store's 128-bit identity keys (secrets are never held in clear), with each
 //! entry's scope (global or per API) and expiry. The service keeps it in step with the store.
+//! Global IP entries are not copied here when the kernel filter is loaded: the checker reads
+//! the filter's twin, so it judges a client address exactly as XDP does.
 
 use std::net::IpAddr;
+use std::sync::PoisonError;
 
 use rustc_hash::FxHashMap as HashMap;
 
+use crate::kernel::filter::SharedTable;
+use crate::kernel::sys::boottime_ns;
+use crate::kernel::table::lookup;
 use crate::model::Entry;
 use crate::model::List;
 use crate::model::{Cidr, mask32, mask128};
@@ -89,26 +95,36 @@ fn v6_key(list: List, addr: u128, len: u8) -> (u128, u16) {
 #[derive(Debug)]
 pub struct L7Lists {
     idents: HashMap<(i64, i64), Presence>,
+    /// IP entries scoped to an API, and global ones too when there is no kernel twin.
     ips4: HashMap<u64, Presence>,
     ips6: HashMap<(u128, u16), Presence>,
     /// Prefix lengths present, per family, so IP lookups probe only those.
     v4_lens: [u32; 33],
     v6_lens: [u32; 129],
+    /// The kernel filter's twin, which holds every global IP entry (at a million entries a
+    /// second copy here cost ~50 bytes each).
+    kernel: Option<SharedTable>,
 }
 
 impl Default for L7Lists {
     fn default() -> Self {
+        Self::new(None)
+    }
+}
+
+impl L7Lists {
+    /// Empty lists; global IP entries are read from `kernel` when there is one.
+    pub fn new(kernel: Option<SharedTable>) -> Self {
         Self {
             idents: HashMap::default(),
             ips4: HashMap::default(),
             ips6: HashMap::default(),
             v4_lens: [0; 33],
             v6_lens: [0; 129],
+            kernel,
         }
     }
-}
 
-impl L7Lists {
     /// Builds the lists from store rows.
     pub fn from_entries<'a>(entries: impl IntoIterator<Item = &'a Entry>) -> Self {
         let mut l = Self::default();
@@ -118,8 +134,11 @@ impl L7Lists {
         l
     }
 
-    /// Records one row.
+    /// Records one row (a global IP entry only when there is no kernel twin to hold it).
     pub fn add(&mut self, e: &Entry) {
+        if self.kernel.is_some() && e.api.is_empty() && e.ident.kind == Kind::Ip {
+            return;
+        }
         match e.ident.cidr() {
             Some(Cidr::V4 { addr, len }) => {
                 let p = self.ips4.entry(v4_key(e.list, addr, len));
@@ -182,6 +201,24 @@ impl L7Lists {
 
     /// Whether any entry on `list` covers `ip` for `api` at `now`.
     pub fn has_ip(&self, list: List, ip: IpAddr, api: &str, now: i64) -> bool {
+        self.kernel_has_ip(list, ip) || self.scoped_has_ip(list, ip, api, now)
+    }
+
+    /// Whether the kernel twin holds a live entry on `list` covering `ip`: the XDP program's
+    /// own lookup, over the twin, against the kernel's clock.
+    fn kernel_has_ip(&self, list: List, ip: IpAddr) -> bool {
+        let Some(table) = &self.kernel else {
+            return false;
+        };
+        let d = lookup(&*table.read().unwrap_or_else(PoisonError::into_inner), ip);
+        let until = match list {
+            List::Allow => d.allow_until,
+            List::Deny => d.deny_until,
+        };
+        until > boottime_ns()
+    }
+
+    fn scoped_has_ip(&self, list: List, ip: IpAddr, api: &str, now: i64) -> bool {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
@@ -311,28 +348,22 @@ impl RequestIdents {
 mod tests {
     use super::*;
 
-    fn entry(
-        list: List,
-        kind: Kind,
-        name: Option<&str>,
-        value: &str,
-        api: &str,
-        expires: Option<i64>,
-    ) -> Entry {
+    /// An unnamed identifier's row, scoped to `api` ("" = global).
+    fn entry(list: List, kind: Kind, value: &str, api: &str, expires: Option<i64>) -> Entry {
         Entry {
             api: api.into(),
             expires,
-            ..Entry::sample(list, kind, name, value)
+            ..Entry::sample(list, kind, None, value)
         }
     }
 
     #[test]
     fn scopes_expiry_and_cidrs() {
         let mut l = L7Lists::from_entries(&[
-            entry(List::Deny, Kind::Token, None, "t1", "", None),
-            entry(List::Deny, Kind::Token, None, "t2", "shop", Some(100)),
-            entry(List::Deny, Kind::Ip, None, "198.18.0.0/24", "", None),
-            entry(List::Allow, Kind::Ip, None, "2001:db8::/32", "", None),
+            entry(List::Deny, Kind::Token, "t1", "", None),
+            entry(List::Deny, Kind::Token, "t2", "shop", Some(100)),
+            entry(List::Deny, Kind::Ip, "198.18.0.0/24", "", None),
+            entry(List::Allow, Kind::Ip, "2001:db8::/32", "", None),
         ]);
         let t = |v: &str| Identifier::parse(Kind::Token, None, v).expect("valid");
         assert!(l.has(List::Deny, &t("t1"), "any", 0));
@@ -347,5 +378,37 @@ mod tests {
         assert!(!l.has_ip(List::Deny, "198.18.0.77".parse().expect("ip"), "x", 0));
         l.reset(List::Deny, &t("t1"), &[]);
         assert!(!l.has(List::Deny, &t("t1"), "any", 0));
+    }
+
+    #[test]
+    fn global_ips_are_read_from_the_kernel_twin() {
+        let table = SharedTable::default();
+        let mut l = L7Lists::new(Some(table.clone()));
+        l.add(&entry(List::Deny, Kind::Ip, "198.18.0.0/24", "", None));
+        let ip: IpAddr = "198.18.0.77".parse().expect("ip");
+        assert!(
+            !l.has_ip(List::Deny, ip, "x", 0),
+            "a global IP row is not copied: the twin holds it"
+        );
+        let cidr: Cidr = "198.18.0.0/24".parse().expect("cidr");
+        let set = |until| {
+            let mut t = table.write().expect("lock");
+            t.set(List::Deny, cidr, until).expect("set");
+        };
+        set(Some(portcullis_common::NEVER));
+        assert!(l.has_ip(List::Deny, ip, "x", 0));
+        assert!(!l.has_ip(List::Allow, ip, "x", 0));
+        set(Some(1));
+        assert!(
+            !l.has_ip(List::Deny, ip, "x", 0),
+            "past the kernel deadline"
+        );
+        l.add(&entry(List::Deny, Kind::Ip, "198.18.1.0/24", "shop", None));
+        let other: IpAddr = "198.18.1.9".parse().expect("ip");
+        assert!(
+            l.has_ip(List::Deny, other, "shop", 0),
+            "scoped rows stay here"
+        );
+        assert!(!l.has_ip(List::Deny, other, "else", 0));
     }
 }

@@ -11,7 +11,8 @@
 //! - [`api`]: ASE API JSON definitions and routing;
 //! - [`extract`]: identifiers from a request;
 //! - [`lists`]: the in-memory L7 view of the lists;
-//! - [`proxy`]: listeners, decisions, detections, forwarding;
+//! - [`proxy`]: the decision per request, detections, forwarding;
+//! - `upstream`: the API servers: pool, round robin, health, forwarded headers;
 //! - [`tls`]: reloadable certificates.
 
 pub mod api;
@@ -23,6 +24,7 @@ pub mod proxy;
 pub mod spikes;
 pub mod target;
 pub mod tls;
+mod upstream;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

@@ -1,24 +1,21 @@
 //! The checker's listeners and per-request logic (see the module doc of `checker`).
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::{Client, connect::HttpConnector};
-use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
 use super::api::{self, Api};
 use super::extract;
-use super::lists::L7Lists;
-use super::target;
+use super::lists::{L7Lists, RequestIdents};
+use super::target::{self, NormalPath, TargetError};
+use super::upstream::{self, Backends, ClientBody, HOP_BY_HOP};
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::model::Kind;
 use crate::model::List;
@@ -44,18 +41,6 @@ fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
-
 /// Everything a request handler needs, shared by every connection.
 pub struct Proxy {
     registry: Arc<ApiRegistry>,
@@ -66,22 +51,19 @@ pub struct Proxy {
     /// `cfg.trusted_proxies`, parsed.
     trusted: Vec<crate::model::Cidr>,
     detection_ttl: u64,
-    client: Client<HttpConnector, Body>,
+    client: Backends,
     /// Per-client request windows (shared by workers).
     spikes: Arc<super::spikes::Spikes>,
 }
 
-/// How long a failed server is skipped when no health check will bring it back.
-const RETRY_AFTER: Duration = Duration::from_secs(10);
-
-fn backend_client() -> Client<HttpConnector, Body> {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(3)));
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(256)
-        .build(connector)
+/// What the lists say of one request's client.
+enum Listing {
+    /// An identifier is on the allow list: the request goes through untouched.
+    Allowed,
+    /// On the deny list (and not allowed): this identifier, for the log.
+    Denied(String),
+    /// On neither list.
+    Unlisted,
 }
 
 impl Proxy {
@@ -103,7 +85,7 @@ impl Proxy {
             trusted: cfg.trusted_proxies(),
             cfg,
             detection_ttl,
-            client: backend_client(),
+            client: upstream::backend_client(),
             spikes: Arc::default(),
         }))
     }
@@ -124,7 +106,7 @@ impl Proxy {
             cfg: self.cfg.clone(),
             trusted: self.trusted.clone(),
             detection_ttl: self.detection_ttl,
-            client: backend_client(),
+            client: upstream::backend_client(),
             spikes: self.spikes.clone(),
         })
     }
@@ -146,18 +128,9 @@ impl Proxy {
         tls: bool,
     ) -> Response<Body> {
         let apis = self.registry.apis();
-        // The target as the server will resolve it; what servers resolve differently is
-        // refused rather than guessed.
-        let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
-            Some(Err(_)) => Err(target::TargetError::HostMismatch),
-            hdr => target::request_host(
-                hdr.and_then(Result::ok),
-                req.uri().authority().map(|a| a.as_str()),
-            ),
-        };
-        let (host, path) = match (host, target::normalize_path(req.uri().path())) {
-            (Ok(h), Ok(p)) => (h, p),
-            (Err(e), _) | (_, Err(e)) => {
+        let (host, path) = match request_target(&req) {
+            Ok(t) => t,
+            Err(e) => {
                 self.stats.hit("bad_request");
                 tracing::debug!("malformed request target: {e}");
                 return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
@@ -167,85 +140,27 @@ impl Proxy {
             self.stats.hit("unknown_api");
             return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
         };
-        let now = unix_now();
         let Some(ip) = extract::client_ip(req.headers(), peer, &self.trusted) else {
             self.stats.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
         };
-        let from_proxy = self
-            .trusted
-            .iter()
-            .any(|c| c.contains(peer.ip().to_canonical()));
+        let from_proxy = self.is_trusted_proxy(peer);
         let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip, from_proxy);
-        let keys = ids.keys();
-        let (allowed, denied) = {
-            let lists = match self.lists.read() {
-                Ok(l) => l,
-                Err(p) => p.into_inner(),
-            };
-            (
-                ids.listed(&lists, List::Allow, &keys, &api.name, now),
-                ids.listed(&lists, List::Deny, &keys, &api.name, now),
-            )
-        };
-        if allowed.is_some() {
-            self.stats.hit("allowed");
-            return self.forward(api, req, &path.forward, peer, ip, tls).await;
-        }
-        if let Some(who) = denied {
-            if api.meta.enable_blocking {
+        match self.listing(&ids, &api.name) {
+            Listing::Allowed => {
+                self.stats.hit("allowed");
+                return self.forward(api, req, &path.forward, peer, ip, tls).await;
+            }
+            Listing::Denied(who) if api.meta.enable_blocking => {
                 self.stats.hit("blocked");
                 tracing::debug!(api = %api.name, %who, "blocked deny-listed client");
                 return full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
             }
-            self.stats.hit("would_block");
+            Listing::Denied(_) => self.stats.hit("would_block"),
+            Listing::Unlisted => {}
         }
-        // Decoys: a path no legitimate client calls.
-        if let Some(decoy) = api.meta.decoy_config.as_ref().filter(|d| d.decoy_enabled) {
-            let hit = decoy.decoy_subpaths.is_empty()
-                || decoy.decoy_subpaths.iter().any(|s| {
-                    api::under(
-                        &path.matched,
-                        &format!(
-                            "{}/{}",
-                            api.meta.url.trim_end_matches('/'),
-                            s.trim_start_matches('/')
-                        ),
-                    )
-                });
-            if hit {
-                self.stats.hit("decoy");
-                self.detect(api, "decoy", Some((Kind::Ip, None, ip.to_string())))
-                    .await;
-                let code = decoy
-                    .response_code
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .unwrap_or(StatusCode::OK);
-                return full(code, decoy.response_message.clone());
-            }
-        }
-        if let Some(p) = &api.meta.api_pattern_enforcement {
-            let violation = super::pattern::violation(p, &req, tls);
-            if let Some(reason) = violation {
-                self.stats.hit(&reason.replace('-', "_"));
-                self.detect(api, reason, ids.culprit()).await;
-                let code = p
-                    .error_code
-                    .and_then(|c| StatusCode::from_u16(c).ok())
-                    .unwrap_or(StatusCode::UNAUTHORIZED);
-                let body = if p.error_message_body.is_empty() {
-                    "Error: Unauthorized\n".to_owned()
-                } else {
-                    p.error_message_body.clone()
-                };
-                return full(code, body);
-            }
-        }
-        if api.meta.is_token_mandatory && ids.tokens.is_empty() {
-            self.stats.hit("missing_token");
-            self.detect(api, "missing-token", Some((Kind::Ip, None, ip.to_string())))
-                .await;
-            return full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n");
+        if let Some(refusal) = self.attack(api, &req, &path.matched, &ids, ip, tls).await {
+            return refusal;
         }
         if let Some((n, per)) = api.spike
             && self.over_spike(&api.name, ip, n, per)
@@ -254,6 +169,74 @@ impl Proxy {
             return full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n");
         }
         self.forward(api, req, &path.forward, peer, ip, tls).await
+    }
+
+    /// Whether `peer` is one of the trusted proxies (whose forwarded headers count).
+    fn is_trusted_proxy(&self, peer: SocketAddr) -> bool {
+        let ip = peer.ip().to_canonical();
+        self.trusted.iter().any(|c| c.contains(ip))
+    }
+
+    /// The request's identifiers against both lists (allow wins).
+    fn listing(&self, ids: &RequestIdents, api: &str) -> Listing {
+        let now = unix_now();
+        let keys = ids.keys();
+        let lists = match self.lists.read() {
+            Ok(l) => l,
+            Err(p) => p.into_inner(),
+        };
+        if ids.listed(&lists, List::Allow, &keys, api, now).is_some() {
+            return Listing::Allowed;
+        }
+        match ids.listed(&lists, List::Deny, &keys, api, now) {
+            Some(who) => Listing::Denied(who),
+            None => Listing::Unlisted,
+        }
+    }
+
+    /// The attacks the API's definition detects (a decoy path, a method, protocol or content
+    /// type outside its pattern, a missing mandatory token): the culprit is deny-listed and
+    /// the answer is the refusal the definition asks for.
+    async fn attack(
+        &self,
+        api: &Api,
+        req: &Request<Incoming>,
+        path: &str,
+        ids: &RequestIdents,
+        ip: IpAddr,
+        tls: bool,
+    ) -> Option<Response<Body>> {
+        let by_ip = || Some((Kind::Ip, None, ip.to_string()));
+        if let Some(decoy) = api::decoy_hit(api, path) {
+            self.stats.hit("decoy");
+            self.detect(api, "decoy", by_ip()).await;
+            let code = decoy
+                .response_code
+                .and_then(|c| StatusCode::from_u16(c).ok());
+            return Some(full(
+                code.unwrap_or(StatusCode::OK),
+                decoy.response_message.clone(),
+            ));
+        }
+        if let Some(p) = &api.meta.api_pattern_enforcement
+            && let Some(reason) = super::pattern::violation(p, req, tls)
+        {
+            self.stats.hit(&reason.replace('-', "_"));
+            self.detect(api, reason, ids.culprit()).await;
+            let code = p.error_code.and_then(|c| StatusCode::from_u16(c).ok());
+            let body = if p.error_message_body.is_empty() {
+                "Error: Unauthorized\n".to_owned()
+            } else {
+                p.error_message_body.clone()
+            };
+            return Some(full(code.unwrap_or(StatusCode::UNAUTHORIZED), body));
+        }
+        if api.meta.is_token_mandatory && ids.tokens.is_empty() {
+            self.stats.hit("missing_token");
+            self.detect(api, "missing-token", by_ip()).await;
+            return Some(full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n"));
+        }
+        None
     }
 
     /// Puts the culprit of a detection on the deny list (source `checker`), unless the
@@ -298,39 +281,6 @@ impl Proxy {
         self.spikes.over(api, client, n, Duration::from_secs(per))
     }
 
-    /// The next usable server of `api`, round robin: a server past `health_retry_count`
-    /// failures is skipped; without health checks it is tried again after [`RETRY_AFTER`].
-    fn pick(api: &Api) -> Option<usize> {
-        let servers = &api.meta.servers;
-        let b = &api.balance;
-        let start = b.next.fetch_add(1, Ordering::Relaxed);
-        let limit = api.meta.health_retry_count.unwrap_or(3).max(1);
-        let now = super::api::epoch_ms();
-        (0..servers.len())
-            .map(|i| (start + i) % servers.len())
-            .find(|i| {
-                b.servers.get(*i).is_none_or(|h| {
-                    h.failures.load(Ordering::Relaxed) < limit
-                        || (!api.meta.health_check
-                            && now.saturating_sub(h.last_failure_ms.load(Ordering::Relaxed))
-                                >= RETRY_AFTER.as_millis() as u64)
-                })
-            })
-    }
-
-    /// Records a request's or probe's outcome for server `i` of `api`.
-    fn mark(api: &Api, i: usize, ok: bool) {
-        if let Some(h) = api.balance.servers.get(i) {
-            if ok {
-                h.failures.store(0, Ordering::Relaxed);
-            } else {
-                h.failures.fetch_add(1, Ordering::Relaxed);
-                h.last_failure_ms
-                    .store(super::api::epoch_ms(), Ordering::Relaxed);
-            }
-        }
-    }
-
     async fn forward(
         &self,
         api: &Api,
@@ -350,27 +300,25 @@ impl Proxy {
             self.stats.hit("bad_request");
             return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
         }
-        let Some(index) = Self::pick(api) else {
+        let Some(index) = upstream::pick(api) else {
             self.stats.hit("bad_gateway");
             return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
         };
+        let server = &api.meta.servers[index];
         let (mut parts, body) = req.into_parts();
-        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         // The normalised path, so the server serves what the checker judged.
         let pq = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
             None => path.to_owned(),
         };
-        let server = &api.meta.servers[index];
         let Ok(uri) = format!("http://{}:{}{}", server.host, server.port, pq).parse() else {
             self.stats.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Bad Request\n");
         };
+        let host = parts.headers.get(header::HOST).cloned().or_else(|| {
+            let authority = parts.uri.authority()?;
+            HeaderValue::from_str(authority.as_str()).ok()
+        });
         parts.uri = uri;
         parts.version = Version::HTTP_11;
         for h in HOP_BY_HOP {
@@ -379,49 +327,13 @@ impl Proxy {
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
-        // What the server learns of the client comes from us: a client's own claims are
-        // passed on only when its peer is a trusted proxy (every X-Forwarded-For line,
-        // joined in order, then this hop), and dropped otherwise.
         let peer_ip = peer.ip().to_canonical();
-        let from_proxy = self.trusted.iter().any(|c| c.contains(peer_ip));
-        let prev: Vec<String> = if from_proxy {
-            parts
-                .headers
-                .get_all("x-forwarded-for")
-                .iter()
-                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-                .collect()
-        } else {
-            for h in ["forwarded", "x-real-ip"] {
-                parts.headers.remove(h);
-            }
-            Vec::new()
-        };
-        let xff = prev
-            .into_iter()
-            .chain(std::iter::once(peer_ip.to_string()))
-            .collect::<Vec<_>>()
-            .join(", ");
-        parts.headers.remove("x-forwarded-for");
-        if let Ok(v) = HeaderValue::from_str(&xff) {
-            parts.headers.insert("x-forwarded-for", v);
-        }
-        let proto = if tls { "https" } else { "http" };
-        parts.headers.insert(
-            "x-forwarded-proto",
-            HeaderValue::from_static(if tls { "https" } else { "http" }),
-        );
-        let for_ip = match client {
-            IpAddr::V4(a) => a.to_string(),
-            IpAddr::V6(a) => format!("\"[{a}]\""),
-        };
-        if let Ok(v) = HeaderValue::from_str(&format!("for={for_ip};proto={proto}")) {
-            parts.headers.append(header::FORWARDED, v);
-        }
+        let from_proxy = self.is_trusted_proxy(peer);
+        upstream::set_client_headers(&mut parts.headers, peer_ip, from_proxy, client, tls);
         let body = Limited::new(body, self.cfg.max_body_bytes as usize).boxed();
         match self.client.request(Request::from_parts(parts, body)).await {
             Ok(resp) => {
-                Self::mark(api, index, true);
+                upstream::mark(api, index, true);
                 self.stats.hit("forwarded");
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
@@ -429,100 +341,54 @@ impl Proxy {
                 }
                 Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
             }
-            Err(e) => {
-                // The client's own body failing (cut short, or past the limit) is the
-                // client's fault: never count it against the server, or any client could
-                // take servers out of rotation.
-                match client_body_failure(&e) {
-                    Some(ClientBody::TooLarge) => {
-                        self.stats.hit("bad_request");
-                        return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
-                    }
-                    Some(ClientBody::Failed) => {
-                        self.stats.hit("bad_request");
-                        tracing::debug!(api = %api.name, "client request body failed: {e}");
-                        return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
-                    }
-                    None => {}
-                }
-                Self::mark(api, index, false);
+            Err(e) => self.forward_failed(api, index, &e),
+        }
+    }
+
+    /// The answer when forwarding failed. The client's own body failing (cut short, or past
+    /// the limit) is the client's fault: never counted against the server, or any client
+    /// could take servers out of rotation.
+    fn forward_failed(
+        &self,
+        api: &Api,
+        index: usize,
+        e: &hyper_util::client::legacy::Error,
+    ) -> Response<Body> {
+        match upstream::client_body_failure(e) {
+            Some(ClientBody::TooLarge) => {
+                self.stats.hit("bad_request");
+                full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n")
+            }
+            Some(ClientBody::Failed) => {
+                self.stats.hit("bad_request");
+                tracing::debug!(api = %api.name, "client request body failed: {e}");
+                full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n")
+            }
+            None => {
+                upstream::mark(api, index, false);
                 self.stats.hit("bad_gateway");
+                let server = &api.meta.servers[index];
                 tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend failed: {e}");
                 full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n")
             }
         }
     }
 
-    /// Probes servers of APIs with `health_check`: a failed probe counts like a failed
-    /// request; a good one puts the server back.
-    pub async fn health_loop(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        let mut last: HashMap<String, Instant> = HashMap::new();
-        loop {
-            tokio::select! {
-                _ = tick.tick() => {}
-                _ = shutdown.changed() => return,
-            }
-            for api in self
-                .registry
-                .apis()
-                .values()
-                .filter(|a| a.meta.health_check)
-            {
-                let every =
-                    Duration::from_secs(api.meta.health_check_interval.unwrap_or(10).max(1));
-                if last.get(&api.name).is_some_and(|t| t.elapsed() < every) {
-                    continue;
-                }
-                last.insert(api.name.clone(), Instant::now());
-                for (i, s) in api.meta.servers.iter().enumerate() {
-                    let uri = format!("http://{}:{}{}", s.host, s.port, api.meta.health_url);
-                    let Ok(req) = Request::get(uri).body(
-                        Full::new(Bytes::new())
-                            .map_err(|e: Infallible| match e {})
-                            .boxed(),
-                    ) else {
-                        continue;
-                    };
-                    let ok = matches!(
-                        tokio::time::timeout(Duration::from_secs(2), self.client.request(req)).await,
-                        Ok(Ok(r)) if r.status().is_success()
-                    );
-                    Self::mark(api, i, ok);
-                }
-            }
-        }
+    /// Probes the servers of APIs with `health_check` (see [`upstream::health_loop`]).
+    pub async fn health_loop(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        upstream::health_loop(self.registry.clone(), self.client.clone(), shutdown).await;
     }
 }
 
-/// How a client's request body failed while it was being forwarded.
-enum ClientBody {
-    /// Past `max_body_bytes`.
-    TooLarge,
-    /// Cut short or otherwise broken by the client.
-    Failed,
-}
-
-/// Whether a forwarding error came from the client's request body rather than the server:
-/// hyper reports a failing outgoing body as a "user" error whose source is the body's own
-/// error — for the incoming body, another `hyper::Error` (the client's connection broke
-/// off) or the length limit. Other "user" errors (a request Portcullis built wrongly) stay
-/// server-side failures.
-fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Option<ClientBody> {
-    let mut user = false;
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if err.is::<http_body_util::LengthLimitError>() {
-            return Some(ClientBody::TooLarge);
-        }
-        if let Some(h) = err.downcast_ref::<hyper::Error>() {
-            if user {
-                // A hyper error inside the outgoing body's error: the incoming body failed.
-                return Some(ClientBody::Failed);
-            }
-            user = h.is_user();
-        }
-        cur = err.source();
-    }
-    None
+/// The host and normalised path as the server will resolve them; what servers resolve
+/// differently is refused rather than guessed.
+fn request_target(req: &Request<Incoming>) -> Result<(String, NormalPath), TargetError> {
+    let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
+        Some(Err(_)) => Err(TargetError::HostMismatch),
+        hdr => target::request_host(
+            hdr.and_then(Result::ok),
+            req.uri().authority().map(|a| a.as_str()),
+        ),
+    };
+    Ok((host?, target::normalize_path(req.uri().path())?))
 }

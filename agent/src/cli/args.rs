@@ -295,17 +295,25 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     out
 }
 
-/// `allow|deny add`'s arguments.
+/// The identifier `allow|deny add` and `remove` name: `KIND [NAME] VALUE`.
 #[derive(Debug, Args)]
-pub struct AddArgs {
+pub struct IdentArgs {
     /// Kind: ip, cookie, token, api-key, username.
     pub kind: String,
     /// Name and/or value.
     #[arg(required = true, num_args = 1..=2)]
     pub values: Vec<String>,
-    /// api-key only: the key matches under any header or query parameter name.
+    /// api-key only: the entry that matches the key under any header or query parameter name.
     #[arg(long)]
     pub any_name: bool,
+}
+
+/// `allow|deny add`'s arguments.
+#[derive(Debug, Args)]
+pub struct AddArgs {
+    /// What to put on the list.
+    #[command(flatten)]
+    pub ident: IdentArgs,
     /// Expire after this long (30s, 15m, 1h, 7d).
     #[arg(long)]
     pub ttl: Option<String>,
@@ -326,14 +334,9 @@ pub struct AddArgs {
 /// `allow|deny remove`'s arguments.
 #[derive(Debug, Args)]
 pub struct RemoveArgs {
-    /// Kind.
-    pub kind: String,
-    /// Name and/or value.
-    #[arg(required = true, num_args = 1..=2)]
-    pub values: Vec<String>,
-    /// api-key only: the entry that matches any name.
-    #[arg(long)]
-    pub any_name: bool,
+    /// What to take off the list.
+    #[command(flatten)]
+    pub ident: IdentArgs,
     /// Only the entry from this source.
     #[arg(long)]
     pub source: Option<String>,

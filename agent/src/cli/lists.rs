@@ -32,64 +32,19 @@ pub(super) fn name_value(
 
 pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Result<()> {
     match verb {
-        ListVerb::Add(a) => add(cli, list, a)?,
-        ListVerb::Remove(r) => remove(cli, list, r)?,
+        ListVerb::Add(a) => add(cli, list, a),
+        ListVerb::Remove(r) => remove(cli, list, r),
         ListVerb::List {
             kind: k,
             source,
             json,
-        } => {
-            let k = k.as_deref().map(kind).transpose()?;
-            let r = call(
-                cli,
-                &Request::List {
-                    list: Some(list),
-                    kind: k,
-                    source: source.clone(),
-                },
-            )?;
-            if *json {
-                return print_json(&r);
-            }
-            let entries = r.as_array().cloned().unwrap_or_default();
-            if cli.ase {
-                for e in &entries {
-                    println!("{}", describe(e));
-                }
-            } else {
-                print_entries(&entries);
-            }
-        }
+        } => show(cli, list, k.as_deref(), source, *json),
         ListVerb::Clear {
             kind: k,
             source,
             all,
             json,
-        } => {
-            let k = k.as_deref().map(kind).transpose()?;
-            if k.is_none() && source.is_none() && !all {
-                bail!(
-                    "`{list} clear` without --kind or --source removes every entry of the {list} list; add --all if that is what you mean"
-                );
-            }
-            let r = call(
-                cli,
-                &Request::Clear {
-                    list,
-                    kind: k,
-                    source: source.clone(),
-                    all: *all,
-                },
-            )?;
-            if *json {
-                return print_json(&serde_json::json!({ "removed": r }));
-            }
-            if cli.ase {
-                println!("{} cleared", list.ase_name());
-            } else {
-                println!("{list} list cleared: {r} entries removed");
-            }
-        }
+        } => clear(cli, list, k.as_deref(), source, *all, *json),
         ListVerb::Import {
             file,
             ttl,
@@ -109,8 +64,73 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
                 source: source.clone(),
                 force: *force,
             };
-            import(cli, list, file, defaults, *json)?;
+            import(cli, list, file, defaults, *json)
         }
+    }
+}
+
+/// `allow|deny list`: the entries, as a table, in ASE's words, or as JSON.
+fn show(
+    cli: &Cli,
+    list: List,
+    k: Option<&str>,
+    source: &Option<String>,
+    json: bool,
+) -> anyhow::Result<()> {
+    let k = k.map(kind).transpose()?;
+    let r = call(
+        cli,
+        &Request::List {
+            list: Some(list),
+            kind: k,
+            source: source.clone(),
+        },
+    )?;
+    if json {
+        return print_json(&r);
+    }
+    let entries = r.as_array().cloned().unwrap_or_default();
+    if cli.ase {
+        for e in &entries {
+            println!("{}", describe(e));
+        }
+    } else {
+        print_entries(&entries);
+    }
+    Ok(())
+}
+
+/// `allow|deny clear`: one kind, one source, or (with `--all` only) everything.
+fn clear(
+    cli: &Cli,
+    list: List,
+    k: Option<&str>,
+    source: &Option<String>,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    let k = k.map(kind).transpose()?;
+    if k.is_none() && source.is_none() && !all {
+        bail!(
+            "`{list} clear` without --kind or --source removes every entry of the {list} list; add --all if that is what you mean"
+        );
+    }
+    let r = call(
+        cli,
+        &Request::Clear {
+            list,
+            kind: k,
+            source: source.clone(),
+            all,
+        },
+    )?;
+    if json {
+        return print_json(&serde_json::json!({ "removed": r }));
+    }
+    if cli.ase {
+        println!("{} cleared", list.ase_name());
+    } else {
+        println!("{list} list cleared: {r} entries removed");
     }
     Ok(())
 }
@@ -118,32 +138,27 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
 /// Lines sent per request: large enough to amortise a round trip, small enough to show progress.
 const IMPORT_BATCH: usize = 100_000;
 
-pub(super) fn import(
-    cli: &Cli,
+/// One import on its way to the agent: what was sent and what the agent answered so far.
+struct Import {
+    client: Client,
     list: List,
-    file: &PathBuf,
     defaults: ImportDefaults,
-    json: bool,
-) -> anyhow::Result<()> {
-    let (reader, total): (Box<dyn BufRead>, u64) = if file.as_os_str() == "-" {
-        (Box::new(BufReader::new(std::io::stdin())), 0)
-    } else {
-        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
-        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-        (Box::new(BufReader::with_capacity(1 << 20, f)), len)
-    };
-    let mut client = Client::connect(&cli.socket)?;
-    let show = std::io::stderr().is_terminal() && !json;
-    let (mut accepted, mut new, mut read_bytes) = (0u64, 0u64, 0u64);
-    let mut rejected: Vec<(u64, String)> = Vec::new();
-    let mut batch = Vec::with_capacity(IMPORT_BATCH);
-    let started = std::time::Instant::now();
-    let mut flush = |batch: &mut Vec<(u64, String)>, read: u64| -> anyhow::Result<()> {
-        if batch.is_empty() {
+    /// File size for the progress bar (0: unknown, stdin).
+    total: u64,
+    /// Whether to draw the progress bar.
+    show: bool,
+    accepted: u64,
+    new: u64,
+    rejected: Vec<(u64, String)>,
+}
+
+impl Import {
+    /// Sends one batch of lines (applied whole or not at all; the ones before it stay).
+    fn send(&mut self, batch: &mut Vec<(u64, String)>, read: u64) -> anyhow::Result<()> {
+        let Some(first) = batch.first().map(|(no, _)| *no) else {
             return Ok(());
-        }
-        let first = batch.first().map_or(0, |(no, _)| *no);
-        // Each request is applied whole or not at all; the ones before it stay applied.
+        };
+        let (list, accepted, new) = (self.list, self.accepted, self.new);
         let stopped = |e: anyhow::Error| {
             let before = if accepted == 0 {
                 "nothing was imported".to_owned()
@@ -154,40 +169,90 @@ pub(super) fn import(
             };
             anyhow::anyhow!("{e:#}\nthe import stopped at line {first}: {before}")
         };
-        let r = client
+        let r = self
+            .client
             .call(&Request::Import {
                 list,
                 lines: std::mem::take(batch),
-                defaults: defaults.clone(),
+                defaults: self.defaults.clone(),
             })
             .map_err(anyhow::Error::from)
             .and_then(unwrap)
             .map_err(stopped)?;
-        accepted += r["accepted"].as_u64().unwrap_or(0);
-        new += r["new"].as_u64().unwrap_or(0);
-        if let Some(rej) = r["rejected"].as_array() {
-            for x in rej {
-                rejected.push((
-                    x[0].as_u64().unwrap_or(0),
-                    x[1].as_str().unwrap_or("").to_owned(),
-                ));
-            }
+        self.accepted += r["accepted"].as_u64().unwrap_or(0);
+        self.new += r["new"].as_u64().unwrap_or(0);
+        for x in r["rejected"].as_array().into_iter().flatten() {
+            let why = x[1].as_str().unwrap_or("").to_owned();
+            self.rejected.push((x[0].as_u64().unwrap_or(0), why));
         }
-        if show {
-            let pct = (read * 100).checked_div(total).unwrap_or(0).min(100);
+        if self.show {
+            let pct = (read * 100).checked_div(self.total).unwrap_or(0).min(100);
             let bar = "#".repeat((pct / 4) as usize);
             eprint!(
-                "\r[{bar:<25}] {pct:>3}%  {accepted} accepted, {} rejected",
-                rejected.len()
+                "\r[{bar:<25}] {pct:>3}%  {} accepted, {} rejected",
+                self.accepted,
+                self.rejected.len()
             );
             let _ = std::io::stderr().flush();
         }
         Ok(())
+    }
+
+    /// Prints the outcome: rejected lines (the first 50) and the totals, or JSON.
+    fn report(mut self, file: &std::path::Path, secs: f64, json: bool) -> anyhow::Result<()> {
+        let (list, accepted, new) = (self.list, self.accepted, self.new);
+        self.rejected.sort_by_key(|(no, _)| *no);
+        if self.show {
+            eprintln!();
+        }
+        if json {
+            return print_json(&serde_json::json!({
+                "accepted": accepted, "new": new, "rejected": self.rejected, "seconds": secs,
+            }));
+        }
+        for (no, why) in self.rejected.iter().take(50) {
+            eprintln!("{}:{no}: {why}", file.display());
+        }
+        if self.rejected.len() > 50 {
+            eprintln!("... and {} more rejected lines", self.rejected.len() - 50);
+        }
+        println!(
+            "{list}: {accepted} entries imported ({new} new) in {secs:.1}s ({:.0}/s), {} lines rejected",
+            accepted as f64 / secs.max(1e-9),
+            self.rejected.len()
+        );
+        Ok(())
+    }
+}
+
+/// `allow|deny import`: the file (or stdin) line by line, in batches of [`IMPORT_BATCH`].
+pub(super) fn import(
+    cli: &Cli,
+    list: List,
+    file: &PathBuf,
+    defaults: ImportDefaults,
+    json: bool,
+) -> anyhow::Result<()> {
+    let (mut reader, total): (Box<dyn BufRead>, u64) = if file.as_os_str() == "-" {
+        (Box::new(BufReader::new(std::io::stdin())), 0)
+    } else {
+        let f = std::fs::File::open(file).with_context(|| format!("opening {}", file.display()))?;
+        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        (Box::new(BufReader::with_capacity(1 << 20, f)), len)
     };
-    let mut raw = Vec::new();
-    let mut bad_utf8: Vec<(u64, String)> = Vec::new();
-    let mut reader = reader;
-    let mut line_no = 0u64;
+    let mut run = Import {
+        client: Client::connect(&cli.socket)?,
+        list,
+        defaults,
+        total,
+        show: std::io::stderr().is_terminal() && !json,
+        accepted: 0,
+        new: 0,
+        rejected: Vec::new(),
+    };
+    let started = std::time::Instant::now();
+    let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    let (mut raw, mut line_no, mut read_bytes) = (Vec::new(), 0u64, 0u64);
     loop {
         raw.clear();
         let n = reader
@@ -200,43 +265,20 @@ pub(super) fn import(
         read_bytes += n as u64;
         match std::str::from_utf8(&raw) {
             Ok(text) => batch.push((line_no, text.trim_end_matches(['\n', '\r']).to_owned())),
-            Err(_) => bad_utf8.push((line_no, "not valid UTF-8".into())),
+            Err(_) => run.rejected.push((line_no, "not valid UTF-8".into())),
         }
         if batch.len() >= IMPORT_BATCH {
-            flush(&mut batch, read_bytes)?;
+            run.send(&mut batch, read_bytes)?;
         }
     }
-    flush(&mut batch, read_bytes)?;
-    // The closure borrowed `rejected`; its last use ends the borrow.
-    rejected.extend(bad_utf8);
-    rejected.sort_by_key(|(no, _)| *no);
-    if show {
-        eprintln!();
-    }
-    let secs = started.elapsed().as_secs_f64();
-    if json {
-        return print_json(
-            &serde_json::json!({"accepted": accepted, "new": new, "rejected": rejected, "seconds": secs}),
-        );
-    }
-    for (no, why) in rejected.iter().take(50) {
-        eprintln!("{}:{no}: {why}", file.display());
-    }
-    if rejected.len() > 50 {
-        eprintln!("... and {} more rejected lines", rejected.len() - 50);
-    }
-    println!(
-        "{list}: {accepted} entries imported ({new} new) in {secs:.1}s ({:.0}/s), {} lines rejected",
-        accepted as f64 / secs.max(1e-9),
-        rejected.len()
-    );
-    Ok(())
+    run.send(&mut batch, read_bytes)?;
+    run.report(file, started.elapsed().as_secs_f64(), json)
 }
 
 /// `allow|deny add`: puts one identifier on the list and says whether the kernel enforces it.
 fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
-    let k = kind(&a.kind)?;
-    let (name, value) = name_value(k, &a.values, a.any_name)?;
+    let k = kind(&a.ident.kind)?;
+    let (name, value) = name_value(k, &a.ident.values, a.ident.any_name)?;
     let ttl_secs = a
         .ttl
         .as_deref()
@@ -283,8 +325,8 @@ fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
 
 /// `allow|deny remove`: takes an identifier off the list (every source unless one is named).
 fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
-    let k = kind(&r.kind)?;
-    let (name, value) = name_value(k, &r.values, r.any_name)?;
+    let k = kind(&r.ident.kind)?;
+    let (name, value) = name_value(k, &r.ident.values, r.ident.any_name)?;
     let answer = call(
         cli,
         &Request::Remove {

@@ -3,27 +3,14 @@
 //! Removing a pin alone is not enough: a link lives while any process holds it open, so the
 //! off switch must ask the kernel to detach it.
 
-use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt as _;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
-use super::sys::bpf;
+use super::sys::{bpf, obj_get};
 
-const BPF_OBJ_GET: libc::c_long = 7;
 const BPF_OBJ_GET_INFO_BY_FD: libc::c_long = 15;
 const BPF_LINK_DETACH: libc::c_long = 34;
-
-#[repr(C)]
-#[derive(Default)]
-struct ObjGetAttr {
-    pathname: u64,
-    bpf_fd: u32,
-    file_flags: u32,
-    path_fd: i32,
-    _pad: u32,
-}
 
 #[repr(C)]
 #[derive(Default)]
@@ -74,17 +61,8 @@ pub struct LinkInfo {
 impl PinnedXdpLink {
     /// Opens the link pinned at `pin`; `None` when nothing is pinned there.
     pub fn open(pin: &Path) -> io::Result<Option<Self>> {
-        let path = CString::new(pin.as_os_str().as_bytes())
-            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in pin path"))?;
-        let mut attr = ObjGetAttr {
-            pathname: path.as_ptr() as u64,
-            ..ObjGetAttr::default()
-        };
-        match bpf(BPF_OBJ_GET, &mut attr) {
-            // SAFETY: BPF_OBJ_GET returned a new file descriptor that we now own.
-            Ok(fd) => Ok(Some(Self {
-                fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
-            })),
+        match obj_get(pin) {
+            Ok(fd) => Ok(Some(Self { fd })),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(e) => Err(e),
         }

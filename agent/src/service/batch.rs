@@ -151,52 +151,62 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
         return Ok(None);
     }
     if line.starts_with('{') {
-        #[derive(serde::Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Json {
-            kind: String,
-            #[serde(default)]
-            name: Option<String>,
-            value: String,
-            #[serde(default)]
-            ttl: Option<String>,
-            #[serde(default)]
-            reason: Option<String>,
-            #[serde(default)]
-            api: Option<String>,
-        }
-        let j: Json = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
-        let kind: Kind = j.kind.parse().map_err(|e: IdentError| e.to_string())?;
-        let ttl_secs = j
-            .ttl
-            .as_deref()
-            .map(crate::config::parse_duration)
-            .transpose()?;
-        return Ok(Some(AddRequest {
-            kind: Some(kind),
-            name: j.name,
-            value: j.value,
-            ttl_secs,
-            reason: j.reason,
-            api: j.api,
-            ..AddRequest::default()
-        }));
+        return json_line(line).map(Some);
     }
     // Comments are whole lines. A `#` after a space would otherwise end up inside the stored
     // value (`token abc # note` stored the digest of `abc # note`, and `abc` stayed allowed).
     if line.split_whitespace().skip(1).any(|w| w.starts_with('#')) {
         return Err("'#' after a space is not a comment here (comments are whole lines that start with #); put the note on its own line, or import a value containing ' #' as a JSON line".into());
     }
+    words_line(line).map(Some)
+}
+
+/// An NDJSON import line.
+fn json_line(line: &str) -> Result<AddRequest, String> {
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Json {
+        kind: String,
+        #[serde(default)]
+        name: Option<String>,
+        value: String,
+        #[serde(default)]
+        ttl: Option<String>,
+        #[serde(default)]
+        reason: Option<String>,
+        #[serde(default)]
+        api: Option<String>,
+    }
+    let j: Json = serde_json::from_str(line).map_err(|e| format!("invalid JSON: {e}"))?;
+    let kind: Kind = j.kind.parse().map_err(|e: IdentError| e.to_string())?;
+    let ttl_secs = j
+        .ttl
+        .as_deref()
+        .map(crate::config::parse_duration)
+        .transpose()?;
+    Ok(AddRequest {
+        kind: Some(kind),
+        name: j.name,
+        value: j.value,
+        ttl_secs,
+        reason: j.reason,
+        api: j.api,
+        ..AddRequest::default()
+    })
+}
+
+/// A `KIND [NAME] VALUE` import line, or a bare IP/CIDR.
+fn words_line(line: &str) -> Result<AddRequest, String> {
     let (first, rest) = line.split_once(char::is_whitespace).unwrap_or((line, ""));
     let rest = rest.trim();
     let kind = match first.parse::<Kind>() {
         Ok(k) => k,
         Err(_) if rest.is_empty() && first.parse::<Cidr>().is_ok() => {
-            return Ok(Some(AddRequest {
+            return Ok(AddRequest {
                 kind: Some(Kind::Ip),
                 value: first.to_owned(),
                 ..AddRequest::default()
-            }));
+            });
         }
         Err(e) => return Err(e.to_string()),
     };
@@ -210,6 +220,18 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
         Kind::Username => (None, unquote(rest)?.to_owned()),
         Kind::Ip | Kind::Token => (None, rest.to_owned()),
     };
+    one_value(kind, &value)?;
+    Ok(AddRequest {
+        kind: Some(kind),
+        name,
+        value,
+        ..AddRequest::default()
+    })
+}
+
+/// Refuses a value whose meaning is unclear: empty, quoted (the quotes would be stored), or
+/// of several words for a kind that has one.
+fn one_value(kind: Kind, value: &str) -> Result<(), String> {
     if value.is_empty() {
         return Err(format!("{kind} line has no value"));
     }
@@ -230,12 +252,7 @@ pub fn parse_import_line(line: &str) -> Result<Option<AddRequest>, String> {
             }
         ));
     }
-    Ok(Some(AddRequest {
-        kind: Some(kind),
-        name,
-        value,
-        ..AddRequest::default()
-    }))
+    Ok(())
 }
 
 /// A username, bare (the rest of the line) or in one pair of double quotes.

@@ -6,7 +6,6 @@
 //! hears "added"; if the store write then fails, the kernel entry is taken back, and if the
 //! agent dies in between, the start-up reconcile removes it (the store is the list of record).
 
-use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -19,13 +18,14 @@ use crate::control::proto::{AddRequest, Request, Response};
 use crate::kernel::{Filter, KernelError, sys};
 use crate::model::Cidr;
 use crate::model::{Entry, List, expiry};
-use crate::model::{IdentError, Identifier, Kind};
+use crate::model::{IdentError, Identifier};
 use crate::store::{self, Store, StoreError};
 
 mod abs_sync;
 mod batch;
 mod board;
 mod links;
+mod removal;
 mod restore;
 mod safety;
 mod views;
@@ -123,7 +123,8 @@ impl Service {
     /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
     pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
         // One pass over the store fills both the checker's lists and the board's counts.
-        let (mut lists, mut counts) = (L7Lists::default(), Counts::default());
+        let kernel = filter.as_ref().map(Filter::shared_table);
+        let (mut lists, mut counts) = (L7Lists::new(kernel), Counts::default());
         store.for_each(|e| {
             lists.add(e);
             counts.add(e);
@@ -315,7 +316,8 @@ impl Service {
     /// command failed half-way (a panic): the store is the list of record.
     pub fn recover(&mut self) -> Result<(), ServiceError> {
         self.lists.clear_poison();
-        let (mut fresh, mut counts) = (L7Lists::default(), Counts::default());
+        let kernel = self.filter.as_ref().map(Filter::shared_table);
+        let (mut fresh, mut counts) = (L7Lists::new(kernel), Counts::default());
         self.store.for_each(|e| {
             fresh.add(e);
             counts.add(e);
@@ -437,102 +439,5 @@ impl Service {
             new,
             enforced_in_kernel: enforced,
         })
-    }
-
-    fn remove(
-        &mut self,
-        list: List,
-        kind: Kind,
-        name: Option<&str>,
-        value: &str,
-        source: Option<&str>,
-    ) -> Result<Vec<EntryView>, ServiceError> {
-        let ident = Identifier::parse(kind, name, value)?;
-        let removed = self.store.remove(list, &ident, source)?;
-        self.count_removed(&removed);
-        if removed.is_empty() {
-            return Err(ServiceError::NotFound(ident.to_string(), list));
-        }
-        self.sync_ip(list, &ident, unix_now())?;
-        self.l7_reset(list, &ident)?;
-        self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
-        tracing::info!(%list, %ident, rows = removed.len(), "entry removed");
-        Ok(removed.iter().map(EntryView::from).collect())
-    }
-
-    fn clear(
-        &mut self,
-        list: List,
-        kind: Option<Kind>,
-        source: Option<String>,
-    ) -> Result<usize, ServiceError> {
-        let removed = self.store.clear(&store::Filter {
-            list: Some(list),
-            kind,
-            source,
-        })?;
-        self.count_removed(&removed);
-        let now = unix_now();
-        let mut seen = std::collections::HashSet::new();
-        let mut items = Vec::new();
-        for e in &removed {
-            if let Some(cidr) = e.ident.cidr()
-                && seen.insert(cidr)
-            {
-                items.push((list, cidr, self.ip_deadline(list, &e.ident, &[], now)?));
-            }
-        }
-        if let Some(f) = self.filter.as_mut() {
-            f.apply_many(items)?;
-        }
-        let mut done = std::collections::HashSet::new();
-        for e in &removed {
-            if done.insert(crate::store::ident_key(e.list, &e.ident)) {
-                self.l7_reset(e.list, &e.ident)?;
-            }
-        }
-        self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
-        tracing::info!(%list, ?kind, rows = removed.len(), "list cleared");
-        Ok(removed.len())
-    }
-
-    /// Rebuilds the kernel maps from the store (at start-up, after reusing pinned maps).
-    pub fn reconcile(&mut self) -> Result<(usize, usize), ServiceError> {
-        let now = unix_now();
-        let all = self.store.list(&store::Filter {
-            kind: Some(Kind::Ip),
-            ..store::Filter::default()
-        })?;
-        let mut rows: BTreeMap<(List, Cidr), Vec<&Entry>> = BTreeMap::new();
-        for e in &all {
-            if let Some(c) = e.ident.cidr() {
-                rows.entry((e.list, c)).or_default().push(e);
-            }
-        }
-        let best = rows
-            .into_iter()
-            .filter_map(|(key, rows)| expiry::kernel_expiry(rows, now).map(|exp| (key, exp)));
-        let Some(f) = self.filter.as_mut() else {
-            return Ok((0, 0));
-        };
-        let report = f.reconcile(best.map(|((l, c), exp)| (l, c, kernel_deadline(exp, now))))?;
-        self.board.set_kernel_ip_entries(f.table().len());
-        Ok((report.written, report.removed))
-    }
-
-    /// Removes expired entries from the store and the kernel; returns them.
-    pub fn prune(&mut self) -> Result<Vec<Entry>, ServiceError> {
-        let now = unix_now();
-        let gone = self.store.prune_expired(now)?;
-        self.count_removed(&gone);
-        for e in &gone {
-            self.sync_ip(e.list, &e.ident, now)?;
-            self.l7_reset(e.list, &e.ident)?;
-            tracing::info!(list = %e.list, ident = %e.ident, source = %e.source, "entry expired");
-        }
-        if !gone.is_empty() {
-            self.publish(|| Change::Removed(Arc::from(gone.as_slice())));
-        }
-        Ok(gone)
     }
 }

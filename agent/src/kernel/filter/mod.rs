@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use aya::maps::{Array, LpmTrie, Map, MapData, PerCpuArray, RingBuf, lpm_trie::Key};
 use aya::programs::links::{FdLink, PinnedLink};
@@ -142,11 +143,17 @@ pub(super) fn map_err(
     }
 }
 
+/// The user-space twin of the kernel's IP maps, shared between the filter that writes it and
+/// the L7 checker that reads it.
+pub type SharedTable = Arc<RwLock<IpTable>>;
+
 /// The loaded XDP object, its maps, and the user-space twin of what they hold.
 pub struct Filter {
     ebpf: Ebpf,
     maps: BTreeMap<&'static str, Map>,
-    table: IpTable,
+    /// The twin. Only this filter writes it; the L7 checker reads it to judge client IPs
+    /// exactly as the kernel does, instead of keeping a second copy of every IP entry.
+    table: SharedTable,
     pin_dir: Option<PathBuf>,
     /// Interface → counter slot, for per-interface counters.
     iface_slots: BTreeMap<String, u32>,
@@ -223,7 +230,7 @@ impl Filter {
         let filter = Self {
             ebpf,
             maps,
-            table: IpTable::new(cap),
+            table: Arc::new(RwLock::new(IpTable::new(cap))),
             pin_dir: opts.pin_dir.clone(),
             iface_slots: BTreeMap::new(),
         };
@@ -368,7 +375,23 @@ impl Filter {
     }
 
     fn table_capacity(&self) -> Capacity {
-        self.table.capacity()
+        self.twin().capacity()
+    }
+
+    /// The twin, for reading (a panic while it was written leaves it to `reconcile`).
+    fn twin(&self) -> RwLockReadGuard<'_, IpTable> {
+        self.table.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The twin, for changing: held only while a plan is computed or undone, never across a
+    /// kernel write, so the checker's readers wait for memory work only.
+    fn twin_mut(&self) -> RwLockWriteGuard<'_, IpTable> {
+        self.table.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The twin as the L7 checker shares it.
+    pub fn shared_table(&self) -> SharedTable {
+        self.table.clone()
     }
 
     /// Writes raw values into a map of the loaded object (benchmark probe arrays, reference

@@ -23,9 +23,10 @@ impl Filter {
         &mut self,
         items: impl IntoIterator<Item = (List, Cidr, Option<u64>)>,
     ) -> Result<(), KernelError> {
-        let plan = self.table.set_many(items)?;
+        let plan = self.twin_mut().set_many(items)?;
         if let Err(e) = self.write(&plan) {
-            self.table.undo(&plan);
+            let mut table = self.twin_mut();
+            table.undo(&plan);
             // Put back what the failed write may have changed.
             let restore = Plan {
                 from_empty: false,
@@ -42,77 +43,38 @@ impl Filter {
                 v4_guard: plan
                     .v4_guard
                     .iter()
-                    .map(|(w, _)| (*w, self.table.v4_guard_word(*w)))
+                    .map(|(w, _)| (*w, table.v4_guard_word(*w)))
                     .collect(),
                 v6_guard: plan
                     .v6_guard
                     .iter()
-                    .map(|(w, _)| (*w, self.table.v6_guard_word(*w)))
+                    .map(|(w, _)| (*w, table.v6_guard_word(*w)))
                     .collect(),
-                v6_unguarded: plan.v6_unguarded.map(|_| self.table.v6_unguarded()),
+                v6_unguarded: plan.v6_unguarded.map(|_| table.v6_unguarded()),
             };
+            drop(table);
             let _ = self.write(&restore);
             return Err(e);
         }
         Ok(())
     }
 
-    /// Entries on either list with their deadlines.
-    pub fn entries(&self) -> impl Iterator<Item = (Cidr, Deadlines)> + '_ {
-        self.table.entries()
-    }
-
     /// The user-space twin (for tests and status).
-    pub fn table(&self) -> &IpTable {
-        &self.table
+    pub fn table(&self) -> RwLockReadGuard<'_, IpTable> {
+        self.twin()
     }
 
     /// Writes a plan: upserts first, then guard words and config, then deletions, so that at
     /// no point does a guard bit hide a slot that still matches, and no entry that stays on a
     /// list stops matching.
     pub(super) fn write(&self, plan: &Plan) -> Result<(), KernelError> {
-        let mut v4h = (Vec::new(), Vec::new(), Vec::new());
-        let mut v4n = (Vec::new(), Vec::new(), Vec::new());
-        let mut v4w = (Vec::new(), Vec::new());
-        let mut v6h = (Vec::new(), Vec::new(), Vec::new());
-        let mut v6p: Vec<(Key<[u8; 16]>, Deadlines)> = Vec::new();
-        for c in &plan.slots {
-            let del = c.new.is_empty();
-            match c.slot {
-                Slot::V4Host(a) => {
-                    if del {
-                        v4h.2.push(a)
-                    } else {
-                        v4h.0.push(a);
-                        v4h.1.push(c.new)
-                    }
-                }
-                Slot::V4Net(n) => {
-                    if del {
-                        v4n.2.push(n)
-                    } else {
-                        v4n.0.push(n);
-                        v4n.1.push(c.new)
-                    }
-                }
-                Slot::V4Wide(i) => {
-                    v4w.0.push(i);
-                    v4w.1.push(c.new)
-                }
-                Slot::V6Host(a) => {
-                    let k = V6Addr {
-                        bytes: a.to_be_bytes(),
-                    };
-                    if del {
-                        v6h.2.push(k)
-                    } else {
-                        v6h.0.push(k);
-                        v6h.1.push(c.new)
-                    }
-                }
-                Slot::V6Prefix(a, l) => v6p.push((Key::new(u32::from(l), a.to_be_bytes()), c.new)),
-            }
-        }
+        let MapBatches {
+            v4h,
+            v4n,
+            v4w,
+            v6h,
+            v6p,
+        } = MapBatches::of(plan);
         let upd = |name: &'static str| {
             move |source| KernelError::Map {
                 op: "updating",
@@ -214,7 +176,7 @@ impl Filter {
             v6_unguarded: Some(fresh.v6_unguarded()),
         };
         self.write(&plan)?;
-        self.table = fresh;
+        *self.twin_mut() = fresh;
         Ok(report)
     }
 }
@@ -226,4 +188,69 @@ pub struct ReconcileReport {
     pub written: usize,
     /// Stale slots removed.
     pub removed: usize,
+}
+
+/// A plan's slot changes grouped per kernel map: (keys to write, their values, keys to
+/// delete), so each map is written in one batched call.
+struct MapBatches {
+    v4h: (Vec<u32>, Vec<Deadlines>, Vec<u32>),
+    v4n: (Vec<u32>, Vec<Deadlines>, Vec<u32>),
+    v4w: (Vec<u32>, Vec<Deadlines>),
+    v6h: (Vec<V6Addr>, Vec<Deadlines>, Vec<V6Addr>),
+    /// Trie keys with their values; an empty value means delete.
+    v6p: Vec<(Key<[u8; 16]>, Deadlines)>,
+}
+
+impl MapBatches {
+    fn of(plan: &Plan) -> Self {
+        let mut v4h = (Vec::new(), Vec::new(), Vec::new());
+        let mut v4n = (Vec::new(), Vec::new(), Vec::new());
+        let mut v4w = (Vec::new(), Vec::new());
+        let mut v6h = (Vec::new(), Vec::new(), Vec::new());
+        let mut v6p: Vec<(Key<[u8; 16]>, Deadlines)> = Vec::new();
+        for c in &plan.slots {
+            let del = c.new.is_empty();
+            match c.slot {
+                Slot::V4Host(a) => {
+                    if del {
+                        v4h.2.push(a)
+                    } else {
+                        v4h.0.push(a);
+                        v4h.1.push(c.new)
+                    }
+                }
+                Slot::V4Net(n) => {
+                    if del {
+                        v4n.2.push(n)
+                    } else {
+                        v4n.0.push(n);
+                        v4n.1.push(c.new)
+                    }
+                }
+                Slot::V4Wide(i) => {
+                    v4w.0.push(i);
+                    v4w.1.push(c.new)
+                }
+                Slot::V6Host(a) => {
+                    let k = V6Addr {
+                        bytes: a.to_be_bytes(),
+                    };
+                    if del {
+                        v6h.2.push(k)
+                    } else {
+                        v6h.0.push(k);
+                        v6h.1.push(c.new)
+                    }
+                }
+                Slot::V6Prefix(a, l) => v6p.push((Key::new(u32::from(l), a.to_be_bytes()), c.new)),
+            }
+        }
+        Self {
+            v4h,
+            v4n,
+            v4w,
+            v6h,
+            v6p,
+        }
+    }
 }

@@ -67,6 +67,14 @@ fn with_list(d: Deadlines, list: List, until: u64) -> Deadlines {
     }
 }
 
+/// What [`IpTable::apply`] touched, as it was before.
+struct Before {
+    entries: HashMap<Cidr, Deadlines>,
+    slots: HashMap<Slot, Deadlines>,
+    /// `v6_short` before the first change, if anything changed.
+    v6_short: Option<u32>,
+}
+
 /// Guard bitmap words as (index, value) pairs.
 type GuardWords = Vec<(u32, u64)>;
 
@@ -178,6 +186,17 @@ impl IpTable {
         if self.entries.is_empty() && items.len() > 1 && items.iter().all(|(_, _, u)| u.is_some()) {
             return self.fill_empty(&items);
         }
+        let before = self.apply(items);
+        let plan = self.plan(before);
+        if let Err(full) = self.check_capacity() {
+            self.undo(&plan);
+            return Err(full);
+        }
+        Ok(plan)
+    }
+
+    /// Applies items in memory; returns the old values of what they touched.
+    fn apply(&mut self, items: Vec<(List, Cidr, Option<u64>)>) -> Before {
         let mut entry_old: HashMap<Cidr, Deadlines> = HashMap::default();
         let mut slot_old: HashMap<Slot, Deadlines> = HashMap::default();
         let mut recompute: HashSet<Slot> = HashSet::default();
@@ -213,6 +232,21 @@ impl IpTable {
             let value = self.compute_slot(slot);
             self.put_slot(slot, value);
         }
+        Before {
+            entries: entry_old,
+            slots: slot_old,
+            v6_short: short_before,
+        }
+    }
+
+    /// The plan from the old values [`IpTable::apply`] returned to the table as it is now:
+    /// the entries and slots that changed and the guard words those slots live under.
+    fn plan(&self, before: Before) -> Plan {
+        let Before {
+            entries: entry_old,
+            slots: slot_old,
+            v6_short: short_before,
+        } = before;
         let mut plan = Plan {
             entries: entry_old
                 .into_iter()
@@ -254,11 +288,7 @@ impl IpTable {
         {
             plan.v6_unguarded = Some(self.v6_short > 0);
         }
-        if let Err(full) = self.check_capacity() {
-            self.undo(&plan);
-            return Err(full);
-        }
-        Ok(plan)
+        plan
     }
 
     /// The bulk-load path (agent start, first sync): the table is empty and every item adds,
@@ -270,6 +300,33 @@ impl IpTable {
             self.entries
                 .insert(*cidr, with_list(e, *list, until.unwrap_or(0)));
         }
+        self.paint_slots();
+        self.derive_guards();
+        let mut plan = Plan {
+            from_empty: true,
+            ..Plan::default()
+        };
+        plan.slots = self
+            .slots()
+            .map(|(slot, new)| SlotChange {
+                slot,
+                old: Deadlines::EMPTY,
+                new,
+            })
+            .collect();
+        plan.v4_guard = self.v4_guard_words();
+        plan.v6_guard = self.v6_guard_words();
+        plan.v6_unguarded = self.v6_unguarded().then_some(true);
+        if let Err(full) = self.check_capacity() {
+            *self = IpTable::new(self.capacity);
+            return Err(full);
+        }
+        Ok(plan)
+    }
+
+    /// Every slot of an empty table from the entries: IPv4 and IPv6 host slots as the running
+    /// maximum of the entries painted into them, IPv6 prefix slots computed one by one.
+    fn paint_slots(&mut self) {
         let hosts = self.entries.v4.keys().filter(|(_, len)| *len >= 25).count();
         self.v4_hosts.reserve(hosts + hosts / 8);
         let entries = std::mem::take(&mut self.entries);
@@ -311,7 +368,11 @@ impl IpTable {
             let v = self.compute_slot(Slot::V6Prefix(addr, len));
             self.v6_prefixes.insert((addr, len), v);
         }
-        // Guard counts and bits, once, set directly rather than recomputed per /24.
+    }
+
+    /// Guard counts and bits of a freshly painted table, once, set directly rather than
+    /// recomputed per /24.
+    fn derive_guards(&mut self) {
         for a in self.v4_hosts.keys() {
             *self.v4_hosts_per_net.entry(a >> 8).or_insert(0) += 1;
         }
@@ -346,26 +407,6 @@ impl IpTable {
                 self.count_v6(a, false, true, |c| &mut c.1);
             }
         }
-        let mut plan = Plan {
-            from_empty: true,
-            ..Plan::default()
-        };
-        plan.slots = self
-            .slots()
-            .map(|(slot, new)| SlotChange {
-                slot,
-                old: Deadlines::EMPTY,
-                new,
-            })
-            .collect();
-        plan.v4_guard = self.v4_guard_words();
-        plan.v6_guard = self.v6_guard_words();
-        plan.v6_unguarded = self.v6_unguarded().then_some(true);
-        if let Err(full) = self.check_capacity() {
-            *self = IpTable::new(self.capacity);
-            return Err(full);
-        }
-        Ok(plan)
     }
 
     /// Reverts a plan's in-memory changes (after a failed kernel write).
