@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::kernel::Capacity;
 use crate::model::Cidr;
@@ -103,7 +103,7 @@ pub struct Config {
     /// The L7 checker (TLS-terminating proxy); off unless a listener is set.
     pub checker: crate::checker::CheckerConfig,
     /// The ABS feed; off unless `url` is set.
-    pub abs: crate::abs::AbsConfig,
+    pub abs: AbsConfig,
 }
 
 impl Default for Config {
@@ -125,7 +125,7 @@ impl Default for Config {
             drop_sample_every: 64,
             capacity: CapacityConfig::default(),
             checker: crate::checker::CheckerConfig::default(),
-            abs: crate::abs::AbsConfig::default(),
+            abs: AbsConfig::default(),
         }
     }
 }
@@ -284,6 +284,49 @@ impl Config {
     /// Path of the database file.
     pub fn db_path(&self) -> PathBuf {
         self.state_dir.join("portcullis.db")
+    }
+}
+
+/// `[abs]` in the agent's configuration.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AbsConfig {
+    /// Base URL, e.g. `https://abs.example:8080`; empty = feed off.
+    pub url: String,
+    /// Access key (sent as `x-abs-ak`).
+    pub access_key: String,
+    /// File holding the secret key (sent as `x-abs-sk`); never logged.
+    pub secret_key_file: PathBuf,
+    /// Poll interval, e.g. "60s".
+    pub poll: String,
+    /// PEM CA bundle to trust for HTTPS (default: none, so HTTPS needs it).
+    pub ca_file: Option<PathBuf>,
+    /// Allow an `http://` URL, which sends the secret key in clear (tests, a loopback ABS).
+    pub insecure: bool,
+    /// Per-request timeout.
+    pub timeout: String,
+    /// Largest attack list accepted, bytes.
+    pub max_body_bytes: usize,
+    /// Report the checker's detections to ABS.
+    pub report: bool,
+    /// Most detections kept while ABS is unreachable.
+    pub report_queue: usize,
+}
+
+impl Default for AbsConfig {
+    fn default() -> Self {
+        Self {
+            url: String::new(),
+            access_key: String::new(),
+            secret_key_file: PathBuf::from("/etc/portcullis/abs.secret"),
+            poll: "60s".into(),
+            ca_file: None,
+            insecure: false,
+            timeout: "10s".into(),
+            max_body_bytes: 256 << 20,
+            report: true,
+            report_queue: 10_000,
+        }
     }
 }
 

@@ -21,10 +21,11 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-use crate::abs::AbsItem;
+use crate::control::proto::AbsItem;
 use crate::control::proto::{Request, Response};
 use crate::model::Entry;
 use crate::model::Kind;
+pub use crate::service::Detection;
 use std::sync::Arc;
 
 use crate::service::{Added, Board, Change, MirrorReport, Service, ServiceError};
@@ -37,21 +38,6 @@ const QUEUE: usize = 256;
 const PANIC_LIMIT: usize = 5;
 /// See [`PANIC_LIMIT`].
 const PANIC_WINDOW: Duration = Duration::from_secs(60);
-
-/// What the checker found: the culprit to deny-list (source `checker`).
-#[derive(Clone, Debug)]
-pub struct Detection {
-    /// Identifier kind.
-    pub kind: Kind,
-    /// Cookie or API-key name.
-    pub name: Option<String>,
-    /// The value (an address, or a secret digested by the store).
-    pub value: String,
-    /// What was detected, and on which API.
-    pub reason: String,
-    /// Seconds the deny lasts.
-    pub ttl_secs: u64,
-}
 
 /// Data the metrics endpoint renders, read in one go.
 pub struct MetricsData {
@@ -335,10 +321,12 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
         panics.record();
     }
     service.refresh_board();
-    reply();
     if bulk {
+        // Before the answer: whoever reads the agent's RSS once an import returns sees it
+        // settled.
         trim();
     }
+    reply();
 }
 
 /// Whether a write moves many rows (its buffers are handed back to the OS afterwards).

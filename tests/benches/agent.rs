@@ -154,6 +154,9 @@ fn main() -> anyhow::Result<()> {
         format!("api-key X-API-Key bench-key-{i:08}")
     })?;
     write_file(&f("users"), N, |i| format!("username bench user {i:08}"))?;
+    // The feeds' own writeback must not compete with the first import's fsyncs.
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
     eprintln!("bench agent: importing");
     let ip_rate = import(&agent, &f("ips"))?;
     let rss_ip = rss_kib(pid)?;

@@ -1,23 +1,11 @@
 //! The attack list as ABS sends it, parsed straight into typed items (the shapes are in the
 //! module doc of `abs`).
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::AbsError;
+use crate::control::proto::AbsItem;
 use crate::model::Kind;
-
-/// One identifier from the attack list, before validation.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct AbsItem {
-    /// Kind.
-    pub kind: Kind,
-    /// Cookie / API-key name.
-    pub name: Option<String>,
-    /// Value (clear text or `sha256:` digest).
-    pub value: String,
-    /// Seconds to live.
-    pub ttl: Option<u64>,
-}
 
 /// The parsed list: items, plus what was skipped.
 #[derive(Debug, Default)]

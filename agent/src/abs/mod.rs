@@ -34,7 +34,6 @@
 //! drops the oldest when ABS is away for long.
 
 use std::collections::VecDeque;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,57 +41,16 @@ use bytes::Bytes;
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::writer::Writer;
 
 mod list;
 
-pub use list::{AbsItem, AttackList, parse_attacklist};
-
-/// `[abs]` in the agent's configuration.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AbsConfig {
-    /// Base URL, e.g. `https://abs.example:8080`; empty = feed off.
-    pub url: String,
-    /// Access key (sent as `x-abs-ak`).
-    pub access_key: String,
-    /// File holding the secret key (sent as `x-abs-sk`); never logged.
-    pub secret_key_file: PathBuf,
-    /// Poll interval, e.g. "60s".
-    pub poll: String,
-    /// PEM CA bundle to trust for HTTPS (default: none, so HTTPS needs it).
-    pub ca_file: Option<PathBuf>,
-    /// Allow an `http://` URL, which sends the secret key in clear (tests, a loopback ABS).
-    pub insecure: bool,
-    /// Per-request timeout.
-    pub timeout: String,
-    /// Largest attack list accepted, bytes.
-    pub max_body_bytes: usize,
-    /// Report the checker's detections to ABS.
-    pub report: bool,
-    /// Most detections kept while ABS is unreachable.
-    pub report_queue: usize,
-}
-
-impl Default for AbsConfig {
-    fn default() -> Self {
-        Self {
-            url: String::new(),
-            access_key: String::new(),
-            secret_key_file: PathBuf::from("/etc/portcullis/abs.secret"),
-            poll: "60s".into(),
-            ca_file: None,
-            insecure: false,
-            timeout: "10s".into(),
-            max_body_bytes: 256 << 20,
-            report: true,
-            report_queue: 10_000,
-        }
-    }
-}
+pub use crate::config::AbsConfig;
+pub use crate::control::proto::AbsItem;
+pub use crate::service::AbsState;
+pub use list::{AttackList, parse_attacklist};
 
 /// Why a poll failed; the last good list stays.
 #[derive(Debug, thiserror::Error)]
@@ -112,33 +70,6 @@ pub enum AbsError {
     /// Not the expected JSON.
     #[error("ABS answer is not a valid attack list: {0}")]
     Parse(String),
-}
-
-/// Sync state for `status`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AbsState {
-    /// Feed URL.
-    pub url: String,
-    /// Unix seconds of the last good sync.
-    pub last_success: Option<i64>,
-    /// Unix seconds of the last attempt.
-    pub last_attempt: Option<i64>,
-    /// The last failure, if the last attempt failed.
-    pub last_error: Option<String>,
-    /// Items in the last good list.
-    pub listed: usize,
-    /// Failed polls since start.
-    pub failures: u64,
-    /// Items skipped since start (invalid or unsafe).
-    pub skipped: u64,
-    /// Unknown identifier types seen since start.
-    pub unknown_types: u64,
-    /// Detections reported / dropped because the queue was full.
-    pub reported: u64,
-    /// Detections dropped because the queue was full.
-    pub report_dropped: u64,
-    /// Detections waiting.
-    pub report_queued: usize,
 }
 
 type HttpsClient = Client<

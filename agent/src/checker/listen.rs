@@ -42,15 +42,6 @@ pub struct Ticket {
     client: Option<IpAddr>,
 }
 
-/// The key a client's connections (and request rate) are counted under: the address, IPv6
-/// by /64.
-pub(super) fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
-        v4 => v4,
-    }
-}
-
 impl Admission {
     /// Limits from the checker's configuration; `exempt` (trusted proxies) count only
     /// against the total.
@@ -73,7 +64,8 @@ impl Admission {
             return None;
         }
         let peer = peer.to_canonical();
-        let client = (!self.exempt.iter().any(|c| c.contains(peer))).then(|| client_key(peer));
+        let client = (!self.exempt.iter().any(|c| c.contains(peer)))
+            .then(|| super::spikes::client_key(peer));
         if let Some(key) = client {
             let mut m = self
                 .per_client
@@ -157,13 +149,13 @@ impl Drop for Busy {
 
 /// A response body that keeps its request counted as in flight until it is sent or dropped.
 struct BusyBody {
-    body: super::proxy::Body,
+    body: super::upstream::Body,
     _busy: Busy,
 }
 
 impl hyper::body::Body for BusyBody {
     type Data = bytes::Bytes;
-    type Error = super::proxy::BoxError;
+    type Error = super::upstream::BoxError;
 
     fn poll_frame(
         mut self: std::pin::Pin<&mut Self>,

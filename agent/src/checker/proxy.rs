@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
-use http_body_util::{BodyExt as _, Full, Limited, combinators::BoxBody};
+use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
@@ -15,17 +15,12 @@ use super::api::{self, Api};
 use super::extract;
 use super::lists::{L7Lists, RequestIdents};
 use super::target::{self, NormalPath, TargetError};
-use super::upstream::{self, Backends, ClientBody, HOP_BY_HOP};
+use super::upstream::{self, Backends, Body, BoxError, ClientBody, HOP_BY_HOP};
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::model::Kind;
 use crate::model::List;
 use crate::service::unix_now;
 use crate::writer::{Detection, Writer};
-
-/// Errors a response body can end with.
-pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The checker's response body.
-pub(super) type Body = BoxBody<Bytes, BoxError>;
 
 fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
@@ -277,7 +272,7 @@ impl Proxy {
 
     fn over_spike(&self, api: &str, ip: IpAddr, n: u32, per: u64) -> bool {
         // Counted per client as connections are: an IPv6 client by its /64.
-        let client = super::listen::client_key(ip);
+        let client = super::spikes::client_key(ip);
         self.spikes.over(api, client, n, Duration::from_secs(per))
     }
 

@@ -84,6 +84,15 @@ impl Spikes {
     }
 }
 
+/// The key a client's connections (and request rate) are counted under: the address, IPv6
+/// by /64.
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a) & !((1u128 << 64) - 1)).into()),
+        v4 => v4,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

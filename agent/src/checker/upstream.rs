@@ -11,14 +11,18 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, header};
-use http_body_util::{BodyExt as _, Full};
+use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
 
 use super::ApiRegistry;
 use super::api::{Api, epoch_ms};
-use super::proxy::Body;
+
+/// Errors a response body can end with.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The checker's response body.
+pub type Body = BoxBody<Bytes, BoxError>;
 
 /// How long a failed server is skipped when no health check will bring it back.
 const RETRY_AFTER: Duration = Duration::from_secs(10);

@@ -135,8 +135,15 @@ fn clear(
     Ok(())
 }
 
-/// Lines sent per request: large enough to amortise a round trip, small enough to show progress.
-const IMPORT_BATCH: usize = 100_000;
+/// Lines sent per request. Each request is one store transaction, and a bulk import's cost
+/// is mostly rewriting the index pages its random keys land on: 250k lines per commit
+/// imported 1M tokens at ~200k/s where 100k managed ~130k/s. Other writes wait for the
+/// batch in hand (about a second).
+const IMPORT_BATCH: usize = 250_000;
+
+/// Bytes of lines per request at most, well under the control protocol's 64 MiB line limit
+/// whatever the lines' length.
+const IMPORT_BATCH_BYTES: usize = 24 << 20;
 
 /// One import on its way to the agent: what was sent and what the agent answered so far.
 struct Import {
@@ -252,7 +259,7 @@ pub(super) fn import(
     };
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
-    let (mut raw, mut line_no, mut read_bytes) = (Vec::new(), 0u64, 0u64);
+    let (mut raw, mut line_no, mut read_bytes, mut batch_bytes) = (Vec::new(), 0u64, 0u64, 0);
     loop {
         raw.clear();
         let n = reader
@@ -267,8 +274,10 @@ pub(super) fn import(
             Ok(text) => batch.push((line_no, text.trim_end_matches(['\n', '\r']).to_owned())),
             Err(_) => run.rejected.push((line_no, "not valid UTF-8".into())),
         }
-        if batch.len() >= IMPORT_BATCH {
+        batch_bytes += n;
+        if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
             run.send(&mut batch, read_bytes)?;
+            batch_bytes = 0;
         }
     }
     run.send(&mut batch, read_bytes)?;

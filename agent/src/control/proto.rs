@@ -85,10 +85,10 @@ pub enum Request {
     AbsPush {
         /// Items to add (same shape as the attack list's items).
         #[serde(default)]
-        add: Vec<crate::abs::AbsItem>,
+        add: Vec<AbsItem>,
         /// Items to remove.
         #[serde(default)]
-        remove: Vec<crate::abs::AbsItem>,
+        remove: Vec<AbsItem>,
     },
     /// Kernel counters.
     Stats,
@@ -229,6 +229,19 @@ impl Response {
 
 /// Longest request line the agent reads (an import batch fits; a runaway client does not).
 pub const MAX_REQUEST: usize = 64 << 20;
+
+/// One identifier from the attack list, before validation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AbsItem {
+    /// Kind.
+    pub kind: Kind,
+    /// Cookie / API-key name.
+    pub name: Option<String>,
+    /// Value (clear text or `sha256:` digest).
+    pub value: String,
+    /// Seconds to live.
+    pub ttl: Option<u64>,
+}
 
 #[cfg(test)]
 mod tests {

@@ -169,7 +169,7 @@ async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::
             write.write_all(&answer(&r)).await?;
             return Ok(());
         } else {
-            match serde_json::from_slice::<Request>(&line) {
+            match parse(&mut line).await {
                 Ok(req) if req.needs_root() && !root => Response::err(
                     "backup and restore are for root: the agent reads and writes the files as itself",
                 ),
@@ -179,6 +179,21 @@ async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::
         };
         write.write_all(&answer(&response)).await?;
     }
+}
+
+/// Requests larger than this are parsed off the runtime's workers: a 250k-line import takes
+/// ~100 ms to parse, and `status` must not wait behind it.
+const PARSE_INLINE: usize = 1 << 20;
+
+/// Parses one request line (taking a large one's buffer with it to a blocking thread).
+async fn parse(line: &mut Vec<u8>) -> Result<Request, String> {
+    if line.len() <= PARSE_INLINE {
+        return serde_json::from_slice(line).map_err(|e| e.to_string());
+    }
+    let big = std::mem::take(line);
+    tokio::task::spawn_blocking(move || serde_json::from_slice(&big).map_err(|e| e.to_string()))
+        .await
+        .unwrap_or_else(|e| Err(format!("parsing failed: {e}")))
 }
 
 fn answer(r: &Response) -> Vec<u8> {

@@ -24,6 +24,7 @@ use crate::writer::Writer;
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    setup::tune_allocator();
     // One worker per core: the L7 checker is the hot path when it runs.
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -13,7 +13,7 @@ impl Service {
     /// chunks.
     pub fn abs_mirror(
         &mut self,
-        items: Vec<crate::abs::AbsItem>,
+        items: Vec<crate::control::proto::AbsItem>,
     ) -> Result<MirrorReport, ServiceError> {
         const CHUNK: usize = 50_000;
         let now = unix_now();
@@ -69,7 +69,7 @@ impl Service {
 
     pub(super) fn abs_entry(
         &self,
-        it: &crate::abs::AbsItem,
+        it: &crate::control::proto::AbsItem,
         now: i64,
     ) -> Result<Entry, ServiceError> {
         self.entry_from(
@@ -91,8 +91,8 @@ impl Service {
     /// An ABS-side push: additions and removals applied at once, with mirror semantics.
     pub(super) fn abs_push(
         &mut self,
-        add: Vec<crate::abs::AbsItem>,
-        remove: Vec<crate::abs::AbsItem>,
+        add: Vec<crate::control::proto::AbsItem>,
+        remove: Vec<crate::control::proto::AbsItem>,
     ) -> Result<MirrorReport, ServiceError> {
         let now = unix_now();
         let mut report = MirrorReport::default();

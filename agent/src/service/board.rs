@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
+use serde::Serialize;
+
 use crate::config::Mode;
 use crate::model::{Entry, Kind, List};
 
@@ -97,7 +99,7 @@ pub struct Board {
     kernel_ip_entries: AtomicUsize,
     mode: Mutex<Mode>,
     interfaces: Mutex<Vec<serde_json::Value>>,
-    abs: Mutex<Option<Arc<crate::abs::Abs>>>,
+    abs: Mutex<Option<Arc<Mutex<AbsState>>>>,
     pin_dir: PathBuf,
     database: PathBuf,
     started: Instant,
@@ -159,8 +161,8 @@ impl Board {
             .unwrap_or_else(PoisonError::into_inner) = v;
     }
 
-    /// The ABS feed, whose state status shows.
-    pub fn set_abs(&self, abs: Arc<crate::abs::Abs>) {
+    /// The ABS feed's state, which status shows.
+    pub fn set_abs(&self, abs: Arc<Mutex<AbsState>>) {
         *self.abs.lock().unwrap_or_else(PoisonError::into_inner) = Some(abs);
     }
 
@@ -171,7 +173,7 @@ impl Board {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .and_then(|a| a.state.lock().ok().map(|s| s.clone()));
+            .and_then(|a| a.lock().ok().map(|s| s.clone()));
         serde_json::json!({
             "mode": *self.mode.lock().unwrap_or_else(PoisonError::into_inner),
             "interfaces": *self.interfaces.lock().unwrap_or_else(PoisonError::into_inner),
@@ -183,6 +185,33 @@ impl Board {
             "uptime_secs": self.started.elapsed().as_secs(),
         })
     }
+}
+
+/// Sync state for `status`.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct AbsState {
+    /// Feed URL.
+    pub url: String,
+    /// Unix seconds of the last good sync.
+    pub last_success: Option<i64>,
+    /// Unix seconds of the last attempt.
+    pub last_attempt: Option<i64>,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Items in the last good list.
+    pub listed: usize,
+    /// Failed polls since start.
+    pub failures: u64,
+    /// Items skipped since start (invalid or unsafe).
+    pub skipped: u64,
+    /// Unknown identifier types seen since start.
+    pub unknown_types: u64,
+    /// Detections reported / dropped because the queue was full.
+    pub reported: u64,
+    /// Detections dropped because the queue was full.
+    pub report_dropped: u64,
+    /// Detections waiting.
+    pub report_queued: usize,
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ use crate::control::proto::{AddRequest, Request, Response};
 use crate::kernel::{Filter, KernelError, sys};
 use crate::model::Cidr;
 use crate::model::{Entry, List, expiry};
-use crate::model::{IdentError, Identifier};
+use crate::model::{IdentError, Identifier, Kind};
 use crate::store::{self, Store, StoreError};
 
 mod abs_sync;
@@ -31,10 +31,25 @@ mod safety;
 mod views;
 
 pub use batch::parse_import_line;
-pub use board::{Board, Counts};
+pub use board::{AbsState, Board, Counts};
 pub use links::undo_fresh;
 pub use safety::host_addresses;
 pub use views::{Added, EntryView, Imported, MirrorReport};
+
+/// What the checker found: the culprit to deny-list (source `checker`).
+#[derive(Clone, Debug)]
+pub struct Detection {
+    /// Identifier kind.
+    pub kind: Kind,
+    /// Cookie or API-key name.
+    pub name: Option<String>,
+    /// The value (an address, or a secret digested by the store).
+    pub value: String,
+    /// What was detected, and on which API.
+    pub reason: String,
+    /// Seconds the deny lasts.
+    pub ttl_secs: u64,
+}
 
 /// Why a request was refused.
 #[derive(Debug, thiserror::Error)]
@@ -70,7 +85,7 @@ pub enum ServiceError {
 }
 
 /// One applied change to the lists, as the writer's subscribers see it (see
-/// [`crate::writer::Writer::subscribe`]).
+/// the list writer's `subscribe`).
 #[derive(Clone, Debug)]
 pub enum Change {
     /// Rows added or refreshed.
@@ -105,8 +120,8 @@ pub struct Service {
     lists: Arc<RwLock<L7Lists>>,
     /// The checker's API definitions and counters, when it runs.
     checker: Option<(Arc<ApiRegistry>, Arc<L7Stats>)>,
-    /// The ABS feed, when configured: detections are queued to it, status shows its state.
-    abs: Option<Arc<crate::abs::Abs>>,
+    /// Where detections are reported to ABS, when the feed is configured.
+    report: Option<Box<dyn Fn(serde_json::Value) + Send>>,
     config: Config,
     own_addresses: Vec<IpAddr>,
     /// Resolvers, gateways and ABS hosts: never deny-listed by an automatic source.
@@ -147,7 +162,7 @@ impl Service {
             filter,
             lists: Arc::new(RwLock::new(lists)),
             checker: None,
-            abs: None,
+            report: None,
             config,
             own_addresses: host_addresses(),
             infrastructure,
@@ -168,15 +183,21 @@ impl Service {
     }
 
     /// Connects the ABS feed (detections are reported to it).
-    pub fn set_abs(&mut self, abs: Arc<crate::abs::Abs>) {
-        self.board.set_abs(abs.clone());
-        self.abs = Some(abs);
+    pub fn set_abs(
+        &mut self,
+        state: Arc<std::sync::Mutex<AbsState>>,
+        report: impl Fn(serde_json::Value) + Send + 'static,
+    ) {
+        self.board.set_abs(state);
+        self.report = Some(Box::new(report));
     }
 
+    /// Adds rows to the checker's lists, a few thousand per hold of the lock, so a request
+    /// never waits for a whole import batch.
     fn l7_add(&self, entries: &[Entry]) {
-        if let Ok(mut l) = self.lists.write() {
-            for e in entries {
-                l.add(e);
+        for chunk in entries.chunks(8192) {
+            if let Ok(mut l) = self.lists.write() {
+                chunk.iter().for_each(|e| l.add(e));
             }
         }
     }
@@ -224,7 +245,7 @@ impl Service {
     }
 
     /// Deny-lists the culprit of a checker detection (source `checker`).
-    pub fn detect(&mut self, d: &crate::writer::Detection) -> Result<Added, ServiceError> {
+    pub fn detect(&mut self, d: &Detection) -> Result<Added, ServiceError> {
         self.add(AddRequest {
             list: Some(List::Deny),
             kind: Some(d.kind),
@@ -426,9 +447,9 @@ impl Service {
         self.l7_add(std::slice::from_ref(&entry));
         self.publish(|| Change::Added(Arc::from([entry.clone()])));
         if entry.source == "checker"
-            && let Some(abs) = &self.abs
+            && let Some(report) = &self.report
         {
-            abs.queue_detection(serde_json::json!({
+            report(serde_json::json!({
                 "kind": entry.ident.kind, "name": entry.ident.name, "value": entry.ident.value,
                 "reason": entry.reason, "time": entry.created,
             }));

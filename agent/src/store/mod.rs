@@ -13,8 +13,10 @@ use serde::{Deserialize, Serialize};
 use crate::model::{Entry, Identifier, Kind, List};
 
 mod backup;
+mod checkpoint;
 
 pub use backup::Copy;
+use checkpoint::Checkpointer;
 
 /// Which entries a query or a clear applies to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -59,6 +61,8 @@ fn sql(op: &'static str) -> impl FnOnce(rusqlite::Error) -> StoreError {
 /// The open database.
 pub struct Store {
     conn: Connection,
+    /// Copies the WAL back into the database file beside the writer (stops on drop).
+    _checkpointer: Checkpointer,
 }
 
 /// Rows are appended in a rowid table; identity goes through a dense unique index on a
@@ -204,9 +208,13 @@ impl Store {
         // 32 MiB of page cache: bulk imports insert digests at random B-tree positions.
         conn.pragma_update(None, "cache_size", -32_768)
             .map_err(sql("setting cache size"))?;
-        // Checkpoint less often: a bulk import rewrites the same index pages many times.
-        conn.pragma_update(None, "wal_autocheckpoint", 16_384)
-            .map_err(sql("setting checkpoint interval"))?;
+        // The checkpointer thread copies the WAL back; the writer does it only as a backstop.
+        conn.pragma_update(
+            None,
+            "wal_autocheckpoint",
+            checkpoint::WRITER_BACKSTOP_PAGES,
+        )
+        .map_err(sql("setting checkpoint interval"))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql("reading schema version"))?;
@@ -222,7 +230,10 @@ impl Store {
             return Err(StoreError::Schema { found: version });
         }
         conn.execute_batch(SCHEMA).map_err(sql("creating schema"))?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            _checkpointer: Checkpointer::start(path),
+        })
     }
 
     /// Inserts or updates entries in one transaction; returns how many rows were new.

@@ -4,6 +4,10 @@
 
 use super::*;
 
+/// Entries planned and written per step of [`Filter::apply_many`]: the twin's write lock is
+/// held for one chunk's planning only (a few milliseconds).
+const CHUNK: usize = 32_768;
+
 impl Filter {
     /// Puts `cidr` on `list` until `until` (`CLOCK_BOOTTIME` ns; `common::NEVER` for no
     /// expiry). Enforced when this returns. On error nothing changed.
@@ -16,47 +20,76 @@ impl Filter {
         self.apply_many([(list, cidr, None)])
     }
 
-    /// Applies many insertions (`Some(deadline)`) and removals (`None`) in one batched write.
-    /// All or nothing: if the maps would overflow or a write fails, the kernel and the twin are
-    /// left as they were.
+    /// Applies many insertions (`Some(deadline)`) and removals (`None`), in batched writes of
+    /// at most [`CHUNK`] entries so the checker, which reads the twin, never waits long for
+    /// it. All or nothing: if the maps would overflow (checked per chunk, so a large batch
+    /// that only fits once its later removals are done is refused) or a write fails, the
+    /// chunks already written are undone and the kernel and the twin are left as they were.
     pub fn apply_many(
         &mut self,
         items: impl IntoIterator<Item = (List, Cidr, Option<u64>)>,
     ) -> Result<(), KernelError> {
-        let plan = self.twin_mut().set_many(items)?;
-        if let Err(e) = self.write(&plan) {
-            let mut table = self.twin_mut();
-            table.undo(&plan);
-            // Put back what the failed write may have changed.
-            let restore = Plan {
-                from_empty: false,
-                entries: Vec::new(),
-                slots: plan
-                    .slots
-                    .iter()
-                    .map(|c| crate::kernel::table::SlotChange {
-                        slot: c.slot,
-                        old: c.new,
-                        new: c.old,
-                    })
-                    .collect(),
-                v4_guard: plan
-                    .v4_guard
-                    .iter()
-                    .map(|(w, _)| (*w, table.v4_guard_word(*w)))
-                    .collect(),
-                v6_guard: plan
-                    .v6_guard
-                    .iter()
-                    .map(|(w, _)| (*w, table.v6_guard_word(*w)))
-                    .collect(),
-                v6_unguarded: plan.v6_unguarded.map(|_| table.v6_unguarded()),
-            };
-            drop(table);
-            let _ = self.write(&restore);
-            return Err(e);
+        let items: Vec<_> = items.into_iter().collect();
+        let mut done: Vec<Plan> = Vec::new();
+        for chunk in items.chunks(CHUNK) {
+            let step = self.apply_chunk(chunk);
+            match step {
+                Ok(plan) => done.push(plan),
+                Err(e) => {
+                    for plan in done.iter().rev() {
+                        self.revert(plan);
+                    }
+                    return Err(e);
+                }
+            }
         }
         Ok(())
+    }
+
+    /// Plans one chunk on the twin (under its lock) and writes it (without the lock).
+    fn apply_chunk(&mut self, chunk: &[(List, Cidr, Option<u64>)]) -> Result<Plan, KernelError> {
+        let plan = self.twin_mut().set_many(chunk.iter().copied())?;
+        if let Err(e) = self.write(&plan) {
+            self.revert(&plan);
+            return Err(e);
+        }
+        Ok(plan)
+    }
+
+    /// Takes a plan back: off the twin, and out of the kernel as far as it was written.
+    fn revert(&self, plan: &Plan) {
+        let mut table = self.twin_mut();
+        table.undo(plan);
+        let restore = Plan {
+            from_empty: false,
+            entries: Vec::new(),
+            slots: plan
+                .slots
+                .iter()
+                .map(|c| crate::kernel::table::SlotChange {
+                    slot: c.slot,
+                    old: c.new,
+                    new: c.old,
+                })
+                .collect(),
+            v4_guard: plan
+                .v4_guard
+                .iter()
+                .map(|(w, _)| (*w, table.v4_guard_word(*w)))
+                .collect(),
+            v6_guard: plan
+                .v6_guard
+                .iter()
+                .map(|(w, _)| (*w, table.v6_guard_word(*w)))
+                .collect(),
+            v6_unguarded: plan.v6_unguarded.map(|_| table.v6_unguarded()),
+        };
+        drop(table);
+        if let Err(e) = self.write(&restore) {
+            tracing::error!(
+                "a kernel write failed and could not be fully undone: {e}; the next reconcile repairs the maps"
+            );
+        }
     }
 
     /// The user-space twin (for tests and status).
