@@ -159,6 +159,31 @@ fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
     assert_kernel_matches_lists(&agent, &dirs);
 }
 
+#[test]
+fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
+    if !privileged("a_batch_that_overflows_in_a_later_chunk_changes_nothing") {
+        return;
+    }
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(
+        &dirs,
+        &AgentOpts {
+            config: "[capacity]\nv4_hosts = 40000\n".into(),
+            ..AgentOpts::default()
+        },
+    )
+    .expect("agent");
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
+    let before = list(&agent, "deny");
+    // 50 000 hosts: the kernel is written in chunks of 32 768 and only the second one
+    // overflows V4_HOSTS, so the first must be taken back out of the kernel.
+    let big = feed(&dirs.root, "big.txt", 0, 50_000);
+    let e = err(&agent.cli(&["deny", "import", big.to_str().expect("utf8")]));
+    assert!(e.contains("V4_HOSTS"), "{e}");
+    assert_eq!(list(&agent, "deny"), before, "store unchanged");
+    assert_kernel_matches_lists(&agent, &dirs);
+}
+
 fn fill_hash(map: &Path, keys: &[u32]) {
     let fd = portcullis::kernel::sys::obj_get(map).expect("open pinned map");
     use std::os::fd::AsFd as _;

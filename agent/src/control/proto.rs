@@ -186,7 +186,10 @@ pub struct ImportDefaults {
 
 /// The protocol version this agent speaks, sent in every answer. Additions (new ops, new
 /// fields) keep the number; a change that breaks existing scripts raises it.
-pub const PROTOCOL_VERSION: u32 = 1;
+///
+/// 2: a `clear` with neither `kind` nor `source` needs `all: true` (version 1 emptied the
+/// whole list).
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One response.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -251,7 +254,8 @@ mod tests {
     fn answers_carry_the_version_and_old_answers_still_parse() {
         let line = serde_json::to_string(&Response::ok(7)).expect("encode");
         assert!(line.starts_with(r#"{"ok":true,"#), "{line}");
-        assert!(line.ends_with(r#","version":1}"#), "{line}");
+        let version = format!(r#","version":{PROTOCOL_VERSION}}}"#);
+        assert!(line.ends_with(&version), "{line}");
         let old: Response =
             serde_json::from_str(r#"{"ok":false,"error":"x"}"#).expect("an older agent's answer");
         assert_eq!((old.version, old.ok), (0, false));

@@ -198,7 +198,7 @@ async fn parse(line: &mut Vec<u8>) -> Result<Request, String> {
 
 fn answer(r: &Response) -> Vec<u8> {
     let mut v = serde_json::to_vec(r)
-        .unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer","version":1}"#.to_vec());
+        .unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer","version":2}"#.to_vec());
     v.push(b'\n');
     v
 }

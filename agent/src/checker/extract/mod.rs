@@ -91,35 +91,12 @@ pub fn cookies(h: &HeaderMap, name: &str) -> Vec<String> {
             if let Ok(v) = std::str::from_utf8(v) {
                 add(v);
                 if v.contains('%') {
-                    add(&pct_decode(v));
+                    add(&percent_decode(v, false));
                 }
             }
         }
     }
     out
-}
-
-/// `%XX` escapes decoded (nothing else), as cookie libraries do.
-fn pct_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let hex = |c: u8| (c as char).to_digit(16);
-        if b[i] == b'%'
-            && let (Some(h), Some(l)) = (
-                b.get(i + 1).copied().and_then(hex),
-                b.get(i + 2).copied().and_then(hex),
-            )
-        {
-            out.push((h * 16 + l) as u8);
-            i += 3;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Every value of query parameter `name` (names and values percent-decoded, `+` as space;
@@ -130,21 +107,26 @@ pub fn query_params(query: Option<&str>, name: &str) -> Vec<String> {
     };
     q.split('&')
         .filter_map(|kv| kv.split_once('='))
-        .filter(|(k, _)| percent_decode(k).eq_ignore_ascii_case(name))
-        .map(|(_, v)| percent_decode(v))
+        .filter(|(k, _)| percent_decode(k, true).eq_ignore_ascii_case(name))
+        .map(|(_, v)| percent_decode(v, true))
         .filter(|v| !v.is_empty())
         .collect()
 }
 
-fn percent_decode(s: &str) -> String {
+/// `%XX` escapes decoded (an incomplete or invalid one stays as it is), and `+` as a space
+/// when `plus_is_space` (query strings; cookie libraries leave `+` alone).
+fn percent_decode(s: &str, plus_is_space: bool) -> String {
     let b = s.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
         match b[i] {
-            b'+' => out.push(b' '),
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+            b'+' if plus_is_space => out.push(b' '),
+            b'%' => match (
+                b.get(i + 1).copied().and_then(hex),
+                b.get(i + 2).copied().and_then(hex),
+            ) {
                 (Some(h), Some(l)) => {
                     out.push((h * 16 + l) as u8);
                     i += 2;
