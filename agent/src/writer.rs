@@ -1,4 +1,5 @@
-//! The one list writer: a thread that alone owns the store (SQLite) and the kernel maps.
+//! The one list writer: a thread that alone writes the store (SQLite) and the kernel maps (the
+//! checker only reads the kernel maps' twin, through a lock the writer takes per chunk).
 //!
 //! The control server, the checker's detections, the ABS feed and the daemon's timers send it
 //! typed commands over bounded channels and await typed replies; nothing else holds the
@@ -321,12 +322,10 @@ fn write(service: &mut Service, w: Write, panics: &mut Panics) {
         panics.record();
     }
     service.refresh_board();
+    reply();
     if bulk {
-        // Before the answer: whoever reads the agent's RSS once an import returns sees it
-        // settled.
         trim();
     }
-    reply();
 }
 
 /// Whether a write moves many rows (its buffers are handed back to the OS afterwards).
@@ -407,7 +406,10 @@ fn execute(
 /// high-water mark as RSS.
 fn trim() {
     // SAFETY: glibc's malloc_trim has no preconditions.
-    unsafe { libc::malloc_trim(0) };
+    #[cfg(target_env = "gnu")]
+    unsafe {
+        libc::malloc_trim(0)
+    };
 }
 
 #[cfg(test)]

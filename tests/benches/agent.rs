@@ -159,6 +159,8 @@ fn main() -> anyhow::Result<()> {
     unsafe { libc::sync() };
     eprintln!("bench agent: importing");
     let ip_rate = import(&agent, &f("ips"))?;
+    // The writer hands the batch's buffers back just after it answers.
+    std::thread::sleep(std::time::Duration::from_secs(1));
     let rss_ip = rss_kib(pid)?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let sampler = sample_status(dirs.socket(), stop.clone());

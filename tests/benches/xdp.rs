@@ -92,68 +92,13 @@ fn per_frame(
     Ok((ta / frames.len() as f64, tb / frames.len() as f64))
 }
 
-struct V4List {
-    entries: Vec<Cidr>,
-    hosts: HashSet<u32>,
-    prefixes: Vec<HashSet<u32>>, // by length
-}
-
-fn v4_list(n: usize, rng: &mut Rng) -> V4List {
-    let mut l = V4List {
-        entries: Vec::with_capacity(n),
-        hosts: HashSet::new(),
-        prefixes: vec![HashSet::new(); 33],
-    };
-    let mut seen = HashSet::new();
-    while l.entries.len() < n {
-        let addr = rng.next() as u32;
-        let c = if l.entries.len() % 100 == 99 {
-            let len = 12 + (rng.next() % 17) as u8;
-            Cidr::V4 {
-                addr: addr & mask32(len),
-                len,
-            }
-        } else {
-            Cidr::v4_host(addr)
-        };
-        if seen.insert(c) {
-            if let Cidr::V4 { addr, len } = c {
-                if len == 32 {
-                    l.hosts.insert(addr);
-                } else {
-                    l.prefixes[len as usize].insert(addr);
-                }
-            }
-            l.entries.push(c);
-        }
-    }
-    l
-}
-
-impl V4List {
-    fn covers(&self, a: u32) -> bool {
-        self.hosts.contains(&a)
-            || (0..32u8).any(|len| self.prefixes[len as usize].contains(&(a & mask32(len))))
-    }
-    fn hit(&self, rng: &mut Rng) -> u32 {
-        match self.entries[(rng.next() % self.entries.len() as u64) as usize] {
-            Cidr::V4 { addr, len } => addr | (rng.next() as u32 & !mask32(len)),
-            Cidr::V6 { .. } => unreachable!(),
-        }
-    }
-    fn miss(&self, rng: &mut Rng) -> u32 {
-        loop {
-            let a = rng.next() as u32;
-            if !self.covers(a) {
-                return a;
-            }
-        }
-    }
-}
-
-struct V6List {
+/// A random deny list of one family for the benchmark, with sets to tell a hit from a miss.
+/// Addresses are held as 128-bit integers (IPv4 in the low 32 bits).
+struct AddrList {
+    v6: bool,
     entries: Vec<Cidr>,
     hosts: HashSet<u128>,
+    /// Network addresses by prefix length.
     prefixes: Vec<HashSet<u128>>,
 }
 
@@ -161,52 +106,85 @@ fn rand128(rng: &mut Rng) -> u128 {
     (u128::from(rng.next()) << 64) | u128::from(rng.next())
 }
 
-fn v6_list(n: usize, rng: &mut Rng) -> V6List {
-    let mut l = V6List {
-        entries: Vec::with_capacity(n),
-        hosts: HashSet::new(),
-        prefixes: vec![HashSet::new(); 129],
-    };
-    let mut seen = HashSet::new();
-    while l.entries.len() < n {
-        // Global unicast, 2000::/3.
-        let addr = (rand128(rng) & (u128::MAX >> 3)) | (1u128 << 125);
-        let c = if l.entries.len() % 100 == 99 {
-            let len = 32 + (rng.next() % 33) as u8;
-            Cidr::V6 {
-                addr: addr & mask128(len),
-                len,
-            }
-        } else {
-            Cidr::v6_host(addr)
+impl AddrList {
+    /// `n` distinct entries: hosts, and every hundredth a prefix (IPv4 /12–/28, IPv6
+    /// /32–/64 in global unicast, 2000::/3).
+    fn new(v6: bool, n: usize, rng: &mut Rng) -> Self {
+        let bits = if v6 { 128 } else { 32 };
+        let mut l = Self {
+            v6,
+            entries: Vec::with_capacity(n),
+            hosts: HashSet::new(),
+            prefixes: vec![HashSet::new(); bits + 1],
         };
-        if seen.insert(c) {
-            if let Cidr::V6 { addr, len } = c {
-                if len == 128 {
+        let mut seen = HashSet::new();
+        while l.entries.len() < n {
+            let addr = l.draw(rng);
+            let len = if l.entries.len() % 100 != 99 {
+                bits as u8
+            } else if v6 {
+                32 + (rng.next() % 33) as u8
+            } else {
+                12 + (rng.next() % 17) as u8
+            };
+            let addr = addr & l.mask(len);
+            let c = if v6 {
+                Cidr::V6 { addr, len }
+            } else {
+                Cidr::V4 {
+                    addr: addr as u32,
+                    len,
+                }
+            };
+            if seen.insert(c) {
+                if usize::from(len) == bits {
                     l.hosts.insert(addr);
                 } else {
-                    l.prefixes[len as usize].insert(addr);
+                    l.prefixes[usize::from(len)].insert(addr);
                 }
+                l.entries.push(c);
             }
-            l.entries.push(c);
         }
+        l
     }
-    l
-}
 
-impl V6List {
-    fn hit(&self, rng: &mut Rng) -> u128 {
-        match self.entries[(rng.next() % self.entries.len() as u64) as usize] {
-            Cidr::V6 { addr, len } => addr | (rand128(rng) & !mask128(len)),
-            Cidr::V4 { .. } => unreachable!(),
+    /// Any IPv4 address, or an IPv6 global unicast one.
+    fn draw(&self, rng: &mut Rng) -> u128 {
+        if self.v6 {
+            (rand128(rng) & (u128::MAX >> 3)) | (1u128 << 125)
+        } else {
+            u128::from(rng.next() as u32)
         }
     }
+
+    fn mask(&self, len: u8) -> u128 {
+        if self.v6 {
+            mask128(len)
+        } else {
+            u128::from(mask32(len))
+        }
+    }
+
+    fn covers(&self, a: u128) -> bool {
+        self.hosts.contains(&a)
+            || (0..self.prefixes.len() as u8 - 1)
+                .any(|len| self.prefixes[usize::from(len)].contains(&(a & self.mask(len))))
+    }
+
+    /// An address inside a random entry.
+    fn hit(&self, rng: &mut Rng) -> u128 {
+        let (addr, len) = match self.entries[(rng.next() % self.entries.len() as u64) as usize] {
+            Cidr::V4 { addr, len } => (u128::from(addr), len),
+            Cidr::V6 { addr, len } => (addr, len),
+        };
+        addr | (self.draw(rng) & !self.mask(len))
+    }
+
+    /// An address no entry covers.
     fn miss(&self, rng: &mut Rng) -> u128 {
         loop {
-            let a = (rand128(rng) & (u128::MAX >> 3)) | (1u128 << 125);
-            let covered = self.hosts.contains(&a)
-                || (0..128u8).any(|len| self.prefixes[len as usize].contains(&(a & mask128(len))));
-            if !covered {
+            let a = self.draw(rng);
+            if !self.covers(a) {
                 return a;
             }
         }
@@ -256,7 +234,7 @@ fn main() -> anyhow::Result<()> {
     };
     for &n in &sizes {
         eprintln!("bench: {n} IPv4 entries");
-        let list = v4_list(n, &mut rng);
+        let list = AddrList::new(false, n, &mut rng);
         let mut f = bench_filter()?;
         let t = Instant::now();
         f.apply_many(list.entries.iter().map(|c| (List::Deny, *c, Some(NEVER))))?;
@@ -276,7 +254,7 @@ fn main() -> anyhow::Result<()> {
             bulk_load_1m_s = Some(load);
             lpm_load_1m_s = Some(lpm_load);
         }
-        let hosts: Vec<u32> = list.hosts.iter().copied().collect();
+        let hosts: Vec<u32> = list.hosts.iter().map(|a| *a as u32).collect();
         f.raw_update("HASH_V4", &hosts, &vec![DENY; hosts.len()])?;
         f.raw_update("PROBE_MASK", &[0u32], &[(PROBES - 1) as u32])?;
         let frame = frames::ipv4(Ipv4Addr::new(198, 18, 0, 2), &[], 0);
@@ -285,9 +263,9 @@ fn main() -> anyhow::Result<()> {
             let probes: Vec<u32> = (0..PROBES)
                 .map(|_| {
                     if case == "hit" {
-                        list.hit(&mut rng)
+                        list.hit(&mut rng) as u32
                     } else {
-                        list.miss(&mut rng)
+                        list.miss(&mut rng) as u32
                     }
                 })
                 .collect();
@@ -316,7 +294,7 @@ fn main() -> anyhow::Result<()> {
     {
         let n = 100_000;
         eprintln!("bench: {n} IPv6 entries");
-        let list = v6_list(n, &mut rng);
+        let list = AddrList::new(true, n, &mut rng);
         let mut f = bench_filter()?;
         f.apply_many(list.entries.iter().map(|c| (List::Deny, *c, Some(NEVER))))?;
         let lpm: Vec<(u32, [u8; 16], Deadlines)> = list
@@ -365,7 +343,7 @@ fn main() -> anyhow::Result<()> {
 
 /// Loads Debian's xdp-filter on a veth in a throwaway namespace, gives it the list's hosts,
 /// and measures it and Portcullis's production program by the same per-frame method.
-fn against_xdp_filter(list: &V4List, probes: &[u32]) -> anyhow::Result<(f64, f64)> {
+fn against_xdp_filter(list: &AddrList, probes: &[u32]) -> anyhow::Result<(f64, f64)> {
     let pair = NetnsPair::new()?;
     let load = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", pair.server))
@@ -408,7 +386,7 @@ fn against_xdp_filter(list: &V4List, probes: &[u32]) -> anyhow::Result<(f64, f64
         let keys: Vec<u32> = list
             .hosts
             .iter()
-            .map(|a| u32::from_ne_bytes(a.to_be_bytes()))
+            .map(|a| u32::from_ne_bytes((*a as u32).to_be_bytes()))
             .collect();
         let values: Vec<u64> = vec![1u64; cpus];
         for k in &keys {
@@ -421,7 +399,8 @@ fn against_xdp_filter(list: &V4List, probes: &[u32]) -> anyhow::Result<(f64, f64
             .collect();
         // Sanity: xdp-filter really drops a listed host.
         if let Some(h) = list.hosts.iter().next() {
-            let r = sys::test_run(map_fd(&prog), &frames::ipv4(Ipv4Addr::from(*h), &[], 0), 1)?;
+            let h = Ipv4Addr::from(*h as u32);
+            let r = sys::test_run(map_fd(&prog), &frames::ipv4(h, &[], 0), 1)?;
             anyhow::ensure!(
                 r.retval == 1,
                 "xdp-filter did not drop a listed host (action {})",
@@ -433,7 +412,7 @@ fn against_xdp_filter(list: &V4List, probes: &[u32]) -> anyhow::Result<(f64, f64
         ours.apply_many(
             list.hosts
                 .iter()
-                .map(|a| (List::Deny, Cidr::v4_host(*a), Some(NEVER))),
+                .map(|a| (List::Deny, Cidr::v4_host(*a as u32), Some(NEVER))),
         )?;
         let iface = pair.client_if.clone();
         in_netns(&pair.client, || ours.attach(&iface, AttachMode::Generic))??;

@@ -173,14 +173,24 @@ fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
         },
     )
     .expect("agent");
-    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
-    let before = list(&agent, "deny");
-    // 50 000 hosts: the kernel is written in chunks of 32 768 and only the second one
-    // overflows V4_HOSTS, so the first must be taken back out of the kernel.
+    // 50 000 hosts: the kernel is written in chunks of 8 192 and only the fifth one
+    // overflows V4_HOSTS, so the four before it must be taken back out of the kernel: once
+    // into an empty table (its bulk-load path), once beside an entry.
     let big = feed(&dirs.root, "big.txt", 0, 50_000);
-    let e = err(&agent.cli(&["deny", "import", big.to_str().expect("utf8")]));
-    assert!(e.contains("V4_HOSTS"), "{e}");
-    assert_eq!(list(&agent, "deny"), before, "store unchanged");
+    for first in [None, Some("198.18.0.7")] {
+        if let Some(ip) = first {
+            ok(&agent.cli(&["deny", "add", "ip", ip]));
+        }
+        let before = list(&agent, "deny");
+        let e = err(&agent.cli(&["deny", "import", big.to_str().expect("utf8")]));
+        assert!(e.contains("V4_HOSTS"), "{e}");
+        assert_eq!(list(&agent, "deny"), before, "store unchanged");
+        assert_kernel_matches_lists(&agent, &dirs);
+    }
+    // The twin was taken back too: 39 998 other hosts still fit beside the one listed.
+    let fits = feed(&dirs.root, "fits.txt", 10_000, 39_998);
+    let out = ok(&agent.cli(&["deny", "import", fits.to_str().expect("utf8"), "--json"]));
+    assert_eq!(accepted(&out), 39_999, "{out}");
     assert_kernel_matches_lists(&agent, &dirs);
 }
 

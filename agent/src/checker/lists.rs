@@ -199,26 +199,29 @@ impl L7Lists {
             .is_some_and(|p| p.matches(api, now))
     }
 
-    /// Whether any entry on `list` covers `ip` for `api` at `now`.
+    /// Whether any entry on `list` covers `ip` for `api`: a global one live in the kernel
+    /// twin now, or one this view holds, live at `now` (unix seconds).
     pub fn has_ip(&self, list: List, ip: IpAddr, api: &str, now: i64) -> bool {
-        self.kernel_has_ip(list, ip) || self.scoped_has_ip(list, ip, api, now)
+        self.kernel_verdict(ip).on(list) || self.own_has_ip(list, ip, api, now)
     }
 
-    /// Whether the kernel twin holds a live entry on `list` covering `ip`: the XDP program's
-    /// own lookup, over the twin, against the kernel's clock.
-    fn kernel_has_ip(&self, list: List, ip: IpAddr) -> bool {
+    /// What the kernel twin says of `ip`: the XDP program's own lookup, over the twin,
+    /// against the kernel's clock; one lock and one lookup for both lists.
+    pub fn kernel_verdict(&self, ip: IpAddr) -> KernelVerdict {
         let Some(table) = &self.kernel else {
-            return false;
+            return KernelVerdict::default();
         };
         let d = lookup(&*table.read().unwrap_or_else(PoisonError::into_inner), ip);
-        let until = match list {
-            List::Allow => d.allow_until,
-            List::Deny => d.deny_until,
-        };
-        until > boottime_ns()
+        let now = boottime_ns();
+        KernelVerdict {
+            allow: d.allow_until > now,
+            deny: d.deny_until > now,
+        }
     }
 
-    fn scoped_has_ip(&self, list: List, ip: IpAddr, api: &str, now: i64) -> bool {
+    /// Whether an entry this view holds (per-API, or any without a kernel twin) on `list`
+    /// covers `ip` for `api` at `now`.
+    fn own_has_ip(&self, list: List, ip: IpAddr, api: &str, now: i64) -> bool {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
@@ -243,7 +246,8 @@ impl L7Lists {
         }
     }
 
-    /// Number of identifiers held (for status).
+    /// Number of identifiers and IP entries this view holds (global IP entries are counted
+    /// by the kernel twin when there is one).
     pub fn len(&self) -> usize {
         self.idents.len() + self.ips4.len() + self.ips6.len()
     }
@@ -251,6 +255,25 @@ impl L7Lists {
     /// Whether nothing is held.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether a live global IP entry covers an address, per list, as the kernel twin says.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelVerdict {
+    /// On the allow list.
+    pub allow: bool,
+    /// On the deny list.
+    pub deny: bool,
+}
+
+impl KernelVerdict {
+    /// The answer for `list`.
+    pub fn on(self, list: List) -> bool {
+        match list {
+            List::Allow => self.allow,
+            List::Deny => self.deny,
+        }
     }
 }
 
@@ -306,18 +329,20 @@ impl RequestIdents {
     }
 
     /// Whether an identifier of this request is on `list`; `keys` from
-    /// [`RequestIdents::keys`]. Any occurrence on the deny list counts; on the allow list,
-    /// only identifiers that are not deny-only (see [`RequestIdents::idents`]).
+    /// [`RequestIdents::keys`], `kernel` the twin's [`L7Lists::kernel_verdict`] on the client
+    /// address (both computed once per request). Any occurrence on the deny list counts; on
+    /// the allow list, only identifiers that are not deny-only (see [`RequestIdents::idents`]).
     pub fn listed(
         &self,
         lists: &L7Lists,
         list: List,
         keys: &[(i64, i64)],
+        kernel: KernelVerdict,
         api: &str,
         now: i64,
     ) -> Option<String> {
         if let Some(ip) = self.ip
-            && lists.has_ip(list, ip, api, now)
+            && (kernel.on(list) || lists.own_has_ip(list, ip, api, now))
         {
             return Some(format!("ip {ip}"));
         }
@@ -384,31 +409,56 @@ mod tests {
     fn global_ips_are_read_from_the_kernel_twin() {
         let table = SharedTable::default();
         let mut l = L7Lists::new(Some(table.clone()));
+        let now = 1_000;
         l.add(&entry(List::Deny, Kind::Ip, "198.18.0.0/24", "", None));
         let ip: IpAddr = "198.18.0.77".parse().expect("ip");
         assert!(
-            !l.has_ip(List::Deny, ip, "x", 0),
+            !l.has_ip(List::Deny, ip, "x", now),
             "a global IP row is not copied: the twin holds it"
         );
-        let cidr: Cidr = "198.18.0.0/24".parse().expect("cidr");
-        let set = |until| {
+        let set = |list, cidr: &str, until| {
+            let cidr: Cidr = cidr.parse().expect("cidr");
             let mut t = table.write().expect("lock");
-            t.set(List::Deny, cidr, until).expect("set");
+            t.set(list, cidr, until).expect("set");
         };
-        set(Some(portcullis_common::NEVER));
-        assert!(l.has_ip(List::Deny, ip, "x", 0));
-        assert!(!l.has_ip(List::Allow, ip, "x", 0));
-        set(Some(1));
+        set(List::Deny, "198.18.0.0/24", Some(portcullis_common::NEVER));
+        assert!(l.has_ip(List::Deny, ip, "x", now));
+        assert!(!l.has_ip(List::Allow, ip, "x", now));
+        set(
+            List::Allow,
+            "198.18.0.77/32",
+            Some(portcullis_common::NEVER),
+        );
+        let v = l.kernel_verdict(ip);
+        assert!(v.allow && v.deny, "both lists, as XDP sees them: {v:?}");
+        set(List::Deny, "198.18.0.0/24", Some(1));
         assert!(
-            !l.has_ip(List::Deny, ip, "x", 0),
+            !l.has_ip(List::Deny, ip, "x", now),
             "past the kernel deadline"
         );
-        l.add(&entry(List::Deny, Kind::Ip, "198.18.1.0/24", "shop", None));
+        // IPv6 through the trie slots, with a short prefix that makes every lookup walk it.
+        set(List::Deny, "2001:db8::/32", Some(portcullis_common::NEVER));
+        set(List::Deny, "2000::/8", Some(portcullis_common::NEVER));
+        let v6: IpAddr = "2001:db8::9".parse().expect("ip");
+        assert!(l.has_ip(List::Deny, v6, "x", now));
+        assert!(!l.has_ip(List::Deny, "3000::1".parse().expect("ip"), "x", now));
+        // Per-API rows stay in this view, judged at `now`, and a reset drops them.
+        let shop = entry(
+            List::Deny,
+            Kind::Ip,
+            "198.18.1.0/24",
+            "shop",
+            Some(now + 10),
+        );
+        l.add(&shop);
         let other: IpAddr = "198.18.1.9".parse().expect("ip");
         assert!(
-            l.has_ip(List::Deny, other, "shop", 0),
+            l.has_ip(List::Deny, other, "shop", now),
             "scoped rows stay here"
         );
-        assert!(!l.has_ip(List::Deny, other, "else", 0));
+        assert!(!l.has_ip(List::Deny, other, "else", now));
+        assert!(!l.has_ip(List::Deny, other, "shop", now + 10), "expired");
+        l.reset(List::Deny, &shop.ident, &[]);
+        assert!(!l.has_ip(List::Deny, other, "shop", now));
     }
 }

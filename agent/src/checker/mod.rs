@@ -9,8 +9,12 @@
 //! token, cookie, API key or IP), a missing mandatory token (IP). The rest is forwarded.
 //!
 //! - [`api`]: ASE API JSON definitions and routing;
+//! - [`listen`]: listeners, connection admission, TLS or h2c, one worker runtime per core;
+//! - [`target`]: the request's host and path as the server will resolve them;
 //! - [`extract`]: identifiers from a request;
-//! - [`lists`]: the in-memory L7 view of the lists;
+//! - [`lists`]: identifiers and per-API IPs in memory; global IPs read from the kernel twin;
+//! - [`pattern`]: the API's method, protocol and content-type pattern;
+//! - [`spikes`]: per-client request windows;
 //! - [`proxy`]: the decision per request, detections, forwarding;
 //! - `upstream`: the API servers: pool, round robin, health, forwarded headers;
 //! - [`tls`]: reloadable certificates.

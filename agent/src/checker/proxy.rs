@@ -1,4 +1,5 @@
-//! The checker's listeners and per-request logic (see the module doc of `checker`).
+//! The checker's per-request logic: the decision, detections, and forwarding (see the module
+//! doc of `checker`).
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -180,10 +181,17 @@ impl Proxy {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        if ids.listed(&lists, List::Allow, &keys, api, now).is_some() {
+        let kernel = ids
+            .ip
+            .map(|ip| lists.kernel_verdict(ip))
+            .unwrap_or_default();
+        if ids
+            .listed(&lists, List::Allow, &keys, kernel, api, now)
+            .is_some()
+        {
             return Listing::Allowed;
         }
-        match ids.listed(&lists, List::Deny, &keys, api, now) {
+        match ids.listed(&lists, List::Deny, &keys, kernel, api, now) {
             Some(who) => Listing::Denied(who),
             None => Listing::Unlisted,
         }

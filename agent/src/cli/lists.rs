@@ -141,9 +141,22 @@ fn clear(
 /// batch in hand (about a second).
 const IMPORT_BATCH: usize = 250_000;
 
-/// Bytes of lines per request at most, well under the control protocol's 64 MiB line limit
-/// whatever the lines' length.
-const IMPORT_BATCH_BYTES: usize = 24 << 20;
+/// Bytes of lines per request at most, as encoded in JSON (a control character takes six):
+/// well under the control protocol's 64 MiB line limit whatever the lines hold.
+const IMPORT_BATCH_BYTES: usize = 40 << 20;
+
+/// The bytes `line` takes in the request: JSON-escaped, with its number and punctuation.
+fn encoded_len(line: &str) -> usize {
+    let escaped: usize = line
+        .bytes()
+        .map(|b| match b {
+            b'"' | b'\\' => 2,
+            0..=0x1f => 6,
+            _ => 1,
+        })
+        .sum();
+    escaped + 24
+}
 
 /// One import on its way to the agent: what was sent and what the agent answered so far.
 struct Import {
@@ -271,10 +284,13 @@ pub(super) fn import(
         line_no += 1;
         read_bytes += n as u64;
         match std::str::from_utf8(&raw) {
-            Ok(text) => batch.push((line_no, text.trim_end_matches(['\n', '\r']).to_owned())),
+            Ok(text) => {
+                let text = text.trim_end_matches(['\n', '\r']);
+                batch_bytes += encoded_len(text);
+                batch.push((line_no, text.to_owned()));
+            }
             Err(_) => run.rejected.push((line_no, "not valid UTF-8".into())),
         }
-        batch_bytes += n;
         if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
             run.send(&mut batch, read_bytes)?;
             batch_bytes = 0;
@@ -362,4 +378,22 @@ fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_length_never_undercounts_json() {
+        for line in [
+            "token abc",
+            "a \"quoted\" \\ value",
+            "\u{1}\u{0}\t\u{1f}x",
+            "ünï ✓",
+        ] {
+            let json = serde_json::to_string(&(1_000_000_u64, line)).expect("encode");
+            assert!(encoded_len(line) >= json.len(), "{line:?}: {json}");
+        }
+    }
 }

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! {"op":"add","list":"deny","kind":"ip","value":"203.0.113.7","ttl_secs":3600}
-//! {"ok":true,"result":{...},"version":1}
-//! {"ok":false,"error":"refusing to deny 0.0.0.0/0 ...","version":1}
+//! {"ok":true,"result":{...},"version":2}
+//! {"ok":false,"error":"refusing to deny 0.0.0.0/0 ...","version":2}
 //! ```
 
 use serde::{Deserialize, Serialize};
@@ -187,8 +187,9 @@ pub struct ImportDefaults {
 /// The protocol version this agent speaks, sent in every answer. Additions (new ops, new
 /// fields) keep the number; a change that breaks existing scripts raises it.
 ///
-/// 2: a `clear` with neither `kind` nor `source` needs `all: true` (version 1 emptied the
-/// whole list).
+/// 2: a `clear` with neither `kind` nor `source` needs `all: true`. Agents answering 1
+/// emptied the whole list, except the last few builds before the number was raised, which
+/// already refused.
 pub const PROTOCOL_VERSION: u32 = 2;
 
 /// One response.

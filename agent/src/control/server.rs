@@ -9,7 +9,7 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::watch;
 
-use super::proto::{MAX_REQUEST, Request, Response};
+use super::proto::{MAX_REQUEST, PROTOCOL_VERSION, Request, Response};
 use crate::writer::Writer;
 
 /// Fails when another agent answers on `path` (checked first thing at start, and again by
@@ -197,8 +197,10 @@ async fn parse(line: &mut Vec<u8>) -> Result<Request, String> {
 }
 
 fn answer(r: &Response) -> Vec<u8> {
-    let mut v = serde_json::to_vec(r)
-        .unwrap_or_else(|_| br#"{"ok":false,"error":"unencodable answer","version":2}"#.to_vec());
+    let mut v = serde_json::to_vec(r).unwrap_or_else(|_| {
+        format!(r#"{{"ok":false,"error":"unencodable answer","version":{PROTOCOL_VERSION}}}"#)
+            .into_bytes()
+    });
     v.push(b'\n');
     v
 }

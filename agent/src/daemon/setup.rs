@@ -22,6 +22,7 @@ use crate::store::Store;
 /// its top is free.
 pub(super) fn tune_allocator() {
     // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    #[cfg(target_env = "gnu")]
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 8 << 20);
         libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 20);

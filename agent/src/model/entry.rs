@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::{Identifier, List};
+use super::{Identifier, List, Source};
 
 /// One entry: an identifier on a list, with where it came from and until when.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -12,8 +12,8 @@ pub struct Entry {
     /// The identifier (secrets as digests).
     #[serde(flatten)]
     pub ident: Identifier,
-    /// `manual`, `abs`, `checker` or `fleet`.
-    pub source: String,
+    /// Who listed it.
+    pub source: Source,
     /// Free text (for `checker`, the detection).
     pub reason: String,
     /// API name the entry is scoped to; empty = every API (and the kernel, for IPs).
@@ -31,7 +31,7 @@ impl Entry {
         Self {
             list,
             ident: Identifier::parse(kind, name, value).expect("valid test identifier"),
-            source: "manual".into(),
+            source: Source::Manual,
             reason: String::new(),
             api: String::new(),
             created: 0,

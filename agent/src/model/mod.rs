@@ -7,8 +7,10 @@ mod entry;
 pub mod expiry;
 pub mod ident;
 mod list;
+mod source;
 
 pub use cidr::{Cidr, CidrError, mask32, mask128};
 pub use entry::Entry;
 pub use ident::{IdentError, Identifier, Kind, digest, fingerprint};
 pub use list::List;
+pub use source::Source;

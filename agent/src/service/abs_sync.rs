@@ -1,20 +1,19 @@
 //! The ABS feed's writes: the poll's mirror (a diff against the `abs` rows) and pushes.
 
 use super::{MirrorReport, Service, ServiceError, unix_now};
+use crate::control::proto::AbsItem;
 use crate::control::proto::AddRequest;
 use crate::model::Entry;
 use crate::model::Identifier;
 use crate::model::List;
+use crate::model::Source;
 
 impl Service {
     /// Makes the `abs` rows of the deny list exactly `items` (see [`crate::abs`]), as a diff.
     /// Memory stays proportional to the list's keys, not its entries: items are validated
     /// once to find their identity, and only the ones to add are turned into entries, in
     /// chunks.
-    pub fn abs_mirror(
-        &mut self,
-        items: Vec<crate::control::proto::AbsItem>,
-    ) -> Result<MirrorReport, ServiceError> {
+    pub fn abs_mirror(&mut self, items: Vec<AbsItem>) -> Result<MirrorReport, ServiceError> {
         const CHUNK: usize = 50_000;
         let now = unix_now();
         let mut report = MirrorReport::default();
@@ -39,7 +38,7 @@ impl Service {
         // rows ABS no longer lists become removals.
         let mut stale = Vec::new();
         self.store.for_each(|e| {
-            if e.list == List::Deny && e.source == "abs" {
+            if e.list == List::Deny && e.source == Source::Abs {
                 let k = crate::store::ident_key(List::Deny, &e.ident);
                 match desired.get(&k) {
                     Some((_, exp)) if *exp == e.expires => {
@@ -61,17 +60,11 @@ impl Service {
             self.add_batch(List::Deny, &entries)?;
         }
         drop(items);
-        report.removed = self.remove_batch(List::Deny, &stale, "abs")?;
-        // SAFETY: glibc's malloc_trim has no preconditions; it returns the sync's buffers.
-        unsafe { libc::malloc_trim(0) };
+        report.removed = self.remove_batch(List::Deny, &stale, Source::Abs.as_str())?;
         Ok(report)
     }
 
-    pub(super) fn abs_entry(
-        &self,
-        it: &crate::control::proto::AbsItem,
-        now: i64,
-    ) -> Result<Entry, ServiceError> {
+    pub(super) fn abs_entry(&self, it: &AbsItem, now: i64) -> Result<Entry, ServiceError> {
         self.entry_from(
             &AddRequest {
                 list: Some(List::Deny),
@@ -91,8 +84,8 @@ impl Service {
     /// An ABS-side push: additions and removals applied at once, with mirror semantics.
     pub(super) fn abs_push(
         &mut self,
-        add: Vec<crate::control::proto::AbsItem>,
-        remove: Vec<crate::control::proto::AbsItem>,
+        add: Vec<AbsItem>,
+        remove: Vec<AbsItem>,
     ) -> Result<MirrorReport, ServiceError> {
         let now = unix_now();
         let mut report = MirrorReport::default();

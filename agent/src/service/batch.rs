@@ -60,12 +60,9 @@ impl Service {
         }
         let mut items = Vec::with_capacity(by_cidr.len());
         let mut undo = Vec::with_capacity(by_cidr.len());
+        let twin = self.filter.as_ref().map(|f| f.table());
         for (cidr, extra) in &by_cidr {
-            let current = self
-                .filter
-                .as_ref()
-                .map(|f| f.table().entry(cidr))
-                .unwrap_or_default();
+            let current = twin.as_ref().map(|t| t.entry(cidr)).unwrap_or_default();
             let current = match list {
                 List::Allow => current.allow_until,
                 List::Deny => current.deny_until,
@@ -78,6 +75,7 @@ impl Service {
             items.push((list, *cidr, Some(current.max(new))));
             undo.push((list, *cidr, (current != 0).then_some(current)));
         }
+        drop(twin);
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;
         }

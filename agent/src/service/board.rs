@@ -47,7 +47,7 @@ impl Counts {
         let s = slot(e.list, e.ident.kind);
         match self.0.get_mut(e.source.as_str()) {
             Some(v) => v[s] += 1,
-            None => self.0.entry(e.source.clone()).or_default()[s] += 1,
+            None => self.0.entry(e.source.to_string()).or_default()[s] += 1,
         }
     }
 
@@ -206,7 +206,7 @@ pub struct AbsState {
     pub skipped: u64,
     /// Unknown identifier types seen since start.
     pub unknown_types: u64,
-    /// Detections reported / dropped because the queue was full.
+    /// Detections reported.
     pub reported: u64,
     /// Detections dropped because the queue was full.
     pub report_dropped: u64,
@@ -223,7 +223,7 @@ mod tests {
         let t = Entry::sample(List::Deny, Kind::Token, None, "t");
         let ip = Entry::sample(List::Allow, Kind::Ip, None, "198.18.0.1");
         let abs = Entry {
-            source: "abs".into(),
+            source: crate::model::Source::Abs,
             ..Entry::sample(List::Deny, Kind::ApiKey, Some("k"), "v")
         };
         let mut c = Counts::default();

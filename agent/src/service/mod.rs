@@ -17,7 +17,7 @@ use crate::config::{Config, Mode};
 use crate::control::proto::{AddRequest, Request, Response};
 use crate::kernel::{Filter, KernelError, sys};
 use crate::model::Cidr;
-use crate::model::{Entry, List, expiry};
+use crate::model::{Entry, List, Source, expiry};
 use crate::model::{IdentError, Identifier, Kind};
 use crate::store::{self, Store, StoreError};
 
@@ -112,11 +112,26 @@ pub fn kernel_deadline(expires: Option<i64>, now_unix: i64) -> u64 {
     }
 }
 
+/// The checker's lists and the board's counts, from one pass over the store.
+fn load_views(store: &Store, filter: Option<&Filter>) -> Result<(L7Lists, Counts), ServiceError> {
+    let mut lists = L7Lists::new(filter.map(Filter::shared_table));
+    let mut counts = Counts::default();
+    store.for_each(|e| {
+        lists.add(e);
+        counts.add(e);
+    })?;
+    Ok((lists, counts))
+}
+
+/// Rows added to the checker's lists per hold of their lock.
+const L7_CHUNK: usize = 8_192;
+
 /// The agent's state behind the control API.
 pub struct Service {
     store: Store,
     filter: Option<Filter>,
-    /// The L7 checker's in-memory view of the lists, kept in step with the store.
+    /// The L7 checker's in-memory view of identifiers and per-API IPs, kept in step with the
+    /// store (global IPs it reads from the filter's twin).
     lists: Arc<RwLock<L7Lists>>,
     /// The checker's API definitions and counters, when it runs.
     checker: Option<(Arc<ApiRegistry>, Arc<L7Stats>)>,
@@ -137,13 +152,7 @@ pub struct Service {
 impl Service {
     /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
     pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
-        // One pass over the store fills both the checker's lists and the board's counts.
-        let kernel = filter.as_ref().map(Filter::shared_table);
-        let (mut lists, mut counts) = (L7Lists::new(kernel), Counts::default());
-        store.for_each(|e| {
-            lists.add(e);
-            counts.add(e);
-        })?;
+        let (lists, counts) = load_views(&store, filter.as_ref())?;
         let mut infrastructure = crate::infrastructure::addresses();
         infrastructure.extend(safety::abs_hosts(&config.abs.url));
         let board = Arc::new(Board::new(config.pin_dir.clone(), config.db_path()));
@@ -195,7 +204,7 @@ impl Service {
     /// Adds rows to the checker's lists, a few thousand per hold of the lock, so a request
     /// never waits for a whole import batch.
     fn l7_add(&self, entries: &[Entry]) {
-        for chunk in entries.chunks(8192) {
+        for chunk in entries.chunks(L7_CHUNK) {
             if let Ok(mut l) = self.lists.write() {
                 chunk.iter().for_each(|e| l.add(e));
             }
@@ -337,12 +346,7 @@ impl Service {
     /// command failed half-way (a panic): the store is the list of record.
     pub fn recover(&mut self) -> Result<(), ServiceError> {
         self.lists.clear_poison();
-        let kernel = self.filter.as_ref().map(Filter::shared_table);
-        let (mut fresh, mut counts) = (L7Lists::new(kernel), Counts::default());
-        self.store.for_each(|e| {
-            fresh.add(e);
-            counts.add(e);
-        })?;
+        let (fresh, counts) = load_views(&self.store, self.filter.as_ref())?;
         match self.lists.write() {
             Ok(mut l) => *l = fresh,
             Err(p) => *p.into_inner() = fresh,
@@ -362,9 +366,6 @@ impl Service {
             .ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
         let ident = Identifier::parse(kind, r.name.as_deref(), &r.value)?;
         self.check_safety(list, &ident, r.force)?;
-        if list == List::Deny && matches!(r.source.as_deref(), Some("abs" | "checker" | "fleet")) {
-            self.check_automatic(&ident)?;
-        }
         let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
             let v = v.clone().unwrap_or_default();
             if v.len() > 1024 || v.chars().any(char::is_control) {
@@ -374,16 +375,17 @@ impl Service {
             }
             Ok(v)
         };
+        let source = Source::parse(&text(&r.source, "source")?);
+        if list == List::Deny && source.is_automatic() {
+            self.check_automatic(&ident)?;
+        }
         let ttl = r
             .ttl_secs
             .map(|t| i64::try_from(t).unwrap_or(i64::MAX / 2).min(i64::MAX / 2));
         Ok(Entry {
             list,
             ident,
-            source: {
-                let s = text(&r.source, "source")?;
-                if s.is_empty() { "manual".into() } else { s }
-            },
+            source,
             reason: text(&r.reason, "reason")?,
             api: text(&r.api, "api")?,
             created: now,
@@ -446,7 +448,7 @@ impl Service {
         };
         self.l7_add(std::slice::from_ref(&entry));
         self.publish(|| Change::Added(Arc::from([entry.clone()])));
-        if entry.source == "checker"
+        if entry.source == Source::Checker
             && let Some(report) = &self.report
         {
             report(serde_json::json!({

@@ -57,7 +57,7 @@ impl Service {
             self.check_safety(e.list, &ident, force).map_err(|err| {
                 refuse(format!("the copy holds {} {}: {err}", e.list, ident.value))
             })?;
-            if e.list == List::Deny && matches!(e.source.as_str(), "abs" | "checker" | "fleet") {
+            if e.list == List::Deny && e.source.is_automatic() {
                 self.check_automatic(&ident)
                     .map_err(|err| refuse(format!("the copy holds {}: {err}", ident.value)))?;
             }

@@ -56,7 +56,7 @@ impl From<&Entry> for EntryView {
             kind: e.ident.kind,
             name: e.ident.name.clone(),
             value: e.ident.display_value(),
-            source: e.source.clone(),
+            source: e.source.to_string(),
             reason: e.reason.clone(),
             api: e.api.clone(),
             created: e.created,

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-/// How often the checkpointer looks for committed frames to copy back.
-const EVERY: Duration = Duration::from_millis(50);
+/// How often the checkpointer looks for committed frames to copy back while there are some.
+const BUSY: Duration = Duration::from_millis(50);
+
+/// How often it looks once the WAL is all copied back (the database is idle).
+const IDLE: Duration = Duration::from_secs(1);
 
 /// WAL size (pages) past which the writer checkpoints itself, should this thread fall behind
 /// or be gone: a backstop, not the usual path.
@@ -26,37 +29,52 @@ impl Checkpointer {
     /// Starts checkpointing the database at `path` (already open in WAL mode). Without a
     /// thread (it could not start), the writer's own backstop checkpoints remain.
     pub(super) fn start(path: &Path) -> Self {
-        let (stop, stopped) = mpsc::channel::<()>();
-        let conn = match Connection::open(path) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!("no checkpoint thread ({e}); the list writer checkpoints itself");
-                return Self {
-                    stop: None,
-                    thread: None,
-                };
+        let none = |e: &dyn std::fmt::Display| {
+            tracing::warn!("no checkpoint thread ({e}); the list writer checkpoints itself");
+            Self {
+                stop: None,
+                thread: None,
             }
         };
-        let thread = std::thread::Builder::new()
-            .name("store-checkpoint".into())
-            .spawn(move || {
-                let _ = conn.busy_timeout(Duration::from_secs(5));
-                while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(EVERY) {
-                    // PASSIVE: copies what no one needs from the WAL, never waits for the writer.
-                    if let Err(e) = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))
-                    {
-                        tracing::debug!("checkpoint: {e}");
-                    }
-                }
-            })
-            .map_err(|e| {
-                tracing::warn!("no checkpoint thread ({e}); the list writer checkpoints itself")
-            })
-            .ok();
-        Self {
-            stop: Some(stop),
-            thread,
+        let conn = match Connection::open(path) {
+            Ok(c) => c,
+            Err(e) => return none(&e),
+        };
+        // A checkpoint syncs the database file before the WAL may be reused.
+        if let Err(e) = conn.pragma_update(None, "synchronous", "FULL") {
+            return none(&e);
         }
+        let (stop, stopped) = mpsc::channel::<()>();
+        let spawned = std::thread::Builder::new()
+            .name("store-checkpoint".into())
+            .spawn(move || run(&conn, &stopped));
+        match spawned {
+            Ok(thread) => Self {
+                stop: Some(stop),
+                thread: Some(thread),
+            },
+            Err(e) => none(&e),
+        }
+    }
+}
+
+/// Checkpoints until told to stop: PASSIVE (copies what no reader needs, never waits for the
+/// writer), soon again while frames remain, once a second when all is copied back.
+fn run(conn: &Connection, stopped: &mpsc::Receiver<()>) {
+    let mut wait = BUSY;
+    while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
+        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
+            // (busy, frames in the WAL, frames copied back)
+            Ok(r.get::<_, i64>(1)? <= r.get::<_, i64>(2)?)
+        });
+        wait = match done {
+            Ok(true) => IDLE,
+            Ok(false) => BUSY,
+            Err(e) => {
+                tracing::debug!("checkpoint: {e}");
+                IDLE
+            }
+        };
     }
 }
 

@@ -3,14 +3,15 @@
 //! Each row is one identifier on one list from one source (the same address can be denied by
 //! an operator and by ABS; removing ABS's row keeps the operator's). Writes are transactions
 //! in WAL mode with `synchronous=FULL`, so a crash or `kill -9` loses nothing that was
-//! acknowledged.
+//! acknowledged. A second connection on its own thread (`checkpoint`) copies the WAL back
+//! into the database file; the WAL file is cut back to 64 MiB once it restarts.
 
 use std::path::Path;
 
 use rusqlite::{Connection, params};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{Entry, Identifier, Kind, List};
+use crate::model::{Entry, Identifier, Kind, List, Source};
 
 mod backup;
 mod checkpoint;
@@ -136,7 +137,7 @@ fn insert_row(
         e.ident.name,
         e.ident.value,
         e.api,
-        e.source,
+        e.source.as_str(),
         e.reason,
         e.created,
         e.expires
@@ -164,7 +165,7 @@ fn row_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<Entry> {
             value: r.get(3)?,
         },
         api: r.get(4)?,
-        source: r.get(5)?,
+        source: Source::parse(&r.get::<_, String>(5)?),
         reason: r.get(6)?,
         created: r.get(7)?,
         expires: r.get(8)?,
@@ -215,6 +216,9 @@ impl Store {
             checkpoint::WRITER_BACKSTOP_PAGES,
         )
         .map_err(sql("setting checkpoint interval"))?;
+        // A bulk import grows the WAL to hundreds of MiB; once it restarts, give that back.
+        conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
+            .map_err(sql("setting the WAL size limit"))?;
         let version: i64 = conn
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .map_err(sql("reading schema version"))?;
@@ -264,7 +268,14 @@ impl Store {
                     new[i] = true;
                 } else {
                     update
-                        .execute(params![k1, k2, e.api, e.source, e.reason, e.expires])
+                        .execute(params![
+                            k1,
+                            k2,
+                            e.api,
+                            e.source.as_str(),
+                            e.reason,
+                            e.expires
+                        ])
                         .map_err(sql("update"))?;
                 }
             }
@@ -408,7 +419,7 @@ mod tests {
         expires: Option<i64>,
     ) -> Entry {
         Entry {
-            source: source.into(),
+            source: Source::parse(source),
             created: 1,
             expires,
             ..Entry::sample(list, kind, name, value)

@@ -18,6 +18,10 @@ pub trait SlotView {
     fn v6_unguarded(&self) -> bool;
     /// The trie slot of exactly this prefix, if stored.
     fn v6_prefix(&self, addr: u128, len: u8) -> Option<Deadlines>;
+    /// Whether any trie slot has this length (a view that cannot tell says yes).
+    fn v6_prefix_len_stored(&self, _len: u8) -> bool {
+        true
+    }
 }
 
 impl SlotView for IpTable {
@@ -35,6 +39,9 @@ impl SlotView for IpTable {
     }
     fn v6_prefix(&self, addr: u128, len: u8) -> Option<Deadlines> {
         self.v6_prefixes.get(&(addr, len)).copied()
+    }
+    fn v6_prefix_len_stored(&self, len: u8) -> bool {
+        self.v6_prefix_lens[usize::from(len)] > 0
     }
 }
 
@@ -73,6 +80,7 @@ pub fn lookup(view: &impl SlotView, ip: std::net::IpAddr) -> Deadlines {
                 // The LPM trie: the longest stored prefix containing `a`.
                 let longest = (0..128u8)
                     .rev()
+                    .filter(|l| view.v6_prefix_len_stored(*l))
                     .find_map(|l| view.v6_prefix(a & mask128(l), l));
                 if let Some(v) = longest {
                     d = d.max(v);

@@ -41,6 +41,9 @@ pub struct IpTable {
     v6_per_guard: HashMap<u32, (u32, u32)>,
     /// Prefixes shorter than /32, which the IPv6 guard cannot see.
     v6_short: u32,
+    /// Trie slots per prefix length, so a lookup in user space (the checker's) probes only
+    /// the lengths stored, as the kernel's trie walk does, not all 128.
+    v6_prefix_lens: [u32; 128],
     /// The IPv4 guard bitmap as the kernel should hold it, kept in step by `put_slot`.
     v4_guard: Vec<u64>,
     /// The IPv6 guard bitmap as the kernel should hold it.
@@ -104,6 +107,7 @@ impl IpTable {
             v6_prefixes: BTreeMap::new(),
             v6_per_guard: HashMap::default(),
             v6_short: 0,
+            v6_prefix_lens: [0; 128],
             v4_guard: vec![0; V4_GUARD_WORDS as usize],
             v6_guard: vec![0; V6_GUARD_WORDS as usize],
             capacity,
@@ -401,6 +405,7 @@ impl IpTable {
         }
         let p6: Vec<(u128, u8)> = self.v6_prefixes.keys().copied().collect();
         for (a, l) in p6 {
+            self.v6_prefix_lens[usize::from(l)] += 1;
             if l < 32 {
                 self.v6_short += 1;
             } else {

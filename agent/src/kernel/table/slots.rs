@@ -158,6 +158,11 @@ impl IpTable {
                 } else {
                     self.v6_prefixes.remove(&(a, l))
                 };
+                match (was.is_some(), present) {
+                    (false, true) => self.v6_prefix_lens[usize::from(l)] += 1,
+                    (true, false) => self.v6_prefix_lens[usize::from(l)] -= 1,
+                    _ => {}
+                }
                 if l < 32 {
                     match (was.is_some(), present) {
                         (false, true) => self.v6_short += 1,
