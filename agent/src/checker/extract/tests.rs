@@ -119,11 +119,10 @@ fn forwarded_for_trusts_only_the_proxies() {
     );
 }
 
-/// Each way a client hid a denied identifier from the checker while the server still
-/// read it: the checker must find the value the server would use.
+/// Each way a client hid a denied cookie from the checker while the server still read it:
+/// the checker must find the value the server would use.
 #[test]
-fn hostile_spellings_still_yield_the_identifier() {
-    let d = crate::model::digest;
+fn hostile_spellings_still_yield_the_cookie() {
     let cookie = |pairs: &[(&str, &str)]| {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
@@ -173,7 +172,12 @@ fn hostile_spellings_still_yield_the_identifier() {
         cookie(&[("cookie", "JSESSIONID=%44ENIED")]).contains(&"DENIED".to_string()),
         "percent-encoded value"
     );
+}
 
+/// The same for bearer tokens and API keys.
+#[test]
+fn hostile_spellings_still_yield_the_token_and_key() {
+    let d = crate::model::digest;
     // Tokens: any scheme case, every header, RFC 6750's query parameter.
     let meta: ApiMetadata = serde_json::from_str(
         r#"{"oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key"}"#,
