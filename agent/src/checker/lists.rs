@@ -322,6 +322,13 @@ impl RequestIdents {
             )
     }
 
+    /// What the kernel twin says of this request's client address (nothing without one).
+    pub fn kernel_verdict(&self, lists: &L7Lists) -> KernelVerdict {
+        self.ip
+            .map(|ip| lists.kernel_verdict(ip))
+            .unwrap_or_default()
+    }
+
     /// The [`l7_key`] of each of [`RequestIdents::idents`], in order: computed once per
     /// request, then used for both lists.
     pub fn keys(&self) -> Vec<(i64, i64)> {

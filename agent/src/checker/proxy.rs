@@ -181,10 +181,7 @@ impl Proxy {
             Ok(l) => l,
             Err(p) => p.into_inner(),
         };
-        let kernel = ids
-            .ip
-            .map(|ip| lists.kernel_verdict(ip))
-            .unwrap_or_default();
+        let kernel = ids.kernel_verdict(&lists);
         if ids
             .listed(&lists, List::Allow, &keys, kernel, api, now)
             .is_some()

@@ -155,8 +155,14 @@ fn encoded_len(line: &str) -> usize {
             _ => 1,
         })
         .sum();
-    escaped + 24
+    escaped + LINE_OVERHEAD
 }
+
+/// A line's number and punctuation in the request: `[18446744073709551615,""],`.
+const LINE_OVERHEAD: usize = 26;
+
+/// Lines longer than this, encoded, are rejected here: one would not fit in a request.
+const MAX_LINE: usize = 1 << 20;
 
 /// One import on its way to the agent: what was sent and what the agent answered so far.
 struct Import {
@@ -286,12 +292,22 @@ pub(super) fn import(
         match std::str::from_utf8(&raw) {
             Ok(text) => {
                 let text = text.trim_end_matches(['\n', '\r']);
-                batch_bytes += encoded_len(text);
+                let len = encoded_len(text);
+                if len > MAX_LINE {
+                    run.rejected
+                        .push((line_no, "line longer than 1 MiB".into()));
+                    continue;
+                }
+                if batch_bytes + len > IMPORT_BATCH_BYTES {
+                    run.send(&mut batch, read_bytes)?;
+                    batch_bytes = 0;
+                }
+                batch_bytes += len;
                 batch.push((line_no, text.to_owned()));
             }
             Err(_) => run.rejected.push((line_no, "not valid UTF-8".into())),
         }
-        if batch.len() >= IMPORT_BATCH || batch_bytes >= IMPORT_BATCH_BYTES {
+        if batch.len() >= IMPORT_BATCH {
             run.send(&mut batch, read_bytes)?;
             batch_bytes = 0;
         }
@@ -385,15 +401,25 @@ mod tests {
     use super::*;
 
     #[test]
-    fn encoded_length_never_undercounts_json() {
-        for line in [
-            "token abc",
-            "a \"quoted\" \\ value",
-            "\u{1}\u{0}\t\u{1f}x",
-            "ünï ✓",
-        ] {
-            let json = serde_json::to_string(&(1_000_000_u64, line)).expect("encode");
-            assert!(encoded_len(line) >= json.len(), "{line:?}: {json}");
+    fn encoded_length_matches_json() {
+        let controls: String = (0u8..0x20).map(char::from).collect();
+        for line in ["token abc", "a \"quoted\" \\ value", &controls, "ünï ✓"] {
+            let escaped = serde_json::to_string(line).expect("encode").len() - 2;
+            assert!(
+                encoded_len(line) - LINE_OVERHEAD >= escaped,
+                "{line:?}: {} < {escaped}",
+                encoded_len(line) - LINE_OVERHEAD
+            );
         }
+        // Exact where JSON has no short escape (\t, \n, \r, \b, \f take two bytes).
+        let plain: String = (0u8..0x20)
+            .filter(|b| !b"\t\n\r\x08\x0c".contains(b))
+            .map(char::from)
+            .chain("\"\\x".chars())
+            .collect();
+        let escaped = serde_json::to_string(&plain).expect("encode").len() - 2;
+        assert_eq!(encoded_len(&plain) - LINE_OVERHEAD, escaped);
+        let numbered = serde_json::to_string(&(u64::MAX, "")).expect("encode");
+        assert!(LINE_OVERHEAD > numbered.len(), "{numbered}");
     }
 }

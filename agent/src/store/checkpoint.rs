@@ -9,10 +9,10 @@ use std::time::Duration;
 
 use rusqlite::Connection;
 
-/// How often the checkpointer looks for committed frames to copy back while there are some.
+/// How often the checkpointer looks while the WAL keeps growing.
 const BUSY: Duration = Duration::from_millis(50);
 
-/// How often it looks once the WAL is all copied back (the database is idle).
+/// How often it looks once the WAL stopped changing (the database is idle).
 const IDLE: Duration = Duration::from_secs(1);
 
 /// WAL size (pages) past which the writer checkpoints itself, should this thread fall behind
@@ -59,17 +59,19 @@ impl Checkpointer {
 }
 
 /// Checkpoints until told to stop: PASSIVE (copies what no reader needs, never waits for the
-/// writer), soon again while frames remain, once a second when all is copied back.
+/// writer); often while the WAL grows, so a copy-back lands in the writer's gap between two
+/// import batches and the WAL restarts; once a second after a pass that found it unchanged.
 fn run(conn: &Connection, stopped: &mpsc::Receiver<()>) {
-    let mut wait = BUSY;
+    let (mut wait, mut last) = (BUSY, -1);
     while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(wait) {
-        let done = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| {
-            // (busy, frames in the WAL, frames copied back)
-            Ok(r.get::<_, i64>(1)? <= r.get::<_, i64>(2)?)
-        });
-        wait = match done {
-            Ok(true) => IDLE,
-            Ok(false) => BUSY,
+        // (busy, frames in the WAL, frames copied back)
+        let frames = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get::<_, i64>(1));
+        wait = match frames {
+            Ok(n) if n != last => {
+                last = n;
+                BUSY
+            }
+            Ok(_) => IDLE,
             Err(e) => {
                 tracing::debug!("checkpoint: {e}");
                 IDLE

@@ -9,14 +9,17 @@ use super::*;
 /// (planning took ~0.4 s per million host entries under perf here, so ~3 ms per step).
 const CHUNK_WEIGHT: usize = 8_192;
 
-/// Roughly what planning `cidr` costs the twin: the slots it expands into, and for a /16 or
-/// wider the 256 guard refreshes each of its wide slots brings.
+/// Roughly what planning `cidr` costs the twin: the slots it expands into, for a /16 or wider
+/// the 256 guard refreshes each of its wide slots brings, and for an IPv6 prefix a trie slot
+/// computed from every prefix covering it (a short one also recomputes the longer ones stored
+/// inside it, which this cannot see).
 fn planning_weight(cidr: &Cidr) -> usize {
     match *cidr {
         Cidr::V4 { len, .. } if len >= 25 => 1 << (32 - len),
         Cidr::V4 { len, .. } if len >= 17 => 1 << (24 - len),
         Cidr::V4 { len, .. } => 256 << (16 - len.min(16)),
-        Cidr::V6 { .. } => 1,
+        Cidr::V6 { len: 128, .. } => 1,
+        Cidr::V6 { .. } => 64,
     }
 }
 
