@@ -296,6 +296,13 @@ fn import_streams_and_reports_bad_lines() {
         .map(|x| x[0].as_u64().unwrap_or(0))
         .collect();
     assert_eq!(rejected, vec![30_002, 30_003, 30_005, 30_006], "{r}");
+    // The 10 MB line could never fit in a request: the CLI rejects it by number itself.
+    assert!(
+        r["rejected"][1][1]
+            .as_str()
+            .is_some_and(|w| w.contains("longer than 1 MiB")),
+        "{r}"
+    );
     assert_eq!(count(&agent, "deny"), 30_002);
     let status = json(&agent.cli(&["status", "--json"]));
     assert_eq!(status["kernel_ip_entries"], 30_000);
