@@ -30,6 +30,19 @@ pub fn write_api(dir: &Path, name: &str, meta: &str) {
     .expect("api file");
 }
 
+/// Writes API `name` at `/name` in front of the test backend on `backend`, with `fields`
+/// (JSON members, comma-separated; may be empty) in its definition.
+pub fn write_backend_api(dir: &Path, name: &str, backend: u16, fields: &str) {
+    let sep = if fields.trim().is_empty() { "" } else { "," };
+    write_api(
+        dir,
+        name,
+        &format!(
+            r#"{{"url":"/{name}"{sep}{fields},"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+        ),
+    );
+}
+
 /// A running checker and what it needs.
 pub struct Setup {
     /// State, certificates and API files.

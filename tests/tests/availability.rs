@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::agent::ok;
-use portcullis_tests::checker_setup::{setup_with, write_api};
+use portcullis_tests::checker_setup::{setup_with, write_backend_api};
 use portcullis_tests::http::connect_from;
 use portcullis_tests::privileged;
 
@@ -31,11 +31,7 @@ fn idle_connections_do_not_take_the_service_down() {
     }
     raise_nofile();
     let s = setup_with("idle_timeout = \"3s\"\n", |apis, backend| {
-        write_api(
-            apis,
-            "shop",
-            &format!(r#"{{"url":"/shop","servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#),
-        );
+        write_backend_api(apis, "shop", backend, "");
     });
     let attacker = Ipv4Addr::new(127, 0, 0, 3);
     let mut idle = Vec::new();

@@ -11,27 +11,25 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
-use portcullis_tests::checker_setup::{HOST, Setup, free_port, setup, write_api};
+use portcullis_tests::checker_setup::{
+    HOST, Setup, free_port, setup, write_api, write_backend_api,
+};
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
 use portcullis_tests::tls::{TestCerts, TlsClient, rustls_get, self_signed};
 
 fn shop_api(apis: &Path, backend: u16) {
-    write_api(
+    write_backend_api(
         apis,
         "shop",
-        &format!(
-            r#"{{"protocol":"https","url":"/shop","hostname":"*","cookie":"JSESSIONID","oauth2_access_token":true,
-                "apikey_header":"X-API-Key","username_header":"X-User","enable_blocking":true,
-                "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-        ),
+        backend,
+        r#""protocol":"https","hostname":"*","cookie":"JSESSIONID","oauth2_access_token":true, "apikey_header":"X-API-Key","username_header":"X-User","enable_blocking":true"#,
     );
-    write_api(
+    write_backend_api(
         apis,
         "jwt",
-        &format!(
-            r#"{{"url":"/jwt","jwt":{{"location":"h:authorization:bearer","username":"sub"}},"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-        ),
+        backend,
+        r#""jwt":{"location":"h:authorization:bearer","username":"sub"}"#,
     );
 }
 
@@ -184,23 +182,17 @@ fn detections_deny_list_the_culprit() {
         return;
     }
     let s = setup(|apis, backend| {
-        write_api(
+        write_backend_api(
             apis,
             "shop",
-            &format!(
-                r#"{{"url":"/shop","oauth2_access_token":true,
-                    "api_pattern_enforcement":{{"methods_allowed":["GET","POST"],"content_type_allowed":"application/json",
-                        "error_code":401,"error_message_body":"Error: Unauthorized method\n"}},
-                    "decoy_config":{{"decoy_enabled":true,"response_code":200,"response_message":"admin console\n","decoy_subpaths":["admin"]}},
-                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""oauth2_access_token":true, "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"content_type_allowed":"application/json", "error_code":401,"error_message_body":"Error: Unauthorized method\n"}, "decoy_config":{"decoy_enabled":true,"response_code":200,"response_message":"admin console\n","decoy_subpaths":["admin"]}"#,
         );
-        write_api(
+        write_backend_api(
             apis,
             "bank",
-            &format!(
-                r#"{{"url":"/bank","oauth2_access_token":true,"is_token_mandatory":true,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""oauth2_access_token":true,"is_token_mandatory":true"#,
         );
     });
     let xff = |ip: &str| format!("X-Forwarded-For: {ip}");
@@ -647,19 +639,17 @@ fn spike_threshold_and_monitoring_apis() {
         return;
     }
     let s = setup(|apis, backend| {
-        write_api(
+        write_backend_api(
             apis,
             "limited",
-            &format!(
-                r#"{{"url":"/limited","flow_control":{{"client_spike_threshold":"5/minute"}},"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""flow_control":{"client_spike_threshold":"5/minute"}"#,
         );
-        write_api(
+        write_backend_api(
             apis,
             "watch",
-            &format!(
-                r#"{{"url":"/watch","oauth2_access_token":true,"enable_blocking":false,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""oauth2_access_token":true,"enable_blocking":false"#,
         );
     });
     // Five requests a minute per client, then 429; another client has its own budget.

@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::agent::ok;
-use portcullis_tests::checker_setup::{free_port, setup, write_api};
+use portcullis_tests::checker_setup::{free_port, setup, write_api, write_backend_api};
 use portcullis_tests::{http, privileged};
 
 fn plain(port: u16) -> SocketAddr {
@@ -83,13 +83,7 @@ fn forwarding_headers_limits_and_cut_bodies() {
         return;
     }
     let s = setup(|apis, backend| {
-        write_api(
-            apis,
-            "shop",
-            &format!(
-                r#"{{"url":"/shop","health_retry_count":1,"servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
-        );
+        write_backend_api(apis, "shop", backend, r#""health_retry_count":1"#);
     });
     // X-Forwarded-Proto says which listener the client used.
     assert_eq!(s.curl("/shop/a", &[]).0, 200);
@@ -205,14 +199,11 @@ fn detections_pick_the_protocol_cookie_and_api_key_culprits() {
         return;
     }
     let s = setup(|apis, backend| {
-        write_api(
+        write_backend_api(
             apis,
             "shop",
-            &format!(
-                r#"{{"url":"/shop","cookie":"JSESSIONID","apikey_header":"X-API-Key",
-                    "api_pattern_enforcement":{{"protocol_allowed":"https","methods_allowed":["GET"],"error_code":401}},
-                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""cookie":"JSESSIONID","apikey_header":"X-API-Key", "api_pattern_enforcement":{"protocol_allowed":"https","methods_allowed":["GET"],"error_code":401}"#,
         );
     });
     // Plain HTTP to an HTTPS-only API: the client IP.

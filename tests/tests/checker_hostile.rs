@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use portcullis_tests::agent::{err, ok};
-use portcullis_tests::checker_setup::{Setup, setup, write_api};
+use portcullis_tests::checker_setup::{Setup, setup, write_backend_api};
 use portcullis_tests::{http, privileged};
 
 fn plain(s: &Setup) -> SocketAddr {
@@ -53,24 +53,13 @@ fn raw_from(s: &Setup, src: std::net::Ipv4Addr, request: &[u8]) -> u16 {
 
 fn hostile_setup() -> Setup {
     setup(|apis, backend| {
-        write_api(
+        write_backend_api(
             apis,
             "shop",
-            &format!(
-                r#"{{"url":"/shop","cookie":"JSESSIONID","oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key",
-                    "username_header":"X-User","jwt":{{"location":"h:authorization:bearer","username":"sub"}},
-                    "api_pattern_enforcement":{{"methods_allowed":["GET","POST"],"error_code":401}},
-                    "decoy_config":{{"decoy_enabled":true,"response_code":200,"response_message":"decoy\n","decoy_subpaths":["admin"]}},
-                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""cookie":"JSESSIONID","oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key", "username_header":"X-User","jwt":{"location":"h:authorization:bearer","username":"sub"}, "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"error_code":401}, "decoy_config":{"decoy_enabled":true,"response_code":200,"response_message":"decoy\n","decoy_subpaths":["admin"]}"#,
         );
-        write_api(
-            apis,
-            "hosted",
-            &format!(
-                r#"{{"url":"/hosted","hostname":"api.test","servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
-        );
+        write_backend_api(apis, "hosted", backend, r#""hostname":"api.test""#);
     })
 }
 
@@ -462,13 +451,11 @@ fn content_type_rules_hold_for_every_body() {
         return;
     }
     let s = setup(|apis, backend| {
-        write_api(
+        write_backend_api(
             apis,
             "json",
-            &format!(
-                r#"{{"url":"/json","api_pattern_enforcement":{{"content_type_allowed":"application/json,","error_code":415}},
-                    "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
-            ),
+            backend,
+            r#""api_pattern_enforcement":{"content_type_allowed":"application/json,","error_code":415}"#,
         );
     });
     let post = |extra: &str, body: &str| {
