@@ -142,13 +142,13 @@ impl Filter {
                 source,
             }
         };
-        sys::update_batch_parallel(self.fd(map_name::V4_HOSTS), &v4h.0, &v4h.1)
+        sys::update_batch_parallel(self.fd(map_name::V4_HOSTS), &v4h.keys, &v4h.values)
             .map_err(upd(map_name::V4_HOSTS))?;
-        sys::update_batch_parallel(self.fd(map_name::V4_NETS), &v4n.0, &v4n.1)
+        sys::update_batch_parallel(self.fd(map_name::V4_NETS), &v4n.keys, &v4n.values)
             .map_err(upd(map_name::V4_NETS))?;
-        sys::update_batch(self.fd(map_name::V4_WIDE), &v4w.0, &v4w.1)
+        sys::update_batch(self.fd(map_name::V4_WIDE), &v4w.keys, &v4w.values)
             .map_err(upd(map_name::V4_WIDE))?;
-        sys::update_batch_parallel(self.fd(map_name::V6_HOSTS), &v6h.0, &v6h.1)
+        sys::update_batch_parallel(self.fd(map_name::V6_HOSTS), &v6h.keys, &v6h.values)
             .map_err(upd(map_name::V6_HOSTS))?;
         let trie = self.fd(map_name::V6_PREFIXES);
         for (key, value) in v6p.iter().filter(|(_, v)| !v.is_empty()) {
@@ -170,9 +170,12 @@ impl Filter {
         for (key, _) in v6p.iter().filter(|(_, v)| v.is_empty()) {
             sys::delete_elem(trie, key).map_err(del(map_name::V6_PREFIXES))?;
         }
-        sys::delete_batch(self.fd(map_name::V6_HOSTS), &v6h.2).map_err(del(map_name::V6_HOSTS))?;
-        sys::delete_batch(self.fd(map_name::V4_NETS), &v4n.2).map_err(del(map_name::V4_NETS))?;
-        sys::delete_batch(self.fd(map_name::V4_HOSTS), &v4h.2).map_err(del(map_name::V4_HOSTS))?;
+        sys::delete_batch(self.fd(map_name::V6_HOSTS), &v6h.deletes)
+            .map_err(del(map_name::V6_HOSTS))?;
+        sys::delete_batch(self.fd(map_name::V4_NETS), &v4n.deletes)
+            .map_err(del(map_name::V4_NETS))?;
+        sys::delete_batch(self.fd(map_name::V4_HOSTS), &v4h.deletes)
+            .map_err(del(map_name::V4_HOSTS))?;
         Ok(())
     }
 
@@ -245,67 +248,73 @@ pub struct ReconcileReport {
     pub removed: usize,
 }
 
-/// A plan's slot changes grouped per kernel map: (keys to write, their values, keys to
-/// delete), so each map is written in one batched call.
+/// One hash or array map's share of a plan: the keys to write with their values, and the
+/// keys to delete.
+struct MapBatch<K> {
+    keys: Vec<K>,
+    values: Vec<Deadlines>,
+    deletes: Vec<K>,
+}
+
+impl<K> Default for MapBatch<K> {
+    fn default() -> Self {
+        Self {
+            keys: Vec::new(),
+            values: Vec::new(),
+            deletes: Vec::new(),
+        }
+    }
+}
+
+impl<K> MapBatch<K> {
+    /// `key` gets `value`, or is deleted when `value` is empty (`deletable` maps only).
+    fn put(&mut self, key: K, value: Deadlines, deletable: bool) {
+        if deletable && value.is_empty() {
+            self.deletes.push(key);
+        } else {
+            self.keys.push(key);
+            self.values.push(value);
+        }
+    }
+}
+
+/// A plan's slot changes grouped per kernel map, so each map is written in one batched call.
 struct MapBatches {
-    v4h: (Vec<u32>, Vec<Deadlines>, Vec<u32>),
-    v4n: (Vec<u32>, Vec<Deadlines>, Vec<u32>),
-    v4w: (Vec<u32>, Vec<Deadlines>),
-    v6h: (Vec<V6Addr>, Vec<Deadlines>, Vec<V6Addr>),
+    v4h: MapBatch<u32>,
+    v4n: MapBatch<u32>,
+    /// An array: an empty value is written, never deleted.
+    v4w: MapBatch<u32>,
+    v6h: MapBatch<V6Addr>,
     /// Trie keys with their values; an empty value means delete.
     v6p: Vec<(Key<[u8; 16]>, Deadlines)>,
 }
 
 impl MapBatches {
     fn of(plan: &Plan) -> Self {
-        let mut v4h = (Vec::new(), Vec::new(), Vec::new());
-        let mut v4n = (Vec::new(), Vec::new(), Vec::new());
-        let mut v4w = (Vec::new(), Vec::new());
-        let mut v6h = (Vec::new(), Vec::new(), Vec::new());
-        let mut v6p: Vec<(Key<[u8; 16]>, Deadlines)> = Vec::new();
+        let mut b = Self {
+            v4h: MapBatch::default(),
+            v4n: MapBatch::default(),
+            v4w: MapBatch::default(),
+            v6h: MapBatch::default(),
+            v6p: Vec::new(),
+        };
         for c in &plan.slots {
-            let del = c.new.is_empty();
             match c.slot {
-                Slot::V4Host(a) => {
-                    if del {
-                        v4h.2.push(a)
-                    } else {
-                        v4h.0.push(a);
-                        v4h.1.push(c.new)
-                    }
-                }
-                Slot::V4Net(n) => {
-                    if del {
-                        v4n.2.push(n)
-                    } else {
-                        v4n.0.push(n);
-                        v4n.1.push(c.new)
-                    }
-                }
-                Slot::V4Wide(i) => {
-                    v4w.0.push(i);
-                    v4w.1.push(c.new)
-                }
-                Slot::V6Host(a) => {
-                    let k = V6Addr {
+                Slot::V4Host(a) => b.v4h.put(a, c.new, true),
+                Slot::V4Net(n) => b.v4n.put(n, c.new, true),
+                Slot::V4Wide(i) => b.v4w.put(i, c.new, false),
+                Slot::V6Host(a) => b.v6h.put(
+                    V6Addr {
                         bytes: a.to_be_bytes(),
-                    };
-                    if del {
-                        v6h.2.push(k)
-                    } else {
-                        v6h.0.push(k);
-                        v6h.1.push(c.new)
-                    }
+                    },
+                    c.new,
+                    true,
+                ),
+                Slot::V6Prefix(a, l) => {
+                    b.v6p.push((Key::new(u32::from(l), a.to_be_bytes()), c.new))
                 }
-                Slot::V6Prefix(a, l) => v6p.push((Key::new(u32::from(l), a.to_be_bytes()), c.new)),
             }
         }
-        Self {
-            v4h,
-            v4n,
-            v4w,
-            v6h,
-            v6p,
-        }
+        b
     }
 }
