@@ -23,6 +23,16 @@ pub enum Mode {
     Monitor,
 }
 
+impl Mode {
+    /// The name the config, the CLI and `status` use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Mode::Enforce => "enforce",
+            Mode::Monitor => "monitor",
+        }
+    }
+}
+
 /// How XDP is attached: one enum for the config, the CLI and the kernel layer.
 pub use crate::kernel::AttachMode as XdpMode;
 

@@ -30,39 +30,34 @@ pub struct AgentMetrics {
 /// Renders every metric.
 pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
     let mut out = String::new();
-    if let Some(ifaces) = data.stats.get("interfaces").and_then(|k| k.as_object()) {
-        for (metric, field, help) in [
+    if !data.stats.interfaces.is_empty() {
+        for (metric, help, bytes) in [
             (
                 "portcullis_xdp_packets_total",
-                "packets",
                 "Packets judged by the XDP filter, by interface and verdict.",
+                false,
             ),
             (
                 "portcullis_xdp_bytes_total",
-                "bytes",
                 "Bytes judged by the XDP filter, by interface and verdict.",
+                true,
             ),
         ] {
             let _ = writeln!(out, "# HELP {metric} {help}\n# TYPE {metric} counter");
-            for (iface, verdicts) in ifaces {
-                for (verdict, v) in verdicts.as_object().into_iter().flatten() {
+            for (iface, verdicts) in &data.stats.interfaces {
+                for (verdict, c) in verdicts {
+                    let n = if bytes { c.bytes } else { c.packets };
                     let _ = writeln!(
                         out,
-                        "{metric}{{iface=\"{iface}\",verdict=\"{verdict}\"}} {}",
-                        v[field]
+                        "{metric}{{iface=\"{iface}\",verdict=\"{verdict}\"}} {n}"
                     );
                 }
             }
         }
     }
-    if let Some(l7) = data
-        .stats
-        .get("l7")
-        .and_then(|k| k.as_object())
-        .filter(|m| !m.is_empty())
-    {
+    if !data.stats.l7.is_empty() {
         out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome.\n# TYPE portcullis_l7_requests_total counter\n");
-        for (outcome, v) in l7 {
+        for (outcome, v) in &data.stats.l7 {
             let _ = writeln!(
                 out,
                 "portcullis_l7_requests_total{{outcome=\"{outcome}\"}} {v}"

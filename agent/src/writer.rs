@@ -43,7 +43,7 @@ const PANIC_WINDOW: Duration = Duration::from_secs(60);
 /// Data the metrics endpoint renders, read in one go.
 pub struct MetricsData {
     /// Kernel and L7 counters (the `stats` answer).
-    pub stats: serde_json::Value,
+    pub stats: crate::control::answer::Stats,
     /// Entries by list, kind and source.
     pub counts: Vec<(crate::model::List, Kind, String, u64)>,
 }
@@ -279,7 +279,7 @@ fn read(service: &Service, r: Read) {
                     counts: service.counts().unwrap_or_default(),
                 },
                 |_| MetricsData {
-                    stats: serde_json::Value::Null,
+                    stats: Default::default(),
                     counts: Vec::new(),
                 },
             );

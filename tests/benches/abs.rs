@@ -6,6 +6,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use portcullis::control::answer::Status;
 use portcullis_tests::agent::{Agent, AgentDirs};
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::report::{self, Table};
@@ -36,26 +37,24 @@ fn proc_stat(pid: u32) -> anyhow::Result<(f64, u64)> {
     Ok((ticks / hz, hwm))
 }
 
-fn kernel_entries(agent: &Agent) -> u64 {
+/// `status`, or none while the agent cannot answer (it is busy starting).
+fn status(agent: &Agent) -> Option<Status> {
     let out = agent.cli(&["status", "--json"]);
-    serde_json::from_slice::<serde_json::Value>(&out.stdout)
-        .ok()
-        .and_then(|v| v["kernel_ip_entries"].as_u64())
-        .unwrap_or(0)
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+fn kernel_entries(agent: &Agent) -> u64 {
+    status(agent).map_or(0, |s| s.kernel_ip_entries as u64)
 }
 
 fn abs_rows(agent: &Agent) -> u64 {
-    let out = agent.cli(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-    v["lists"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|l| l["source"] == "abs")
-                .filter_map(|l| l["count"].as_u64())
-                .sum()
-        })
-        .unwrap_or(0)
+    status(agent).map_or(0, |s| {
+        s.lists
+            .iter()
+            .filter(|l| l.source == "abs")
+            .map(|l| l.count)
+            .sum()
+    })
 }
 
 fn wait(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) -> anyhow::Result<Duration> {

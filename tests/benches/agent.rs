@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context as _, bail};
+use portcullis::control::answer::Imported;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
 use portcullis_tests::report::{self, Table};
 
@@ -52,9 +53,8 @@ fn import(agent: &Agent, path: &Path) -> anyhow::Result<f64> {
     if !out.status.success() {
         bail!("import failed: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let accepted = r["accepted"].as_f64().unwrap_or(0.0);
-    Ok(accepted / secs)
+    let r: Imported = serde_json::from_slice(&out.stdout)?;
+    Ok(r.accepted as f64 / secs)
 }
 
 /// Sends `status` every 20 ms on its own connection until `stop`; returns the round trips (ms).

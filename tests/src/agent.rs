@@ -6,6 +6,7 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
+use portcullis::control::answer::{EntryView, Interface, Stats, Status};
 
 /// The `portcullis` binary next to the test executable (`cargo xtask test` builds it).
 /// Panics when it is missing or older than the agent's sources: a stale binary would test
@@ -231,6 +232,41 @@ impl Agent {
         cli(&self.socket, args)
     }
 
+    /// `status --json`, read as the agent's typed answer.
+    pub fn status(&self) -> Status {
+        answer(&self.cli(&["status", "--json"]))
+    }
+
+    /// `stats --json`, read as the agent's typed answer.
+    pub fn stats(&self) -> Stats {
+        answer(&self.cli(&["stats", "--json"]))
+    }
+
+    /// `LIST list --json` (`allow` or `deny`): the entries, typed.
+    pub fn entries(&self, list: &str) -> Vec<EntryView> {
+        answer(&self.cli(&[list, "list", "--json"]))
+    }
+
+    /// `LIST list --source SOURCE --json`: the entries one source put on a list, typed.
+    pub fn entries_from(&self, list: &str, source: &str) -> Vec<EntryView> {
+        answer(&self.cli(&[list, "list", "--source", source, "--json"]))
+    }
+
+    /// The interface's entry in `status`; panics when the agent does not list it.
+    pub fn interface(&self, iface: &str) -> Interface {
+        let s = self.status();
+        s.interfaces
+            .iter()
+            .find(|i| i.iface == iface)
+            .cloned()
+            .unwrap_or_else(|| panic!("{iface} missing from status: {s:?}"))
+    }
+
+    /// Packets the XDP program counted under `verdict` (`drop_denied`, `pass_allowed`, …).
+    pub fn xdp_packets(&self, verdict: &str) -> u64 {
+        self.stats().kernel.get(verdict).map_or(0, |c| c.packets)
+    }
+
     /// Kills the agent with SIGKILL (no chance to clean up).
     pub fn kill9(&mut self) {
         if let Some(mut c) = self.child.take() {
@@ -312,6 +348,13 @@ pub fn ok(out: &Output) -> String {
         String::from_utf8_lossy(&out.stdout)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A successful `--json` CLI run's answer, read as the typed answer the agent sends
+/// (`portcullis_agent::control::answer`); panics with the output when it does not read.
+pub fn answer<T: serde::de::DeserializeOwned>(out: &Output) -> T {
+    let text = ok(out);
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("not the expected answer ({e}): {text}"))
 }
 
 /// Stderr of a failed CLI run; panics if it succeeded.

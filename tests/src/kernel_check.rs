@@ -3,13 +3,14 @@
 
 use std::collections::BTreeMap;
 
+use portcullis::control::answer::EntryView;
 use portcullis::kernel::table::Slot;
 use portcullis::kernel::{IpTable, KernelState};
 use portcullis::model::Cidr;
 use portcullis::model::List;
 use portcullis_common::{Deadlines, NEVER};
 
-use crate::agent::{Agent, AgentDirs, ok};
+use crate::agent::{Agent, AgentDirs, answer};
 
 /// The agent's kernel maps, read from its pin directory.
 pub fn kernel(dirs: &AgentDirs) -> KernelState {
@@ -38,14 +39,14 @@ fn classes(slots: &BTreeMap<Slot, Deadlines>) -> BTreeMap<Slot, (u8, u8)> {
 pub fn assert_kernel_matches_lists(agent: &Agent, dirs: &AgentDirs) {
     let mut want: BTreeMap<(List, Cidr), u64> = BTreeMap::new();
     for list in [List::Allow, List::Deny] {
-        let out = ok(&agent.cli(&[list.as_str(), "list", "--kind", "ip", "--json"]));
-        let entries: serde_json::Value = serde_json::from_str(&out).expect("list JSON");
-        for e in entries.as_array().expect("array") {
-            let cidr: Cidr = e["value"]
-                .as_str()
-                .and_then(|v| v.parse().ok())
-                .unwrap_or_else(|| panic!("not a CIDR: {e}"));
-            let until = if e["expires"].is_null() { NEVER } else { 1 };
+        let out = agent.cli(&[list.as_str(), "list", "--kind", "ip", "--json"]);
+        let entries: Vec<EntryView> = answer(&out);
+        for e in &entries {
+            let cidr: Cidr = e
+                .value
+                .parse()
+                .unwrap_or_else(|_| panic!("not a CIDR: {e:?}"));
+            let until = if e.expires.is_none() { NEVER } else { 1 };
             // Several sources may list one CIDR: the kernel holds the latest deadline.
             let d = want.entry((list, cidr)).or_insert(0);
             *d = (*d).max(until);

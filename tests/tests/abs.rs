@@ -6,32 +6,26 @@
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
+use portcullis::control::answer::{AbsState, EntryView};
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, answer, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
 
-fn json(agent: &Agent, args: &[&str]) -> serde_json::Value {
-    serde_json::from_str(&ok(&agent.cli(args))).expect("JSON")
+fn abs_rows(agent: &Agent) -> Vec<String> {
+    let entries: Vec<EntryView> =
+        answer(&agent.cli(&["deny", "list", "--source", "abs", "--json"]));
+    entries
+        .iter()
+        .map(|e| format!("{} {}", e.kind.as_str(), e.value))
+        .collect()
 }
 
-fn abs_rows(agent: &Agent) -> Vec<String> {
-    json(agent, &["deny", "list", "--source", "abs", "--json"])
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .map(|e| {
-                    format!(
-                        "{} {}",
-                        e["kind"].as_str().unwrap_or(""),
-                        e["value"].as_str().unwrap_or("")
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default()
+/// The ABS feed's state in `status`.
+fn abs_state(agent: &Agent) -> AbsState {
+    agent.status().abs.expect("status shows the ABS feed")
 }
 
 fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
@@ -127,17 +121,15 @@ fn mirror_failures_push_and_reporting() {
         "ABS-listed IP refused at L7 too"
     );
     assert_eq!(curl("fine-token", "/shop/x", "198.18.9.9"), 200);
-    let status = json(&agent, &["status", "--json"]);
-    assert_eq!(status["abs"]["listed"], 8, "{status}");
+    let status = agent.status();
+    let feed = status.abs.as_ref().expect("status shows the ABS feed");
+    assert_eq!(feed.listed, 8, "{status:?}");
     assert!(
-        status["abs"]["skipped"].as_u64().unwrap_or(0) >= 2,
-        "0.0.0.0/0 and not-an-ip skipped: {status}"
+        feed.skipped >= 2,
+        "0.0.0.0/0 and not-an-ip skipped: {status:?}"
     );
-    assert!(
-        status["abs"]["unknown_types"].as_u64().unwrap_or(0) >= 1,
-        "{status}"
-    );
-    assert_eq!(status["kernel_ip_entries"], 3);
+    assert!(feed.unknown_types >= 1, "{status:?}");
+    assert_eq!(status.kernel_ip_entries, 3);
     assert_kernel_matches_lists(&agent, &dirs);
 
     // An operator also denies one of ABS's IPs; then ABS stops listing it and the token.
@@ -161,16 +153,13 @@ fn mirror_failures_push_and_reporting() {
         403,
         "the operator's entry stays"
     );
-    let manual = json(&agent, &["deny", "list", "--source", "manual", "--json"]);
-    assert_eq!(manual.as_array().map(Vec::len), Some(1));
+    let manual: Vec<EntryView> =
+        answer(&agent.cli(&["deny", "list", "--source", "manual", "--json"]));
+    assert_eq!(manual.len(), 1);
 
     // Every failure keeps the last good list.
     let before = abs_rows(&agent);
-    let failures = |agent: &Agent| {
-        json(agent, &["status", "--json"])["abs"]["failures"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let failures = |agent: &Agent| abs_state(agent).failures;
     // Each failure mode is recognised as itself (status names it), not just "some error".
     for (bad, want) in [
         (Answer::Status(503), "answered HTTP 503"),
@@ -198,10 +187,7 @@ fn mirror_failures_push_and_reporting() {
             failures(&agent) > f0
         });
         assert_eq!(abs_rows(&agent), before, "{bad:?} changed the list");
-        let err = json(&agent, &["status", "--json"])["abs"]["last_error"]
-            .as_str()
-            .unwrap_or("")
-            .to_owned();
+        let err = abs_state(&agent).last_error.unwrap_or_default();
         assert!(
             err.contains(want),
             "{bad:?}: recorded {err:?}, expected {want:?}"
@@ -284,11 +270,7 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
     });
     eprintln!("ABS change to enforcement: {:?} (poll 1 s)", t.elapsed());
     // One lost ping proves little: every one of the next three is dropped, by XDP.
-    let dropped = || {
-        json(&agent, &["stats", "--json"])["kernel"]["drop_denied"]["packets"]
-            .as_u64()
-            .unwrap_or(0)
-    };
+    let dropped = || agent.xdp_packets("drop_denied");
     let before = dropped();
     assert_eq!(pair.ping(attacker, SERVER_V4, 3).expect("ping"), 0);
     assert_eq!(dropped() - before, 3, "dropped in XDP");
@@ -424,13 +406,16 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
         .expect("decoy");
         assert_eq!(code, 200);
     }
-    let status = json(&agent, &["status", "--json"]);
-    assert_eq!(status["abs"]["report_dropped"], 7, "{status}");
-    assert_eq!(status["abs"]["report_queued"], 5, "{status}");
+    let feed = abs_state(&agent);
+    assert_eq!(
+        (feed.report_dropped, feed.report_queued),
+        (7, 5),
+        "{feed:?}"
+    );
     let refused = abs.requests("POST /v4/abs/detections").len();
     abs.set_report_status(200);
     wait_for("the queued reports", || {
-        json(&agent, &["status", "--json"])["abs"]["report_queued"] == 0
+        abs_state(&agent).report_queued == 0
     });
     let sent: Vec<String> = abs.requests("POST /v4/abs/detections")[refused..]
         .iter()
@@ -492,11 +477,8 @@ fn abs_cannot_cut_the_host_off_its_infrastructure() {
         ["ip 198.18.99.2/32"],
         "protected {protected:?} were deny-listed"
     );
-    let status = json(&agent, &["status", "--json"]);
-    assert!(
-        status["abs"]["skipped"].as_u64().unwrap_or(0) >= protected.len() as u64,
-        "{status}"
-    );
+    let feed = abs_state(&agent);
+    assert!(feed.skipped >= protected.len() as u64, "{feed:?}");
     // The operator still can.
     ok(&agent.cli(&["deny", "add", "ip", "198.18.99.1"]));
 }

@@ -2,13 +2,15 @@
 //! import with rejected lines, TTL expiry, refusal of world-blocking entries, malformed
 //! input, and (in a namespace pair) enforcement, `kill -9` and restart with traffic flowing.
 
+use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::os::unix::ffi::OsStrExt as _;
 use std::time::{Duration, Instant};
 
+use portcullis::control::answer::{Counter, EntryView};
 use portcullis_common::{Deadlines, NEVER};
 use portcullis_tests::agent::{
-    Agent, AgentDirs, AgentOpts, TempGroup, cli, control_line, err, ok, portcullis_bin,
+    Agent, AgentDirs, AgentOpts, TempGroup, answer, cli, control_line, err, ok, portcullis_bin,
 };
 use portcullis_tests::http;
 use portcullis_tests::kernel_check::{assert_kernel_matches_lists, kernel};
@@ -20,9 +22,7 @@ fn json(out: &std::process::Output) -> serde_json::Value {
 }
 
 fn count(agent: &Agent, list: &str) -> usize {
-    json(&agent.cli(&[list, "list", "--json"]))
-        .as_array()
-        .map_or(0, Vec::len)
+    agent.entries(list).len()
 }
 
 #[test]
@@ -114,8 +114,9 @@ fn every_kind_on_both_lists_through_the_cli() {
             db.contains(&hex),
             "the token's SHA-256 {hex} is not in the database"
         );
-        let only_tokens = json(&agent.cli(&[list, "list", "--kind", "token", "--json"]));
-        assert_eq!(only_tokens.as_array().map(Vec::len), Some(1));
+        let only_tokens: Vec<EntryView> =
+            answer(&agent.cli(&[list, "list", "--kind", "token", "--json"]));
+        assert_eq!(only_tokens.len(), 1);
         // Remove each kind again, by its clear-text value.
         for a in adds {
             let mut args = vec![list, "remove"];
@@ -151,8 +152,7 @@ fn every_kind_on_both_lists_through_the_cli() {
     ok(&agent.cli(&["deny", "clear", "--kind", "token"]));
     assert_eq!(count(&agent, "deny"), 1);
     // Status and stats answer in both forms.
-    let status = json(&agent.cli(&["status", "--json"]));
-    assert_eq!(status["kernel_ip_entries"], 1);
+    assert_eq!(agent.status().kernel_ip_entries, 1);
     // ...and the kernel itself holds exactly that one entry's slot (read through the pins).
     assert_eq!(kernel(&dirs).len(), 1);
     assert_kernel_matches_lists(&agent, &dirs);
@@ -190,7 +190,7 @@ fn malformed_input_is_refused_clearly_and_changes_nothing() {
     )
     .expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.3.3"]));
-    let before = json(&agent.cli(&["deny", "list", "--json"]));
+    let before = agent.entries("deny");
     let cases: [(&[&str], &str); 9] = [
         (&["deny", "add", "ip", "198.18.0.0/33"], "prefix length"),
         (&["deny", "add", "ip", "198.18.0.300"], "invalid IP address"),
@@ -253,7 +253,7 @@ fn malformed_input_is_refused_clearly_and_changes_nothing() {
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.0/16", "--force"]));
     ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/16"]));
     assert_eq!(
-        json(&agent.cli(&["deny", "list", "--json"])),
+        agent.entries("deny"),
         before,
         "refused input changed nothing"
     );
@@ -304,8 +304,7 @@ fn import_streams_and_reports_bad_lines() {
         "{r}"
     );
     assert_eq!(count(&agent, "deny"), 30_002);
-    let status = json(&agent.cli(&["status", "--json"]));
-    assert_eq!(status["kernel_ip_entries"], 30_000);
+    assert_eq!(agent.status().kernel_ip_entries, 30_000);
     assert_eq!(kernel(&dirs).len(), 30_000, "host slots in the pinned maps");
     assert_kernel_matches_lists(&agent, &dirs);
     // The human form names the file and line.
@@ -334,10 +333,7 @@ fn ttl_entries_expire_from_store_and_kernel() {
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.9", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "token", "short-lived", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.10"]));
-    assert_eq!(
-        json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"],
-        2
-    );
+    assert_eq!(agent.status().kernel_ip_entries, 2);
     let ip = |s: &str| s.parse::<std::net::IpAddr>().expect("ip");
     let d = kernel(&dirs).lookup(ip("198.18.9.9"));
     assert!(
@@ -348,13 +344,10 @@ fn ttl_entries_expire_from_store_and_kernel() {
     while count(&agent, "deny") > 1 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(200));
     }
-    let left = json(&agent.cli(&["deny", "list", "--json"]));
-    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
-    assert_eq!(left[0]["value"], "198.18.9.10/32");
-    assert_eq!(
-        json(&agent.cli(&["status", "--json"]))["kernel_ip_entries"],
-        1
-    );
+    let left = agent.entries("deny");
+    let values: Vec<&str> = left.iter().map(|e| e.value.as_str()).collect();
+    assert_eq!(values, ["198.18.9.10/32"]);
+    assert_eq!(agent.status().kernel_ip_entries, 1);
     // The pruned entry is gone from the kernel maps, the other still there.
     let k = kernel(&dirs);
     assert_eq!(k.lookup(ip("198.18.9.9")), Deadlines::EMPTY);
@@ -402,20 +395,16 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
         2,
         "allow beats deny"
     );
-    let stats = json(&agent.cli(&["stats", "--json"]));
-    assert!(
-        stats["kernel"]["drop_denied"]["packets"]
-            .as_u64()
-            .unwrap_or(0)
-            >= 5,
-        "{stats}"
-    );
-    let on_iface = stats["interfaces"][pair.server_if.as_str()]["drop_denied"]["packets"]
-        .as_u64()
-        .unwrap_or(0);
+    let stats = agent.stats();
+    let drops = |c: Option<&BTreeMap<String, Counter>>| {
+        c.and_then(|c| c.get("drop_denied"))
+            .map_or(0, |c| c.packets)
+    };
+    assert!(drops(Some(&stats.kernel)) >= 5, "{stats:?}");
+    let on_iface = drops(stats.interfaces.get(&pair.server_if));
     assert!(
         on_iface >= 5,
-        "drops counted on {}: {stats}",
+        "drops counted on {}: {stats:?}",
         pair.server_if
     );
     ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.0/29"]));
@@ -424,11 +413,7 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     // during or after the restart, and nothing is lost. The kernel's drop counter (pinned,
     // so it survives the agent) must count every ping, and the pings must go on after the
     // new agent is ready: the window provably contains the whole restart.
-    let dropped = |agent: &Agent| {
-        json(&agent.cli(&["stats", "--json"]))["kernel"]["drop_denied"]["packets"]
-            .as_u64()
-            .expect("drop counter")
-    };
+    let dropped = |agent: &Agent| agent.xdp_packets("drop_denied");
     let before = dropped(&agent);
     const PINGS: u32 = 60;
     let started = Instant::now();
@@ -473,9 +458,9 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
         http::metric(&text, "portcullis_reconcile_seconds").is_some(),
         "{text}"
     );
-    let deny = json(&agent.cli(&["deny", "list", "--json"]));
-    assert_eq!(deny.as_array().map(Vec::len), Some(1), "{deny}");
-    assert_eq!(deny[0]["reason"], "test");
+    let deny = agent.entries("deny");
+    let reasons: Vec<&str> = deny.iter().map(|e| e.reason.as_str()).collect();
+    assert_eq!(reasons, ["test"]);
     assert_eq!(count(&agent, "allow"), 1);
     assert!(
         agent.log_text().contains("reused_pinned_link=true"),
@@ -534,25 +519,27 @@ fn readme_promises_hold() {
         "--json",
     ]));
     assert_eq!(out["accepted"], 2, "{out}");
-    let listed = json(&agent.cli(&["deny", "list", "--json"]));
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .expect("clock")
         .as_secs() as i64;
-    for e in listed.as_array().expect("array") {
-        assert_eq!(e["source"], "abs", "{e}");
-        let expires = e["expires"].as_i64().expect("an expiry");
+    for e in agent.entries("deny") {
+        assert_eq!(e.source, "abs", "{e:?}");
+        let expires = e.expires.expect("an expiry");
         assert!(
             (now + 3500..=now + 3700).contains(&expires),
-            "expiry {expires} is not one hour from {now}: {e}"
+            "expiry {expires} is not one hour from {now}: {e:?}"
         );
     }
     // clear --source takes only that source's entries.
     ok(&agent.cli(&["deny", "add", "ip", "198.18.70.2"]));
     ok(&agent.cli(&["deny", "clear", "--source", "abs"]));
-    let left = json(&agent.cli(&["deny", "list", "--json"]));
-    assert_eq!(left.as_array().map(Vec::len), Some(1), "{left}");
-    assert_eq!(left[0]["source"], "manual");
+    let sources: Vec<String> = agent
+        .entries("deny")
+        .into_iter()
+        .map(|e| e.source)
+        .collect();
+    assert_eq!(sources, ["manual"]);
     // A bare clear would wipe the whole list: it asks for --all, on the CLI and the socket.
     let e = err(&agent.cli(&["deny", "clear"]));
     assert!(e.contains("--all"), "{e}");

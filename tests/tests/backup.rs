@@ -66,17 +66,11 @@ fn backup_then_restore_brings_back_exactly_the_lists() {
     assert!(text.contains("restored 7 entries"), "{text}");
     assert_eq!(lists(&agent), before);
     assert_kernel_matches_lists(&agent, &dirs);
-    let status: serde_json::Value =
-        serde_json::from_str(&ok(&agent.cli(&["status", "--json"]))).expect("status");
-    let counted: u64 = status["lists"]
-        .as_array()
-        .expect("lists")
-        .iter()
-        .map(|l| l["count"].as_u64().unwrap_or(0))
-        .sum();
+    let status = agent.status();
+    let counted: u64 = status.lists.iter().map(|l| l.count).sum();
     assert_eq!(
         counted, 7,
-        "the status board counts the restored rows: {status}"
+        "the status board counts the restored rows: {status:?}"
     );
     // The lists before the restore were kept: restoring that copy undoes the restore.
     let previous = text

@@ -168,12 +168,8 @@ fn every_identifier_kind_denied_allowed_removed() {
     // Unknown API.
     let (code, body) = s.curl("/nowhere", &[]);
     assert_eq!((code, body.trim()), (503, "Error: Unknown API"));
-    let stats: serde_json::Value =
-        serde_json::from_str(&ok(&s.agent.cli(&["stats", "--json"]))).expect("json");
-    assert!(
-        stats["l7"]["blocked"].as_u64().unwrap_or(0) >= 18,
-        "{stats}"
-    );
+    let l7 = s.agent.stats().l7;
+    assert!(l7.get("blocked").copied().unwrap_or(0) >= 18, "{l7:?}");
 }
 
 #[test]
@@ -255,21 +251,10 @@ fn detections_deny_list_the_culprit() {
     // Allow-listed clients are never deny-listed.
     ok(&s.agent.cli(&["allow", "add", "ip", "198.18.60.5"]));
     assert_eq!(s.curl("/shop/admin", &["-H", &xff("198.18.60.5")]).0, 200);
-    let listed: serde_json::Value = serde_json::from_str(&ok(&s
-        .agent
-        .cli(&["deny", "list", "--source", "checker", "--json"])))
-    .expect("json");
+    let listed = s.agent.entries_from("deny", "checker");
     let reasons: Vec<String> = listed
-        .as_array()
-        .expect("array")
         .iter()
-        .map(|e| {
-            format!(
-                "{} {}",
-                e["kind"].as_str().unwrap_or(""),
-                e["reason"].as_str().unwrap_or("")
-            )
-        })
+        .map(|e| format!("{} {}", e.kind.as_str(), e.reason))
         .collect();
     assert_eq!(reasons.len(), 4, "{reasons:?}");
     for want in [
@@ -284,26 +269,15 @@ fn detections_deny_list_the_culprit() {
         );
     }
     assert!(
-        listed
-            .as_array()
-            .expect("array")
-            .iter()
-            .all(|e| e["expires"].is_i64()),
+        listed.iter().all(|e| e.expires.is_some()),
         "detections carry the detection TTL"
     );
-    assert!(
-        !serde_json::to_string(&listed)
-            .unwrap_or_default()
-            .contains("198.18.60.5")
-    );
+    assert!(!listed.iter().any(|e| e.value.contains("198.18.60.5")));
     // Loopback (this host) is never deny-listed by a detection: no new entry, and the next
     // request from it is still served.
     let (code, _) = s.curl("/shop/admin", &[]);
     assert_eq!(code, 200);
-    let after: serde_json::Value = serde_json::from_str(&ok(&s
-        .agent
-        .cli(&["deny", "list", "--source", "checker", "--json"])))
-    .expect("json");
+    let after = s.agent.entries_from("deny", "checker");
     assert_eq!(after, listed, "a detection from loopback added an entry");
     assert_eq!(s.curl("/shop/items", &[]).0, 200, "loopback still served");
 }
@@ -666,8 +640,10 @@ fn spike_threshold_and_monitoring_apis() {
             .0,
         200
     );
-    let stats: serde_json::Value =
-        serde_json::from_str(&ok(&s.agent.cli(&["stats", "--json"]))).expect("json");
-    assert_eq!(stats["l7"]["would_block"], 1, "{stats}");
-    assert_eq!(stats["l7"]["rate_limited"], 2, "{stats}");
+    let l7 = s.agent.stats().l7;
+    assert_eq!(
+        (l7.get("would_block"), l7.get("rate_limited")),
+        (Some(&1), Some(&2)),
+        "{l7:?}"
+    );
 }

@@ -6,7 +6,6 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::agent::ok;
 use portcullis_tests::checker_setup::{free_port, setup, write_api, write_backend_api};
 use portcullis_tests::{http, privileged};
 
@@ -59,21 +58,10 @@ fn chunked_upload(port: u16, path: &str, total: usize) -> String {
 }
 
 fn deny_rows(s: &portcullis_tests::checker_setup::Setup) -> Vec<String> {
-    let out = ok(&s
-        .agent
-        .cli(&["deny", "list", "--source", "checker", "--json"]));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    v.as_array()
-        .expect("array")
+    s.agent
+        .entries_from("deny", "checker")
         .iter()
-        .map(|e| {
-            format!(
-                "{} {} {}",
-                e["kind"].as_str().unwrap_or(""),
-                e["name"].as_str().unwrap_or(""),
-                e["reason"].as_str().unwrap_or("")
-            )
-        })
+        .map(|e| format!("{} {} {}", e.kind.as_str(), e.name, e.reason))
         .collect()
 }
 

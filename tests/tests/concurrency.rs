@@ -19,13 +19,10 @@ fn abs_list(from: u32, n: u32) -> String {
 }
 
 fn rows(agent: &Agent, list: &str, source: &str) -> Vec<String> {
-    let out = ok(&agent.cli(&[list, "list", "--source", source, "--json"]));
-    let v: serde_json::Value = serde_json::from_str(&out).expect("JSON");
-    let mut r: Vec<String> = v
-        .as_array()
-        .expect("array")
-        .iter()
-        .map(|e| e["value"].as_str().unwrap_or("").to_owned())
+    let mut r: Vec<String> = agent
+        .entries_from(list, source)
+        .into_iter()
+        .map(|e| e.value)
         .collect();
     r.sort();
     r

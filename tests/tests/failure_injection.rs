@@ -7,17 +7,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use portcullis::control::answer::Imported;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, err, ok};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
 use portcullis_tests::privileged;
 
-fn list(agent: &Agent, list: &str) -> serde_json::Value {
-    serde_json::from_str(&ok(&agent.cli(&[list, "list", "--json"]))).expect("JSON")
-}
-
-fn accepted(out: &str) -> u64 {
-    let v: serde_json::Value = serde_json::from_str(out).expect("JSON");
-    v["accepted"].as_u64().expect("accepted")
+/// How many lines an `import --json` run accepted.
+fn accepted(out: &str) -> usize {
+    let r: Imported = serde_json::from_str(out).expect("the import's JSON report");
+    r.accepted
 }
 
 fn feed(dir: &Path, name: &str, from: u32, n: u32) -> PathBuf {
@@ -85,7 +83,7 @@ fn a_full_disk_changes_neither_store_nor_kernel() {
     .expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
     ok(&agent.cli(&["allow", "add", "ip", "198.18.0.8"]));
-    let before = (list(&agent, "deny"), list(&agent, "allow"));
+    let before = (agent.entries("deny"), agent.entries("allow"));
     let filler = fs.fill();
     // A batch (import), a single add and a remove on a full disk: each refused, each with
     // the store and the kernel as they were.
@@ -95,7 +93,7 @@ fn a_full_disk_changes_neither_store_nor_kernel() {
         e.to_lowercase().contains("full") || e.contains("disk"),
         "{e}"
     );
-    assert_eq!((list(&agent, "deny"), list(&agent, "allow")), before);
+    assert_eq!((agent.entries("deny"), agent.entries("allow")), before);
     assert_kernel_matches_lists(&agent, &dirs);
     // Single adds until the disk refuses one (the WAL may still hold a few pages).
     let mut refused = false;
@@ -138,7 +136,7 @@ fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
     .expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.1.0/24"]));
-    let before = list(&agent, "deny");
+    let before = agent.entries("deny");
     // Fill V4_HOSTS behind the agent's back: its twin thinks there is room, the kernel
     // refuses the write part-way through the batch.
     let map = dirs.pins.0.join("V4_HOSTS");
@@ -147,10 +145,10 @@ fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
     let f = feed(&dirs.root, "feed.txt", 0, 500);
     let e = err(&agent.cli(&["deny", "import", f.to_str().expect("utf8")]));
     assert!(e.contains("V4_HOSTS"), "{e}");
-    assert_eq!(list(&agent, "deny"), before, "store unchanged");
+    assert_eq!(agent.entries("deny"), before, "store unchanged");
     let e = err(&agent.cli(&["deny", "add", "ip", "198.19.200.0/25"]));
     assert!(e.contains("V4_HOSTS"), "{e}");
-    assert_eq!(list(&agent, "deny"), before, "store unchanged");
+    assert_eq!(agent.entries("deny"), before, "store unchanged");
     // Take the junk out again: the kernel holds exactly what it held before.
     drain_hash(&map, &junk);
     assert_kernel_matches_lists(&agent, &dirs);
@@ -181,10 +179,10 @@ fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
         if let Some(ip) = first {
             ok(&agent.cli(&["deny", "add", "ip", ip]));
         }
-        let before = list(&agent, "deny");
+        let before = agent.entries("deny");
         let e = err(&agent.cli(&["deny", "import", big.to_str().expect("utf8")]));
         assert!(e.contains("V4_HOSTS"), "{e}");
-        assert_eq!(list(&agent, "deny"), before, "store unchanged");
+        assert_eq!(agent.entries("deny"), before, "store unchanged");
         assert_kernel_matches_lists(&agent, &dirs);
     }
     // The twin was taken back too: 39 998 other hosts still fit beside the one listed.

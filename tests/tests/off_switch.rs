@@ -7,21 +7,18 @@
 use std::process::Output;
 use std::time::Duration;
 
+use portcullis::control::answer::LinkState;
+use portcullis::kernel::AttachMode;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, TempGroup, ok, portcullis_bin};
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4};
 use portcullis_tests::privileged;
 
-fn status(agent: &Agent) -> serde_json::Value {
-    serde_json::from_str(&ok(&agent.cli(&["status", "--json"]))).expect("status JSON")
-}
-
-/// The interface's entry in `status`.
-fn iface_status(agent: &Agent, iface: &str) -> serde_json::Value {
-    let s = status(agent);
-    s["interfaces"]
-        .as_array()
-        .and_then(|v| v.iter().find(|i| i["iface"] == iface).cloned())
-        .unwrap_or_else(|| panic!("{iface} missing from status: {s}"))
+/// The XDP mode `status` reports for `iface` (`none` while detached), as `ip link` names it.
+fn mode(agent: &Agent, iface: &str) -> &'static str {
+    agent
+        .interface(iface)
+        .xdp_mode
+        .map_or("none", AttachMode::as_str)
 }
 
 /// A namespace pair and an agent configuration attaching to its server end (`--xdp-mode`
@@ -62,7 +59,7 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
     // A restart reuses the pinned link: the case where detach used to lie.
     agent.stop().expect("stop");
     let agent = Agent::start(&dirs, &opts).expect("restart");
-    assert_eq!(iface_status(&agent, iface)["reused_pinned_link"], true);
+    assert!(agent.interface(iface).reused_pinned_link);
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
 
     let text = ok(&detach(&agent, &dirs, iface));
@@ -73,15 +70,14 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
         "the filter is off the interface while the agent runs"
     );
     assert_eq!(pair.server_xdp_mode(), "none");
-    let s = iface_status(&agent, iface);
-    assert_eq!(s["state"], "detached", "{s}");
-    assert!(s["xdp_mode"].is_null(), "{s}");
+    let s = agent.interface(iface);
+    assert_eq!((s.state, s.xdp_mode), (LinkState::Detached, None), "{s:?}");
     let human = ok(&agent.cli(&["status"]));
     assert!(human.contains("DETACHED"), "{human}");
     // The agent does not put it back on its own (its link check runs every second).
     std::thread::sleep(Duration::from_millis(2500));
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
-    assert_eq!(iface_status(&agent, iface)["state"], "detached");
+    assert_eq!(agent.interface(iface).state, LinkState::Detached);
     // Lists still change while detached, and apply again once attached.
     ok(&agent.cli(&["deny", "add", "ip", CLIENT_V4[1]]));
 
@@ -89,11 +85,8 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
     assert!(text.contains(&format!("attached to {iface}")), "{text}");
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
     assert_eq!(pair.ping(CLIENT_V4[1], SERVER_V4, 2).expect("ping"), 0);
-    assert_eq!(iface_status(&agent, iface)["state"], "attached");
-    assert_eq!(
-        iface_status(&agent, iface)["xdp_mode"],
-        pair.server_xdp_mode()
-    );
+    assert_eq!(agent.interface(iface).state, LinkState::Attached);
+    assert_eq!(mode(&agent, iface), pair.server_xdp_mode());
 }
 
 #[test]
@@ -122,11 +115,11 @@ fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
     assert!(ok(&out).contains("detached"));
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while iface_status(&agent, iface)["state"] != "detached" {
+    while agent.interface(iface).state != LinkState::Detached {
         assert!(
             std::time::Instant::now() < deadline,
-            "the agent did not notice the detach: {}",
-            status(&agent)
+            "the agent did not notice the detach: {:?}",
+            agent.status()
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -150,7 +143,7 @@ fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
     let agent = Agent::start(&dirs, &opts).expect("restart");
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
-    assert_eq!(iface_status(&agent, iface)["state"], "attached");
+    assert_eq!(agent.interface(iface).state, LinkState::Attached);
 }
 
 #[test]
@@ -168,15 +161,15 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
     let mut agent = Agent::start(&dirs, &with_mode("generic")).expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", bad]));
     assert_eq!(pair.server_xdp_mode(), "generic");
-    assert_eq!(iface_status(&agent, iface)["xdp_mode"], "generic");
+    assert_eq!(mode(&agent, iface), "generic");
     agent.stop().expect("stop");
     // Same mode: the link is reused and still reported as generic (it used to say native).
     let mut agent = Agent::start(&dirs, &with_mode("generic")).expect("agent");
-    let s = iface_status(&agent, iface);
+    let s = agent.interface(iface);
     assert_eq!(
-        (s["xdp_mode"].as_str(), s["reused_pinned_link"].as_bool()),
-        (Some("generic"), Some(true)),
-        "{s}"
+        (s.xdp_mode, s.reused_pinned_link),
+        (Some(AttachMode::Generic), true),
+        "{s:?}"
     );
     agent.stop().expect("stop");
     // A native request over a generic link keeps it (native may have been refused before:
@@ -184,7 +177,7 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
     // switches it explicitly.
     let agent = Agent::start(&dirs, &with_mode("native")).expect("agent");
     assert_eq!(pair.server_xdp_mode(), "generic");
-    assert_eq!(iface_status(&agent, iface)["xdp_mode"], "generic");
+    assert_eq!(mode(&agent, iface), "generic");
     assert!(
         agent.log_text().contains("--xdp-mode native"),
         "{}",
@@ -192,8 +185,7 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
     );
     ok(&agent.cli(&["attach", "--iface", iface, "--xdp-mode", "native"]));
     assert_eq!(pair.server_xdp_mode(), "native");
-    let s = iface_status(&agent, iface);
-    assert_eq!(s["xdp_mode"], "native", "{s}");
+    assert_eq!(mode(&agent, iface), "native");
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
     assert_eq!(pair.ping(CLIENT_V4[1], SERVER_V4, 2).expect("ping"), 2);
 }
@@ -222,7 +214,7 @@ fn a_socket_group_member_can_use_the_off_switch() {
         "{text}"
     );
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 2);
-    assert_eq!(iface_status(&agent, iface)["state"], "detached");
+    assert_eq!(agent.interface(iface).state, LinkState::Detached);
     ok(&group.cli_as_member(&dirs.socket(), &["attach"]));
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
 }

@@ -9,6 +9,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use super::*;
+use crate::control::answer::{BackupMade, Restored, Status};
 
 /// Copies `from` to the new file `to` (never overwriting, never through a symlink), 0600.
 fn copy_new(from: &Path, to: &Path) -> anyhow::Result<u64> {
@@ -30,8 +31,7 @@ fn copy_new(from: &Path, to: &Path) -> anyhow::Result<u64> {
 
 /// `portcullis backup FILE`.
 pub(super) fn backup(cli: &Cli, file: &Path) -> anyhow::Result<()> {
-    let r = call(cli, &Request::Backup)?;
-    let made = std::path::PathBuf::from(r["path"].as_str().unwrap_or_default());
+    let made = ask::<BackupMade>(cli, &Request::Backup)?.path;
     let copied = copy_new(&made, file);
     let _ = std::fs::remove_file(&made);
     let bytes = copied.context("the agent wrote the backup, but it could not be moved")?;
@@ -41,8 +41,7 @@ pub(super) fn backup(cli: &Cli, file: &Path) -> anyhow::Result<()> {
 
 /// `portcullis restore FILE [--force]`.
 pub(super) fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
-    let status = call(cli, &Request::Status)?;
-    let db = std::path::PathBuf::from(status["database"].as_str().unwrap_or_default());
+    let db = ask::<Status>(cli, &Request::Status)?.database;
     let dir = db
         .parent()
         .context("the agent did not say where its database is")?;
@@ -51,7 +50,7 @@ pub(super) fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()>
         .map_or(0, |d| d.as_nanos());
     let staged = dir.join(format!("restore-{}-{stamp}.db", std::process::id()));
     copy_new(file, &staged)?;
-    let r = call(
+    let r = ask::<Restored>(
         cli,
         &Request::Restore {
             path: staged.clone(),
@@ -62,9 +61,9 @@ pub(super) fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()>
     let r = r?;
     println!(
         "restored {} entries from {}; the lists before the restore are kept in {}",
-        r["rows"].as_u64().unwrap_or(0),
+        r.rows,
         file.display(),
-        r["previous"].as_str().unwrap_or("?")
+        r.previous.display()
     );
     Ok(())
 }

@@ -57,12 +57,12 @@ pub(super) fn detach(
                     iface: iface.map(str::to_owned),
                 })
             });
-        match told.map_err(anyhow::Error::from).and_then(unwrap) {
+        let told = told.map_err(anyhow::Error::from).and_then(unwrap);
+        match told.and_then(decode::<crate::control::answer::Detached>) {
             Ok(r) => {
                 agent_answered = true;
-                for name in r["detached"].as_array().into_iter().flatten() {
-                    let name = name.as_str().unwrap_or("?");
-                    if !ifaces.iter().any(|i| i == name) || !problems.is_empty() {
+                for name in &r.detached {
+                    if !ifaces.contains(name) || !problems.is_empty() {
                         println!("detached from {name} (by the agent)");
                     }
                     confirmed += 1;
@@ -93,7 +93,7 @@ pub(super) fn attach(
     iface: Option<&str>,
     xdp_mode: Option<XdpMode>,
 ) -> anyhow::Result<()> {
-    let r = call(
+    let r: Vec<crate::control::answer::Attachment> = ask(
         cli,
         &Request::Attach {
             iface: iface.map(str::to_owned),
@@ -103,12 +103,8 @@ pub(super) fn attach(
     .context(
         "attach goes through the running agent (or restart it with the interface configured)",
     )?;
-    for a in r.as_array().into_iter().flatten() {
-        println!(
-            "attached to {} (XDP {})",
-            a["iface"].as_str().unwrap_or("?"),
-            a["xdp_mode"].as_str().unwrap_or("?")
-        );
+    for a in &r {
+        println!("attached to {} (XDP {})", a.iface, a.xdp_mode.as_str());
     }
     Ok(())
 }

@@ -89,7 +89,7 @@ fn show(
     if json {
         return print_json(&r);
     }
-    let entries = r.as_array().cloned().unwrap_or_default();
+    let entries: Vec<EntryView> = decode(r)?;
     if cli.ase {
         for e in &entries {
             println!("{}", describe(e));
@@ -127,10 +127,11 @@ fn clear(
     if json {
         return print_json(&serde_json::json!({ "removed": r }));
     }
+    let removed: usize = decode(r)?;
     if cli.ase {
         println!("{} cleared", list.ase_name());
     } else {
-        println!("{list} list cleared: {r} entries removed");
+        println!("{list} list cleared: {removed} entries removed");
     }
     Ok(())
 }
@@ -173,8 +174,8 @@ struct Import {
     total: u64,
     /// Whether to draw the progress bar.
     show: bool,
-    accepted: u64,
-    new: u64,
+    accepted: usize,
+    new: usize,
     rejected: Vec<(u64, String)>,
 }
 
@@ -204,13 +205,11 @@ impl Import {
             })
             .map_err(anyhow::Error::from)
             .and_then(unwrap)
+            .and_then(decode::<Imported>)
             .map_err(stopped)?;
-        self.accepted += r["accepted"].as_u64().unwrap_or(0);
-        self.new += r["new"].as_u64().unwrap_or(0);
-        for x in r["rejected"].as_array().into_iter().flatten() {
-            let why = x[1].as_str().unwrap_or("").to_owned();
-            self.rejected.push((x[0].as_u64().unwrap_or(0), why));
-        }
+        self.accepted += r.accepted;
+        self.new += r.new;
+        self.rejected.extend(r.rejected);
         if self.show {
             let pct = (read * 100).checked_div(self.total).unwrap_or(0).min(100);
             let bar = "#".repeat((pct / 4) as usize);
@@ -341,24 +340,20 @@ fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
     if a.json {
         return print_json(&r);
     }
-    let entry = &r["entry"];
+    let r: Added = decode(r)?;
     if cli.ase {
-        println!("{} added to {}", describe(entry), list.ase_name());
+        println!("{} added to {}", describe(&r.entry), list.ase_name());
     } else {
-        let how = if r["enforced_in_kernel"].as_bool() == Some(true) {
+        let how = if r.enforced_in_kernel {
             " (enforced in the kernel)"
         } else {
             ""
         };
-        let verb = if r["new"].as_bool() == Some(true) {
-            "added"
-        } else {
-            "updated"
-        };
+        let verb = if r.new { "added" } else { "updated" };
         println!(
             "{list} {} {verb}{how}, expires {}",
-            describe(entry),
-            when(entry["expires"].as_i64())
+            describe(&r.entry),
+            when(r.entry.expires)
         );
     }
     Ok(())
@@ -381,14 +376,13 @@ fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
     if r.json {
         return print_json(&answer);
     }
-    let removed = answer.as_array().cloned().unwrap_or_default();
-    let first = removed.first().cloned().unwrap_or_default();
+    let removed: Vec<EntryView> = decode(answer)?;
+    let first = removed.first().map(describe).unwrap_or_default();
     if cli.ase {
-        println!("{} deleted from {}", describe(&first), list.ase_name());
+        println!("{first} deleted from {}", list.ase_name());
     } else {
         println!(
-            "{list} {} removed ({} entr{})",
-            describe(&first),
+            "{list} {first} removed ({} entr{})",
             removed.len(),
             if removed.len() == 1 { "y" } else { "ies" }
         );

@@ -10,6 +10,7 @@ use anyhow::{Context as _, bail};
 use clap::{Args, CommandFactory, Parser, Subcommand};
 
 use crate::config::{Config, Mode, XdpMode};
+use crate::control::answer::{Added, EntryView, Imported};
 use crate::control::client::Client;
 use crate::control::proto::{AddRequest, ImportDefaults, Request, Response};
 use crate::model::Kind;

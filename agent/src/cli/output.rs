@@ -7,6 +7,19 @@ pub(super) fn call(cli: &Cli, req: &Request) -> anyhow::Result<serde_json::Value
     unwrap(client.call(req)?)
 }
 
+/// Asks the agent and reads its answer as the typed `T` ([`crate::control::answer`]).
+pub(super) fn ask<T: serde::de::DeserializeOwned>(cli: &Cli, req: &Request) -> anyhow::Result<T> {
+    decode(call(cli, req)?)
+}
+
+/// Reads an answer as the typed `T`: the CLI shows people what it understood; `--json`
+/// prints the agent's answer as it came, fields this CLI does not know included.
+pub(super) fn decode<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> anyhow::Result<T> {
+    serde_json::from_value(v).context(
+        "the agent's answer is not what this CLI expects (are the CLI and the agent the same version?)",
+    )
+}
+
 pub(super) fn unwrap(r: Response) -> anyhow::Result<serde_json::Value> {
     if r.ok {
         Ok(r.result)
@@ -45,19 +58,18 @@ pub(super) fn when(unix: Option<i64>) -> String {
     }
 }
 
-pub(super) fn describe(e: &serde_json::Value) -> String {
-    let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
-    let name = s("name");
-    if s("kind") == "username" {
-        format!("username {:?}", s("value"))
-    } else if name.is_empty() {
-        format!("{} {}", s("kind"), s("value"))
+/// An entry as ASE's CLI names it: `kind [name] value`.
+pub(super) fn describe(e: &EntryView) -> String {
+    if e.kind == Kind::Username {
+        format!("username {:?}", e.value)
+    } else if e.name.is_empty() {
+        format!("{} {}", e.kind, e.value)
     } else {
-        format!("{} {} {}", s("kind"), name, s("value"))
+        format!("{} {} {}", e.kind, e.name, e.value)
     }
 }
 
-pub(super) fn print_entries(entries: &[serde_json::Value]) {
+pub(super) fn print_entries(entries: &[EntryView]) {
     if entries.is_empty() {
         println!("(no entries)");
         return;
@@ -67,22 +79,16 @@ pub(super) fn print_entries(entries: &[serde_json::Value]) {
         "LIST", "KIND", "IDENTIFIER", "SOURCE", "API", "EXPIRES"
     );
     for e in entries {
-        let s = |k: &str| e.get(k).and_then(|v| v.as_str()).unwrap_or("").to_owned();
         let ident = describe(e);
-        let ident = ident.split_once(' ').map(|x| x.1).unwrap_or("").to_owned();
+        let ident = ident.split_once(' ').map_or("", |x| x.1);
+        let api = if e.api.is_empty() { "*" } else { &e.api };
         println!(
-            "{:<6} {:<9} {:<44} {:<8} {:<10} {:<12} {}",
-            s("list"),
-            s("kind"),
-            ident,
-            s("source"),
-            if s("api").is_empty() {
-                "*".into()
-            } else {
-                s("api")
-            },
-            when(e.get("expires").and_then(|v| v.as_i64())),
-            s("reason")
+            "{:<6} {:<9} {ident:<44} {:<8} {api:<10} {:<12} {}",
+            e.list.as_str(),
+            e.kind.as_str(),
+            e.source,
+            when(e.expires),
+            e.reason
         );
     }
 }

@@ -1,49 +1,46 @@
 //! The read-only verbs: status, api, stats.
 
 use super::*;
+use crate::control::answer::{ApiList, ApiReloaded, Stats, Status};
 
 pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let r = call(cli, &Request::Status)?;
     if json {
         return print_json(&r);
     }
-    println!("mode: {}", r["mode"].as_str().unwrap_or("?"));
-    let ifaces = r["interfaces"].as_array().cloned().unwrap_or_default();
-    if ifaces.is_empty() {
+    let s: Status = decode(r)?;
+    println!("mode: {}", s.mode.as_str());
+    if s.interfaces.is_empty() {
         println!("interfaces: none attached");
     }
-    for i in ifaces {
-        let fb = i["fell_back"]
-            .as_str()
+    for i in &s.interfaces {
+        let fb = i
+            .fell_back
+            .as_ref()
             .map(|s| format!(" (native refused: {s})"))
             .unwrap_or_default();
-        let name = i["iface"].as_str().unwrap_or("?");
-        match i["xdp_mode"].as_str() {
-            Some(m) => println!("interface {name}: XDP {m}{fb}"),
+        let name = &i.iface;
+        match i.xdp_mode {
+            Some(m) => println!("interface {name}: XDP {}{fb}", m.as_str()),
             None => println!(
                 "interface {name}: DETACHED, no XDP filtering here (the L7 checker, if on, still checks; `portcullis attach --iface {name}` puts XDP back)"
             ),
         }
     }
-    println!("database: {}", r["database"].as_str().unwrap_or("?"));
-    println!("kernel IP entries: {}", r["kernel_ip_entries"]);
-    println!("uptime: {}s", r["uptime_secs"]);
-    if let Some(abs) = r["abs"].as_object() {
-        let when = |k: &str| {
-            abs.get(k)
-                .and_then(|v| v.as_i64())
-                .map_or("never".to_string(), |t| {
-                    format!("{}s ago", crate::service::unix_now() - t)
-                })
-        };
+    println!("database: {}", s.database.display());
+    println!("kernel IP entries: {}", s.kernel_ip_entries);
+    println!("uptime: {}s", s.uptime_secs);
+    if let Some(abs) = &s.abs {
+        let last = abs.last_success.map_or("never".to_string(), |t| {
+            format!("{}s ago", crate::service::unix_now() - t)
+        });
         println!(
-            "ABS {}: last sync {}, {} listed, {} failed polls{}",
-            abs.get("url").and_then(|v| v.as_str()).unwrap_or("?"),
-            when("last_success"),
-            abs.get("listed").and_then(|v| v.as_u64()).unwrap_or(0),
-            abs.get("failures").and_then(|v| v.as_u64()).unwrap_or(0),
-            abs.get("last_error")
-                .and_then(|v| v.as_str())
+            "ABS {}: last sync {last}, {} listed, {} failed polls{}",
+            abs.url,
+            abs.listed,
+            abs.failures,
+            abs.last_error
+                .as_ref()
                 .map(|e| format!(", last error: {e}"))
                 .unwrap_or_default()
         );
@@ -52,16 +49,22 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         "{:<6} {:<9} {:<8} {:>10}",
         "LIST", "KIND", "SOURCE", "ENTRIES"
     );
-    for l in r["lists"].as_array().cloned().unwrap_or_default() {
+    for l in &s.lists {
         println!(
             "{:<6} {:<9} {:<8} {:>10}",
-            l["list"].as_str().unwrap_or(""),
-            l["kind"].as_str().unwrap_or(""),
-            l["source"].as_str().unwrap_or(""),
-            l["count"].as_u64().unwrap_or(0)
+            l.list.as_str(),
+            l.kind.as_str(),
+            l.source,
+            l.count
         );
     }
     Ok(())
+}
+
+fn print_refused(errors: &[String]) {
+    for e in errors {
+        eprintln!("refused: {e}");
+    }
 }
 
 pub(super) fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
@@ -71,39 +74,23 @@ pub(super) fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
             if j.json {
                 return print_json(&r);
             }
+            let r: ApiList = decode(r)?;
             println!(
                 "{:<16} {:<20} {:<16} {:<9} SERVERS",
                 "API", "HOSTNAME", "URL", "BLOCKING"
             );
-            for a in r["apis"].as_array().cloned().unwrap_or_default() {
-                let servers: Vec<String> = a["servers"]
-                    .as_array()
-                    .cloned()
-                    .unwrap_or_default()
-                    .iter()
-                    .filter_map(|s| s.as_str().map(str::to_owned))
-                    .collect();
+            for a in &r.apis {
                 println!(
                     "{:<16} {:<20} {:<16} {:<9} {}{}",
-                    a["name"].as_str().unwrap_or(""),
-                    a["hostname"].as_str().unwrap_or(""),
-                    a["url"].as_str().unwrap_or(""),
-                    if a["enable_blocking"].as_bool() == Some(true) {
-                        "yes"
-                    } else {
-                        "no"
-                    },
-                    servers.join(","),
-                    if a["decoy"].as_bool() == Some(true) {
-                        "  (decoys armed)"
-                    } else {
-                        ""
-                    }
+                    a.name,
+                    a.hostname,
+                    a.url,
+                    if a.enable_blocking { "yes" } else { "no" },
+                    a.servers.join(","),
+                    if a.decoy { "  (decoys armed)" } else { "" }
                 );
             }
-            for e in r["errors"].as_array().cloned().unwrap_or_default() {
-                eprintln!("refused: {}", e.as_str().unwrap_or(""));
-            }
+            print_refused(&r.errors);
         }
         ApiVerb::Show { name } => {
             print_json(&call(cli, &Request::ApiShow { name: name.clone() })?)?
@@ -113,10 +100,9 @@ pub(super) fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
             if j.json {
                 return print_json(&r);
             }
-            println!("{} API definitions loaded", r["loaded"]);
-            for e in r["errors"].as_array().cloned().unwrap_or_default() {
-                eprintln!("refused: {}", e.as_str().unwrap_or(""));
-            }
+            let r: ApiReloaded = decode(r)?;
+            println!("{} API definitions loaded", r.loaded);
+            print_refused(&r.errors);
         }
     }
     Ok(())
@@ -127,20 +113,15 @@ pub(super) fn stats(cli: &Cli, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&r);
     }
+    let s: Stats = decode(r)?;
     println!("{:<20} {:>14} {:>16}", "XDP VERDICT", "PACKETS", "BYTES");
-    if let Some(k) = r["kernel"].as_object() {
-        for (name, v) in k {
-            println!(
-                "{name:<20} {:>14} {:>16}",
-                v["packets"].as_u64().unwrap_or(0),
-                v["bytes"].as_u64().unwrap_or(0)
-            );
-        }
+    for (name, c) in &s.kernel {
+        println!("{name:<20} {:>14} {:>16}", c.packets, c.bytes);
     }
-    if let Some(l7) = r["l7"].as_object().filter(|m| !m.is_empty()) {
+    if !s.l7.is_empty() {
         println!("\n{:<20} {:>14}", "L7 OUTCOME", "REQUESTS");
-        for (name, v) in l7 {
-            println!("{name:<20} {:>14}", v.as_u64().unwrap_or(0));
+        for (name, n) in &s.l7 {
+            println!("{name:<20} {n:>14}");
         }
     }
     Ok(())

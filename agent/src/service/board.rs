@@ -9,9 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
-use serde::Serialize;
-
 use crate::config::Mode;
+use crate::control::answer::{AbsState, Interface, LinkState, ListCount, Status};
 use crate::model::{Entry, Kind, List};
 
 const KINDS: [Kind; 5] = [
@@ -98,7 +97,7 @@ pub struct Board {
     counts: Mutex<Counts>,
     kernel_ip_entries: AtomicUsize,
     mode: Mutex<Mode>,
-    interfaces: Mutex<Vec<serde_json::Value>>,
+    interfaces: Mutex<Vec<Interface>>,
     abs: Mutex<Option<Arc<Mutex<AbsState>>>>,
     pin_dir: PathBuf,
     database: PathBuf,
@@ -146,13 +145,17 @@ impl Board {
             .values()
             .map(|i| {
                 let a = &i.attached;
-                serde_json::json!({
-                    "iface": a.iface,
-                    "state": if i.detached { "detached" } else { "attached" },
-                    "xdp_mode": (!i.detached).then_some(a.mode),
-                    "fell_back": a.fell_back,
-                    "reused_pinned_link": a.reused_link,
-                })
+                Interface {
+                    iface: a.iface.clone(),
+                    state: if i.detached {
+                        LinkState::Detached
+                    } else {
+                        LinkState::Attached
+                    },
+                    xdp_mode: (!i.detached).then_some(a.mode),
+                    fell_back: a.fell_back.clone(),
+                    reused_pinned_link: a.reused_link,
+                }
             })
             .collect();
         *self
@@ -167,51 +170,38 @@ impl Board {
     }
 
     /// The `status` answer.
-    pub fn status(&self) -> serde_json::Value {
+    pub fn status(&self) -> Status {
         let abs = self
             .abs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
             .and_then(|a| a.lock().ok().map(|s| s.clone()));
-        serde_json::json!({
-            "mode": *self.mode.lock().unwrap_or_else(PoisonError::into_inner),
-            "interfaces": *self.interfaces.lock().unwrap_or_else(PoisonError::into_inner),
-            "pin_dir": self.pin_dir,
-            "database": self.database,
-            "lists": self.counts().iter().map(|(l, k, s, n)| serde_json::json!({"list": l, "kind": k, "source": s, "count": n})).collect::<Vec<_>>(),
-            "kernel_ip_entries": self.kernel_ip_entries.load(Ordering::Relaxed),
-            "abs": abs,
-            "uptime_secs": self.started.elapsed().as_secs(),
-        })
+        let lists = self
+            .counts()
+            .into_iter()
+            .map(|(list, kind, source, count)| ListCount {
+                list,
+                kind,
+                source,
+                count,
+            })
+            .collect();
+        Status {
+            mode: *self.mode.lock().unwrap_or_else(PoisonError::into_inner),
+            interfaces: self
+                .interfaces
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone(),
+            pin_dir: self.pin_dir.clone(),
+            database: self.database.clone(),
+            lists,
+            kernel_ip_entries: self.kernel_ip_entries.load(Ordering::Relaxed),
+            abs,
+            uptime_secs: self.started.elapsed().as_secs(),
+        }
     }
-}
-
-/// Sync state for `status`.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct AbsState {
-    /// Feed URL.
-    pub url: String,
-    /// Unix seconds of the last good sync.
-    pub last_success: Option<i64>,
-    /// Unix seconds of the last attempt.
-    pub last_attempt: Option<i64>,
-    /// The last failure, if the last attempt failed.
-    pub last_error: Option<String>,
-    /// Items in the last good list.
-    pub listed: usize,
-    /// Failed polls since start.
-    pub failures: u64,
-    /// Items skipped since start (invalid or unsafe).
-    pub skipped: u64,
-    /// Unknown identifier types seen since start.
-    pub unknown_types: u64,
-    /// Detections reported.
-    pub reported: u64,
-    /// Detections dropped because the queue was full.
-    pub report_dropped: u64,
-    /// Detections waiting.
-    pub report_queued: usize,
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ use std::sync::{Arc, RwLock};
 use crate::checker::lists::L7Lists;
 use crate::checker::{ApiRegistry, L7Stats};
 use crate::config::{Config, Mode};
+use crate::control::answer::{self, Attachment};
 use crate::control::proto::{AddRequest, Request, Response};
 use crate::kernel::{Filter, KernelError, sys};
 use crate::model::Cidr;
@@ -30,11 +31,11 @@ mod restore;
 mod safety;
 mod views;
 
+pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorReport};
 pub use batch::parse_import_line;
-pub use board::{AbsState, Board, Counts};
+pub use board::{Board, Counts};
 pub use links::undo_fresh;
 pub use safety::host_addresses;
-pub use views::{Added, EntryView, Imported, MirrorReport};
 
 /// What the checker found: the culprit to deny-list (source `checker`).
 #[derive(Clone, Debug)]
@@ -309,14 +310,14 @@ impl Service {
                 defaults,
             } => self.import(list, &lines, &defaults).map(Response::ok),
             Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
-            Request::ApiReload => self.api_reload(),
+            Request::ApiReload => self.api_reload().map(Response::ok),
             Request::Attach { iface, xdp_mode } => self
                 .attach(iface.as_deref(), xdp_mode)
-                .map(|a| Response::ok(a.iter().map(views::attached).collect::<Vec<_>>())),
+                .map(|a| Response::ok(a.iter().map(Attachment::from).collect::<Vec<_>>())),
             Request::Restore { path, force } => self.restore(&path, force).map(Response::ok),
             Request::Detach { iface } => self
                 .detach(iface.as_deref())
-                .map(|d| Response::ok(serde_json::json!({ "detached": d }))),
+                .map(|detached| Response::ok(answer::Detached { detached })),
             other => Ok(self.query(other)),
         };
         res.unwrap_or_else(Response::err)
@@ -332,8 +333,8 @@ impl Service {
                 .map_err(ServiceError::from),
             Request::Backup => self.backup().map(Response::ok),
             Request::Status => self.status().map(Response::ok),
-            Request::ApiList => self.api_list(),
-            Request::ApiShow { name } => self.api_show(&name),
+            Request::ApiList => self.api_list().map(Response::ok),
+            Request::ApiShow { name } => self.api_show(&name).map(Response::ok),
             Request::Stats => self.stats().map(Response::ok),
             _ => Err(ServiceError::BadRequest(
                 "internal error: a write was routed as a read".into(),

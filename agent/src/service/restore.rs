@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use super::{Service, ServiceError};
+use crate::control::answer::{BackupMade, Restored};
 use crate::model::{Identifier, Kind, List};
 use crate::store::Copy;
 
@@ -20,21 +21,17 @@ impl Service {
     }
 
     /// Writes a consistent copy of the lists into the state directory; returns its path.
-    pub(super) fn backup(&self) -> Result<serde_json::Value, ServiceError> {
+    pub(super) fn backup(&self) -> Result<BackupMade, ServiceError> {
         let path = self.store.backup_into(&self.state_dir())?;
         tracing::info!(path = %path.display(), "backup written");
-        Ok(serde_json::json!({ "path": path }))
+        Ok(BackupMade { path })
     }
 
     /// Replaces the lists with the copy at `path`, which must be a file directly in the
     /// state directory. A copy the safety rules would refuse row by row (a deny covering
     /// everyone or this host, an allow so wide it turns enforcement off, an automatic deny
     /// of infrastructure) is refused unless `force`.
-    pub(super) fn restore(
-        &mut self,
-        path: &Path,
-        force: bool,
-    ) -> Result<serde_json::Value, ServiceError> {
+    pub(super) fn restore(&mut self, path: &Path, force: bool) -> Result<Restored, ServiceError> {
         let dir = self.state_dir();
         let parent = path.parent().and_then(|p| std::fs::canonicalize(p).ok());
         if parent.as_deref() != Some(dir.as_path()) {
@@ -79,6 +76,6 @@ impl Service {
             return Err(e);
         }
         tracing::warn!(rows, previous = %previous.display(), "lists restored");
-        Ok(serde_json::json!({ "rows": rows, "previous": previous }))
+        Ok(Restored { rows, previous })
     }
 }

@@ -26,6 +26,16 @@ pub enum AttachMode {
     Generic,
 }
 
+impl AttachMode {
+    /// The name the config, the CLI and `status` use.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Native => "native",
+            AttachMode::Generic => "generic",
+        }
+    }
+}
+
 /// What [`Filter::attach`] did.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attached {

@@ -1,0 +1,324 @@
+//! The control API's answers, typed: the agent builds them, the CLI, the metrics and the
+//! tests read them. Their JSON field names are the contract scripts rely on (README "Control
+//! API"): a field may be added without raising [`super::proto::PROTOCOL_VERSION`], never
+//! renamed or removed. Readers ignore fields they do not know, so an older CLI reads a newer
+//! agent's answers.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Mode;
+use crate::kernel::AttachMode;
+use crate::model::{Entry, Kind, List};
+
+/// The answer to `add`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Added {
+    /// The entry as stored.
+    pub entry: EntryView,
+    /// Whether it was new (false: updated reason or expiry).
+    pub new: bool,
+    /// Whether the kernel now enforces it.
+    pub enforced_in_kernel: bool,
+}
+
+/// An entry as `list` and `remove` answer it: secrets as fingerprints.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryView {
+    /// allow or deny.
+    pub list: List,
+    /// Kind.
+    pub kind: Kind,
+    /// Cookie / API-key name.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub name: String,
+    /// Value or fingerprint.
+    pub value: String,
+    /// Source (`manual`, `abs`, `checker`, … or what an import named).
+    pub source: String,
+    /// Reason.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub reason: String,
+    /// API scope.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub api: String,
+    /// Unix seconds.
+    pub created: i64,
+    /// Unix seconds.
+    pub expires: Option<i64>,
+}
+
+impl From<&Entry> for EntryView {
+    fn from(e: &Entry) -> Self {
+        Self {
+            list: e.list,
+            kind: e.ident.kind,
+            name: e.ident.name.clone(),
+            value: e.ident.display_value(),
+            source: e.source.to_string(),
+            reason: e.reason.clone(),
+            api: e.api.clone(),
+            created: e.created,
+            expires: e.expires,
+        }
+    }
+}
+
+/// The answer to `abs-push`, and what one ABS sync changed.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MirrorReport {
+    /// Rows added or refreshed.
+    pub added: usize,
+    /// Rows removed.
+    pub removed: usize,
+    /// Items refused (invalid, or would block everyone or this host).
+    pub skipped: usize,
+}
+
+/// The answer to one `import` batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Imported {
+    /// Entries accepted (new or updated).
+    pub accepted: usize,
+    /// New rows.
+    pub new: usize,
+    /// `(line, reason)` of lines refused.
+    pub rejected: Vec<(u64, String)>,
+}
+
+/// The answer to `status`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Status {
+    /// Enforce or monitor.
+    pub mode: Mode,
+    /// Where the filter is (or was) attached.
+    pub interfaces: Vec<Interface>,
+    /// The bpffs directory of the pinned maps and links.
+    pub pin_dir: PathBuf,
+    /// The database file.
+    pub database: PathBuf,
+    /// Rows by list, kind and source.
+    pub lists: Vec<ListCount>,
+    /// IP entries the kernel holds.
+    pub kernel_ip_entries: usize,
+    /// The ABS feed, when configured.
+    pub abs: Option<AbsState>,
+    /// Seconds since the agent started.
+    pub uptime_secs: u64,
+}
+
+/// Whether the filter is on an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LinkState {
+    /// The program runs on it.
+    Attached,
+    /// An operator took it off (`portcullis detach`); the agent leaves it off.
+    Detached,
+}
+
+/// One interface in `status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interface {
+    /// The interface.
+    pub iface: String,
+    /// Attached or detached.
+    pub state: LinkState,
+    /// The mode the kernel runs it in (none while detached).
+    pub xdp_mode: Option<AttachMode>,
+    /// Why native was refused, when it fell back to generic.
+    pub fell_back: Option<String>,
+    /// The link was left pinned by an earlier agent and reused.
+    pub reused_pinned_link: bool,
+}
+
+/// One interface in the answer to `attach`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    /// The interface.
+    pub iface: String,
+    /// The mode the kernel accepted.
+    pub xdp_mode: AttachMode,
+    /// Why native was refused, when it fell back to generic.
+    pub fell_back: Option<String>,
+    /// The link was left pinned by an earlier agent and reused.
+    pub reused_pinned_link: bool,
+}
+
+impl From<&crate::kernel::Attached> for Attachment {
+    fn from(a: &crate::kernel::Attached) -> Self {
+        Self {
+            iface: a.iface.clone(),
+            xdp_mode: a.mode,
+            fell_back: a.fell_back.clone(),
+            reused_pinned_link: a.reused_link,
+        }
+    }
+}
+
+/// Rows of one list, kind and source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListCount {
+    /// allow or deny.
+    pub list: List,
+    /// Kind.
+    pub kind: Kind,
+    /// Source.
+    pub source: String,
+    /// Rows.
+    pub count: u64,
+}
+
+/// The ABS feed's state, as `status` shows it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AbsState {
+    /// Feed URL.
+    pub url: String,
+    /// Unix seconds of the last good sync.
+    pub last_success: Option<i64>,
+    /// Unix seconds of the last attempt.
+    pub last_attempt: Option<i64>,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+    /// Items in the last good list.
+    pub listed: usize,
+    /// Failed polls since start.
+    pub failures: u64,
+    /// Items skipped since start (invalid or unsafe).
+    pub skipped: u64,
+    /// Unknown identifier types seen since start.
+    pub unknown_types: u64,
+    /// Detections reported.
+    pub reported: u64,
+    /// Detections dropped because the queue was full.
+    pub report_dropped: u64,
+    /// Detections waiting.
+    pub report_queued: usize,
+}
+
+/// The answer to `stats`: counters by verdict name (the XDP program's, then the checker's).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stats {
+    /// All interfaces together.
+    pub kernel: BTreeMap<String, Counter>,
+    /// By interface (`other`: interfaces without their own slot).
+    pub interfaces: BTreeMap<String, BTreeMap<String, Counter>>,
+    /// Requests by L7 outcome (empty without the checker).
+    pub l7: BTreeMap<String, u64>,
+}
+
+/// Packets and bytes of one verdict.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counter {
+    /// Packets.
+    pub packets: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+/// The answer to `api-list`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApiList {
+    /// The loaded definitions.
+    pub apis: Vec<ApiSummary>,
+    /// The files refused, with why.
+    pub errors: Vec<String>,
+}
+
+/// One loaded API definition, in brief.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiSummary {
+    /// Name (the file's stem).
+    pub name: String,
+    /// Host it answers for (`*`: any).
+    pub hostname: String,
+    /// URL prefix.
+    pub url: String,
+    /// Backends as `host:port`.
+    pub servers: Vec<String>,
+    /// Whether its list checks block (false: counted only).
+    pub enable_blocking: bool,
+    /// Whether it is a decoy.
+    pub decoy: bool,
+    /// Fields of its file this agent does not understand.
+    #[serde(default)]
+    pub ignored_fields: Vec<String>,
+}
+
+/// The answer to `api-show`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ApiShown {
+    /// Name (the file's stem).
+    pub name: String,
+    /// The file.
+    pub path: PathBuf,
+    /// The definition as understood, in the file's own shape.
+    pub api_metadata: serde_json::Value,
+    /// Fields of its file this agent does not understand.
+    #[serde(default)]
+    pub ignored_fields: Vec<String>,
+}
+
+/// The answer to `api-reload`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ApiReloaded {
+    /// Definitions now loaded.
+    pub loaded: usize,
+    /// The files refused, with why.
+    pub errors: Vec<String>,
+}
+
+/// The answer to `backup`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BackupMade {
+    /// The copy, in the state directory.
+    pub path: PathBuf,
+}
+
+/// The answer to `restore`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Restored {
+    /// Rows now on the lists.
+    pub rows: u64,
+    /// A copy of the lists as they were before.
+    pub previous: PathBuf,
+}
+
+/// The answer to `detach`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Detached {
+    /// The interfaces the filter was taken off.
+    pub detached: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entries_read_back_as_written_and_omit_empty_fields() {
+        let e = Entry::sample(List::Deny, Kind::Token, None, "t0ken");
+        let view = EntryView::from(&e);
+        let json = serde_json::to_value(&view).expect("encode");
+        assert!(
+            json.get("name").is_none() && json.get("api").is_none(),
+            "{json}"
+        );
+        assert!(
+            !json["value"].as_str().unwrap_or("").contains("t0ken"),
+            "{json}"
+        );
+        let back: EntryView = serde_json::from_value(json).expect("decode");
+        assert_eq!(back, view);
+    }
+
+    #[test]
+    fn an_answer_with_fields_this_reader_does_not_know_still_reads() {
+        let newer = r#"{"added":1,"removed":2,"skipped":0,"deferred":5}"#;
+        let r: MirrorReport = serde_json::from_str(newer).expect("a newer agent's answer");
+        assert_eq!((r.added, r.removed), (1, 2));
+    }
+}
