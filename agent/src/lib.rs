@@ -14,6 +14,7 @@ pub mod control;
 pub mod daemon;
 pub mod infrastructure;
 pub mod kernel;
+pub mod listen;
 pub mod metrics;
 pub mod model;
 pub mod paths;

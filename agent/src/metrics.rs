@@ -90,33 +90,24 @@ pub async fn serve(
     listener: TcpListener,
     writer: Writer,
     agent: Arc<AgentMetrics>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let Ok((mut stream, _)) = accepted else {
-                    // EMFILE: back off instead of spinning.
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                    continue;
-                };
-                let writer = writer.clone();
-                let agent = agent.clone();
-                tokio::spawn(async move {
-                    let mut buf = vec![0u8; 4096];
-                    let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
-                    let Ok(Ok(n)) = read else { return };
-                    let head = String::from_utf8_lossy(&buf[..n]);
-                    let reply = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
-                        let body = writer.metrics().await.map(|d| render(&d, &agent)).unwrap_or_default();
-                        format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
-                    } else {
-                        "HTTP/1.1 404 Not Found\r\ncontent-length: 10\r\nconnection: close\r\n\r\nnot found\n".to_string()
-                    };
-                    let _ = stream.write_all(reply.as_bytes()).await;
-                });
-            }
-            _ = shutdown.changed() => break,
-        }
-    }
+    crate::listen::accept_until(listener, shutdown, "metrics", |mut stream| {
+        let writer = writer.clone();
+        let agent = agent.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            let read = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut buf)).await;
+            let Ok(Ok(n)) = read else { return };
+            let head = String::from_utf8_lossy(&buf[..n]);
+            let reply = if head.starts_with("GET /metrics ") || head.starts_with("GET /metrics?") {
+                let body = writer.metrics().await.map(|d| render(&d, &agent)).unwrap_or_default();
+                format!("HTTP/1.1 200 OK\r\ncontent-type: text/plain; version=0.0.4\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+            } else {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 10\r\nconnection: close\r\n\r\nnot found\n".to_string()
+            };
+            let _ = stream.write_all(reply.as_bytes()).await;
+        });
+    })
+    .await;
 }

@@ -91,16 +91,56 @@ fn v6_key(list: List, addr: u128, len: u8) -> (u128, u16) {
     (addr, (u16::from(len) << 1) | u16::from(list == List::Allow))
 }
 
+/// One family's IP entries by (prefix, length, list) key, and how many there are of each
+/// prefix length, so that a lookup probes only the lengths present.
+#[derive(Debug)]
+struct Prefixes<K> {
+    by_key: HashMap<K, Presence>,
+    per_len: Vec<u32>,
+}
+
+impl<K: std::hash::Hash + Eq> Prefixes<K> {
+    fn new(max_len: u8) -> Self {
+        Self {
+            by_key: HashMap::default(),
+            per_len: vec![0; usize::from(max_len) + 1],
+        }
+    }
+
+    fn add(&mut self, key: K, len: u8, api: &str, expires: Option<i64>) {
+        let p = self.by_key.entry(key);
+        if matches!(p, std::collections::hash_map::Entry::Vacant(_)) {
+            self.per_len[usize::from(len)] += 1;
+        }
+        p.or_default().add(api, expires);
+    }
+
+    fn remove(&mut self, key: &K, len: u8) {
+        if self.by_key.remove(key).is_some() {
+            self.per_len[usize::from(len)] -= 1;
+        }
+    }
+
+    /// Whether one of the prefixes `key(len)` (an address's prefix of each length present)
+    /// is held and matches `api` at `now`.
+    fn covers(&self, key: impl Fn(u8) -> K, api: &str, now: i64) -> bool {
+        (0..self.per_len.len())
+            .filter(|len| self.per_len[*len] > 0)
+            .any(|len| {
+                self.by_key
+                    .get(&key(len as u8))
+                    .is_some_and(|p| p.matches(api, now))
+            })
+    }
+}
+
 /// The L7 view of both lists.
 #[derive(Debug)]
 pub struct L7Lists {
     idents: HashMap<(i64, i64), Presence>,
     /// IP entries scoped to an API, and global ones too when there is no kernel twin.
-    ips4: HashMap<u64, Presence>,
-    ips6: HashMap<(u128, u16), Presence>,
-    /// Prefix lengths present, per family, so IP lookups probe only those.
-    v4_lens: [u32; 33],
-    v6_lens: [u32; 129],
+    ips4: Prefixes<u64>,
+    ips6: Prefixes<(u128, u16)>,
     /// The kernel filter's twin, which holds every global IP entry (at a million entries a
     /// second copy here cost ~50 bytes each).
     kernel: Option<SharedTable>,
@@ -117,10 +157,8 @@ impl L7Lists {
     pub fn new(kernel: Option<SharedTable>) -> Self {
         Self {
             idents: HashMap::default(),
-            ips4: HashMap::default(),
-            ips6: HashMap::default(),
-            v4_lens: [0; 33],
-            v6_lens: [0; 129],
+            ips4: Prefixes::new(32),
+            ips6: Prefixes::new(128),
             kernel,
         }
     }
@@ -141,20 +179,12 @@ impl L7Lists {
         }
         match e.ident.cidr() {
             Some(Cidr::V4 { addr, len }) => {
-                let p = self.ips4.entry(v4_key(e.list, addr, len));
-                let new = matches!(p, std::collections::hash_map::Entry::Vacant(_));
-                p.or_default().add(&e.api, e.expires);
-                if new {
-                    self.v4_lens[len as usize] += 1;
-                }
+                self.ips4
+                    .add(v4_key(e.list, addr, len), len, &e.api, e.expires)
             }
             Some(Cidr::V6 { addr, len }) => {
-                let p = self.ips6.entry(v6_key(e.list, addr, len));
-                let new = matches!(p, std::collections::hash_map::Entry::Vacant(_));
-                p.or_default().add(&e.api, e.expires);
-                if new {
-                    self.v6_lens[len as usize] += 1;
-                }
+                self.ips6
+                    .add(v6_key(e.list, addr, len), len, &e.api, e.expires)
             }
             None => self
                 .idents
@@ -168,16 +198,8 @@ impl L7Lists {
     /// a clear or an expiry, from the store's remaining rows).
     pub fn reset(&mut self, list: List, ident: &Identifier, rows: &[Entry]) {
         match ident.cidr() {
-            Some(Cidr::V4 { addr, len }) => {
-                if self.ips4.remove(&v4_key(list, addr, len)).is_some() {
-                    self.v4_lens[len as usize] -= 1;
-                }
-            }
-            Some(Cidr::V6 { addr, len }) => {
-                if self.ips6.remove(&v6_key(list, addr, len)).is_some() {
-                    self.v6_lens[len as usize] -= 1;
-                }
-            }
+            Some(Cidr::V4 { addr, len }) => self.ips4.remove(&v4_key(list, addr, len), len),
+            Some(Cidr::V6 { addr, len }) => self.ips6.remove(&v6_key(list, addr, len), len),
             None => {
                 self.idents.remove(&on_list(l7_key(ident), list));
             }
@@ -225,23 +247,13 @@ impl L7Lists {
         match ip {
             IpAddr::V4(a) => {
                 let a = u32::from(a);
-                (0..=32u8)
-                    .filter(|l| self.v4_lens[*l as usize] > 0)
-                    .any(|len| {
-                        self.ips4
-                            .get(&v4_key(list, a & mask32(len), len))
-                            .is_some_and(|p| p.matches(api, now))
-                    })
+                let key = |len| v4_key(list, a & mask32(len), len);
+                self.ips4.covers(key, api, now)
             }
             IpAddr::V6(a) => {
                 let a = u128::from(a);
-                (0..=128u8)
-                    .filter(|l| self.v6_lens[*l as usize] > 0)
-                    .any(|len| {
-                        self.ips6
-                            .get(&v6_key(list, a & mask128(len), len))
-                            .is_some_and(|p| p.matches(api, now))
-                    })
+                let key = |len| v6_key(list, a & mask128(len), len);
+                self.ips6.covers(key, api, now)
             }
         }
     }
@@ -249,7 +261,7 @@ impl L7Lists {
     /// Number of identifiers and IP entries this view holds (global IP entries are counted
     /// by the kernel twin when there is one).
     pub fn len(&self) -> usize {
-        self.idents.len() + self.ips4.len() + self.ips6.len()
+        self.idents.len() + self.ips4.by_key.len() + self.ips6.by_key.len()
     }
 
     /// Whether nothing is held.

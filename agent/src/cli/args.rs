@@ -185,51 +185,39 @@ pub enum ListVerb {
     Remove(RemoveArgs),
     /// Show entries.
     List {
-        /// Only this kind.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only this source.
-        #[arg(long)]
-        source: Option<String>,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
+        /// Which entries.
+        #[command(flatten)]
+        which: Selection,
+        /// `--json`.
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Remove every entry of a kind or of a source (or, with --all, every entry).
     Clear {
-        /// Only this kind.
-        #[arg(long)]
-        kind: Option<String>,
-        /// Only this source.
-        #[arg(long)]
-        source: Option<String>,
+        /// Which entries.
+        #[command(flatten)]
+        which: Selection,
         /// Without --kind or --source: yes, the whole list.
         #[arg(long)]
         all: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
+        /// `--json`.
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Add entries from a file: one per line (`KIND [NAME] VALUE`, or a bare IP/CIDR) or
     /// NDJSON (`{"kind":"ip","value":"203.0.113.7","ttl":"1h"}`); `-` reads stdin.
     Import {
         /// The file.
         file: PathBuf,
-        /// Expire after this long.
-        #[arg(long)]
-        ttl: Option<String>,
-        /// Reason for every entry.
-        #[arg(long)]
-        reason: Option<String>,
+        /// Expiry, reason and --force for every entry.
+        #[command(flatten)]
+        options: EntryOptions,
         /// Source label (default manual).
         #[arg(long)]
         source: Option<String>,
-        /// Allow world-blocking denies.
-        #[arg(long)]
-        force: bool,
-        /// Machine-readable output.
-        #[arg(long)]
-        json: bool,
+        /// `--json`.
+        #[command(flatten)]
+        out: JsonFlag,
     },
 }
 
@@ -314,21 +302,51 @@ pub struct AddArgs {
     /// What to put on the list.
     #[command(flatten)]
     pub ident: IdentArgs,
+    /// Expiry, reason and --force.
+    #[command(flatten)]
+    pub options: EntryOptions,
+    /// Only for this API.
+    #[arg(long)]
+    pub api: Option<String>,
+    /// `--json`.
+    #[command(flatten)]
+    pub out: JsonFlag,
+}
+
+/// What `add` and `import` record with each entry.
+#[derive(Debug, Args)]
+pub struct EntryOptions {
     /// Expire after this long (30s, 15m, 1h, 7d).
     #[arg(long)]
     pub ttl: Option<String>,
     /// Why (shown in list and logs).
     #[arg(long)]
     pub reason: Option<String>,
-    /// Only for this API.
-    #[arg(long)]
-    pub api: Option<String>,
     /// Allow a deny that covers every address, this host, or a management network.
     #[arg(long)]
     pub force: bool,
-    /// Machine-readable output.
+}
+
+impl EntryOptions {
+    /// `--ttl` in seconds.
+    pub fn ttl_secs(&self) -> anyhow::Result<Option<u64>> {
+        self.ttl
+            .as_deref()
+            .map(crate::config::parse_duration)
+            .transpose()
+            .map_err(anyhow::Error::msg)
+    }
+}
+
+/// Which entries of a list `list` and `clear` take.
+#[derive(Debug, Args)]
+pub struct Selection {
+    /// Only this kind.
     #[arg(long)]
-    pub json: bool,
+    pub kind: Option<String>,
+    /// Only this source.
+    #[arg(long)]
+    pub source: Option<String>,
 }
 
 /// `allow|deny remove`'s arguments.
@@ -340,7 +358,7 @@ pub struct RemoveArgs {
     /// Only the entry from this source.
     #[arg(long)]
     pub source: Option<String>,
-    /// Machine-readable output.
-    #[arg(long)]
-    pub json: bool,
+    /// `--json`.
+    #[command(flatten)]
+    pub out: JsonFlag,
 }

@@ -34,56 +34,33 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
     match verb {
         ListVerb::Add(a) => add(cli, list, a),
         ListVerb::Remove(r) => remove(cli, list, r),
-        ListVerb::List {
-            kind: k,
-            source,
-            json,
-        } => show(cli, list, k.as_deref(), source, *json),
-        ListVerb::Clear {
-            kind: k,
-            source,
-            all,
-            json,
-        } => clear(cli, list, k.as_deref(), source, *all, *json),
+        ListVerb::List { which, out } => show(cli, list, which, out.json),
+        ListVerb::Clear { which, all, out } => clear(cli, list, which, *all, out.json),
         ListVerb::Import {
             file,
-            ttl,
-            reason,
+            options,
             source,
-            force,
-            json,
+            out,
         } => {
-            let ttl_secs = ttl
-                .as_deref()
-                .map(crate::config::parse_duration)
-                .transpose()
-                .map_err(anyhow::Error::msg)?;
             let defaults = ImportDefaults {
-                ttl_secs,
-                reason: reason.clone(),
+                ttl_secs: options.ttl_secs()?,
+                reason: options.reason.clone(),
                 source: source.clone(),
-                force: *force,
+                force: options.force,
             };
-            import(cli, list, file, defaults, *json)
+            import(cli, list, file, defaults, out.json)
         }
     }
 }
 
 /// `allow|deny list`: the entries, as a table, in ASE's words, or as JSON.
-fn show(
-    cli: &Cli,
-    list: List,
-    k: Option<&str>,
-    source: &Option<String>,
-    json: bool,
-) -> anyhow::Result<()> {
-    let k = k.map(kind).transpose()?;
+fn show(cli: &Cli, list: List, which: &Selection, json: bool) -> anyhow::Result<()> {
     let r = call(
         cli,
         &Request::List {
             list: Some(list),
-            kind: k,
-            source: source.clone(),
+            kind: which.kind.as_deref().map(kind).transpose()?,
+            source: which.source.clone(),
         },
     )?;
     if json {
@@ -101,15 +78,9 @@ fn show(
 }
 
 /// `allow|deny clear`: one kind, one source, or (with `--all` only) everything.
-fn clear(
-    cli: &Cli,
-    list: List,
-    k: Option<&str>,
-    source: &Option<String>,
-    all: bool,
-    json: bool,
-) -> anyhow::Result<()> {
-    let k = k.map(kind).transpose()?;
+fn clear(cli: &Cli, list: List, which: &Selection, all: bool, json: bool) -> anyhow::Result<()> {
+    let k = which.kind.as_deref().map(kind).transpose()?;
+    let source = &which.source;
     if k.is_none() && source.is_none() && !all {
         bail!(
             "`{list} clear` without --kind or --source removes every entry of the {list} list; add --all if that is what you mean"
@@ -319,25 +290,19 @@ pub(super) fn import(
 fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
     let k = kind(&a.ident.kind)?;
     let (name, value) = name_value(k, &a.ident.values, a.ident.any_name)?;
-    let ttl_secs = a
-        .ttl
-        .as_deref()
-        .map(crate::config::parse_duration)
-        .transpose()
-        .map_err(anyhow::Error::msg)?;
     let req = Request::Add(AddRequest {
         list: Some(list),
         kind: Some(k),
         name,
         value,
-        ttl_secs,
-        reason: a.reason.clone(),
+        ttl_secs: a.options.ttl_secs()?,
+        reason: a.options.reason.clone(),
         api: a.api.clone(),
         source: None,
-        force: a.force,
+        force: a.options.force,
     });
     let r = call(cli, &req)?;
-    if a.json {
+    if a.out.json {
         return print_json(&r);
     }
     let r: Added = decode(r)?;
@@ -373,7 +338,7 @@ fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
             source: r.source.clone(),
         },
     )?;
-    if r.json {
+    if r.out.json {
         return print_json(&answer);
     }
     let removed: Vec<EntryView> = decode(answer)?;

@@ -25,7 +25,8 @@ mod output;
 mod show;
 
 pub use args::{
-    AddArgs, AgentArgs, ApiVerb, Cli, Command, JsonFlag, ListVerb, RemoveArgs, rewrite_ase,
+    AddArgs, AgentArgs, ApiVerb, Cli, Command, EntryOptions, JsonFlag, ListVerb, RemoveArgs,
+    Selection, rewrite_ase,
 };
 use lists::list_verb;
 use output::*;

@@ -62,39 +62,29 @@ pub async fn serve(
     listener: UnixListener,
     writer: Writer,
     group: Option<u32>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    if !peer_allowed(&stream, group) {
-                        tracing::warn!(peer = ?stream.peer_cred().ok(), "control connection refused");
-                        tokio::spawn(refuse(stream));
-                        continue;
-                    }
-                    let root = peer_is_root(&stream);
-                    let writer = writer.clone();
-                    let mut stop = shutdown.clone();
-                    tokio::spawn(async move {
-                        // An idle client must not keep the writer (and the shutdown) waiting.
-                        tokio::select! {
-                            r = connection(stream, writer, root) => if let Err(e) = r {
-                                tracing::debug!("control connection ended: {e}");
-                            },
-                            _ = stop.changed() => {}
-                        }
-                    });
-                }
-                Err(e) => {
-                    // EMFILE: back off instead of spinning; the connections will close.
-                    tracing::warn!("control socket accept failed: {e} (backing off)");
-                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                }
-            },
-            _ = shutdown.changed() => break,
+    let stop = shutdown.clone();
+    crate::listen::accept_until(listener, shutdown, "control socket", |stream| {
+        if !peer_allowed(&stream, group) {
+            tracing::warn!(peer = ?stream.peer_cred().ok(), "control connection refused");
+            tokio::spawn(refuse(stream));
+            return;
         }
-    }
+        let root = peer_is_root(&stream);
+        let writer = writer.clone();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            // An idle client must not keep the writer (and the shutdown) waiting.
+            tokio::select! {
+                r = connection(stream, writer, root) => if let Err(e) = r {
+                    tracing::debug!("control connection ended: {e}");
+                },
+                _ = stop.changed() => {}
+            }
+        });
+    })
+    .await;
 }
 
 /// Answers a refused peer's first request with the reason (reading it first, so the client

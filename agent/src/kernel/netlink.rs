@@ -7,19 +7,27 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
 use super::filter::AttachMode;
 
-const RTM_NEWLINK: u16 = 16;
-const RTM_GETLINK: u16 = 18;
+use libc::{RTM_GETLINK, RTM_NEWLINK};
+
+// linux/netlink.h (libc has them as c_int; netlink's fields are u16).
 const NLMSG_ERROR: u16 = 2;
 const NLM_F_REQUEST: u16 = 1;
+const NLA_TYPE_MASK: u16 = 0x3fff;
+// linux/if_link.h: the link's XDP attribute and what it nests.
 const IFLA_XDP: u16 = 43;
 const IFLA_XDP_ATTACHED: u16 = 2;
 const IFLA_XDP_PROG_ID: u16 = 4;
 const IFLA_XDP_DRV_PROG_ID: u16 = 5;
-const NLA_TYPE_MASK: u16 = 0x3fff;
-const XDP_ATTACHED_DRV: u8 = 1;
-const XDP_ATTACHED_SKB: u8 = 2;
-const XDP_ATTACHED_HW: u8 = 3;
-const XDP_ATTACHED_MULTI: u8 = 4;
+
+/// The mode an `IFLA_XDP_ATTACHED` value names: `XDP_ATTACHED_SKB` (2) is generic;
+/// `_DRV` (1), `_HW` (3) and `_MULTI` (4) run below the stack; 0 is none.
+fn attached_mode(value: u8) -> Option<AttachMode> {
+    match value {
+        2 => Some(AttachMode::Generic),
+        1 | 3 | 4 => Some(AttachMode::Native),
+        _ => None,
+    }
+}
 
 #[repr(C)]
 struct Request {
@@ -158,13 +166,7 @@ fn parse_answer(mut b: &[u8]) -> io::Result<Option<XdpAttachment>> {
                     for (t, v) in attributes(xdp) {
                         match t {
                             IFLA_XDP_ATTACHED => {
-                                out.mode = match v.first() {
-                                    Some(&XDP_ATTACHED_SKB) => Some(AttachMode::Generic),
-                                    Some(
-                                        &(XDP_ATTACHED_DRV | XDP_ATTACHED_HW | XDP_ATTACHED_MULTI),
-                                    ) => Some(AttachMode::Native),
-                                    _ => None,
-                                }
+                                out.mode = v.first().copied().and_then(attached_mode);
                             }
                             IFLA_XDP_PROG_ID => out.prog_id = u32_at(v, 0).unwrap_or(0),
                             IFLA_XDP_DRV_PROG_ID => drv_prog = u32_at(v, 0).unwrap_or(0),

@@ -76,18 +76,46 @@ pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
     }
 }
 
-/// Runs a batched map command over `keys` (and `values`, for updates) in chunks of at most
-/// [`BATCH`], resuming where the kernel stopped after a transient `EINTR`/`EAGAIN`.
+/// Drives a batched map command over `total` elements in steps of at most [`BATCH`].
+/// `step(done, n)` makes one call for elements `done..done + n` and returns its result and
+/// the count the kernel reported, which it sets even when it stops early. Transient
+/// `EINTR`/`EAGAIN` resume where the kernel stopped; `ENOENT` ends a lookup (`lookup`: the
+/// last batch) and is an error otherwise. Returns how many elements were processed.
+fn in_batches(
+    total: usize,
+    lookup: bool,
+    mut step: impl FnMut(usize, usize) -> (io::Result<libc::c_long>, usize),
+) -> io::Result<usize> {
+    let mut done = 0usize;
+    let mut stalls = 0;
+    while done < total {
+        let n = (total - done).min(BATCH);
+        let (res, count) = step(done, n);
+        let progressed = count.min(n);
+        done += progressed;
+        let Err(e) = res else { continue };
+        match e.raw_os_error() {
+            Some(libc::ENOENT) if lookup => break,
+            Some(libc::EINTR | libc::EAGAIN) => {
+                stalls = if progressed == 0 { stalls + 1 } else { 0 };
+                if stalls > 100 {
+                    return Err(e);
+                }
+            }
+            _ => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Runs a batched update or delete over `keys` (and `values`, for updates).
 fn batch<K: Copy, V: Copy>(
     cmd: libc::c_long,
     map: BorrowedFd<'_>,
     keys: &[K],
     values: Option<&[V]>,
 ) -> io::Result<()> {
-    let mut done = 0usize;
-    let mut stalls = 0;
-    while done < keys.len() {
-        let n = (keys.len() - done).min(BATCH);
+    in_batches(keys.len(), false, |done, n| {
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
             values: values.map_or(0, |v| v[done..].as_ptr() as u64),
@@ -96,21 +124,9 @@ fn batch<K: Copy, V: Copy>(
             ..BatchAttr::default()
         };
         let res = bpf(cmd, &mut attr);
-        // The kernel reports how many it processed even when it stops early.
-        let progressed = (attr.count as usize).min(n);
-        done += progressed;
-        match res {
-            Ok(_) => {}
-            Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN)) => {
-                stalls = if progressed == 0 { stalls + 1 } else { 0 };
-                if stalls > 100 {
-                    return Err(e);
-                }
-            }
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
+        (res, attr.count as usize)
+    })
+    .map(drop)
 }
 
 /// Writes `keys[i] -> values[i]` for all `i` (`BPF_MAP_UPDATE_BATCH`). `K` and `V` must be the
@@ -162,10 +178,8 @@ pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> 
 pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
     let mut values = vec![V::default(); len as usize];
     let mut keys = vec![0u32; len as usize];
-    let mut done = 0usize;
     let mut cursor = 0u32;
-    while done < values.len() {
-        let n = (values.len() - done).min(BATCH);
+    let done = in_batches(values.len(), true, |done, n| {
         let mut attr = BatchAttr {
             in_batch: if done == 0 {
                 0
@@ -180,16 +194,8 @@ pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Res
             ..BatchAttr::default()
         };
         let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let got = (attr.count as usize).min(n);
-        done += got;
-        match res {
-            Ok(_) => {}
-            // ENOENT: the last batch, `count` says how much of it was filled.
-            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => break,
-            Err(e) if got > 0 && e.raw_os_error() == Some(libc::EINTR) => {}
-            Err(e) => return Err(e),
-        }
-    }
+        (res, attr.count as usize)
+    })?;
     if done != values.len() || keys.iter().enumerate().any(|(i, k)| *k as usize != i) {
         return Err(io::Error::other(format!(
             "array lookup returned {done} of {len} elements out of order"

@@ -84,67 +84,29 @@ impl Service {
             Cidr::V4 { .. } => self.config.min_deny_prefix_v4,
             Cidr::V6 { .. } => self.config.min_deny_prefix_v6,
         };
-        if list == List::Allow {
+        let overlap =
+            |nets: Vec<Cidr>| nets.into_iter().find(|n| n.covers(&cidr) || cidr.covers(n));
+        let what = if list == List::Allow {
             // An allow of a huge range (or two halves of everything) turns enforcement off.
-            if cidr.len() < min {
-                return Err(ServiceError::WorldBlocking {
-                    list,
-                    cidr,
-                    what: format!(
-                        "more than a /{min} (min_deny_prefix), which turns enforcement off there,"
-                    ),
-                });
-            }
-            return Ok(());
+            (cidr.len() < min).then(|| {
+                format!("more than a /{min} (min_deny_prefix), which turns enforcement off there,")
+            })
+        } else if cidr.len() == 0 {
+            Some("every address".into())
+        } else if cidr.len() < min {
+            Some(format!("more than a /{min} (min_deny_prefix)"))
+        } else if let Some(a) = self.own_addresses.iter().find(|a| cidr.contains(**a)) {
+            Some(format!("this host's own address {a}"))
+        } else if let Some(p) = overlap(self.config.checker.trusted_proxies()) {
+            // The proxies in front of the checker speak for many clients.
+            Some(format!("trusted proxy {p}, and every client behind it"))
+        } else {
+            overlap(self.config.management()).map(|m| format!("management network {m}"))
+        };
+        match what {
+            Some(what) => Err(ServiceError::WorldBlocking { list, cidr, what }),
+            None => Ok(()),
         }
-        if cidr.len() == 0 {
-            return Err(ServiceError::WorldBlocking {
-                list,
-                cidr,
-                what: "every address".into(),
-            });
-        }
-        if cidr.len() < min {
-            return Err(ServiceError::WorldBlocking {
-                list,
-                cidr,
-                what: format!("more than a /{min} (min_deny_prefix)"),
-            });
-        }
-        if let Some(a) = self.own_addresses.iter().find(|a| cidr.contains(**a)) {
-            return Err(ServiceError::WorldBlocking {
-                list,
-                cidr,
-                what: format!("this host's own address {a}"),
-            });
-        }
-        // The proxies in front of the checker speak for many clients.
-        if let Some(p) = self
-            .config
-            .checker
-            .trusted_proxies()
-            .iter()
-            .find(|p| p.covers(&cidr) || cidr.covers(p))
-        {
-            return Err(ServiceError::WorldBlocking {
-                list,
-                cidr,
-                what: format!("trusted proxy {p}, and every client behind it"),
-            });
-        }
-        if let Some(m) = self
-            .config
-            .management()
-            .iter()
-            .find(|m| m.covers(&cidr) || cidr.covers(m))
-        {
-            return Err(ServiceError::WorldBlocking {
-                list,
-                cidr,
-                what: format!("management network {m}"),
-            });
-        }
-        Ok(())
     }
 
     /// What an automatic source (ABS, detections, the fleet) may never deny-list: the
