@@ -186,20 +186,11 @@ fn main() -> anyhow::Result<()> {
         })
         .collect();
     // A denied token really is refused through the same listener.
-    let denied = Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-k",
-            "-H",
-            "Authorization: Bearer bench-denied-00123456",
-        ])
-        .arg(format!("https://127.0.0.1:{pc_port}/bench"))
-        .output()?;
-    let denied_code = String::from_utf8_lossy(&denied.stdout).into_owned();
+    let denied_code = portcullis_tests::http::curl_status(
+        &format!("https://127.0.0.1:{pc_port}/bench"),
+        &["-k", "-H", "Authorization: Bearer bench-denied-00123456"],
+    )
+    .to_string();
     let (direct, ng, pc) = (median[0], median[1], median[2]);
     let json = serde_json::json!({
         "connections": CONNS, "seconds": SECS, "denied_tokens": 1_000_000, "denied_token_answer": denied_code,

@@ -43,6 +43,15 @@ pub fn write_backend_api(dir: &Path, name: &str, backend: u16, fields: &str) {
     );
 }
 
+/// A backend on 127.0.0.1 and the API `shop` in front of it (with more `fields`), written
+/// in `dirs`' API directory, which is returned.
+pub fn shop_backend(dirs: &AgentDirs, fields: &str) -> (Backend, std::path::PathBuf) {
+    let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
+    let apis = dirs.root.join("apis");
+    write_backend_api(&apis, "shop", backend.addr.port(), fields);
+    (backend, apis)
+}
+
 /// A running checker and what it needs.
 pub struct Setup {
     /// State, certificates and API files.
@@ -63,6 +72,16 @@ pub struct Setup {
 /// present its own client address), and the APIs `extra` writes.
 pub fn setup(extra: impl Fn(&Path, u16)) -> Setup {
     setup_with("", extra)
+}
+
+/// [`setup`] with API definitions `(name, fields)` in front of the test backend (see
+/// [`write_backend_api`]).
+pub fn setup_apis(apis: &[(&str, &str)]) -> Setup {
+    setup(|dir, backend| {
+        for (name, fields) in apis {
+            write_backend_api(dir, name, backend, fields);
+        }
+    })
 }
 
 /// [`setup`] with more `[checker]` settings (TOML lines).

@@ -97,3 +97,23 @@ pub fn connect_from(src: Ipv4Addr, dst: SocketAddr) -> std::io::Result<TcpStream
         Ok(stream)
     }
 }
+
+/// The status of `curl -s [args] url` (5 s at most; 0 when there was no answer): for the
+/// listeners the tests reach with real curl.
+pub fn curl_status(url: &str, args: &[&str]) -> u16 {
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "5",
+        ])
+        .args(args)
+        .arg(url)
+        .output()
+        .expect("curl");
+    String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+}

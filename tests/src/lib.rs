@@ -64,6 +64,33 @@ pub fn privileged(test: &str) -> bool {
     root
 }
 
+/// The name of the function it is used in (the test's name, for [`privileged`]).
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn f() {}
+        let path = std::any::type_name_of_val(&f);
+        let path = path.strip_suffix("::f").unwrap_or(path);
+        path.rsplit("::").next().unwrap_or(path)
+    }};
+}
+
+/// Starts a privileged test: returns from it, recorded as skipped, when this process may not
+/// run it ([`privileged`]). With an expression (`privileged!(NetnsPair::new()…)`), checks
+/// first and then evaluates it: what needs the privilege comes after the check.
+#[macro_export]
+macro_rules! privileged {
+    () => {
+        if !$crate::privileged($crate::test_name!()) {
+            return;
+        }
+    };
+    ($setup:expr) => {{
+        $crate::privileged!();
+        $setup
+    }};
+}
+
 /// A per-process unique name with `prefix`, short enough for interface names (15 bytes).
 pub fn unique(prefix: &str) -> String {
     use std::sync::atomic::{AtomicU32, Ordering};

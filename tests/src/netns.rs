@@ -5,6 +5,7 @@
 
 use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
@@ -158,23 +159,51 @@ impl NetnsPair {
             .output()
     }
 
-    /// Starts `count` pings from `src` to `dst`, one per 0.1 s, on another thread; the thread
-    /// returns ping's output and when it ended (for tests that restart something mid-way).
-    pub fn ping_in_background(
-        &self,
-        src: &str,
-        dst: &str,
-        count: u32,
-    ) -> std::thread::JoinHandle<(std::io::Result<Output>, std::time::Instant)> {
+    /// Starts `count` pings from `src` to `dst`, one per 0.1 s, on another thread, and
+    /// returns once the first ones are out (for tests that restart something mid-way).
+    pub fn ping_in_background(&self, src: &str, dst: &str, count: u32) -> Pinger {
         let (client, src, dst) = (self.client.clone(), src.to_owned(), dst.to_owned());
-        std::thread::spawn(move || {
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || {
             let out = Command::new("ip")
                 .args(["netns", "exec", &client, "ping", "-n", "-q", "-c"])
                 .arg(count.to_string())
                 .args(["-i", "0.1", "-W", "1", "-I", &src, &dst])
                 .output();
-            (out, std::time::Instant::now())
-        })
+            (out, Instant::now())
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        Pinger {
+            thread,
+            count,
+            started,
+        }
+    }
+
+    /// `curl -s --max-time 3` from `src` in the client namespace to `https://host:port path`
+    /// on the server, trusting `ca`, with more curl `args`.
+    pub fn curl_https(
+        &self,
+        src: &str,
+        ca: &std::path::Path,
+        (host, port): (&str, u16),
+        path: &str,
+        args: &[&str],
+    ) -> std::io::Result<Output> {
+        let ca = ca.to_string_lossy();
+        let resolve = format!("{host}:{port}:{SERVER_V4}");
+        let url = format!("https://{host}:{port}{path}");
+        let mut cmd = vec!["curl", "-s", "--max-time", "3", "--interface", src];
+        cmd.extend(["--cacert", &ca, "--resolve", &resolve]);
+        cmd.extend(args);
+        cmd.push(&url);
+        self.client_cmd(&cmd)
+    }
+
+    /// Panics unless `answered` of `count` pings from `src` to `dst` are answered.
+    pub fn assert_pings(&self, src: &str, dst: &str, count: u32, answered: u32, why: &str) {
+        let got = self.ping(src, dst, count).expect("ping");
+        assert_eq!(got, answered, "{src} -> {dst}: {why}");
     }
 
     /// How many of `count` pings from `src` to `dst` were answered (one per 0.2 s, 1 s wait).
@@ -193,6 +222,36 @@ impl NetnsPair {
             })
             .with_context(|| format!("unexpected ping output: {text}"))?;
         Ok(received)
+    }
+}
+
+/// Pings running in the background across something that must not let one through.
+pub struct Pinger {
+    thread: std::thread::JoinHandle<(std::io::Result<Output>, Instant)>,
+    count: u32,
+    started: Instant,
+}
+
+impl Pinger {
+    /// Waits for the pings; panics if one was answered, or (given `done`, when what they
+    /// spanned finished) if they ended less than 0.5 s after it: the window must provably
+    /// contain all of `what`.
+    pub fn assert_none_answered(self, done: Option<Instant>, what: &str) {
+        let (out, finished) = self.thread.join().expect("pinger");
+        let text = String::from_utf8_lossy(&out.expect("ping").stdout).into_owned();
+        let count = self.count;
+        assert!(
+            text.contains(&format!("{count} packets transmitted, 0 received")),
+            "a ping got through {what}: {text}"
+        );
+        if let Some(done) = done {
+            assert!(
+                finished > done + Duration::from_millis(500),
+                "the pings ended {:?} after they began, before {what} was done ({:?}): the window did not contain it",
+                finished - self.started,
+                done - self.started
+            );
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use portcullis::control::answer::{AbsState, EntryView};
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, answer, ok};
-use portcullis_tests::backend::Backend;
+use portcullis_tests::checker_setup::{shop_backend, write_api};
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
@@ -46,19 +46,13 @@ fn abs_config(dirs: &AgentDirs, url: &str) -> String {
 
 #[test]
 fn mirror_failures_push_and_reporting() {
-    if !privileged("mirror_failures_push_and_reporting") {
-        return;
-    }
+    privileged!();
     let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let dirs = AgentDirs::new();
-    let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
-    let apis = dirs.root.join("apis");
-    std::fs::create_dir_all(&apis).expect("apis");
-    std::fs::write(
-        apis.join("shop.json"),
-        format!(r#"{{"api_metadata":{{"url":"/shop","oauth2_access_token":true,"decoy_config":{{"decoy_enabled":true,"decoy_subpaths":["admin"]}},"servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#, backend.addr.port()),
-    )
-    .expect("api");
+    let (_backend, apis) = shop_backend(
+        &dirs,
+        r#""oauth2_access_token":true,"decoy_config":{"decoy_enabled":true,"decoy_subpaths":["admin"]}"#,
+    );
     let http = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port")
@@ -69,25 +63,17 @@ fn mirror_failures_push_and_reporting() {
         apis.display()
     );
     let agent = Agent::with_config(&dirs, config).expect("agent");
-    let curl = |token: &str, path: &str, xff: &str| -> u16 {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-                "-H",
-                &format!("Authorization: Bearer {token}"),
-                "-H",
-                &format!("X-Forwarded-For: {xff}"),
-            ])
-            .arg(format!("http://127.0.0.1:{http}{path}"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).parse().unwrap_or(0)
+    let curl = |token: &str, path: &str, xff: &str| {
+        let (auth, from) = (
+            format!("Authorization: Bearer {token}"),
+            format!("X-Forwarded-For: {xff}"),
+        );
+        let url = format!("http://127.0.0.1:{http}{path}");
+        portcullis_tests::http::curl_status(&url, &["-H", &auth, "-H", &from])
+    };
+    let expect_answer = |token: &str, from: &str, want: u16, why: &str| {
+        let got = curl(token, "/shop/x", from);
+        assert_eq!(got, want, "token {token} from {from}: {why}");
     };
 
     abs.set(Answer::Json(
@@ -110,17 +96,19 @@ fn mirror_failures_push_and_reporting() {
         !agent.log_text().contains("s3cret-sk"),
         "the secret key is never logged"
     );
-    assert_eq!(
-        curl("stolen-token", "/shop/x", "198.18.9.9"),
+    expect_answer(
+        "stolen-token",
+        "198.18.9.9",
         403,
-        "ABS-listed token refused at the checker"
+        "ABS-listed token refused at the checker",
     );
-    assert_eq!(
-        curl("fine-token", "/shop/x", "198.18.70.1"),
+    expect_answer(
+        "fine-token",
+        "198.18.70.1",
         403,
-        "ABS-listed IP refused at L7 too"
+        "ABS-listed IP refused at L7 too",
     );
-    assert_eq!(curl("fine-token", "/shop/x", "198.18.9.9"), 200);
+    expect_answer("fine-token", "198.18.9.9", 200, "neither listed");
     let status = agent.status();
     let feed = status.abs.as_ref().expect("status shows the ABS feed");
     assert_eq!(feed.listed, 8, "{status:?}");
@@ -143,15 +131,12 @@ fn mirror_failures_push_and_reporting() {
     ]));
     abs.set(Answer::Json(r#"{"attacklist":{"ips":["198.18.71.0/24",{"value":"198.18.72.1","ttl":3600}],"cookies":{"JSESSIONID":["sess-1"]},"usernames":["mallory"]}}"#.into()));
     wait_for("the removal", || abs_rows(&agent).len() == 4);
-    assert_eq!(
-        curl("stolen-token", "/shop/x", "198.18.9.9"),
-        200,
-        "token no longer listed"
-    );
-    assert_eq!(
-        curl("fine-token", "/shop/x", "198.18.70.1"),
+    expect_answer("stolen-token", "198.18.9.9", 200, "token no longer listed");
+    expect_answer(
+        "fine-token",
+        "198.18.70.1",
         403,
-        "the operator's entry stays"
+        "the operator's entry stays",
     );
     let manual: Vec<EntryView> =
         answer(&agent.cli(&["deny", "list", "--source", "manual", "--json"]));
@@ -193,10 +178,11 @@ fn mirror_failures_push_and_reporting() {
             "{bad:?}: recorded {err:?}, expected {want:?}"
         );
     }
-    assert_eq!(
-        curl("fine-token", "/shop/x", "198.18.71.5"),
+    expect_answer(
+        "fine-token",
+        "198.18.71.5",
         403,
-        "still enforced after the failures"
+        "still enforced after the failures",
     );
 
     // Push path: immediate, same semantics.
@@ -240,10 +226,7 @@ fn mirror_failures_push_and_reporting() {
 
 #[test]
 fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
-    if !privileged("abs_listing_an_ip_gets_it_dropped_by_xdp") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let abs = in_netns(&pair.server, || {
         FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"))
     })
@@ -251,10 +234,8 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
     let dirs = AgentDirs::new();
     let config = abs_config(&dirs, &abs.url());
     let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         config,
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     let agent = Agent::start(&dirs, &opts).expect("agent");
     let [attacker, other, _] = CLIENT_V4;
@@ -282,8 +263,6 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
             .unwrap_or(false)
     });
     assert_eq!(pair.ping(attacker, SERVER_V4, 3).expect("ping"), 3);
-    drop(agent);
-    let _ = portcullis::kernel::detach(&dirs.pins.0, &pair.server_if);
 }
 
 /// ABS over HTTPS verified with its CA file; an identifier ABS keeps listing is never
@@ -291,9 +270,7 @@ fn abs_listing_an_ip_gets_it_dropped_by_xdp() {
 /// and detection reports wait in a bounded queue while ABS refuses them.
 #[test]
 fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
-    if !privileged("https_with_a_ca_nothing_blinks_and_reports_are_bounded") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let certs = portcullis_tests::tls::self_signed(&dirs.root, "127.0.0.1", "abs").expect("certs");
     let abs = FakeAbs::start_tls(
@@ -320,14 +297,10 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
         ))
     };
     abs.set(list(0));
-    let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
-    let apis = dirs.root.join("apis");
-    std::fs::create_dir_all(&apis).expect("apis");
-    std::fs::write(
-        apis.join("shop.json"),
-        format!(r#"{{"api_metadata":{{"url":"/shop","decoy_config":{{"decoy_enabled":true,"decoy_subpaths":["admin"]}},"servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#, backend.addr.port()),
-    )
-    .expect("api");
+    let (_backend, apis) = shop_backend(
+        &dirs,
+        r#""decoy_config":{"decoy_enabled":true,"decoy_subpaths":["admin"]}"#,
+    );
     let http: std::net::SocketAddr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");
@@ -435,9 +408,7 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
 /// its default gateway, the API servers behind the checker. The operator can.
 #[test]
 fn abs_cannot_cut_the_host_off_its_infrastructure() {
-    if !privileged("abs_cannot_cut_the_host_off_its_infrastructure") {
-        return;
-    }
+    privileged!();
     let mut protected: Vec<String> = portcullis::infrastructure::addresses()
         .iter()
         .map(|a| a.to_string())
@@ -446,12 +417,11 @@ fn abs_cannot_cut_the_host_off_its_infrastructure() {
     let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
     let dirs = AgentDirs::new();
     let apis = dirs.root.join("apis");
-    std::fs::create_dir_all(&apis).expect("apis");
-    std::fs::write(
-        apis.join("shop.json"),
-        r#"{"api_metadata":{"url":"/shop","servers":[{"host":"198.18.99.1","port":8080}]}}"#,
-    )
-    .expect("api");
+    write_api(
+        &apis,
+        "shop",
+        r#"{"url":"/shop","servers":[{"host":"198.18.99.1","port":8080}]}"#,
+    );
     let http = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");

@@ -27,9 +27,7 @@ fn count(agent: &Agent, list: &str) -> usize {
 
 #[test]
 fn every_kind_on_both_lists_through_the_cli() {
-    if !privileged("every_kind_on_both_lists_through_the_cli") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -177,9 +175,7 @@ fn every_kind_on_both_lists_through_the_cli() {
 
 #[test]
 fn malformed_input_is_refused_clearly_and_changes_nothing() {
-    if !privileged("malformed_input_is_refused_clearly_and_changes_nothing") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(
         &dirs,
@@ -261,9 +257,7 @@ fn malformed_input_is_refused_clearly_and_changes_nothing() {
 
 #[test]
 fn import_streams_and_reports_bad_lines() {
-    if !privileged("import_streams_and_reports_bad_lines") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
     let path = dirs.root.join("import.txt");
@@ -315,9 +309,7 @@ fn import_streams_and_reports_bad_lines() {
 
 #[test]
 fn ttl_entries_expire_from_store_and_kernel() {
-    if !privileged("ttl_entries_expire_from_store_and_kernel") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -363,18 +355,13 @@ fn ttl_entries_expire_from_store_and_kernel() {
 
 #[test]
 fn daemon_enforces_and_survives_kill_9_without_a_gap() {
-    if !privileged("daemon_enforces_and_survives_kill_9_without_a_gap") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let dirs = AgentDirs::new();
     // Metrics inside the server namespace (the agent runs there).
     let metrics_addr: std::net::SocketAddr = "127.0.0.1:9469".parse().expect("addr");
     let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         args: vec!["--metrics".into(), metrics_addr.to_string()],
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     let mut agent = Agent::start(&dirs, &opts).expect("agent");
     let [bad, other, allowed] = CLIENT_V4;
@@ -385,16 +372,8 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     assert_eq!(pair.ping(other, SERVER_V4, 2).expect("ping"), 2);
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.0/29", "--force"]));
     ok(&agent.cli(&["allow", "add", "ip", allowed]));
-    assert_eq!(
-        pair.ping(other, SERVER_V4, 2).expect("ping"),
-        0,
-        "inside the denied /29"
-    );
-    assert_eq!(
-        pair.ping(allowed, SERVER_V4, 2).expect("ping"),
-        2,
-        "allow beats deny"
-    );
+    pair.assert_pings(other, SERVER_V4, 2, 0, "inside the denied /29");
+    pair.assert_pings(allowed, SERVER_V4, 2, 2, "allow beats deny");
     let stats = agent.stats();
     let drops = |c: Option<&BTreeMap<String, Counter>>| {
         c.and_then(|c| c.get("drop_denied"))
@@ -416,25 +395,11 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
     let dropped = |agent: &Agent| agent.xdp_packets("drop_denied");
     let before = dropped(&agent);
     const PINGS: u32 = 60;
-    let started = Instant::now();
     let pinger = pair.ping_in_background(bad, SERVER_V4, PINGS);
-    std::thread::sleep(Duration::from_millis(300));
     agent.kill9();
     std::thread::sleep(Duration::from_millis(500));
     let agent = Agent::start(&dirs, &opts).expect("restart");
-    let restarted = Instant::now();
-    let (out, finished) = pinger.join().expect("pinger");
-    let text = String::from_utf8_lossy(&out.expect("ping").stdout).into_owned();
-    assert!(
-        text.contains(&format!("{PINGS} packets transmitted, 0 received")),
-        "a packet got through across kill -9 and restart: {text}"
-    );
-    assert!(
-        finished > restarted + Duration::from_millis(500),
-        "the pings ended {:?} after they began, before the restart was done ({:?}): the window did not contain it",
-        finished - started,
-        restarted - started
-    );
+    pinger.assert_none_answered(Some(Instant::now()), "kill -9 and the restart");
     assert_eq!(
         dropped(&agent) - before,
         u64::from(PINGS),
@@ -471,22 +436,14 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
 
     // SIGTERM leaves enforcement in place; detach (without an agent) removes it.
     drop(agent);
-    assert_eq!(
-        pair.ping(bad, SERVER_V4, 2).expect("ping"),
-        0,
-        "still enforced after a graceful stop"
-    );
+    pair.assert_pings(bad, SERVER_V4, 2, 0, "still enforced after a graceful stop");
     let out = std::process::Command::new(portcullis_bin())
         .args(["detach", "--iface", &pair.server_if, "--pin-dir"])
         .arg(&dirs.pins.0)
         .output()
         .expect("detach");
     assert!(ok(&out).contains("detached"));
-    assert_eq!(
-        pair.ping(bad, SERVER_V4, 2).expect("ping"),
-        2,
-        "traffic restored after detach"
-    );
+    pair.assert_pings(bad, SERVER_V4, 2, 2, "traffic restored after detach");
     // With the agent gone the CLI fails clearly instead of hanging or pretending.
     let e = err(&cli(&dirs.socket(), &["status"]));
     assert!(e.contains("agent") || e.contains("socket"), "{e}");
@@ -496,9 +453,7 @@ fn daemon_enforces_and_survives_kill_9_without_a_gap() {
 /// `--ttl/--source`, `clear --source`, and `--check-config` catching a bad file.
 #[test]
 fn readme_promises_hold() {
-    if !privileged("readme_promises_hold") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
     // A range covering this host's loopback address is refused without --force.
@@ -714,9 +669,7 @@ fn every_agent_flag_overrides_the_file() {
 /// may use the CLI without root.
 #[test]
 fn the_socket_group_owns_the_control_socket() {
-    if !privileged("the_socket_group_owns_the_control_socket") {
-        return;
-    }
+    privileged!();
     let group = TempGroup::new().expect("group");
     let gid = group.gid;
     let dirs = AgentDirs::new();

@@ -26,9 +26,7 @@ fn raise_nofile() {
 
 #[test]
 fn idle_connections_do_not_take_the_service_down() {
-    if !privileged("idle_connections_do_not_take_the_service_down") {
-        return;
-    }
+    privileged!();
     raise_nofile();
     let s = setup_with("idle_timeout = \"3s\"\n", |apis, backend| {
         write_backend_api(apis, "shop", backend, "");

@@ -15,9 +15,7 @@ fn lists(agent: &Agent) -> (String, String) {
 
 #[test]
 fn backup_then_restore_brings_back_exactly_the_lists() {
-    if !privileged("backup_then_restore_brings_back_exactly_the_lists") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
     for args in [
@@ -89,9 +87,7 @@ fn backup_then_restore_brings_back_exactly_the_lists() {
 
 #[test]
 fn bad_or_hostile_copies_change_nothing() {
-    if !privileged("bad_or_hostile_copies_change_nothing") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.82.1"]));

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::checker_setup::{
-    HOST, Setup, free_port, setup, write_api, write_backend_api,
+    HOST, Setup, free_port, setup, setup_apis, write_api, write_backend_api,
 };
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
@@ -35,9 +35,7 @@ fn shop_api(apis: &Path, backend: u16) {
 
 #[test]
 fn every_identifier_kind_denied_allowed_removed() {
-    if !privileged("every_identifier_kind_denied_allowed_removed") {
-        return;
-    }
+    privileged!();
     let s = setup(shop_api);
     let payload = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"jwt user"}"#);
     let jwt = format!("Authorization: Bearer eyJhbGciOiJub25lIn0.{payload}.x");
@@ -174,23 +172,17 @@ fn every_identifier_kind_denied_allowed_removed() {
 
 #[test]
 fn detections_deny_list_the_culprit() {
-    if !privileged("detections_deny_list_the_culprit") {
-        return;
-    }
-    let s = setup(|apis, backend| {
-        write_backend_api(
-            apis,
+    privileged!();
+    let s = setup_apis(&[
+        (
             "shop",
-            backend,
             r#""oauth2_access_token":true, "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"content_type_allowed":"application/json", "error_code":401,"error_message_body":"Error: Unauthorized method\n"}, "decoy_config":{"decoy_enabled":true,"response_code":200,"response_message":"admin console\n","decoy_subpaths":["admin"]}"#,
-        );
-        write_backend_api(
-            apis,
+        ),
+        (
             "bank",
-            backend,
             r#""oauth2_access_token":true,"is_token_mandatory":true"#,
-        );
-    });
+        ),
+    ]);
     let xff = |ip: &str| format!("X-Forwarded-For: {ip}");
     // Invalid method with a token: the configured error, the token deny-listed.
     let (code, body) = s.curl(
@@ -284,9 +276,7 @@ fn detections_deny_list_the_culprit() {
 
 #[test]
 fn hostile_input_is_refused_and_others_are_served() {
-    if !privileged("hostile_input_is_refused_and_others_are_served") {
-        return;
-    }
+    privileged!();
     let s = setup(|apis, backend| {
         shop_api(apis, backend);
         std::fs::write(
@@ -420,9 +410,7 @@ fn wait_until_served(addr: &str, ca: &std::path::Path, within: Duration) -> bool
 
 #[test]
 fn certificate_reload_by_signal_and_by_file_change_keeps_connections() {
-    if !privileged("certificate_reload_by_signal_and_by_file_change_keeps_connections") {
-        return;
-    }
+    privileged!();
     let s = setup(shop_api);
     let addr = format!("127.0.0.1:{}", s.port);
     // An established keep-alive connection, kept busy (idle ones are closed after the header
@@ -490,10 +478,7 @@ fn certificate_reload_by_signal_and_by_file_change_keeps_connections() {
 
 #[test]
 fn a_decoy_visit_gets_the_client_dropped_by_xdp() {
-    if !privileged("a_decoy_visit_gets_the_client_dropped_by_xdp") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let dirs = AgentDirs::new();
     let backend = in_netns(&pair.server, || {
         Backend::start(TcpListener::bind((SERVER_V4, 0)).expect("backend"))
@@ -518,28 +503,14 @@ fn a_decoy_visit_gets_the_client_dropped_by_xdp() {
         apis.display()
     );
     let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         config,
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     let agent = Agent::start(&dirs, &opts).expect("agent");
     let [attacker, bystander, _] = CLIENT_V4;
     let curl = |src: &str, path: &str| -> (i32, String) {
         let out = pair
-            .client_cmd(&[
-                "curl",
-                "-s",
-                "--max-time",
-                "3",
-                "--interface",
-                src,
-                "--cacert",
-                certs.ca.to_str().unwrap_or(""),
-                "--resolve",
-                &format!("{HOST}:8443:{SERVER_V4}"),
-                &format!("https://{HOST}:8443{path}"),
-            ])
+            .curl_https(src, &certs.ca, (HOST, 8443), path, &[])
             .expect("curl");
         (
             out.status.code().unwrap_or(-1),
@@ -568,15 +539,11 @@ fn a_decoy_visit_gets_the_client_dropped_by_xdp() {
         listed.contains(&format!("{attacker}/32")) && listed.contains("decoy"),
         "{listed}"
     );
-    drop(agent);
-    let _ = portcullis::kernel::detach(&dirs.pins.0, &pair.server_if);
 }
 
 #[test]
 fn round_robin_spreads_over_live_servers_and_skips_a_dead_one() {
-    if !privileged("round_robin_spreads_over_live_servers_and_skips_a_dead_one") {
-        return;
-    }
+    privileged!();
     let dead = free_port();
     let second = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
     let second_port = second.addr.port();
@@ -609,23 +576,17 @@ fn round_robin_spreads_over_live_servers_and_skips_a_dead_one() {
 
 #[test]
 fn spike_threshold_and_monitoring_apis() {
-    if !privileged("spike_threshold_and_monitoring_apis") {
-        return;
-    }
-    let s = setup(|apis, backend| {
-        write_backend_api(
-            apis,
+    privileged!();
+    let s = setup_apis(&[
+        (
             "limited",
-            backend,
             r#""flow_control":{"client_spike_threshold":"5/minute"}"#,
-        );
-        write_backend_api(
-            apis,
+        ),
+        (
             "watch",
-            backend,
             r#""oauth2_access_token":true,"enable_blocking":false"#,
-        );
-    });
+        ),
+    ]);
     // Five requests a minute per client, then 429; another client has its own budget.
     let xff = |ip: &str| format!("X-Forwarded-For: {ip}");
     let codes: Vec<u16> = (0..7)

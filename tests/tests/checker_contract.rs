@@ -6,7 +6,7 @@ use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use portcullis_tests::checker_setup::{free_port, setup, write_api, write_backend_api};
+use portcullis_tests::checker_setup::{free_port, setup, setup_apis, write_api};
 use portcullis_tests::{http, privileged};
 
 fn plain(port: u16) -> SocketAddr {
@@ -67,12 +67,8 @@ fn deny_rows(s: &portcullis_tests::checker_setup::Setup) -> Vec<String> {
 
 #[test]
 fn forwarding_headers_limits_and_cut_bodies() {
-    if !privileged("forwarding_headers_limits_and_cut_bodies") {
-        return;
-    }
-    let s = setup(|apis, backend| {
-        write_backend_api(apis, "shop", backend, r#""health_retry_count":1"#);
-    });
+    privileged!();
+    let s = setup_apis(&[("shop", r#""health_retry_count":1"#)]);
     // X-Forwarded-Proto says which listener the client used.
     assert_eq!(s.curl("/shop/a", &[]).0, 200);
     let head = s.backend.last().expect("forwarded").to_ascii_lowercase();
@@ -183,17 +179,11 @@ fn shop(
 
 #[test]
 fn detections_pick_the_protocol_cookie_and_api_key_culprits() {
-    if !privileged("detections_pick_the_protocol_cookie_and_api_key_culprits") {
-        return;
-    }
-    let s = setup(|apis, backend| {
-        write_backend_api(
-            apis,
-            "shop",
-            backend,
-            r#""cookie":"JSESSIONID","apikey_header":"X-API-Key", "api_pattern_enforcement":{"protocol_allowed":"https","methods_allowed":["GET"],"error_code":401}"#,
-        );
-    });
+    privileged!();
+    let s = setup_apis(&[(
+        "shop",
+        r#""cookie":"JSESSIONID","apikey_header":"X-API-Key", "api_pattern_enforcement":{"protocol_allowed":"https","methods_allowed":["GET"],"error_code":401}"#,
+    )]);
     // Plain HTTP to an HTTPS-only API: the client IP.
     let (code, _) = http::get(
         plain(s.http_port),
@@ -237,9 +227,7 @@ fn detections_pick_the_protocol_cookie_and_api_key_culprits() {
 
 #[test]
 fn active_health_checks_take_a_dead_server_out_before_clients_notice() {
-    if !privileged("active_health_checks_take_a_dead_server_out_before_clients_notice") {
-        return;
-    }
+    privileged!();
     let dead = free_port();
     let s = setup(|apis, backend| {
         write_api(

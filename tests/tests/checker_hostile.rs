@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use portcullis_tests::agent::{err, ok};
-use portcullis_tests::checker_setup::{Setup, setup, write_backend_api};
+use portcullis_tests::checker_setup::{Setup, setup_apis};
 use portcullis_tests::{http, privileged};
 
 fn plain(s: &Setup) -> SocketAddr {
@@ -52,22 +52,18 @@ fn raw_from(s: &Setup, src: std::net::Ipv4Addr, request: &[u8]) -> u16 {
 }
 
 fn hostile_setup() -> Setup {
-    setup(|apis, backend| {
-        write_backend_api(
-            apis,
+    setup_apis(&[
+        (
             "shop",
-            backend,
             r#""cookie":"JSESSIONID","oauth2_access_token":true,"apikey_header":"X-API-Key","apikey_qs":"api_key", "username_header":"X-User","jwt":{"location":"h:authorization:bearer","username":"sub"}, "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"error_code":401}, "decoy_config":{"decoy_enabled":true,"response_code":200,"response_message":"decoy\n","decoy_subpaths":["admin"]}"#,
-        );
-        write_backend_api(apis, "hosted", backend, r#""hostname":"api.test""#);
-    })
+        ),
+        ("hosted", r#""hostname":"api.test""#),
+    ])
 }
 
 #[test]
 fn denied_cookies_tokens_and_keys_are_found_however_they_are_spelt() {
-    if !privileged("denied_cookies_tokens_and_keys_are_found_however_they_are_spelt") {
-        return;
-    }
+    privileged!();
     let s = hostile_setup();
     ok(&s
         .agent
@@ -160,9 +156,7 @@ fn denied_cookies_tokens_and_keys_are_found_however_they_are_spelt() {
 
 #[test]
 fn allow_entries_cannot_be_borrowed_to_vouch_for_a_denied_client() {
-    if !privileged("allow_entries_cannot_be_borrowed_to_vouch_for_a_denied_client") {
-        return;
-    }
+    privileged!();
     let s = hostile_setup();
     ok(&s.agent.cli(&["allow", "add", "username", "admin"]));
     ok(&s.agent.cli(&["allow", "add", "ip", "198.18.90.1"]));
@@ -222,9 +216,7 @@ fn allow_entries_cannot_be_borrowed_to_vouch_for_a_denied_client() {
 
 #[test]
 fn paths_and_hosts_are_judged_as_the_server_resolves_them() {
-    if !privileged("paths_and_hosts_are_judged_as_the_server_resolves_them") {
-        return;
-    }
+    privileged!();
     let s = hostile_setup();
     // Decoys dodged by spelling: each is the decoy, and its client is deny-listed.
     for (i, path) in [
@@ -294,9 +286,7 @@ fn paths_and_hosts_are_judged_as_the_server_resolves_them() {
 
 #[test]
 fn a_method_override_header_does_not_get_around_the_allowed_methods() {
-    if !privileged("a_method_override_header_does_not_get_around_the_allowed_methods") {
-        return;
-    }
+    privileged!();
     let s = hostile_setup();
     for (i, h) in [
         "X-HTTP-Method-Override",
@@ -324,9 +314,7 @@ fn a_method_override_header_does_not_get_around_the_allowed_methods() {
 
 #[test]
 fn anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off() {
-    if !privileged("anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off") {
-        return;
-    }
+    privileged!();
     let s = hostile_setup();
     for (args, want) in [
         (vec!["deny", "add", "ip", "128.0.0.0/1"], "more than a /8"),
@@ -358,9 +346,7 @@ fn anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off() {
 /// Found by the attacker review of the first round: each of these still got through.
 #[test]
 fn second_round_bypasses_are_closed() {
-    if !privileged("second_round_bypasses_are_closed") {
-        return;
-    }
+    privileged!();
     let s = hostile_setup();
     ok(&s.agent.cli(&["allow", "add", "username", "alice"]));
     ok(&s.agent.cli(&["deny", "add", "token", "DENIED-T"]));
@@ -447,17 +433,11 @@ fn second_round_bypasses_are_closed() {
 /// Content types: a body with no type, two types, and the empty type are not allowed types.
 #[test]
 fn content_type_rules_hold_for_every_body() {
-    if !privileged("content_type_rules_hold_for_every_body") {
-        return;
-    }
-    let s = setup(|apis, backend| {
-        write_backend_api(
-            apis,
-            "json",
-            backend,
-            r#""api_pattern_enforcement":{"content_type_allowed":"application/json,","error_code":415}"#,
-        );
-    });
+    privileged!();
+    let s = setup_apis(&[(
+        "json",
+        r#""api_pattern_enforcement":{"content_type_allowed":"application/json,","error_code":415}"#,
+    )]);
     let post = |extra: &str, body: &str| {
         raw(
             &s,

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
 use portcullis_tests::agent::{Agent, AgentDirs, ok};
-use portcullis_tests::backend::Backend;
+use portcullis_tests::checker_setup::shop_backend;
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
 use portcullis_tests::{http, privileged};
@@ -30,23 +30,14 @@ fn rows(agent: &Agent, list: &str, source: &str) -> Vec<String> {
 
 #[test]
 fn cli_detections_and_abs_at_once_leave_store_and_kernel_equal() {
-    if !privileged("cli_detections_and_abs_at_once_leave_store_and_kernel_equal") {
-        return;
-    }
+    privileged!();
     let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
     abs.set(Answer::Json(abs_list(0, 300)));
     let dirs = AgentDirs::new();
-    let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
-    let apis = dirs.root.join("apis");
-    std::fs::create_dir_all(&apis).expect("apis");
-    std::fs::write(
-        apis.join("shop.json"),
-        format!(
-            r#"{{"api_metadata":{{"url":"/shop","decoy_config":{{"decoy_enabled":true,"decoy_subpaths":["admin"]}},"servers":[{{"host":"127.0.0.1","port":{}}}]}}}}"#,
-            backend.addr.port()
-        ),
-    )
-    .expect("api");
+    let (_backend, apis) = shop_backend(
+        &dirs,
+        r#""decoy_config":{"decoy_enabled":true,"decoy_subpaths":["admin"]}"#,
+    );
     let http_addr: SocketAddr = TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("port");

@@ -5,9 +5,7 @@ use portcullis_tests::privileged;
 
 #[test]
 fn demo_passes_every_step() {
-    if !privileged("demo_passes_every_step") {
-        return;
-    }
+    privileged!();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_demo"))
         .output()
         .expect("run the demo");

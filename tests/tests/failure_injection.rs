@@ -68,9 +68,7 @@ impl Drop for TinyFs {
 
 #[test]
 fn a_full_disk_changes_neither_store_nor_kernel() {
-    if !privileged("a_full_disk_changes_neither_store_nor_kernel") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let fs = TinyFs::mount(dirs.root.join("state"), "4m");
     let agent = Agent::start(
@@ -122,9 +120,7 @@ fn a_full_disk_changes_neither_store_nor_kernel() {
 
 #[test]
 fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
-    if !privileged("a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(
         &dirs,
@@ -159,9 +155,7 @@ fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
 
 #[test]
 fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
-    if !privileged("a_batch_that_overflows_in_a_later_chunk_changes_nothing") {
-        return;
-    }
+    privileged!();
     let dirs = AgentDirs::new();
     let agent = Agent::start(
         &dirs,

@@ -49,9 +49,7 @@ fn detach(agent: &Agent, dirs: &AgentDirs, iface: &str) -> Output {
 
 #[test]
 fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
-    if !privileged("detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off") {
-        return;
-    }
+    privileged!();
     let (pair, dirs, opts) = setup(None);
     let iface = pair.server_if.as_str();
     let [bad, ..] = CLIENT_V4;
@@ -64,10 +62,12 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
 
     let text = ok(&detach(&agent, &dirs, iface));
     assert!(text.contains(&format!("detached from {iface}")), "{text}");
-    assert_eq!(
-        pair.ping(bad, SERVER_V4, 2).expect("ping"),
+    pair.assert_pings(
+        bad,
+        SERVER_V4,
         2,
-        "the filter is off the interface while the agent runs"
+        2,
+        "the filter is off the interface while the agent runs",
     );
     assert_eq!(pair.server_xdp_mode(), "none");
     let s = agent.interface(iface);
@@ -91,9 +91,7 @@ fn detach_takes_the_filter_off_while_the_agent_runs_and_it_stays_off() {
 
 #[test]
 fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
-    if !privileged("detach_behind_the_agents_back_and_with_the_agent_stopped") {
-        return;
-    }
+    privileged!();
     let (pair, dirs, opts) = setup(None);
     let iface = pair.server_if.as_str();
     let [bad, ..] = CLIENT_V4;
@@ -129,11 +127,7 @@ fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
     ok(&agent.cli(&["attach"]));
     assert_eq!(pair.ping(bad, SERVER_V4, 2).expect("ping"), 0);
     agent.stop().expect("stop");
-    assert_eq!(
-        pair.ping(bad, SERVER_V4, 2).expect("ping"),
-        0,
-        "outlives the agent"
-    );
+    pair.assert_pings(bad, SERVER_V4, 2, 0, "outlives the agent");
     let out = std::process::Command::new(portcullis_bin())
         .args(["detach", "--pin-dir"])
         .arg(&dirs.pins.0)
@@ -148,9 +142,7 @@ fn detach_behind_the_agents_back_and_with_the_agent_stopped() {
 
 #[test]
 fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
-    if !privileged("status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied") {
-        return;
-    }
+    privileged!();
     let (pair, dirs, generic) = setup(Some("generic"));
     let iface = pair.server_if.as_str();
     let [bad, ..] = CLIENT_V4;
@@ -192,9 +184,7 @@ fn status_tells_the_kernels_xdp_mode_and_a_changed_mode_is_applied() {
 
 #[test]
 fn a_socket_group_member_can_use_the_off_switch() {
-    if !privileged("a_socket_group_member_can_use_the_off_switch") {
-        return;
-    }
+    privileged!();
     let group = TempGroup::new().expect("group");
     let (pair, dirs, mut opts) = setup(None);
     opts.config = format!("socket_group = \"{}\"\n", group.name);

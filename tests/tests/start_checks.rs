@@ -47,10 +47,7 @@ fn check_config_names_every_problem_on_this_machine() {
 
 #[test]
 fn a_refused_start_attaches_nothing() {
-    if !privileged("a_refused_start_attaches_nothing") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let dirs = AgentDirs::new();
     let opts = AgentOpts {
         config: "socket_group = \"pc-no-such-group\"\n".into(),
@@ -70,10 +67,7 @@ fn a_refused_start_attaches_nothing() {
 
 #[test]
 fn a_start_that_fails_half_way_takes_off_only_what_it_attached() {
-    if !privileged("a_start_that_fails_half_way_takes_off_only_what_it_attached") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let dirs = AgentDirs::new();
     // The metrics port is taken in the agent's namespace: only binding it finds out, after
     // the filter is attached.
@@ -112,9 +106,11 @@ fn a_start_that_fails_half_way_takes_off_only_what_it_attached() {
     agent.stop().expect("stop");
     assert!(Agent::start(&dirs, &busy).is_err());
     assert!(pair.server_xdp_mode() != "none");
-    assert_eq!(
-        pair.ping(bad, SERVER_V4, 2).expect("ping"),
+    pair.assert_pings(
+        bad,
+        SERVER_V4,
+        2,
         0,
-        "still enforced after a failed restart"
+        "still enforced after a failed restart",
     );
 }

@@ -57,10 +57,7 @@ fn tcp_connects(pair: &NetnsPair, port: u16, src: &str) -> bool {
 
 #[test]
 fn denied_sources_are_dropped_on_the_wire() {
-    if !privileged("denied_sources_are_dropped_on_the_wire") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let pins = PinDir::new();
     let mut filter = Filter::load(&LoadOptions {
         pin_dir: Some(pins.0.clone()),
@@ -98,22 +95,14 @@ fn denied_sources_are_dropped_on_the_wire() {
     filter
         .insert(List::Deny, cidr(denied), NEVER)
         .expect("deny");
-    assert_eq!(
-        pair.ping(denied, SERVER_V4, 3).expect("ping"),
-        0,
-        "ICMP from denied source"
-    );
+    pair.assert_pings(denied, SERVER_V4, 3, 0, "ICMP from denied source");
     assert_eq!(
         udp_delivered(&pair, &udp, denied, 5),
         0,
         "UDP from denied source"
     );
     assert!(!tcp_connects(&pair, port, denied), "TCP from denied source");
-    assert_eq!(
-        pair.ping(unlisted, SERVER_V4, 3).expect("ping"),
-        3,
-        "ICMP from unlisted source"
-    );
+    pair.assert_pings(unlisted, SERVER_V4, 3, 3, "ICMP from unlisted source");
     assert_eq!(
         udp_delivered(&pair, &udp, unlisted, 5),
         5,
@@ -131,32 +120,16 @@ fn denied_sources_are_dropped_on_the_wire() {
     filter
         .insert(List::Allow, cidr(allowed), NEVER)
         .expect("allow");
-    assert_eq!(
-        pair.ping(unlisted, SERVER_V4, 2).expect("ping"),
-        0,
-        "inside denied range"
-    );
-    assert_eq!(
-        pair.ping(allowed, SERVER_V4, 3).expect("ping"),
-        3,
-        "allowed inside denied range"
-    );
+    pair.assert_pings(unlisted, SERVER_V4, 2, 0, "inside denied range");
+    pair.assert_pings(allowed, SERVER_V4, 3, 3, "allowed inside denied range");
 
     // IPv6.
     let [denied6, unlisted6] = CLIENT_V6;
     filter
         .insert(List::Deny, cidr(denied6), NEVER)
         .expect("deny v6");
-    assert_eq!(
-        pair.ping(denied6, SERVER_V6, 3).expect("ping"),
-        0,
-        "ICMPv6 from denied source"
-    );
-    assert_eq!(
-        pair.ping(unlisted6, SERVER_V6, 3).expect("ping"),
-        3,
-        "ICMPv6 from unlisted source"
-    );
+    pair.assert_pings(denied6, SERVER_V6, 3, 0, "ICMPv6 from denied source");
+    pair.assert_pings(unlisted6, SERVER_V6, 3, 3, "ICMPv6 from unlisted source");
 
     let c = filter.counters().expect("counters");
     assert!(
@@ -173,11 +146,7 @@ fn denied_sources_are_dropped_on_the_wire() {
         .remove(List::Deny, cidr("198.18.0.0/24"))
         .expect("remove");
     filter.remove(List::Deny, cidr(denied)).expect("remove");
-    assert_eq!(
-        pair.ping(denied, SERVER_V4, 3).expect("ping"),
-        3,
-        "after removal"
-    );
+    pair.assert_pings(denied, SERVER_V4, 3, 3, "after removal");
     assert!(tcp_connects(&pair, port, denied), "TCP after removal");
 
     // Enforcement outlives the process that attached it: drop our handle, still dropping.
@@ -185,27 +154,16 @@ fn denied_sources_are_dropped_on_the_wire() {
         .insert(List::Deny, cidr(denied), NEVER)
         .expect("deny");
     drop(filter);
-    assert_eq!(
-        pair.ping(denied, SERVER_V4, 2).expect("ping"),
-        0,
-        "after the loader exited"
-    );
+    pair.assert_pings(denied, SERVER_V4, 2, 0, "after the loader exited");
 
     // Detach works without the loader and restores traffic.
     assert!(kernel::detach(&pins.0, &pair.server_if).expect("detach"));
-    assert_eq!(
-        pair.ping(denied, SERVER_V4, 2).expect("ping"),
-        2,
-        "after detach"
-    );
+    pair.assert_pings(denied, SERVER_V4, 2, 2, "after detach");
 }
 
 #[test]
 fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
-    if !privileged("a_restarted_loader_takes_over_the_pinned_link_without_a_gap") {
-        return;
-    }
-    let pair = NetnsPair::new().expect("namespaces");
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let pins = PinDir::new();
     let opts = LoadOptions {
         pin_dir: Some(pins.0.clone()),
@@ -231,9 +189,7 @@ fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
     const PINGS: u32 = 30;
     let mut second = Filter::load(&opts).expect("reload");
     let before = dropped(&second);
-    let started = Instant::now();
     let pinger = pair.ping_in_background(denied, SERVER_V4, PINGS);
-    std::thread::sleep(Duration::from_millis(300));
     let attached = in_netns(&pair.server, || second.attach(&iface, AttachMode::Native))
         .expect("netns")
         .expect("attach");
@@ -243,33 +199,13 @@ fn a_restarted_loader_takes_over_the_pinned_link_without_a_gap() {
         .reconcile([(List::Deny, cidr(denied), NEVER)])
         .expect("reconcile");
     assert!(report.removed >= 1, "{report:?}");
-    let done = Instant::now();
-    let (out, finished) = pinger.join().expect("pinger");
-    let text = String::from_utf8_lossy(&out.expect("ping").stdout).into_owned();
-    assert!(
-        text.contains(&format!("{PINGS} packets transmitted, 0 received")),
-        "no ping got through during the takeover: {text}"
-    );
-    assert!(
-        finished > done + Duration::from_millis(500),
-        "pings ended at {:?}, before the takeover was done at {:?}",
-        finished - started,
-        done - started
-    );
+    pinger.assert_none_answered(Some(Instant::now()), "the takeover");
     assert_eq!(
         dropped(&second) - before,
         u64::from(PINGS),
         "every ping dropped by XDP across the takeover, none lost elsewhere"
     );
-    assert_eq!(
-        pair.ping(unlisted, SERVER_V4, 2).expect("ping"),
-        2,
-        "stale entry gone"
-    );
-    assert_eq!(
-        pair.ping(denied, SERVER_V4, 2).expect("ping"),
-        0,
-        "kept entry enforced"
-    );
+    pair.assert_pings(unlisted, SERVER_V4, 2, 2, "stale entry gone");
+    pair.assert_pings(denied, SERVER_V4, 2, 0, "kept entry enforced");
     assert!(kernel::detach(&pins.0, &pair.server_if).expect("detach"));
 }

@@ -37,9 +37,7 @@ fn run(f: &mut Filter, frame: &[u8]) -> u32 {
 
 #[test]
 fn frame_table() {
-    if !privileged("frame_table") {
-        return;
-    }
+    privileged!();
     let mut f = load();
     f.insert(List::Deny, cidr("198.18.7.7"), NEVER)
         .expect("insert");
@@ -113,9 +111,7 @@ fn frame_table() {
 
 #[test]
 fn allow_inside_deny_expiry_and_monitor() {
-    if !privileged("allow_inside_deny_expiry_and_monitor") {
-        return;
-    }
+    privileged!();
     let mut f = load();
     f.insert(List::Deny, cidr("198.18.0.0/16"), NEVER)
         .expect("insert");
@@ -176,9 +172,7 @@ fn allow_inside_deny_expiry_and_monitor() {
 
 #[test]
 fn drop_events_are_sampled_into_the_ring_buffer() {
-    if !privileged("drop_events_are_sampled_into_the_ring_buffer") {
-        return;
-    }
+    privileged!();
     let mut f = load();
     let cfg = portcullis_common::Config {
         sample_mask: 0,
@@ -237,9 +231,7 @@ fn kernel_verdict(f: &mut Filter, ip: IpAddr) -> Verdict {
 /// back and compared with the twin.
 #[test]
 fn operation_sequences_match_reference_in_kernel() {
-    if !privileged("operation_sequences_match_reference_in_kernel") {
-        return;
-    }
+    privileged!();
     let mut f = load();
     let mut seen = [0u32; 3];
     for seed in [
@@ -309,9 +301,7 @@ fn operation_sequences_match_reference_in_kernel() {
 /// The reported bug: an IPv6 deny prefix added under an allowed covering prefix was dropped.
 #[test]
 fn nested_v6_allow_over_later_deny() {
-    if !privileged("nested_v6_allow_over_later_deny") {
-        return;
-    }
+    privileged!();
     let mut f = load();
     let inside = IpAddr::V6(v6("2001:db8:10::2"));
     f.insert(List::Allow, cidr("2001:db8::/32"), NEVER)
@@ -346,9 +336,7 @@ fn nested_v6_allow_over_later_deny() {
 
 #[test]
 fn bad_input_is_refused_and_changes_nothing() {
-    if !privileged("bad_input_is_refused_and_changes_nothing") {
-        return;
-    }
+    privileged!();
     assert!("198.18.0.0/33".parse::<Cidr>().is_err());
     assert!("2001:db8::/129".parse::<Cidr>().is_err());
     assert!("198.18.0.300".parse::<Cidr>().is_err());
@@ -409,9 +397,7 @@ fn bad_input_is_refused_and_changes_nothing() {
 
 #[test]
 fn pinned_maps_survive_a_reload() {
-    if !privileged("pinned_maps_survive_a_reload") {
-        return;
-    }
+    privileged!();
     let pins = PinDir::new();
     let opts = LoadOptions {
         pin_dir: Some(pins.0.clone()),

@@ -47,10 +47,8 @@ fn main() -> anyhow::Result<()> {
         apis.display()
     );
     let opts = AgentOpts {
-        netns: Some(pair.server.clone()),
-        ifaces: vec![pair.server_if.clone()],
         config,
-        ..AgentOpts::default()
+        ..AgentOpts::on_server(&pair)
     };
     let agent = Agent::start(&dirs, &opts)?;
     println!(
@@ -121,23 +119,14 @@ fn main() -> anyhow::Result<()> {
     // The L7 checker: TLS, a denied token, a decoy turned into a kernel drop.
     // `want`: the HTTP status expected, or None for "no answer" (dropped by XDP).
     let curl = |src: &str, path: &str, token: &str, want: Option<&str>| -> anyhow::Result<()> {
-        let out = pair.client_cmd(&[
-            "curl",
-            "-s",
-            "--max-time",
-            "3",
-            "--interface",
+        let auth = format!("Authorization: Bearer {token}");
+        let out = pair.curl_https(
             src,
-            "--cacert",
-            certs.ca.to_str().unwrap_or(""),
-            "--resolve",
-            &format!("shop.test:8443:{SERVER_V4}"),
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-w",
-            " [HTTP %{http_code}]",
-            &format!("https://shop.test:8443{path}"),
-        ])?;
+            &certs.ca,
+            ("shop.test", 8443),
+            path,
+            &["-H", &auth, "-w", " [HTTP %{http_code}]"],
+        )?;
         let body = String::from_utf8_lossy(&out.stdout).replace('\n', " ");
         let note = if out.status.code() == Some(28) {
             "(no answer: connection dropped by XDP)"
