@@ -27,6 +27,15 @@ pub struct AgentMetrics {
     pub expired: AtomicU64,
 }
 
+/// A label value as the exposition format needs it: `\\`, `"` and newlines escaped (an
+/// interface name or an import's source may hold any of them).
+fn label(value: &str) -> String {
+    value
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
 /// Renders every metric.
 pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
     let mut out = String::new();
@@ -47,6 +56,7 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
             for (iface, verdicts) in &data.stats.interfaces {
                 for (verdict, c) in verdicts {
                     let n = if bytes { c.bytes } else { c.packets };
+                    let (iface, verdict) = (label(iface), label(verdict));
                     let _ = writeln!(
                         out,
                         "{metric}{{iface=\"{iface}\",verdict=\"{verdict}\"}} {n}"
@@ -58,6 +68,7 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
     if !data.stats.l7.is_empty() {
         out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome.\n# TYPE portcullis_l7_requests_total counter\n");
         for (outcome, v) in &data.stats.l7 {
+            let outcome = label(outcome);
             let _ = writeln!(
                 out,
                 "portcullis_l7_requests_total{{outcome=\"{outcome}\"}} {v}"
@@ -66,7 +77,7 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
     }
     out.push_str("# HELP portcullis_list_entries Entries on the allow and deny lists.\n# TYPE portcullis_list_entries gauge\n");
     for (list, kind, source, n) in &data.counts {
-        let source = source.replace(['"', '\\', '\n'], "_");
+        let source = label(source);
         let _ = writeln!(
             out,
             "portcullis_list_entries{{list=\"{list}\",kind=\"{kind}\",source=\"{source}\"}} {n}"
@@ -110,4 +121,37 @@ pub async fn serve(
         });
     })
     .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hostile_label_values_stay_inside_their_quotes() {
+        let mut data = MetricsData {
+            stats: Default::default(),
+            counts: vec![(
+                crate::model::List::Deny,
+                crate::model::Kind::Ip,
+                "feed\"} 1e9\nportcullis_fake 1".into(),
+                2,
+            )],
+        };
+        let evil = "x\"} 1e9\n".to_string();
+        data.stats.interfaces.insert(
+            evil,
+            [("drop_denied".to_string(), Default::default())].into(),
+        );
+        let text = render(&data, &AgentMetrics::default());
+        assert!(
+            !text.lines().any(|l| l.starts_with("portcullis_fake")),
+            "{text}"
+        );
+        assert!(text.contains(r#"iface="x\"} 1e9\n""#), "{text}");
+        assert!(
+            text.contains(r#"source="feed\"} 1e9\nportcullis_fake 1"} 2"#),
+            "{text}"
+        );
+    }
 }

@@ -47,6 +47,29 @@ struct Row {
     portcullis_frames: Option<f64>,
 }
 
+impl Row {
+    /// A row of [`run_variants`]' timings, without the xdp-filter comparison.
+    fn new(
+        family: &'static str,
+        entries: usize,
+        case: &'static str,
+        [portcullis, lpm, hash, base, empty]: [f64; 5],
+    ) -> Self {
+        Self {
+            family,
+            entries,
+            case,
+            portcullis,
+            lpm,
+            hash,
+            base,
+            empty,
+            xdp_filter: None,
+            portcullis_frames: None,
+        }
+    }
+}
+
 /// Median ns per packet of each program over five rounds of `REPEAT` packets; the programs
 /// take turns within a round so that drift on a noisy machine hits them alike.
 fn measure_all<const N: usize>(
@@ -107,6 +130,22 @@ fn rand128(rng: &mut Rng) -> u128 {
 }
 
 impl AddrList {
+    /// The entries as rows of the raw LPM-trie baseline: (prefix length, address bytes,
+    /// denied); `N` is 4 or 16, the list's family.
+    fn lpm_rows<const N: usize>(&self) -> Vec<(u32, [u8; N], Deadlines)> {
+        let row = |len: u8, bytes: &[u8]| {
+            let addr = bytes.try_into().expect("one family per list");
+            (u32::from(len), addr, DENY)
+        };
+        self.entries
+            .iter()
+            .map(|c| match *c {
+                Cidr::V4 { addr, len } => row(len, &addr.to_be_bytes()),
+                Cidr::V6 { addr, len } => row(len, &addr.to_be_bytes()),
+            })
+            .collect()
+    }
+
     /// `n` distinct entries: hosts, and every hundredth a prefix (IPv4 /12–/28, IPv6
     /// /32–/64 in global unicast, 2000::/3).
     fn new(v6: bool, n: usize, rng: &mut Rng) -> Self {
@@ -172,6 +211,19 @@ impl AddrList {
     }
 
     /// An address inside a random entry.
+    /// [`PROBES`] source addresses: covered by an entry (`case` "hit") or not ("miss").
+    fn probes(&self, case: &str, rng: &mut Rng) -> Vec<u128> {
+        (0..PROBES)
+            .map(|_| {
+                if case == "hit" {
+                    self.hit(rng)
+                } else {
+                    self.miss(rng)
+                }
+            })
+            .collect()
+    }
+
     fn hit(&self, rng: &mut Rng) -> u128 {
         let (addr, len) = match self.entries[(rng.next() % self.entries.len() as u64) as usize] {
             Cidr::V4 { addr, len } => (u128::from(addr), len),
@@ -239,14 +291,7 @@ fn main() -> anyhow::Result<()> {
         let t = Instant::now();
         f.apply_many(list.entries.iter().map(|c| (List::Deny, *c, Some(NEVER))))?;
         let load = t.elapsed().as_secs_f64();
-        let lpm: Vec<(u32, [u8; 4], Deadlines)> = list
-            .entries
-            .iter()
-            .map(|c| match c {
-                Cidr::V4 { addr, len } => (u32::from(*len), addr.to_be_bytes(), DENY),
-                Cidr::V6 { .. } => unreachable!(),
-            })
-            .collect();
+        let lpm = list.lpm_rows::<4>();
         let t = Instant::now();
         f.raw_lpm_insert("LPM_V4", &lpm)?;
         let lpm_load = t.elapsed().as_secs_f64();
@@ -260,17 +305,13 @@ fn main() -> anyhow::Result<()> {
         let frame = frames::ipv4(Ipv4Addr::new(198, 18, 0, 2), &[], 0);
         let idx: Vec<u32> = (0..PROBES as u32).collect();
         for case in ["hit", "miss"] {
-            let probes: Vec<u32> = (0..PROBES)
-                .map(|_| {
-                    if case == "hit" {
-                        list.hit(&mut rng) as u32
-                    } else {
-                        list.miss(&mut rng) as u32
-                    }
-                })
+            let probes: Vec<u32> = list
+                .probes(case, &mut rng)
+                .into_iter()
+                .map(|a| a as u32)
                 .collect();
             f.raw_update("PROBES_V4", &idx, &probes)?;
-            let [portcullis, lpm, hash, base, empty] = run_variants(&mut f, &frame)?;
+            let timings = run_variants(&mut f, &frame)?;
             let (xdp_filter, portcullis_frames) = if n == 10_000 {
                 let (a, b) = against_xdp_filter(&list, &probes)?;
                 (Some(a), Some(b))
@@ -278,16 +319,9 @@ fn main() -> anyhow::Result<()> {
                 (None, None)
             };
             rows.push(Row {
-                family: "ipv4",
-                entries: n,
-                case,
-                portcullis,
-                lpm,
-                hash,
-                base,
-                empty,
                 xdp_filter,
                 portcullis_frames,
+                ..Row::new("ipv4", n, case, timings)
             });
         }
     }
@@ -297,45 +331,21 @@ fn main() -> anyhow::Result<()> {
         let list = AddrList::new(true, n, &mut rng);
         let mut f = bench_filter()?;
         f.apply_many(list.entries.iter().map(|c| (List::Deny, *c, Some(NEVER))))?;
-        let lpm: Vec<(u32, [u8; 16], Deadlines)> = list
-            .entries
-            .iter()
-            .map(|c| match c {
-                Cidr::V6 { addr, len } => (u32::from(*len), addr.to_be_bytes(), DENY),
-                Cidr::V4 { .. } => unreachable!(),
-            })
-            .collect();
-        f.raw_lpm_insert("LPM_V6", &lpm)?;
+        f.raw_lpm_insert("LPM_V6", &list.lpm_rows::<16>())?;
         let hosts: Vec<[u8; 16]> = list.hosts.iter().map(|a| a.to_be_bytes()).collect();
         f.raw_update("HASH_V6", &hosts, &vec![DENY; hosts.len()])?;
         f.raw_update("PROBE_MASK", &[0u32], &[(PROBES - 1) as u32])?;
         let frame = frames::ipv6("2001:db8::2".parse::<Ipv6Addr>()?, &[]);
         let idx: Vec<u32> = (0..PROBES as u32).collect();
         for case in ["hit", "miss"] {
-            let probes: Vec<[u8; 16]> = (0..PROBES)
-                .map(|_| {
-                    if case == "hit" {
-                        list.hit(&mut rng)
-                    } else {
-                        list.miss(&mut rng)
-                    }
-                    .to_be_bytes()
-                })
+            let probes: Vec<[u8; 16]> = list
+                .probes(case, &mut rng)
+                .into_iter()
+                .map(u128::to_be_bytes)
                 .collect();
             f.raw_update("PROBES_V6", &idx, &probes)?;
-            let [portcullis, lpm, hash, base, empty] = run_variants(&mut f, &frame)?;
-            rows.push(Row {
-                family: "ipv6",
-                entries: n,
-                case,
-                portcullis,
-                lpm,
-                hash,
-                base,
-                empty,
-                xdp_filter: None,
-                portcullis_frames: None,
-            });
+            let timings = run_variants(&mut f, &frame)?;
+            rows.push(Row::new("ipv6", n, case, timings));
         }
     }
     report(&rows, bulk_load_1m_s, lpm_load_1m_s)

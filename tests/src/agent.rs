@@ -154,6 +154,17 @@ impl Agent {
         )
     }
 
+    /// Starts an agent with the default options and its metrics page on a free local port,
+    /// which is returned with it.
+    pub fn with_metrics(dirs: &AgentDirs) -> anyhow::Result<(Self, std::net::SocketAddr)> {
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let opts = AgentOpts {
+            args: vec!["--metrics".into(), addr.to_string()],
+            ..AgentOpts::default()
+        };
+        Ok((Self::start(dirs, &opts)?, addr))
+    }
+
     /// Starts an agent using `dirs`, waits until its control socket answers.
     pub fn start(dirs: &AgentDirs, opts: &AgentOpts) -> anyhow::Result<Self> {
         let config = dirs.root.join("portcullis.toml");
@@ -265,6 +276,16 @@ impl Agent {
     /// Packets the XDP program counted under `verdict` (`drop_denied`, `pass_allowed`, …).
     pub fn xdp_packets(&self, verdict: &str) -> u64 {
         self.stats().kernel.get(verdict).map_or(0, |c| c.packets)
+    }
+
+    /// `LIST add IDENT...` for each identifier (`["ip", "198.18.0.1"]`,
+    /// `["cookie", "JSESSIONID", "v"]`); panics on a refusal.
+    pub fn add(&self, list: &str, idents: &[&[&str]]) {
+        for ident in idents {
+            let mut args = vec![list, "add"];
+            args.extend_from_slice(ident);
+            ok(&self.cli(&args));
+        }
     }
 
     /// Kills the agent with SIGKILL (no chance to clean up).

@@ -29,19 +29,7 @@ fn count(agent: &Agent, list: &str) -> usize {
 fn every_kind_on_both_lists_through_the_cli() {
     privileged!();
     let dirs = AgentDirs::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port();
-    let metrics = format!("127.0.0.1:{port}");
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            args: vec!["--metrics".into(), metrics.clone()],
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let (agent, metrics) = Agent::with_metrics(&dirs).expect("agent");
     // Only root and the socket's group may talk to the agent.
     use std::os::unix::fs::PermissionsExt as _;
     let mode = std::fs::metadata(dirs.socket())
@@ -70,12 +58,13 @@ fn every_kind_on_both_lists_through_the_cli() {
         assert_eq!(entries.len(), 6, "{entries:?}");
         // Secrets never come back in clear.
         let text = serde_json::to_string(entries).expect("json");
-        for secret in [
+        let secrets = [
             "c00kie-value",
             "s3cret-bearer-token",
             "k3y-value",
             "any-k3y",
-        ] {
+        ];
+        for secret in secrets {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
         assert!(
@@ -90,12 +79,7 @@ fn every_kind_on_both_lists_through_the_cli() {
             db.extend(std::fs::read(dirs.root.join(f)).unwrap_or_default());
         }
         let db = String::from_utf8_lossy(&db);
-        for secret in [
-            "c00kie-value",
-            "s3cret-bearer-token",
-            "k3y-value",
-            "any-k3y",
-        ] {
+        for secret in secrets {
             assert!(!db.contains(secret), "{secret} stored in clear");
         }
         let sum = std::process::Command::new("sh")
@@ -157,7 +141,7 @@ fn every_kind_on_both_lists_through_the_cli() {
     assert!(ok(&agent.cli(&["status"])).contains("deny   ip"));
     assert!(ok(&agent.cli(&["stats"])).contains("drop_denied"));
     // Prometheus metrics.
-    let mut conn = std::net::TcpStream::connect(&metrics).expect("metrics");
+    let mut conn = std::net::TcpStream::connect(metrics).expect("metrics");
     conn.write_all(b"GET /metrics HTTP/1.1\r\nhost: x\r\n\r\n")
         .expect("request");
     let mut body = String::new();
@@ -177,12 +161,9 @@ fn every_kind_on_both_lists_through_the_cli() {
 fn malformed_input_is_refused_clearly_and_changes_nothing() {
     privileged!();
     let dirs = AgentDirs::new();
-    let agent = Agent::start(
+    let agent = Agent::with_config(
         &dirs,
-        &AgentOpts {
-            config: "management_networks = [\"198.18.200.0/24\"]\n".into(),
-            ..AgentOpts::default()
-        },
+        "management_networks = [\"198.18.200.0/24\"]\n".into(),
     )
     .expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.3.3"]));
@@ -311,17 +292,7 @@ fn import_streams_and_reports_bad_lines() {
 fn ttl_entries_expire_from_store_and_kernel() {
     privileged!();
     let dirs = AgentDirs::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port");
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            args: vec!["--metrics".into(), port.to_string()],
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let (agent, port) = Agent::with_metrics(&dirs).expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.9", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "token", "short-lived", "--ttl", "2s"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.9.10"]));
@@ -673,14 +644,8 @@ fn the_socket_group_owns_the_control_socket() {
     let group = TempGroup::new().expect("group");
     let gid = group.gid;
     let dirs = AgentDirs::new();
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config: format!("socket_group = \"{}\"\n", group.name),
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent =
+        Agent::with_config(&dirs, format!("socket_group = \"{}\"\n", group.name)).expect("agent");
     use std::os::unix::fs::MetadataExt as _;
     let meta = std::fs::metadata(dirs.socket()).expect("socket");
     assert_eq!(meta.gid(), gid, "socket group");

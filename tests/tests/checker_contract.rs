@@ -121,17 +121,7 @@ fn forwarding_headers_limits_and_cut_bodies() {
         answer.starts_with("HTTP/1.1 413") && answer.ends_with("Error: Payload Too Large\n"),
         "{answer:.300}"
     );
-    let codes: Vec<u16> = (0..4)
-        .map(|_| {
-            http::get(plain(s.http_port), "/shop/after-chunked", &[])
-                .expect("http")
-                .0
-        })
-        .collect();
-    assert_eq!(
-        codes, [200; 4],
-        "an oversized chunked upload took the server out of rotation"
-    );
+    assert_still_in_rotation(&s, "/shop/after-chunked", "an oversized chunked upload");
     // Clients that cut their upload short are the client's failure, not the server's: the
     // server (one failure takes it out here) must stay in rotation for everyone else.
     for _ in 0..5 {
@@ -143,17 +133,7 @@ fn forwarding_headers_limits_and_cut_bodies() {
         );
     }
     std::thread::sleep(Duration::from_millis(300));
-    let codes: Vec<u16> = (0..4)
-        .map(|_| {
-            http::get(plain(s.http_port), "/shop/after", &[])
-                .expect("http")
-                .0
-        })
-        .collect();
-    assert_eq!(
-        codes, [200; 4],
-        "a cut upload took the server out of rotation"
-    );
+    assert_still_in_rotation(&s, "/shop/after", "a cut upload");
     assert!(
         !s.backend
             .seen
@@ -166,6 +146,15 @@ fn forwarding_headers_limits_and_cut_bodies() {
 
 /// `METHOD /shop/x` over TLS with one extra header, from `client` as the trusted proxy
 /// forwards it; the status code.
+/// Panics unless four requests for `path` in a row are served: `after` did not take the
+/// (only) server out of rotation.
+fn assert_still_in_rotation(s: &portcullis_tests::checker_setup::Setup, path: &str, after: &str) {
+    let codes: Vec<u16> = (0..4)
+        .map(|_| http::get(plain(s.http_port), path, &[]).expect("http").0)
+        .collect();
+    assert_eq!(codes, [200; 4], "{after} took the server out of rotation");
+}
+
 fn shop(
     s: &portcullis_tests::checker_setup::Setup,
     method: &str,
@@ -192,22 +181,16 @@ fn detections_pick_the_protocol_cookie_and_api_key_culprits() {
     )
     .expect("http");
     assert_eq!(code, 401);
-    // A bad method with a session cookie: the cookie, which is then refused from anywhere.
-    let cookie = "Cookie: JSESSIONID=stolen-session";
-    assert_eq!(shop(&s, "DELETE", cookie, "198.18.61.2"), 401);
-    assert_eq!(
-        shop(&s, "GET", cookie, "198.18.61.9"),
-        403,
-        "the cookie is denied now"
-    );
-    // A bad method with an API key: the key.
-    let key = "X-API-Key: leaked-key";
-    assert_eq!(shop(&s, "PUT", key, "198.18.61.3"), 401);
-    assert_eq!(
-        shop(&s, "GET", key, "198.18.61.9"),
-        403,
-        "the key is denied now"
-    );
+    // A bad method with a session cookie, or an API key: that is denied, and then refused
+    // from anywhere.
+    for (method, culprit, client) in [
+        ("DELETE", "Cookie: JSESSIONID=stolen-session", "198.18.61.2"),
+        ("PUT", "X-API-Key: leaked-key", "198.18.61.3"),
+    ] {
+        assert_eq!(shop(&s, method, culprit, client), 401, "{culprit}");
+        let elsewhere = shop(&s, "GET", culprit, "198.18.61.9");
+        assert_eq!(elsewhere, 403, "{culprit} is denied now");
+    }
     let mut rows = deny_rows(&s);
     rows.sort();
     assert_eq!(rows.len(), 3, "one entry per detection: {rows:?}");

@@ -13,6 +13,11 @@ fn plain(s: &Setup) -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], s.http_port))
 }
 
+/// Panics unless the raw `request` is answered with `want`.
+fn assert_status(s: &Setup, request: impl AsRef<[u8]>, want: u16, why: &str) {
+    assert_eq!(raw(s, request.as_ref()), want, "{why}");
+}
+
 /// Status of a raw request (exact bytes on the wire: no client-side normalisation).
 fn raw(s: &Setup, request: &[u8]) -> u16 {
     exchange(
@@ -158,16 +163,18 @@ fn denied_cookies_tokens_and_keys_are_found_however_they_are_spelt() {
 fn allow_entries_cannot_be_borrowed_to_vouch_for_a_denied_client() {
     privileged!();
     let s = hostile_setup();
-    ok(&s.agent.cli(&["allow", "add", "username", "admin"]));
-    ok(&s.agent.cli(&["allow", "add", "ip", "198.18.90.1"]));
-    ok(&s
-        .agent
-        .cli(&["allow", "add", "cookie", "JSESSIONID", "trusted"]));
-    ok(&s.agent.cli(&["deny", "add", "token", "DENIED-T"]));
-    ok(&s.agent.cli(&["deny", "add", "ip", "198.18.90.2"]));
-    ok(&s
-        .agent
-        .cli(&["deny", "add", "cookie", "JSESSIONID", "DENIED"]));
+    let allow: [&[&str]; 3] = [
+        &["username", "admin"],
+        &["ip", "198.18.90.1"],
+        &["cookie", "JSESSIONID", "trusted"],
+    ];
+    s.agent.add("allow", &allow);
+    let deny: [&[&str]; 3] = [
+        &["token", "DENIED-T"],
+        &["ip", "198.18.90.2"],
+        &["cookie", "JSESSIONID", "DENIED"],
+    ];
+    s.agent.add("deny", &deny);
     // HTTP Basic names no one: it cannot claim the allow-listed user.
     assert_eq!(
         get(
@@ -239,11 +246,12 @@ fn paths_and_hosts_are_judged_as_the_server_resolves_them() {
     }
     // The API's rules dodged by spelling the API's url differently.
     for path in ["//shop/x", "/%73hop/x", "/./shop/x"] {
-        let code = raw(
+        assert_status(
             &s,
-            format!("DELETE {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("DELETE {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            401,
+            &format!("{path}: the /shop API's method rule"),
         );
-        assert_eq!(code, 401, "{path}: the /shop API's method rule");
     }
     // Encodings servers resolve differently: refused, never forwarded.
     let before = s.backend.arrived.lock().map(|v| v.len()).unwrap_or(0);
@@ -254,11 +262,12 @@ fn paths_and_hosts_are_judged_as_the_server_resolves_them() {
         "/shop/%zz",
         "/shop/..;/admin",
     ] {
-        let code = raw(
+        assert_status(
             &s,
-            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"),
+            400,
+            path,
         );
-        assert_eq!(code, 400, "{path}");
     }
     assert_eq!(
         s.backend.arrived.lock().map(|v| v.len()).unwrap_or(0),
@@ -270,18 +279,19 @@ fn paths_and_hosts_are_judged_as_the_server_resolves_them() {
     assert!(head.starts_with("GET /shop/items/b HTTP/1.1"), "{head}");
     // Hosts: case, trailing dot and port do not matter; Host and authority must agree.
     for host in ["API.TEST", "api.test.", "api.test:8080"] {
-        let code = raw(
+        assert_status(
             &s,
-            format!("GET /hosted/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
+            format!("GET /hosted/x HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            200,
+            host,
         );
-        assert_eq!(code, 200, "{host}");
     }
-    let code = raw(
+    assert_status(
         &s,
         b"GET http://other.test/hosted/x HTTP/1.1\r\nHost: api.test\r\nConnection: close\r\n\r\n",
+        400,
+        "authority and Host disagree",
     );
-    assert_eq!(code, 400, "authority and Host disagree");
 }
 
 #[test]
@@ -296,20 +306,17 @@ fn a_method_override_header_does_not_get_around_the_allowed_methods() {
     .iter()
     .enumerate()
     {
-        let code = raw(
+        assert_status(
             &s,
             format!(
                 "POST /shop/x HTTP/1.1\r\nHost: t\r\n{h}: DELETE\r\nX-Forwarded-For: 198.18.93.{i}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-            )
-            .as_bytes(),
+            ),
+            401,
+            h,
         );
-        assert_eq!(code, 401, "{h}");
     }
-    let code = raw(
-        &s,
-        b"POST /shop/x HTTP/1.1\r\nHost: t\r\nX-HTTP-Method-Override: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    );
-    assert_eq!(code, 200, "an allowed override is fine");
+    let allowed = b"POST /shop/x HTTP/1.1\r\nHost: t\r\nX-HTTP-Method-Override: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n";
+    assert_status(&s, allowed, 200, "an allowed override is fine");
 }
 
 #[test]
@@ -348,13 +355,14 @@ fn anti_lockout_refuses_what_would_block_the_world_or_turn_enforcement_off() {
 fn second_round_bypasses_are_closed() {
     privileged!();
     let s = hostile_setup();
-    ok(&s.agent.cli(&["allow", "add", "username", "alice"]));
-    ok(&s.agent.cli(&["deny", "add", "token", "DENIED-T"]));
-    ok(&s.agent.cli(&["deny", "add", "ip", "198.18.95.1"]));
-    ok(&s
-        .agent
-        .cli(&["deny", "add", "api-key", "X-API-Key", "DENIED-K"]));
-    ok(&s.agent.cli(&["deny", "add", "username", "mallory"]));
+    s.agent.add("allow", &[&["username", "alice"]]);
+    let deny: [&[&str]; 4] = [
+        &["token", "DENIED-T"],
+        &["ip", "198.18.95.1"],
+        &["api-key", "X-API-Key", "DENIED-K"],
+        &["username", "mallory"],
+    ];
+    s.agent.add("deny", &deny);
     // A username is written by the client (a header, or an unsigned JWT claim): it never
     // exempts, though a denied one still blocks.
     use base64::Engine as _;

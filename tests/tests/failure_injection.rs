@@ -122,14 +122,7 @@ fn a_full_disk_changes_neither_store_nor_kernel() {
 fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
     privileged!();
     let dirs = AgentDirs::new();
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config: "[capacity]\nv4_hosts = 4096\n".into(),
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, "[capacity]\nv4_hosts = 4096\n".into()).expect("agent");
     ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
     ok(&agent.cli(&["deny", "add", "ip", "198.18.1.0/24"]));
     let before = agent.entries("deny");
@@ -157,14 +150,7 @@ fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
 fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
     privileged!();
     let dirs = AgentDirs::new();
-    let agent = Agent::start(
-        &dirs,
-        &AgentOpts {
-            config: "[capacity]\nv4_hosts = 40000\n".into(),
-            ..AgentOpts::default()
-        },
-    )
-    .expect("agent");
+    let agent = Agent::with_config(&dirs, "[capacity]\nv4_hosts = 40000\n".into()).expect("agent");
     // 50 000 hosts: the kernel is written in chunks of 8 192 and only the fifth one
     // overflows V4_HOSTS, so the four before it must be taken back out of the kernel: once
     // into an empty table (its bulk-load path), once beside an entry.

@@ -31,6 +31,11 @@ fn load() -> Filter {
     Filter::load(&LoadOptions::default()).expect("load XDP object (root needed)")
 }
 
+/// Puts `cidr` on `list` until `until` (kernel deadline).
+fn put(f: &mut Filter, list: List, cidr: &str, until: u64) {
+    f.insert(list, self::cidr(cidr), until).expect("insert");
+}
+
 fn run(f: &mut Filter, frame: &[u8]) -> u32 {
     f.test_run(PROGRAM, frame).expect("BPF_PROG_TEST_RUN")
 }
@@ -39,10 +44,8 @@ fn run(f: &mut Filter, frame: &[u8]) -> u32 {
 fn frame_table() {
     privileged!();
     let mut f = load();
-    f.insert(List::Deny, cidr("198.18.7.7"), NEVER)
-        .expect("insert");
-    f.insert(List::Deny, cidr("2001:db8:bad::/48"), NEVER)
-        .expect("insert");
+    put(&mut f, List::Deny, "198.18.7.7", NEVER);
+    put(&mut f, List::Deny, "2001:db8:bad::/48", NEVER);
     let q = Tag(0x8100, 100);
     let ad = Tag(0x88a8, 200);
     let denied = v4("198.18.7.7");
@@ -113,10 +116,8 @@ fn frame_table() {
 fn allow_inside_deny_expiry_and_monitor() {
     privileged!();
     let mut f = load();
-    f.insert(List::Deny, cidr("198.18.0.0/16"), NEVER)
-        .expect("insert");
-    f.insert(List::Allow, cidr("198.18.0.9/32"), NEVER)
-        .expect("insert");
+    put(&mut f, List::Deny, "198.18.0.0/16", NEVER);
+    put(&mut f, List::Allow, "198.18.0.9/32", NEVER);
     assert_eq!(
         run(&mut f, &frames::ipv4(v4("198.18.0.9"), &[], 0)),
         XDP_PASS,
@@ -131,10 +132,8 @@ fn allow_inside_deny_expiry_and_monitor() {
 
     // An entry whose deadline has passed no longer matches, even before the agent prunes it.
     let past = boottime_ns() - 1;
-    f.insert(List::Deny, cidr("2001:db8:5::7"), past)
-        .expect("insert");
-    f.insert(List::Deny, cidr("198.19.1.1"), past)
-        .expect("insert");
+    put(&mut f, List::Deny, "2001:db8:5::7", past);
+    put(&mut f, List::Deny, "198.19.1.1", past);
     assert_eq!(
         run(&mut f, &frames::ipv6(v6("2001:db8:5::7"), &[])),
         XDP_PASS,
@@ -147,8 +146,7 @@ fn allow_inside_deny_expiry_and_monitor() {
     );
     // ...but the same address under a live deadline drops.
     let soon = boottime_ns() + 60_000_000_000;
-    f.insert(List::Deny, cidr("2001:db8:5::7"), soon)
-        .expect("insert");
+    put(&mut f, List::Deny, "2001:db8:5::7", soon);
     assert_eq!(
         run(&mut f, &frames::ipv6(v6("2001:db8:5::7"), &[])),
         XDP_DROP,
@@ -179,8 +177,7 @@ fn drop_events_are_sampled_into_the_ring_buffer() {
         ..f.config().expect("config")
     };
     f.set_config(cfg).expect("config");
-    f.insert(List::Deny, cidr("198.18.3.3"), NEVER)
-        .expect("insert");
+    put(&mut f, List::Deny, "198.18.3.3", NEVER);
     assert_eq!(
         run(
             &mut f,
@@ -304,10 +301,8 @@ fn nested_v6_allow_over_later_deny() {
     privileged!();
     let mut f = load();
     let inside = IpAddr::V6(v6("2001:db8:10::2"));
-    f.insert(List::Allow, cidr("2001:db8::/32"), NEVER)
-        .expect("insert");
-    f.insert(List::Deny, cidr("2001:db8:10::/48"), NEVER)
-        .expect("insert");
+    put(&mut f, List::Allow, "2001:db8::/32", NEVER);
+    put(&mut f, List::Deny, "2001:db8:10::/48", NEVER);
     assert_eq!(kernel_verdict(&mut f, inside), Verdict::Allowed);
     f.remove(List::Allow, cidr("2001:db8::/32"))
         .expect("remove");
@@ -350,10 +345,8 @@ fn bad_input_is_refused_and_changes_nothing() {
         ..LoadOptions::default()
     })
     .expect("load");
-    f.insert(List::Deny, cidr("198.18.0.5"), NEVER)
-        .expect("insert");
-    f.insert(List::Deny, cidr("2001:db8:1::/48"), NEVER)
-        .expect("insert");
+    put(&mut f, List::Deny, "198.18.0.5", NEVER);
+    put(&mut f, List::Deny, "2001:db8:1::/48", NEVER);
     // A /25 expands to 128 host slots: more than the map holds.
     let err = f
         .insert(List::Deny, cidr("198.18.1.0/25"), NEVER)

@@ -316,13 +316,14 @@ pub struct AddArgs {
 /// What `add` and `import` record with each entry.
 #[derive(Debug, Args)]
 pub struct EntryOptions {
-    /// Expire after this long (30s, 15m, 1h, 7d).
+    /// Expire after this long (30s, 15m, 1h, 7d); import: every line without its own.
     #[arg(long)]
     pub ttl: Option<String>,
-    /// Why (shown in list and logs).
+    /// Why (shown in list and logs); import: every line without its own.
     #[arg(long)]
     pub reason: Option<String>,
-    /// Allow a deny that covers every address, this host, or a management network.
+    /// Do what the safety rules refuse: a deny of every address, of this host or of a
+    /// management network, or an allow so wide it turns enforcement off.
     #[arg(long)]
     pub force: bool,
 }

@@ -9,7 +9,7 @@ use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::Path;
 
 use super::*;
-use crate::control::answer::{BackupMade, Restored, Status};
+use crate::control::answer::{BackupMade, Restored};
 
 /// Copies `from` to the new file `to` (never overwriting, never through a symlink), 0600.
 fn copy_new(from: &Path, to: &Path) -> anyhow::Result<u64> {
@@ -41,7 +41,12 @@ pub(super) fn backup(cli: &Cli, file: &Path) -> anyhow::Result<()> {
 
 /// `portcullis restore FILE [--force]`.
 pub(super) fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()> {
-    let db = ask::<Status>(cli, &Request::Status)?.database;
+    // Only the database is needed: a newer agent's status may hold what this CLI cannot read.
+    #[derive(serde::Deserialize)]
+    struct Where {
+        database: std::path::PathBuf,
+    }
+    let db = ask::<Where>(cli, &Request::Status)?.database;
     let dir = db
         .parent()
         .context("the agent did not say where its database is")?;

@@ -58,12 +58,13 @@ pub(super) fn detach(
                 })
             });
         let told = told.map_err(anyhow::Error::from).and_then(unwrap);
+        // It answered: that it took the filter off counts even if the answer does not read.
+        agent_answered |= told.is_ok();
         match told.and_then(decode::<crate::control::answer::Detached>) {
             Ok(r) => {
-                agent_answered = true;
                 for name in &r.detached {
                     if !ifaces.contains(name) || !problems.is_empty() {
-                        println!("detached from {name} (by the agent)");
+                        println!("detached from {} (by the agent)", printable(name));
                     }
                     confirmed += 1;
                 }
@@ -93,7 +94,7 @@ pub(super) fn attach(
     iface: Option<&str>,
     xdp_mode: Option<XdpMode>,
 ) -> anyhow::Result<()> {
-    let r: Vec<crate::control::answer::Attachment> = ask(
+    let r = call(
         cli,
         &Request::Attach {
             iface: iface.map(str::to_owned),
@@ -103,8 +104,14 @@ pub(super) fn attach(
     .context(
         "attach goes through the running agent (or restart it with the interface configured)",
     )?;
+    let r: Vec<crate::control::answer::Attachment> =
+        decode(r).context("the agent attached, but its answer could not be read: see `status`")?;
     for a in &r {
-        println!("attached to {} (XDP {})", a.iface, a.xdp_mode.as_str());
+        println!(
+            "attached to {} (XDP {})",
+            printable(&a.iface),
+            a.xdp_mode.as_str()
+        );
     }
     Ok(())
 }

@@ -163,6 +163,14 @@ mod tests {
     }
 
     #[test]
+    fn what_the_agent_sends_cannot_drive_the_terminal() {
+        assert_eq!(printable("ok ünï ✓"), "ok ünï ✓");
+        let shown = printable("bad\u{1b}[2J\u{1b}]0;owned\u{7}\r\n");
+        assert!(!shown.chars().any(char::is_control), "{shown:?}");
+        assert!(shown.starts_with("bad\\u{1b}[2J"), "{shown:?}");
+    }
+
+    #[test]
     fn ase_verbs_are_rewritten() {
         for (ase, ours) in [
             ("p add_blacklist ip 1.1.1.1", "p --ase deny add ip 1.1.1.1"),

@@ -58,14 +58,29 @@ pub(super) fn when(unix: Option<i64>) -> String {
     }
 }
 
+/// Text from the agent as a terminal may show it: control characters (an escape sequence
+/// in a reason, a source or an ABS error) escaped, everything else as is.
+pub(super) fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_debug().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
 /// An entry as ASE's CLI names it: `kind [name] value`.
 pub(super) fn describe(e: &EntryView) -> String {
+    let (name, value) = (printable(&e.name), printable(&e.value));
     if e.kind == Kind::Username {
         format!("username {:?}", e.value)
-    } else if e.name.is_empty() {
-        format!("{} {}", e.kind, e.value)
+    } else if name.is_empty() {
+        format!("{} {value}", e.kind)
     } else {
-        format!("{} {} {}", e.kind, e.name, e.value)
+        format!("{} {name} {value}", e.kind)
     }
 }
 
@@ -81,14 +96,18 @@ pub(super) fn print_entries(entries: &[EntryView]) {
     for e in entries {
         let ident = describe(e);
         let ident = ident.split_once(' ').map_or("", |x| x.1);
-        let api = if e.api.is_empty() { "*" } else { &e.api };
+        let api = if e.api.is_empty() {
+            "*".into()
+        } else {
+            printable(&e.api)
+        };
         println!(
             "{:<6} {:<9} {ident:<44} {:<8} {api:<10} {:<12} {}",
             e.list.as_str(),
             e.kind.as_str(),
-            e.source,
+            printable(&e.source),
             when(e.expires),
-            e.reason
+            printable(&e.reason)
         );
     }
 }

@@ -17,9 +17,9 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         let fb = i
             .fell_back
             .as_ref()
-            .map(|s| format!(" (native refused: {s})"))
+            .map(|s| format!(" (native refused: {})", printable(s)))
             .unwrap_or_default();
-        let name = &i.iface;
+        let name = printable(&i.iface);
         match i.xdp_mode {
             Some(m) => println!("interface {name}: XDP {}{fb}", m.as_str()),
             None => println!(
@@ -36,12 +36,12 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         });
         println!(
             "ABS {}: last sync {last}, {} listed, {} failed polls{}",
-            abs.url,
+            printable(&abs.url),
             abs.listed,
             abs.failures,
             abs.last_error
                 .as_ref()
-                .map(|e| format!(", last error: {e}"))
+                .map(|e| format!(", last error: {}", printable(e)))
                 .unwrap_or_default()
         );
     }
@@ -54,7 +54,7 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             "{:<6} {:<9} {:<8} {:>10}",
             l.list.as_str(),
             l.kind.as_str(),
-            l.source,
+            printable(&l.source),
             l.count
         );
     }
@@ -63,7 +63,7 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
 
 fn print_refused(errors: &[String]) {
     for e in errors {
-        eprintln!("refused: {e}");
+        eprintln!("refused: {}", printable(e));
     }
 }
 
@@ -82,9 +82,9 @@ pub(super) fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
             for a in &r.apis {
                 println!(
                     "{:<16} {:<20} {:<16} {:<9} {}{}",
-                    a.name,
-                    a.hostname,
-                    a.url,
+                    printable(&a.name),
+                    printable(&a.hostname),
+                    printable(&a.url),
                     if a.enable_blocking { "yes" } else { "no" },
                     a.servers.join(","),
                     if a.decoy { "  (decoys armed)" } else { "" }

@@ -1,8 +1,10 @@
 //! The control API's answers, typed: the agent builds them, the CLI, the metrics and the
 //! tests read them. Their JSON field names are the contract scripts rely on (README "Control
-//! API"): a field may be added without raising [`super::proto::PROTOCOL_VERSION`], never
-//! renamed or removed. Readers ignore fields they do not know, so an older CLI reads a newer
-//! agent's answers.
+//! API"; the golden tests below pin them): a field may be added without raising
+//! [`super::proto::PROTOCOL_VERSION`], never renamed or removed. Readers ignore fields they
+//! do not know and default the ones an older agent did not send, so a CLI and an agent one
+//! release apart still read each other (a new *value* of an enum field is another matter:
+//! it is refused as unknown).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -68,6 +70,7 @@ impl From<&Entry> for EntryView {
 
 /// The answer to `abs-push`, and what one ABS sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct MirrorReport {
     /// Rows added or refreshed.
     pub added: usize,
@@ -79,6 +82,7 @@ pub struct MirrorReport {
 
 /// The answer to one `import` batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Imported {
     /// Entries accepted (new or updated).
     pub accepted: usize,
@@ -89,7 +93,8 @@ pub struct Imported {
 }
 
 /// The answer to `status`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Status {
     /// Enforce or monitor.
     pub mode: Mode,
@@ -110,17 +115,19 @@ pub struct Status {
 }
 
 /// Whether the filter is on an interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LinkState {
     /// The program runs on it.
+    #[default]
     Attached,
     /// An operator took it off (`portcullis detach`); the agent leaves it off.
     Detached,
 }
 
 /// One interface in `status`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Interface {
     /// The interface.
     pub iface: String,
@@ -135,7 +142,8 @@ pub struct Interface {
 }
 
 /// One interface in the answer to `attach`.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Attachment {
     /// The interface.
     pub iface: String,
@@ -201,6 +209,7 @@ pub struct AbsState {
 
 /// The answer to `stats`: counters by verdict name (the XDP program's, then the checker's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Stats {
     /// All interfaces together.
     pub kernel: BTreeMap<String, Counter>,
@@ -212,6 +221,7 @@ pub struct Stats {
 
 /// Packets and bytes of one verdict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counter {
     /// Packets.
     pub packets: u64,
@@ -221,6 +231,7 @@ pub struct Counter {
 
 /// The answer to `api-list`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ApiList {
     /// The loaded definitions.
     pub apis: Vec<ApiSummary>,
@@ -229,7 +240,8 @@ pub struct ApiList {
 }
 
 /// One loaded API definition, in brief.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ApiSummary {
     /// Name (the file's stem).
     pub name: String,
@@ -249,7 +261,8 @@ pub struct ApiSummary {
 }
 
 /// The answer to `api-show`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ApiShown {
     /// Name (the file's stem).
     pub name: String,
@@ -264,6 +277,7 @@ pub struct ApiShown {
 
 /// The answer to `api-reload`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ApiReloaded {
     /// Definitions now loaded.
     pub loaded: usize,
@@ -272,14 +286,16 @@ pub struct ApiReloaded {
 }
 
 /// The answer to `backup`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct BackupMade {
     /// The copy, in the state directory.
     pub path: PathBuf,
 }
 
 /// The answer to `restore`.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Restored {
     /// Rows now on the lists.
     pub rows: u64,
@@ -289,6 +305,7 @@ pub struct Restored {
 
 /// The answer to `detach`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Detached {
     /// The interfaces the filter was taken off.
     pub detached: Vec<String>,
@@ -313,6 +330,82 @@ mod tests {
         );
         let back: EntryView = serde_json::from_value(json).expect("decode");
         assert_eq!(back, view);
+    }
+
+    /// The names scripts read (`jq .interfaces[0].state`): a rename must fail here.
+    #[test]
+    fn answers_keep_the_field_names_scripts_read() {
+        let status = Status {
+            interfaces: vec![Interface {
+                iface: "eth0".into(),
+                state: LinkState::Detached,
+                ..Interface::default()
+            }],
+            lists: vec![ListCount {
+                list: List::Deny,
+                kind: Kind::ApiKey,
+                source: "abs".into(),
+                count: 3,
+            }],
+            kernel_ip_entries: 7,
+            ..Status::default()
+        };
+        let golden = serde_json::json!({
+            "mode": "enforce",
+            "interfaces": [{"iface": "eth0", "state": "detached", "xdp_mode": null,
+                            "fell_back": null, "reused_pinned_link": false}],
+            "pin_dir": "", "database": "",
+            "lists": [{"list": "deny", "kind": "api-key", "source": "abs", "count": 3}],
+            "kernel_ip_entries": 7, "abs": null, "uptime_secs": 0,
+        });
+        assert_eq!(serde_json::to_value(&status).expect("encode"), golden);
+        let mut stats = Stats::default();
+        let c = Counter {
+            packets: 2,
+            bytes: 196,
+        };
+        stats.kernel.insert("drop_denied".into(), c);
+        stats.interfaces.insert("eth0".into(), stats.kernel.clone());
+        stats.l7.insert("blocked".into(), 1);
+        let golden = serde_json::json!({
+            "kernel": {"drop_denied": {"packets": 2, "bytes": 196}},
+            "interfaces": {"eth0": {"drop_denied": {"packets": 2, "bytes": 196}}},
+            "l7": {"blocked": 1},
+        });
+        assert_eq!(serde_json::to_value(&stats).expect("encode"), golden);
+        let e = Entry::sample(List::Allow, Kind::Ip, None, "198.18.0.1");
+        let added = Added {
+            entry: EntryView::from(&e),
+            new: true,
+            enforced_in_kernel: true,
+        };
+        let json = serde_json::to_value(&added).expect("encode");
+        for key in ["list", "kind", "value", "source", "created", "expires"] {
+            assert!(json["entry"].get(key).is_some(), "{key} missing: {json}");
+        }
+        assert_eq!(
+            (&json["new"], &json["enforced_in_kernel"]),
+            (&true.into(), &true.into())
+        );
+        let attach = Attachment {
+            iface: "eth0".into(),
+            ..Attachment::default()
+        };
+        let golden = serde_json::json!({"iface": "eth0", "xdp_mode": "native",
+                                        "fell_back": null, "reused_pinned_link": false});
+        assert_eq!(serde_json::to_value(&attach).expect("encode"), golden);
+    }
+
+    #[test]
+    fn an_older_agents_status_reads_with_defaults() {
+        // Before `state` and `interfaces` per iface existed.
+        let old = r#"{"mode":"monitor","interfaces":[{"iface":"eth0","xdp_mode":"generic"}],
+                      "database":"/var/lib/portcullis/portcullis.db","kernel_ip_entries":2}"#;
+        let s: Status = serde_json::from_str(old).expect("an older agent's status");
+        assert_eq!((s.mode, s.kernel_ip_entries), (Mode::Monitor, 2));
+        assert_eq!(s.interfaces[0].state, LinkState::Attached);
+        let st: Stats = serde_json::from_str(r#"{"kernel":{}}"#).expect("older stats");
+        assert!(st.interfaces.is_empty());
     }
 
     #[test]

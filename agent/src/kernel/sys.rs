@@ -93,7 +93,12 @@ fn in_batches(
         let (res, count) = step(done, n);
         let progressed = count.min(n);
         done += progressed;
-        let Err(e) = res else { continue };
+        let e = match res {
+            Ok(_) if progressed > 0 => continue,
+            // A call that succeeds without progress would loop for ever.
+            Ok(_) => io::Error::other(format!("the kernel processed 0 of {n} elements")),
+            Err(e) => e,
+        };
         match e.raw_os_error() {
             Some(libc::ENOENT) if lookup => break,
             Some(libc::EINTR | libc::EAGAIN) => {
