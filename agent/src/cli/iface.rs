@@ -14,22 +14,10 @@ pub(super) fn detach(
     let mut problems = Vec::new();
     let ifaces: Vec<String> = match iface {
         Some(i) => vec![i.to_owned()],
-        None => match std::fs::read_dir(pin_dir) {
-            Ok(rd) => rd
-                .flatten()
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()
-                        .and_then(|n| n.strip_prefix("link_"))
-                        .map(str::to_owned)
-                })
-                .collect(),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-            Err(e) => {
-                problems.push(format!("reading {}: {e} (run as root)", pin_dir.display()));
-                Vec::new()
-            }
-        },
+        None => pinned_links(pin_dir).unwrap_or_else(|e| {
+            problems.push(e);
+            Vec::new()
+        }),
     };
     let mut confirmed = 0;
     let mut agent_answered = false;
@@ -86,6 +74,21 @@ pub(super) fn detach(
         );
     }
     Ok(())
+}
+
+/// The interfaces with a link pinned under `pin_dir` (none when it does not exist).
+fn pinned_links(pin_dir: &std::path::Path) -> Result<Vec<String>, String> {
+    match std::fs::read_dir(pin_dir) {
+        Ok(rd) => Ok(rd
+            .flatten()
+            .filter_map(|e| {
+                let name = e.file_name();
+                name.to_str()?.strip_prefix("link_").map(str::to_owned)
+            })
+            .collect()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(format!("reading {}: {e} (run as root)", pin_dir.display())),
+    }
 }
 
 /// `portcullis attach [--iface I] [--xdp-mode M]`.
