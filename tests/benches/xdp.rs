@@ -210,7 +210,6 @@ impl AddrList {
                 .any(|len| self.prefixes[usize::from(len)].contains(&(a & self.mask(len))))
     }
 
-    /// An address inside a random entry.
     /// [`PROBES`] source addresses: covered by an entry (`case` "hit") or not ("miss").
     fn probes(&self, case: &str, rng: &mut Rng) -> Vec<u128> {
         (0..PROBES)
@@ -224,6 +223,7 @@ impl AddrList {
             .collect()
     }
 
+    /// An address inside a random entry.
     fn hit(&self, rng: &mut Rng) -> u128 {
         let (addr, len) = match self.entries[(rng.next() % self.entries.len() as u64) as usize] {
             Cidr::V4 { addr, len } => (u128::from(addr), len),

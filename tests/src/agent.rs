@@ -372,7 +372,7 @@ pub fn ok(out: &Output) -> String {
 }
 
 /// A successful `--json` CLI run's answer, read as the typed answer the agent sends
-/// (`portcullis_agent::control::answer`); panics with the output when it does not read.
+/// (`portcullis::control::answer`); panics with the output when it does not read.
 pub fn answer<T: serde::de::DeserializeOwned>(out: &Output) -> T {
     let text = ok(out);
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("not the expected answer ({e}): {text}"))

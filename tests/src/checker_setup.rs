@@ -44,7 +44,8 @@ pub fn write_backend_api(dir: &Path, name: &str, backend: u16, fields: &str) {
 }
 
 /// A backend on 127.0.0.1 and the API `shop` in front of it (with more `fields`), written
-/// in `dirs`' API directory, which is returned.
+/// in `dirs`' API directory, which is returned. Keep the backend in a named binding
+/// (`_backend`): `_` would stop it at once.
 pub fn shop_backend(dirs: &AgentDirs, fields: &str) -> (Backend, std::path::PathBuf) {
     let backend = Backend::start(TcpListener::bind("127.0.0.1:0").expect("backend"));
     let apis = dirs.root.join("apis");

@@ -64,7 +64,8 @@ pub fn privileged(test: &str) -> bool {
     root
 }
 
-/// The name of the function it is used in (the test's name, for [`privileged`]).
+/// The name of the function it is used in (the test's name, for [`privileged`]). Use it
+/// directly in the test's body: inside a closure or an async block it names that instead.
 #[macro_export]
 macro_rules! test_name {
     () => {{

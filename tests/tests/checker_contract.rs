@@ -144,8 +144,6 @@ fn forwarding_headers_limits_and_cut_bodies() {
     );
 }
 
-/// `METHOD /shop/x` over TLS with one extra header, from `client` as the trusted proxy
-/// forwards it; the status code.
 /// Panics unless four requests for `path` in a row are served: `after` did not take the
 /// (only) server out of rotation.
 fn assert_still_in_rotation(s: &portcullis_tests::checker_setup::Setup, path: &str, after: &str) {
@@ -155,6 +153,8 @@ fn assert_still_in_rotation(s: &portcullis_tests::checker_setup::Setup, path: &s
     assert_eq!(codes, [200; 4], "{after} took the server out of rotation");
 }
 
+/// `METHOD /shop/x` over TLS with one extra header, from `client` as the trusted proxy
+/// forwards it; the status code.
 fn shop(
     s: &portcullis_tests::checker_setup::Setup,
     method: &str,

@@ -121,6 +121,10 @@ impl<K: std::hash::Hash + Eq> Prefixes<K> {
         }
     }
 
+    fn len(&self) -> usize {
+        self.by_key.len()
+    }
+
     /// Whether one of the prefixes `key(len)` (an address's prefix of each length present)
     /// is held and matches `api` at `now`.
     fn covers(&self, key: impl Fn(u8) -> K, api: &str, now: i64) -> bool {
@@ -261,7 +265,7 @@ impl L7Lists {
     /// Number of identifiers and IP entries this view holds (global IP entries are counted
     /// by the kernel twin when there is one).
     pub fn len(&self) -> usize {
-        self.idents.len() + self.ips4.by_key.len() + self.ips6.by_key.len()
+        self.idents.len() + self.ips4.len() + self.ips6.len()
     }
 
     /// Whether nothing is held.

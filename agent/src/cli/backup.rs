@@ -68,7 +68,7 @@ pub(super) fn restore(cli: &Cli, file: &Path, force: bool) -> anyhow::Result<()>
         "restored {} entries from {}; the lists before the restore are kept in {}",
         r.rows,
         file.display(),
-        r.previous.display()
+        printable(&r.previous.to_string_lossy())
     );
     Ok(())
 }

@@ -45,16 +45,25 @@ pub(super) fn detach(
                     iface: iface.map(str::to_owned),
                 })
             });
-        let told = told.map_err(anyhow::Error::from).and_then(unwrap);
-        // It answered: that it took the filter off counts even if the answer does not read.
-        agent_answered |= told.is_ok();
-        match told.and_then(decode::<crate::control::answer::Detached>) {
-            Ok(r) => {
-                for name in &r.detached {
-                    if !ifaces.contains(name) || !problems.is_empty() {
-                        println!("detached from {} (by the agent)", printable(name));
+        match told.map_err(anyhow::Error::from).and_then(unwrap) {
+            Ok(answer) => {
+                agent_answered = true;
+                match decode::<crate::control::answer::Detached>(answer) {
+                    Ok(r) => {
+                        for name in &r.detached {
+                            if !ifaces.contains(name) || !problems.is_empty() {
+                                println!("detached from {} (by the agent)", printable(name));
+                            }
+                            confirmed += 1;
+                        }
                     }
-                    confirmed += 1;
+                    // It did what it was asked; only its list of interfaces is unreadable.
+                    Err(e) => {
+                        println!(
+                            "the agent detached, but its answer could not be read ({e}): see `portcullis status`"
+                        );
+                        confirmed += 1;
+                    }
                 }
             }
             Err(e) => problems.push(format!("the running agent could not be told: {e:#}")),

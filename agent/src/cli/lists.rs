@@ -207,7 +207,7 @@ impl Import {
             }));
         }
         for (no, why) in self.rejected.iter().take(50) {
-            eprintln!("{}:{no}: {why}", file.display());
+            eprintln!("{}:{no}: {}", file.display(), printable(why));
         }
         if self.rejected.len() > 50 {
             eprintln!("... and {} more rejected lines", self.rejected.len() - 50);

@@ -24,11 +24,11 @@ pub(super) fn unwrap(r: Response) -> anyhow::Result<serde_json::Value> {
     if r.ok {
         Ok(r.result)
     } else {
-        bail!(
-            "{}",
-            r.error
-                .unwrap_or_else(|| "the agent refused the request".into())
-        )
+        let why = r
+            .error
+            .as_deref()
+            .unwrap_or("the agent refused the request");
+        bail!("{}", printable(why))
     }
 }
 

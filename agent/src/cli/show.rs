@@ -1,7 +1,7 @@
 //! The read-only verbs: status, api, stats.
 
 use super::*;
-use crate::control::answer::{ApiList, ApiReloaded, Stats, Status};
+use crate::control::answer::{ApiList, ApiReloaded, LinkState, Stats, Status};
 
 pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let r = call(cli, &Request::Status)?;
@@ -20,14 +20,15 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
             .map(|s| format!(" (native refused: {})", printable(s)))
             .unwrap_or_default();
         let name = printable(&i.iface);
-        match i.xdp_mode {
-            Some(m) => println!("interface {name}: XDP {}{fb}", m.as_str()),
-            None => println!(
+        match (i.state, i.xdp_mode) {
+            (LinkState::Attached, Some(m)) => println!("interface {name}: XDP {}{fb}", m.as_str()),
+            (LinkState::Attached, None) => println!("interface {name}: XDP (mode unknown){fb}"),
+            (LinkState::Detached, _) => println!(
                 "interface {name}: DETACHED, no XDP filtering here (the L7 checker, if on, still checks; `portcullis attach --iface {name}` puts XDP back)"
             ),
         }
     }
-    println!("database: {}", s.database.display());
+    println!("database: {}", printable(&s.database.to_string_lossy()));
     println!("kernel IP entries: {}", s.kernel_ip_entries);
     println!("uptime: {}s", s.uptime_secs);
     if let Some(abs) = &s.abs {
@@ -86,7 +87,7 @@ pub(super) fn api(cli: &Cli, verb: &ApiVerb) -> anyhow::Result<()> {
                     printable(&a.hostname),
                     printable(&a.url),
                     if a.enable_blocking { "yes" } else { "no" },
-                    a.servers.join(","),
+                    printable(&a.servers.join(",")),
                     if a.decoy { "  (decoys armed)" } else { "" }
                 );
             }

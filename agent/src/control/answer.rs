@@ -2,9 +2,10 @@
 //! tests read them. Their JSON field names are the contract scripts rely on (README "Control
 //! API"; the golden tests below pin them): a field may be added without raising
 //! [`super::proto::PROTOCOL_VERSION`], never renamed or removed. Readers ignore fields they
-//! do not know and default the ones an older agent did not send, so a CLI and an agent one
-//! release apart still read each other (a new *value* of an enum field is another matter:
-//! it is refused as unknown).
+//! do not know, and a field added after the first release says `#[serde(default)]`, so a
+//! CLI and an agent one release apart still read each other. Every other field is required:
+//! an answer that lacks one is refused, not read as zero. (A new *value* of an enum field
+//! is refused as unknown.)
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -70,7 +71,6 @@ impl From<&Entry> for EntryView {
 
 /// The answer to `abs-push`, and what one ABS sync changed.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct MirrorReport {
     /// Rows added or refreshed.
     pub added: usize,
@@ -82,7 +82,6 @@ pub struct MirrorReport {
 
 /// The answer to one `import` batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Imported {
     /// Entries accepted (new or updated).
     pub accepted: usize,
@@ -94,7 +93,6 @@ pub struct Imported {
 
 /// The answer to `status`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Status {
     /// Enforce or monitor.
     pub mode: Mode,
@@ -127,11 +125,11 @@ pub enum LinkState {
 
 /// One interface in `status`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Interface {
     /// The interface.
     pub iface: String,
-    /// Attached or detached.
+    /// Attached or detached (agents before it: attached).
+    #[serde(default)]
     pub state: LinkState,
     /// The mode the kernel runs it in (none while detached).
     pub xdp_mode: Option<AttachMode>,
@@ -143,7 +141,6 @@ pub struct Interface {
 
 /// One interface in the answer to `attach`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Attachment {
     /// The interface.
     pub iface: String,
@@ -153,17 +150,6 @@ pub struct Attachment {
     pub fell_back: Option<String>,
     /// The link was left pinned by an earlier agent and reused.
     pub reused_pinned_link: bool,
-}
-
-impl From<&crate::kernel::Attached> for Attachment {
-    fn from(a: &crate::kernel::Attached) -> Self {
-        Self {
-            iface: a.iface.clone(),
-            xdp_mode: a.mode,
-            fell_back: a.fell_back.clone(),
-            reused_pinned_link: a.reused_link,
-        }
-    }
 }
 
 /// Rows of one list, kind and source.
@@ -209,11 +195,11 @@ pub struct AbsState {
 
 /// The answer to `stats`: counters by verdict name (the XDP program's, then the checker's).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Stats {
     /// All interfaces together.
     pub kernel: BTreeMap<String, Counter>,
-    /// By interface (`other`: interfaces without their own slot).
+    /// By interface (`other`: interfaces without their own slot; none from agents before it).
+    #[serde(default)]
     pub interfaces: BTreeMap<String, BTreeMap<String, Counter>>,
     /// Requests by L7 outcome (empty without the checker).
     pub l7: BTreeMap<String, u64>,
@@ -221,7 +207,6 @@ pub struct Stats {
 
 /// Packets and bytes of one verdict.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Counter {
     /// Packets.
     pub packets: u64,
@@ -231,7 +216,6 @@ pub struct Counter {
 
 /// The answer to `api-list`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct ApiList {
     /// The loaded definitions.
     pub apis: Vec<ApiSummary>,
@@ -241,7 +225,6 @@ pub struct ApiList {
 
 /// One loaded API definition, in brief.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct ApiSummary {
     /// Name (the file's stem).
     pub name: String,
@@ -262,7 +245,6 @@ pub struct ApiSummary {
 
 /// The answer to `api-show`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct ApiShown {
     /// Name (the file's stem).
     pub name: String,
@@ -277,7 +259,6 @@ pub struct ApiShown {
 
 /// The answer to `api-reload`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct ApiReloaded {
     /// Definitions now loaded.
     pub loaded: usize,
@@ -287,7 +268,6 @@ pub struct ApiReloaded {
 
 /// The answer to `backup`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct BackupMade {
     /// The copy, in the state directory.
     pub path: PathBuf,
@@ -295,7 +275,6 @@ pub struct BackupMade {
 
 /// The answer to `restore`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Restored {
     /// Rows now on the lists.
     pub rows: u64,
@@ -305,7 +284,6 @@ pub struct Restored {
 
 /// The answer to `detach`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(default)]
 pub struct Detached {
     /// The interfaces the filter was taken off.
     pub detached: Vec<String>,
@@ -397,15 +375,60 @@ mod tests {
     }
 
     #[test]
-    fn an_older_agents_status_reads_with_defaults() {
-        // Before `state` and `interfaces` per iface existed.
-        let old = r#"{"mode":"monitor","interfaces":[{"iface":"eth0","xdp_mode":"generic"}],
-                      "database":"/var/lib/portcullis/portcullis.db","kernel_ip_entries":2}"#;
+    fn an_older_agents_answers_read_and_a_truncated_one_does_not() {
+        // Before interfaces had a `state` (and stats per interface).
+        let old = r#"{"mode":"monitor","interfaces":[{"iface":"eth0","xdp_mode":"generic",
+                      "fell_back":null,"reused_pinned_link":true}],"pin_dir":"/sys/fs/bpf/p",
+                      "database":"/var/lib/portcullis/portcullis.db","lists":[],
+                      "kernel_ip_entries":2,"abs":null,"uptime_secs":5}"#;
         let s: Status = serde_json::from_str(old).expect("an older agent's status");
         assert_eq!((s.mode, s.kernel_ip_entries), (Mode::Monitor, 2));
         assert_eq!(s.interfaces[0].state, LinkState::Attached);
-        let st: Stats = serde_json::from_str(r#"{"kernel":{}}"#).expect("older stats");
+        let st: Stats = serde_json::from_str(r#"{"kernel":{},"l7":{}}"#).expect("older stats");
         assert!(st.interfaces.is_empty());
+        // A missing required field is an error, never a silent zero.
+        assert!(serde_json::from_str::<BackupMade>("{}").is_err());
+        assert!(serde_json::from_str::<Imported>(r#"{"new":1,"rejected":[]}"#).is_err());
+    }
+
+    #[test]
+    fn batch_and_file_answers_keep_their_names() {
+        let cases = [
+            (
+                serde_json::to_value(Imported {
+                    accepted: 2,
+                    new: 1,
+                    rejected: vec![(3, "bad".into())],
+                }),
+                serde_json::json!({"accepted": 2, "new": 1, "rejected": [[3, "bad"]]}),
+            ),
+            (
+                serde_json::to_value(MirrorReport::default()),
+                serde_json::json!({"added": 0, "removed": 0, "skipped": 0}),
+            ),
+            (
+                serde_json::to_value(Restored {
+                    rows: 7,
+                    previous: "/s/p.db".into(),
+                }),
+                serde_json::json!({"rows": 7, "previous": "/s/p.db"}),
+            ),
+            (
+                serde_json::to_value(Detached {
+                    detached: vec!["eth0".into()],
+                }),
+                serde_json::json!({"detached": ["eth0"]}),
+            ),
+            (
+                serde_json::to_value(BackupMade {
+                    path: "/s/b.db".into(),
+                }),
+                serde_json::json!({"path": "/s/b.db"}),
+            ),
+        ];
+        for (got, want) in cases {
+            assert_eq!(got.expect("encode"), want);
+        }
     }
 
     #[test]

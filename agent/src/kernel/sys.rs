@@ -76,14 +76,22 @@ pub(super) fn bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long
     }
 }
 
+/// What a batched command does, for [`in_batches`]: a lookup ends with `ENOENT` after the
+/// last element; for a write, `ENOENT` is an error (a delete of what is not there).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Walk {
+    Write,
+    Lookup,
+}
+
 /// Drives a batched map command over `total` elements in steps of at most [`BATCH`].
 /// `step(done, n)` makes one call for elements `done..done + n` and returns its result and
 /// the count the kernel reported, which it sets even when it stops early. Transient
 /// `EINTR`/`EAGAIN` resume where the kernel stopped; `ENOENT` ends a lookup (`lookup`: the
-/// last batch) and is an error otherwise. Returns how many elements were processed.
+/// last batch) and is an error otherwise ([`Walk`]). Returns how many elements were processed.
 fn in_batches(
     total: usize,
-    lookup: bool,
+    walk: Walk,
     mut step: impl FnMut(usize, usize) -> (io::Result<libc::c_long>, usize),
 ) -> io::Result<usize> {
     let mut done = 0usize;
@@ -100,7 +108,7 @@ fn in_batches(
             Err(e) => e,
         };
         match e.raw_os_error() {
-            Some(libc::ENOENT) if lookup => break,
+            Some(libc::ENOENT) if walk == Walk::Lookup => break,
             Some(libc::EINTR | libc::EAGAIN) => {
                 stalls = if progressed == 0 { stalls + 1 } else { 0 };
                 if stalls > 100 {
@@ -120,7 +128,7 @@ fn batch<K: Copy, V: Copy>(
     keys: &[K],
     values: Option<&[V]>,
 ) -> io::Result<()> {
-    in_batches(keys.len(), false, |done, n| {
+    in_batches(keys.len(), Walk::Write, |done, n| {
         let mut attr = BatchAttr {
             keys: keys[done..].as_ptr() as u64,
             values: values.map_or(0, |v| v[done..].as_ptr() as u64),
@@ -184,7 +192,7 @@ pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Res
     let mut values = vec![V::default(); len as usize];
     let mut keys = vec![0u32; len as usize];
     let mut cursor = 0u32;
-    let done = in_batches(values.len(), true, |done, n| {
+    let done = in_batches(values.len(), Walk::Lookup, |done, n| {
         let mut attr = BatchAttr {
             in_batch: if done == 0 {
                 0

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use crate::config::Mode;
-use crate::control::answer::{AbsState, Interface, LinkState, ListCount, Status};
+use crate::control::answer::{AbsState, Interface, ListCount, Status};
 use crate::model::{Entry, Kind, List};
 
 const KINDS: [Kind; 5] = [
@@ -143,20 +143,7 @@ impl Board {
     pub fn set_interfaces(&self, interfaces: &super::links::Interfaces) {
         let v = interfaces
             .values()
-            .map(|i| {
-                let a = &i.attached;
-                Interface {
-                    iface: a.iface.clone(),
-                    state: if i.detached {
-                        LinkState::Detached
-                    } else {
-                        LinkState::Attached
-                    },
-                    xdp_mode: (!i.detached).then_some(a.mode),
-                    fell_back: a.fell_back.clone(),
-                    reused_pinned_link: a.reused_link,
-                }
-            })
+            .map(|i| super::views::interface(&i.attached, i.detached))
             .collect();
         *self
             .interfaces

@@ -5,9 +5,38 @@ use std::sync::Arc;
 
 use super::{Service, ServiceError};
 use crate::checker::ApiRegistry;
-use crate::control::answer::{ApiList, ApiReloaded, ApiShown, ApiSummary, Counter, Stats};
+use crate::control::answer::{
+    ApiList, ApiReloaded, ApiShown, ApiSummary, Attachment, Counter, Interface, LinkState, Stats,
+};
 use crate::model::Kind;
 use crate::model::List;
+
+impl From<&crate::kernel::Attached> for Attachment {
+    fn from(a: &crate::kernel::Attached) -> Self {
+        Self {
+            iface: a.iface.clone(),
+            xdp_mode: a.mode,
+            fell_back: a.fell_back.clone(),
+            reused_pinned_link: a.reused_link,
+        }
+    }
+}
+
+/// An interface as `status` shows it: where the filter is, or was until an operator took
+/// it off.
+pub(super) fn interface(a: &crate::kernel::Attached, detached: bool) -> Interface {
+    Interface {
+        iface: a.iface.clone(),
+        state: if detached {
+            LinkState::Detached
+        } else {
+            LinkState::Attached
+        },
+        xdp_mode: (!detached).then_some(a.mode),
+        fell_back: a.fell_back.clone(),
+        reused_pinned_link: a.reused_link,
+    }
+}
 
 impl Service {
     pub(super) fn status(&self) -> Result<crate::control::answer::Status, ServiceError> {
@@ -95,7 +124,8 @@ impl Service {
         Ok(ApiShown {
             name: api.name.clone(),
             path: api.path.clone(),
-            api_metadata: serde_json::to_value(&api.meta).unwrap_or_default(),
+            api_metadata: serde_json::to_value(&api.meta)
+                .map_err(|e| ServiceError::Internal(format!("API {name}: {e}")))?,
             ignored_fields: api.ignored_fields.clone(),
         })
     }
