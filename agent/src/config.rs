@@ -237,6 +237,13 @@ impl Config {
             }
         }
         duration("checker.detection_ttl", &c.detection_ttl)?;
+        let most = crate::checker::budget::MAX_ESCALATE_AFTER;
+        if !(1..=most).contains(&c.detection_escalate_after) {
+            return Err(invalid(
+                "checker.detection_escalate_after",
+                format!("must be 1 to {most}"),
+            ));
+        }
         duration("checker.header_timeout", &c.header_timeout)?;
         if c.trust_xff == Some(true) {
             return Err(invalid(

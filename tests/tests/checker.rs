@@ -12,7 +12,7 @@ use base64::Engine as _;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, ok};
 use portcullis_tests::backend::Backend;
 use portcullis_tests::checker_setup::{
-    HOST, Setup, free_port, setup, setup_apis, write_api, write_backend_api,
+    HOST, Setup, free_port, setup, setup_apis, setup_with, write_api, write_backend_api,
 };
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, in_netns};
 use portcullis_tests::privileged;
@@ -165,6 +165,74 @@ fn every_identifier_kind_denied_allowed_removed() {
     assert_eq!((code, body.trim()), (503, "Error: Unknown API"));
     let l7 = s.agent.stats().l7;
     assert!(l7.get("blocked").copied().unwrap_or(0) >= 18, "{l7:?}");
+}
+
+/// A client that rotates tokens on refused requests would add a row (and an fsync) per
+/// request and never be blocked itself: the fourth distinct token in a minute denies its
+/// address instead, and a budget bounds what all detections together write.
+#[test]
+fn rotating_tokens_gets_the_address_denied_and_detections_are_budgeted() {
+    privileged!();
+    let s = setup_with("detection_budget_total = 8\n", |apis, backend| {
+        let fields = r#""oauth2_access_token":true, "api_pattern_enforcement":{"methods_allowed":["GET"],"error_code":401}"#;
+        write_backend_api(apis, "shop", backend, fields);
+    });
+    let delete = |token: &str, client: &str| {
+        let (auth, from) = (
+            format!("Authorization: Bearer {token}"),
+            format!("X-Forwarded-For: {client}"),
+        );
+        s.curl("/shop/x", &["-X", "DELETE", "-H", &auth, "-H", &from])
+            .0
+    };
+    let codes: Vec<u16> = (0..10)
+        .map(|i| delete(&format!("rotated-{i}"), "198.18.96.1"))
+        .collect();
+    // Three tokens denied, the fourth denies the address: from then on 403 for anything.
+    assert_eq!(codes, [401, 401, 401, 401, 403, 403, 403, 403, 403, 403]);
+    let rows = |s: &portcullis_tests::checker_setup::Setup| {
+        let mut r: Vec<String> = s
+            .agent
+            .entries_from("deny", "checker")
+            .iter()
+            .map(|e| format!("{} {}", e.kind.as_str(), e.reason))
+            .collect();
+        r.sort();
+        r
+    };
+    let first = rows(&s);
+    assert_eq!(first.len(), 4, "{first:?}");
+    assert!(
+        first[0].starts_with("ip invalid-method (escalated: identifiers rotated)"),
+        "{first:?}"
+    );
+    let honest = ["-H", "X-Forwarded-For: 198.18.96.2"];
+    assert_eq!(
+        s.curl("/shop/x", &honest).0,
+        200,
+        "another client is served"
+    );
+    // Ten more clients, one detection each: the total budget (8 a minute) writes four.
+    for i in 10..20 {
+        let client = format!("198.18.97.{i}");
+        assert_eq!(delete(&format!("other-{i}"), &client), 401, "{client}");
+    }
+    assert_eq!(rows(&s).len(), 8, "{:?}", rows(&s));
+    let l7 = s.agent.stats().l7;
+    assert_eq!(
+        (
+            l7.get("detection_escalated"),
+            l7.get("detection_over_budget")
+        ),
+        (Some(&1), Some(&6)),
+        "{l7:?}"
+    );
+    assert!(
+        s.agent.log_text().contains("detection budget spent"),
+        "said in the log"
+    );
+    // The list writer is not held up: an operator's change still lands at once.
+    ok(&s.agent.cli(&["deny", "add", "token", "by-hand"]));
 }
 
 #[test]

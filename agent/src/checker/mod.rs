@@ -20,6 +20,7 @@
 //! - [`tls`]: reloadable certificates.
 
 pub mod api;
+pub mod budget;
 pub mod extract;
 pub mod listen;
 pub mod lists;
@@ -29,6 +30,7 @@ pub mod spikes;
 pub mod target;
 pub mod tls;
 mod upstream;
+pub mod windows;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,6 +62,13 @@ pub struct CheckerConfig {
     pub trust_xff: Option<bool>,
     /// How long detections stay on the deny list, e.g. "1h".
     pub detection_ttl: String,
+    /// Distinct identifiers (tokens, cookies, keys) one client may have deny-listed per
+    /// minute before its address is denied instead (IPv6: its /64); 1 to 8.
+    pub detection_escalate_after: u8,
+    /// Rows one client's detections may add per minute.
+    pub detection_budget: u16,
+    /// Rows all detections together may add per minute.
+    pub detection_budget_total: u32,
     /// Largest request head (request line and headers), bytes.
     pub max_header_bytes: usize,
     /// Most request headers.
@@ -89,6 +98,9 @@ impl Default for CheckerConfig {
             trusted_proxies: Vec::new(),
             trust_xff: None,
             detection_ttl: "1h".into(),
+            detection_escalate_after: 3,
+            detection_budget: 10,
+            detection_budget_total: 1000,
             max_header_bytes: 16 * 1024,
             max_headers: 100,
             max_body_bytes: 10 << 20,
@@ -166,7 +178,7 @@ impl ApiRegistry {
 }
 
 /// What happened to requests, by outcome (exported in stats and metrics).
-pub const OUTCOMES: [&str; 13] = [
+pub const OUTCOMES: [&str; 15] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -180,6 +192,8 @@ pub const OUTCOMES: [&str; 13] = [
     "rate_limited",
     "bad_gateway",
     "bad_request",
+    "detection_escalated",
+    "detection_over_budget",
 ];
 
 /// Request counters per outcome.

@@ -13,6 +13,7 @@ use hyper::body::Incoming;
 use tokio::sync::watch;
 
 use super::api::{self, Api};
+use super::budget::{Budget, Culprit, Limits, Spend};
 use super::extract;
 use super::lists::{L7Lists, RequestIdents};
 use super::target::{self, NormalPath, TargetError};
@@ -50,6 +51,8 @@ pub struct Proxy {
     client: Backends,
     /// Per-client request windows (shared by workers).
     spikes: Arc<super::spikes::Spikes>,
+    /// What detections may still write (shared by workers).
+    budget: Arc<Budget>,
 }
 
 /// What the lists say of one request's client.
@@ -73,6 +76,11 @@ impl Proxy {
     ) -> anyhow::Result<Arc<Self>> {
         let detection_ttl =
             crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
+        let budget = Arc::new(Budget::new(Limits {
+            escalate_after: cfg.detection_escalate_after,
+            per_client: cfg.detection_budget,
+            total: cfg.detection_budget_total,
+        }));
         Ok(Arc::new(Self {
             registry,
             lists,
@@ -83,6 +91,7 @@ impl Proxy {
             detection_ttl,
             client: upstream::backend_client(),
             spikes: Arc::default(),
+            budget,
         }))
     }
 
@@ -104,6 +113,7 @@ impl Proxy {
             detection_ttl: self.detection_ttl,
             client: upstream::backend_client(),
             spikes: self.spikes.clone(),
+            budget: self.budget.clone(),
         })
     }
 
@@ -209,7 +219,7 @@ impl Proxy {
         let by_ip = || Some((Kind::Ip, None, ip.to_string()));
         if let Some(decoy) = api::decoy_hit(api, path) {
             self.stats.hit("decoy");
-            self.detect(api, "decoy", by_ip()).await;
+            self.detect(api, "decoy", ip, by_ip()).await;
             let code = decoy
                 .response_code
                 .and_then(|c| StatusCode::from_u16(c).ok());
@@ -222,7 +232,7 @@ impl Proxy {
             && let Some(reason) = super::pattern::violation(p, req, tls)
         {
             self.stats.hit(&reason.replace('-', "_"));
-            self.detect(api, reason, ids.culprit()).await;
+            self.detect(api, reason, ip, ids.culprit()).await;
             let code = p.error_code.and_then(|c| StatusCode::from_u16(c).ok());
             let body = if p.error_message_body.is_empty() {
                 "Error: Unauthorized\n".to_owned()
@@ -233,29 +243,39 @@ impl Proxy {
         }
         if api.meta.is_token_mandatory && ids.tokens.is_empty() {
             self.stats.hit("missing_token");
-            self.detect(api, "missing-token", by_ip()).await;
+            self.detect(api, "missing-token", ip, by_ip()).await;
             return Some(full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n"));
         }
         None
     }
 
-    /// Puts the culprit of a detection on the deny list (source `checker`), unless the
-    /// request was allow-listed (checked before any detection).
-    async fn detect(
-        &self,
-        api: &Api,
-        reason: &str,
-        culprit: Option<(Kind, Option<String>, String)>,
-    ) {
-        let Some((kind, name, value)) = culprit else {
+    /// Puts the culprit of a detection by `client` on the deny list (source `checker`),
+    /// within the detection budget (see [`super::budget`]): the client's address instead
+    /// once it has rotated identifiers, nothing once the budget is spent. Allow-listed
+    /// requests never get here.
+    async fn detect(&self, api: &Api, reason: &str, client: IpAddr, culprit: Option<Culprit>) {
+        let Some(culprit) = culprit else {
             return;
         };
+        let ((kind, name, value), reason) = match self.budget.spend(client, culprit) {
+            Spend::Write(c) => (c, reason.to_owned()),
+            Spend::Escalate(c) => {
+                self.stats.hit("detection_escalated");
+                (c, format!("{reason} (escalated: identifiers rotated)"))
+            }
+            Spend::Over => {
+                self.stats.hit("detection_over_budget");
+                tracing::debug!(api = %api.name, reason, %client, "attack detected; detection budget spent, nothing written");
+                return;
+            }
+        };
+        let reason = reason.as_str();
         // The proxies in front of us speak for many clients: never deny-list one.
         if kind == Kind::Ip
-            && let Ok(ip) = value.parse::<IpAddr>()
-            && self.trusted.iter().any(|c| c.contains(ip))
+            && let Ok(net) = value.parse::<crate::model::Cidr>()
+            && self.trusted.iter().any(|t| t.covers(&net) || net.covers(t))
         {
-            tracing::warn!(api = %api.name, reason, %ip, "attack detected from a trusted proxy's address: not deny-listed");
+            tracing::warn!(api = %api.name, reason, %net, "attack detected from a trusted proxy's address: not deny-listed");
             return;
         }
         let detection = Detection {
