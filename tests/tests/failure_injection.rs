@@ -172,6 +172,53 @@ fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
     assert_kernel_matches_lists(&agent, &dirs);
 }
 
+/// Removals write the store first: when the kernel then refuses its part (here a host slot
+/// taken out behind the agent's back, so deleting it fails), the rows go back, so neither
+/// `remove`, `clear` nor the pruner leaves the kernel enforcing what the store no longer
+/// lists.
+#[test]
+fn a_removal_the_kernel_refuses_leaves_the_entry_on_both_sides() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let agent = Agent::start(&dirs, &AgentOpts::default()).expect("agent");
+    let map = dirs.pins.0.join("V4_HOSTS");
+    let key = |ip: [u8; 4]| u32::from(std::net::Ipv4Addr::from(ip));
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.7"]));
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.8"]));
+    let before = agent.entries("deny");
+    for args in [
+        &["deny", "remove", "ip", "198.18.0.7"][..],
+        &["deny", "clear", "--kind", "ip"],
+    ] {
+        // (A refused write puts back what it had changed: the slot is there again after.)
+        drain_hash(&map, &[key([198, 18, 0, 7])]);
+        let e = err(&agent.cli(args));
+        assert!(e.contains("V4_HOSTS"), "{args:?}: {e}");
+        assert_eq!(agent.entries("deny"), before, "{args:?} changed the store");
+        let counted: u64 = agent.status().lists.iter().map(|l| l.count).sum();
+        assert_eq!(counted, 2, "{args:?}: status still counts both");
+    }
+    // An expired entry whose removal the kernel refuses stays in the store, so the next
+    // prune takes it out of both (without the row, the kernel would keep its slot).
+    ok(&agent.cli(&["deny", "add", "ip", "198.18.0.9", "--ttl", "1s"]));
+    drain_hash(&map, &[key([198, 18, 0, 9])]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(8);
+    while agent.entries("deny").len() > 2 {
+        assert!(std::time::Instant::now() < deadline, "the pruner retries");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    assert!(
+        agent.log_text().contains("pruning expired entries failed"),
+        "the first prune was refused: {}",
+        agent.log_text()
+    );
+    assert_kernel_matches_lists(&agent, &dirs);
+    ok(&agent.cli(&["deny", "remove", "ip", "198.18.0.7"]));
+    ok(&agent.cli(&["deny", "clear", "--kind", "ip"]));
+    assert!(agent.entries("deny").is_empty());
+    assert_kernel_matches_lists(&agent, &dirs);
+}
+
 fn fill_hash(map: &Path, keys: &[u32]) {
     let fd = portcullis::kernel::sys::obj_get(map).expect("open pinned map");
     use std::os::fd::AsFd as _;

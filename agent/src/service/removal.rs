@@ -1,6 +1,8 @@
 //! Taking entries off: one identifier, a whole list or kind or source, and expired entries;
 //! and rebuilding the kernel maps from the store. Each brings the kernel and the checker's
 //! lists in line with the rows the store still holds (another source may keep an entry).
+//! The store goes first; when the kernel then refuses its part, the rows are put back, so
+//! both sides stay as they were (the kernel writes undo themselves: `Filter::apply_many`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,7 +26,9 @@ impl Service {
         if removed.is_empty() {
             return Err(ServiceError::NotFound(ident.to_string(), list));
         }
-        self.sync_ip(list, &ident, unix_now())?;
+        if let Err(e) = self.sync_ip(list, &ident, unix_now()) {
+            return Err(self.put_back(&removed, e));
+        }
         self.l7_reset(list, &ident)?;
         self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
         tracing::info!(%list, %ident, rows = removed.len(), "entry removed");
@@ -53,8 +57,10 @@ impl Service {
                 items.push((list, cidr, self.ip_deadline(list, &e.ident, &[], now)?));
             }
         }
-        if let Some(f) = self.filter.as_mut() {
-            f.apply_many(items)?;
+        if let Some(f) = self.filter.as_mut()
+            && let Err(e) = f.apply_many(items)
+        {
+            return Err(self.put_back(&removed, e.into()));
         }
         let mut done = std::collections::HashSet::new();
         for e in &removed {
@@ -65,6 +71,27 @@ impl Service {
         self.publish(|| Change::Removed(Arc::from(removed.as_slice())));
         tracing::info!(%list, ?kind, rows = removed.len(), "list cleared");
         Ok(removed.len())
+    }
+
+    /// Puts `rows` back in the store after the kernel refused what their removal asked of
+    /// it (a map write failed, and undid itself), so that the store and the kernel still
+    /// agree; returns `err`, the kernel's refusal.
+    fn put_back(&mut self, rows: &[Entry], err: ServiceError) -> ServiceError {
+        match self.store.upsert(rows) {
+            Ok(_) => {
+                self.board
+                    .counts_mut(|c| rows.iter().for_each(|e| c.add(e)));
+                tracing::warn!(
+                    rows = rows.len(),
+                    "the kernel refused a removal ({err}); the entries stay"
+                );
+            }
+            Err(e) => tracing::error!(
+                rows = rows.len(),
+                "the kernel refused a removal ({err}) and the store could not take the rows back ({e}): the kernel enforces entries the store no longer lists until the agent restarts"
+            ),
+        }
+        err
     }
 
     /// Rebuilds the kernel maps from the store (at start-up, after reusing pinned maps).
@@ -94,16 +121,25 @@ impl Service {
     /// Removes expired entries from the store and the kernel; returns them.
     pub fn prune(&mut self) -> Result<Vec<Entry>, ServiceError> {
         let now = unix_now();
-        let gone = self.store.prune_expired(now)?;
+        let mut gone = self.store.prune_expired(now)?;
         self.count_removed(&gone);
-        for e in &gone {
-            self.sync_ip(e.list, &e.ident, now)?;
+        let mut failed = None;
+        for (i, e) in gone.iter().enumerate() {
+            if let Err(err) = self.sync_ip(e.list, &e.ident, now) {
+                failed = Some((i, err));
+                break;
+            }
             self.l7_reset(e.list, &e.ident)?;
             tracing::info!(list = %e.list, ident = %e.ident, source = %e.source, "entry expired");
         }
+        // What the kernel refused stays in the store: the next prune tries it again.
+        let refused = failed.map(|(i, err)| (gone.split_off(i), err));
         if !gone.is_empty() {
             self.publish(|| Change::Removed(Arc::from(gone.as_slice())));
         }
-        Ok(gone)
+        match refused {
+            Some((rest, err)) => Err(self.put_back(&rest, err)),
+            None => Ok(gone),
+        }
     }
 }
