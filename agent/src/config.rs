@@ -238,10 +238,16 @@ impl Config {
         }
         duration("checker.detection_ttl", &c.detection_ttl)?;
         let most = crate::checker::budget::MAX_ESCALATE_AFTER;
-        if !(1..=most).contains(&c.detection_escalate_after) {
+        if c.detection_escalate_after > most {
             return Err(invalid(
                 "checker.detection_escalate_after",
-                format!("must be 1 to {most}"),
+                format!("must be 0 (never) to {most}"),
+            ));
+        }
+        if c.detection_budget == 0 || c.detection_budget_total == 0 {
+            return Err(invalid(
+                "checker.detection_budget",
+                "0 would write no detection at all; to stop detections, remove their rules from the API definitions",
             ));
         }
         duration("checker.header_timeout", &c.header_timeout)?;

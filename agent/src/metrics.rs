@@ -66,7 +66,7 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
         }
     }
     if !data.stats.l7.is_empty() {
-        out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome.\n# TYPE portcullis_l7_requests_total counter\n");
+        out.push_str("# HELP portcullis_l7_requests_total Requests seen by the L7 checker, by outcome (detection_escalated and detection_over_budget count detections, also counted under their attack).\n# TYPE portcullis_l7_requests_total counter\n");
         for (outcome, v) in &data.stats.l7 {
             let outcome = label(outcome);
             let _ = writeln!(

@@ -4,14 +4,15 @@
 //! syncs and operators.
 //!
 //! Per client (an address; IPv6 by /64) and [`WINDOW`]:
-//! - after `escalate_after` distinct identifiers detected, the next detection denies the
-//!   client's address instead (an IPv6 client's /64): one row ends the rotation, and XDP
-//!   drops what follows;
+//! - after `escalate_after` distinct identifiers detected (0: never), the next detection
+//!   denies the client's address instead (an IPv6 client's /64): one row ends the rotation;
+//!   where the address cannot be denied (a gateway's, this host's), the identifiers go on
+//!   being denied one by one;
 //! - at most `per_client` rows are written;
 //!
 //! and at most `total` rows per window from all clients together. A detection over budget
-//! is refused as usual but not written: it is counted (`detection_over_budget`) and said
-//! once per window in the log.
+//! is refused as usual but not written: it is counted (`detection_over_budget`) and said in
+//! the log once per client and window (and once per window for the total).
 
 use std::hash::{BuildHasher as _, Hash};
 use std::net::IpAddr;
@@ -26,7 +27,7 @@ use crate::model::Kind;
 /// The window budgets count in.
 pub const WINDOW: Duration = Duration::from_secs(60);
 /// Most distinct identifiers remembered per client and window (the largest
-/// `detection_escalate_after`).
+/// `detection_escalate_after`; 0 turns escalation off).
 pub const MAX_ESCALATE_AFTER: u8 = 8;
 /// Sets in the per-client table (four clients each).
 const SETS: usize = 4096;
@@ -34,7 +35,7 @@ const SETS: usize = 4096;
 /// The budgets (`[checker]` settings).
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
-    /// Distinct identifiers from one client before its address is denied instead.
+    /// Distinct identifiers from one client before its address is denied instead (0: never).
     pub escalate_after: u8,
     /// Rows one client's detections may write per window.
     pub per_client: u16,
@@ -50,16 +51,32 @@ pub type Culprit = (Kind, Option<String>, String);
 pub enum Spend {
     /// Deny-list the culprit.
     Write(Culprit),
-    /// Deny-list the client's address (IPv6: its /64): it has rotated identifiers.
-    Escalate(Culprit),
-    /// Refuse the request, write nothing: the budget is spent.
-    Over,
+    /// Deny-list the client's address (IPv6: its /64), `address`: it has rotated
+    /// identifiers. Should the address be refused, deny `culprit` and say
+    /// [`Budget::cannot_escalate`].
+    Escalate {
+        /// The client's address or /64.
+        address: Culprit,
+        /// What the detection found.
+        culprit: Culprit,
+    },
+    /// Refuse the request, write nothing: the budget is spent (`say`: the first time this
+    /// window for this client, worth a log line).
+    Over {
+        /// Whether to say so.
+        say: bool,
+    },
 }
 
 #[derive(Clone, Copy, Default)]
 struct ClientWindow {
     writes: u16,
+    /// Its whole address (or /64) is denied: nothing more to write.
     escalated: bool,
+    /// Its address could not be denied: identifiers are denied one by one.
+    unescalable: bool,
+    /// The log has said it is over budget.
+    said: bool,
     seen: u8,
     culprits: [u64; MAX_ESCALATE_AFTER as usize],
 }
@@ -84,7 +101,7 @@ impl Budget {
     pub fn new(limits: Limits) -> Self {
         Self {
             limits: Limits {
-                escalate_after: limits.escalate_after.clamp(1, MAX_ESCALATE_AFTER),
+                escalate_after: limits.escalate_after.min(MAX_ESCALATE_AFTER),
                 ..limits
             },
             clients: Windows::new(SETS),
@@ -93,36 +110,63 @@ impl Budget {
         }
     }
 
-    /// What a detection of `culprit` from `client` may write.
-    pub fn spend(&self, client: IpAddr, culprit: Culprit) -> Spend {
+    /// What a detection of `culprit` from `client` may write; `escalate`: whether this
+    /// detection may deny the client's address (not on an API that only watches).
+    pub fn spend(&self, client: IpAddr, culprit: Culprit, escalate: bool) -> Spend {
+        if !self.take_total() {
+            return Spend::Over { say: false };
+        }
         let key = client_key(client);
         let id = self.keys.hash_one(Identity(&culprit));
         let limits = self.limits;
+        let escalate = escalate && limits.escalate_after > 0;
         let spend = self.clients.with(key, WINDOW, |w| {
             if w.escalated || w.writes >= limits.per_client {
-                return Spend::Over;
+                let say = !w.said;
+                w.said = true;
+                return Spend::Over { say };
             }
-            if culprit.0 != Kind::Ip && !w.culprits[..usize::from(w.seen)].contains(&id) {
-                if w.seen >= limits.escalate_after {
-                    w.escalated = true;
-                    w.writes += 1;
-                    return Spend::Escalate(address_of(key));
-                }
+            w.writes += 1;
+            if culprit.0 == Kind::Ip && culprit.2 == address_of(key).2 {
+                // Its whole address (IPv4, or the /64): nothing left to escalate to.
+                w.escalated = true;
+                return Spend::Write(culprit);
+            }
+            let known = w.culprits[..usize::from(w.seen)].contains(&id);
+            if known {
+                return Spend::Write(culprit);
+            }
+            if escalate && !w.unescalable && w.seen >= limits.escalate_after {
+                w.escalated = true;
+                return Spend::Escalate {
+                    address: address_of(key),
+                    culprit,
+                };
+            }
+            if usize::from(w.seen) < w.culprits.len() {
                 w.culprits[usize::from(w.seen)] = id;
                 w.seen += 1;
             }
-            if culprit.0 == Kind::Ip {
-                // The address itself: nothing left to escalate to.
-                w.escalated = true;
-            }
-            w.writes += 1;
             Spend::Write(culprit)
         });
-        if spend == Spend::Over || self.take_total() {
-            spend
-        } else {
-            Spend::Over
+        if matches!(spend, Spend::Over { .. }) {
+            self.give_back_total();
         }
+        spend
+    }
+
+    /// The address an [`Spend::Escalate`] named was refused (a gateway's, this host's):
+    /// `client`'s identifiers go on being denied one by one this window.
+    pub fn cannot_escalate(&self, client: IpAddr) {
+        self.clients.with(client_key(client), WINDOW, |w| {
+            w.escalated = false;
+            w.unescalable = true;
+        });
+    }
+
+    fn give_back_total(&self) {
+        let mut t = self.total.lock().unwrap_or_else(PoisonError::into_inner);
+        t.1 = t.1.saturating_sub(1);
     }
 
     /// Takes one row from the total budget; false (said once per window) when it is spent.
@@ -187,18 +231,46 @@ mod tests {
         let b = Budget::new(LIMITS);
         let ip: IpAddr = "198.18.0.9".parse().expect("ip");
         for t in ["a", "b", "c"] {
-            assert_eq!(b.spend(ip, token(t)), Spend::Write(token(t)));
+            assert_eq!(b.spend(ip, token(t), true), Spend::Write(token(t)));
         }
         // The same token again is not a new one.
-        assert_eq!(b.spend(ip, token("a")), Spend::Write(token("a")));
+        assert_eq!(b.spend(ip, token("a"), true), Spend::Write(token("a")));
         assert_eq!(
-            b.spend(ip, token("d")),
-            Spend::Escalate((Kind::Ip, None, "198.18.0.9".into()))
+            b.spend(ip, token("d"), true),
+            Spend::Escalate {
+                address: (Kind::Ip, None, "198.18.0.9".into()),
+                culprit: token("d")
+            }
         );
-        assert_eq!(b.spend(ip, token("e")), Spend::Over);
-        // Another client has its own budget.
+        assert_eq!(b.spend(ip, token("e"), true), Spend::Over { say: true });
+        assert_eq!(b.spend(ip, token("f"), true), Spend::Over { say: false });
+        // Another client has its own budget; a watching API never escalates.
         let other: IpAddr = "198.18.0.10".parse().expect("ip");
-        assert_eq!(b.spend(other, token("d")), Spend::Write(token("d")));
+        for t in ["d", "e", "f", "g", "h"] {
+            assert_eq!(b.spend(other, token(t), false), Spend::Write(token(t)));
+        }
+    }
+
+    #[test]
+    fn an_address_that_cannot_be_denied_leaves_the_identifiers_denied() {
+        let b = Budget::new(LIMITS);
+        let gateway: IpAddr = "198.18.0.1".parse().expect("ip");
+        for t in ["a", "b", "c"] {
+            b.spend(gateway, token(t), true);
+        }
+        assert!(matches!(
+            b.spend(gateway, token("d"), true),
+            Spend::Escalate { .. }
+        ));
+        b.cannot_escalate(gateway);
+        assert_eq!(b.spend(gateway, token("e"), true), Spend::Write(token("e")));
+        let off = Budget::new(Limits {
+            escalate_after: 0,
+            ..LIMITS
+        });
+        for t in ["a", "b", "c", "d", "e"] {
+            assert_eq!(off.spend(gateway, token(t), true), Spend::Write(token(t)));
+        }
     }
 
     #[test]
@@ -209,10 +281,16 @@ mod tests {
         });
         let a: IpAddr = "2001:db8:1:2::1".parse().expect("ip");
         let c: IpAddr = "2001:db8:1:2::99".parse().expect("ip");
-        assert_eq!(b.spend(a, token("x")), Spend::Write(token("x")));
+        // One address of the /64 denied (a decoy hit) does not end the /64's budget: it
+        // is one more identifier, and the next one escalates to the /64.
+        let one = (Kind::Ip, None, "2001:db8:1:2::1".to_owned());
+        assert_eq!(b.spend(a, one.clone(), true), Spend::Write(one));
         assert_eq!(
-            b.spend(c, token("y")),
-            Spend::Escalate((Kind::Ip, None, "2001:db8:1:2::/64".into()))
+            b.spend(c, token("y"), true),
+            Spend::Escalate {
+                address: (Kind::Ip, None, "2001:db8:1:2::/64".into()),
+                culprit: token("y")
+            }
         );
     }
 
@@ -225,13 +303,15 @@ mod tests {
         });
         let ip: IpAddr = "198.18.0.1".parse().expect("ip");
         let cookie = |v: &str| (Kind::Cookie, Some("S".into()), v.to_owned());
-        assert!(matches!(b.spend(ip, cookie("1")), Spend::Write(_)));
-        assert!(matches!(b.spend(ip, cookie("2")), Spend::Write(_)));
-        assert_eq!(b.spend(ip, cookie("3")), Spend::Over, "per client");
+        assert!(matches!(b.spend(ip, cookie("1"), true), Spend::Write(_)));
+        assert!(matches!(b.spend(ip, cookie("2"), true), Spend::Write(_)));
+        let over = b.spend(ip, cookie("3"), true);
+        assert_eq!(over, Spend::Over { say: true }, "per client");
+        // A refusal does not use up the total: three more rows.
         let written = (2..=20u8)
             .filter(|i| {
                 let ip = IpAddr::from([198, 18, 1, *i]);
-                matches!(b.spend(ip, cookie("x")), Spend::Write(_))
+                matches!(b.spend(ip, cookie("x"), true), Spend::Write(_))
             })
             .count();
         assert_eq!(written, 3, "five rows in total per window");

@@ -63,7 +63,7 @@ pub struct CheckerConfig {
     /// How long detections stay on the deny list, e.g. "1h".
     pub detection_ttl: String,
     /// Distinct identifiers (tokens, cookies, keys) one client may have deny-listed per
-    /// minute before its address is denied instead (IPv6: its /64); 1 to 8.
+    /// minute before its address is denied instead (IPv6: its /64); 0 (never) to 8.
     pub detection_escalate_after: u8,
     /// Rows one client's detections may add per minute.
     pub detection_budget: u16,
@@ -177,7 +177,8 @@ impl ApiRegistry {
     }
 }
 
-/// What happened to requests, by outcome (exported in stats and metrics).
+/// What happened to requests, by outcome (exported in stats and metrics). The last two
+/// count detections, which are also counted under their attack's outcome.
 pub const OUTCOMES: [&str; 15] = [
     "forwarded",
     "allowed",

@@ -257,27 +257,45 @@ impl Proxy {
         let Some(culprit) = culprit else {
             return;
         };
-        let ((kind, name, value), reason) = match self.budget.spend(client, culprit) {
-            Spend::Write(c) => (c, reason.to_owned()),
-            Spend::Escalate(c) => {
-                self.stats.hit("detection_escalated");
-                (c, format!("{reason} (escalated: identifiers rotated)"))
+        // An API that only watches never gets a whole address denied for it.
+        match self.budget.spend(client, culprit, api.meta.enable_blocking) {
+            Spend::Write(c) => {
+                self.deny(api, reason, c).await;
             }
-            Spend::Over => {
+            Spend::Escalate { address, culprit } => {
+                let why = format!("{reason} (escalated: identifiers rotated)");
+                if self.deny(api, &why, address).await {
+                    self.stats.hit("detection_escalated");
+                } else {
+                    // A gateway's or this host's address: its clients' identifiers it is.
+                    self.budget.cannot_escalate(client);
+                    self.deny(api, reason, culprit).await;
+                }
+            }
+            Spend::Over { say } => {
                 self.stats.hit("detection_over_budget");
-                tracing::debug!(api = %api.name, reason, %client, "attack detected; detection budget spent, nothing written");
-                return;
+                if say {
+                    tracing::warn!(api = %api.name, reason, %client, "attack detected; this client's detection budget is spent (detection_budget, or its address is already denied): refused, nothing more written this minute");
+                }
             }
-        };
-        let reason = reason.as_str();
+        }
+    }
+
+    /// Writes one detection's deny entry; whether it was written.
+    async fn deny(&self, api: &Api, reason: &str, (kind, name, value): Culprit) -> bool {
         // The proxies in front of us speak for many clients: never deny-list one.
         if kind == Kind::Ip
             && let Ok(net) = value.parse::<crate::model::Cidr>()
             && self.trusted.iter().any(|t| t.covers(&net) || net.covers(t))
         {
             tracing::warn!(api = %api.name, reason, %net, "attack detected from a trusted proxy's address: not deny-listed");
-            return;
+            return false;
         }
+        let shown = if kind == Kind::Ip {
+            value.clone()
+        } else {
+            String::new()
+        };
         let detection = Detection {
             kind,
             name,
@@ -287,10 +305,12 @@ impl Proxy {
         };
         match self.writer.detect(detection).await {
             Ok(_) => {
-                tracing::warn!(api = %api.name, reason, ?kind, "attack detected; client deny-listed")
+                tracing::warn!(api = %api.name, reason, ?kind, address = %shown, "attack detected; deny-listed");
+                true
             }
             Err(e) => {
-                tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {e}")
+                tracing::warn!(api = %api.name, reason, "attack detected but not deny-listed: {e}");
+                false
             }
         }
     }
