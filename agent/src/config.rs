@@ -328,8 +328,12 @@ pub struct AbsConfig {
     pub insecure: bool,
     /// Per-request timeout.
     pub timeout: String,
-    /// Largest attack list accepted, bytes.
+    /// Largest attack list accepted, bytes (it is parsed as it arrives: memory holds its
+    /// items, never the document).
     pub max_body_bytes: usize,
+    /// Most items accepted in one attack list (each held costs about 100 bytes while the
+    /// list is applied).
+    pub max_items: usize,
     /// Report the checker's detections to ABS.
     pub report: bool,
     /// Most detections kept while ABS is unreachable.
@@ -346,7 +350,8 @@ impl Default for AbsConfig {
             ca_file: None,
             insecure: false,
             timeout: "10s".into(),
-            max_body_bytes: 256 << 20,
+            max_body_bytes: 64 << 20,
+            max_items: 2_000_000,
             report: true,
             report_queue: 10_000,
         }

@@ -1,7 +1,9 @@
-//! The attack list as ABS sends it, parsed straight into typed items (the shapes are in the
-//! module doc of `abs`).
+//! The attack list as ABS sends it, parsed as it arrives straight into typed items (the
+//! shapes are in the module doc of `abs`).
 
-use serde::Deserialize;
+use std::cell::RefCell;
+
+use serde::de;
 
 use super::AbsError;
 use crate::control::proto::AbsItem;
@@ -12,83 +14,311 @@ use crate::model::Kind;
 pub struct AttackList {
     /// Items of known kinds.
     pub items: Vec<AbsItem>,
-    /// Unknown keys of `attacklist`.
+    /// Unknown keys of `attacklist` (the first [`MAX_UNKNOWN`]).
     pub unknown: Vec<String>,
 }
 
-/// One item as ABS sends it: a string, an object, or (skipped) anything else.
-#[derive(Deserialize)]
-#[serde(untagged)]
+/// Unknown keys kept for the log and `status`.
+const MAX_UNKNOWN: usize = 32;
+
+/// One item as ABS sends it: a string, an object with `value` (and `ttl`, `name`), or
+/// anything else, skipped. Read by hand: serde's untagged enums copy every item into a
+/// tree first.
 enum ItemDoc {
     Plain(String),
     Full {
         value: String,
-        #[serde(default)]
         ttl: Option<u64>,
-        #[serde(default)]
         name: Option<String>,
     },
-    Other(serde::de::IgnoredAny),
+    Other,
 }
 
-/// The document: `attacklist` kept as raw JSON slices per key, each then deserialized
-/// straight into typed items (no intermediate JSON tree: a 1M-item list would otherwise cost
-/// hundreds of MB while it is parsed).
-#[derive(Deserialize)]
-struct Doc<'a> {
-    #[serde(borrow)]
-    attacklist: std::collections::BTreeMap<String, &'a serde_json::value::RawValue>,
+impl<'de> de::Deserialize<'de> for ItemDoc {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ItemVisitor)
+    }
 }
 
-fn items(kind: Kind, name: Option<&str>, docs: Vec<ItemDoc>, out: &mut Vec<AbsItem>) {
-    out.extend(docs.into_iter().filter_map(|d| match d {
-        ItemDoc::Plain(value) => Some(AbsItem {
-            kind,
-            name: name.map(str::to_owned),
-            value,
-            ttl: None,
-        }),
-        ItemDoc::Full {
-            value,
-            ttl,
-            name: n,
-        } => Some(AbsItem {
-            kind,
-            name: n.or_else(|| name.map(str::to_owned)),
-            value,
-            ttl: ttl.filter(|t| *t > 0),
-        }),
-        ItemDoc::Other(_) => None,
-    }));
-}
+struct ItemVisitor;
 
-/// Parses an attack list document (see the module doc). Items of the wrong JSON type are
-/// skipped; a document without `attacklist`, or with a list that is not a list, is an error.
-pub fn parse_attacklist(body: &[u8]) -> Result<AttackList, AbsError> {
-    let doc: Doc<'_> = serde_json::from_slice(body).map_err(|e| AbsError::Parse(e.to_string()))?;
-    let mut out = AttackList::default();
-    for (key, raw) in doc.attacklist {
-        let list = |what: &str| -> Result<Vec<ItemDoc>, AbsError> {
-            serde_json::from_str(raw.get())
-                .map_err(|e| AbsError::Parse(format!("attacklist.{what}: {e}")))
-        };
-        match key.as_str() {
-            "ips" => items(Kind::Ip, None, list("ips")?, &mut out.items),
-            "oauth_tokens" | "tokens" => items(Kind::Token, None, list(&key)?, &mut out.items),
-            "api_keys" => items(Kind::ApiKey, None, list("api_keys")?, &mut out.items),
-            "usernames" => items(Kind::Username, None, list("usernames")?, &mut out.items),
-            "cookies" => {
-                let by_name: std::collections::BTreeMap<String, Vec<ItemDoc>> =
-                    serde_json::from_str(raw.get())
-                        .map_err(|e| AbsError::Parse(format!("attacklist.cookies: {e}")))?;
-                for (name, docs) in by_name {
-                    items(Kind::Cookie, Some(&name), docs, &mut out.items);
+impl<'de> de::Visitor<'de> for ItemVisitor {
+    type Value = ItemDoc;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an item")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Plain(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Plain(v))
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ItemDoc, A::Error> {
+        let (mut value, mut ttl, mut name) = (None, None, None);
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            match &*key {
+                "value" => value = map.next_value::<Option<String>>()?,
+                "ttl" => ttl = map.next_value::<Option<u64>>().ok().flatten(),
+                "name" => name = map.next_value::<Option<String>>()?,
+                _ => {
+                    map.next_value::<de::IgnoredAny>()?;
                 }
             }
-            other => out.unknown.push(other.chars().take(64).collect()),
+        }
+        Ok(value.map_or(ItemDoc::Other, |value| ItemDoc::Full { value, ttl, name }))
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<ItemDoc, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(ItemDoc::Other)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Other)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Other)
+    }
+
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Other)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<ItemDoc, E> {
+        Ok(ItemDoc::Other)
+    }
+}
+
+/// Parses an attack list document (see the module doc) from `read` as it arrives: items go
+/// straight into the typed list, with no copy of the document and no JSON tree (a
+/// million-item list would otherwise cost hundreds of MB while it is parsed). Items of the
+/// wrong JSON type are skipped; a document without `attacklist`, or with a list that is not
+/// a list, is an error.
+pub fn read_attacklist(read: impl std::io::Read, max_items: usize) -> Result<AttackList, AbsError> {
+    let at = RefCell::new(None);
+    let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(read));
+    let doc = DocVisitor { at: &at, max_items };
+    de::Deserializer::deserialize_map(&mut de, doc)
+        .and_then(|l| de.end().map(|()| l))
+        .map_err(|e| {
+            let what = match at.borrow().as_ref() {
+                Some(key) => format!("attacklist.{key}: {e}"),
+                None => e.to_string(),
+            };
+            AbsError::Parse(redact(&what))
+        })
+}
+
+/// [`read_attacklist`] over a document in memory.
+pub fn parse_attacklist(body: &[u8], max_items: usize) -> Result<AttackList, AbsError> {
+    read_attacklist(body, max_items)
+}
+
+/// A parse error as the log and `status` may show it: quoted text (which may be a token
+/// of the list) replaced by its length, and at most 300 characters.
+fn redact(message: &str) -> String {
+    let mut out = String::new();
+    let mut quoted: Option<usize> = None;
+    for c in message.chars() {
+        match (c, quoted) {
+            ('"', None) => quoted = Some(0),
+            ('"', Some(n)) => {
+                out.push_str(&format!("<{n} characters>"));
+                quoted = None;
+            }
+            (_, Some(n)) => quoted = Some(n + 1),
+            (c, None) => out.push(c),
         }
     }
-    Ok(out)
+    out.chars().take(300).collect()
+}
+
+/// The document: one key that matters, `attacklist`. `at` says which list is being read
+/// (for errors); at most `max_items` are kept.
+struct DocVisitor<'a> {
+    at: &'a RefCell<Option<String>>,
+    max_items: usize,
+}
+
+impl<'de> de::Visitor<'de> for DocVisitor<'_> {
+    type Value = AttackList;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("an object with \"attacklist\"")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AttackList, A::Error> {
+        let mut list = None;
+        while let Some(key) = map.next_key::<String>()? {
+            if key == "attacklist" {
+                list = Some(map.next_value_seed(ListSeed {
+                    at: self.at,
+                    max_items: self.max_items,
+                })?);
+            } else {
+                map.next_value::<de::IgnoredAny>()?;
+            }
+        }
+        list.ok_or_else(|| de::Error::missing_field("attacklist"))
+    }
+}
+
+/// `attacklist`: a list of items per kind (`cookies`: per cookie name).
+struct ListSeed<'a> {
+    at: &'a RefCell<Option<String>>,
+    max_items: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ListSeed<'_> {
+    type Value = AttackList;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<AttackList, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for ListSeed<'_> {
+    type Value = AttackList;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("lists of items by kind")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AttackList, A::Error> {
+        let mut out = AttackList::default();
+        while let Some(key) = map.next_key::<String>()? {
+            let kind = match key.as_str() {
+                "ips" => Kind::Ip,
+                "oauth_tokens" | "tokens" => Kind::Token,
+                "api_keys" => Kind::ApiKey,
+                "usernames" => Kind::Username,
+                "cookies" => Kind::Cookie,
+                other => {
+                    if out.unknown.len() < MAX_UNKNOWN {
+                        out.unknown.push(other.chars().take(64).collect());
+                    }
+                    map.next_value::<de::IgnoredAny>()?;
+                    continue;
+                }
+            };
+            *self.at.borrow_mut() = Some(key.chars().take(64).collect());
+            let items = Items {
+                out: &mut out.items,
+                max: self.max_items,
+            };
+            if kind == Kind::Cookie {
+                map.next_value_seed(CookiesSeed(items))?;
+            } else {
+                map.next_value_seed(ItemsSeed {
+                    kind,
+                    name: None,
+                    items,
+                })?;
+            }
+            *self.at.borrow_mut() = None;
+        }
+        Ok(out)
+    }
+}
+
+/// Where the items go, and how many may.
+struct Items<'a> {
+    out: &'a mut Vec<AbsItem>,
+    max: usize,
+}
+
+/// `cookies`: a list of items per cookie name.
+struct CookiesSeed<'a>(Items<'a>);
+
+impl<'de> de::DeserializeSeed<'de> for CookiesSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for CookiesSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("lists of items by cookie name")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Items { out, max } = self.0;
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value_seed(ItemsSeed {
+                kind: Kind::Cookie,
+                name: Some(&name),
+                items: Items {
+                    out: &mut *out,
+                    max,
+                },
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// One list of items, appended as they are read.
+struct ItemsSeed<'a> {
+    kind: Kind,
+    name: Option<&'a str>,
+    items: Items<'a>,
+}
+
+impl<'de> de::DeserializeSeed<'de> for ItemsSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a list")
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(doc) = seq.next_element::<ItemDoc>()? {
+            let item = match doc {
+                ItemDoc::Plain(value) => AbsItem {
+                    kind: self.kind,
+                    name: self.name.map(str::to_owned),
+                    value,
+                    ttl: None,
+                },
+                ItemDoc::Full { value, ttl, name } => AbsItem {
+                    kind: self.kind,
+                    name: name.or_else(|| self.name.map(str::to_owned)),
+                    value,
+                    ttl: ttl.filter(|t| *t > 0),
+                },
+                ItemDoc::Other => continue,
+            };
+            if self.items.out.len() >= self.items.max {
+                return Err(de::Error::custom(format!(
+                    "more than {} items (abs.max_items)",
+                    self.items.max
+                )));
+            }
+            self.items.out.push(item);
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -100,7 +330,7 @@ mod tests {
         let body = br#"{"attacklist":{"ips":["203.0.113.7",{"value":"192.0.2.1","ttl":60},42],
             "cookies":{"JSESSIONID":["abc",{"value":"def","ttl":5}]},"oauth_tokens":["t"],
             "api_keys":["k1",{"name":"X-API-Key","value":"k2"}],"usernames":["mallory"],"devices":["x"]}}"#;
-        let l = parse_attacklist(body).expect("parses");
+        let l = parse_attacklist(body, 100).expect("parses");
         assert_eq!(l.items.len(), 8, "{:?}", l.items);
         assert_eq!(l.unknown, vec!["devices".to_string()]);
         assert!(l.items.contains(&AbsItem {
@@ -115,8 +345,24 @@ mod tests {
             value: "k2".into(),
             ttl: None
         }));
-        assert!(parse_attacklist(b"{\"attacklist\":").is_err());
-        assert!(parse_attacklist(b"{\"other\":{}}").is_err());
-        assert!(parse_attacklist(b"[]").is_err());
+        assert!(parse_attacklist(b"{\"attacklist\":", 100).is_err());
+        assert!(parse_attacklist(b"{\"other\":{}}", 100).is_err());
+        assert!(parse_attacklist(b"[]", 100).is_err());
+        let e = parse_attacklist(br#"{"attacklist":{"ips":["a","b","c"]}}"#, 2)
+            .expect_err("too many items");
+        assert!(e.to_string().contains("more than 2 items"), "{e}");
+    }
+
+    #[test]
+    fn errors_never_quote_the_list() {
+        let body = br#"{"attacklist":{"oauth_tokens":"eyJsecret-token-value"}}"#;
+        let e = parse_attacklist(body, 100)
+            .expect_err("not a list")
+            .to_string();
+        assert!(!e.contains("secret"), "{e}");
+        assert!(
+            e.starts_with("ABS answer is not a valid attack list: attacklist.oauth_tokens: "),
+            "{e}"
+        );
     }
 }

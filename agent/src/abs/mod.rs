@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::{BodyExt as _, Full, Limited};
+use http_body_util::{BodyExt as _, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
@@ -50,7 +50,84 @@ mod list;
 pub use crate::config::AbsConfig;
 pub use crate::control::proto::AbsItem;
 pub use crate::service::AbsState;
-pub use list::{AttackList, parse_attacklist};
+pub use list::{AttackList, parse_attacklist, read_attacklist};
+
+/// Parses an answer's body as it arrives, on a blocking thread fed chunk by chunk: the
+/// document is never held whole, only its items (at most `max_items`). More than `limit`
+/// bytes is [`AbsError::TooLarge`] unless the parser refused the document first.
+async fn stream_attacklist<B>(
+    mut body: B,
+    limit: usize,
+    max_items: usize,
+) -> Result<AttackList, AbsError>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    let parser =
+        tokio::task::spawn_blocking(move || read_attacklist(ChunkReader::new(rx), max_items));
+    let mut read = 0usize;
+    let mut failed = None;
+    while let Some(frame) = body.frame().await {
+        let frame = match frame {
+            Ok(f) => f,
+            Err(e) => {
+                failed = Some(AbsError::Http(e.to_string()));
+                break;
+            }
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        read += data.len();
+        if read > limit {
+            failed = Some(AbsError::TooLarge(limit));
+            break;
+        }
+        if tx.send(data).await.is_err() {
+            break; // the parser stopped: its error says why
+        }
+    }
+    drop(tx);
+    let parsed = parser
+        .await
+        .map_err(|e| AbsError::Parse(format!("the parser stopped: {e}")))?;
+    match failed {
+        Some(e) => Err(e),
+        None => parsed,
+    }
+}
+
+/// A blocking `Read` over the chunks the fetch hands on (end of input when it stops).
+struct ChunkReader {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    chunk: Bytes,
+}
+
+impl ChunkReader {
+    fn new(rx: tokio::sync::mpsc::Receiver<Bytes>) -> Self {
+        Self {
+            rx,
+            chunk: Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for ChunkReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(c) => self.chunk = c,
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk[..n]);
+        bytes::Buf::advance(&mut self.chunk, n);
+        Ok(n)
+    }
+}
 
 /// Why a poll failed; the last good list stays.
 #[derive(Debug, thiserror::Error)]
@@ -159,7 +236,7 @@ impl Abs {
             .map_err(|e| AbsError::Http(e.to_string()))
     }
 
-    /// Fetches and parses the attack list once.
+    /// Fetches and parses the attack list once, as it arrives (see [`stream_attacklist`]).
     pub async fn fetch(&self) -> Result<AttackList, AbsError> {
         let req = self.request(
             http::Method::GET,
@@ -175,18 +252,12 @@ impl Abs {
             if resp.status() != http::StatusCode::OK {
                 return Err(AbsError::Status(resp.status().as_u16()));
             }
-            let body = Limited::new(resp.into_body(), self.cfg.max_body_bytes)
-                .collect()
-                .await
-                .map_err(|e| {
-                    if e.to_string().contains("length limit") {
-                        AbsError::TooLarge(self.cfg.max_body_bytes)
-                    } else {
-                        AbsError::Http(e.to_string())
-                    }
-                })?
-                .to_bytes();
-            parse_attacklist(&body)
+            stream_attacklist(
+                resp.into_body(),
+                self.cfg.max_body_bytes,
+                self.cfg.max_items,
+            )
+            .await
         };
         tokio::time::timeout(self.timeout, work)
             .await
@@ -328,6 +399,36 @@ pub fn backoff(failures: u32, poll: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_list_is_parsed_as_it_arrives_and_too_much_of_it_is_refused() {
+        let doc = r#"{"attacklist":{"ips":["203.0.113.7","198.51.100.0/24"]}}"#;
+        let body = Full::new(Bytes::from_static(doc.as_bytes()));
+        let list = stream_attacklist(body, 1 << 20, 10).await.expect("parses");
+        assert_eq!(list.items.len(), 2);
+        let body = Full::new(Bytes::from_static(doc.as_bytes()));
+        let e = stream_attacklist(body, 16, 10)
+            .await
+            .expect_err("too large");
+        assert!(matches!(e, AbsError::TooLarge(16)), "{e}");
+        let body = Full::new(Bytes::from_static(br#"{"attacklist":{"ips":["#));
+        let e = stream_attacklist(body, 1 << 20, 10)
+            .await
+            .expect_err("truncated");
+        assert!(e.to_string().contains("EOF while parsing"), "{e}");
+    }
+
+    #[test]
+    fn the_reader_joins_chunks_split_anywhere() {
+        let doc = br#"{"attacklist":{"cookies":{"JSESSIONID":["abc",{"value":"def","ttl":5}]}}}"#;
+        let (tx, rx) = tokio::sync::mpsc::channel(doc.len());
+        for b in doc.chunks(3) {
+            tx.try_send(Bytes::copy_from_slice(b)).expect("room");
+        }
+        drop(tx);
+        let list = read_attacklist(ChunkReader::new(rx), 10).expect("parses");
+        assert_eq!(list.items.len(), 2, "{:?}", list.items);
+    }
 
     #[test]
     fn backoff_grows_and_is_capped() {
