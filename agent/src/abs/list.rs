@@ -215,15 +215,11 @@ impl<'de> de::Visitor<'de> for ListSeed<'_> {
                 out: &mut out.items,
                 max: self.max_items,
             };
-            if kind == Kind::Cookie {
-                map.next_value_seed(CookiesSeed(items))?;
-            } else {
-                map.next_value_seed(ItemsSeed {
-                    kind,
-                    name: None,
-                    items,
-                })?;
-            }
+            map.next_value_seed(ItemsSeed {
+                kind,
+                name: None,
+                items,
+            })?;
             *self.at.borrow_mut() = None;
         }
         Ok(out)
@@ -236,41 +232,8 @@ struct Items<'a> {
     max: usize,
 }
 
-/// `cookies`: a list of items per cookie name.
-struct CookiesSeed<'a>(Items<'a>);
-
-impl<'de> de::DeserializeSeed<'de> for CookiesSeed<'_> {
-    type Value = ();
-
-    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_map(self)
-    }
-}
-
-impl<'de> de::Visitor<'de> for CookiesSeed<'_> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("lists of items by cookie name")
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Items { out, max } = self.0;
-        while let Some(name) = map.next_key::<String>()? {
-            map.next_value_seed(ItemsSeed {
-                kind: Kind::Cookie,
-                name: Some(&name),
-                items: Items {
-                    out: &mut *out,
-                    max,
-                },
-            })?;
-        }
-        Ok(())
-    }
-}
-
-/// One list of items, appended as they are read.
+/// One list of items, appended as they are read; for cookies (without a `name` yet), a
+/// list per cookie name.
 struct ItemsSeed<'a> {
     kind: Kind,
     name: Option<&'a str>,
@@ -281,7 +244,11 @@ impl<'de> de::DeserializeSeed<'de> for ItemsSeed<'_> {
     type Value = ();
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_seq(self)
+        if self.kind == Kind::Cookie && self.name.is_none() {
+            d.deserialize_map(self)
+        } else {
+            d.deserialize_seq(self)
+        }
     }
 }
 
@@ -289,7 +256,26 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
     type Value = ();
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a list")
+        f.write_str(if self.name.is_none() && self.kind == Kind::Cookie {
+            "lists of items by cookie name"
+        } else {
+            "a list"
+        })
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        let Items { out, max } = self.items;
+        while let Some(name) = map.next_key::<String>()? {
+            map.next_value_seed(ItemsSeed {
+                kind: self.kind,
+                name: Some(&name),
+                items: Items {
+                    out: &mut *out,
+                    max,
+                },
+            })?;
+        }
+        Ok(())
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
