@@ -262,7 +262,13 @@ fn import_streams_and_reports_bad_lines() {
         "feed",
         "--json",
     ]);
-    let r = json(&out);
+    // Refused lines fail the command, after the report (a script must notice).
+    assert!(
+        !out.status.success(),
+        "an import with refused lines exits 1"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("4 lines of"));
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON report");
     assert_eq!(r["accepted"], 30_002, "{r}");
     let rejected: Vec<u64> = r["rejected"]
         .as_array()
@@ -482,9 +488,10 @@ fn readme_promises_hold() {
     )
     .expect("feed");
     let out = agent.cli(&["deny", "import", feed.to_str().expect("utf8")]);
-    let e = String::from_utf8_lossy(&out.stderr);
+    let e = err(&out);
     assert!(e.contains("commented.txt:3:") && e.contains('#'), "{e}");
-    assert!(ok(&out).contains("1 entries imported (1 new)"));
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("1 entries imported (1 new)"), "{report}");
     ok(&agent.cli(&["deny", "remove", "token", "tok-ok"]));
     ok(&agent.cli(&["deny", "clear", "--all"]));
     assert_eq!(count(&agent, "deny"), 0);

@@ -194,17 +194,27 @@ impl Import {
         Ok(())
     }
 
-    /// Prints the outcome: rejected lines (the first 50) and the totals, or JSON.
+    /// Prints the outcome: rejected lines (the first 50) and the totals, or JSON. A refused
+    /// line makes the command fail (after the report): a script must not take a partly
+    /// imported feed for a whole one.
     fn report(mut self, file: &std::path::Path, secs: f64, json: bool) -> anyhow::Result<()> {
         let (list, accepted, new) = (self.list, self.accepted, self.new);
         self.rejected.sort_by_key(|(no, _)| *no);
         if self.show {
             eprintln!();
         }
+        let refused = self.rejected.len();
+        let failed = || {
+            anyhow::anyhow!(
+                "{refused} lines of {} refused; the {accepted} others are on the {list} list",
+                file.display()
+            )
+        };
         if json {
-            return print_json(&serde_json::json!({
+            print_json(&serde_json::json!({
                 "accepted": accepted, "new": new, "rejected": self.rejected, "seconds": secs,
-            }));
+            }))?;
+            return if refused == 0 { Ok(()) } else { Err(failed()) };
         }
         for (no, why) in self.rejected.iter().take(50) {
             eprintln!("{}:{no}: {}", file.display(), printable(why));
@@ -213,11 +223,10 @@ impl Import {
             eprintln!("... and {} more rejected lines", self.rejected.len() - 50);
         }
         println!(
-            "{list}: {accepted} entries imported ({new} new) in {secs:.1}s ({:.0}/s), {} lines rejected",
+            "{list}: {accepted} entries imported ({new} new) in {secs:.1}s ({:.0}/s), {refused} lines rejected",
             accepted as f64 / secs.max(1e-9),
-            self.rejected.len()
         );
-        Ok(())
+        if refused == 0 { Ok(()) } else { Err(failed()) }
     }
 }
 
