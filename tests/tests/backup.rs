@@ -83,6 +83,17 @@ fn backup_then_restore_brings_back_exactly_the_lists() {
         deny.contains("198.18.81.1/32") && !deny.contains("198.18.80.0/24"),
         "{deny}"
     );
+    // Each restore keeps a copy of what it replaced, the newest three only.
+    for _ in 0..4 {
+        ok(&agent.cli(&["restore", copy.to_str().expect("utf8")]));
+    }
+    let kept: Vec<String> = std::fs::read_dir(&dirs.root)
+        .expect("state dir")
+        .flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("pre-restore-"))
+        .collect();
+    assert_eq!(kept.len(), 3, "{kept:?}");
 }
 
 #[test]

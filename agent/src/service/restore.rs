@@ -12,6 +12,33 @@ use crate::control::answer::{BackupMade, Restored};
 use crate::model::{Identifier, Kind, List};
 use crate::store::Copy;
 
+/// Name prefix of the copies a restore keeps of the lists it replaced.
+const BEFORE_RESTORE: &str = "pre-restore";
+/// How many of them stay (older ones are removed after each restore).
+const KEPT_BEFORE_RESTORE: usize = 3;
+
+/// Removes all but the newest `keep` files `{prefix}-*.db` in `dir` (their names sort by age).
+fn keep_newest(dir: &Path, prefix: &str, keep: usize) {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return;
+    };
+    let mut copies: Vec<PathBuf> = rd
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with(&format!("{prefix}-")) && n.ends_with(".db"))
+        })
+        .collect();
+    copies.sort();
+    for old in copies.iter().rev().skip(keep) {
+        if let Err(e) = std::fs::remove_file(old) {
+            tracing::warn!(path = %old.display(), "could not remove an old pre-restore copy: {e}");
+        }
+    }
+}
+
 impl Service {
     /// The state directory: the only place backups are written to and restored from.
     fn state_dir(&self) -> PathBuf {
@@ -22,7 +49,7 @@ impl Service {
 
     /// Writes a consistent copy of the lists into the state directory; returns its path.
     pub(super) fn backup(&self) -> Result<BackupMade, ServiceError> {
-        let path = self.store.backup_into(&self.state_dir())?;
+        let path = self.store.backup_into(&self.state_dir(), "backup")?;
         tracing::info!(path = %path.display(), "backup written");
         Ok(BackupMade { path })
     }
@@ -60,7 +87,7 @@ impl Service {
             }
             Ok(())
         })?;
-        let previous = self.store.backup_into(&dir)?;
+        let previous = self.store.backup_into(&dir, BEFORE_RESTORE)?;
         let rows = self.store.restore_from(&copy)?;
         if let Err(e) = self.recover() {
             tracing::error!(
@@ -76,6 +103,7 @@ impl Service {
             return Err(e);
         }
         tracing::warn!(rows, previous = %previous.display(), "lists restored");
+        keep_newest(&dir, BEFORE_RESTORE, KEPT_BEFORE_RESTORE);
         Ok(Restored { rows, previous })
     }
 }

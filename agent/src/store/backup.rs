@@ -26,11 +26,11 @@ pub struct Copy {
 impl Store {
     /// Writes a consistent copy of the database to a new file in `dir` (the state
     /// directory, 0700; the file is 0600 under the agent's umask) and returns its path.
-    pub fn backup_into(&self, dir: &Path) -> Result<PathBuf, StoreError> {
+    pub fn backup_into(&self, dir: &Path, prefix: &str) -> Result<PathBuf, StoreError> {
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
-        let path = dir.join(format!("backup-{stamp}.db"));
+        let path = dir.join(format!("{prefix}-{stamp:024}.db"));
         let text = path
             .to_str()
             .ok_or_else(|| bad("the state directory's path must be UTF-8"))?;
