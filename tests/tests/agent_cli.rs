@@ -268,6 +268,7 @@ fn import_streams_and_reports_bad_lines() {
         "an import with refused lines exits 1"
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("4 lines of"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rejected; the 30002 entries"));
     let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("the JSON report");
     assert_eq!(r["accepted"], 30_002, "{r}");
     let rejected: Vec<u64> = r["rejected"]

@@ -83,17 +83,30 @@ fn backup_then_restore_brings_back_exactly_the_lists() {
         deny.contains("198.18.81.1/32") && !deny.contains("198.18.80.0/24"),
         "{deny}"
     );
-    // Each restore keeps a copy of what it replaced, the newest three only.
+    // Each restore keeps a copy of what it replaced, the newest three only; a file the
+    // agent did not write is left alone.
+    let planted = dirs.root.join("pre-restore-keep-me.db");
+    std::fs::write(&planted, "not a copy").expect("planted");
+    let mut last = String::new();
     for _ in 0..4 {
-        ok(&agent.cli(&["restore", copy.to_str().expect("utf8")]));
+        last = ok(&agent.cli(&["restore", copy.to_str().expect("utf8")]));
     }
     let kept: Vec<String> = std::fs::read_dir(&dirs.root)
         .expect("state dir")
         .flatten()
         .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("pre-restore-"))
+        .filter(|n| n.starts_with("pre-restore-") && n != "pre-restore-keep-me.db")
         .collect();
     assert_eq!(kept.len(), 3, "{kept:?}");
+    let newest = last.rsplit(' ').next().expect("previous copy path").trim();
+    assert!(
+        std::path::Path::new(newest).exists(),
+        "{newest} was removed"
+    );
+    assert!(
+        planted.exists(),
+        "a file the agent did not write was removed"
+    );
 }
 
 #[test]

@@ -205,8 +205,14 @@ impl Import {
         }
         let refused = self.rejected.len();
         let failed = || {
+            let rest = if accepted == 0 {
+                "nothing was imported".to_owned()
+            } else {
+                format!("the {accepted} entries of the other lines are on the {list} list")
+            };
             anyhow::anyhow!(
-                "{refused} lines of {} refused; the {accepted} others are on the {list} list",
+                "{} of {} rejected; {rest}",
+                plural(refused, "line"),
                 file.display()
             )
         };
@@ -227,6 +233,15 @@ impl Import {
             accepted as f64 / secs.max(1e-9),
         );
         if refused == 0 { Ok(()) } else { Err(failed()) }
+    }
+}
+
+/// `n thing` or `n things`.
+fn plural(n: usize, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
     }
 }
 

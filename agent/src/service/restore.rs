@@ -17,22 +17,35 @@ const BEFORE_RESTORE: &str = "pre-restore";
 /// How many of them stay (older ones are removed after each restore).
 const KEPT_BEFORE_RESTORE: usize = 3;
 
-/// Removes all but the newest `keep` files `{prefix}-*.db` in `dir` (their names sort by age).
-fn keep_newest(dir: &Path, prefix: &str, keep: usize) {
-    let Ok(rd) = std::fs::read_dir(dir) else {
-        return;
+/// Removes all but the newest `keep` copies `{prefix}-<stamp>.db` the agent wrote in `dir`
+/// (by stamp), never `current`, the one just written (whatever the clock did), and nothing
+/// named otherwise.
+fn keep_newest(dir: &Path, prefix: &str, keep: usize, current: &Path) {
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) => {
+            tracing::warn!(dir = %dir.display(), "could not list old pre-restore copies: {e}");
+            return;
+        }
     };
-    let mut copies: Vec<PathBuf> = rd
+    let stamp = |p: &Path| -> Option<u128> {
+        let name = p.file_name()?.to_str()?;
+        let digits = name
+            .strip_prefix(prefix)?
+            .strip_prefix('-')?
+            .strip_suffix(".db")?;
+        (digits.len() == 24 && digits.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| digits.parse().ok())
+            .flatten()
+    };
+    let mut copies: Vec<(u128, PathBuf)> = rd
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&format!("{prefix}-")) && n.ends_with(".db"))
-        })
+        .filter(|p| p != current)
+        .filter_map(|p| Some((stamp(&p)?, p)))
         .collect();
     copies.sort();
-    for old in copies.iter().rev().skip(keep) {
+    for (_, old) in copies.iter().rev().skip(keep.saturating_sub(1)) {
         if let Err(e) = std::fs::remove_file(old) {
             tracing::warn!(path = %old.display(), "could not remove an old pre-restore copy: {e}");
         }
@@ -103,7 +116,7 @@ impl Service {
             return Err(e);
         }
         tracing::warn!(rows, previous = %previous.display(), "lists restored");
-        keep_newest(&dir, BEFORE_RESTORE, KEPT_BEFORE_RESTORE);
+        keep_newest(&dir, BEFORE_RESTORE, KEPT_BEFORE_RESTORE, &previous);
         Ok(Restored { rows, previous })
     }
 }

@@ -34,9 +34,11 @@ impl Store {
         let text = path
             .to_str()
             .ok_or_else(|| bad("the state directory's path must be UTF-8"))?;
-        self.conn
-            .execute("VACUUM INTO ?1", [text])
-            .map_err(sql("writing the backup"))?;
+        if let Err(e) = self.conn.execute("VACUUM INTO ?1", [text]) {
+            // A full disk may leave part of a copy behind.
+            let _ = std::fs::remove_file(&path);
+            return Err(sql("writing the backup")(e));
+        }
         Ok(path)
     }
 
