@@ -58,18 +58,29 @@ impl<'de> de::Visitor<'de> for ItemVisitor {
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ItemDoc, A::Error> {
-        let (mut value, mut ttl, mut name) = (None, None, None);
+        // A field of the wrong type makes the item invalid (skipped, counted), never the
+        // list: a TTL that does not read must not turn into "forever" either.
+        let (mut value, mut ttl, mut name, mut bad) = (None, None, None, false);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            match &*key {
-                "value" => value = map.next_value::<Option<String>>()?,
-                "ttl" => ttl = map.next_value::<Option<u64>>().ok().flatten(),
-                "name" => name = map.next_value::<Option<String>>()?,
+            let field = match &*key {
+                "value" | "ttl" | "name" => map.next_value::<Field>()?,
                 _ => {
                     map.next_value::<de::IgnoredAny>()?;
+                    continue;
                 }
+            };
+            match (&*key, field) {
+                ("value", Field::Text(v)) => value = Some(v),
+                ("name", Field::Text(n)) => name = Some(n),
+                ("ttl", Field::Number(t)) => ttl = Some(t),
+                (_, Field::Null) => {}
+                _ => bad = true,
             }
         }
-        Ok(value.map_or(ItemDoc::Other, |value| ItemDoc::Full { value, ttl, name }))
+        Ok(match value {
+            Some(value) if !bad => ItemDoc::Full { value, ttl, name },
+            _ => ItemDoc::Other,
+        })
     }
 
     fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<ItemDoc, A::Error> {
@@ -95,6 +106,71 @@ impl<'de> de::Visitor<'de> for ItemVisitor {
 
     fn visit_unit<E: de::Error>(self) -> Result<ItemDoc, E> {
         Ok(ItemDoc::Other)
+    }
+}
+
+/// One field of an item object, whatever JSON it holds (all of it read).
+enum Field {
+    Text(String),
+    Number(u64),
+    Null,
+    Other,
+}
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(FieldVisitor)
+    }
+}
+
+struct FieldVisitor;
+
+impl<'de> de::Visitor<'de> for FieldVisitor {
+    type Value = Field;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("a field")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
+        Ok(Field::Text(v.to_owned()))
+    }
+
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Field, E> {
+        Ok(Field::Text(v))
+    }
+
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Field, E> {
+        Ok(Field::Number(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
+        Ok(Field::Null)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Field, E> {
+        Ok(Field::Other)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
+        while map
+            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+            .is_some()
+        {}
+        Ok(Field::Other)
+    }
+
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
+        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
+        Ok(Field::Other)
     }
 }
 
@@ -337,6 +413,18 @@ mod tests {
         let e = parse_attacklist(br#"{"attacklist":{"ips":["a","b","c"]}}"#, 2)
             .expect_err("too many items");
         assert!(e.to_string().contains("more than 2 items"), "{e}");
+    }
+
+    #[test]
+    fn an_item_with_a_field_of_the_wrong_type_is_skipped_not_the_list() {
+        let body = br#"{"attacklist":{"ips":[
+            {"value":"198.51.100.1","ttl":"1h"},{"value":42},{"value":"198.51.100.2","ttl":{"a":[1]}},
+            {"value":"198.51.100.3","name":["x"]},{"value":"198.51.100.4","ttl":-5},
+            {"value":"198.51.100.5","ttl":null,"extra":{"deep":[1,{"x":2}]}}]}}"#;
+        let l = parse_attacklist(body, 100).expect("the list reads");
+        let values: Vec<&str> = l.items.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(values, ["198.51.100.5"]);
+        assert_eq!(l.items[0].ttl, None);
     }
 
     #[test]
