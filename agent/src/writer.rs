@@ -29,7 +29,7 @@ use crate::model::Kind;
 pub use crate::service::Detection;
 use std::sync::Arc;
 
-use crate::service::{Added, Board, Change, MirrorReport, Service, ServiceError};
+use crate::service::{Added, Board, Change, MirrorReport, PreparedImport, Service, ServiceError};
 use portcullis_common::DropEvent;
 
 /// How many commands may wait for the writer before senders wait too (back-pressure).
@@ -50,6 +50,7 @@ pub struct MetricsData {
 
 enum Write {
     Control(Request, oneshot::Sender<Response>),
+    Import(PreparedImport, oneshot::Sender<Response>),
     Detect(Detection, oneshot::Sender<Result<Added, ServiceError>>),
     AbsMirror(
         Vec<AbsItem>,
@@ -143,6 +144,14 @@ impl Writer {
             return Response::err(gone());
         }
         rx.await.unwrap_or_else(|_| Response::err(gone()))
+    }
+
+    /// Applies an import batch parsed ahead ([`PreparedImport`]); answers like
+    /// [`Request::Import`].
+    pub async fn import(&self, batch: PreparedImport) -> Response {
+        self.write(|tx| Write::Import(batch, tx))
+            .await
+            .unwrap_or_else(Response::err)
     }
 
     /// Deny-lists a detection's culprit.
@@ -338,7 +347,8 @@ fn is_bulk(w: &Write) -> bool {
                 | Request::AbsPush { .. }
                 | Request::Restore { .. },
             _
-        ) | Write::AbsMirror(..)
+        ) | Write::Import(..)
+            | Write::AbsMirror(..)
     )
 }
 
@@ -352,6 +362,17 @@ fn execute(
     match w {
         Write::Control(req, tx) => {
             let resp = guarded(|| service.handle(req), |m| Response::err(on_panic(m)));
+            Box::new(move || drop(tx.send(resp)))
+        }
+        Write::Import(batch, tx) => {
+            let resp = guarded(
+                || {
+                    service
+                        .import(batch)
+                        .map_or_else(Response::err, Response::ok)
+                },
+                |m| Response::err(on_panic(m)),
+            );
             Box::new(move || drop(tx.send(resp)))
         }
         Write::Detect(d, tx) => {

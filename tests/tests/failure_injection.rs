@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use portcullis::control::answer::Imported;
+use portcullis::control::client::Client;
+use portcullis::control::proto::{ImportDefaults, Request};
+use portcullis::model::List;
 use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, err, ok};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
 use portcullis_tests::privileged;
@@ -150,11 +153,11 @@ fn a_kernel_write_failing_mid_batch_changes_neither_store_nor_kernel() {
 fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
     privileged!();
     let dirs = AgentDirs::new();
-    let agent = Agent::with_config(&dirs, "[capacity]\nv4_hosts = 40000\n".into()).expect("agent");
-    // 50 000 hosts: the kernel is written in chunks of 8 192 and only the fifth one
-    // overflows V4_HOSTS, so the four before it must be taken back out of the kernel: once
-    // into an empty table (its bulk-load path), once beside an entry.
-    let big = feed(&dirs.root, "big.txt", 0, 50_000);
+    let agent = Agent::with_config(&dirs, "[capacity]\nv4_hosts = 20000\n".into()).expect("agent");
+    // 25 000 hosts, one batch: the kernel is written in chunks of 8 192 and only the third
+    // one overflows V4_HOSTS, so the two before it must be taken back out of the kernel:
+    // once into an empty table (its bulk-load path), once beside an entry.
+    let big = feed(&dirs.root, "big.txt", 0, 25_000);
     for first in [None, Some("198.18.0.7")] {
         if let Some(ip) = first {
             ok(&agent.cli(&["deny", "add", "ip", ip]));
@@ -165,10 +168,68 @@ fn a_batch_that_overflows_in_a_later_chunk_changes_nothing() {
         assert_eq!(agent.entries("deny"), before, "store unchanged");
         assert_kernel_matches_lists(&agent, &dirs);
     }
-    // The twin was taken back too: 39 998 other hosts still fit beside the one listed.
-    let fits = feed(&dirs.root, "fits.txt", 10_000, 39_998);
+    // The twin was taken back too: 19 998 other hosts still fit beside the one listed.
+    let fits = feed(&dirs.root, "fits.txt", 10_000, 19_998);
     let out = ok(&agent.cli(&["deny", "import", fits.to_str().expect("utf8"), "--json"]));
-    assert_eq!(accepted(&out), 39_999, "{out}");
+    assert_eq!(accepted(&out), 19_999, "{out}");
+    assert_kernel_matches_lists(&agent, &dirs);
+}
+
+/// The CLI sends each import batch before the answer to the one before it (the agent parses
+/// one while it applies the other). When a batch fails, the one already sent behind it must
+/// not be applied: an import stops at its first failed batch, whatever was in flight.
+#[test]
+fn the_batch_sent_behind_a_failed_one_is_not_applied() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let agent = Agent::with_config(&dirs, "[capacity]\nv4_hosts = 40000\n".into()).expect("agent");
+    let hosts = |from: u32, n: u32| -> Vec<(u64, String)> {
+        (from..from + n)
+            .map(|i| {
+                let ip = format!("198.{}.{}.{}", 18 + (i >> 16), (i >> 8) & 255, i & 255);
+                (u64::from(i) + 1, ip)
+            })
+            .collect()
+    };
+    let batch = |lines| Request::Import {
+        list: List::Deny,
+        lines,
+        defaults: ImportDefaults::default(),
+    };
+    // Three batches written before any answer is read: the first fits, the second
+    // overflows V4_HOSTS, the third would fit again beside the first.
+    let mut client = Client::connect(&dirs.socket()).expect("control socket");
+    for b in [
+        hosts(0, 30_000),
+        hosts(30_000, 20_000),
+        hosts(50_000, 5_000),
+    ] {
+        client.send(&batch(b)).expect("send");
+    }
+    let answers: Vec<_> = (0..3).map(|_| client.receive().expect("answer")).collect();
+    assert!(answers[0].ok, "{:?}", answers[0]);
+    let second = answers[1].error.clone().unwrap_or_default();
+    assert!(second.contains("V4_HOSTS"), "{second}");
+    let third = answers[2].error.clone().unwrap_or_default();
+    assert!(third.contains("an earlier import batch"), "{third}");
+    assert_eq!(agent.entries("deny").len(), 30_000, "only the first batch");
+    assert_kernel_matches_lists(&agent, &dirs);
+    // Any other request ends the failed import: the next batch is applied.
+    client.send(&Request::Status).expect("send");
+    assert!(client.receive().expect("status").ok);
+    client.send(&batch(hosts(50_000, 5_000))).expect("send");
+    let fourth = client.receive().expect("answer");
+    assert!(fourth.ok, "{fourth:?}");
+    assert_eq!(agent.entries("deny").len(), 35_000);
+    // The CLI stops at the failed batch too (its batches: 31 250, 62 500, 6 250 lines).
+    let path = dirs.root.join("three-batches.txt");
+    let lines: Vec<String> = hosts(0, 100_000).into_iter().map(|(_, l)| l).collect();
+    std::fs::write(&path, lines.join("\n")).expect("feed");
+    let e = err(&agent.cli(&["deny", "import", path.to_str().expect("utf8")]));
+    assert!(
+        e.contains("V4_HOSTS") && e.contains("stopped at line 31251"),
+        "{e}"
+    );
     assert_kernel_matches_lists(&agent, &dirs);
 }
 

@@ -148,36 +148,43 @@ struct Import {
     accepted: usize,
     new: usize,
     rejected: Vec<(u64, String)>,
+    /// The batch sent and not yet answered: its first line and the bytes read up to its end.
+    in_flight: Option<(u64, u64)>,
 }
 
 impl Import {
-    /// Sends one batch of lines (applied whole or not at all; the ones before it stay).
+    /// Sends one batch of lines (applied whole or not at all; the ones before it stay), then
+    /// waits for the answer to the batch before it: the agent parses this one while it
+    /// applies that one. A failed batch stops the import; the agent skips the one sent
+    /// behind it.
     fn send(&mut self, batch: &mut Vec<(u64, String)>, read: u64) -> anyhow::Result<()> {
         let Some(first) = batch.first().map(|(no, _)| *no) else {
             return Ok(());
         };
-        let (list, accepted, new) = (self.list, self.accepted, self.new);
-        let stopped = |e: anyhow::Error| {
-            let before = if accepted == 0 {
-                "nothing was imported".to_owned()
-            } else {
-                format!(
-                    "the {accepted} entries ({new} new) from the lines before it are on the {list} list"
-                )
-            };
-            anyhow::anyhow!("{e:#}\nthe import stopped at line {first}: {before}")
+        let sent = self.client.send(&Request::Import {
+            list: self.list,
+            lines: std::mem::take(batch),
+            defaults: self.defaults.clone(),
+        });
+        // The answer before it says why the agent stopped reading, if it did.
+        self.settle()?;
+        sent.map_err(|e| self.stopped(first, e.into()))?;
+        self.in_flight = Some((first, read));
+        Ok(())
+    }
+
+    /// Waits for the answer to the batch in flight, if any.
+    fn settle(&mut self) -> anyhow::Result<()> {
+        let Some((first, read)) = self.in_flight.take() else {
+            return Ok(());
         };
         let r = self
             .client
-            .call(&Request::Import {
-                list,
-                lines: std::mem::take(batch),
-                defaults: self.defaults.clone(),
-            })
+            .receive()
             .map_err(anyhow::Error::from)
             .and_then(unwrap)
             .and_then(decode::<Imported>)
-            .map_err(stopped)?;
+            .map_err(|e| self.stopped(first, e))?;
         self.accepted += r.accepted;
         self.new += r.new;
         self.rejected.extend(r.rejected);
@@ -192,6 +199,19 @@ impl Import {
             let _ = std::io::stderr().flush();
         }
         Ok(())
+    }
+
+    /// The error for an import that stopped at the batch starting at line `first`.
+    fn stopped(&self, first: u64, e: anyhow::Error) -> anyhow::Error {
+        let (list, accepted, new) = (self.list, self.accepted, self.new);
+        let before = if accepted == 0 {
+            "nothing was imported".to_owned()
+        } else {
+            format!(
+                "the {accepted} entries ({new} new) from the lines before it are on the {list} list"
+            )
+        };
+        anyhow::anyhow!("{e:#}\nthe import stopped at line {first}: {before}")
     }
 
     /// Prints the outcome: rejected lines (the first 50) and the totals, or JSON. A refused
@@ -269,9 +289,13 @@ pub(super) fn import(
         accepted: 0,
         new: 0,
         rejected: Vec::new(),
+        in_flight: None,
     };
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
+    // The first batches are smaller, doubling up to the full size: the agent starts
+    // applying sooner, and each batch is parsed while the one before it is applied.
+    let mut limit = IMPORT_BATCH / 8;
     let (mut raw, mut line_no, mut read_bytes, mut batch_bytes) = (Vec::new(), 0u64, 0u64, 0);
     loop {
         raw.clear();
@@ -301,12 +325,14 @@ pub(super) fn import(
             }
             Err(_) => run.rejected.push((line_no, "not valid UTF-8".into())),
         }
-        if batch.len() >= IMPORT_BATCH {
+        if batch.len() >= limit {
             run.send(&mut batch, read_bytes)?;
             batch_bytes = 0;
+            limit = (limit * 2).min(IMPORT_BATCH);
         }
     }
     run.send(&mut batch, read_bytes)?;
+    run.settle()?;
     run.report(file, started.elapsed().as_secs_f64(), json)
 }
 

@@ -56,9 +56,22 @@ impl Client {
 
     /// Sends one request and waits for its answer.
     pub fn call(&mut self, req: &Request) -> Result<Response, ClientError> {
+        self.send(req)?;
+        self.receive()
+    }
+
+    /// Sends one request without waiting: the agent reads one request ahead, so a caller
+    /// with many (import batches) keeps it busy by sending the next before
+    /// [`Client::receive`]ing the last answer.
+    pub fn send(&mut self, req: &Request) -> Result<(), ClientError> {
         let mut line = serde_json::to_vec(req)?;
         line.push(b'\n');
         self.writer.write_all(&line)?;
+        Ok(())
+    }
+
+    /// The answer to the oldest request not yet answered.
+    pub fn receive(&mut self) -> Result<Response, ClientError> {
         let mut answer = String::new();
         if self.reader.read_line(&mut answer)? == 0 {
             return Err(ClientError::Io(std::io::Error::new(

@@ -1,15 +1,18 @@
 //! The agent's side of the control socket: one task per connection, each request handed to
-//! the list writer ([`crate::writer`]) and answered in order.
+//! the list writer ([`crate::writer`]) and answered in order, the next one read and parsed
+//! while the writer works.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context as _, bail};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::proto::{MAX_REQUEST, PROTOCOL_VERSION, Request, Response};
+use crate::service::PreparedImport;
 use crate::writer::Writer;
 
 /// Fails when another agent answers on `path` (checked first thing at start, and again by
@@ -140,8 +143,38 @@ fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
         .unwrap_or(false)
 }
 
+/// A request read off a connection, made ready for the writer.
+enum Incoming {
+    /// For the writer.
+    Request(Request),
+    /// An import batch, parsed ahead while the writer applies the one before it.
+    Import(PreparedImport),
+    /// Answered without the writer (unreadable, not allowed).
+    Refused(Response),
+    /// Answered, then the connection ends (a request too long to frame).
+    Last(Response),
+}
+
+/// One connection: requests are read and parsed one ahead of the writer (a client that sends
+/// its next import batch before reading the last answer keeps both cores busy) and answered
+/// in order.
 async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::Result<()> {
-    let (read, mut write) = stream.into_split();
+    let (read, write) = stream.into_split();
+    // One parsed request waits while the writer works on another: memory stays bounded by
+    // three requests however far ahead the client writes.
+    let (tx, rx) = mpsc::channel(1);
+    tokio::try_join!(
+        read_requests(read, root, tx),
+        answer_requests(rx, writer, write)
+    )?;
+    Ok(())
+}
+
+async fn read_requests(
+    read: OwnedReadHalf,
+    root: bool,
+    tx: mpsc::Sender<Incoming>,
+) -> std::io::Result<()> {
     let mut reader = BufReader::new(read);
     let mut line = Vec::new();
     loop {
@@ -153,37 +186,81 @@ async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::
         if n == 0 {
             return Ok(());
         }
-        let response = if line.last() != Some(&b'\n') && n >= MAX_REQUEST {
+        let incoming = if line.last() != Some(&b'\n') && n >= MAX_REQUEST {
             // Too long: answer and hang up, the rest of the stream is unframed.
-            let r = Response::err(format!("request larger than {MAX_REQUEST} bytes"));
-            write.write_all(&answer(&r)).await?;
-            return Ok(());
+            Incoming::Last(Response::err(format!(
+                "request larger than {MAX_REQUEST} bytes"
+            )))
         } else {
-            match parse(&mut line).await {
-                Ok(req) if req.needs_root() && !root => Response::err(
-                    "backup and restore are for root: the agent reads and writes the files as itself",
-                ),
-                Ok(req) => writer.control(req).await,
-                Err(e) => Response::err(format!("invalid request: {e}")),
+            parse(&mut line, root).await
+        };
+        let last = matches!(incoming, Incoming::Last(_));
+        if tx.send(incoming).await.is_err() || last {
+            return Ok(());
+        }
+    }
+}
+
+/// Why an import batch is not applied: one before it on the same connection failed.
+const AFTER_FAILED_IMPORT: &str = "not applied: an earlier import batch on this connection failed (the batches before that one stay applied)";
+
+async fn answer_requests(
+    mut rx: mpsc::Receiver<Incoming>,
+    writer: Writer,
+    mut write: OwnedWriteHalf,
+) -> std::io::Result<()> {
+    // A client that sent batches ahead must not have the ones behind a failed batch applied:
+    // an import stops at its first failed batch. Any other request ends the import.
+    let mut import_failed = false;
+    while let Some(incoming) = rx.recv().await {
+        let (response, last) = match incoming {
+            Incoming::Import(_) if import_failed => (Response::err(AFTER_FAILED_IMPORT), false),
+            Incoming::Import(batch) => {
+                let r = writer.import(batch).await;
+                import_failed = !r.ok;
+                (r, false)
             }
+            Incoming::Request(req) => {
+                import_failed = false;
+                (writer.control(req).await, false)
+            }
+            Incoming::Refused(r) => (r, false),
+            Incoming::Last(r) => (r, true),
         };
         write.write_all(&answer(&response)).await?;
+        if last {
+            break;
+        }
     }
+    Ok(())
 }
 
 /// Requests larger than this are parsed off the runtime's workers: a 250k-line import takes
 /// ~100 ms to parse, and `status` must not wait behind it.
-const PARSE_INLINE: usize = 1 << 20;
+const PARSE_INLINE: usize = 64 << 10;
 
-/// Parses one request line (taking a large one's buffer with it to a blocking thread).
-async fn parse(line: &mut Vec<u8>) -> Result<Request, String> {
+/// Parses one request line (taking a large one's buffer with it to a blocking thread); an
+/// import batch's lines are parsed there too.
+async fn parse(line: &mut Vec<u8>, root: bool) -> Incoming {
+    let ready = move |bytes: &[u8]| match serde_json::from_slice(bytes) {
+        Ok(req) if Request::needs_root(&req) && !root => Incoming::Refused(Response::err(
+            "backup and restore are for root: the agent reads and writes the files as itself",
+        )),
+        Ok(Request::Import {
+            list,
+            lines,
+            defaults,
+        }) => Incoming::Import(PreparedImport::new(list, lines, &defaults)),
+        Ok(req) => Incoming::Request(req),
+        Err(e) => Incoming::Refused(Response::err(format!("invalid request: {e}"))),
+    };
     if line.len() <= PARSE_INLINE {
-        return serde_json::from_slice(line).map_err(|e| e.to_string());
+        return ready(line);
     }
     let big = std::mem::take(line);
-    tokio::task::spawn_blocking(move || serde_json::from_slice(&big).map_err(|e| e.to_string()))
+    tokio::task::spawn_blocking(move || ready(&big))
         .await
-        .unwrap_or_else(|e| Err(format!("parsing failed: {e}")))
+        .unwrap_or_else(|e| Incoming::Refused(Response::err(format!("parsing failed: {e}"))))
 }
 
 fn answer(r: &Response) -> Vec<u8> {

@@ -12,32 +12,62 @@ use crate::model::Entry;
 use crate::model::List;
 use crate::model::{IdentError, Identifier, Kind};
 
-impl Service {
-    /// Validates and adds one batch of import lines; refused lines are reported by number.
-    pub(crate) fn import(
-        &mut self,
-        list: List,
-        lines: &[(u64, String)],
-        defaults: &ImportDefaults,
-    ) -> Result<Imported, ServiceError> {
-        let now = unix_now();
-        let mut out = Imported::default();
-        let mut good: Vec<Entry> = Vec::with_capacity(lines.len());
-        for (no, line) in lines {
-            match parse_import_line(line) {
-                Ok(None) => {}
-                Ok(Some(mut req)) => {
-                    req.list = Some(list);
-                    req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
-                    req.reason = req.reason.or_else(|| defaults.reason.clone());
-                    req.source = req.source.or_else(|| defaults.source.clone());
-                    req.force |= defaults.force;
-                    match self.entry_from(&req, now) {
-                        Ok(e) => good.push(e),
-                        Err(e) => out.rejected.push((*no, e.to_string())),
+/// An import batch with its lines parsed and their identifiers digested: the work that needs
+/// no list state, done before the batch reaches the list writer (on the control connection's
+/// blocking thread, while the writer applies the batch before it).
+pub struct PreparedImport {
+    list: List,
+    /// `(line number, request and identifier, or why the line is refused)`; blank and
+    /// comment lines are gone.
+    lines: Vec<(u64, Result<ParsedLine, String>)>,
+}
+
+/// A line's request and the identifier it names.
+type ParsedLine = (AddRequest, Identifier);
+
+impl PreparedImport {
+    /// Parses `lines` for `list`, each filled in from `defaults`.
+    pub fn new(list: List, lines: Vec<(u64, String)>, defaults: &ImportDefaults) -> Self {
+        let lines = lines
+            .into_iter()
+            .filter_map(|(no, line)| {
+                let parsed = match parse_import_line(&line) {
+                    Ok(None) => return None,
+                    Ok(Some(mut req)) => {
+                        req.list = Some(list);
+                        req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
+                        req.reason = req.reason.or_else(|| defaults.reason.clone());
+                        req.source = req.source.or_else(|| defaults.source.clone());
+                        req.force |= defaults.force;
+                        super::identifier_of(&req)
+                            .map(|ident| (req, ident))
+                            .map_err(|e| e.to_string())
                     }
-                }
-                Err(msg) => out.rejected.push((*no, msg)),
+                    Err(msg) => Err(msg),
+                };
+                Some((no, parsed))
+            })
+            .collect();
+        Self { list, lines }
+    }
+}
+
+impl Service {
+    /// Checks and adds one prepared batch of import lines; refused lines are reported by
+    /// number.
+    pub(crate) fn import(&mut self, batch: PreparedImport) -> Result<Imported, ServiceError> {
+        let now = unix_now();
+        let list = batch.list;
+        let mut out = Imported::default();
+        let mut good: Vec<Entry> = Vec::with_capacity(batch.lines.len());
+        for (no, parsed) in batch.lines {
+            let entry = parsed.and_then(|(req, ident)| {
+                self.entry_with(list, &req, ident, now)
+                    .map_err(|e| e.to_string())
+            });
+            match entry {
+                Ok(e) => good.push(e),
+                Err(msg) => out.rejected.push((no, msg)),
             }
         }
         out.new = self.add_batch(list, &good)?;

@@ -32,7 +32,7 @@ mod safety;
 mod views;
 
 pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorReport};
-pub use batch::parse_import_line;
+pub use batch::{PreparedImport, parse_import_line};
 pub use board::{Board, Counts};
 pub use links::undo_fresh;
 pub use safety::host_addresses;
@@ -114,6 +114,14 @@ pub fn kernel_deadline(expires: Option<i64>, now_unix: i64) -> u64 {
 }
 
 /// The checker's lists and the board's counts, from one pass over the store.
+/// The identifier a request names (parsed, secrets digested): needs no list state.
+fn identifier_of(r: &AddRequest) -> Result<Identifier, ServiceError> {
+    let kind = r
+        .kind
+        .ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
+    Ok(Identifier::parse(kind, r.name.as_deref(), &r.value)?)
+}
+
 fn load_views(store: &Store, filter: Option<&Filter>) -> Result<(L7Lists, Counts), ServiceError> {
     let mut lists = L7Lists::new(filter.map(Filter::shared_table));
     let mut counts = Counts::default();
@@ -308,7 +316,9 @@ impl Service {
                 list,
                 lines,
                 defaults,
-            } => self.import(list, &lines, &defaults).map(Response::ok),
+            } => self
+                .import(PreparedImport::new(list, lines, &defaults))
+                .map(Response::ok),
             Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
             Request::ApiReload => self.api_reload().map(Response::ok),
             Request::Attach { iface, xdp_mode } => self
@@ -362,10 +372,17 @@ impl Service {
         let list = r
             .list
             .ok_or_else(|| ServiceError::BadRequest("missing list".into()))?;
-        let kind = r
-            .kind
-            .ok_or_else(|| ServiceError::BadRequest("missing kind".into()))?;
-        let ident = Identifier::parse(kind, r.name.as_deref(), &r.value)?;
+        self.entry_with(list, r, identifier_of(r)?, now)
+    }
+
+    /// [`Service::entry_from`] for a request whose identifier is parsed already.
+    fn entry_with(
+        &self,
+        list: List,
+        r: &AddRequest,
+        ident: Identifier,
+        now: i64,
+    ) -> Result<Entry, ServiceError> {
         self.check_safety(list, &ident, r.force)?;
         let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
             let v = v.clone().unwrap_or_default();
