@@ -21,9 +21,24 @@ pub struct AttackList {
 /// Unknown keys kept for the log and `status`.
 const MAX_UNKNOWN: usize = 32;
 
-/// One item as ABS sends it: a string, an object with `value` (and `ttl`, `name`), or
-/// anything else, skipped. Read by hand: serde's untagged enums copy every item into a
-/// tree first.
+/// One item as ABS sends it, or one field of an item: a string, a number, null, an object
+/// (its `value`, `ttl` and `name`, and whether one of them had the wrong type), or anything
+/// else, skipped. Read by hand, one visitor for both: serde's untagged enums copy every item
+/// into a tree first.
+enum Shallow {
+    Text(String),
+    Number(u64),
+    Null,
+    Object {
+        value: Option<String>,
+        ttl: Option<u64>,
+        name: Option<String>,
+        bad: bool,
+    },
+    Other,
+}
+
+/// An item: `Plain` or `Full` when it names a value, else skipped.
 enum ItemDoc {
     Plain(String),
     Full {
@@ -34,143 +49,98 @@ enum ItemDoc {
     Other,
 }
 
-impl<'de> de::Deserialize<'de> for ItemDoc {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ItemVisitor)
+impl From<Shallow> for ItemDoc {
+    fn from(s: Shallow) -> Self {
+        match s {
+            Shallow::Text(v) => ItemDoc::Plain(v),
+            // A field of the wrong type makes the item invalid (skipped, counted), never the
+            // list: a TTL that does not read must not turn into "forever" either.
+            Shallow::Object {
+                value: Some(value),
+                ttl,
+                name,
+                bad: false,
+            } => ItemDoc::Full { value, ttl, name },
+            _ => ItemDoc::Other,
+        }
     }
 }
 
-struct ItemVisitor;
+impl<'de> de::Deserialize<'de> for ItemDoc {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Shallow::deserialize(d).map(ItemDoc::from)
+    }
+}
 
-impl<'de> de::Visitor<'de> for ItemVisitor {
-    type Value = ItemDoc;
+impl<'de> de::Deserialize<'de> for Shallow {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShallowVisitor)
+    }
+}
+
+struct ShallowVisitor;
+
+impl<'de> de::Visitor<'de> for ShallowVisitor {
+    type Value = Shallow;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("an item")
     }
 
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Plain(v.to_owned()))
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Shallow, E> {
+        Ok(Shallow::Text(v.to_owned()))
     }
 
-    fn visit_string<E: de::Error>(self, v: String) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Plain(v))
+    fn visit_string<E: de::Error>(self, v: String) -> Result<Shallow, E> {
+        Ok(Shallow::Text(v))
     }
 
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<ItemDoc, A::Error> {
-        // A field of the wrong type makes the item invalid (skipped, counted), never the
-        // list: a TTL that does not read must not turn into "forever" either.
+    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Shallow, E> {
+        Ok(Shallow::Number(v))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Shallow, E> {
+        Ok(Shallow::Null)
+    }
+
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Shallow, E> {
+        Ok(Shallow::Other)
+    }
+
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Shallow, E> {
+        Ok(Shallow::Other)
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Shallow, E> {
+        Ok(Shallow::Other)
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shallow, A::Error> {
         let (mut value, mut ttl, mut name, mut bad) = (None, None, None, false);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
-            let field = match &*key {
-                "value" | "ttl" | "name" => map.next_value::<Field>()?,
-                _ => {
-                    map.next_value::<de::IgnoredAny>()?;
-                    continue;
-                }
-            };
-            match (&*key, field) {
-                ("value", Field::Text(v)) => value = Some(v),
-                ("name", Field::Text(n)) => name = Some(n),
-                ("ttl", Field::Number(t)) => ttl = Some(t),
-                (_, Field::Null) => {}
+            if !matches!(&*key, "value" | "ttl" | "name") {
+                map.next_value::<de::IgnoredAny>()?;
+                continue;
+            }
+            match (&*key, map.next_value::<Shallow>()?) {
+                ("value", Shallow::Text(v)) => value = Some(v),
+                ("name", Shallow::Text(n)) => name = Some(n),
+                ("ttl", Shallow::Number(t)) => ttl = Some(t),
+                (_, Shallow::Null) => {}
                 _ => bad = true,
             }
         }
-        Ok(match value {
-            Some(value) if !bad => ItemDoc::Full { value, ttl, name },
-            _ => ItemDoc::Other,
+        Ok(Shallow::Object {
+            value,
+            ttl,
+            name,
+            bad,
         })
     }
 
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<ItemDoc, A::Error> {
+    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Shallow, A::Error> {
         while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(ItemDoc::Other)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Other)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Other)
-    }
-
-    fn visit_u64<E: de::Error>(self, _: u64) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Other)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Other)
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<ItemDoc, E> {
-        Ok(ItemDoc::Other)
-    }
-}
-
-/// One field of an item object, whatever JSON it holds (all of it read).
-enum Field {
-    Text(String),
-    Number(u64),
-    Null,
-    Other,
-}
-
-impl<'de> de::Deserialize<'de> for Field {
-    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(FieldVisitor)
-    }
-}
-
-struct FieldVisitor;
-
-impl<'de> de::Visitor<'de> for FieldVisitor {
-    type Value = Field;
-
-    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a field")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<Field, E> {
-        Ok(Field::Text(v.to_owned()))
-    }
-
-    fn visit_string<E: de::Error>(self, v: String) -> Result<Field, E> {
-        Ok(Field::Text(v))
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<Field, E> {
-        Ok(Field::Number(v))
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<Field, E> {
-        Ok(Field::Null)
-    }
-
-    fn visit_i64<E: de::Error>(self, _: i64) -> Result<Field, E> {
-        Ok(Field::Other)
-    }
-
-    fn visit_f64<E: de::Error>(self, _: f64) -> Result<Field, E> {
-        Ok(Field::Other)
-    }
-
-    fn visit_bool<E: de::Error>(self, _: bool) -> Result<Field, E> {
-        Ok(Field::Other)
-    }
-
-    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Field, A::Error> {
-        while map
-            .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
-            .is_some()
-        {}
-        Ok(Field::Other)
-    }
-
-    fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Field, A::Error> {
-        while seq.next_element::<de::IgnoredAny>()?.is_some() {}
-        Ok(Field::Other)
+        Ok(Shallow::Other)
     }
 }
 
