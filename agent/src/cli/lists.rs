@@ -109,8 +109,9 @@ fn clear(cli: &Cli, list: List, which: &Selection, all: bool, json: bool) -> any
 
 /// Lines sent per request. Each request is one store transaction, and a bulk import's cost
 /// is mostly rewriting the index pages its random keys land on: 250k lines per commit
-/// imported 1M tokens at ~200k/s where 100k managed ~130k/s. Other writes wait for the
-/// batch in hand (about a second).
+/// imported 1M tokens at ~200k/s where 100k managed ~130k/s (smaller first batches, to start
+/// the writer sooner, cost more than they saved once the table held millions of rows).
+/// Other writes wait for the batch in hand (about a second).
 const IMPORT_BATCH: usize = 250_000;
 
 /// Bytes of lines per request at most, as encoded in JSON (a control character takes six):
@@ -293,9 +294,6 @@ pub(super) fn import(
     };
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(IMPORT_BATCH);
-    // The first batches are smaller, doubling up to the full size: the agent starts
-    // applying sooner, and each batch is parsed while the one before it is applied.
-    let mut limit = IMPORT_BATCH / 8;
     let (mut raw, mut line_no, mut read_bytes, mut batch_bytes) = (Vec::new(), 0u64, 0u64, 0);
     loop {
         raw.clear();
@@ -325,10 +323,9 @@ pub(super) fn import(
             }
             Err(_) => run.rejected.push((line_no, "not valid UTF-8".into())),
         }
-        if batch.len() >= limit {
+        if batch.len() >= IMPORT_BATCH {
             run.send(&mut batch, read_bytes)?;
             batch_bytes = 0;
-            limit = (limit * 2).min(IMPORT_BATCH);
         }
     }
     run.send(&mut batch, read_bytes)?;
