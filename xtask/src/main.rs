@@ -5,10 +5,12 @@
 //! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
 //! - `bench xdp|agent|checker|abs`: a benchmark (writes `target/bench/<name>.json`), then
 //!   `readme`;
+//! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds (default 60);
 //! - `readme`: puts the benchmark tables from `target/bench/*.json` into README.md.
 //!
 //! Every verb runs `setup` first.
 
+mod fuzz;
 mod readme;
 mod setup;
 
@@ -85,10 +87,21 @@ fn main() -> anyhow::Result<()> {
             cargo(&env, &["bench", "-p", "portcullis-tests", "--bench", name])?;
             update_readme()
         }
+        "fuzz" => {
+            let env = setup::run()?;
+            let seconds = match rest {
+                [] => 60,
+                [flag, n] if flag == "--seconds" => n
+                    .parse()
+                    .with_context(|| format!("--seconds takes a whole number, not {n:?}"))?,
+                _ => bail!("usage: cargo xtask fuzz [--seconds N]"),
+            };
+            fuzz::run(&env, seconds)
+        }
         "readme" => update_readme(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup|build|lint|test|demo|bench xdp|agent|checker|abs|readme>"
+                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|readme>"
             );
             Ok(())
         }
@@ -152,6 +165,11 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     unit.extend(extra.iter().map(String::as_str));
     if let Err(e) = cargo(env, &unit) {
         failed.push(format!("unit tests: {e:#}"));
+    }
+    // Each fuzz target briefly, from its seed corpus: a crash or a reference mismatch fails
+    // the run like a failed test.
+    if let Err(e) = fuzz::run(env, fuzz::TEST_SECONDS) {
+        failed.push(format!("fuzz targets: {e:#}"));
     }
     // The integration tests drive the real binary.
     cargo(env, &["build", "-p", "portcullis-agent", "--bins"])?;

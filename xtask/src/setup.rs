@@ -181,6 +181,34 @@ fn link_into(tool: &Path, dir: &Path) -> anyhow::Result<()> {
     std::os::unix::fs::symlink(tool, &link).with_context(|| format!("linking {}", link.display()))
 }
 
+/// cargo-fuzz release `cargo xtask fuzz` (and `test`, briefly) runs the fuzz targets with.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Installs cargo-fuzz (cached like bpf-linker); returns its path.
+pub fn cargo_fuzz() -> anyhow::Result<PathBuf> {
+    let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
+    let tools = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| home.join(".cache"))
+        .join("portcullis/fuzz-tools");
+    let bin = tools.join("bin/cargo-fuzz");
+    let stamp = tools.join("version");
+    if bin.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|v| v == CARGO_FUZZ_VERSION) {
+        return Ok(bin);
+    }
+    eprintln!("setup: building cargo-fuzz {CARGO_FUZZ_VERSION} (about two minutes)");
+    status(
+        Command::new("cargo")
+            .args(["install", "cargo-fuzz", "--locked", "--force", "--version"])
+            .arg(CARGO_FUZZ_VERSION)
+            .arg("--root")
+            .arg(&tools)
+            .env_remove("CARGO_TARGET_DIR"),
+    )?;
+    std::fs::write(&stamp, CARGO_FUZZ_VERSION)?;
+    Ok(bin)
+}
+
 /// Packages only the checker benchmark needs: nginx as the comparison proxy, wrk as load.
 pub fn bench_packages() -> anyhow::Result<()> {
     install(&["nginx", "wrk"])

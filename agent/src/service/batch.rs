@@ -50,6 +50,16 @@ impl PreparedImport {
             .collect();
         Self { list, lines }
     }
+
+    /// Lines kept: every line but blank and comment lines, parsed or refused.
+    pub fn len(&self) -> usize {
+        self.lines.len()
+    }
+
+    /// Whether no line is kept.
+    pub fn is_empty(&self) -> bool {
+        self.lines.is_empty()
+    }
 }
 
 impl Service {
