@@ -134,6 +134,19 @@ impl Writer {
         if matches!(req, Request::Status) {
             return Response::ok(self.board.status());
         }
+        if let Request::Import {
+            list,
+            lines,
+            defaults,
+            ..
+        } = req
+        {
+            // The control server prepares batches itself, off the runtime's workers.
+            return match PreparedImport::new(list, lines, defaults) {
+                Ok(batch) => self.import(batch).await,
+                Err(e) => Response::err(e),
+            };
+        }
         let (tx, rx) = oneshot::channel();
         let sent = if req.is_read() {
             self.reads.send(Read::Control(req, tx)).await.is_ok()
@@ -342,10 +355,7 @@ fn is_bulk(w: &Write) -> bool {
     matches!(
         w,
         Write::Control(
-            Request::Import { .. }
-                | Request::Clear { .. }
-                | Request::AbsPush { .. }
-                | Request::Restore { .. },
+            Request::Clear { .. } | Request::AbsPush { .. } | Request::Restore { .. },
             _
         ) | Write::Import(..)
             | Write::AbsMirror(..)
@@ -513,6 +523,7 @@ mod tests {
                 list: List::Deny,
                 lines,
                 defaults: Default::default(),
+                continues: false,
             })
             .await;
         assert!(r.ok, "{r:?}");

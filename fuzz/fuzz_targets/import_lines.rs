@@ -20,6 +20,7 @@ fuzz_target!(|data: &[u8]| {
         .iter()
         .filter(|(_, l)| !matches!(parse_import_line(l), Ok(None)))
         .count();
-    let batch = PreparedImport::new(List::Deny, lines, &ImportDefaults::default());
+    let batch = PreparedImport::new(List::Deny, lines, ImportDefaults::default())
+        .expect("a small batch with plain defaults is taken");
     assert_eq!(batch.len(), kept);
 });

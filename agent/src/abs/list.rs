@@ -74,11 +74,24 @@ impl<'de> de::Deserialize<'de> for ItemDoc {
 
 impl<'de> de::Deserialize<'de> for Shallow {
     fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(ShallowVisitor)
+        d.deserialize_any(ShallowVisitor { field: false })
     }
 }
 
-struct ShallowVisitor;
+/// A field of an item: an object there is read past, not into (however deep it nests, it
+/// only makes its item invalid).
+struct Field(Shallow);
+
+impl<'de> de::Deserialize<'de> for Field {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(ShallowVisitor { field: true }).map(Field)
+    }
+}
+
+struct ShallowVisitor {
+    /// Reading a field: an object is skipped whole.
+    field: bool,
+}
 
 impl<'de> de::Visitor<'de> for ShallowVisitor {
     type Value = Shallow;
@@ -116,13 +129,20 @@ impl<'de> de::Visitor<'de> for ShallowVisitor {
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Shallow, A::Error> {
+        if self.field {
+            while map
+                .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                .is_some()
+            {}
+            return Ok(Shallow::Other);
+        }
         let (mut value, mut ttl, mut name, mut bad) = (None, None, None, false);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             if !matches!(&*key, "value" | "ttl" | "name") {
                 map.next_value::<de::IgnoredAny>()?;
                 continue;
             }
-            match (&*key, map.next_value::<Shallow>()?) {
+            match (&*key, map.next_value::<Field>()?.0) {
                 ("value", Shallow::Text(v)) => value = Some(v),
                 ("name", Shallow::Text(n)) => name = Some(n),
                 ("ttl", Shallow::Number(t)) => ttl = Some(t),
@@ -395,6 +415,16 @@ mod tests {
         let values: Vec<&str> = l.items.iter().map(|i| i.value.as_str()).collect();
         assert_eq!(values, ["198.51.100.5"]);
         assert_eq!(l.items[0].ttl, None);
+        // However deep a field's object nests, it is read past: the item is skipped, the
+        // list and its other items stay.
+        let deep = format!(
+            r#"{{"attacklist":{{"ips":[{{"value":{}1{}}},"198.51.100.6"]}}}}"#,
+            r#"{"value":"#.repeat(200),
+            "}".repeat(200)
+        );
+        let l = parse_attacklist(deep.as_bytes(), 100).expect("the list reads");
+        let values: Vec<&str> = l.items.iter().map(|i| i.value.as_str()).collect();
+        assert_eq!(values, ["198.51.100.6"]);
     }
 
     #[test]

@@ -151,6 +151,8 @@ struct Import {
     rejected: Vec<(u64, String)>,
     /// The batch sent and not yet answered: its first line and the bytes read up to its end.
     in_flight: Option<(u64, u64)>,
+    /// Whether a batch was sent (the next ones continue its import).
+    sent_any: bool,
 }
 
 impl Import {
@@ -166,7 +168,9 @@ impl Import {
             list: self.list,
             lines: std::mem::take(batch),
             defaults: self.defaults.clone(),
+            continues: self.sent_any,
         });
+        self.sent_any = true;
         // The answer before it says why the agent stopped reading, if it did.
         self.settle()?;
         sent.map_err(|e| self.stopped(first, e.into()))?;
@@ -291,6 +295,7 @@ pub(super) fn import(
         new: 0,
         rejected: Vec::new(),
         in_flight: None,
+        sent_any: false,
     };
     let started = std::time::Instant::now();
     let mut batch = Vec::with_capacity(IMPORT_BATCH);

@@ -68,6 +68,11 @@ pub enum Request {
         /// Defaults applied to every line.
         #[serde(default)]
         defaults: ImportDefaults,
+        /// This batch continues the import of the batch before it on this connection: it is
+        /// not applied if that one failed (a client sending batches ahead stops at the first
+        /// failure). Without it, each import request stands alone.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        continues: bool,
     },
     /// Interfaces, mode, list sizes.
     Status,

@@ -147,8 +147,9 @@ fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
 enum Incoming {
     /// For the writer.
     Request(Request),
-    /// An import batch, parsed ahead while the writer applies the one before it.
-    Import(PreparedImport),
+    /// An import batch, parsed ahead while the writer applies the one before it, and whether
+    /// it continues the import before it.
+    Import(PreparedImport, bool),
     /// Answered without the writer (unreadable, not allowed).
     Refused(Response),
     /// Answered, then the connection ends (a request too long to frame).
@@ -170,6 +171,7 @@ async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::
     Ok(())
 }
 
+/// Reads and parses requests until the client hangs up, one ahead of [`answer_requests`].
 async fn read_requests(
     read: OwnedReadHalf,
     root: bool,
@@ -201,30 +203,35 @@ async fn read_requests(
     }
 }
 
-/// Why an import batch is not applied: one before it on the same connection failed.
-const AFTER_FAILED_IMPORT: &str = "not applied: an earlier import batch on this connection failed (the batches before that one stay applied)";
+/// Why a continuing import batch is not applied.
+const AFTER_FAILED_IMPORT: &str = "not applied: the import batch before it on this connection failed (the batches before that one stay applied); send the next import without \"continues\" to start a new one";
 
+/// Hands requests to the writer in order and writes their answers.
 async fn answer_requests(
     mut rx: mpsc::Receiver<Incoming>,
     writer: Writer,
     mut write: OwnedWriteHalf,
 ) -> std::io::Result<()> {
     // A client that sent batches ahead must not have the ones behind a failed batch applied:
-    // an import stops at its first failed batch. Any other request ends the import.
-    let mut import_failed = false;
+    // a continuing batch is skipped when the request before it failed (or was refused: it
+    // may have been a batch). Any other request ends the import.
+    let mut last_failed = false;
     while let Some(incoming) = rx.recv().await {
         let (response, last) = match incoming {
-            Incoming::Import(_) if import_failed => (Response::err(AFTER_FAILED_IMPORT), false),
-            Incoming::Import(batch) => {
+            Incoming::Import(_, true) if last_failed => (Response::err(AFTER_FAILED_IMPORT), false),
+            Incoming::Import(batch, _) => {
                 let r = writer.import(batch).await;
-                import_failed = !r.ok;
+                last_failed = !r.ok;
                 (r, false)
             }
             Incoming::Request(req) => {
-                import_failed = false;
+                last_failed = false;
                 (writer.control(req).await, false)
             }
-            Incoming::Refused(r) => (r, false),
+            Incoming::Refused(r) => {
+                last_failed = true;
+                (r, false)
+            }
             Incoming::Last(r) => (r, true),
         };
         write.write_all(&answer(&response)).await?;
@@ -250,7 +257,11 @@ async fn parse(line: &mut Vec<u8>, root: bool) -> Incoming {
             list,
             lines,
             defaults,
-        }) => Incoming::Import(PreparedImport::new(list, lines, &defaults)),
+            continues,
+        }) => match PreparedImport::new(list, lines, defaults) {
+            Ok(batch) => Incoming::Import(batch, continues),
+            Err(e) => Incoming::Refused(Response::err(e)),
+        },
         Ok(req) => Incoming::Request(req),
         Err(e) => Incoming::Refused(Response::err(format!("invalid request: {e}"))),
     };

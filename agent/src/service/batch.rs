@@ -12,11 +12,18 @@ use crate::model::Entry;
 use crate::model::List;
 use crate::model::{IdentError, Identifier, Kind};
 
+/// Lines one import request may carry (the CLI sends 250 000): a prepared line costs a few
+/// hundred bytes, so this bounds what one request holds in memory.
+pub const MAX_IMPORT_LINES: usize = 250_000;
+
 /// An import batch with its lines parsed and their identifiers digested: the work that needs
 /// no list state, done before the batch reaches the list writer (on the control connection's
 /// blocking thread, while the writer applies the batch before it).
 pub struct PreparedImport {
     list: List,
+    /// Checked once here, filled into each line by the writer (never copied per line
+    /// before that: a request's memory stays that of its lines).
+    defaults: ImportDefaults,
     /// `(line number, request and identifier, or why the line is refused)`; blank and
     /// comment lines are gone.
     lines: Vec<(u64, Result<ParsedLine, String>)>,
@@ -26,29 +33,39 @@ pub struct PreparedImport {
 type ParsedLine = (AddRequest, Identifier);
 
 impl PreparedImport {
-    /// Parses `lines` for `list`, each filled in from `defaults`.
-    pub fn new(list: List, lines: Vec<(u64, String)>, defaults: &ImportDefaults) -> Self {
+    /// Parses `lines` for `list`; refuses the whole request when it has more than
+    /// [`MAX_IMPORT_LINES`] lines or defaults no entry could carry.
+    pub fn new(
+        list: List,
+        lines: Vec<(u64, String)>,
+        defaults: ImportDefaults,
+    ) -> Result<Self, ServiceError> {
+        if lines.len() > MAX_IMPORT_LINES {
+            return Err(ServiceError::BadRequest(format!(
+                "an import request carries at most {MAX_IMPORT_LINES} lines, this one {}",
+                lines.len()
+            )));
+        }
+        super::check_text(defaults.reason.as_deref(), "reason")?;
+        super::check_text(defaults.source.as_deref(), "source")?;
         let lines = lines
             .into_iter()
             .filter_map(|(no, line)| {
                 let parsed = match parse_import_line(&line) {
                     Ok(None) => return None,
-                    Ok(Some(mut req)) => {
-                        req.list = Some(list);
-                        req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
-                        req.reason = req.reason.or_else(|| defaults.reason.clone());
-                        req.source = req.source.or_else(|| defaults.source.clone());
-                        req.force |= defaults.force;
-                        super::identifier_of(&req)
-                            .map(|ident| (req, ident))
-                            .map_err(|e| e.to_string())
-                    }
+                    Ok(Some(req)) => super::identifier_of(&req)
+                        .map(|ident| (req, ident))
+                        .map_err(|e| e.to_string()),
                     Err(msg) => Err(msg),
                 };
                 Some((no, parsed))
             })
             .collect();
-        Self { list, lines }
+        Ok(Self {
+            list,
+            defaults,
+            lines,
+        })
     }
 
     /// Lines kept: every line but blank and comment lines, parsed or refused.
@@ -62,16 +79,36 @@ impl PreparedImport {
     }
 }
 
+impl Drop for PreparedImport {
+    /// A batch dropped unapplied (skipped after a failed one, or its connection gone) is
+    /// freed on a blocking thread: freeing a quarter of a million lines takes long enough to
+    /// stall an async worker. The writer takes the lines out first.
+    fn drop(&mut self) {
+        if self.lines.len() > 4096
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let lines = std::mem::take(&mut self.lines);
+            rt.spawn_blocking(move || drop(lines));
+        }
+    }
+}
+
 impl Service {
     /// Checks and adds one prepared batch of import lines; refused lines are reported by
     /// number.
-    pub(crate) fn import(&mut self, batch: PreparedImport) -> Result<Imported, ServiceError> {
+    pub(crate) fn import(&mut self, mut batch: PreparedImport) -> Result<Imported, ServiceError> {
         let now = unix_now();
         let list = batch.list;
+        let defaults = &batch.defaults;
+        let lines = std::mem::take(&mut batch.lines);
         let mut out = Imported::default();
-        let mut good: Vec<Entry> = Vec::with_capacity(batch.lines.len());
-        for (no, parsed) in batch.lines {
-            let entry = parsed.and_then(|(req, ident)| {
+        let mut good: Vec<Entry> = Vec::with_capacity(lines.len());
+        for (no, parsed) in lines {
+            let entry = parsed.and_then(|(mut req, ident)| {
+                req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
+                req.reason = req.reason.or_else(|| defaults.reason.clone());
+                req.source = req.source.or_else(|| defaults.source.clone());
+                req.force |= defaults.force;
                 self.entry_with(list, &req, ident, now)
                     .map_err(|e| e.to_string())
             });
@@ -311,6 +348,32 @@ fn unquote(s: &str) -> Result<&str, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_too_large_to_prepare_is_refused_whole() {
+        let line = |n: u64| (n, format!("token t{n}"));
+        let many: Vec<_> = (0..=MAX_IMPORT_LINES as u64).map(line).collect();
+        let e = PreparedImport::new(List::Deny, many, ImportDefaults::default())
+            .err()
+            .expect("one line too many");
+        assert!(e.to_string().contains("at most 250000 lines"), "{e}");
+        // Defaults are checked once, not copied into every line first.
+        let long = ImportDefaults {
+            reason: Some("r".repeat(2000)),
+            ..ImportDefaults::default()
+        };
+        let e = PreparedImport::new(List::Deny, vec![line(1)], long)
+            .err()
+            .expect("reason too long");
+        assert!(e.to_string().contains("reason must be at most 1024"), "{e}");
+        let ok = PreparedImport::new(
+            List::Deny,
+            vec![line(1), (2, "# c".into())],
+            ImportDefaults::default(),
+        )
+        .expect("fits");
+        assert_eq!(ok.len(), 1);
+    }
 
     #[test]
     fn import_lines() {

@@ -113,7 +113,16 @@ pub fn kernel_deadline(expires: Option<i64>, now_unix: i64) -> u64 {
     }
 }
 
-/// The checker's lists and the board's counts, from one pass over the store.
+/// Refuses a free-text field (reason, source, API) no entry may carry.
+fn check_text(v: Option<&str>, what: &str) -> Result<(), ServiceError> {
+    match v {
+        Some(v) if v.len() > 1024 || v.chars().any(char::is_control) => Err(
+            ServiceError::BadRequest(format!("{what} must be at most 1024 printable characters")),
+        ),
+        _ => Ok(()),
+    }
+}
+
 /// The identifier a request names (parsed, secrets digested): needs no list state.
 fn identifier_of(r: &AddRequest) -> Result<Identifier, ServiceError> {
     let kind = r
@@ -122,6 +131,7 @@ fn identifier_of(r: &AddRequest) -> Result<Identifier, ServiceError> {
     Ok(Identifier::parse(kind, r.name.as_deref(), &r.value)?)
 }
 
+/// The checker's lists and the board's counts, from one pass over the store.
 fn load_views(store: &Store, filter: Option<&Filter>) -> Result<(L7Lists, Counts), ServiceError> {
     let mut lists = L7Lists::new(filter.map(Filter::shared_table));
     let mut counts = Counts::default();
@@ -312,13 +322,6 @@ impl Service {
                     self.clear(list, kind, source).map(Response::ok)
                 }
             }
-            Request::Import {
-                list,
-                lines,
-                defaults,
-            } => self
-                .import(PreparedImport::new(list, lines, &defaults))
-                .map(Response::ok),
             Request::AbsPush { add, remove } => self.abs_push(add, remove).map(Response::ok),
             Request::ApiReload => self.api_reload().map(Response::ok),
             Request::Attach { iface, xdp_mode } => self
@@ -385,13 +388,8 @@ impl Service {
     ) -> Result<Entry, ServiceError> {
         self.check_safety(list, &ident, r.force)?;
         let text = |v: &Option<String>, what: &str| -> Result<String, ServiceError> {
-            let v = v.clone().unwrap_or_default();
-            if v.len() > 1024 || v.chars().any(char::is_control) {
-                return Err(ServiceError::BadRequest(format!(
-                    "{what} must be at most 1024 printable characters"
-                )));
-            }
-            Ok(v)
+            check_text(v.as_deref(), what)?;
+            Ok(v.clone().unwrap_or_default())
         };
         let source = Source::parse(&text(&r.source, "source")?);
         if list == List::Deny && source.is_automatic() {
