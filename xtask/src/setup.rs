@@ -19,7 +19,9 @@ use anyhow::{Context as _, bail};
 const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: netns/veth and traffic tools, xdp-tools for the benchmark comparison.
 /// curl and openssl for the L7 checker's tests (real TLS client, throwaway certificates).
+/// g++ for libFuzzer, which the fuzz targets link (`cargo xtask fuzz`, and `test` briefly).
 const DEBIAN_PACKAGES: &[&str] = &[
+    "g++",
     "iproute2",
     "iputils-ping",
     "xdp-tools",
