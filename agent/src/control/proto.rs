@@ -176,8 +176,9 @@ pub struct AddRequest {
     pub force: bool,
 }
 
-/// Options that apply to every line of an import.
+/// Options that apply to every line of an import (each may be left out).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(default)]
 pub struct ImportDefaults {
     /// Seconds until the entries expire.
     pub ttl_secs: Option<u64>,
