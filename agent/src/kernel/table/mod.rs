@@ -17,6 +17,8 @@ use portcullis_common::{
 use crate::model::{Cidr, List};
 
 mod lookup;
+#[cfg(any(test, feature = "testkit"))]
+pub mod sequence;
 mod slots;
 #[cfg(test)]
 mod tests;

@@ -248,7 +248,7 @@ impl IpTable {
 
     /// Both guard bitmaps recomputed from the slots alone (non-zero words), to check the
     /// incremental upkeep.
-    #[cfg(test)]
+    #[cfg(any(test, feature = "testkit"))]
     pub(super) fn guards_from_scratch(&self) -> (super::GuardWords, super::GuardWords) {
         let mut fresh = IpTable::new(self.capacity);
         for (slot, value) in self.slots() {
