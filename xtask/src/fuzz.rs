@@ -25,8 +25,8 @@ const TARGETS: &[&str] = &[
     "table_sequences",
 ];
 
-/// Builds every target once, then runs each for `seconds`; fails on the first crash,
-/// assertion or timeout, naming the target and the input libFuzzer saved.
+/// Builds every target once, then runs each for `seconds`; fails when any crashed, broke an
+/// assertion or timed out, naming each such target and the input libFuzzer saved.
 pub fn run(env: &setup::Env, seconds: u64) -> anyhow::Result<()> {
     let cargo_fuzz = setup::cargo_fuzz()?;
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
@@ -58,7 +58,7 @@ pub fn run(env: &setup::Env, seconds: u64) -> anyhow::Result<()> {
     if !st.success() {
         bail!("cargo fuzz build failed ({st})");
     }
-    let mut totals = Vec::new();
+    let (mut totals, mut failed) = (Vec::new(), Vec::new());
     for t in TARGETS {
         let corpus = root.join("target/fuzz-corpus").join(t);
         std::fs::create_dir_all(&corpus)?;
@@ -80,10 +80,11 @@ pub fn run(env: &setup::Env, seconds: u64) -> anyhow::Result<()> {
             for line in tail.iter().rev() {
                 eprintln!("  {line}");
             }
-            bail!(
-                "fuzz target {t} failed ({}): its input is saved under fuzz/artifacts/{t}",
+            failed.push(format!(
+                "{t} ({}): its input is saved under fuzz/artifacts/{t}",
                 out.status
-            );
+            ));
+            continue;
         }
         let runs = log
             .lines()
@@ -94,6 +95,9 @@ pub fn run(env: &setup::Env, seconds: u64) -> anyhow::Result<()> {
     println!("\n== cargo xtask fuzz ==");
     for t in &totals {
         println!("{t}");
+    }
+    if !failed.is_empty() {
+        bail!("fuzz targets failed: {}", failed.join("; "));
     }
     Ok(())
 }
