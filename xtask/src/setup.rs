@@ -37,13 +37,20 @@ pub struct Env {
     pub path: OsString,
 }
 
+/// Where the built tools are cached: `$XDG_CACHE_HOME/portcullis`, else
+/// `~/.cache/portcullis`.
+fn cache_dir() -> anyhow::Result<PathBuf> {
+    Ok(match std::env::var_os("XDG_CACHE_HOME") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?).join(".cache"),
+    }
+    .join("portcullis"))
+}
+
 /// Runs every step.
 pub fn run() -> anyhow::Result<Env> {
     let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
-    let cache = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"))
-        .join("portcullis");
+    let cache = cache_dir()?;
     let tools = cache.join("tools");
     rust_src()?;
     lint_components()?;
@@ -188,11 +195,7 @@ const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Installs cargo-fuzz (cached like bpf-linker); returns its path.
 pub fn cargo_fuzz() -> anyhow::Result<PathBuf> {
-    let home = PathBuf::from(std::env::var_os("HOME").context("HOME is not set")?);
-    let tools = std::env::var_os("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| home.join(".cache"))
-        .join("portcullis/fuzz-tools");
+    let tools = cache_dir()?.join("fuzz-tools");
     let bin = tools.join("bin/cargo-fuzz");
     let stamp = tools.join("version");
     if bin.is_file() && std::fs::read_to_string(&stamp).is_ok_and(|v| v == CARGO_FUZZ_VERSION) {
