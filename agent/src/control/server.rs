@@ -161,8 +161,10 @@ enum Incoming {
 /// in order.
 async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::Result<()> {
     let (read, write) = stream.into_split();
-    // One parsed request waits while the writer works on another: memory stays bounded by
-    // three requests however far ahead the client writes.
+    // One parsed request waits while the writer works on another: a connection holds at most
+    // three requests however far ahead the client writes (one being read, one queued, one
+    // applied); a prepared import batch weighs more than its text (each line's request and
+    // digest), and the request size (MAX_REQUEST) and line count (MAX_IMPORT_LINES) cap it.
     let (tx, rx) = mpsc::channel(1);
     tokio::try_join!(
         read_requests(read, root, tx),
