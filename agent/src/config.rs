@@ -250,7 +250,14 @@ impl Config {
                 "0 would write no detection at all; to stop detections, remove their rules from the API definitions",
             ));
         }
-        duration("checker.header_timeout", &c.header_timeout)?;
+        for (key, value) in [
+            ("checker.header_timeout", &c.header_timeout),
+            ("checker.idle_timeout", &c.idle_timeout),
+            ("checker.body_timeout", &c.body_timeout),
+            ("checker.backend_timeout", &c.backend_timeout),
+        ] {
+            duration(key, value)?;
+        }
         if c.trust_xff == Some(true) {
             return Err(invalid(
                 "checker.trust_xff",

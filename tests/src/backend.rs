@@ -1,6 +1,6 @@
 //! A small real HTTP/1.1 API server for the checker's tests and benchmarks: keep-alive,
-//! Content-Length bodies, answers `200 backend <METHOD> <PATH>` (plus a fixed-size body when
-//! asked), and records the headers it received so tests can check what the proxy forwarded.
+//! Content-Length bodies, answers `200 backend <METHOD> <PATH>` (a fixed-size body for paths
+//! with `size=1k` or `size=64m`, after 20 s for paths with `hang`), and records the headers it received so tests can check what the proxy forwarded.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -117,8 +117,14 @@ fn serve(
             reader.read_exact(&mut body)?;
         }
         push(log, &head);
+        if path.contains("hang") {
+            // A server that takes its time: longer than any test waits.
+            std::thread::sleep(std::time::Duration::from_secs(20));
+        }
         let text = if path.contains("size=1k") {
             "x".repeat(1024)
+        } else if path.contains("size=64m") {
+            "x".repeat(64 << 20)
         } else {
             format!("backend {method} {path}\n")
         };

@@ -1,6 +1,8 @@
 //! One client must not take the service down: 2 000 idle connections (plain and TLS, none
 //! sending a byte) leave a normal request served and the control API answering; the idle
-//! ones are closed after the head limit; an idle HTTP/2 connection gets a GOAWAY.
+//! ones are closed after the head limit; an idle HTTP/2 connection gets a GOAWAY. A request
+//! that stalls after its head (a dripped body, a backend that never answers, a client that
+//! does not read its response) gives its slot back after the body or backend limit.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
@@ -115,4 +117,96 @@ fn idle_connections_do_not_take_the_service_down() {
         ended < Duration::from_secs(10),
         "connection ended after {ended:?}"
     );
+}
+
+/// Sends `request` on a fresh connection and reads until the server closes it (or 10 s):
+/// the bytes read and how long it took.
+fn exchange(port: u16, request: &[u8]) -> (Vec<u8>, Duration) {
+    let mut c = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let t = Instant::now();
+    c.write_all(request).expect("request");
+    let mut got = Vec::new();
+    let _ = c.read_to_end(&mut got);
+    (got, t.elapsed())
+}
+
+#[test]
+fn stalled_requests_give_their_slot_back() {
+    privileged!();
+    let s = setup_with(
+        "body_timeout = \"2s\"\nbackend_timeout = \"2s\"\n",
+        |apis, backend| {
+            write_backend_api(apis, "shop", backend, "");
+        },
+    );
+    let within = |d: Duration| d >= Duration::from_secs(2) && d < Duration::from_secs(7);
+
+    // A body that stops after 2 of its 10 bytes: 408 after the body limit.
+    let (got, took) = exchange(
+        s.http_port,
+        b"POST /shop/x HTTP/1.1\r\nHost: shop\r\nContent-Length: 10\r\n\r\nab",
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 408"), "dripped body: {text:?}");
+    assert!(within(took), "408 after {took:?} (limit 2 s)");
+
+    // A backend that does not answer: 504 after the backend limit.
+    let (got, took) = exchange(
+        s.http_port,
+        b"GET /shop/hang HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 504"),
+        "hanging backend: {text:?}"
+    );
+    assert!(within(took), "504 after {took:?} (limit 2 s)");
+    // The server is not taken out of rotation for it.
+    assert_eq!(s.curl("/shop/x", &[]).0, 200, "server still in rotation");
+
+    // A client that asks for 64 MiB and reads nothing: the connection is closed after the
+    // body limit, long before the answer is through.
+    let mut c = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
+    c.write_all(b"GET /shop/size=64m HTTP/1.1\r\nHost: shop\r\n\r\n")
+        .expect("request");
+    std::thread::sleep(Duration::from_secs(5));
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let ended = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => got += n,
+            Err(e) => break e.kind() == std::io::ErrorKind::ConnectionReset,
+        }
+    };
+    assert!(
+        ended,
+        "the connection of a client that does not read stays open"
+    );
+    assert!(
+        got < 64 << 20,
+        "the whole answer went through ({got} bytes)"
+    );
+
+    // HTTP/2 with prior knowledge and no request: a GOAWAY after the head limit (2 s), not
+    // after the idle limit (60 s by default).
+    let mut h2 = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+        .expect("preface");
+    h2.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let _ = h2.read_to_end(&mut sink);
+    assert!(
+        within(t.elapsed()),
+        "an HTTP/2 connection without a request lasted {:?}",
+        t.elapsed()
+    );
+
+    assert_eq!(s.curl("/shop/x", &[]).0, 200, "served afterwards");
 }

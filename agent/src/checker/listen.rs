@@ -5,7 +5,8 @@
 //! patience: a connection that sends no first byte (or no TLS handshake) within
 //! `header_timeout` is closed; HTTP/1 keep-alive connections are closed after the same time
 //! without a new request head (hyper's header timeout); HTTP/2 connections with no request in
-//! flight for `idle_timeout` get a GOAWAY. At most `max_connections` are open at once, and at
+//! flight for `idle_timeout` (before their first request: `header_timeout`) get a GOAWAY, and
+//! writes to a client that stops reading fail after `body_timeout` (see `deadline`). At most `max_connections` are open at once, and at
 //! most `max_connections_per_client` from one address (IPv6 clients by /64; trusted proxies
 //! count only against the total). Accept errors (EMFILE) back off instead of spinning.
 
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::CheckerConfig;
+use super::deadline::WriteStall;
 use super::proxy::Proxy;
 use super::tls::Tls;
 use crate::model::Cidr;
@@ -180,6 +182,8 @@ struct Limits {
     head: Duration,
     /// HTTP/2 with nothing in flight.
     idle: Duration,
+    /// A client not reading what is sent to it.
+    write_stall: Duration,
 }
 
 fn limits(cfg: &CheckerConfig) -> Limits {
@@ -187,6 +191,7 @@ fn limits(cfg: &CheckerConfig) -> Limits {
     Limits {
         head: Duration::from_secs(secs(&cfg.header_timeout, 30).max(1)),
         idle: Duration::from_secs(secs(&cfg.idle_timeout, 60).max(1)),
+        write_stall: Duration::from_secs(secs(&cfg.body_timeout, 30).max(1)),
     }
 }
 
@@ -322,6 +327,7 @@ async fn connection(
     match tls {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
+            let stream = WriteStall::new(stream, limits.write_stall);
             let s = match tokio::time::timeout(limits.head, acceptor.accept(stream)).await {
                 Ok(Ok(s)) => s,
                 Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
@@ -338,6 +344,7 @@ async fn connection(
                 _ => return,
             };
             let h2 = H2_PREFACE.starts_with(&first[..n]) && n >= 3;
+            let stream = WriteStall::new(stream, limits.write_stall);
             http(TokioIo::new(stream), h2, peer, false, proxy, limits).await;
         }
     }
@@ -383,8 +390,11 @@ where
                         }
                         continue;
                     }
-                    let idle_for = born.elapsed().saturating_sub(Duration::from_millis(activity.last_ms.load(Ordering::Relaxed)));
-                    if activity.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= limits.idle {
+                    let last_ms = activity.last_ms.load(Ordering::Relaxed);
+                    let idle_for = born.elapsed().saturating_sub(Duration::from_millis(last_ms));
+                    // Before its first request, a connection has the head limit, as on HTTP/1.
+                    let limit = if last_ms == 0 { limits.head.min(limits.idle) } else { limits.idle };
+                    if activity.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= limit {
                         conn.as_mut().graceful_shutdown();
                         going_away = Some(Instant::now());
                     }

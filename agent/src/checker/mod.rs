@@ -21,6 +21,7 @@
 
 pub mod api;
 pub mod budget;
+pub mod deadline;
 pub mod extract;
 pub mod listen;
 pub mod lists;
@@ -80,6 +81,11 @@ pub struct CheckerConfig {
     pub header_timeout: String,
     /// An HTTP/2 connection with no request in flight for this long is closed, e.g. "60s".
     pub idle_timeout: String,
+    /// Longest silence inside a request body (408), a backend's response body (cut off), or
+    /// while a client does not read its response (closed), e.g. "30s".
+    pub body_timeout: String,
+    /// How long a backend has to start its answer once the request is sent whole (504).
+    pub backend_timeout: String,
     /// Most connections open at once.
     pub max_connections: usize,
     /// Most connections open at once from one client address (IPv6: per /64); trusted
@@ -106,6 +112,8 @@ impl Default for CheckerConfig {
             max_body_bytes: 10 << 20,
             header_timeout: "30s".into(),
             idle_timeout: "60s".into(),
+            body_timeout: "30s".into(),
+            backend_timeout: "60s".into(),
             max_connections: 20_000,
             max_connections_per_client: 200,
         }
@@ -179,7 +187,7 @@ impl ApiRegistry {
 
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 15] = [
+pub const OUTCOMES: [&str; 16] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -193,6 +201,7 @@ pub const OUTCOMES: [&str; 15] = [
     "rate_limited",
     "bad_gateway",
     "bad_request",
+    "timed_out",
     "detection_escalated",
     "detection_over_budget",
 ];

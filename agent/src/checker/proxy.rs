@@ -14,10 +14,11 @@ use tokio::sync::watch;
 
 use super::api::{self, Api};
 use super::budget::{Budget, Culprit, Limits, Spend};
+use super::deadline::{self, Deadlines, Stalling};
 use super::extract;
 use super::lists::{L7Lists, RequestIdents};
 use super::target::{self, NormalPath, TargetError};
-use super::upstream::{self, Backends, Body, BoxError, ClientBody, HOP_BY_HOP};
+use super::upstream::{self, Backends, Body, ClientBody, HOP_BY_HOP};
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::model::Kind;
 use crate::model::List;
@@ -48,6 +49,8 @@ pub struct Proxy {
     /// `cfg.trusted_proxies`, parsed.
     trusted: Vec<crate::model::Cidr>,
     detection_ttl: u64,
+    /// How long bodies may stall and backends may take to answer.
+    deadlines: Deadlines,
     client: Backends,
     /// Per-client request windows (shared by workers).
     spikes: Arc<super::spikes::Spikes>,
@@ -76,6 +79,7 @@ impl Proxy {
     ) -> anyhow::Result<Arc<Self>> {
         let detection_ttl =
             crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
+        let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let budget = Arc::new(Budget::new(Limits {
             escalate_after: cfg.detection_escalate_after,
             per_client: cfg.detection_budget,
@@ -89,6 +93,7 @@ impl Proxy {
             trusted: cfg.trusted_proxies(),
             cfg,
             detection_ttl,
+            deadlines,
             client: upstream::backend_client(),
             spikes: Arc::default(),
             budget,
@@ -111,6 +116,7 @@ impl Proxy {
             cfg: self.cfg.clone(),
             trusted: self.trusted.clone(),
             detection_ttl: self.detection_ttl,
+            deadlines: self.deadlines,
             client: upstream::backend_client(),
             spikes: self.spikes.clone(),
             budget: self.budget.clone(),
@@ -370,18 +376,28 @@ impl Proxy {
         let peer_ip = peer.ip().to_canonical();
         let from_proxy = self.is_trusted_proxy(peer);
         upstream::set_client_headers(&mut parts.headers, peer_ip, from_proxy, client, tls);
+        let limit = self.deadlines.body;
+        let (body, sent) = Stalling::new(body, limit);
         let body = Limited::new(body, self.cfg.max_body_bytes as usize).boxed();
-        match self.client.request(Request::from_parts(parts, body)).await {
-            Ok(resp) => {
+        let request = self.client.request(Request::from_parts(parts, body));
+        match deadline::answer_within(request, sent, self.deadlines.backend).await {
+            Some(Ok(resp)) => {
                 upstream::mark(api, index, true);
                 self.stats.hit("forwarded");
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
                     parts.headers.remove(h);
                 }
-                Response::from_parts(parts, body.map_err(|e| Box::new(e) as BoxError).boxed())
+                Response::from_parts(parts, Stalling::new(body, limit).0.boxed())
             }
-            Err(e) => self.forward_failed(api, index, &e),
+            Some(Err(e)) => self.forward_failed(api, index, &e),
+            None => {
+                // Not the server's health: a client may pick a slow path on purpose.
+                self.stats.hit("timed_out");
+                let server = &api.meta.servers[index];
+                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend did not answer within {:?}", self.deadlines.backend);
+                full(StatusCode::GATEWAY_TIMEOUT, "Error: Gateway Timeout\n")
+            }
         }
     }
 
@@ -398,6 +414,10 @@ impl Proxy {
             Some(ClientBody::TooLarge) => {
                 self.stats.hit("bad_request");
                 full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n")
+            }
+            Some(ClientBody::Stalled) => {
+                self.stats.hit("timed_out");
+                full(StatusCode::REQUEST_TIMEOUT, "Error: Request Timeout\n")
             }
             Some(ClientBody::Failed) => {
                 self.stats.hit("bad_request");

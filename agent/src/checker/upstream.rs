@@ -170,6 +170,8 @@ pub(super) async fn health_loop(
 pub(super) enum ClientBody {
     /// Past `max_body_bytes`.
     TooLarge,
+    /// Silent for longer than `body_timeout`.
+    Stalled,
     /// Cut short or otherwise broken by the client.
     Failed,
 }
@@ -185,6 +187,9 @@ pub(super) fn client_body_failure(e: &(dyn std::error::Error + 'static)) -> Opti
     while let Some(err) = cur {
         if err.is::<http_body_util::LengthLimitError>() {
             return Some(ClientBody::TooLarge);
+        }
+        if err.is::<super::deadline::BodyStalled>() {
+            return Some(ClientBody::Stalled);
         }
         if let Some(h) = err.downcast_ref::<hyper::Error>() {
             if user {
