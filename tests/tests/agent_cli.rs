@@ -683,6 +683,17 @@ fn the_socket_group_owns_the_control_socket() {
     assert!(e.contains("not allowed"), "{e}");
     let member = format!("--groups={gid}");
     ok(&as_user(&member, &["status"]));
+    // Also with the group last among many (more than the first buffer the agent asks with).
+    let many: Vec<String> = (70_000..70_100).map(|g: u32| g.to_string()).collect();
+    ok(&as_user(
+        &format!("--groups={},{gid}", many.join(",")),
+        &["status"],
+    ));
+    let e = err(&as_user(
+        &format!("--groups={}", many.join(",")),
+        &["status"],
+    ));
+    assert!(e.contains("not allowed"), "{e}");
     // Members manage the lists, but only root may have the agent write or read a file.
     let copy = dirs.root.join("by-member.db");
     let e = err(&as_user(&member, &["backup", copy.to_str().expect("utf8")]));

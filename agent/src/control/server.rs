@@ -115,8 +115,8 @@ fn peer_is_root(stream: &UnixStream) -> bool {
 }
 
 /// Who may talk to the agent: root, the agent's own user, and members of the socket's group
-/// (primary or supplementary, from `/proc/PID/status`). The socket's mode already says so;
-/// this holds even if someone widens the mode.
+/// (primary or supplementary, as the kernel recorded them at connect). The socket's mode
+/// already says so; this holds even if someone widens the mode.
 fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
     if peer_is_root(stream) {
         return true;
@@ -127,20 +127,40 @@ fn peer_allowed(stream: &UnixStream, group: Option<u32>) -> bool {
     let Some(g) = group else {
         return false;
     };
-    if cred.gid() == g {
-        return true;
+    cred.gid() == g || peer_groups(stream).is_some_and(|groups| groups.contains(&g))
+}
+
+/// The peer's supplementary groups when it connected (`SO_PEERGROUPS`, Linux 4.13). Unlike
+/// `/proc/PID/status`, this cannot be read off another process that got the peer's PID
+/// after it exited (the socket may live on in a child).
+fn peer_groups(stream: &UnixStream) -> Option<Vec<libc::gid_t>> {
+    use std::os::fd::AsRawFd as _;
+    const GID: usize = std::mem::size_of::<libc::gid_t>();
+    let mut groups: Vec<libc::gid_t> = vec![0; 32];
+    loop {
+        let mut len = (groups.len() * GID) as libc::socklen_t;
+        // SAFETY: a valid socket, and a buffer of `len` bytes that outlives the call.
+        let r = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let needed = len as usize / GID;
+        if r == 0 {
+            groups.truncate(needed);
+            return Some(groups);
+        }
+        // Too small: the kernel said how much it needs (at most NGROUPS_MAX, 65 536).
+        let too_small = std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE);
+        if !too_small || needed <= groups.len() || needed > 65_536 {
+            return None;
+        }
+        groups.resize(needed, 0);
     }
-    let Some(pid) = cred.pid() else {
-        return false;
-    };
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Groups:"))
-                .map(|groups| groups.split_whitespace().any(|x| x.parse::<u32>() == Ok(g)))
-        })
-        .unwrap_or(false)
 }
 
 /// A request read off a connection, made ready for the writer.
