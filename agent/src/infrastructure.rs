@@ -1,7 +1,14 @@
-//! Addresses this host depends on — its DNS resolvers and default gateways — which no
-//! automatic source (ABS, the checker's detections) may deny-list: a feed answer or a
-//! detection must not cut the host off its own network. The operator may, with `--force`.
+//! Addresses this host has and depends on — its interfaces, DNS resolvers, default gateways,
+//! ABS's host and the API servers named by host name — which no automatic source (ABS, the
+//! checker's detections) may deny-list: a feed answer or a detection must not cut the host
+//! off its own network. (This host's own addresses need `--force` from every source.)
+//!
+//! They change while the agent runs (DHCP, a new resolver, DNS answers), so the agent reads
+//! them again on every prune tick, off the list writer (name lookups block), and hands the
+//! [`Reading`] to the writer's [`Protected`]. A name that does not resolve at one reading
+//! keeps its last addresses: a DNS outage must not lift the protection.
 
+use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The `nameserver` addresses of a resolv.conf text.
@@ -42,6 +49,45 @@ pub fn gateways(route: &str, ipv6_route: &str) -> Vec<IpAddr> {
     out
 }
 
+/// The addresses of this host's interfaces (a deny covering one needs `--force`).
+pub fn host_addresses() -> Vec<IpAddr> {
+    let mut out = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list we walk read-only and free below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return out;
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: cur is a node of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() {
+            // SAFETY: the family tells which sockaddr type ifa_addr points to.
+            unsafe {
+                match i32::from((*ifa.ifa_addr).sa_family) {
+                    libc::AF_INET => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                        out.push(IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes()));
+                    }
+                    libc::AF_INET6 => {
+                        let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                        out.push(IpAddr::from(sa.sin6_addr.s6_addr));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: head came from getifaddrs.
+    unsafe { libc::freeifaddrs(head) };
+    // Loopback counts too: a local load balancer makes every client look like 127.0.0.1,
+    // and one detection must not then deny everyone.
+    out.push(IpAddr::from([127, 0, 0, 1]));
+    out.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
+    out
+}
+
 /// This host's resolvers and gateways, read now (missing files: none).
 pub fn addresses() -> Vec<IpAddr> {
     let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
@@ -51,6 +97,89 @@ pub fn addresses() -> Vec<IpAddr> {
         &read("/proc/net/ipv6_route"),
     ));
     all
+}
+
+/// The host names whose addresses are protected: ABS's (from its URL) and the API servers'
+/// that are not written as addresses.
+pub fn names<'a>(abs_url: &str, servers: impl IntoIterator<Item = &'a str>) -> Vec<String> {
+    let abs = abs_url
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+    let mut out: Vec<String> = abs
+        .into_iter()
+        .chain(servers.into_iter().map(str::to_owned))
+        .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
+        .collect();
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// One reading of the host's addresses and dependencies, taken off the writer.
+#[derive(Debug, Default)]
+pub struct Reading {
+    /// This host's interface addresses and loopback.
+    pub own: Vec<IpAddr>,
+    /// Resolvers and default gateways.
+    pub system: Vec<IpAddr>,
+    /// Each name with its addresses, or `None` when it did not resolve this time.
+    pub named: Vec<(String, Option<Vec<IpAddr>>)>,
+}
+
+/// Reads everything now; resolves `names` (blocking: call it off the async workers).
+pub fn read(names: &[String]) -> Reading {
+    use std::net::ToSocketAddrs as _;
+    let named = names
+        .iter()
+        .map(|n| {
+            let found = (n.as_str(), 0)
+                .to_socket_addrs()
+                .ok()
+                .map(|it| it.map(|a| a.ip().to_canonical()).collect::<Vec<_>>())
+                .filter(|v| !v.is_empty());
+            (n.clone(), found)
+        })
+        .collect();
+    Reading {
+        own: host_addresses(),
+        system: addresses(),
+        named,
+    }
+}
+
+/// What the safety rules protect, as of the last [`Reading`].
+#[derive(Debug, Default)]
+pub struct Protected {
+    own: Vec<IpAddr>,
+    system: Vec<IpAddr>,
+    named: HashMap<String, Vec<IpAddr>>,
+}
+
+impl Protected {
+    /// Takes a reading: interfaces, resolvers and gateways as read; names that resolved get
+    /// their new addresses, names that did not keep the old ones, names no longer
+    /// configured are dropped.
+    pub fn update(&mut self, r: Reading) {
+        self.own = r.own;
+        self.system = r.system;
+        let mut named = HashMap::with_capacity(r.named.len());
+        for (name, found) in r.named {
+            let keep = found.or_else(|| self.named.remove(&name));
+            named.insert(name, keep.unwrap_or_default());
+        }
+        self.named = named;
+    }
+
+    /// This host's own addresses.
+    pub fn own(&self) -> &[IpAddr] {
+        &self.own
+    }
+
+    /// Addresses the host depends on: resolvers, gateways, ABS and named API servers.
+    pub fn depended_on(&self) -> impl Iterator<Item = &IpAddr> {
+        self.system.iter().chain(self.named.values().flatten())
+    }
 }
 
 #[cfg(test)]
@@ -75,5 +204,40 @@ mod tests {
                 "fe80::1".parse().expect("ip")
             ]
         );
+    }
+
+    #[test]
+    fn names_are_abs_and_servers_given_by_name() {
+        let n = names(
+            "https://abs.example:8080/x",
+            ["10.0.0.5", "api.internal", "api.internal", "::1"],
+        );
+        assert_eq!(n, ["abs.example", "api.internal"]);
+        assert!(names("https://[2001:db8::5]:8080", []).is_empty());
+        assert!(names("", []).is_empty());
+    }
+
+    #[test]
+    fn a_name_that_stops_resolving_keeps_its_addresses() {
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let mut p = Protected::default();
+        let reading = |abs: Option<&str>, api: Option<&str>| Reading {
+            own: vec![ip("198.18.0.1")],
+            system: vec![ip("198.18.0.53")],
+            named: [("abs", abs), ("api", api)]
+                .into_iter()
+                .map(|(n, a)| (n.to_owned(), a.map(|a| vec![ip(a)])))
+                .collect(),
+        };
+        p.update(reading(Some("198.18.1.1"), Some("198.18.2.1")));
+        // ABS's name moved; the API server's did not resolve this time.
+        p.update(reading(Some("198.18.1.2"), None));
+        let mut all: Vec<IpAddr> = p.depended_on().copied().collect();
+        all.sort();
+        assert_eq!(all, [ip("198.18.0.53"), ip("198.18.1.2"), ip("198.18.2.1")]);
+        assert_eq!(p.own(), [ip("198.18.0.1")]);
+        // A name no longer configured is forgotten.
+        p.update(Reading::default());
+        assert_eq!(p.depended_on().count(), 0);
     }
 }

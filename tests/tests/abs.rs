@@ -7,7 +7,7 @@ use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use portcullis::control::answer::{AbsState, EntryView};
-use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, answer, ok};
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, answer, err, ok};
 use portcullis_tests::checker_setup::{shop_backend, write_api};
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::kernel_check::assert_kernel_matches_lists;
@@ -451,4 +451,48 @@ fn abs_cannot_cut_the_host_off_its_infrastructure() {
     assert!(feed.skipped >= protected.len() as u64, "{feed:?}");
     // The operator still can.
     ok(&agent.cli(&["deny", "add", "ip", "198.18.99.1"]));
+}
+
+/// What the safety rules protect follows the host while the agent runs: an address added
+/// later is this host's own (the operator needs `--force`), a default gateway set later is
+/// infrastructure (ABS can never deny it).
+#[test]
+fn protection_follows_the_host_as_it_changes() {
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
+    let abs = in_netns(&pair.server, || {
+        FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"))
+    })
+    .expect("netns");
+    let dirs = AgentDirs::new();
+    // (Test agents prune, and so read the host again, every second.)
+    let opts = AgentOpts {
+        config: abs_config(&dirs, &abs.url()),
+        ..AgentOpts::on_server(&pair)
+    };
+    let agent = Agent::start(&dirs, &opts).expect("agent");
+    let [gateway, attacker, _] = CLIENT_V4;
+    let added = "198.18.88.1";
+    let ip = |args: &[&str]| {
+        let out = std::process::Command::new("ip")
+            .args(["-n", &pair.server])
+            .args(args)
+            .output()
+            .expect("ip");
+        assert!(out.status.success(), "ip {args:?}: {out:?}");
+    };
+    ip(&["addr", "add", &format!("{added}/32"), "dev", "lo"]);
+    ip(&["route", "add", "default", "via", gateway]);
+    std::thread::sleep(Duration::from_millis(2500));
+    let e = err(&agent.cli(&["deny", "add", "ip", added]));
+    assert!(e.contains("own address"), "{e}");
+    abs.set(Answer::Json(format!(
+        r#"{{"attacklist":{{"ips":["{added}","{gateway}","{attacker}"]}}}}"#
+    )));
+    wait_for("the ABS sync", || !abs_rows(&agent).is_empty());
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        abs_rows(&agent),
+        [format!("ip {attacker}/32")],
+        "ABS deny-listed what the host got after the agent started"
+    );
 }

@@ -104,6 +104,15 @@ impl Running {
         }
     }
 
+    /// The hosts of every API's servers, as written in the definitions.
+    pub(super) fn server_hosts(&self) -> Vec<String> {
+        self.registry
+            .apis()
+            .values()
+            .flat_map(|a| a.meta.servers.iter().map(|s| s.host.clone()))
+            .collect()
+    }
+
     /// The worker threads, to join at shutdown.
     pub(super) fn into_threads(self) -> Vec<std::thread::JoinHandle<()>> {
         self.threads

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, parse_duration};
+use crate::infrastructure;
 use crate::metrics::{self, AgentMetrics};
 use crate::service::Service;
 use crate::writer::Writer;
@@ -149,7 +150,10 @@ async fn run_until_signal(
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut hup = signal(SignalKind::hangup())?;
-    let (mut pruning, mut logging): (Option<JoinHandle<()>>, Option<JoinHandle<()>>) = (None, None);
+    // One at a time each: a tick while the last one still runs is skipped.
+    let mut pruning: Option<JoinHandle<()>> = None;
+    let mut logging: Option<JoinHandle<()>> = None;
+    let mut reading: Option<JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = term.recv() => return Ok(()),
@@ -165,15 +169,32 @@ async fn run_until_signal(
                     c.reload_tls_if_changed();
                 }
             }
-            // Both run beside the loop (a long import must not hold the signals back), one
+            // These run beside the loop (a long import must not hold the signals back), one
             // at a time each.
-            _ = prune_tick.tick() => if pruning.as_ref().is_none_or(JoinHandle::is_finished) {
-                pruning = Some(tokio::spawn(prune(writer.clone(), agent_metrics.clone())));
+            _ = prune_tick.tick() => {
+                if pruning.as_ref().is_none_or(JoinHandle::is_finished) {
+                    pruning = Some(tokio::spawn(prune(writer.clone(), agent_metrics.clone())));
+                }
+                // Apart from pruning: a DNS outage may hold a reading for a while.
+                if reading.as_ref().is_none_or(JoinHandle::is_finished) {
+                    let servers = checker.map(checker::Running::server_hosts).unwrap_or_default();
+                    let names = infrastructure::names(&config.abs.url, servers.iter().map(String::as_str));
+                    reading = Some(tokio::spawn(read_host(writer.clone(), names)));
+                }
             },
             _ = events_tick.tick() => if logging.as_ref().is_none_or(JoinHandle::is_finished) {
                 logging = Some(tokio::spawn(watch_kernel(writer.clone())));
             },
         }
+    }
+}
+
+/// Reads again what the safety rules protect (the host's addresses change: DHCP, a new
+/// resolver, DNS answers) and hands it to the writer.
+async fn read_host(writer: Writer, names: Vec<String>) {
+    // Name lookups block: off the async workers, and off the writer.
+    if let Ok(reading) = tokio::task::spawn_blocking(move || infrastructure::read(&names)).await {
+        writer.protect(reading).await;
     }
 }
 

@@ -6,7 +6,6 @@
 //! hears "added"; if the store write then fails, the kernel entry is taken back, and if the
 //! agent dies in between, the start-up reconcile removes it (the store is the list of record).
 
-use std::net::IpAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use std::sync::{Arc, RwLock};
@@ -16,6 +15,7 @@ use crate::checker::{ApiRegistry, L7Stats};
 use crate::config::{Config, Mode};
 use crate::control::answer::{self, Attachment};
 use crate::control::proto::{AddRequest, Request, Response};
+use crate::infrastructure::{self, Protected, Reading};
 use crate::kernel::{Filter, KernelError, sys};
 use crate::model::Cidr;
 use crate::model::{Entry, List, Source, expiry};
@@ -35,7 +35,6 @@ pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorRep
 pub use batch::{PreparedImport, parse_import_line};
 pub use board::{Board, Counts};
 pub use links::undo_fresh;
-pub use safety::host_addresses;
 
 /// What the checker found: the culprit to deny-list (source `checker`).
 #[derive(Clone, Debug)]
@@ -157,9 +156,8 @@ pub struct Service {
     /// Where detections are reported to ABS, when the feed is configured.
     report: Option<Box<dyn Fn(serde_json::Value) + Send>>,
     config: Config,
-    own_addresses: Vec<IpAddr>,
-    /// Resolvers, gateways and ABS hosts: never deny-listed by an automatic source.
-    infrastructure: Vec<IpAddr>,
+    /// This host's addresses, and those it depends on (never deny-listed automatically).
+    protected: Protected,
     /// List sizes and fixed facts for `status` and metrics, readable without the writer.
     board: Arc<Board>,
     /// The interfaces the filter was put on, attached or detached since.
@@ -172,8 +170,12 @@ impl Service {
     /// Wraps an open store and a loaded filter (`None`: no kernel enforcement).
     pub fn new(config: Config, store: Store, filter: Option<Filter>) -> Result<Self, ServiceError> {
         let (lists, counts) = load_views(&store, filter.as_ref())?;
-        let mut infrastructure = crate::infrastructure::addresses();
-        infrastructure.extend(safety::abs_hosts(&config.abs.url));
+        // API servers' names join at the first refresh, once the checker is connected.
+        let mut protected = Protected::default();
+        protected.update(infrastructure::read(&infrastructure::names(
+            &config.abs.url,
+            [],
+        )));
         let board = Arc::new(Board::new(config.pin_dir.clone(), config.db_path()));
         board.counts_mut(|c| *c = counts);
         if let Some(f) = &filter {
@@ -192,12 +194,16 @@ impl Service {
             checker: None,
             report: None,
             config,
-            own_addresses: host_addresses(),
-            infrastructure,
+            protected,
             board,
             interfaces: links::Interfaces::new(),
             changes: None,
         })
+    }
+
+    /// Takes a new reading of the addresses the safety rules protect.
+    pub fn protect(&mut self, reading: Reading) {
+        self.protected.update(reading);
     }
 
     /// The L7 lists, for the checker.

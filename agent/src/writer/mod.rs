@@ -24,6 +24,7 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::control::proto::AbsItem;
 use crate::control::proto::{Request, Response};
+use crate::infrastructure::Reading;
 use crate::model::Entry;
 use crate::model::Kind;
 pub use crate::service::Detection;
@@ -57,6 +58,7 @@ enum Write {
         oneshot::Sender<Result<MirrorReport, ServiceError>>,
     ),
     Prune(oneshot::Sender<Result<Vec<Entry>, ServiceError>>),
+    Protect(Reading, oneshot::Sender<()>),
     DrainEvents(oneshot::Sender<Vec<DropEvent>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
     #[cfg(test)]
@@ -180,6 +182,11 @@ impl Writer {
     /// Removes expired entries; returns them.
     pub async fn prune(&self) -> Result<Vec<Entry>, ServiceError> {
         self.write(Write::Prune).await?
+    }
+
+    /// Hands over a new reading of the addresses the safety rules protect.
+    pub async fn protect(&self, reading: Reading) {
+        let _ = self.write(|tx| Write::Protect(reading, tx)).await;
     }
 
     /// The sampled drop events the kernel logged since the last call.
@@ -396,6 +403,12 @@ fn execute(
         Write::Prune(tx) => {
             let r = guarded(|| service.prune(), |m| Err(on_panic(m)));
             Box::new(move || drop(tx.send(r)))
+        }
+        Write::Protect(reading, tx) => {
+            guarded(|| service.protect(reading), |m| drop(on_panic(m)));
+            Box::new(move || {
+                let _ = tx.send(());
+            })
         }
         Write::DrainEvents(tx) => {
             let events = guarded(
