@@ -250,13 +250,25 @@ impl Config {
                 "0 would write no detection at all; to stop detections, remove their rules from the API definitions",
             ));
         }
+        let mut secs = Vec::new();
         for (key, value) in [
             ("checker.header_timeout", &c.header_timeout),
             ("checker.idle_timeout", &c.idle_timeout),
             ("checker.body_timeout", &c.body_timeout),
             ("checker.backend_timeout", &c.backend_timeout),
         ] {
-            duration(key, value)?;
+            // No off switch: a very long limit is the way to have none.
+            let s = duration(key, value)?;
+            if s > 86_400 {
+                return Err(invalid(key, "at most 1d"));
+            }
+            secs.push(s);
+        }
+        if secs[3] < secs[2] {
+            return Err(invalid(
+                "checker.backend_timeout",
+                "must be at least body_timeout, so a client slow to send its body gets the 408, not its backend the 504",
+            ));
         }
         if c.trust_xff == Some(true) {
             return Err(invalid(
@@ -425,6 +437,23 @@ mod tests {
         assert!(parse_duration("1w").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("").is_err());
+    }
+
+    #[test]
+    fn checker_limits_are_checked() {
+        let err = |text: &str| {
+            let cfg: Config = toml::from_str(&format!("[checker]\n{text}")).expect("parses");
+            cfg.validate().expect_err(text).to_string()
+        };
+        assert!(err("idle_timeout = \"soon\"").contains("checker.idle_timeout"));
+        assert!(err("body_timeout = \"0s\"").contains("checker.body_timeout"));
+        assert!(err("body_timeout = \"18446744073709551615\"").contains("at most 1d"));
+        let e = err("body_timeout = \"90s\"\nbackend_timeout = \"60s\"");
+        assert!(e.contains("checker.backend_timeout"), "{e}");
+        let ok: Config =
+            toml::from_str("[checker]\nbody_timeout = \"1d\"\nbackend_timeout = \"1d\"\n")
+                .expect("parses");
+        ok.validate().expect("a day each is allowed");
     }
 
     #[test]

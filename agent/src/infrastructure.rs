@@ -49,13 +49,21 @@ pub fn gateways(route: &str, ipv6_route: &str) -> Vec<IpAddr> {
     out
 }
 
-/// The addresses of this host's interfaces (a deny covering one needs `--force`).
-pub fn host_addresses() -> Vec<IpAddr> {
+/// Loopback is always this host's: a local load balancer makes every client look like
+/// 127.0.0.1, and one detection must not then deny everyone.
+const LOOPBACK: [IpAddr; 2] = [
+    IpAddr::V4(Ipv4Addr::LOCALHOST),
+    IpAddr::V6(Ipv6Addr::LOCALHOST),
+];
+
+/// The addresses of this host's interfaces (a deny covering one needs `--force`); `None`
+/// when they cannot be read now (out of file descriptors or memory).
+pub fn host_addresses() -> Option<Vec<IpAddr>> {
     let mut out = Vec::new();
     let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs allocates a list we walk read-only and free below.
     if unsafe { libc::getifaddrs(&mut head) } != 0 {
-        return out;
+        return None;
     }
     let mut cur = head;
     while !cur.is_null() {
@@ -81,22 +89,23 @@ pub fn host_addresses() -> Vec<IpAddr> {
     }
     // SAFETY: head came from getifaddrs.
     unsafe { libc::freeifaddrs(head) };
-    // Loopback counts too: a local load balancer makes every client look like 127.0.0.1,
-    // and one detection must not then deny everyone.
-    out.push(IpAddr::from([127, 0, 0, 1]));
-    out.push(IpAddr::from(std::net::Ipv6Addr::LOCALHOST));
-    out
+    Some(out)
 }
 
-/// This host's resolvers and gateways, read now (missing files: none).
-pub fn addresses() -> Vec<IpAddr> {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let mut all = resolvers(&read("/etc/resolv.conf"));
+/// This host's resolvers and gateways, read now (no resolv.conf: no resolvers); `None` when
+/// a file cannot be read now.
+pub fn addresses() -> Option<Vec<IpAddr>> {
+    let read = |p: &str| match std::fs::read_to_string(p) {
+        Ok(text) => Some(text),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Some(String::new()),
+        Err(_) => None,
+    };
+    let mut all = resolvers(&read("/etc/resolv.conf")?);
     all.extend(gateways(
-        &read("/proc/net/route"),
-        &read("/proc/net/ipv6_route"),
+        &read("/proc/net/route")?,
+        &read("/proc/net/ipv6_route")?,
     ));
-    all
+    Some(all)
 }
 
 /// The host names whose addresses are protected: ABS's (from its URL) and the API servers'
@@ -116,13 +125,15 @@ pub fn names<'a>(abs_url: &str, servers: impl IntoIterator<Item = &'a str>) -> V
     out
 }
 
-/// One reading of the host's addresses and dependencies, taken off the writer.
+/// One reading of the host's addresses and dependencies, taken off the writer. A part that
+/// could not be read is `None` and leaves the last reading's in place: a failed read must
+/// not lift the protection.
 #[derive(Debug, Default)]
 pub struct Reading {
-    /// This host's interface addresses and loopback.
-    pub own: Vec<IpAddr>,
+    /// This host's interface addresses.
+    pub own: Option<Vec<IpAddr>>,
     /// Resolvers and default gateways.
-    pub system: Vec<IpAddr>,
+    pub system: Option<Vec<IpAddr>>,
     /// Each name with its addresses, or `None` when it did not resolve this time.
     pub named: Vec<(String, Option<Vec<IpAddr>>)>,
 }
@@ -157,12 +168,16 @@ pub struct Protected {
 }
 
 impl Protected {
-    /// Takes a reading: interfaces, resolvers and gateways as read; names that resolved get
-    /// their new addresses, names that did not keep the old ones, names no longer
-    /// configured are dropped.
+    /// Takes a reading: interfaces, resolvers and gateways as read (unless they could not
+    /// be); names that resolved get their new addresses, names that did not keep the old
+    /// ones, names no longer configured are dropped.
     pub fn update(&mut self, r: Reading) {
-        self.own = r.own;
-        self.system = r.system;
+        if let Some(own) = r.own {
+            self.own = own;
+        }
+        if let Some(system) = r.system {
+            self.system = system;
+        }
         let mut named = HashMap::with_capacity(r.named.len());
         for (name, found) in r.named {
             let keep = found.or_else(|| self.named.remove(&name));
@@ -171,9 +186,9 @@ impl Protected {
         self.named = named;
     }
 
-    /// This host's own addresses.
-    pub fn own(&self) -> &[IpAddr] {
-        &self.own
+    /// This host's own addresses, loopback always among them.
+    pub fn own(&self) -> impl Iterator<Item = &IpAddr> {
+        self.own.iter().chain(&LOOPBACK)
     }
 
     /// Addresses the host depends on: resolvers, gateways, ABS and named API servers.
@@ -222,8 +237,8 @@ mod tests {
         let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
         let mut p = Protected::default();
         let reading = |abs: Option<&str>, api: Option<&str>| Reading {
-            own: vec![ip("198.18.0.1")],
-            system: vec![ip("198.18.0.53")],
+            own: Some(vec![ip("198.18.0.1")]),
+            system: Some(vec![ip("198.18.0.53")]),
             named: [("abs", abs), ("api", api)]
                 .into_iter()
                 .map(|(n, a)| (n.to_owned(), a.map(|a| vec![ip(a)])))
@@ -235,9 +250,13 @@ mod tests {
         let mut all: Vec<IpAddr> = p.depended_on().copied().collect();
         all.sort();
         assert_eq!(all, [ip("198.18.0.53"), ip("198.18.1.2"), ip("198.18.2.1")]);
-        assert_eq!(p.own(), [ip("198.18.0.1")]);
-        // A name no longer configured is forgotten.
+        let own: Vec<IpAddr> = p.own().copied().collect();
+        assert_eq!(own, [ip("198.18.0.1"), ip("127.0.0.1"), ip("::1")]);
+        // Interfaces and files that cannot be read keep the last reading; a name no longer
+        // configured is forgotten.
         p.update(Reading::default());
-        assert_eq!(p.depended_on().count(), 0);
+        assert_eq!(p.own().count(), 3);
+        let left: Vec<IpAddr> = p.depended_on().copied().collect();
+        assert_eq!(left, [ip("198.18.0.53")]);
     }
 }

@@ -1,6 +1,6 @@
 //! A small real HTTP/1.1 API server for the checker's tests and benchmarks: keep-alive,
 //! Content-Length bodies, answers `200 backend <METHOD> <PATH>` (a fixed-size body for paths
-//! with `size=1k` or `size=64m`, after 20 s for paths with `hang`), and records the headers it received so tests can check what the proxy forwarded.
+//! with `size=1k` or `size=64m`, after 20 s for paths with `hang`, reading the body only after 20 s for `noread`), and records the headers it received so tests can check what the proxy forwarded.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -106,6 +106,10 @@ fn serve(
             })
             .unwrap_or(0);
         push(arrived, &head);
+        if path.contains("noread") {
+            // A server that does not read the body (longer than any test waits).
+            std::thread::sleep(std::time::Duration::from_secs(20));
+        }
         let chunked = head.lines().any(|l| {
             l.to_ascii_lowercase().starts_with("transfer-encoding:")
                 && l.to_ascii_lowercase().contains("chunked")

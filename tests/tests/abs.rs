@@ -410,6 +410,7 @@ fn https_with_a_ca_nothing_blinks_and_reports_are_bounded() {
 fn abs_cannot_cut_the_host_off_its_infrastructure() {
     privileged!();
     let mut protected: Vec<String> = portcullis::infrastructure::addresses()
+        .expect("readable")
         .iter()
         .map(|a| a.to_string())
         .collect();

@@ -163,6 +163,37 @@ fn stalled_requests_give_their_slot_back() {
         "hanging backend: {text:?}"
     );
     assert!(within(took), "504 after {took:?} (limit 2 s)");
+    // A backend that takes the head but not the 8 MiB body: 504 after the backend limit.
+    let mut c = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let body_len = 8 << 20;
+    c.write_all(
+        format!("POST /shop/noread HTTP/1.1\r\nHost: shop\r\nContent-Length: {body_len}\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("head");
+    let mut sender = c.try_clone().expect("clone");
+    std::thread::spawn(move || {
+        let _ = sender.write_all(&vec![b'x'; body_len]);
+    });
+    // (Until the answer's head: the client is still sending its body.)
+    let t = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        match c.read(&mut buf) {
+            Ok(n) if n > 0 => got.extend_from_slice(&buf[..n]),
+            _ => break,
+        }
+    }
+    let took = t.elapsed();
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 504"),
+        "backend not reading: {text:?}"
+    );
+    assert!(within(took), "504 after {took:?} (limit 2 s)");
     // The server is not taken out of rotation for it.
     assert_eq!(s.curl("/shop/x", &[]).0, 200, "server still in rotation");
 
@@ -205,6 +236,32 @@ fn stalled_requests_give_their_slot_back() {
     assert!(
         within(t.elapsed()),
         "an HTTP/2 connection without a request lasted {:?}",
+        t.elapsed()
+    );
+
+    // HTTP/2 with a window of 0: the socket never blocks, but the answer cannot be sent.
+    // The connection is closed after the body limit (not kept by the request in flight).
+    let mut h2 = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
+    let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    // SETTINGS: INITIAL_WINDOW_SIZE (4) = 0.
+    frames.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET http://shop/shop/x (HPACK, no
+    // Huffman: indexed :method GET and :scheme http, literal :path and :authority).
+    let mut block = vec![0x82, 0x86, 0x44, 7];
+    block.extend_from_slice(b"/shop/x");
+    block.extend_from_slice(&[0x41, 4]);
+    block.extend_from_slice(b"shop");
+    frames.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    frames.extend_from_slice(&block);
+    h2.write_all(&frames).expect("request");
+    h2.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    let t = Instant::now();
+    let mut sink = Vec::new();
+    let _ = h2.read_to_end(&mut sink);
+    assert!(
+        within(t.elapsed()),
+        "an HTTP/2 client that opened no window kept its connection {:?}",
         t.elapsed()
     );
 

@@ -3,23 +3,27 @@
 //! response. Each would otherwise hold a connection slot (and a backend connection) for as
 //! long as the peer likes, so a few hundred slow clients could fill `max_connections`.
 //!
-//! - `body_timeout`: the longest silence inside a request body (the client gets 408), inside
-//!   a backend's response body (the response is cut off), and while the client does not read
-//!   what is sent to it (the connection is closed).
-//! - `backend_timeout`: how long a backend has to start its answer once the request is sent
-//!   whole (the client gets 504). A timed-out answer does not take the server out of
-//!   rotation: any client can pick a slow path on purpose; health checks judge servers.
+//! - `body_timeout`: the longest silence inside a request body (the client gets 408) and
+//!   while the client does not read what is sent to it (the connection is closed).
+//! - `backend_timeout`: the longest a backend may go without asking for a piece of the
+//!   request or, once it has it whole, without starting its answer (the client gets 504),
+//!   and the longest silence inside its response body (the response is cut off), as nginx's
+//!   `proxy_read_timeout`. It is at least `body_timeout` (the configuration checks it), so a
+//!   client slow to send its body is answered 408 by the body's timer first. A timed-out
+//!   answer does not take the server out of rotation: any client can pick a
+//!   slow path on purpose; health checks judge servers.
 
 use std::future::Future as _;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 use super::CheckerConfig;
@@ -50,29 +54,72 @@ impl Deadlines {
 #[error("no body data for {0:?}")]
 pub struct BodyStalled(pub Duration);
 
-/// A body whose frames must keep coming: a gap longer than the limit ends it with
-/// [`BodyStalled`]. It also tells, through [`Stalling::sent`], when it has been read to the
-/// end or dropped, which is when the backend's answer deadline starts.
+/// When the backend side of a forwarded request last asked for a piece of its body (or the
+/// request started). hyper asks only while the backend connection takes data.
+#[derive(Clone)]
+pub struct Progress(Arc<ProgressState>);
+
+struct ProgressState {
+    base: Instant,
+    last_ms: AtomicU64,
+    /// The last ask found no data: the client's turn, which the body's own timer judges.
+    client_turn: AtomicBool,
+}
+
+/// How much later than the body's timer the backend's fires when both run from the same
+/// ask, so a slow client is answered 408 rather than 504. Bounded: if data came but hyper
+/// could not ask again (the backend stopped reading), the backend's clock ends this late.
+const CLIENT_FIRST: Duration = Duration::from_secs(1);
+
+impl Progress {
+    /// A request that starts now.
+    pub fn start() -> Self {
+        Self(Arc::new(ProgressState {
+            base: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            client_turn: AtomicBool::new(false),
+        }))
+    }
+
+    fn moved(&self) {
+        let s = &self.0;
+        s.last_ms
+            .store(s.base.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// When it last moved.
+    fn last(&self) -> Instant {
+        self.0.base + Duration::from_millis(self.0.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// A body whose frames must keep coming while it is read: a gap longer than the limit ends
+/// it with [`BodyStalled`]. A request body also notes its [`Progress`].
 pub struct Stalling<B> {
     body: B,
     limit: Duration,
     /// Armed while waiting for a frame; created on the first wait only.
     timer: Option<Pin<Box<Sleep>>>,
-    /// Dropped when the body is done.
-    done: Option<oneshot::Sender<()>>,
+    progress: Option<Progress>,
 }
 
 impl<B> Stalling<B> {
-    /// Wraps `body`; the receiver completes (with an error) once it is read whole or dropped.
-    pub fn new(body: B, limit: Duration) -> (Self, oneshot::Receiver<()>) {
-        let (done, sent) = oneshot::channel();
-        let s = Self {
+    /// Wraps a response body.
+    pub fn new(body: B, limit: Duration) -> Self {
+        Self {
             body,
             limit,
             timer: None,
-            done: Some(done),
-        };
-        (s, sent)
+            progress: None,
+        }
+    }
+
+    /// Wraps a request body whose reads move `progress`.
+    pub fn tracked(body: B, limit: Duration, progress: Progress) -> Self {
+        Self {
+            progress: Some(progress),
+            ..Self::new(body, limit)
+        }
     }
 }
 
@@ -88,16 +135,18 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match Pin::new(&mut self.body).poll_frame(cx) {
+        let r = Pin::new(&mut self.body).poll_frame(cx);
+        if let Some(p) = &self.progress {
+            p.moved();
+            p.0.client_turn.store(r.is_pending(), Ordering::Relaxed);
+        }
+        match r {
             Poll::Ready(Some(Ok(frame))) => {
                 self.timer = None;
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => {
-                self.done = None;
-                Poll::Ready(None)
-            }
+            Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
                 let limit = self.limit;
                 let timer = self
@@ -120,21 +169,28 @@ where
     }
 }
 
-/// Completes `backend` after the request body is sent whole (`sent`) and then `limit` has
-/// passed; `None` if the deadline came first.
+/// Completes `backend` unless it goes `limit` without moving (see [`Progress`]): `None`
+/// then.
 pub async fn answer_within<F: Future>(
     backend: F,
-    sent: oneshot::Receiver<()>,
+    progress: &Progress,
     limit: Duration,
 ) -> Option<F::Output> {
-    let deadline = async {
-        // An error is the sender dropped: the body was read whole, or never will be.
-        let _ = sent.await;
-        tokio::time::sleep(limit).await;
-    };
-    tokio::select! {
-        r = backend => Some(r),
-        () = deadline => None,
+    tokio::pin!(backend);
+    let mut due = progress.last() + limit;
+    loop {
+        tokio::select! {
+            r = &mut backend => return Some(r),
+            () = tokio::time::sleep_until(due) => {
+                due = progress.last() + limit;
+                if progress.0.client_turn.load(Ordering::Relaxed) {
+                    due += CLIENT_FIRST;
+                }
+                if due <= Instant::now() {
+                    return None;
+                }
+            }
+        }
     }
 }
 
@@ -164,7 +220,7 @@ impl<I> WriteStall<I> {
         let limit = self.limit;
         let since = self
             .since
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(Instant::now() + limit)));
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
         match since.as_mut().poll(cx) {
             Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
                 io::ErrorKind::TimedOut,
@@ -226,30 +282,19 @@ mod tests {
     use tokio::io::AsyncWriteExt as _;
 
     /// A body whose frames come from a channel.
-    struct Drip(tokio::sync::mpsc::Receiver<Bytes>);
-
-    impl Body for Drip {
-        type Data = Bytes;
-        type Error = BoxError;
-
-        fn poll_frame(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-        ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-            self.0.poll_recv(cx).map(|b| b.map(|b| Ok(Frame::data(b))))
-        }
-    }
+    type Drip = http_body_util::channel::Channel<Bytes, BoxError>;
 
     #[tokio::test(start_paused = true)]
     async fn a_body_that_goes_silent_fails_and_a_steady_one_does_not() {
-        let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (mut body, sent) = Stalling::new(Drip(rx), Duration::from_secs(5));
+        let (tx, rx) = Drip::new(4);
+        let tx = Arc::new(tokio::sync::Mutex::new(tx));
+        let mut body = Stalling::new(rx, Duration::from_secs(5));
         // Frames 4 s apart: under the limit each time.
         for _ in 0..3 {
             let tx = tx.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_secs(4)).await;
-                let _ = tx.send(Bytes::from_static(b"x")).await;
+                let _ = tx.lock().await.send_data(Bytes::from_static(b"x")).await;
             });
             let f = body.frame().await.expect("a frame").expect("not stalled");
             assert!(f.is_data());
@@ -259,30 +304,50 @@ mod tests {
         let err = body.frame().await.expect("an end").expect_err("stalled");
         assert!(err.is::<BodyStalled>(), "{err}");
         assert_eq!(t.elapsed(), Duration::from_secs(5));
-        drop(body);
-        assert!(sent.await.is_err(), "dropped counts as sent");
         drop(tx);
     }
 
+    /// A request body sent by a client in frames `gap` apart.
+    fn dripped(frames: usize, gap: Duration, progress: &Progress) -> Stalling<Drip> {
+        let (mut tx, rx) = Drip::new(1);
+        tokio::spawn(async move {
+            for _ in 0..frames {
+                tokio::time::sleep(gap).await;
+                let _ = tx.send_data(Bytes::from_static(b"x")).await;
+            }
+        });
+        Stalling::tracked(rx, Duration::from_secs(30), progress.clone())
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn the_backend_clock_starts_when_the_body_is_sent() {
-        let (done, sent) = oneshot::channel::<()>();
-        // The body takes 100 s to send; the backend answers 3 s after: in time (limit 5 s).
-        let backend = async {
-            tokio::time::sleep(Duration::from_secs(100)).await;
-            drop(done);
+    async fn the_backend_clock_runs_from_its_last_ask() {
+        let limit = Duration::from_secs(5);
+        // A body sent over 12 s, read as it comes, answered 3 s after its end: in time.
+        let p = Progress::start();
+        let body = dripped(3, Duration::from_secs(4), &p);
+        let backend = async move {
+            let _ = body.collect().await;
             tokio::time::sleep(Duration::from_secs(3)).await;
             "answer"
         };
-        let r = answer_within(backend, sent, Duration::from_secs(5)).await;
-        assert_eq!(r, Some("answer"));
-        // Sent at once, never answered: none after 5 s.
-        let (done, sent) = oneshot::channel::<()>();
-        drop(done);
+        assert_eq!(answer_within(backend, &p, limit).await, Some("answer"));
+
+        // A backend that takes nothing: out after the limit.
+        let p = Progress::start();
         let t = Instant::now();
-        let r = answer_within(std::future::pending::<()>(), sent, Duration::from_secs(5)).await;
-        assert_eq!(r, None);
-        assert_eq!(t.elapsed(), Duration::from_secs(5));
+        let r = answer_within(std::future::pending::<()>(), &p, limit).await;
+        assert_eq!((r, t.elapsed()), (None, limit));
+
+        // A backend that takes the first piece (at 1 s), then stops asking: out 5 s later.
+        let p = Progress::start();
+        let mut body = dripped(3, Duration::from_secs(1), &p);
+        let t = Instant::now();
+        let backend = async move {
+            let _ = body.frame().await;
+            std::future::pending::<()>().await;
+        };
+        let r = answer_within(backend, &p, limit).await;
+        assert_eq!((r, t.elapsed()), (None, Duration::from_secs(6)));
     }
 
     #[tokio::test(start_paused = true)]

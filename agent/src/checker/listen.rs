@@ -22,6 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use super::CheckerConfig;
+use super::activity::{Activity, Busy};
 use super::deadline::WriteStall;
 use super::proxy::Proxy;
 use super::tls::Tls;
@@ -110,68 +111,6 @@ impl Drop for Ticket {
             }
         }
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// When a connection last started or finished a request, and how many are in flight: an
-/// HTTP/2 connection with nothing in flight for the idle limit is asked to go away.
-#[derive(Default)]
-struct Activity {
-    in_flight: AtomicUsize,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn touch(&self, since: Instant) {
-        self.last_ms
-            .store(since.elapsed().as_millis() as u64, Ordering::Relaxed);
-    }
-}
-
-/// One request in flight on a connection; counted out (and the time noted) on drop.
-struct Busy {
-    activity: Arc<Activity>,
-    born: Instant,
-}
-
-impl Busy {
-    fn new(activity: Arc<Activity>, born: Instant) -> Self {
-        activity.in_flight.fetch_add(1, Ordering::Relaxed);
-        activity.touch(born);
-        Self { activity, born }
-    }
-}
-
-impl Drop for Busy {
-    fn drop(&mut self) {
-        self.activity.in_flight.fetch_sub(1, Ordering::Relaxed);
-        self.activity.touch(self.born);
-    }
-}
-
-/// A response body that keeps its request counted as in flight until it is sent or dropped.
-struct BusyBody {
-    body: super::upstream::Body,
-    _busy: Busy,
-}
-
-impl hyper::body::Body for BusyBody {
-    type Data = bytes::Bytes;
-    type Error = super::upstream::BoxError;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.body).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> hyper::body::SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -355,17 +294,16 @@ where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let cfg = proxy.config().clone();
-    let born = Instant::now();
-    let activity = Arc::new(Activity::default());
+    let activity = Activity::new();
     let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (proxy, seen) = (proxy.clone(), seen.clone());
         async move {
             // In flight until the response body is done or dropped — also when the client
             // resets the stream and the handler is dropped half-way.
-            let busy = Busy::new(seen, born);
+            let busy = Busy::new(seen);
             let r = proxy.handle(req, peer, tls).await;
-            r.map(|resp| resp.map(|body| BusyBody { body, _busy: busy }.boxed()))
+            r.map(|resp| resp.map(|body| busy.body(body).boxed()))
         }
     });
     let result = if h2 {
@@ -390,11 +328,15 @@ where
                         }
                         continue;
                     }
-                    let last_ms = activity.last_ms.load(Ordering::Relaxed);
-                    let idle_for = born.elapsed().saturating_sub(Duration::from_millis(last_ms));
+                    // Responses the client lets wait through flow control: the socket never
+                    // blocks, so only this notices.
+                    if activity.stalled_for() >= limits.write_stall {
+                        tracing::debug!(%peer, "HTTP/2 client took no response data for {:?}", limits.write_stall);
+                        break Ok(());
+                    }
                     // Before its first request, a connection has the head limit, as on HTTP/1.
-                    let limit = if last_ms == 0 { limits.head.min(limits.idle) } else { limits.idle };
-                    if activity.in_flight.load(Ordering::Relaxed) == 0 && idle_for >= limit {
+                    let limit = if activity.served() { limits.idle } else { limits.head.min(limits.idle) };
+                    if activity.idle_for() >= limit {
                         conn.as_mut().graceful_shutdown();
                         going_away = Some(Instant::now());
                     }

@@ -19,6 +19,7 @@
 //! - `upstream`: the API servers: pool, round robin, health, forwarded headers;
 //! - [`tls`]: reloadable certificates.
 
+mod activity;
 pub mod api;
 pub mod budget;
 pub mod deadline;
@@ -187,7 +188,7 @@ impl ApiRegistry {
 
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 16] = [
+pub const OUTCOMES: [&str; 17] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -201,7 +202,8 @@ pub const OUTCOMES: [&str; 16] = [
     "rate_limited",
     "bad_gateway",
     "bad_request",
-    "timed_out",
+    "request_timeout",
+    "gateway_timeout",
     "detection_escalated",
     "detection_over_budget",
 ];

@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::api::{self, Api};
 use super::budget::{Budget, Culprit, Limits, Spend};
-use super::deadline::{self, Deadlines, Stalling};
+use super::deadline::{self, Deadlines, Progress, Stalling};
 use super::extract;
 use super::lists::{L7Lists, RequestIdents};
 use super::target::{self, NormalPath, TargetError};
@@ -376,11 +376,15 @@ impl Proxy {
         let peer_ip = peer.ip().to_canonical();
         let from_proxy = self.is_trusted_proxy(peer);
         upstream::set_client_headers(&mut parts.headers, peer_ip, from_proxy, client, tls);
-        let limit = self.deadlines.body;
-        let (body, sent) = Stalling::new(body, limit);
+        let Deadlines {
+            body: client_limit,
+            backend: backend_limit,
+        } = self.deadlines;
+        let progress = Progress::start();
+        let body = Stalling::tracked(body, client_limit, progress.clone());
         let body = Limited::new(body, self.cfg.max_body_bytes as usize).boxed();
         let request = self.client.request(Request::from_parts(parts, body));
-        match deadline::answer_within(request, sent, self.deadlines.backend).await {
+        match deadline::answer_within(request, &progress, backend_limit).await {
             Some(Ok(resp)) => {
                 upstream::mark(api, index, true);
                 self.stats.hit("forwarded");
@@ -388,14 +392,14 @@ impl Proxy {
                 for h in HOP_BY_HOP {
                     parts.headers.remove(h);
                 }
-                Response::from_parts(parts, Stalling::new(body, limit).0.boxed())
+                Response::from_parts(parts, Stalling::new(body, backend_limit).boxed())
             }
             Some(Err(e)) => self.forward_failed(api, index, &e),
             None => {
                 // Not the server's health: a client may pick a slow path on purpose.
-                self.stats.hit("timed_out");
+                self.stats.hit("gateway_timeout");
                 let server = &api.meta.servers[index];
-                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend did not answer within {:?}", self.deadlines.backend);
+                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend went {backend_limit:?} without taking the request or answering");
                 full(StatusCode::GATEWAY_TIMEOUT, "Error: Gateway Timeout\n")
             }
         }
@@ -416,7 +420,7 @@ impl Proxy {
                 full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n")
             }
             Some(ClientBody::Stalled) => {
-                self.stats.hit("timed_out");
+                self.stats.hit("request_timeout");
                 full(StatusCode::REQUEST_TIMEOUT, "Error: Request Timeout\n")
             }
             Some(ClientBody::Failed) => {

@@ -39,7 +39,7 @@ impl Service {
             Some("every address".into())
         } else if cidr.len() < min {
             Some(format!("more than a /{min} (min_deny_prefix)"))
-        } else if let Some(a) = self.protected.own().iter().find(|a| cidr.contains(**a)) {
+        } else if let Some(a) = self.protected.own().find(|a| cidr.contains(**a)) {
             Some(format!("this host's own address {a}"))
         } else if let Some(p) = overlap(self.config.checker.trusted_proxies()) {
             // The proxies in front of the checker speak for many clients.
