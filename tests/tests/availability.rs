@@ -119,6 +119,20 @@ fn idle_connections_do_not_take_the_service_down() {
     );
 }
 
+/// An HTTP/2 HEADERS frame, END_STREAM | END_HEADERS: GET http://shop{path} on `stream`
+/// (HPACK without Huffman: indexed :method GET and :scheme http, literal :path and
+/// :authority).
+fn h2_get(stream: u32, path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x44, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x41, 4]);
+    block.extend_from_slice(b"shop");
+    let mut frame = vec![0, 0, block.len() as u8, 1, 5];
+    frame.extend_from_slice(&stream.to_be_bytes());
+    frame.extend_from_slice(&block);
+    frame
+}
+
 /// Sends `request` on a fresh connection and reads until the server closes it (or 10 s):
 /// the bytes read and how long it took.
 fn exchange(port: u16, request: &[u8]) -> (Vec<u8>, Duration) {
@@ -245,14 +259,7 @@ fn stalled_requests_give_their_slot_back() {
     let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS: INITIAL_WINDOW_SIZE (4) = 0.
     frames.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
-    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET http://shop/shop/x (HPACK, no
-    // Huffman: indexed :method GET and :scheme http, literal :path and :authority).
-    let mut block = vec![0x82, 0x86, 0x44, 7];
-    block.extend_from_slice(b"/shop/x");
-    block.extend_from_slice(&[0x41, 4]);
-    block.extend_from_slice(b"shop");
-    frames.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
-    frames.extend_from_slice(&block);
+    frames.extend_from_slice(&h2_get(1, "/shop/x"));
     h2.write_all(&frames).expect("request");
     h2.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
@@ -266,4 +273,55 @@ fn stalled_requests_give_their_slot_back() {
     );
 
     assert_eq!(s.curl("/shop/x", &[]).0, 200, "served afterwards");
+}
+
+/// Each HTTP/2 request in flight holds a backend request as a connection does: one client
+/// gets `max_connections_per_client` of them, whether over connections or streams.
+#[test]
+fn one_client_holds_at_most_its_share_of_backend_requests() {
+    privileged!();
+    let s = setup_with("max_connections_per_client = 4\n", |apis, backend| {
+        write_backend_api(apis, "shop", backend, "");
+    });
+    let client = Ipv4Addr::new(127, 0, 0, 3);
+    let mut h2 =
+        connect_from(client, SocketAddr::from(([127, 0, 0, 1], s.http_port))).expect("connect");
+    // Six requests at once to a backend that takes 20 s: the connection and three more
+    // streams hold the client's four slots; the fifth and sixth are refused at once.
+    let mut frames =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    for stream in [1u32, 3, 5, 7, 9, 11] {
+        frames.extend_from_slice(&h2_get(stream, "/shop/hang"));
+    }
+    h2.write_all(&frames).expect("requests");
+    h2.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        match h2.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let mut answered = Vec::new();
+    let mut at = 0;
+    while at + 9 <= got.len() {
+        let len = (usize::from(got[at]) << 16)
+            | (usize::from(got[at + 1]) << 8)
+            | usize::from(got[at + 2]);
+        let stream =
+            u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]) & 0x7fff_ffff;
+        if got[at + 3] == 1 {
+            answered.push(stream);
+        }
+        at += 9 + len;
+    }
+    assert_eq!(answered, [9, 11], "streams answered within 3 s");
+    drop(h2);
+    assert_eq!(s.curl("/shop/x", &[]).0, 200, "others are served");
+    let l7 = s.agent.stats().l7;
+    assert_eq!(l7.get("rate_limited"), Some(&2), "{l7:?}");
 }

@@ -142,7 +142,10 @@ where
         }
         match r {
             Poll::Ready(Some(Ok(frame))) => {
-                self.timer = None;
+                // Empty DATA frames (h2 lets a client send them) are not progress.
+                if frame.data_ref().is_none_or(|d| !d.is_empty()) {
+                    self.timer = None;
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),

@@ -69,24 +69,44 @@ impl Admission {
         let peer = peer.to_canonical();
         let client = (!self.exempt.iter().any(|c| c.contains(peer)))
             .then(|| super::spikes::client_key(peer));
-        if let Some(key) = client {
-            let mut m = self
-                .per_client
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            let n = m.entry(key).or_insert(0);
-            if *n >= self.max_per_client {
-                drop(m);
-                self.total.fetch_sub(1, Ordering::AcqRel);
-                self.refused.fetch_add(1, Ordering::Relaxed);
-                return None;
-            }
-            *n += 1;
+        if let Some(key) = client
+            && !self.take(key)
+        {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
         }
         Some(Ticket {
             admission: self.clone(),
             client,
         })
+    }
+
+    /// One of `key`'s slots, unless all are taken.
+    fn take(&self, key: IpAddr) -> bool {
+        let mut m = self
+            .per_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = m.entry(key).or_insert(0);
+        if *n >= self.max_per_client {
+            return false;
+        }
+        *n += 1;
+        true
+    }
+
+    fn give_back(&self, key: IpAddr) {
+        let mut m = self
+            .per_client
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(n) = m.get_mut(&key) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(&key);
+            }
+        }
     }
 
     /// Connections open now.
@@ -95,22 +115,38 @@ impl Admission {
     }
 }
 
+impl Ticket {
+    /// Another of the client's slots, for an HTTP/2 request beyond the connection's first:
+    /// each holds a backend request as a connection does, so `max_connections_per_client`
+    /// counts both. `None` when the client has none left (trusted proxies always have).
+    pub fn stream(self: &Arc<Self>) -> Option<StreamSlot> {
+        if let Some(key) = self.client
+            && !self.admission.take(key)
+        {
+            return None;
+        }
+        Some(StreamSlot(self.clone()))
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(key) = self.client {
-            let mut m = self
-                .admission
-                .per_client
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some(n) = m.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    m.remove(&key);
-                }
-            }
+            self.admission.give_back(key);
         }
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A client slot held by an HTTP/2 request beyond its connection's first; given back on
+/// drop.
+pub struct StreamSlot(Arc<Ticket>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        if let Some(key) = self.0.client {
+            self.0.admission.give_back(key);
+        }
     }
 }
 
@@ -246,10 +282,14 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let tls = tls.clone();
-        tokio::spawn(async move {
-            let _ticket = ticket;
-            connection(stream, peer, tls, proxy, limits).await;
-        });
+        tokio::spawn(connection(
+            stream,
+            peer,
+            tls,
+            proxy,
+            limits,
+            Arc::new(ticket),
+        ));
     }
 }
 
@@ -262,6 +302,7 @@ async fn connection(
     tls: Option<Arc<Tls>>,
     proxy: Arc<Proxy>,
     limits: Limits,
+    ticket: Arc<Ticket>,
 ) {
     match tls {
         Some(tls) => {
@@ -273,7 +314,7 @@ async fn connection(
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-            http(TokioIo::new(s), h2, peer, true, proxy, limits).await;
+            http(TokioIo::new(s), h2, peer, true, proxy, limits, ticket).await;
         }
         None => {
             // Nothing sent within the head limit: the slot goes back.
@@ -284,24 +325,34 @@ async fn connection(
             };
             let h2 = H2_PREFACE.starts_with(&first[..n]) && n >= 3;
             let stream = WriteStall::new(stream, limits.write_stall);
-            http(TokioIo::new(stream), h2, peer, false, proxy, limits).await;
+            http(TokioIo::new(stream), h2, peer, false, proxy, limits, ticket).await;
         }
     }
 }
 
-async fn http<I>(io: I, h2: bool, peer: SocketAddr, tls: bool, proxy: Arc<Proxy>, limits: Limits)
-where
+async fn http<I>(
+    io: I,
+    h2: bool,
+    peer: SocketAddr,
+    tls: bool,
+    proxy: Arc<Proxy>,
+    limits: Limits,
+    ticket: Arc<Ticket>,
+) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let cfg = proxy.config().clone();
-    let activity = Activity::new();
+    let activity = Activity::new(h2);
     let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
-        let (proxy, seen) = (proxy.clone(), seen.clone());
+        let (proxy, seen, ticket) = (proxy.clone(), seen.clone(), ticket.clone());
         async move {
             // In flight until the response body is done or dropped — also when the client
-            // resets the stream and the handler is dropped half-way.
-            let busy = Busy::new(seen);
+            // resets the stream and the handler is dropped half-way. A second request at
+            // once (HTTP/2) takes another of the client's slots.
+            let Some(busy) = Busy::new(seen, || ticket.stream()) else {
+                return Ok(proxy.over_share());
+            };
             let r = proxy.handle(req, peer, tls).await;
             r.map(|resp| resp.map(|body| busy.body(body).boxed()))
         }
@@ -384,5 +435,28 @@ mod tests {
         drop(t1);
         assert!(a.admit(ip("198.18.5.5")).is_some(), "slot given back");
         assert_eq!(a.refused.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
+    fn http2_requests_beyond_the_first_take_the_clients_slots() {
+        let cfg = CheckerConfig {
+            max_connections: 10,
+            max_connections_per_client: 2,
+            ..CheckerConfig::default()
+        };
+        let proxy: Cidr = "198.18.0.1/32".parse().expect("cidr");
+        let a = Admission::new(&cfg, vec![proxy]);
+        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
+        let conn = Arc::new(a.admit(ip("198.18.5.5")).expect("connection"));
+        let second = conn.stream().expect("second request");
+        assert!(conn.stream().is_none(), "third request");
+        assert!(a.admit(ip("198.18.5.5")).is_none(), "another connection");
+        drop(second);
+        assert!(conn.stream().is_some(), "slot given back");
+        // Streams do not count against the total; a trusted proxy's are not capped.
+        assert_eq!(a.open(), 1);
+        let p = Arc::new(a.admit(ip("198.18.0.1")).expect("proxy"));
+        let held: Vec<StreamSlot> = (0..5).map(|_| p.stream().expect("proxy stream")).collect();
+        assert_eq!(held.len(), 5);
     }
 }

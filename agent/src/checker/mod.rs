@@ -82,14 +82,16 @@ pub struct CheckerConfig {
     pub header_timeout: String,
     /// An HTTP/2 connection with no request in flight for this long is closed, e.g. "60s".
     pub idle_timeout: String,
-    /// Longest silence inside a request body (408), a backend's response body (cut off), or
-    /// while a client does not read its response (closed), e.g. "30s".
+    /// Longest silence inside a request body (408), or while a client does not read its
+    /// response (closed), e.g. "30s".
     pub body_timeout: String,
-    /// How long a backend has to start its answer once the request is sent whole (504).
+    /// Longest a backend goes without asking for more of the request or starting its answer
+    /// (504), or silent inside its response body (cut off); at least `body_timeout`.
     pub backend_timeout: String,
     /// Most connections open at once.
     pub max_connections: usize,
-    /// Most connections open at once from one client address (IPv6: per /64); trusted
+    /// Most connections open at once from one client address (IPv6: per /64), counting the
+    /// HTTP/2 requests beyond each connection's first (each holds a backend request); trusted
     /// proxies count only against `max_connections`.
     pub max_connections_per_client: u32,
 }

@@ -123,6 +123,13 @@ impl Proxy {
         })
     }
 
+    /// The answer to an HTTP/2 request over its client's share of slots (see
+    /// `listen::Ticket::stream`).
+    pub fn over_share(&self) -> Response<Body> {
+        self.stats.hit("rate_limited");
+        full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n")
+    }
+
     /// Answers one request; never fails (errors become responses).
     pub async fn handle(
         self: Arc<Self>,

@@ -47,6 +47,10 @@ pub(super) fn backend_client() -> Backends {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(3)));
+    // A small send buffer: the backend clock (`deadline::Progress`) moves when hyper can
+    // write more of a request body, and with the kernel's up-to-4 MiB autotuned buffer a
+    // backend steadily reading a large upload could look stalled between wake-ups.
+    connector.set_send_buffer_size(Some(64 << 10));
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
