@@ -456,7 +456,7 @@ fn abs_cannot_cut_the_host_off_its_infrastructure() {
 
 /// What the safety rules protect follows the host while the agent runs: an address added
 /// later is this host's own (the operator needs `--force`), a default gateway set later is
-/// infrastructure (ABS can never deny it).
+/// infrastructure (ABS can never deny it), and ABS's entry for it from before is lifted.
 #[test]
 fn protection_follows_the_host_as_it_changes() {
     let pair = privileged!(NetnsPair::new().expect("namespaces"));
@@ -481,9 +481,23 @@ fn protection_follows_the_host_as_it_changes() {
             .expect("ip");
         assert!(out.status.success(), "ip {args:?}: {out:?}");
     };
+    // ABS denies the gateway-to-be, then fails: its last list stays enforced.
+    abs.set(Answer::Json(format!(
+        r#"{{"attacklist":{{"ips":["{gateway}"]}}}}"#
+    )));
+    wait_for("the ABS sync", || !abs_rows(&agent).is_empty());
+    abs.set(Answer::Status(503));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(abs_rows(&agent), [format!("ip {gateway}/32")]);
     ip(&["addr", "add", &format!("{added}/32"), "dev", "lo"]);
     ip(&["route", "add", "default", "via", gateway]);
     std::thread::sleep(Duration::from_millis(2500));
+    assert!(
+        abs_rows(&agent).is_empty(),
+        "ABS's entry for the new gateway was not lifted: {:?}",
+        abs_rows(&agent)
+    );
+    assert_kernel_matches_lists(&agent, &dirs);
     let e = err(&agent.cli(&["deny", "add", "ip", added]));
     assert!(e.contains("own address"), "{e}");
     abs.set(Answer::Json(format!(

@@ -201,9 +201,11 @@ impl Service {
         })
     }
 
-    /// Takes a new reading of the addresses the safety rules protect.
+    /// Takes a new reading of the addresses the safety rules protect, and lifts the
+    /// automatic deny entries that cover one of them now.
     pub fn protect(&mut self, reading: Reading) {
         self.protected.update(reading);
+        self.lift_protected();
     }
 
     /// The L7 lists, for the checker.

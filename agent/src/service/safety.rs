@@ -6,6 +6,7 @@ use std::net::IpAddr;
 use super::{Service, ServiceError};
 use crate::model::Cidr;
 use crate::model::Identifier;
+use crate::model::Kind;
 use crate::model::List;
 
 impl Service {
@@ -91,6 +92,51 @@ impl Service {
                 what: format!("{a}, {what}"),
             }),
             None => Ok(()),
+        }
+    }
+
+    /// Takes off the deny entries from automatic sources that cover an address protected
+    /// now (an address the host got since, a new gateway, resolver, or ABS or server
+    /// address), as adding them now would be refused. The operator's entries stay.
+    pub(super) fn lift_protected(&mut self) {
+        let Some(filter) = &self.filter else {
+            return;
+        };
+        let mut covering = Vec::new();
+        {
+            let table = filter.table();
+            let protected = self.protected.own().chain(self.protected.depended_on());
+            for &a in protected {
+                if table.lookup(a).deny_until == 0 {
+                    continue;
+                }
+                let longest = if a.is_ipv4() { 32 } else { 128 };
+                covering.extend(
+                    (0..=longest)
+                        .filter_map(|len| Cidr::new(a, len).ok())
+                        .filter(|c| table.entry(c).deny_until != 0),
+                );
+            }
+        }
+        covering.sort_unstable_by_key(ToString::to_string);
+        covering.dedup();
+        for cidr in covering {
+            let value = cidr.to_string();
+            let Ok(ident) = Identifier::parse(Kind::Ip, None, &value) else {
+                continue;
+            };
+            let rows = self.store.rows_of(List::Deny, &ident).unwrap_or_default();
+            for row in rows.iter().filter(|r| r.source.is_automatic()) {
+                let source = row.source.as_str();
+                match self.remove(List::Deny, Kind::Ip, None, &value, Some(source)) {
+                    Ok(_) => {
+                        tracing::warn!(%cidr, source, "deny entry lifted: it covers an address this host has or depends on")
+                    }
+                    Err(e) => {
+                        tracing::warn!(%cidr, source, "could not lift a deny entry that covers a protected address: {e}")
+                    }
+                }
+            }
         }
     }
 }
