@@ -81,8 +81,7 @@ fn idle_connections_do_not_take_the_service_down() {
 
     // HTTP/2 with prior knowledge, then silence: a GOAWAY after the idle limit (3 s).
     let mut h2 = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
-    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .expect("preface");
+    h2.write_all(H2_PREFACE_AND_SETTINGS).expect("preface");
     h2.set_read_timeout(Some(Duration::from_secs(10)))
         .expect("timeout");
     let t = Instant::now();
@@ -118,6 +117,10 @@ fn idle_connections_do_not_take_the_service_down() {
         "connection ended after {ended:?}"
     );
 }
+
+/// The HTTP/2 client preface and an empty SETTINGS frame.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
 
 /// An HTTP/2 HEADERS frame, END_STREAM | END_HEADERS: GET http://shop{path} on `stream`
 /// (HPACK without Huffman: indexed :method GET and :scheme http, literal :path and
@@ -239,37 +242,22 @@ fn stalled_requests_give_their_slot_back() {
 
     // HTTP/2 with prior knowledge and no request: a GOAWAY after the head limit (2 s), not
     // after the idle limit (60 s by default).
-    let mut h2 = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
-    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
-        .expect("preface");
-    h2.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let t = Instant::now();
-    let mut sink = Vec::new();
-    let _ = h2.read_to_end(&mut sink);
+    let (_, lasted) = exchange(s.http_port, H2_PREFACE_AND_SETTINGS);
     assert!(
-        within(t.elapsed()),
-        "an HTTP/2 connection without a request lasted {:?}",
-        t.elapsed()
+        within(lasted),
+        "an HTTP/2 connection without a request lasted {lasted:?}"
     );
 
     // HTTP/2 with a window of 0: the socket never blocks, but the answer cannot be sent.
     // The connection is closed after the body limit (not kept by the request in flight).
-    let mut h2 = TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
     let mut frames = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
     // SETTINGS: INITIAL_WINDOW_SIZE (4) = 0.
     frames.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
     frames.extend_from_slice(&h2_get(1, "/shop/x"));
-    h2.write_all(&frames).expect("request");
-    h2.set_read_timeout(Some(Duration::from_secs(10)))
-        .expect("timeout");
-    let t = Instant::now();
-    let mut sink = Vec::new();
-    let _ = h2.read_to_end(&mut sink);
+    let (_, lasted) = exchange(s.http_port, &frames);
     assert!(
-        within(t.elapsed()),
-        "an HTTP/2 client that opened no window kept its connection {:?}",
-        t.elapsed()
+        within(lasted),
+        "an HTTP/2 client that opened no window kept its connection {lasted:?}"
     );
 
     assert_eq!(s.curl("/shop/x", &[]).0, 200, "served afterwards");
@@ -288,8 +276,7 @@ fn one_client_holds_at_most_its_share_of_backend_requests() {
         connect_from(client, SocketAddr::from(([127, 0, 0, 1], s.http_port))).expect("connect");
     // Six requests at once to a backend that takes 20 s: the connection and three more
     // streams hold the client's four slots; the fifth and sixth are refused at once.
-    let mut frames =
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00".to_vec();
+    let mut frames = H2_PREFACE_AND_SETTINGS.to_vec();
     for stream in [1u32, 3, 5, 7, 9, 11] {
         frames.extend_from_slice(&h2_get(stream, "/shop/hang"));
     }
