@@ -191,6 +191,11 @@ impl Protected {
         self.own.iter().chain(&LOOPBACK)
     }
 
+    /// Resolvers and default gateways, as the host itself says.
+    pub fn system(&self) -> impl Iterator<Item = &IpAddr> {
+        self.system.iter()
+    }
+
     /// Addresses the host depends on: resolvers, gateways, ABS and named API servers.
     pub fn depended_on(&self) -> impl Iterator<Item = &IpAddr> {
         self.system.iter().chain(self.named.values().flatten())

@@ -264,18 +264,18 @@ fn stalled_requests_give_their_slot_back() {
 }
 
 /// Each HTTP/2 request in flight holds a backend request as a connection does: one client
-/// gets `max_connections_per_client` of them, whether over connections or streams.
+/// gets `max_streams_per_client` of them beyond each connection's first.
 #[test]
 fn one_client_holds_at_most_its_share_of_backend_requests() {
     privileged!();
-    let s = setup_with("max_connections_per_client = 4\n", |apis, backend| {
+    let s = setup_with("max_streams_per_client = 3\n", |apis, backend| {
         write_backend_api(apis, "shop", backend, "");
     });
     let client = Ipv4Addr::new(127, 0, 0, 3);
     let mut h2 =
         connect_from(client, SocketAddr::from(([127, 0, 0, 1], s.http_port))).expect("connect");
-    // Six requests at once to a backend that takes 20 s: the connection and three more
-    // streams hold the client's four slots; the fifth and sixth are refused at once.
+    // Six requests at once to a backend that takes 20 s: the connection's first and three
+    // more streams are in flight; the fifth and sixth are refused at once.
     let mut frames = H2_PREFACE_AND_SETTINGS.to_vec();
     for stream in [1u32, 3, 5, 7, 9, 11] {
         frames.extend_from_slice(&h2_get(stream, "/shop/hang"));
@@ -310,5 +310,5 @@ fn one_client_holds_at_most_its_share_of_backend_requests() {
     drop(h2);
     assert_eq!(s.curl("/shop/x", &[]).0, 200, "others are served");
     let l7 = s.agent.stats().l7;
-    assert_eq!(l7.get("rate_limited"), Some(&2), "{l7:?}");
+    assert_eq!(l7.get("too_many_streams"), Some(&2), "{l7:?}");
 }

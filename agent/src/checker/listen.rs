@@ -31,9 +31,10 @@ use crate::model::Cidr;
 /// Open connections, in total and per client; a [`Ticket`] holds one slot.
 pub struct Admission {
     total: AtomicUsize,
-    per_client: Mutex<HashMap<IpAddr, u32>>,
+    /// Per client: connections, and HTTP/2 requests beyond each connection's first.
+    per_client: Mutex<HashMap<IpAddr, [u32; 2]>>,
     max_total: usize,
-    max_per_client: u32,
+    max_per_client: [u32; 2],
     exempt: Vec<Cidr>,
     /// Connections refused at the door since start.
     pub refused: AtomicU64,
@@ -53,7 +54,10 @@ impl Admission {
             total: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
             max_total: cfg.max_connections.max(1),
-            max_per_client: cfg.max_connections_per_client.max(1),
+            max_per_client: [
+                cfg.max_connections_per_client.max(1),
+                cfg.max_streams_per_client,
+            ],
             exempt,
             refused: AtomicU64::new(0),
         })
@@ -70,7 +74,7 @@ impl Admission {
         let client = (!self.exempt.iter().any(|c| c.contains(peer)))
             .then(|| super::spikes::client_key(peer));
         if let Some(key) = client
-            && !self.take(key)
+            && !self.take(key, CONNECTION)
         {
             self.total.fetch_sub(1, Ordering::AcqRel);
             self.refused.fetch_add(1, Ordering::Relaxed);
@@ -82,28 +86,31 @@ impl Admission {
         })
     }
 
-    /// One of `key`'s slots, unless all are taken.
-    fn take(&self, key: IpAddr) -> bool {
+    /// One of `key`'s slots of `kind` ([`CONNECTION`] or [`STREAM`]), unless all are taken.
+    fn take(&self, key: IpAddr, kind: usize) -> bool {
         let mut m = self
             .per_client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = m.entry(key).or_insert(0);
-        if *n >= self.max_per_client {
+        let held = m.entry(key).or_insert([0, 0]);
+        if held[kind] >= self.max_per_client[kind] {
+            if held == &[0, 0] {
+                m.remove(&key);
+            }
             return false;
         }
-        *n += 1;
+        held[kind] += 1;
         true
     }
 
-    fn give_back(&self, key: IpAddr) {
+    fn give_back(&self, key: IpAddr, kind: usize) {
         let mut m = self
             .per_client
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(n) = m.get_mut(&key) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(held) = m.get_mut(&key) {
+            held[kind] = held[kind].saturating_sub(1);
+            if held == &[0, 0] {
                 m.remove(&key);
             }
         }
@@ -115,13 +122,18 @@ impl Admission {
     }
 }
 
+/// Which of a client's slots: its connections.
+const CONNECTION: usize = 0;
+/// Which of a client's slots: its HTTP/2 requests beyond each connection's first.
+const STREAM: usize = 1;
+
 impl Ticket {
-    /// Another of the client's slots, for an HTTP/2 request beyond the connection's first:
-    /// each holds a backend request as a connection does, so `max_connections_per_client`
-    /// counts both. `None` when the client has none left (trusted proxies always have).
+    /// A slot for an HTTP/2 request beyond the connection's first: each holds a backend
+    /// request as a connection does, so `max_streams_per_client` caps them per client.
+    /// `None` when the client has none left (trusted proxies always have).
     pub fn stream(self: &Arc<Self>) -> Option<StreamSlot> {
         if let Some(key) = self.client
-            && !self.admission.take(key)
+            && !self.admission.take(key, STREAM)
         {
             return None;
         }
@@ -132,7 +144,7 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         if let Some(key) = self.client {
-            self.admission.give_back(key);
+            self.admission.give_back(key, CONNECTION);
         }
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
     }
@@ -145,7 +157,7 @@ pub struct StreamSlot(Arc<Ticket>);
 impl Drop for StreamSlot {
     fn drop(&mut self) {
         if let Some(key) = self.0.client {
-            self.0.admission.give_back(key);
+            self.0.admission.give_back(key, STREAM);
         }
     }
 }
@@ -442,6 +454,7 @@ mod tests {
         let cfg = CheckerConfig {
             max_connections: 10,
             max_connections_per_client: 2,
+            max_streams_per_client: 1,
             ..CheckerConfig::default()
         };
         let proxy: Cidr = "198.18.0.1/32".parse().expect("cidr");
@@ -450,11 +463,12 @@ mod tests {
         let conn = Arc::new(a.admit(ip("198.18.5.5")).expect("connection"));
         let second = conn.stream().expect("second request");
         assert!(conn.stream().is_none(), "third request");
-        assert!(a.admit(ip("198.18.5.5")).is_none(), "another connection");
+        // Connections are counted apart.
+        let _other = a.admit(ip("198.18.5.5")).expect("another connection");
         drop(second);
         assert!(conn.stream().is_some(), "slot given back");
         // Streams do not count against the total; a trusted proxy's are not capped.
-        assert_eq!(a.open(), 1);
+        assert_eq!(a.open(), 2);
         let p = Arc::new(a.admit(ip("198.18.0.1")).expect("proxy"));
         let held: Vec<StreamSlot> = (0..5).map(|_| p.stream().expect("proxy stream")).collect();
         assert_eq!(held.len(), 5);

@@ -90,10 +90,12 @@ pub struct CheckerConfig {
     pub backend_timeout: String,
     /// Most connections open at once.
     pub max_connections: usize,
-    /// Most connections open at once from one client address (IPv6: per /64), counting the
-    /// HTTP/2 requests beyond each connection's first (each holds a backend request); trusted
+    /// Most connections open at once from one client address (IPv6: per /64); trusted
     /// proxies count only against `max_connections`.
     pub max_connections_per_client: u32,
+    /// Most HTTP/2 requests in flight at once from one client beyond each connection's
+    /// first (each holds a backend request; 429 past it); trusted proxies are not capped.
+    pub max_streams_per_client: u32,
 }
 
 impl Default for CheckerConfig {
@@ -119,6 +121,7 @@ impl Default for CheckerConfig {
             backend_timeout: "60s".into(),
             max_connections: 20_000,
             max_connections_per_client: 200,
+            max_streams_per_client: 1000,
         }
     }
 }
@@ -190,7 +193,7 @@ impl ApiRegistry {
 
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 17] = [
+pub const OUTCOMES: [&str; 18] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -202,6 +205,7 @@ pub const OUTCOMES: [&str; 17] = [
     "missing_token",
     "unknown_api",
     "rate_limited",
+    "too_many_streams",
     "bad_gateway",
     "bad_request",
     "request_timeout",

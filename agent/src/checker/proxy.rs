@@ -126,7 +126,7 @@ impl Proxy {
     /// The answer to an HTTP/2 request over its client's share of slots (see
     /// `listen::Ticket::stream`).
     pub fn over_share(&self) -> Response<Body> {
-        self.stats.hit("rate_limited");
+        self.stats.hit("too_many_streams");
         full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n")
     }
 

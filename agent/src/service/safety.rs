@@ -95,9 +95,11 @@ impl Service {
         }
     }
 
-    /// Takes off the deny entries from automatic sources that cover an address protected
-    /// now (an address the host got since, a new gateway, resolver, or ABS or server
-    /// address), as adding them now would be refused. The operator's entries stay.
+    /// Takes off the deny entries from automatic sources that cover one of this host's
+    /// addresses, resolvers or gateways now (one it got since), as adding them now would be
+    /// refused. The operator's entries stay. Addresses found through DNS (ABS, named API
+    /// servers) only refuse new entries: whoever answers for those names must not be able
+    /// to lift detections.
     pub(super) fn lift_protected(&mut self) {
         let Some(filter) = &self.filter else {
             return;
@@ -105,7 +107,7 @@ impl Service {
         let mut covering = Vec::new();
         {
             let table = filter.table();
-            let protected = self.protected.own().chain(self.protected.depended_on());
+            let protected = self.protected.own().chain(self.protected.system());
             for &a in protected {
                 if table.lookup(a).deny_until == 0 {
                     continue;
@@ -126,8 +128,14 @@ impl Service {
                 continue;
             };
             let rows = self.store.rows_of(List::Deny, &ident).unwrap_or_default();
-            for row in rows.iter().filter(|r| r.source.is_automatic()) {
-                let source = row.source.as_str();
+            let mut sources: Vec<&str> = rows
+                .iter()
+                .filter(|r| r.source.is_automatic())
+                .map(|r| r.source.as_str())
+                .collect();
+            sources.sort_unstable();
+            sources.dedup();
+            for source in sources {
                 match self.remove(List::Deny, Kind::Ip, None, &value, Some(source)) {
                     Ok(_) => {
                         tracing::warn!(%cidr, source, "deny entry lifted: it covers an address this host has or depends on")
