@@ -213,6 +213,37 @@ fn stalled_requests_give_their_slot_back() {
     assert!(within(took), "504 after {took:?} (limit 2 s)");
     // The server is not taken out of rotation for it.
     assert_eq!(s.curl("/shop/x", &[]).0, 200, "server still in rotation");
+    // Five at once: each counted, but the log says it once (a client picking a slow path
+    // must not flood the log).
+    let warned = || {
+        s.agent
+            .log_text()
+            .matches("without taking the request")
+            .count()
+    };
+    let before = (warned(), s.agent.stats().l7.get("gateway_timeout").copied());
+    let five: Vec<_> = (0..5)
+        .map(|_| {
+            let port = s.http_port;
+            std::thread::spawn(move || {
+                exchange(
+                    port,
+                    b"GET /shop/hang HTTP/1.1\r\nHost: shop\r\nConnection: close\r\n\r\n",
+                )
+            })
+        })
+        .collect();
+    for t in five {
+        let (got, _) = t.join().expect("client");
+        assert!(got.starts_with(b"HTTP/1.1 504"));
+    }
+    let after = (warned(), s.agent.stats().l7.get("gateway_timeout").copied());
+    assert_eq!(after.1, before.1.map(|n| n + 5), "every 504 counted");
+    assert!(
+        after.0 - before.0 <= 2,
+        "{} warnings for 5 timeouts",
+        after.0 - before.0
+    );
 
     // A client that asks for 64 MiB and reads nothing: the connection is closed after the
     // body limit, long before the answer is through.

@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -56,6 +57,8 @@ pub struct Proxy {
     spikes: Arc<super::spikes::Spikes>,
     /// What detections may still write (shared by workers).
     budget: Arc<Budget>,
+    /// When a backend warning was last logged (`api::epoch_ms`).
+    warned_ms: AtomicU64,
 }
 
 /// What the lists say of one request's client.
@@ -97,6 +100,7 @@ impl Proxy {
             client: upstream::backend_client(),
             spikes: Arc::default(),
             budget,
+            warned_ms: AtomicU64::new(0),
         }))
     }
 
@@ -120,7 +124,21 @@ impl Proxy {
             client: upstream::backend_client(),
             spikes: self.spikes.clone(),
             budget: self.budget.clone(),
+            warned_ms: AtomicU64::new(0),
         })
+    }
+
+    /// Whether a backend warning may be logged now: one a second per worker at most, so
+    /// clients that make backends fail or time out cannot flood the log (the outcome
+    /// counters still count every one).
+    fn may_warn(&self) -> bool {
+        let now = api::epoch_ms();
+        let last = self.warned_ms.load(Ordering::Relaxed);
+        now.saturating_sub(last) >= 1000
+            && self
+                .warned_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
     }
 
     /// The answer to an HTTP/2 request over its client's share of slots (see
@@ -406,7 +424,9 @@ impl Proxy {
                 // Not the server's health: a client may pick a slow path on purpose.
                 self.stats.hit("gateway_timeout");
                 let server = &api.meta.servers[index];
-                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend went {backend_limit:?} without taking the request or answering");
+                if self.may_warn() {
+                    tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend went {backend_limit:?} without taking the request or answering");
+                }
                 full(StatusCode::GATEWAY_TIMEOUT, "Error: Gateway Timeout\n")
             }
         }
@@ -439,7 +459,9 @@ impl Proxy {
                 upstream::mark(api, index, false);
                 self.stats.hit("bad_gateway");
                 let server = &api.meta.servers[index];
-                tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend failed: {e}");
+                if self.may_warn() {
+                    tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend failed: {e}");
+                }
                 full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n")
             }
         }
