@@ -271,7 +271,7 @@ const PARSE_INLINE: usize = 64 << 10;
 /// Parses one request line (taking a large one's buffer with it to a blocking thread); an
 /// import batch's lines are parsed there too.
 async fn parse(line: &mut Vec<u8>, root: bool) -> Incoming {
-    let ready = move |bytes: &[u8]| match serde_json::from_slice(bytes) {
+    let ready = move |bytes: &[u8]| match Request::decode(bytes) {
         Ok(req) if Request::needs_root(&req) && !root => Incoming::Refused(Response::err(
             "backup and restore are for root: the agent reads and writes the files as itself",
         )),

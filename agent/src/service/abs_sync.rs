@@ -57,7 +57,7 @@ impl Service {
                 .iter()
                 .filter_map(|i| self.abs_entry(&items[*i], now).ok())
                 .collect();
-            self.add_batch(List::Deny, &entries)?;
+            self.add_batch(List::Deny, &entries, None)?;
         }
         drop(items);
         report.removed = self.remove_batch(List::Deny, &stale, Source::Abs.as_str())?;
@@ -97,7 +97,7 @@ impl Service {
             }
         }
         report.added = good.len();
-        self.add_batch(List::Deny, &good)?;
+        self.add_batch(List::Deny, &good, None)?;
         let mut idents = Vec::new();
         for it in &remove {
             match Identifier::parse(it.kind, it.name.as_deref(), &it.value) {

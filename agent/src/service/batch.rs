@@ -1,8 +1,6 @@
 //! Many entries at once: imports, and the batched kernel-then-store writes that imports and
 //! the ABS feed share.
 
-use std::collections::BTreeMap;
-
 use std::sync::Arc;
 
 use super::{Change, Imported, Service, ServiceError, kernel_deadline, unix_now};
@@ -11,6 +9,7 @@ use crate::model::Cidr;
 use crate::model::Entry;
 use crate::model::List;
 use crate::model::{IdentError, Identifier, Kind};
+use crate::store::{IdentKey, ident_key};
 
 /// Lines one import request may carry (the CLI sends 250 000): a prepared line costs a few
 /// hundred bytes, so this bounds what one request holds in memory.
@@ -29,8 +28,8 @@ pub struct PreparedImport {
     lines: Vec<(u64, Result<ParsedLine, String>)>,
 }
 
-/// A line's request and the identifier it names.
-type ParsedLine = (AddRequest, Identifier);
+/// A line's request, the identifier it names and its key in the store.
+type ParsedLine = (AddRequest, Identifier, IdentKey);
 
 impl PreparedImport {
     /// Parses `lines` for `list`; refuses the whole request when it has more than
@@ -54,7 +53,10 @@ impl PreparedImport {
                 let parsed = match parse_import_line(&line) {
                     Ok(None) => return None,
                     Ok(Some(req)) => super::identifier_of(&req)
-                        .map(|ident| (req, ident))
+                        .map(|ident| {
+                            let key = ident_key(list, &ident);
+                            (req, ident, key)
+                        })
                         .map_err(|e| e.to_string()),
                     Err(msg) => Err(msg),
                 };
@@ -103,21 +105,26 @@ impl Service {
         let lines = std::mem::take(&mut batch.lines);
         let mut out = Imported::default();
         let mut good: Vec<Entry> = Vec::with_capacity(lines.len());
+        let mut keys: Vec<IdentKey> = Vec::with_capacity(lines.len());
         for (no, parsed) in lines {
-            let entry = parsed.and_then(|(mut req, ident)| {
+            let entry = parsed.and_then(|(mut req, ident, key)| {
                 req.ttl_secs = req.ttl_secs.or(defaults.ttl_secs);
                 req.reason = req.reason.or_else(|| defaults.reason.clone());
                 req.source = req.source.or_else(|| defaults.source.clone());
                 req.force |= defaults.force;
                 self.entry_with(list, &req, ident, now)
+                    .map(|e| (e, key))
                     .map_err(|e| e.to_string())
             });
             match entry {
-                Ok(e) => good.push(e),
+                Ok((e, key)) => {
+                    good.push(e);
+                    keys.push(key);
+                }
                 Err(msg) => out.rejected.push((no, msg)),
             }
         }
-        out.new = self.add_batch(list, &good)?;
+        out.new = self.add_batch(list, &good, Some(&keys))?;
         out.accepted = good.len();
         tracing::info!(%list, accepted = out.accepted, rejected = out.rejected.len(), "import batch");
         Ok(out)
@@ -126,37 +133,45 @@ impl Service {
     /// Adds validated entries: kernel first (one batched write for every global IP entry;
     /// adding only raises deadlines, so the new deadline is the later of what the kernel
     /// holds, which the twin knows, and the batch's own: no database lookups), then the
-    /// store, then the L7 lists. Returns how many rows were new.
-    pub(super) fn add_batch(&mut self, list: List, good: &[Entry]) -> Result<usize, ServiceError> {
+    /// store, then the L7 lists. Returns how many rows were new. `keys`, when the caller
+    /// has them, are the entries' store keys (see [`crate::store::Store::upsert_keyed`]).
+    pub(super) fn add_batch(
+        &mut self,
+        list: List,
+        good: &[Entry],
+        keys: Option<&[IdentKey]>,
+    ) -> Result<usize, ServiceError> {
         let now = unix_now();
-        let mut by_cidr: BTreeMap<Cidr, Vec<&Entry>> = BTreeMap::new();
-        for e in good {
-            if let (Some(c), true) = (e.ident.cidr(), e.api.is_empty()) {
-                by_cidr.entry(c).or_default().push(e);
-            }
-        }
-        let mut items = Vec::with_capacity(by_cidr.len());
-        let mut undo = Vec::with_capacity(by_cidr.len());
+        // Each global IP entry's CIDR and kernel deadline, in CIDR order (whatever order
+        // the batch came in: an import's is the store's key order), one item per CIDR.
+        let mut deadlines: Vec<(Cidr, u64)> = good
+            .iter()
+            .filter(|e| e.api.is_empty())
+            .filter_map(|e| Some((e.ident.cidr()?, kernel_deadline(e.expires, now))))
+            .collect();
+        deadlines.sort_unstable();
+        let mut items = Vec::with_capacity(deadlines.len());
+        let mut undo = Vec::with_capacity(deadlines.len());
         let twin = self.filter.as_ref().map(|f| f.table());
-        for (cidr, extra) in &by_cidr {
-            let current = twin.as_ref().map(|t| t.entry(cidr)).unwrap_or_default();
+        for same in deadlines.chunk_by(|a, b| a.0 == b.0) {
+            let (cidr, new) = same[same.len() - 1];
+            let current = twin.as_ref().map(|t| t.entry(&cidr)).unwrap_or_default();
             let current = match list {
                 List::Allow => current.allow_until,
                 List::Deny => current.deny_until,
             };
-            let new = extra
-                .iter()
-                .map(|e| kernel_deadline(e.expires, now))
-                .max()
-                .unwrap_or(0);
-            items.push((list, *cidr, Some(current.max(new))));
-            undo.push((list, *cidr, (current != 0).then_some(current)));
+            items.push((list, cidr, Some(current.max(new))));
+            undo.push((list, cidr, (current != 0).then_some(current)));
         }
         drop(twin);
         if let Some(f) = self.filter.as_mut() {
             f.apply_many(items)?;
         }
-        let new = match self.store.upsert_new(good) {
+        let stored = match keys {
+            Some(keys) => self.store.upsert_keyed(good, keys),
+            None => self.store.upsert_new(good),
+        };
+        let new = match stored {
             Ok(flags) => {
                 // Counted outside the board's lock: `status` must not wait for a big batch.
                 let mut added = super::Counts::default();

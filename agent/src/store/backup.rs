@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use rusqlite::{Connection, OpenFlags};
 
 use super::{
-    COLUMNS, INSERT, SCHEMA_VERSION, Store, StoreError, ident_key, insert_row, row_entry, sql,
+    COLUMNS, INSERT, SCHEMA_VERSION, Store, StoreError, bind_row, ident_key, row_entry, sql,
 };
 use crate::model::Entry;
 
@@ -52,8 +52,9 @@ impl Store {
         {
             let mut insert = tx.prepare(INSERT).map_err(sql("prepare"))?;
             copy.for_each(|e| {
-                n += insert_row(&mut insert, ident_key(e.list, &e.ident), e)
-                    .map_err(sql("restore"))? as u64;
+                bind_row(&mut insert, ident_key(e.list, &e.ident), e, None)
+                    .map_err(sql("restore"))?;
+                n += insert.raw_execute().map_err(sql("restore"))? as u64;
                 Ok(())
             })?;
         }

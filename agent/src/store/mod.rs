@@ -89,10 +89,13 @@ CREATE INDEX IF NOT EXISTS entries_expires ON entries(expires) WHERE expires IS 
 PRAGMA user_version = 2;
 ";
 
+/// An identifier's 128-bit key on one list, as the store's identity index holds it.
+pub type IdentKey = (i64, i64);
+
 /// The 128-bit identity key of an identifier on a list: SHA-256 over its fields, first 16
 /// bytes as two integers (stable across versions, unlike std's hasher; collisions are out of
 /// reach at any list size).
-pub fn ident_key(list: List, ident: &Identifier) -> (i64, i64) {
+pub fn ident_key(list: List, ident: &Identifier) -> IdentKey {
     hash_fields(&[
         list.as_str(),
         ident.kind.as_str(),
@@ -123,25 +126,45 @@ const SAME_IDENT: &str = "ikey=?1 AND ikey2=?2";
 /// Inserts a row unless its identity (key, scope, source) is there already.
 const INSERT: &str = "INSERT OR IGNORE INTO entries (ikey, ikey2, list, kind, name, value, api, source, reason, created, expires) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
 
-/// Runs [`INSERT`] for `e` under identity key `key`; returns 1 if the row is new.
-fn insert_row(
+/// Binds [`INSERT`]'s parameters for `e` under identity key `key`. The columns `e` shares
+/// with `prev`, the row bound before it on this statement, keep their binding (SQLite keeps
+/// bindings across executions): in an import most rows share list, kind, scope, source,
+/// reason and times, and binding a text copies it.
+fn bind_row(
     stmt: &mut rusqlite::Statement<'_>,
-    key: (i64, i64),
+    key: IdentKey,
     e: &Entry,
-) -> rusqlite::Result<usize> {
-    stmt.execute(params![
-        key.0,
-        key.1,
-        e.list.as_str(),
-        e.ident.kind.as_str(),
-        e.ident.name,
-        e.ident.value,
-        e.api,
-        e.source.as_str(),
-        e.reason,
-        e.created,
-        e.expires
-    ])
+    prev: Option<&Entry>,
+) -> rusqlite::Result<()> {
+    let changed = |same: fn(&Entry, &Entry) -> bool| prev.is_none_or(|p| !same(p, e));
+    stmt.raw_bind_parameter(1, key.0)?;
+    stmt.raw_bind_parameter(2, key.1)?;
+    if changed(|a, b| a.list == b.list) {
+        stmt.raw_bind_parameter(3, e.list.as_str())?;
+    }
+    if changed(|a, b| a.ident.kind == b.ident.kind) {
+        stmt.raw_bind_parameter(4, e.ident.kind.as_str())?;
+    }
+    if changed(|a, b| a.ident.name == b.ident.name) {
+        stmt.raw_bind_parameter(5, &e.ident.name)?;
+    }
+    stmt.raw_bind_parameter(6, &e.ident.value)?;
+    if changed(|a, b| a.api == b.api) {
+        stmt.raw_bind_parameter(7, &e.api)?;
+    }
+    if changed(|a, b| a.source == b.source) {
+        stmt.raw_bind_parameter(8, e.source.as_str())?;
+    }
+    if changed(|a, b| a.reason == b.reason) {
+        stmt.raw_bind_parameter(9, &e.reason)?;
+    }
+    if changed(|a, b| a.created == b.created) {
+        stmt.raw_bind_parameter(10, e.created)?;
+    }
+    if changed(|a, b| a.expires == b.expires) {
+        stmt.raw_bind_parameter(11, e.expires)?;
+    }
+    Ok(())
 }
 
 fn kind_of(s: &str) -> Kind {
@@ -247,6 +270,25 @@ impl Store {
 
     /// Like [`Store::upsert`], telling for each entry whether its row is new.
     pub fn upsert_new(&mut self, entries: &[Entry]) -> Result<Vec<bool>, StoreError> {
+        let keys: Vec<IdentKey> = entries
+            .iter()
+            .map(|e| ident_key(e.list, &e.ident))
+            .collect();
+        self.upsert_keyed(entries, &keys)
+    }
+
+    /// [`Store::upsert_new`] with each entry's [`ident_key`] given (`keys[i]` is that of
+    /// `entries[i]`): an import computes them before its batch reaches the list writer.
+    pub fn upsert_keyed(
+        &mut self,
+        entries: &[Entry],
+        keys: &[IdentKey],
+    ) -> Result<Vec<bool>, StoreError> {
+        assert_eq!(entries.len(), keys.len(), "one key per entry");
+        // In key order, consecutive inserts land on neighbouring index pages; rows of the
+        // same identity in the order given, so the last one's reason and expiry stay.
+        let mut order: Vec<(IdentKey, usize)> = keys.iter().copied().zip(0..).collect();
+        order.sort_unstable();
         let tx = self.conn.transaction().map_err(sql("begin"))?;
         let mut new = vec![false; entries.len()];
         {
@@ -254,16 +296,12 @@ impl Store {
             let mut update = tx
                 .prepare_cached("UPDATE entries SET reason = ?5, expires = ?6 WHERE ikey=?1 AND ikey2=?2 AND api=?3 AND source=?4")
                 .map_err(sql("prepare"))?;
-            // In key order, consecutive inserts land on neighbouring index pages.
-            let mut keyed: Vec<((i64, i64), usize)> = entries
-                .iter()
-                .enumerate()
-                .map(|(i, e)| (ident_key(e.list, &e.ident), i))
-                .collect();
-            keyed.sort_unstable_by_key(|(k, _)| *k);
-            for ((k1, k2), i) in keyed {
+            let mut prev = None;
+            for ((k1, k2), i) in order {
                 let e = &entries[i];
-                let n = insert_row(&mut insert, (k1, k2), e).map_err(sql("insert"))?;
+                bind_row(&mut insert, (k1, k2), e, prev).map_err(sql("insert"))?;
+                prev = Some(e);
+                let n = insert.raw_execute().map_err(sql("insert"))?;
                 if n == 1 {
                     new[i] = true;
                 } else {
@@ -424,6 +462,64 @@ mod tests {
             expires,
             ..Entry::sample(list, kind, name, value)
         }
+    }
+
+    #[test]
+    fn every_column_is_stored_as_given_when_rows_share_some() {
+        let dir = std::env::temp_dir().join(format!("pc-store-cols-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("tmp");
+        let path = dir.join("state.db");
+        let _ = std::fs::remove_file(&path);
+        let mut s = Store::open(&path).expect("open");
+        // Neighbours in key order share some columns and differ in others, so a column
+        // left bound from the row before would show.
+        let mut rows = Vec::new();
+        for i in 0..64 {
+            let (list, kind, name) = match i % 4 {
+                0 => (List::Deny, Kind::Ip, None),
+                1 => (List::Deny, Kind::Cookie, Some("sid")),
+                2 => (List::Allow, Kind::ApiKey, Some("x-key")),
+                _ => (List::Deny, Kind::Username, None),
+            };
+            let value = match kind {
+                Kind::Ip => format!("198.18.0.{i}"),
+                _ => format!("value-{i}"),
+            };
+            let mut e = entry(
+                list,
+                kind,
+                name,
+                &value,
+                ["manual", "abs", "checker"][i % 3],
+                (i % 5 == 0).then_some(1000 + i as i64),
+            );
+            e.reason = ["", "why", "because"][i % 3 / 2 + i % 2].to_owned();
+            e.api = if i % 7 == 0 {
+                "shop".into()
+            } else {
+                String::new()
+            };
+            e.created = (i / 2) as i64;
+            rows.push(e);
+        }
+        assert_eq!(s.upsert(&rows).expect("upsert"), rows.len());
+        let shown = |v: &[Entry]| {
+            let mut v: Vec<String> = v.iter().map(|e| format!("{e:?}")).collect();
+            v.sort();
+            v
+        };
+        let stored = s.list(&Filter::default()).expect("list");
+        assert_eq!(shown(&stored), shown(&rows));
+        // A restore writes rows one by one through the same binding.
+        let copy = s.backup_into(&dir, "copy").expect("backup");
+        let other_path = dir.join("other.db");
+        let _ = std::fs::remove_file(&other_path);
+        let mut other = Store::open(&other_path).expect("open other");
+        other
+            .restore_from(&Copy::open(&copy).expect("copy"))
+            .expect("restore");
+        let restored = other.list(&Filter::default()).expect("list");
+        assert_eq!(shown(&restored), shown(&rows));
     }
 
     #[test]
