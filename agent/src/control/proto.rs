@@ -185,18 +185,18 @@ impl Request {
     pub fn decode(bytes: &[u8]) -> serde_json::Result<Self> {
         match serde_json::from_slice::<ImportWire>(bytes) {
             Ok(ImportWire {
-                op: ImportOp::Import,
+                op,
                 list,
                 lines,
                 defaults,
                 continues,
-            }) => Ok(Self::Import {
+            }) if op == "import" => Ok(Self::Import {
                 list,
                 lines,
                 defaults,
                 continues,
             }),
-            Err(_) => serde_json::from_slice(bytes),
+            _ => serde_json::from_slice(bytes),
         }
     }
 }
@@ -204,20 +204,15 @@ impl Request {
 /// [`Request::Import`] as a plain struct, for [`Request::decode`].
 #[derive(Deserialize)]
 struct ImportWire {
-    op: ImportOp,
+    /// Read as a string, as the tagged path reads it (an enum would also take the map
+    /// form `{"import":null}`, which the tagged path refuses).
+    op: String,
     list: List,
     lines: Vec<(u64, String)>,
     #[serde(default)]
     defaults: ImportDefaults,
     #[serde(default)]
     continues: bool,
-}
-
-/// The one `op` an [`ImportWire`] accepts.
-#[derive(Deserialize)]
-#[serde(rename_all = "kebab-case")]
-enum ImportOp {
-    Import,
 }
 
 /// Options that apply to every line of an import (each may be left out).
@@ -323,6 +318,9 @@ mod tests {
             r#"{"op":"import","list":"deny","lines":[[1,2]]}"#,
             r#"{"op":"import","list":"grey","lines":[]}"#,
             r#"{"op":"import","op":"add","list":"deny","lines":[]}"#,
+            r#"{"op":{"import":null},"list":"deny","lines":[[1,"ip 198.18.0.1"]]}"#,
+            r#"["import","deny",[[1,"ip 198.18.0.1"]]]"#,
+            r#"{"op":"Import","list":"deny","lines":[]}"#,
             r#"{"op":"import","list":"deny","lines":[[1,"x"]]"#,
             "not json",
         ] {

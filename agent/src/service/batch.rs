@@ -143,7 +143,7 @@ impl Service {
     ) -> Result<usize, ServiceError> {
         let now = unix_now();
         // Each global IP entry's CIDR and kernel deadline, in CIDR order (whatever order
-        // the batch came in: an import's is the store's key order), one item per CIDR.
+        // the batch came in), one item per CIDR.
         let mut deadlines: Vec<(Cidr, u64)> = good
             .iter()
             .filter(|e| e.api.is_empty())
