@@ -7,6 +7,7 @@
 //! ([`config`]) and the command line ([`cli`]).
 
 pub mod abs;
+pub mod activation;
 pub mod checker;
 pub mod cli;
 pub mod config;

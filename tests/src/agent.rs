@@ -129,6 +129,9 @@ pub struct AgentOpts {
     pub args: Vec<String>,
     /// State directory (database), when not the temporary root.
     pub state_dir: Option<PathBuf>,
+    /// Listening sockets to pass as systemd socket activation does (descriptors 3, 4, …
+    /// with `LISTEN_FDS` and `LISTEN_PID`); the test keeps them open.
+    pub listen_fds: Vec<std::os::fd::RawFd>,
 }
 
 impl AgentOpts {
@@ -174,14 +177,48 @@ impl Agent {
         let mut cmd = match &opts.netns {
             Some(ns) => {
                 let mut c = Command::new("nsenter");
-                c.arg(format!("--net=/run/netns/{ns}"))
-                    .arg("--")
-                    .arg(portcullis_bin());
+                c.arg(format!("--net=/run/netns/{ns}")).arg("--");
                 c
             }
-            None => Command::new(portcullis_bin()),
+            None => Command::new("env"),
         };
-        cmd.arg("agent")
+        let mut copies = Vec::new();
+        if !opts.listen_fds.is_empty() {
+            // The shell learns its pid and execs the agent, which keeps it: LISTEN_PID must
+            // name the agent itself.
+            let n = opts.listen_fds.len();
+            let script = format!(r#"LISTEN_PID=$$ LISTEN_FDS={n} exec "$@""#);
+            cmd.args(["sh", "-c", &script, "sh"]);
+            // Copies above where they go, so moving one cannot overwrite another; closed in
+            // the parent once the child has its own (when `cmd` is dropped).
+            let fds: Vec<std::os::fd::RawFd> = opts
+                .listen_fds
+                .iter()
+                // SAFETY: F_DUPFD_CLOEXEC on a descriptor the test holds open.
+                .map(|fd| unsafe { libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 100) })
+                .collect();
+            if fds.iter().any(|fd| *fd < 0) {
+                return Err(std::io::Error::last_os_error()).context("copying listen_fds");
+            }
+            copies.extend(fds.iter().map(|fd| {
+                // SAFETY: a fresh descriptor of ours, owned here alone.
+                unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(*fd) }
+            }));
+            // SAFETY: dup2 is async-signal-safe; the closure only moves descriptors the
+            // test holds open to where socket activation puts them (dup2 clears CLOEXEC).
+            unsafe {
+                std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+                    for (i, fd) in fds.iter().enumerate() {
+                        if libc::dup2(*fd, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        }
+        cmd.arg(portcullis_bin())
+            .arg("agent")
             .arg("--config")
             .arg(&config)
             .arg("--state-dir")
@@ -201,6 +238,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);
         let child = cmd.spawn().context("starting portcullis agent")?;
+        drop(copies);
         let mut agent = Self {
             child: Some(child),
             socket: dirs.socket(),

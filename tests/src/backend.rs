@@ -121,6 +121,10 @@ fn serve(
             reader.read_exact(&mut body)?;
         }
         push(log, &head);
+        if path.contains("slow") {
+            // Answers after a second and a half (a request in flight while the agent stops).
+            std::thread::sleep(std::time::Duration::from_millis(1500));
+        }
         if path.contains("hang") {
             // A server that takes its time: longer than any test waits.
             std::thread::sleep(std::time::Duration::from_secs(20));

@@ -3,7 +3,7 @@
 //! - `setup`: installs what builds and tests need (idempotent, seconds when done);
 //! - `test`: every test, privileged ones single-threaded;
 //! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
-//! - `bench xdp|agent|checker|abs`: a benchmark (writes `target/bench/<name>.json`), then
+//! - `bench xdp|agent|checker|abs|restart`: a benchmark (writes `target/bench/<name>.json`), then
 //!   `readme`;
 //! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds (default 60);
 //! - `readme`: puts the benchmark tables from `target/bench/*.json` into README.md.
@@ -71,10 +71,12 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             let env = setup::run()?;
             let name = rest.first().map_or("xdp", String::as_str);
-            if !["xdp", "agent", "checker", "abs"].contains(&name) {
-                bail!("unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs`");
+            if !["xdp", "agent", "checker", "abs", "restart"].contains(&name) {
+                bail!(
+                    "unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs|restart`"
+                );
             }
-            if name == "checker" {
+            if name == "checker" || name == "restart" {
                 setup::bench_packages()?;
             }
             if name != "xdp" {
@@ -101,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         "readme" => update_readme(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|readme>"
+                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|readme>"
             );
             Ok(())
         }

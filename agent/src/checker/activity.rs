@@ -33,6 +33,8 @@ pub(super) struct Activity {
     last_ms: AtomicU64,
     /// HTTP/2: the owed stamps of the response bodies alive (see [`BusyBody`]).
     owed: Option<Mutex<Vec<Weak<AtomicU64>>>>,
+    /// The agent is stopping: responses tell HTTP/1 clients the connection closes.
+    closing: AtomicBool,
 }
 
 /// A body's stamp while hyper is asking it for data.
@@ -50,7 +52,18 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
             owed: h2.then(|| Mutex::new(Vec::new())),
+            closing: AtomicBool::new(false),
         })
+    }
+
+    /// From now on, responses close the connection (the agent is draining).
+    pub(super) fn close_after_response(&self) {
+        self.closing.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether responses close the connection.
+    pub(super) fn closing(&self) -> bool {
+        self.closing.load(Ordering::Relaxed)
     }
 
     fn now_ms(&self) -> u64 {
@@ -100,6 +113,11 @@ pub(super) struct Busy {
 }
 
 impl Busy {
+    /// Whether the response should close the connection (see [`Activity::closing`]).
+    pub(super) fn closing(&self) -> bool {
+        self.activity.closing()
+    }
+
     /// A request starts; `slot` is asked for one of the client's slots when another request
     /// is in flight on the connection already. `None` when there is none left.
     pub(super) fn new(

@@ -202,13 +202,38 @@ pub fn reuseport_listener(addr: &str) -> anyhow::Result<TcpListener> {
     Ok(socket.listen(1024)?)
 }
 
+/// Where a checker listener comes from.
+pub enum Endpoint {
+    /// An address each worker binds with its own SO_REUSEPORT socket (the kernel spreads
+    /// connections between them).
+    Bind(String),
+    /// A socket the service manager passed (see [`crate::activation`]), shared by the
+    /// workers: it outlives the agent, so clients wait in its backlog during a restart.
+    Passed(std::net::TcpListener),
+}
+
+impl Endpoint {
+    /// One worker's listener, registered with the runtime entered.
+    fn listener(&self) -> anyhow::Result<TcpListener> {
+        match self {
+            Self::Bind(addr) => reuseport_listener(addr),
+            Self::Passed(l) => {
+                let l = l.try_clone()?;
+                l.set_nonblocking(true)?;
+                Ok(TcpListener::from_std(l)?)
+            }
+        }
+    }
+}
+
 /// Runs the checker's listeners on `workers` threads, each with its own single-threaded
-/// runtime and SO_REUSEPORT sockets (the kernel spreads connections), until `shutdown`
-/// flips. Binding happens before this returns, so address errors surface at start-up.
+/// runtime, until `shutdown` flips; then each worker drains its connections (see
+/// [`serve`]). Listeners are set up before this returns, so address errors surface at
+/// start-up.
 pub fn spawn_workers(
     workers: usize,
-    https: Option<(String, Arc<Tls>)>,
-    http: Option<String>,
+    https: Option<(Endpoint, Arc<Tls>)>,
+    http: Option<Endpoint>,
     proxy: &Arc<Proxy>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
@@ -222,9 +247,9 @@ pub fn spawn_workers(
             let _guard = rt.enter();
             let t = https
                 .as_ref()
-                .map(|(a, tls)| reuseport_listener(a).map(|l| (l, tls.clone())))
+                .map(|(e, tls)| e.listener().map(|l| (l, tls.clone())))
                 .transpose()?;
-            let h = http.as_deref().map(reuseport_listener).transpose()?;
+            let h = http.as_ref().map(Endpoint::listener).transpose()?;
             (t, h)
         };
         let proxy = proxy.clone();
@@ -261,6 +286,9 @@ pub fn spawn_workers(
 }
 
 /// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
+/// Then it stops accepting (a passed socket keeps queueing clients for the next agent) and
+/// waits for its connections to finish what they are doing: each closes once idle, after
+/// its request in flight. The agent's `shutdown_grace` bounds the wait.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -270,8 +298,11 @@ pub async fn serve(
 ) {
     let limits = limits(proxy.config());
     let mut last_warning: Option<Instant> = None;
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let (stream, peer) = tokio::select! {
+            // Finished connections are reaped as they go.
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             a = listener.accept() => match a {
                 Ok(x) => x,
                 Err(e) => {
@@ -285,7 +316,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            _ = shutdown.changed() => return,
+            _ = stopping(&mut shutdown) => break,
         };
         let Some(ticket) = admission.admit(peer.ip()) else {
             drop(stream);
@@ -294,15 +325,24 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let proxy = proxy.clone();
         let tls = tls.clone();
-        tokio::spawn(connection(
+        connections.spawn(connection(
             stream,
             peer,
             tls,
             proxy,
             limits,
             Arc::new(ticket),
+            shutdown.clone(),
         ));
     }
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+}
+
+/// Resolves once the agent is stopping (at once if it already is).
+async fn stopping(shutdown: &mut watch::Receiver<bool>) {
+    // A closed channel means the agent is gone: stop as well.
+    let _ = shutdown.wait_for(|stop| *stop).await;
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -315,6 +355,7 @@ async fn connection(
     proxy: Arc<Proxy>,
     limits: Limits,
     ticket: Arc<Ticket>,
+    shutdown: watch::Receiver<bool>,
 ) {
     match tls {
         Some(tls) => {
@@ -326,7 +367,14 @@ async fn connection(
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-            http(TokioIo::new(s), h2, peer, true, proxy, limits, ticket).await;
+            let conn = Conn {
+                peer,
+                tls: true,
+                limits,
+                ticket,
+                shutdown,
+            };
+            http(TokioIo::new(s), h2, conn, proxy).await;
         }
         None => {
             // Nothing sent within the head limit: the slot goes back.
@@ -337,22 +385,45 @@ async fn connection(
             };
             let h2 = H2_PREFACE.starts_with(&first[..n]) && n >= 3;
             let stream = WriteStall::new(stream, limits.write_stall);
-            http(TokioIo::new(stream), h2, peer, false, proxy, limits, ticket).await;
+            let conn = Conn {
+                peer,
+                tls: false,
+                limits,
+                ticket,
+                shutdown,
+            };
+            http(TokioIo::new(stream), h2, conn, proxy).await;
         }
     }
 }
 
-async fn http<I>(
-    io: I,
-    h2: bool,
+/// One client connection's facts and limits, for [`http`].
+struct Conn {
     peer: SocketAddr,
     tls: bool,
-    proxy: Arc<Proxy>,
     limits: Limits,
     ticket: Arc<Ticket>,
-) where
+    shutdown: watch::Receiver<bool>,
+}
+
+/// While draining, an HTTP/1 connection is closed once it has had nothing in flight for
+/// this long (a client that just connected gets to send its request).
+const DRAIN_IDLE: Duration = Duration::from_millis(500);
+
+/// How often a draining HTTP/1 connection looks whether it is idle.
+const DRAIN_TICK: Duration = Duration::from_millis(100);
+
+async fn http<I>(io: I, h2: bool, conn: Conn, proxy: Arc<Proxy>)
+where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
+    let Conn {
+        peer,
+        tls,
+        limits,
+        ticket,
+        mut shutdown,
+    } = conn;
     let cfg = proxy.config().clone();
     let activity = Activity::new(h2);
     let seen = activity.clone();
@@ -366,7 +437,16 @@ async fn http<I>(
                 return Ok(proxy.over_share());
             };
             let r = proxy.handle(req, peer, tls).await;
-            r.map(|resp| resp.map(|body| busy.body(body).boxed()))
+            r.map(|mut resp| {
+                if busy.closing() {
+                    // Draining (HTTP/1): this is the connection's last response.
+                    resp.headers_mut().insert(
+                        hyper::header::CONNECTION,
+                        hyper::header::HeaderValue::from_static("close"),
+                    );
+                }
+                resp.map(|body| busy.body(body).boxed())
+            })
         }
     });
     let result = if h2 {
@@ -383,6 +463,11 @@ async fn http<I>(
         loop {
             tokio::select! {
                 r = conn.as_mut() => break r,
+                // The agent stops: GOAWAY; streams in flight finish.
+                _ = stopping(&mut shutdown), if going_away.is_none() => {
+                    conn.as_mut().graceful_shutdown();
+                    going_away = Some(Instant::now());
+                }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
                     if let Some(since) = going_away {
                         // A client that ignores the GOAWAY loses the connection anyway.
@@ -407,13 +492,37 @@ async fn http<I>(
             }
         }
     } else {
-        hyper::server::conn::http1::Builder::new()
+        let conn = hyper::server::conn::http1::Builder::new()
             .timer(TokioTimer::new())
             .header_read_timeout(limits.head)
             .max_buf_size(cfg.max_header_bytes.max(8192))
             .max_headers(cfg.max_headers)
-            .serve_connection(io, svc)
-            .await
+            .serve_connection(io, svc);
+        tokio::pin!(conn);
+        let done = tokio::select! {
+            r = conn.as_mut() => Some(r),
+            _ = stopping(&mut shutdown) => None,
+        };
+        match done {
+            Some(r) => r,
+            None => {
+                // Draining: the request in flight, if any, gets `Connection: close` on its
+                // response; an idle connection is asked to close.
+                activity.close_after_response();
+                let mut asked = false;
+                loop {
+                    tokio::select! {
+                        r = conn.as_mut() => break r,
+                        _ = tokio::time::sleep(DRAIN_TICK), if !asked => {
+                            if activity.idle_for() >= DRAIN_IDLE {
+                                conn.as_mut().graceful_shutdown();
+                                asked = true;
+                            }
+                        }
+                    }
+                }
+            }
+        }
     };
     if let Err(e) = result {
         tracing::debug!(%peer, "connection ended: {e}");

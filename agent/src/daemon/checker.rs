@@ -6,6 +6,8 @@ use std::sync::{Arc, RwLock};
 use anyhow::Context as _;
 use tokio::sync::watch;
 
+use crate::activation::Passed;
+use crate::checker::listen::Endpoint;
 use crate::checker::lists::L7Lists;
 use crate::checker::tls::Tls;
 use crate::checker::{ApiRegistry, L7Stats};
@@ -52,12 +54,14 @@ impl Prepared {
         }))
     }
 
-    /// Starts one worker thread per core and the health probes.
+    /// Starts one worker thread per core and the health probes, listening on the sockets
+    /// the service manager passed for the configured addresses, or binding them.
     pub(super) fn start(
         self,
         lists: Arc<RwLock<L7Lists>>,
         writer: &Writer,
         config: &Config,
+        passed: &mut Passed,
         stop_rx: &watch::Receiver<bool>,
     ) -> anyhow::Result<Running> {
         let proxy = crate::checker::proxy::Proxy::new(
@@ -68,12 +72,23 @@ impl Prepared {
             config.checker.clone(),
         )?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let https = self
-            .tls
-            .clone()
-            .filter(|_| !config.checker.https.is_empty())
-            .map(|t| (config.checker.https.clone(), t));
-        let http = (!config.checker.http.is_empty()).then(|| config.checker.http.clone());
+        let mut endpoint = |what: &str, addr: &str| -> anyhow::Result<Option<Endpoint>> {
+            if addr.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(match passed.take(what, addr)? {
+                Some(l) => Endpoint::Passed(l),
+                None => Endpoint::Bind(addr.to_owned()),
+            }))
+        };
+        let https = match (
+            self.tls.clone(),
+            endpoint("checker.https", &config.checker.https)?,
+        ) {
+            (Some(t), Some(e)) => Some((e, t)),
+            _ => None,
+        };
+        let http = endpoint("checker.http", &config.checker.http)?;
         let threads = crate::checker::listen::spawn_workers(workers, https, http, &proxy, stop_rx)
             .context("starting the L7 checker")?;
         tracing::info!(https = %config.checker.https, http = %config.checker.http, workers, apis = self.registry.apis().len(), "L7 checker listening");

@@ -17,6 +17,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::activation::Passed;
 use crate::config::{Config, parse_duration};
 use crate::infrastructure;
 use crate::metrics::{self, AgentMetrics};
@@ -25,6 +26,11 @@ use crate::writer::Writer;
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
+    // While this is the only thread: it changes the environment.
+    let (passed, warnings) = Passed::from_env();
+    for w in warnings {
+        tracing::warn!("socket activation: {w}");
+    }
     setup::tune_allocator();
     // One worker per core: the L7 checker is the hot path when it runs.
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -32,13 +38,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("portcullis")
         .build()
         .context("starting the runtime")?;
-    let result = rt.block_on(run_async(config));
+    let result = rt.block_on(run_async(config, passed));
     // Whatever is still running (a worker stuck past the grace) must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn run_async(config: Config) -> anyhow::Result<()> {
+async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     setup::raise_limits();
     // Before any listener exists: a second agent started by mistake must not share the
     // checker's ports (SO_REUSEPORT) with the running one, even for a moment.
@@ -63,9 +69,15 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     let (stop_tx, stop_rx) = watch::channel(false);
     // The control socket comes last: once it answers, every listener is bound.
     let checker = checker
-        .map(|c| c.start(lists, &writer, &config, &stop_rx))
+        .map(|c| c.start(lists, &writer, &config, &mut passed, &stop_rx))
         .transpose()?;
-    let mut tasks = serve_control_and_metrics(&config, &writer, &agent_metrics, &stop_rx).await?;
+    let mut tasks =
+        serve_control_and_metrics(&config, &writer, &agent_metrics, &mut passed, &stop_rx).await?;
+    for addr in passed.unused() {
+        tracing::warn!(
+            "the service manager passed a socket on {addr} that no listener in the configuration uses; clients connecting there wait unanswered"
+        );
+    }
     if let Some(abs) = abs {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
         tasks.push(tokio::spawn(abs.run(writer.clone(), stop_rx.clone())));
@@ -102,11 +114,13 @@ async fn run_async(config: Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Binds and serves the control socket and, when configured, the metrics endpoint.
+/// Binds and serves the control socket and, when configured, the metrics endpoint (on the
+/// socket the service manager passed for its address, if it did).
 async fn serve_control_and_metrics(
     config: &Config,
     writer: &Writer,
     agent_metrics: &Arc<AgentMetrics>,
+    passed: &mut Passed,
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
@@ -121,9 +135,15 @@ async fn serve_control_and_metrics(
         stop_rx.clone(),
     ))];
     if !config.metrics.is_empty() {
-        let listener = tokio::net::TcpListener::bind(&config.metrics)
-            .await
-            .with_context(|| format!("binding metrics on {}", config.metrics))?;
+        let listener = match passed.take("metrics", &config.metrics)? {
+            Some(l) => {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)?
+            }
+            None => tokio::net::TcpListener::bind(&config.metrics)
+                .await
+                .with_context(|| format!("binding metrics on {}", config.metrics))?,
+        };
         tasks.push(tokio::spawn(metrics::serve(
             listener,
             writer.clone(),

@@ -1,0 +1,117 @@
+//! A restart refuses no connection when the service manager holds the checker's sockets
+//! (systemd socket activation): requests sent while no agent runs wait in the socket's
+//! backlog and are answered by the next agent, and a request in flight when the agent stops
+//! is finished (its response closes the connection), not cut.
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::AsRawFd as _;
+use std::time::Duration;
+
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts};
+use portcullis_tests::checker_setup::{HOST, shop_backend};
+use portcullis_tests::privileged;
+use portcullis_tests::tls::self_signed;
+
+/// Sends `GET path` on a new connection, keep-alive unless `close`; returns the connection.
+fn send(addr: SocketAddr, path: &str, close: bool) -> TcpStream {
+    let mut c = TcpStream::connect(addr).expect("connect: the socket must still listen");
+    c.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let close = if close { "Connection: close\r\n" } else { "" };
+    write!(c, "GET {path} HTTP/1.1\r\nHost: {HOST}\r\n{close}\r\n").expect("send");
+    c
+}
+
+/// Reads one response to the end of the connection (the client asked to close it, or the
+/// agent closes it after answering while it drains).
+fn answer(mut c: TcpStream) -> String {
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).expect("read the answer");
+    String::from_utf8_lossy(&raw).into_owned()
+}
+
+#[test]
+fn a_restart_with_passed_sockets_refuses_no_connection_and_cuts_no_request() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let (_backend, apis) = shop_backend(&dirs, "");
+    let certs = self_signed(&dirs.root, HOST, "a").expect("cert");
+    // The service manager's sockets: they outlive every agent.
+    let https = TcpListener::bind("127.0.0.1:0").expect("bind https");
+    let http = TcpListener::bind("127.0.0.1:0").expect("bind http");
+    let http_addr = http.local_addr().expect("addr");
+    let config = format!(
+        "[checker]\nhttps = \"{}\"\nhttp = \"{http_addr}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\n",
+        https.local_addr().expect("addr"),
+        certs.cert.display(),
+        certs.key.display(),
+        apis.display()
+    );
+    let opts = AgentOpts {
+        config,
+        listen_fds: vec![https.as_raw_fd(), http.as_raw_fd()],
+        ..AgentOpts::default()
+    };
+    let mut first = Agent::start(&dirs, &opts).expect("first agent");
+    let served = answer(send(http_addr, "/shop/first", true));
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+
+    // A request in flight (the backend answers after 1.5 s) when the agent is told to stop.
+    let in_flight = send(http_addr, "/shop/slow", false);
+    std::thread::sleep(Duration::from_millis(300));
+    first.stop().expect("a clean stop");
+    let finished = answer(in_flight);
+    assert!(
+        finished.starts_with("HTTP/1.1 200") && finished.contains("backend GET /shop/slow"),
+        "the request in flight was cut: {finished:?}\n{}",
+        first.log_text()
+    );
+    assert!(
+        finished.to_ascii_lowercase().contains("connection: close"),
+        "{finished}"
+    );
+
+    // No agent runs: the kernel still completes the handshake, the request waits.
+    let waiting = send(http_addr, "/shop/while-down", true);
+    let second = Agent::start(&dirs, &opts).expect("second agent");
+    let late = answer(waiting);
+    assert!(
+        late.starts_with("HTTP/1.1 200") && late.contains("/shop/while-down"),
+        "the request sent while no agent ran: {late:?}\n{}",
+        second.log_text()
+    );
+    // TLS on the other passed socket, through curl.
+    let port = https.local_addr().expect("addr").port();
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "5", "--cacert"])
+        .arg(&certs.ca)
+        .args(["--resolve", &format!("{HOST}:{port}:127.0.0.1")])
+        .args(["-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://{HOST}:{port}/shop/tls"))
+        .output()
+        .expect("curl");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200");
+}
+
+#[test]
+fn a_passed_socket_on_another_address_of_the_same_port_stops_the_start() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let (_backend, apis) = shop_backend(&dirs, "");
+    let passed = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = passed.local_addr().expect("addr").port();
+    let opts = AgentOpts {
+        config: format!(
+            "[checker]\nhttp = \"0.0.0.0:{port}\"\napi_dir = \"{}\"\n",
+            apis.display()
+        ),
+        listen_fds: vec![passed.as_raw_fd()],
+        ..AgentOpts::default()
+    };
+    let e = match Agent::start(&dirs, &opts) {
+        Ok(_) => panic!("started with the socket unit and the configuration disagreeing"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("ListenStream="), "{e}");
+}
