@@ -15,6 +15,7 @@ use crate::model::{Entry, Identifier, Kind, List, Source};
 
 mod backup;
 mod checkpoint;
+mod migrate;
 
 pub use backup::Copy;
 use checkpoint::Checkpointer;
@@ -44,6 +45,19 @@ pub enum StoreError {
     Schema {
         /// Version found.
         found: i64,
+    },
+    /// An older database could not be brought to this schema; it is unchanged, and a copy
+    /// of it was made before trying.
+    #[error(
+        "state database of schema version {from} could not be migrated ({why}); the file is unchanged and a copy of it is at {copy}"
+    )]
+    Migration {
+        /// Version found.
+        from: i64,
+        /// The copy made before migrating.
+        copy: String,
+        /// Why it failed.
+        why: String,
     },
     /// SQLite failed.
     #[error("state database {op}: {source}")]
@@ -222,7 +236,7 @@ fn where_clause(f: &Filter) -> (String, Vec<String>) {
 impl Store {
     /// Opens (creating if needed) the database at `path`.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = Connection::open(path).map_err(sql("open"))?;
+        let mut conn = Connection::open(path).map_err(sql("open"))?;
         conn.pragma_update(None, "journal_mode", "WAL")
             .map_err(sql("enabling WAL"))?;
         conn.pragma_update(None, "synchronous", "FULL")
@@ -253,8 +267,12 @@ impl Store {
             )
             .map_err(sql("reading schema"))?
             > 0;
-        if has_table && version != SCHEMA_VERSION {
+        if has_table && version > SCHEMA_VERSION {
+            // Written by a newer build: a downgrade keeps its file, untouched.
             return Err(StoreError::Schema { found: version });
+        }
+        if has_table && version != SCHEMA_VERSION {
+            migrate::run(&mut conn, path, version)?;
         }
         conn.execute_batch(SCHEMA).map_err(sql("creating schema"))?;
         Ok(Self {
