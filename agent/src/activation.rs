@@ -26,14 +26,15 @@ impl Passed {
     /// program the agent starts later does not take them too. A descriptor that is not a
     /// listening TCP socket is closed, and said so in the returned warnings.
     ///
-    /// Call it before any other thread exists (it changes the environment).
-    pub fn from_env() -> (Self, Vec<String>) {
+    /// # Safety
+    /// Call it before any other thread exists: it changes the environment.
+    pub unsafe fn from_env() -> (Self, Vec<String>) {
         let pid = std::env::var("LISTEN_PID").ok();
         let fds = std::env::var("LISTEN_FDS").ok();
         if pid.is_none() && fds.is_none() {
             return (Self::default(), Vec::new());
         }
-        // SAFETY: called at start-up, before the runtime or any other thread exists.
+        // SAFETY: the caller guarantees no other thread exists.
         unsafe {
             std::env::remove_var("LISTEN_PID");
             std::env::remove_var("LISTEN_FDS");
@@ -54,6 +55,11 @@ impl Passed {
         };
         let mut out = Self::default();
         let mut warnings = Vec::new();
+        if n > MAX_FDS {
+            warnings.push(format!(
+                "LISTEN_FDS={n}: only the first {MAX_FDS} descriptors are taken"
+            ));
+        }
         for fd in FIRST_FD..FIRST_FD + n.clamp(0, MAX_FDS) {
             match take_fd(fd) {
                 Ok(pair) => out.sockets.push(pair),
@@ -93,8 +99,43 @@ impl Passed {
         Ok(None)
     }
 
+    /// Checks, before anything starts, that the passed sockets and the configured listen
+    /// addresses (`(what, address)`, empty for none) agree: no passed socket with a
+    /// configured port on another address, none that no address takes (its clients would be
+    /// accepted by the kernel and never answered).
+    pub fn check(&self, wanted: &[(&str, &str)]) -> anyhow::Result<()> {
+        let mut taken = Vec::new();
+        for (what, addr) in wanted.iter().filter(|(_, a)| !a.is_empty()) {
+            let want: SocketAddr = addr
+                .parse()
+                .map_err(|e| anyhow::anyhow!("{what}: listen address {addr:?}: {e}"))?;
+            if self.sockets.iter().any(|(a, _)| *a == want) {
+                taken.push(want);
+            } else if let Some((other, _)) =
+                self.sockets.iter().find(|(a, _)| a.port() == want.port())
+            {
+                anyhow::bail!(
+                    "{what} = {addr:?}, but the service manager passed a socket on {other}: make the socket unit's ListenStream= name the same address ({addr})"
+                );
+            }
+        }
+        let unused: Vec<SocketAddr> = self
+            .sockets
+            .iter()
+            .map(|(a, _)| *a)
+            .filter(|a| !taken.contains(a))
+            .collect();
+        if !unused.is_empty() {
+            anyhow::bail!(
+                "the service manager passed sockets on {unused:?} that no listener in the configuration uses (checker.https, checker.http, metrics): remove them from the socket unit's ListenStream= or configure them"
+            );
+        }
+        Ok(())
+    }
+
     /// Addresses passed that no listener took (the socket unit names more than the
-    /// configuration uses): clients there would wait for ever.
+    /// configuration uses): clients there would wait for ever, so the agent refuses to
+    /// start.
     pub fn unused(&self) -> Vec<SocketAddr> {
         self.sockets.iter().map(|(a, _)| *a).collect()
     }
@@ -167,6 +208,21 @@ mod tests {
         assert!(e.to_string().contains("ListenStream="), "{e}");
         assert_eq!(passed.unused(), vec![b_addr]);
         assert!(passed.take("metrics", "not an address").is_err());
+        // Checked before anything starts: the same two mistakes, and a socket nothing takes.
+        let b_port = format!("127.0.0.1:{}", b_addr.port());
+        assert!(
+            passed
+                .check(&[("checker.http", &b_port), ("metrics", "")])
+                .is_ok()
+        );
+        let e = passed
+            .check(&[("checker.http", &format!("0.0.0.0:{}", b_addr.port()))])
+            .expect_err("same port, other address");
+        assert!(e.to_string().contains("ListenStream="), "{e}");
+        let e = passed
+            .check(&[("checker.https", "127.0.0.1:1")])
+            .expect_err("a passed socket nothing takes");
+        assert!(e.to_string().contains("no listener"), "{e}");
     }
 
     #[test]

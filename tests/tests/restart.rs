@@ -95,7 +95,7 @@ fn a_restart_with_passed_sockets_refuses_no_connection_and_cuts_no_request() {
 }
 
 #[test]
-fn a_passed_socket_on_another_address_of_the_same_port_stops_the_start() {
+fn a_socket_unit_that_disagrees_with_the_configuration_stops_the_start() {
     privileged!();
     let dirs = AgentDirs::new();
     let (_backend, apis) = shop_backend(&dirs, "");
@@ -114,4 +114,65 @@ fn a_passed_socket_on_another_address_of_the_same_port_stops_the_start() {
         Err(e) => format!("{e:#}"),
     };
     assert!(e.contains("ListenStream="), "{e}");
+    // A passed socket no listener takes: its clients would never be answered.
+    let other = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let opts = AgentOpts {
+        config: format!(
+            "[checker]\nhttp = \"{}\"\napi_dir = \"{}\"\n",
+            other.local_addr().expect("addr"),
+            apis.display()
+        ),
+        listen_fds: vec![other.as_raw_fd(), passed.as_raw_fd()],
+        ..AgentOpts::default()
+    };
+    let e = match Agent::start(&dirs, &opts) {
+        Ok(_) => panic!("started with a passed socket nothing listens on"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(e.contains("no listener in the configuration uses"), "{e}");
+}
+
+#[test]
+fn silent_clients_do_not_hold_the_stop_for_the_grace() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let (_backend, apis) = shop_backend(&dirs, "");
+    let certs = self_signed(&dirs.root, HOST, "a").expect("cert");
+    let https = TcpListener::bind("127.0.0.1:0").expect("bind https");
+    let http = TcpListener::bind("127.0.0.1:0").expect("bind http");
+    let (https_addr, http_addr) = (
+        https.local_addr().expect("addr"),
+        http.local_addr().expect("addr"),
+    );
+    let opts = AgentOpts {
+        config: format!(
+            "shutdown_grace = \"10s\"\n[checker]\nhttps = \"{https_addr}\"\nhttp = \"{http_addr}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\napi_dir = \"{}\"\nheader_timeout = \"60s\"\n",
+            certs.cert.display(),
+            certs.key.display(),
+            apis.display()
+        ),
+        listen_fds: vec![https.as_raw_fd(), http.as_raw_fd()],
+        ..AgentOpts::default()
+    };
+    let mut agent = Agent::start(&dirs, &opts).expect("agent");
+    // Nothing sent; a TLS handshake never begun; half a request head; an idle keep-alive
+    // connection after one answer.
+    let silent = TcpStream::connect(http_addr).expect("connect");
+    let no_handshake = TcpStream::connect(https_addr).expect("connect");
+    let mut half = TcpStream::connect(http_addr).expect("connect");
+    write!(half, "GET /shop/x HTTP/1.1\r\nHost: {HOST}\r\n").expect("send");
+    let mut idle = send(http_addr, "/shop/keep", false);
+    let mut buf = [0u8; 512];
+    let n = idle.read(&mut buf).expect("answer");
+    assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+    std::thread::sleep(Duration::from_millis(300));
+    let t = std::time::Instant::now();
+    agent.stop().expect("a clean stop");
+    // With a 10 s grace and a 60 s head limit, only the drain's own limits end these.
+    assert!(
+        t.elapsed() < Duration::from_secs(6),
+        "the stop took {:?}: silent clients held the drain",
+        t.elapsed()
+    );
+    drop((silent, no_handshake, half, idle));
 }

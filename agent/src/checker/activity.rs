@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, SizeHint};
 
-use super::listen::StreamSlot;
+use super::admission::StreamSlot;
 use super::upstream::{Body as ProxyBody, BoxError};
 
 /// One connection's counters, shared by its requests and the loop that watches it.
@@ -254,7 +254,7 @@ mod tests {
         let stuck = busy.body(body(b"y".to_vec()));
         // ... is not hidden by another that is read to its end meanwhile.
         std::thread::sleep(Duration::from_millis(30));
-        let admission = super::super::listen::Admission::new(&Default::default(), Vec::new());
+        let admission = super::super::admission::Admission::new(&Default::default(), Vec::new());
         let conn = Arc::new(admission.admit([198, 18, 0, 9].into()).expect("admitted"));
         let mut read = Busy::new(a.clone(), || conn.stream())
             .expect("second")

@@ -1,4 +1,4 @@
-//! The checker's listeners: sockets, which connections are admitted, and how long a
+//! The checker's listeners: sockets, connections (admitted by `admission`), and how long a
 //! connection may hold a slot without doing anything.
 //!
 //! One client must not be able to exhaust the process's file descriptors or the server's
@@ -10,10 +10,8 @@
 //! most `max_connections_per_client` from one address (IPv6 clients by /64; trusted proxies
 //! count only against the total). Accept errors (EMFILE) back off instead of spinning.
 
-use std::collections::HashMap;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http_body_util::BodyExt as _;
@@ -23,144 +21,10 @@ use tokio::sync::watch;
 
 use super::CheckerConfig;
 use super::activity::{Activity, Busy};
+use super::admission::{Admission, Ticket};
 use super::deadline::WriteStall;
 use super::proxy::Proxy;
 use super::tls::Tls;
-use crate::model::Cidr;
-
-/// Open connections, in total and per client; a [`Ticket`] holds one slot.
-pub struct Admission {
-    total: AtomicUsize,
-    /// Per client: connections, and HTTP/2 requests beyond each connection's first.
-    per_client: Mutex<HashMap<IpAddr, [u32; 2]>>,
-    max_total: usize,
-    max_per_client: [u32; 2],
-    exempt: Vec<Cidr>,
-    /// Connections refused at the door since start.
-    pub refused: AtomicU64,
-}
-
-/// One admitted connection's slot, given back on drop.
-pub struct Ticket {
-    admission: Arc<Admission>,
-    client: Option<IpAddr>,
-}
-
-impl Admission {
-    /// Limits from the checker's configuration; `exempt` (trusted proxies) count only
-    /// against the total.
-    pub fn new(cfg: &CheckerConfig, exempt: Vec<Cidr>) -> Arc<Self> {
-        Arc::new(Self {
-            total: AtomicUsize::new(0),
-            per_client: Mutex::new(HashMap::new()),
-            max_total: cfg.max_connections.max(1),
-            max_per_client: [
-                cfg.max_connections_per_client.max(1),
-                cfg.max_streams_per_client,
-            ],
-            exempt,
-            refused: AtomicU64::new(0),
-        })
-    }
-
-    /// A slot for a connection from `peer`, or `None` when a limit is reached.
-    pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        let peer = peer.to_canonical();
-        let client = (!self.exempt.iter().any(|c| c.contains(peer)))
-            .then(|| super::spikes::client_key(peer));
-        if let Some(key) = client
-            && !self.take(key, CONNECTION)
-        {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            self.refused.fetch_add(1, Ordering::Relaxed);
-            return None;
-        }
-        Some(Ticket {
-            admission: self.clone(),
-            client,
-        })
-    }
-
-    /// One of `key`'s slots of `kind` ([`CONNECTION`] or [`STREAM`]), unless all are taken.
-    fn take(&self, key: IpAddr, kind: usize) -> bool {
-        let mut m = self
-            .per_client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let held = m.entry(key).or_insert([0, 0]);
-        if held[kind] >= self.max_per_client[kind] {
-            if held == &[0, 0] {
-                m.remove(&key);
-            }
-            return false;
-        }
-        held[kind] += 1;
-        true
-    }
-
-    fn give_back(&self, key: IpAddr, kind: usize) {
-        let mut m = self
-            .per_client
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(held) = m.get_mut(&key) {
-            held[kind] = held[kind].saturating_sub(1);
-            if held == &[0, 0] {
-                m.remove(&key);
-            }
-        }
-    }
-
-    /// Connections open now.
-    pub fn open(&self) -> usize {
-        self.total.load(Ordering::Relaxed)
-    }
-}
-
-/// Which of a client's slots: its connections.
-const CONNECTION: usize = 0;
-/// Which of a client's slots: its HTTP/2 requests beyond each connection's first.
-const STREAM: usize = 1;
-
-impl Ticket {
-    /// A slot for an HTTP/2 request beyond the connection's first: each holds a backend
-    /// request as a connection does, so `max_streams_per_client` caps them per client.
-    /// `None` when the client has none left (trusted proxies always have).
-    pub fn stream(self: &Arc<Self>) -> Option<StreamSlot> {
-        if let Some(key) = self.client
-            && !self.admission.take(key, STREAM)
-        {
-            return None;
-        }
-        Some(StreamSlot(self.clone()))
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        if let Some(key) = self.client {
-            self.admission.give_back(key, CONNECTION);
-        }
-        self.admission.total.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
-/// A client slot held by an HTTP/2 request beyond its connection's first; given back on
-/// drop.
-pub struct StreamSlot(Arc<Ticket>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        if let Some(key) = self.0.client {
-            self.0.admission.give_back(key, STREAM);
-        }
-    }
-}
 
 /// The connection's timing limits.
 #[derive(Clone, Copy)]
@@ -339,10 +203,141 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
+/// `work`, unless the agent is stopping and [`DRAIN_IDLE`] has passed since without it
+/// finishing: a connection that has not sent its request yet must not hold up the drain.
+async fn unless_draining<F: Future>(
+    work: F,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<F::Output> {
+    tokio::select! {
+        r = work => Some(r),
+        _ = async {
+            stopping(shutdown).await;
+            tokio::time::sleep(DRAIN_IDLE).await;
+        } => None,
+    }
+}
+
 /// Resolves once the agent is stopping (at once if it already is).
 async fn stopping(shutdown: &mut watch::Receiver<bool>) {
     // A closed channel means the agent is gone: stop as well.
     let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// The HTTP/2 server settings for client connections.
+fn h2_builder(cfg: &CheckerConfig) -> hyper::server::conn::http2::Builder<TokioExecutor> {
+    let mut b = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    b.timer(TokioTimer::new())
+        .max_header_list_size(cfg.max_header_bytes as u32)
+        // Each stream holds a backend request: few per connection.
+        .max_concurrent_streams(16)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
+}
+
+/// The HTTP/1 server settings for client connections.
+fn h1_builder(cfg: &CheckerConfig, limits: &Limits) -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    b.timer(TokioTimer::new())
+        .header_read_timeout(limits.head)
+        .max_buf_size(cfg.max_header_bytes.max(8192))
+        .max_headers(cfg.max_headers);
+    b
+}
+
+/// One request on a client connection: counted in flight until its response body is done or
+/// dropped (also when the client resets the stream and the handler is dropped half-way); a
+/// second request at once (HTTP/2) takes another of the client's slots, and while the
+/// connection drains (HTTP/1) the response says `Connection: close`.
+async fn respond(
+    proxy: Arc<Proxy>,
+    seen: Arc<Activity>,
+    ticket: Arc<Ticket>,
+    req: hyper::Request<hyper::body::Incoming>,
+    peer: SocketAddr,
+    tls: bool,
+) -> Result<hyper::Response<super::upstream::Body>, std::convert::Infallible> {
+    let Some(busy) = Busy::new(seen, || ticket.stream()) else {
+        return Ok(proxy.over_share());
+    };
+    let r = proxy.handle(req, peer, tls).await;
+    r.map(|mut resp| {
+        if busy.closing() {
+            resp.headers_mut().insert(
+                hyper::header::CONNECTION,
+                hyper::header::HeaderValue::from_static("close"),
+            );
+        }
+        resp.map(|body| busy.body(body).boxed())
+    })
+}
+
+/// What a draining HTTP/1 connection's look every [`DRAIN_TICK`] decides.
+enum Drain {
+    /// A request is in flight, or it was idle too briefly: wait.
+    Keep,
+    /// Idle for [`DRAIN_IDLE`]: ask hyper to close it.
+    Ask,
+    /// Still open [`DRAIN_IDLE`] after being asked (a request head that never completes):
+    /// drop it.
+    Drop,
+}
+
+/// A draining HTTP/1 connection's next step, given when it was asked to close.
+fn h1_drain_tick(activity: &Activity, asked: Option<Instant>) -> Drain {
+    match asked {
+        Some(at) if at.elapsed() >= DRAIN_IDLE => Drain::Drop,
+        Some(_) => Drain::Keep,
+        None if activity.idle_for() >= DRAIN_IDLE => Drain::Ask,
+        None => Drain::Keep,
+    }
+}
+
+/// What the once-a-second look at an HTTP/2 connection decides.
+enum H2Tick {
+    /// Nothing to do.
+    Keep,
+    /// Ask the client to go away (GOAWAY); streams in flight finish.
+    GoAway,
+    /// Close the connection now.
+    Close,
+}
+
+/// The once-a-second look at an HTTP/2 connection: closed once a response waited on the
+/// client for `body_timeout` (flow control never blocks the socket, so only this notices),
+/// or once a GOAWAY went unheeded for the head limit or the connection idles after it;
+/// asked to go away once idle for its limit (before its first request, the head limit, as
+/// on HTTP/1).
+fn h2_tick(
+    activity: &Activity,
+    limits: &Limits,
+    going_away: Option<Instant>,
+    peer: SocketAddr,
+) -> H2Tick {
+    if activity.stalled_for() >= limits.write_stall {
+        tracing::debug!(%peer, "HTTP/2 client took no response data for {:?}", limits.write_stall);
+        return H2Tick::Close;
+    }
+    if let Some(since) = going_away {
+        // A client that ignores the GOAWAY (opening streams on, or idling) loses the
+        // connection anyway.
+        return if since.elapsed() >= limits.head || activity.idle_for() >= DRAIN_IDLE {
+            H2Tick::Close
+        } else {
+            H2Tick::Keep
+        };
+    }
+    let limit = if activity.served() {
+        limits.idle
+    } else {
+        limits.head.min(limits.idle)
+    };
+    if activity.idle_for() >= limit {
+        H2Tick::GoAway
+    } else {
+        H2Tick::Keep
+    }
 }
 
 /// The HTTP/2 connection preface (RFC 9113 §3.4).
@@ -355,16 +350,18 @@ async fn connection(
     proxy: Arc<Proxy>,
     limits: Limits,
     ticket: Arc<Ticket>,
-    shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<bool>,
 ) {
     match tls {
         Some(tls) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(tls.config());
             let stream = WriteStall::new(stream, limits.write_stall);
-            let s = match tokio::time::timeout(limits.head, acceptor.accept(stream)).await {
-                Ok(Ok(s)) => s,
-                Ok(Err(e)) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
-                Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
+            let handshake = tokio::time::timeout(limits.head, acceptor.accept(stream));
+            let s = match unless_draining(handshake, &mut shutdown).await {
+                Some(Ok(Ok(s))) => s,
+                Some(Ok(Err(e))) => return tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                Some(Err(_)) => return tracing::debug!(%peer, "TLS handshake timed out"),
+                None => return tracing::debug!(%peer, "TLS handshake cut: the agent stops"),
             };
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
             let conn = Conn {
@@ -379,8 +376,9 @@ async fn connection(
         None => {
             // Nothing sent within the head limit: the slot goes back.
             let mut first = [0u8; 24];
-            let n = match tokio::time::timeout(limits.head, stream.peek(&mut first)).await {
-                Ok(Ok(n)) if n > 0 => n,
+            let peek = tokio::time::timeout(limits.head, stream.peek(&mut first));
+            let n = match unless_draining(peek, &mut shutdown).await {
+                Some(Ok(Ok(n))) if n > 0 => n,
                 _ => return,
             };
             let h2 = H2_PREFACE.starts_with(&first[..n]) && n >= 3;
@@ -429,35 +427,10 @@ where
     let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (proxy, seen, ticket) = (proxy.clone(), seen.clone(), ticket.clone());
-        async move {
-            // In flight until the response body is done or dropped — also when the client
-            // resets the stream and the handler is dropped half-way. A second request at
-            // once (HTTP/2) takes another of the client's slots.
-            let Some(busy) = Busy::new(seen, || ticket.stream()) else {
-                return Ok(proxy.over_share());
-            };
-            let r = proxy.handle(req, peer, tls).await;
-            r.map(|mut resp| {
-                if busy.closing() {
-                    // Draining (HTTP/1): this is the connection's last response.
-                    resp.headers_mut().insert(
-                        hyper::header::CONNECTION,
-                        hyper::header::HeaderValue::from_static("close"),
-                    );
-                }
-                resp.map(|body| busy.body(body).boxed())
-            })
-        }
+        respond(proxy, seen, ticket, req, peer, tls)
     });
     let result = if h2 {
-        let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-            .timer(TokioTimer::new())
-            .max_header_list_size(cfg.max_header_bytes as u32)
-            // Each stream holds a backend request: few per connection.
-            .max_concurrent_streams(16)
-            .keep_alive_interval(Some(Duration::from_secs(30)))
-            .keep_alive_timeout(Duration::from_secs(20))
-            .serve_connection(io, svc);
+        let conn = h2_builder(&cfg).serve_connection(io, svc);
         tokio::pin!(conn);
         let mut going_away: Option<Instant> = None;
         loop {
@@ -469,35 +442,19 @@ where
                     going_away = Some(Instant::now());
                 }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {
-                    if let Some(since) = going_away {
-                        // A client that ignores the GOAWAY loses the connection anyway.
-                        if since.elapsed() >= limits.head {
-                            break Ok(());
+                    match h2_tick(&activity, &limits, going_away, peer) {
+                        H2Tick::Close => break Ok(()),
+                        H2Tick::GoAway => {
+                            conn.as_mut().graceful_shutdown();
+                            going_away = Some(Instant::now());
                         }
-                        continue;
-                    }
-                    // Responses the client lets wait through flow control: the socket never
-                    // blocks, so only this notices.
-                    if activity.stalled_for() >= limits.write_stall {
-                        tracing::debug!(%peer, "HTTP/2 client took no response data for {:?}", limits.write_stall);
-                        break Ok(());
-                    }
-                    // Before its first request, a connection has the head limit, as on HTTP/1.
-                    let limit = if activity.served() { limits.idle } else { limits.head.min(limits.idle) };
-                    if activity.idle_for() >= limit {
-                        conn.as_mut().graceful_shutdown();
-                        going_away = Some(Instant::now());
+                        H2Tick::Keep => {}
                     }
                 }
             }
         }
     } else {
-        let conn = hyper::server::conn::http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(limits.head)
-            .max_buf_size(cfg.max_header_bytes.max(8192))
-            .max_headers(cfg.max_headers)
-            .serve_connection(io, svc);
+        let conn = h1_builder(&cfg, &limits).serve_connection(io, svc);
         tokio::pin!(conn);
         let done = tokio::select! {
             r = conn.as_mut() => Some(r),
@@ -509,15 +466,17 @@ where
                 // Draining: the request in flight, if any, gets `Connection: close` on its
                 // response; an idle connection is asked to close.
                 activity.close_after_response();
-                let mut asked = false;
+                let mut asked: Option<Instant> = None;
                 loop {
                     tokio::select! {
                         r = conn.as_mut() => break r,
-                        _ = tokio::time::sleep(DRAIN_TICK), if !asked => {
-                            if activity.idle_for() >= DRAIN_IDLE {
+                        _ = tokio::time::sleep(DRAIN_TICK) => match h1_drain_tick(&activity, asked) {
+                            Drain::Drop => break Ok(()),
+                            Drain::Ask => {
                                 conn.as_mut().graceful_shutdown();
-                                asked = true;
+                                asked = Some(Instant::now());
                             }
+                            Drain::Keep => {}
                         }
                     }
                 }
@@ -526,60 +485,5 @@ where
     };
     if let Err(e) = result {
         tracing::debug!(%peer, "connection ended: {e}");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn admission_caps_total_and_per_client_and_gives_slots_back() {
-        let cfg = CheckerConfig {
-            max_connections: 5,
-            max_connections_per_client: 2,
-            ..CheckerConfig::default()
-        };
-        let proxy: Cidr = "198.18.0.1/32".parse().expect("cidr");
-        let a = Admission::new(&cfg, vec![proxy]);
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let t1 = a.admit(ip("198.18.5.5")).expect("first");
-        let _t2 = a.admit(ip("198.18.5.5")).expect("second");
-        assert!(a.admit(ip("198.18.5.5")).is_none(), "third from one client");
-        // IPv6 clients count per /64.
-        let _v1 = a.admit(ip("2001:db8::1")).expect("v6");
-        let _v2 = a.admit(ip("2001:db8::2")).expect("v6 same /64");
-        assert!(a.admit(ip("2001:db8::3")).is_none(), "third from one /64");
-        // The trusted proxy counts only against the total (5).
-        let _p = a.admit(ip("198.18.0.1")).expect("proxy");
-        assert!(a.admit(ip("198.18.0.1")).is_none(), "total reached");
-        drop(t1);
-        assert!(a.admit(ip("198.18.5.5")).is_some(), "slot given back");
-        assert_eq!(a.refused.load(Ordering::Relaxed), 3);
-    }
-
-    #[test]
-    fn http2_requests_beyond_the_first_take_the_clients_slots() {
-        let cfg = CheckerConfig {
-            max_connections: 10,
-            max_connections_per_client: 2,
-            max_streams_per_client: 1,
-            ..CheckerConfig::default()
-        };
-        let proxy: Cidr = "198.18.0.1/32".parse().expect("cidr");
-        let a = Admission::new(&cfg, vec![proxy]);
-        let ip = |s: &str| s.parse::<IpAddr>().expect("ip");
-        let conn = Arc::new(a.admit(ip("198.18.5.5")).expect("connection"));
-        let second = conn.stream().expect("second request");
-        assert!(conn.stream().is_none(), "third request");
-        // Connections are counted apart.
-        let _other = a.admit(ip("198.18.5.5")).expect("another connection");
-        drop(second);
-        assert!(conn.stream().is_some(), "slot given back");
-        // Streams do not count against the total; a trusted proxy's are not capped.
-        assert_eq!(a.open(), 2);
-        let p = Arc::new(a.admit(ip("198.18.0.1")).expect("proxy"));
-        let held: Vec<StreamSlot> = (0..5).map(|_| p.stream().expect("proxy stream")).collect();
-        assert_eq!(held.len(), 5);
     }
 }

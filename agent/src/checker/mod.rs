@@ -20,6 +20,7 @@
 //! - [`tls`]: reloadable certificates.
 
 mod activity;
+pub mod admission;
 pub mod api;
 pub mod budget;
 pub mod deadline;

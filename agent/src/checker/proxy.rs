@@ -142,7 +142,7 @@ impl Proxy {
     }
 
     /// The answer to an HTTP/2 request over its client's share of slots (see
-    /// `listen::Ticket::stream`).
+    /// `admission::Ticket::stream`).
     pub fn over_share(&self) -> Response<Body> {
         self.stats.hit("too_many_streams");
         full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n")

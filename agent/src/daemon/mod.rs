@@ -26,8 +26,8 @@ use crate::writer::Writer;
 
 /// Runs the agent until SIGTERM or SIGINT.
 pub fn run(config: Config) -> anyhow::Result<()> {
-    // While this is the only thread: it changes the environment.
-    let (passed, warnings) = Passed::from_env();
+    // SAFETY: the runtime is not built yet; nothing before it started a thread.
+    let (passed, warnings) = unsafe { Passed::from_env() };
     for w in warnings {
         tracing::warn!("socket activation: {w}");
     }
@@ -46,11 +46,18 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 
 async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     setup::raise_limits();
+    // Before anything is opened or attached: the socket unit and the configuration agree.
+    passed.check(&[
+        ("checker.https", &config.checker.https),
+        ("checker.http", &config.checker.http),
+        ("metrics", &config.metrics),
+    ])?;
     // Before any listener exists: a second agent started by mistake must not share the
     // checker's ports (SO_REUSEPORT) with the running one, even for a moment.
     crate::control::server::ensure_no_agent(&config.socket)?;
-    let store = setup::open_store(&config)?;
+    // The lock first: opening the store may migrate it, which one agent alone must do.
     let _lock = setup::lock_state(&config)?;
+    let store = setup::open_store(&config)?;
     let filter = setup::load_filter(&config)?;
     let mut service =
         Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
@@ -73,11 +80,7 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
         .transpose()?;
     let mut tasks =
         serve_control_and_metrics(&config, &writer, &agent_metrics, &mut passed, &stop_rx).await?;
-    for addr in passed.unused() {
-        tracing::warn!(
-            "the service manager passed a socket on {addr} that no listener in the configuration uses; clients connecting there wait unanswered"
-        );
-    }
+    debug_assert!(passed.unused().is_empty(), "checked at the start");
     if let Some(abs) = abs {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
         tasks.push(tokio::spawn(abs.run(writer.clone(), stop_rx.clone())));

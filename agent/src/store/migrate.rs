@@ -1,8 +1,10 @@
 //! Bringing a database written by an older build to this build's schema, in place, when the
-//! agent opens it. The file is copied first (`<name>.pre-v<N>-<stamp>`, beside it); the
-//! migration is one transaction, so a failure leaves the file as it was, and the copy is
-//! removed only once the migrated file is committed. A failure stops the start with the
-//! reason and where the copy is.
+//! agent opens it. The old file must hold exactly what that build created (no other tables,
+//! views or triggers; only known lists and kinds) and is opened with `trusted_schema` off.
+//! It is copied first (`<name>.pre-v<N>-from-v<M>`, beside it: one copy, replaced by the
+//! next attempt, since a failed attempt leaves the file as it was); the migration is one
+//! transaction, and the copy is removed only once the migrated file is committed. A failure
+//! stops the start with the reason and where the copy is.
 //!
 //! Versions (`PRAGMA user_version`):
 //! - 0: the first builds: `entries` a `WITHOUT ROWID` table keyed by every identity column.
@@ -24,12 +26,22 @@ pub(super) fn run(conn: &mut Connection, path: &Path, version: i64) -> Result<()
     if !FROM.contains(&version) {
         return Err(StoreError::Schema { found: version });
     }
+    conn.pragma_update(None, "trusted_schema", false)
+        .map_err(sql("distrusting the old schema"))?;
+    if let Err(why) = check_v0(conn) {
+        return Err(StoreError::Migration {
+            from: version,
+            copy: "not made (nothing was changed)".into(),
+            why,
+        });
+    }
     let copy = copy_aside(conn, path, version)?;
     let migrated = from_v0(conn);
     match migrated {
-        Ok(rows) => {
+        Ok((read, written)) => {
             tracing::warn!(
-                rows,
+                read,
+                written,
                 from = version,
                 to = SCHEMA_VERSION,
                 "state database migrated to this build's schema"
@@ -47,15 +59,22 @@ pub(super) fn run(conn: &mut Connection, path: &Path, version: i64) -> Result<()
 
 /// A consistent copy of the database beside it, kept until the migration is committed.
 fn copy_aside(conn: &Connection, path: &Path, version: i64) -> Result<PathBuf, StoreError> {
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     let name = path
         .file_name()
         .map_or_else(|| "portcullis.db".into(), |n| n.to_string_lossy());
-    let copy = path.with_file_name(format!(
-        "{name}.pre-v{SCHEMA_VERSION}-from-v{version}-{stamp}"
-    ));
+    let copy = path.with_file_name(format!("{name}.pre-v{SCHEMA_VERSION}-from-v{version}"));
+    // A failed attempt's copy: the file is still what it copied (VACUUM INTO will not
+    // overwrite, and a link is removed, not followed).
+    match std::fs::remove_file(&copy) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(StoreError::BadCopy(format!(
+                "removing the earlier copy {}: {e}",
+                copy.display()
+            )));
+        }
+    }
     let text = copy.to_str().ok_or_else(|| {
         StoreError::BadCopy("the state directory's path must be UTF-8 to migrate".into())
     })?;
@@ -69,8 +88,8 @@ fn copy_aside(conn: &Connection, path: &Path, version: i64) -> Result<PathBuf, S
 /// Version 0 to 2 in one transaction: every row read back as an [`Entry`], its identifier
 /// validated again (today's rules: a row the first builds stored in a form this build
 /// spells differently gets this build's form), and written with its identity key. Rows that
-/// become the same identity keep the longest-lived one. Returns the rows written.
-fn from_v0(conn: &mut Connection) -> Result<usize, StoreError> {
+/// become the same identity keep the longest-lived one. Returns the rows read and written.
+fn from_v0(conn: &mut Connection) -> Result<(usize, usize), StoreError> {
     let tx = conn.transaction().map_err(sql("begin migration"))?;
     tx.execute_batch(
         "ALTER TABLE entries RENAME TO entries_v0;
@@ -80,7 +99,7 @@ fn from_v0(conn: &mut Connection) -> Result<usize, StoreError> {
     .map_err(sql("setting the old table aside"))?;
     tx.execute_batch(SCHEMA)
         .map_err(sql("creating this build's schema"))?;
-    let mut written = 0;
+    let (mut read, mut written) = (0, 0);
     {
         // Never-expiring rows first, then the latest: an identity met again is ignored.
         let mut old = tx
@@ -94,6 +113,7 @@ fn from_v0(conn: &mut Connection) -> Result<usize, StoreError> {
             .map_err(sql("reading the old rows"))?;
         for row in rows {
             let e = renew(row.map_err(sql("reading an old row"))?);
+            read += 1;
             bind_row(&mut insert, ident_key(e.list, &e.ident), &e, None)
                 .map_err(sql("writing a row"))?;
             written += insert.raw_execute().map_err(sql("writing a row"))?;
@@ -102,7 +122,49 @@ fn from_v0(conn: &mut Connection) -> Result<usize, StoreError> {
     tx.execute_batch("DROP TABLE entries_v0;")
         .map_err(sql("dropping the old table"))?;
     tx.commit().map_err(sql("committing the migration"))?;
-    Ok(written)
+    Ok((read, written))
+}
+
+/// Whether the old file holds exactly what version 0 created (so nothing in it runs or
+/// stands in the way of the new schema) and only lists and kinds this build knows (a row
+/// is never rewritten into another list or kind).
+fn check_v0(conn: &Connection) -> Result<(), String> {
+    let objects = conn
+        .prepare(
+            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+        )
+        .and_then(|mut q| {
+            q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| format!("reading its schema: {e}"))?;
+    let expected = |(t, n): &(String, String)| {
+        matches!(
+            (t.as_str(), n.as_str()),
+            ("table", "entries") | ("index", "entries_expires" | "entries_source")
+        )
+    };
+    if let Some((t, n)) = objects.iter().find(|o| !expected(o)) {
+        return Err(format!(
+            "it holds a {t} {n:?} that version 0 never created: not a Portcullis database as written, or altered since"
+        ));
+    }
+    let pairs = conn
+        .prepare("SELECT DISTINCT list, kind FROM entries")
+        .and_then(|mut q| {
+            q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(|e| format!("reading its rows: {e}"))?;
+    for (list, kind) in pairs {
+        if !matches!(list.as_str(), "allow" | "deny") || kind.parse::<crate::model::Kind>().is_err()
+        {
+            return Err(format!(
+                "it holds rows of list {list:?} and kind {kind:?}, which this build does not know"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `e` with its identifier in this build's form; a row this build would refuse is kept as
@@ -201,6 +263,40 @@ mod tests {
     }
 
     #[test]
+    fn a_file_holding_more_than_version_0_created_is_not_migrated() {
+        for (tag, extra) in [
+            ("index", "CREATE INDEX entries_identity ON entries(value);"),
+            (
+                "trigger",
+                "CREATE TRIGGER t AFTER DELETE ON entries BEGIN SELECT 1; END;",
+            ),
+            (
+                "kind",
+                "INSERT INTO entries VALUES ('deny','mac','','aa:bb','','manual','',1,NULL);",
+            ),
+            (
+                "list",
+                "INSERT INTO entries VALUES ('grey','ip','','198.18.0.1/32','','manual','',1,NULL);",
+            ),
+        ] {
+            let d = dir(tag);
+            let path = d.join("portcullis.db");
+            {
+                let c = Connection::open(&path).expect("open");
+                c.execute_batch(V0).expect("v0 schema");
+                c.execute_batch(extra).expect("extra");
+            }
+            let e = Store::open(&path).err().map(|e| e.to_string());
+            assert!(
+                e.as_deref()
+                    .is_some_and(|e| e.contains("not made (nothing was changed)")),
+                "{tag}: {e:?}"
+            );
+            assert!(leftovers(&d).is_empty(), "{tag}");
+        }
+    }
+
+    #[test]
     fn a_failed_migration_leaves_the_file_unchanged_and_keeps_its_copy() {
         let d = dir("bad");
         let path = d.join("portcullis.db");
@@ -223,6 +319,9 @@ mod tests {
             "{e}"
         );
         assert_eq!(leftovers(&d).len(), 1);
+        // A second attempt replaces the copy rather than adding one.
+        assert!(Store::open(&path).is_err());
+        assert_eq!(leftovers(&d).len(), 1, "{:?}", leftovers(&d));
         let c = Connection::open(&path).expect("open");
         let v: i64 = c
             .pragma_query_value(None, "user_version", |r| r.get(0))
