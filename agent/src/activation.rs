@@ -104,13 +104,15 @@ impl Passed {
     /// configured port on another address, none that no address takes (its clients would be
     /// accepted by the kernel and never answered).
     pub fn check(&self, wanted: &[(&str, &str)]) -> anyhow::Result<()> {
-        let mut taken = Vec::new();
+        // One passed socket per configured address is used; a second one on the same
+        // address (ReusePort=) would be left unanswered, so it counts as unused.
+        let mut taken = vec![false; self.sockets.len()];
         for (what, addr) in wanted.iter().filter(|(_, a)| !a.is_empty()) {
             let want: SocketAddr = addr
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{what}: listen address {addr:?}: {e}"))?;
-            if self.sockets.iter().any(|(a, _)| *a == want) {
-                taken.push(want);
+            if let Some(i) = self.sockets.iter().position(|(a, _)| *a == want) {
+                taken[i] = true;
             } else if let Some((other, _)) =
                 self.sockets.iter().find(|(a, _)| a.port() == want.port())
             {
@@ -122,8 +124,9 @@ impl Passed {
         let unused: Vec<SocketAddr> = self
             .sockets
             .iter()
-            .map(|(a, _)| *a)
-            .filter(|a| !taken.contains(a))
+            .zip(&taken)
+            .filter(|(_, taken)| !**taken)
+            .map(|((a, _), _)| *a)
             .collect();
         if !unused.is_empty() {
             anyhow::bail!(
@@ -139,6 +142,29 @@ impl Passed {
     pub fn unused(&self) -> Vec<SocketAddr> {
         self.sockets.iter().map(|(a, _)| *a).collect()
     }
+}
+
+/// The addresses of the sockets passed to this process, read without taking them (the
+/// start checks run before the agent takes them): an address passed is bound already,
+/// perhaps with `FreeBind=` to an address that is not up yet.
+pub fn passed_addresses() -> Vec<SocketAddr> {
+    let var = |k| std::env::var(k).ok().and_then(|v| v.parse::<u32>().ok());
+    if var("LISTEN_PID") != Some(std::process::id()) {
+        return Vec::new();
+    }
+    let n = var("LISTEN_FDS").unwrap_or(0).min(MAX_FDS as u32) as RawFd;
+    (FIRST_FD..FIRST_FD + n)
+        .filter_map(|fd| {
+            // SAFETY: F_GETFD only reads the descriptor's flags.
+            if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+                return None;
+            }
+            // SAFETY: the descriptor is open; ManuallyDrop never closes it, and it is only
+            // read (getsockname).
+            let l = std::mem::ManuallyDrop::new(unsafe { TcpListener::from_raw_fd(fd) });
+            l.local_addr().ok()
+        })
+        .collect()
 }
 
 /// Adopts descriptor `fd` if it is a listening TCP socket (closing it otherwise).

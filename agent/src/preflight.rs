@@ -58,7 +58,14 @@ pub fn problems(config: &Config) -> Vec<String> {
             ));
         }
     }
-    for (field, addr) in listeners.into_iter().filter(|(_, a)| !a.is_empty()) {
+    let passed = crate::activation::passed_addresses();
+    for (field, addr) in listeners
+        .into_iter()
+        .filter(|(_, a)| !a.is_empty())
+        // Bound already by the service manager (the agent checks it against the passed
+        // socket when it starts).
+        .filter(|(_, a)| !a.parse::<SocketAddr>().is_ok_and(|a| passed.contains(&a)))
+    {
         if let Err(e) = local_address(addr) {
             out.push(format!("{field}: cannot listen on {addr}: {e}"));
         }

@@ -2,12 +2,15 @@
 //! README gives them, on a copy of this checkout, ending with a running agent that drops a
 //! denied client.
 //!
-//! The first command (the release build) runs on the host, in the copy. The others run in the
-//! server's network namespace, in a private mount namespace where `/etc` and `/var/lib` are
-//! overlays and `/usr/local/bin`, `/run/portcullis` and `/sys/fs/bpf` are fresh mounts, so
-//! nothing they install, create or pin reaches the machine. The one edit the README asks for
-//! ("edit interfaces") is made where it asks for it; the foreground agent is started in the
-//! background, and trailing `# comments` are dropped.
+//! The first command (`cargo xtask setup`, idempotent, then the release build) runs on the
+//! host, in the copy, with cargo's per-test environment removed, as in a fresh checkout. The
+//! others run in the server's network namespace, in a private mount namespace where `/etc`
+//! and `/var/lib` are overlays and `/usr/local/bin`, `/run/portcullis` and `/sys/fs/bpf` are
+//! fresh mounts, so nothing they install, create or pin reaches the machine (only the empty
+//! mount point `/run/portcullis`, removed after, if it was not there). The one edit the
+//! README asks for ("edit interfaces") is made where it asks for it; the foreground agent is
+//! started in the background (and killed on any failure), and trailing `# comments` are
+//! dropped. Every step is bounded in time.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,7 +50,8 @@ fn copy_checkout(dest: &Path) {
     let out = Command::new("git")
         .arg("-C")
         .arg(root())
-        .args(["ls-files", "-z"])
+        // CI may run as root on a checkout another user owns.
+        .args(["-c", "safe.directory=*", "ls-files", "-z"])
         .output()
         .expect("git ls-files");
     assert!(out.status.success(), "git ls-files failed");
@@ -62,24 +66,25 @@ fn copy_checkout(dest: &Path) {
     }
 }
 
-fn sh(script: &str, dir: &Path, netns: Option<&str>) -> std::process::Output {
-    let mut cmd = match netns {
-        Some(ns) => {
-            let mut c = Command::new("ip");
-            c.args(["netns", "exec", ns, "sh", "-c", script]);
-            c
+/// Runs `script` with `sh` in `dir` (in network namespace `netns`), killed after `limit`.
+fn sh(script: &str, dir: &Path, netns: Option<&str>, limit: &str) -> std::process::Output {
+    let mut cmd = Command::new("timeout");
+    cmd.args(["--kill-after=10", limit]);
+    if let Some(ns) = netns {
+        cmd.args(["ip", "netns", "exec", ns]);
+    }
+    cmd.args(["sh", "-c", script]);
+    // The copy builds into its own target directory with its own toolchain choice, as a
+    // fresh checkout does: none of what cargo sets for a test.
+    for (k, _) in std::env::vars_os() {
+        let k = k.to_string_lossy().into_owned();
+        if (k.starts_with("CARGO") && k != "CARGO_HOME")
+            || k.starts_with("RUST") && k != "RUSTUP_HOME"
+        {
+            cmd.env_remove(&k);
         }
-        None => {
-            let mut c = Command::new("sh");
-            c.args(["-c", script]);
-            c
-        }
-    };
-    // The copy builds into its own target directory, as a fresh checkout does.
+    }
     cmd.current_dir(dir)
-        .env_remove("CARGO_TARGET_DIR")
-        .env_remove("CARGO")
-        .env_remove("RUSTFLAGS")
         .env(
             "PATH",
             format!(
@@ -103,12 +108,12 @@ fn the_install_section_followed_literally_ends_with_an_enforcing_agent() {
             && commands[5] == "portcullis agent --config /etc/portcullis/portcullis.toml",
         "the install section changed; update this test with it: {commands:#?}"
     );
-    let tmp = tempfile_dir();
-    let src = tmp.join("src");
+    let tmp = Scratch::new();
+    let src = tmp.0.join("src");
     copy_checkout(&src);
 
     // 1. The build, on the host (it needs the package registries).
-    let built = sh(&commands[0], &src, None);
+    let built = sh(&commands[0], &src, None, "1800");
     assert!(
         built.status.success(),
         "{}: {}",
@@ -118,30 +123,38 @@ fn the_install_section_followed_literally_ends_with_an_enforcing_agent() {
 
     // 2–6, in the server's namespace, in a mount namespace of their own.
     let pair = NetnsPair::new().expect("netns pair");
-    let t = tmp.display();
+    let t = tmp.0.display();
     let (client, server_if) = (&pair.client, &pair.server_if);
     let script = format!(
         r#"set -eu
-mkdir -p {t}/etc-up {t}/etc-work {t}/lib-up {t}/lib-work /run/portcullis
-mount -t overlay overlay -o lowerdir=/etc,upperdir={t}/etc-up,workdir={t}/etc-work /etc
-mount -t overlay overlay -o lowerdir=/var/lib,upperdir={t}/lib-up,workdir={t}/lib-work /var/lib
+# The sandbox (overlay upper layers on a tmpfs: the temporary directory may be overlayfs).
+mkdir -p {t}/ovl /run/portcullis
+mount -t tmpfs tmpfs {t}/ovl
+mkdir -p {t}/ovl/etc-up {t}/ovl/etc-work {t}/ovl/lib-up {t}/ovl/lib-work
+mount -t overlay overlay -o lowerdir=/etc,upperdir={t}/ovl/etc-up,workdir={t}/ovl/etc-work /etc
+mount -t overlay overlay -o lowerdir=/var/lib,upperdir={t}/ovl/lib-up,workdir={t}/ovl/lib-work /var/lib
 mount -t tmpfs tmpfs /usr/local/bin
 mount -t tmpfs tmpfs /run/portcullis
 mount -t bpf bpf /sys/fs/bpf
-{c1}
-{c2}
+# README, "Install and run", in order.
+{c1} || exit 1
+{c2} || exit 1
 sed -i 's/^interfaces = .*/interfaces = ["{server_if}"]/' /etc/portcullis/portcullis.toml
-{c3}
-{c4}
+grep -q '^interfaces = \["{server_if}"\]' /etc/portcullis/portcullis.toml || {{ echo "the interfaces line changed shape"; exit 1; }}
+{c3} || exit 1
+{c4} || exit 1
 {c5} > {t}/agent.log 2>&1 &
 agent=$!
+trap 'kill -KILL $agent 2>/dev/null || true' EXIT
 for _ in $(seq 150); do [ -S /run/portcullis/control.sock ] && break; sleep 0.2; done
-portcullis status
+timeout 30 portcullis status
 ip netns exec {client} ping -q -c 2 -W 1 -I {cv4} {sv4} > /dev/null || {{ echo "no answer before the deny"; exit 1; }}
-portcullis deny add ip {cv4}
+timeout 30 portcullis deny add ip {cv4}
 if ip netns exec {client} ping -q -c 3 -W 1 -I {cv4} {sv4} > /dev/null; then echo "a denied client was answered"; exit 1; fi
 ip netns exec {client} ping -q -c 2 -W 1 -I {other} {sv4} > /dev/null || {{ echo "another client lost its answers"; exit 1; }}
 kill -TERM $agent
+for _ in $(seq 150); do kill -0 $agent 2>/dev/null || break; sleep 0.1; done
+kill -0 $agent 2>/dev/null && {{ echo "the agent did not stop on SIGTERM"; exit 1; }}
 wait $agent
 "#,
         c1 = commands[1],
@@ -153,22 +166,33 @@ wait $agent
         other = CLIENT_V4[1],
         sv4 = SERVER_V4,
     );
-    let ran = sh(&script, &src, Some(&pair.server));
-    let log = std::fs::read_to_string(tmp.join("agent.log")).unwrap_or_default();
-    // The mount point the script made on the host's /run (the tmpfs on it was private).
-    let _ = std::fs::remove_dir("/run/portcullis");
+    let ran = sh(&script, &src, Some(&pair.server), "300");
+    let log = std::fs::read_to_string(tmp.0.join("agent.log")).unwrap_or_default();
     assert!(
         ran.status.success(),
         "the install section did not end with an enforcing agent:\n{}\n{}\nagent log:\n{log}",
         String::from_utf8_lossy(&ran.stdout),
         String::from_utf8_lossy(&ran.stderr)
     );
-    let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// A fresh directory under the system's temporary directory.
-fn tempfile_dir() -> PathBuf {
-    let d = std::env::temp_dir().join(portcullis_tests::unique("pc-readme-"));
-    std::fs::create_dir_all(&d).expect("tmp");
-    d
+/// The test's scratch directory (the copy, its release build, the sandbox's layers),
+/// removed on drop, pass or fail, with the `/run/portcullis` mount point if the test made it.
+struct Scratch(PathBuf, bool);
+
+impl Scratch {
+    fn new() -> Self {
+        let d = std::env::temp_dir().join(portcullis_tests::unique("pc-readme-"));
+        std::fs::create_dir_all(&d).expect("tmp");
+        Self(d, !Path::new("/run/portcullis").exists())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+        if self.1 {
+            let _ = std::fs::remove_dir("/run/portcullis");
+        }
+    }
 }

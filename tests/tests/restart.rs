@@ -176,3 +176,67 @@ fn silent_clients_do_not_hold_the_stop_for_the_grace() {
     );
     drop((silent, no_handshake, half, idle));
 }
+
+/// A listening socket on `addr`, an address this host does not have (systemd's `FreeBind=`:
+/// a VIP not up yet).
+fn freebind_listener(addr: std::net::SocketAddrV4) -> TcpListener {
+    use std::os::fd::FromRawFd as _;
+    // SAFETY: plain socket calls on a descriptor created and owned here; the sockaddr is
+    // built in full before bind reads it.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket");
+        let one: libc::c_int = 1;
+        let set = libc::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_FREEBIND,
+            (&raw const one).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(set, 0, "IP_FREEBIND");
+        let sa = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: addr.port().to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from(*addr.ip()).to_be(),
+            },
+            sin_zero: [0; 8],
+        };
+        let bound = libc::bind(
+            fd,
+            (&raw const sa).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(bound, 0, "bind with IP_FREEBIND");
+        assert_eq!(libc::listen(fd, 16), 0, "listen");
+        TcpListener::from_raw_fd(fd)
+    }
+}
+
+#[test]
+fn a_passed_socket_on_an_address_not_up_yet_starts_the_agent() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let (_backend, apis) = shop_backend(&dirs, "");
+    // An address from the test range that no interface here has.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .expect("port")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let vip = std::net::SocketAddrV4::new(std::net::Ipv4Addr::new(198, 18, 254, 77), port);
+    let passed = freebind_listener(vip);
+    let opts = AgentOpts {
+        config: format!(
+            "[checker]\nhttp = \"{vip}\"\napi_dir = \"{}\"\n",
+            apis.display()
+        ),
+        listen_fds: vec![passed.as_raw_fd()],
+        ..AgentOpts::default()
+    };
+    // The start checks would refuse an address this host does not have, were it not passed.
+    let agent = Agent::start(&dirs, &opts).expect("started on the passed socket");
+    let status = agent.cli(&["status"]);
+    assert!(status.status.success());
+}

@@ -203,7 +203,7 @@ pub async fn serve(
     while connections.join_next().await.is_some() {}
 }
 
-/// `work`, unless the agent is stopping and [`DRAIN_IDLE`] has passed since without it
+/// `work`, unless the agent is stopping and [`DRAIN_FIRST`] has passed since without it
 /// finishing: a connection that has not sent its request yet must not hold up the drain.
 async fn unless_draining<F: Future>(
     work: F,
@@ -213,7 +213,7 @@ async fn unless_draining<F: Future>(
         r = work => Some(r),
         _ = async {
             stopping(shutdown).await;
-            tokio::time::sleep(DRAIN_IDLE).await;
+            tokio::time::sleep(DRAIN_FIRST).await;
         } => None,
     }
 }
@@ -273,27 +273,6 @@ async fn respond(
     })
 }
 
-/// What a draining HTTP/1 connection's look every [`DRAIN_TICK`] decides.
-enum Drain {
-    /// A request is in flight, or it was idle too briefly: wait.
-    Keep,
-    /// Idle for [`DRAIN_IDLE`]: ask hyper to close it.
-    Ask,
-    /// Still open [`DRAIN_IDLE`] after being asked (a request head that never completes):
-    /// drop it.
-    Drop,
-}
-
-/// A draining HTTP/1 connection's next step, given when it was asked to close.
-fn h1_drain_tick(activity: &Activity, asked: Option<Instant>) -> Drain {
-    match asked {
-        Some(at) if at.elapsed() >= DRAIN_IDLE => Drain::Drop,
-        Some(_) => Drain::Keep,
-        None if activity.idle_for() >= DRAIN_IDLE => Drain::Ask,
-        None => Drain::Keep,
-    }
-}
-
 /// What the once-a-second look at an HTTP/2 connection decides.
 enum H2Tick {
     /// Nothing to do.
@@ -306,7 +285,7 @@ enum H2Tick {
 
 /// The once-a-second look at an HTTP/2 connection: closed once a response waited on the
 /// client for `body_timeout` (flow control never blocks the socket, so only this notices),
-/// or once a GOAWAY went unheeded for the head limit or the connection idles after it;
+/// or once a GOAWAY went unheeded for the head limit;
 /// asked to go away once idle for its limit (before its first request, the head limit, as
 /// on HTTP/1).
 fn h2_tick(
@@ -320,9 +299,10 @@ fn h2_tick(
         return H2Tick::Close;
     }
     if let Some(since) = going_away {
-        // A client that ignores the GOAWAY (opening streams on, or idling) loses the
-        // connection anyway.
-        return if since.elapsed() >= limits.head || activity.idle_for() >= DRAIN_IDLE {
+        // A client that ignores the GOAWAY loses the connection anyway (at shutdown, the
+        // grace ends it sooner). Not on idleness: hyper may still be sending a response's
+        // tail, and closes the connection itself once it is done.
+        return if since.elapsed() >= limits.head {
             H2Tick::Close
         } else {
             H2Tick::Keep
@@ -408,6 +388,10 @@ struct Conn {
 /// this long (a client that just connected gets to send its request).
 const DRAIN_IDLE: Duration = Duration::from_millis(500);
 
+/// While draining, how long a connection still in its TLS handshake or before its first byte
+/// is given (a client accepted just before the stop, on a slow link).
+const DRAIN_FIRST: Duration = Duration::from_secs(2);
+
 /// How often a draining HTTP/1 connection looks whether it is idle.
 const DRAIN_TICK: Duration = Duration::from_millis(100);
 
@@ -470,13 +454,23 @@ where
                 loop {
                     tokio::select! {
                         r = conn.as_mut() => break r,
-                        _ = tokio::time::sleep(DRAIN_TICK) => match h1_drain_tick(&activity, asked) {
-                            Drain::Drop => break Ok(()),
-                            Drain::Ask => {
-                                conn.as_mut().graceful_shutdown();
-                                asked = Some(Instant::now());
+                        _ = tokio::time::sleep(DRAIN_TICK) => match asked {
+                            None => {
+                                if activity.idle_for() >= DRAIN_IDLE {
+                                    conn.as_mut().graceful_shutdown();
+                                    asked = Some(Instant::now());
+                                }
                             }
-                            Drain::Keep => {}
+                            // Still open after being asked. Before its first request: half
+                            // a head that never completes, dropped. After one: perhaps the
+                            // last response's tail still going out to a slow reader, given
+                            // the write-stall limit as any write is.
+                            Some(at) => {
+                                let wait = if activity.served() { limits.write_stall } else { DRAIN_IDLE };
+                                if at.elapsed() >= wait {
+                                    break Ok(());
+                                }
+                            }
                         }
                     }
                 }

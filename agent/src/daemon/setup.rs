@@ -82,11 +82,6 @@ pub(super) fn notify_ready() {
 /// Makes the state directory and the database private, then opens the store.
 pub(super) fn open_store(config: &Config) -> anyhow::Result<Store> {
     use std::os::unix::fs::PermissionsExt as _;
-    // Everything the agent creates is private by default: the database (digests of secrets,
-    // the lists), its WAL, and the control socket from the moment it exists (bind then
-    // widens it to 0660 for the group, never the other way round).
-    // SAFETY: umask(2) has no preconditions.
-    unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
@@ -107,6 +102,12 @@ pub(super) fn open_store(config: &Config) -> anyhow::Result<Store> {
 /// any listener (the control-socket check alone leaves that window open).
 pub(super) fn lock_state(config: &Config) -> anyhow::Result<std::fs::File> {
     use std::os::fd::AsRawFd as _;
+    // Everything the agent creates is private by default (this runs first): the lock, the
+    // database (digests of secrets, the lists), its WAL, and the control socket from the
+    // moment it exists (bind then widens it to 0660 for the group, never the other way
+    // round).
+    // SAFETY: umask(2) has no preconditions.
+    unsafe { libc::umask(0o077) };
     std::fs::create_dir_all(&config.state_dir)
         .with_context(|| format!("creating state directory {}", config.state_dir.display()))?;
     let path = config.state_dir.join("agent.lock");

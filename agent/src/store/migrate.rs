@@ -131,7 +131,7 @@ fn from_v0(conn: &mut Connection) -> Result<(usize, usize), StoreError> {
 fn check_v0(conn: &Connection) -> Result<(), String> {
     let objects = conn
         .prepare(
-            "SELECT type, name FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' ORDER BY name",
+            "SELECT type, name FROM sqlite_master WHERE substr(name, 1, 7) <> 'sqlite_' ORDER BY name",
         )
         .and_then(|mut q| {
             q.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?
