@@ -10,6 +10,7 @@ pub mod frames;
 pub mod http;
 pub mod kernel_check;
 pub mod netns;
+pub mod readme;
 pub mod report;
 pub mod tls;
 
