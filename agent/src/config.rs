@@ -236,7 +236,8 @@ impl Config {
                 socket_addr(field, addr)?;
             }
         }
-        duration("checker.detection_ttl", &c.detection_ttl)?;
+        crate::checker::detection_ttl(&c.detection_ttl)
+            .map_err(|e| invalid("checker.detection_ttl", e))?;
         let most = crate::checker::budget::MAX_ESCALATE_AFTER;
         if c.detection_escalate_after > most {
             return Err(invalid(

@@ -243,16 +243,21 @@ fn rotating_tokens_gets_the_address_denied_and_detections_are_budgeted() {
 #[test]
 fn detections_deny_list_the_culprit() {
     privileged!();
-    let s = setup_apis(&[
-        (
-            "shop",
-            r#""oauth2_access_token":true, "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"content_type_allowed":"application/json", "error_code":401,"error_message_body":"Error: Unauthorized method\n"}, "decoy_config":{"decoy_enabled":true,"response_code":200,"response_message":"admin console\n","decoy_subpaths":["admin"]}"#,
-        ),
-        (
-            "bank",
-            r#""oauth2_access_token":true,"is_token_mandatory":true"#,
-        ),
-    ]);
+    // A TTL set for detections (the default is until removed: see checker_ase.rs).
+    let s = setup_with("detection_ttl = \"1h\"\n", |dir, backend| {
+        for (name, fields) in [
+            (
+                "shop",
+                r#""oauth2_access_token":true, "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"content_type_allowed":"application/json", "error_code":401,"error_message_body":"Error: Unauthorized method\n"}, "decoy_config":{"decoy_enabled":true,"response_code":200,"response_message":"admin console\n","decoy_subpaths":["admin"]}"#,
+            ),
+            (
+                "bank",
+                r#""oauth2_access_token":true,"is_token_mandatory":true"#,
+            ),
+        ] {
+            write_backend_api(dir, name, backend, fields);
+        }
+    });
     let xff = |ip: &str| format!("X-Forwarded-For: {ip}");
     // Invalid method with a token: the configured error, the token deny-listed.
     let (code, body) = s.curl(

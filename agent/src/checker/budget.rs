@@ -110,16 +110,15 @@ impl Budget {
         }
     }
 
-    /// What a detection of `culprit` from `client` may write; `escalate`: whether this
-    /// detection may deny the client's address (not on an API that only watches).
-    pub fn spend(&self, client: IpAddr, culprit: Culprit, escalate: bool) -> Spend {
+    /// What a detection of `culprit` from `client` may write.
+    pub fn spend(&self, client: IpAddr, culprit: Culprit) -> Spend {
         if !self.take_total() {
             return Spend::Over { say: false };
         }
         let key = client_key(client);
         let id = self.keys.hash_one(Identity(&culprit));
         let limits = self.limits;
-        let escalate = escalate && limits.escalate_after > 0;
+        let escalate = limits.escalate_after > 0;
         let spend = self.clients.with(key, WINDOW, |w| {
             if w.escalated || w.writes >= limits.per_client {
                 let say = !w.said;
@@ -231,23 +230,23 @@ mod tests {
         let b = Budget::new(LIMITS);
         let ip: IpAddr = "198.18.0.9".parse().expect("ip");
         for t in ["a", "b", "c"] {
-            assert_eq!(b.spend(ip, token(t), true), Spend::Write(token(t)));
+            assert_eq!(b.spend(ip, token(t)), Spend::Write(token(t)));
         }
         // The same token again is not a new one.
-        assert_eq!(b.spend(ip, token("a"), true), Spend::Write(token("a")));
+        assert_eq!(b.spend(ip, token("a")), Spend::Write(token("a")));
         assert_eq!(
-            b.spend(ip, token("d"), true),
+            b.spend(ip, token("d")),
             Spend::Escalate {
                 address: (Kind::Ip, None, "198.18.0.9".into()),
                 culprit: token("d")
             }
         );
-        assert_eq!(b.spend(ip, token("e"), true), Spend::Over { say: true });
-        assert_eq!(b.spend(ip, token("f"), true), Spend::Over { say: false });
-        // Another client has its own budget; a watching API never escalates.
+        assert_eq!(b.spend(ip, token("e")), Spend::Over { say: true });
+        assert_eq!(b.spend(ip, token("f")), Spend::Over { say: false });
+        // Another client has its own budget.
         let other: IpAddr = "198.18.0.10".parse().expect("ip");
-        for t in ["d", "e", "f", "g", "h"] {
-            assert_eq!(b.spend(other, token(t), false), Spend::Write(token(t)));
+        for t in ["d", "e", "f"] {
+            assert_eq!(b.spend(other, token(t)), Spend::Write(token(t)));
         }
     }
 
@@ -256,20 +255,20 @@ mod tests {
         let b = Budget::new(LIMITS);
         let gateway: IpAddr = "198.18.0.1".parse().expect("ip");
         for t in ["a", "b", "c"] {
-            b.spend(gateway, token(t), true);
+            b.spend(gateway, token(t));
         }
         assert!(matches!(
-            b.spend(gateway, token("d"), true),
+            b.spend(gateway, token("d")),
             Spend::Escalate { .. }
         ));
         b.cannot_escalate(gateway);
-        assert_eq!(b.spend(gateway, token("e"), true), Spend::Write(token("e")));
+        assert_eq!(b.spend(gateway, token("e")), Spend::Write(token("e")));
         let off = Budget::new(Limits {
             escalate_after: 0,
             ..LIMITS
         });
         for t in ["a", "b", "c", "d", "e"] {
-            assert_eq!(off.spend(gateway, token(t), true), Spend::Write(token(t)));
+            assert_eq!(off.spend(gateway, token(t)), Spend::Write(token(t)));
         }
     }
 
@@ -284,9 +283,9 @@ mod tests {
         // One address of the /64 denied (a decoy hit) does not end the /64's budget: it
         // is one more identifier, and the next one escalates to the /64.
         let one = (Kind::Ip, None, "2001:db8:1:2::1".to_owned());
-        assert_eq!(b.spend(a, one.clone(), true), Spend::Write(one));
+        assert_eq!(b.spend(a, one.clone()), Spend::Write(one));
         assert_eq!(
-            b.spend(c, token("y"), true),
+            b.spend(c, token("y")),
             Spend::Escalate {
                 address: (Kind::Ip, None, "2001:db8:1:2::/64".into()),
                 culprit: token("y")
@@ -303,15 +302,15 @@ mod tests {
         });
         let ip: IpAddr = "198.18.0.1".parse().expect("ip");
         let cookie = |v: &str| (Kind::Cookie, Some("S".into()), v.to_owned());
-        assert!(matches!(b.spend(ip, cookie("1"), true), Spend::Write(_)));
-        assert!(matches!(b.spend(ip, cookie("2"), true), Spend::Write(_)));
-        let over = b.spend(ip, cookie("3"), true);
+        assert!(matches!(b.spend(ip, cookie("1")), Spend::Write(_)));
+        assert!(matches!(b.spend(ip, cookie("2")), Spend::Write(_)));
+        let over = b.spend(ip, cookie("3"));
         assert_eq!(over, Spend::Over { say: true }, "per client");
         // A refusal does not use up the total: three more rows.
         let written = (2..=20u8)
             .filter(|i| {
                 let ip = IpAddr::from([198, 18, 1, *i]);
-                matches!(b.spend(ip, cookie("x"), true), Spend::Write(_))
+                matches!(b.spend(ip, cookie("x")), Spend::Write(_))
             })
             .count();
         assert_eq!(written, 3, "five rows in total per window");

@@ -63,7 +63,8 @@ pub struct CheckerConfig {
     /// `true` is refused with a pointer to `trusted_proxies`.
     #[serde(skip_serializing)]
     pub trust_xff: Option<bool>,
-    /// How long detections stay on the deny list, e.g. "1h".
+    /// How long detections stay on the deny list: "never" (until removed, as in ASE; the
+    /// default) or a duration, e.g. "1h".
     pub detection_ttl: String,
     /// Distinct identifiers (tokens, cookies, keys) one client may have deny-listed per
     /// minute before its address is denied instead (IPv6: its /64); 0 (never) to 8.
@@ -109,7 +110,7 @@ impl Default for CheckerConfig {
             api_dir: PathBuf::from("/etc/portcullis/apis"),
             trusted_proxies: Vec::new(),
             trust_xff: None,
-            detection_ttl: "1h".into(),
+            detection_ttl: "never".into(),
             detection_escalate_after: 3,
             detection_budget: 10,
             detection_budget_total: 1000,
@@ -192,9 +193,19 @@ impl ApiRegistry {
     }
 }
 
+/// `checker.detection_ttl` in seconds; `None` for "never" (until removed).
+pub fn detection_ttl(value: &str) -> Result<Option<u64>, String> {
+    match value.trim() {
+        "never" => Ok(None),
+        v => crate::config::parse_duration(v)
+            .map(Some)
+            .map_err(|e| format!("{e}, or \"never\"")),
+    }
+}
+
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 18] = [
+pub const OUTCOMES: [&str; 19] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -205,6 +216,7 @@ pub const OUTCOMES: [&str; 18] = [
     "invalid_content_type",
     "missing_token",
     "unknown_api",
+    "unknown_hostname",
     "rate_limited",
     "too_many_streams",
     "bad_gateway",

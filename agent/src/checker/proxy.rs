@@ -49,7 +49,7 @@ pub struct Proxy {
     cfg: CheckerConfig,
     /// `cfg.trusted_proxies`, parsed.
     trusted: Vec<crate::model::Cidr>,
-    detection_ttl: u64,
+    detection_ttl: Option<u64>,
     /// How long bodies may stall and backends may take to answer.
     deadlines: Deadlines,
     client: Backends,
@@ -80,8 +80,7 @@ impl Proxy {
         stats: Arc<L7Stats>,
         cfg: CheckerConfig,
     ) -> anyhow::Result<Arc<Self>> {
-        let detection_ttl =
-            crate::config::parse_duration(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
+        let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let budget = Arc::new(Budget::new(Limits {
             escalate_after: cfg.detection_escalate_after,
@@ -174,6 +173,11 @@ impl Proxy {
             }
         };
         let Some(api) = api::route(&apis, &host, &path.matched) else {
+            // As ASE: a host no API answers for, then a path no API of the host owns.
+            if !api::serves_host(&apis, &host) {
+                self.stats.hit("unknown_hostname");
+                return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown Hostname\n");
+            }
             self.stats.hit("unknown_api");
             return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
         };
@@ -237,7 +241,9 @@ impl Proxy {
 
     /// The attacks the API's definition detects (a decoy path, a method, protocol or content
     /// type outside its pattern, a missing mandatory token): the culprit is deny-listed and
-    /// the answer is the refusal the definition asks for.
+    /// the answer is the refusal the definition asks for. On an API with `enable_blocking:
+    /// false` they are only counted (and `would_block`): nothing is written, and the request
+    /// goes on — except to a decoy, which answers as a decoy (there is nothing behind it).
     async fn attack(
         &self,
         api: &Api,
@@ -264,6 +270,9 @@ impl Proxy {
         {
             self.stats.hit(&reason.replace('-', "_"));
             self.detect(api, reason, ip, ids.culprit()).await;
+            if !api.meta.enable_blocking {
+                return None;
+            }
             let code = p.error_code.and_then(|c| StatusCode::from_u16(c).ok());
             let body = if p.error_message_body.is_empty() {
                 "Error: Unauthorized\n".to_owned()
@@ -275,6 +284,9 @@ impl Proxy {
         if api.meta.is_token_mandatory && ids.tokens.is_empty() {
             self.stats.hit("missing_token");
             self.detect(api, "missing-token", ip, by_ip()).await;
+            if !api.meta.enable_blocking {
+                return None;
+            }
             return Some(full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n"));
         }
         None
@@ -285,11 +297,17 @@ impl Proxy {
     /// once it has rotated identifiers, nothing once the budget is spent. Allow-listed
     /// requests never get here.
     async fn detect(&self, api: &Api, reason: &str, client: IpAddr, culprit: Option<Culprit>) {
+        if !api.meta.enable_blocking {
+            // Counted, not written: a watching API must not block anyone, in the kernel
+            // least of all. Not logged above debug: its attackers could flood the log.
+            self.stats.hit("would_block");
+            tracing::debug!(api = %api.name, reason, %client, "attack detected; would deny-list (enable_blocking is false)");
+            return;
+        }
         let Some(culprit) = culprit else {
             return;
         };
-        // An API that only watches never gets a whole address denied for it.
-        match self.budget.spend(client, culprit, api.meta.enable_blocking) {
+        match self.budget.spend(client, culprit) {
             Spend::Write(c) => {
                 self.deny(api, reason, c).await;
             }

@@ -252,7 +252,10 @@ pub struct ApiShown {
     pub path: PathBuf,
     /// The definition as understood, in the file's own shape.
     pub api_metadata: serde_json::Value,
-    /// Fields of its file this agent does not understand.
+    /// The decoy paths in full, as matched (`decoy_subpaths` resolved against `url`).
+    #[serde(default)]
+    pub decoy_paths: Vec<String>,
+    /// Fields of its file this agent does not understand, by path.
     #[serde(default)]
     pub ignored_fields: Vec<String>,
 }

@@ -47,8 +47,8 @@ pub struct Detection {
     pub value: String,
     /// What was detected, and on which API.
     pub reason: String,
-    /// Seconds the deny lasts.
-    pub ttl_secs: u64,
+    /// Seconds the deny lasts; `None`: until removed.
+    pub ttl_secs: Option<u64>,
 }
 
 /// Why a request was refused.
@@ -287,7 +287,7 @@ impl Service {
             kind: Some(d.kind),
             name: d.name.clone(),
             value: d.value.clone(),
-            ttl_secs: Some(d.ttl_secs),
+            ttl_secs: d.ttl_secs,
             reason: Some(d.reason.clone()),
             api: None,
             source: Some("checker".into()),

@@ -126,6 +126,7 @@ impl Service {
             path: api.path.clone(),
             api_metadata: serde_json::to_value(&api.meta)
                 .map_err(|e| ServiceError::Internal(format!("API {name}: {e}")))?,
+            decoy_paths: api.decoy_paths.clone(),
             ignored_fields: api.ignored_fields.clone(),
         })
     }

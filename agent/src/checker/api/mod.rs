@@ -1,7 +1,11 @@
 //! API definitions in ASE's API JSON format (`{"api_metadata": {...}}`), one file per API in
 //! the API directory; the file's stem is the API's name. Existing ASE definitions load as
-//! they are: fields Portcullis does not use are reported once, never silently dropped, and a
-//! broken file is reported with its path and field while the others keep working.
+//! they are, in the loose types Ping's own files use ([`loose`]): fields Portcullis does not
+//! use are reported once by their path, at any depth ([`unknown`]), never silently dropped,
+//! and a broken file is reported with its path and field while the others keep working.
+
+mod loose;
+mod unknown;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +26,7 @@ pub struct PatternEnforcement {
     /// Allowed request content types, comma-separated; empty = any.
     pub content_type_allowed: String,
     /// Status of the error response (default 401).
+    #[serde(deserialize_with = "loose::status")]
     pub error_code: Option<u16>,
     /// Reason phrase (informational).
     pub error_def: String,
@@ -34,15 +39,18 @@ pub struct PatternEnforcement {
 #[serde(default)]
 pub struct DecoyConfig {
     /// Whether decoys are armed.
+    #[serde(deserialize_with = "loose::flag")]
     pub decoy_enabled: bool,
     /// Status of the decoy response.
+    #[serde(deserialize_with = "loose::status")]
     pub response_code: Option<u16>,
     /// Reason phrase (informational).
     pub response_def: String,
     /// Body of the decoy response.
     pub response_message: String,
-    /// Sub-paths under the API's `url` that are decoys; empty with `decoy_enabled` makes the
-    /// whole API a decoy.
+    /// Decoy paths: full paths under the API's `url` as ASE writes them (`/shop/admin` for
+    /// `"url": "/shop"`), or relative to it without a leading `/` (`admin`); empty with
+    /// `decoy_enabled` makes the whole API a decoy.
     pub decoy_subpaths: Vec<String>,
 }
 
@@ -71,7 +79,8 @@ pub struct Jwt {
 pub struct Server {
     /// Host name or address.
     pub host: String,
-    /// Port.
+    /// Port (a number, or a string of digits as Ping's tools write it).
+    #[serde(deserialize_with = "loose::port")]
     pub port: u16,
 }
 
@@ -88,8 +97,10 @@ pub struct ApiMetadata {
     /// Session cookie name.
     pub cookie: String,
     /// Whether `Authorization: Bearer` carries an OAuth2 access token.
+    #[serde(deserialize_with = "loose::flag")]
     pub oauth2_access_token: bool,
     /// Requests without a token are an attack (client IP deny-listed).
+    #[serde(deserialize_with = "loose::flag")]
     pub is_token_mandatory: bool,
     /// Query parameter carrying the API key.
     pub apikey_qs: String,
@@ -100,18 +111,23 @@ pub struct ApiMetadata {
     /// JWT settings.
     pub jwt: Option<Jwt>,
     /// Block denied clients (403); false: forward and count "would block".
+    #[serde(deserialize_with = "loose::flag")]
     pub enable_blocking: bool,
     /// Request pattern rules.
     pub api_pattern_enforcement: Option<PatternEnforcement>,
     /// Backends.
     pub servers: Vec<Server>,
     /// TLS to the backends.
+    #[serde(deserialize_with = "loose::flag")]
     pub server_ssl: bool,
     /// Probe backends.
+    #[serde(deserialize_with = "loose::flag")]
     pub health_check: bool,
-    /// Seconds between probes.
+    /// Seconds between probes (or an ASE duration, `30s`).
+    #[serde(deserialize_with = "loose::seconds")]
     pub health_check_interval: Option<u64>,
     /// Failed probes before a server is skipped.
+    #[serde(deserialize_with = "loose::count")]
     pub health_retry_count: Option<u32>,
     /// Path probed.
     pub health_url: String,
@@ -157,8 +173,12 @@ pub struct Api {
     pub path: PathBuf,
     /// Its definition.
     pub meta: ApiMetadata,
-    /// Fields present in the file that Portcullis ignores.
+    /// Fields present in the file that Portcullis ignores, by path
+    /// (`servers[0].server_spike_threshold`).
     pub ignored_fields: Vec<String>,
+    /// The decoy paths in full and normal form (`decoy_subpaths` resolved against `url`):
+    /// what decoys match, and what `api show` prints.
+    pub decoy_paths: Vec<String>,
     /// Parsed `client_spike_threshold`: (requests, per seconds).
     #[serde(skip)]
     pub spike: Option<(u32, u64)>,
@@ -207,29 +227,6 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-const KNOWN: &[&str] = &[
-    "protocol",
-    "url",
-    "hostname",
-    "cookie",
-    "oauth2_access_token",
-    "is_token_mandatory",
-    "apikey_qs",
-    "apikey_header",
-    "username_header",
-    "jwt",
-    "enable_blocking",
-    "api_pattern_enforcement",
-    "servers",
-    "server_ssl",
-    "health_check",
-    "health_check_interval",
-    "health_retry_count",
-    "health_url",
-    "decoy_config",
-    "flow_control",
-];
-
 /// Parses `N/second|minute|hour`.
 fn parse_spike(s: &str) -> Result<Option<(u32, u64)>, String> {
     let s = s.trim();
@@ -263,17 +260,17 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     let meta_value = value
         .get("api_metadata")
         .ok_or_else(|| err("missing top-level \"api_metadata\" object".into()))?;
-    let ignored_fields: Vec<String> = meta_value
-        .as_object()
-        .map(|o| {
-            o.keys()
-                .filter(|k| !KNOWN.contains(&k.as_str()))
-                .cloned()
-                .collect()
-        })
-        .unwrap_or_default();
     let meta: ApiMetadata = serde_json::from_value(meta_value.clone())
         .map_err(|e| err(format!("api_metadata: {e}")))?;
+    let understood = serde_json::to_value(&meta).map_err(|e| err(e.to_string()))?;
+    let mut ignored_fields = unknown::unknown_fields(meta_value, &understood, "");
+    if let Some(top) = value.as_object() {
+        ignored_fields.extend(
+            top.keys()
+                .filter(|k| *k != "api_metadata")
+                .map(|k| format!("{k} (beside api_metadata)")),
+        );
+    }
     if !meta.url.starts_with('/') {
         return Err(err(format!(
             "field `url`: {:?} must start with '/'",
@@ -288,6 +285,11 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     {
         return Err(err("field `servers`: at least one {\"host\", \"port\"} is needed (unless the whole API is a decoy)".into()));
     }
+    if meta.is_token_mandatory && !meta.oauth2_access_token {
+        return Err(err("field `is_token_mandatory`: needs `oauth2_access_token: true`, as in ASE (without it no token is read, and every client would be deny-listed for a missing one)".into()));
+    }
+    let decoy_paths =
+        decoy_paths(&meta).map_err(|m| err(format!("field `decoy_config.decoy_subpaths`: {m}")))?;
     if meta.server_ssl {
         return Err(err("field `server_ssl`: TLS to the API servers is not supported yet; terminate it on the servers' side or use plain HTTP on a private network".into()));
     }
@@ -314,6 +316,7 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
         path: path.into(),
         meta,
         ignored_fields,
+        decoy_paths,
         spike,
         balance: Arc::new(Balance {
             next: AtomicUsize::new(0),
@@ -323,6 +326,44 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
                 .collect(),
         }),
     })
+}
+
+/// `decoy_subpaths` in full: a path with a leading `/` is a full path, as ASE reads it, and
+/// must lie under `url`; one without is relative to `url`. A full path outside the API (in
+/// earlier Portcullis releases `/admin` meant `url` + `/admin`) is refused rather than
+/// guessed at, since either reading could be the one meant.
+fn decoy_paths(meta: &ApiMetadata) -> Result<Vec<String>, String> {
+    let Some(decoy) = &meta.decoy_config else {
+        return Ok(Vec::new());
+    };
+    let base = meta.url.trim_end_matches('/');
+    decoy
+        .decoy_subpaths
+        .iter()
+        .map(|sub| {
+            let s = sub.trim();
+            if s.is_empty() {
+                return Err("an empty path".to_owned());
+            }
+            let full = if s.starts_with('/') {
+                s.to_owned()
+            } else {
+                format!("{base}/{s}")
+            };
+            let normal = super::target::normalize_path(&full)
+                .map_err(|e| format!("{sub:?}: {e}"))?
+                .matched;
+            if s.starts_with('/') && !under(&normal, &meta.url) {
+                return Err(format!(
+                    "{sub:?} is not under the API's url {:?}: a path starting with '/' is a full path (ASE's form): write {:?}, or {:?} relative to the url",
+                    meta.url,
+                    format!("{base}{normal}"),
+                    normal.trim_start_matches('/')
+                ));
+            }
+            Ok(normal)
+        })
+        .collect()
 }
 
 /// Every API in `dir` that loads, and the files that do not.
@@ -394,20 +435,24 @@ pub fn under(path: &str, prefix: &str) -> bool {
 /// lists no sub-paths).
 pub fn decoy_hit<'a>(api: &'a Api, path: &str) -> Option<&'a DecoyConfig> {
     let decoy = api.meta.decoy_config.as_ref().filter(|d| d.decoy_enabled)?;
-    let base = api.meta.url.trim_end_matches('/');
-    let hit = decoy.decoy_subpaths.is_empty()
-        || decoy
-            .decoy_subpaths
-            .iter()
-            .any(|s| under(path, &format!("{base}/{}", s.trim_start_matches('/'))));
+    let hit = api.decoy_paths.is_empty() || api.decoy_paths.iter().any(|p| under(path, p));
     hit.then_some(decoy)
+}
+
+/// Whether an API answers for `host` (its own hostname, or `*`).
+pub fn serves_host(apis: &BTreeMap<String, Api>, host: &str) -> bool {
+    apis.values().any(|a| host_matches(a, host))
+}
+
+fn host_matches(api: &Api, host: &str) -> bool {
+    api.meta.hostname == "*" || api.meta.hostname.eq_ignore_ascii_case(host)
 }
 
 /// The API for `host` and `path`: hostname match (or `*`), then the longest `url` prefix.
 /// `host` is in `target::normalize_host` form (no port: an IPv6 literal keeps its colons).
 pub fn route<'a>(apis: &'a BTreeMap<String, Api>, host: &str, path: &str) -> Option<&'a Api> {
     apis.values()
-        .filter(|a| a.meta.hostname == "*" || a.meta.hostname.eq_ignore_ascii_case(host))
+        .filter(|a| host_matches(a, host))
         .filter(|a| under(path, &a.meta.url))
         .max_by_key(|a| {
             (
@@ -484,5 +529,121 @@ mod tests {
         assert_eq!(r("x", "/elsewhere"), Some("root".into()));
         apis.remove("root");
         assert!(route(&apis, "x", "/elsewhere").is_none());
+    }
+
+    /// A definition as Ping's examples and tools write it: numbers as strings, `""` for
+    /// unset, durations with ASE's units, full-path decoys, fields Portcullis does not use
+    /// at several depths.
+    const PING_STYLE: &str = r#"{"api_metadata": {
+        "protocol": "https", "url": "/shop", "hostname": "*", "cookie": "JSESSIONID",
+        "cookie_idle_timeout": "20m", "logout_api_enabled": false, "cookie_persistence_enabled": false,
+        "oauth2_access_token": true, "is_token_mandatory": "true", "apikey_qs": "", "apikey_header": "",
+        "enable_blocking": true,
+        "api_mapping": {"internal_url": ""},
+        "api_pattern_enforcement": {"protocol_allowed": "", "http_redirect": {"response_code": "", "response_def": "", "https_url": ""},
+            "methods_allowed": [], "content_type_allowed": "", "error_code": "401", "error_def": "Unauthorized", "error_message_body": ""},
+        "flow_control": {"client_spike_threshold": "0/second", "server_connection_queueing": false},
+        "api_memory_size": "128mb",
+        "health_check": true, "health_check_interval": "8", "health_retry_count": "2", "health_url": "/health",
+        "server_ssl": false,
+        "servers": [{"host": "127.0.0.1", "port": "8080", "server_spike_threshold": "0/second", "server_connection_quota": 0}],
+        "decoy_config": {"decoy_enabled": true, "response_code": "", "response_def": "", "response_message": "",
+            "decoy_subpaths": ["/shop/admin", "/shop/root/", "debug"]}
+    }}"#;
+
+    #[test]
+    fn a_ping_style_file_loads_with_its_values() {
+        let a = api("shop", PING_STYLE).expect("a Ping-style file loads");
+        let p = a.meta.api_pattern_enforcement.as_ref().expect("pattern");
+        assert_eq!(p.error_code, Some(401));
+        let d = a.meta.decoy_config.as_ref().expect("decoy");
+        assert_eq!(d.response_code, None);
+        assert!(a.meta.is_token_mandatory);
+        assert_eq!(a.meta.servers[0].port, 8080);
+        assert_eq!(a.meta.health_check_interval, Some(8));
+        assert_eq!(a.meta.health_retry_count, Some(2));
+        assert_eq!(a.decoy_paths, ["/shop/admin", "/shop/root/", "/shop/debug"]);
+        assert!(decoy_hit(&a, "/shop/admin").is_some());
+        assert!(decoy_hit(&a, "/shop/admin/x").is_some());
+        assert!(decoy_hit(&a, "/shop/root").is_some());
+        assert!(decoy_hit(&a, "/shop/debug").is_some());
+        assert!(decoy_hit(&a, "/shop/shop/admin").is_none());
+        assert!(decoy_hit(&a, "/shop/items").is_none());
+        assert_eq!(
+            a.ignored_fields,
+            [
+                "api_mapping",
+                "api_memory_size",
+                "api_pattern_enforcement.http_redirect",
+                "cookie_idle_timeout",
+                "cookie_persistence_enabled",
+                "flow_control.server_connection_queueing",
+                "logout_api_enabled",
+                "servers[0].server_connection_quota",
+                "servers[0].server_spike_threshold",
+            ]
+        );
+    }
+
+    #[test]
+    fn unclear_definitions_are_refused_naming_the_field() {
+        let with = |field: &str, value: &str| {
+            let mut v: serde_json::Value = serde_json::from_str(PING_STYLE).expect("json");
+            let mut at = &mut v["api_metadata"];
+            let path: Vec<&str> = field.split('.').collect();
+            for k in &path[..path.len() - 1] {
+                at = &mut at[*k];
+            }
+            at[path[path.len() - 1]] = serde_json::from_str(value).expect("value");
+            api("shop", &v.to_string())
+        };
+        for (field, value, says) in [
+            (
+                "api_pattern_enforcement.error_code",
+                r#""40l""#,
+                "not a whole number",
+            ),
+            (
+                "api_pattern_enforcement.error_code",
+                "700",
+                "not an HTTP status",
+            ),
+            (
+                "decoy_config.response_code",
+                r#""abc""#,
+                "not a whole number",
+            ),
+            ("health_check_interval", r#""5x""#, "unknown unit"),
+            ("enable_blocking", r#""maybe""#, "not true or false"),
+            // A full path outside the API: ASE's reading never fires, the old one guessed.
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["/admin"]"#,
+                "write \"/shop/admin\", or \"admin\"",
+            ),
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["/shopping"]"#,
+                "not under the API's url",
+            ),
+            ("decoy_config.decoy_subpaths", r#"[""]"#, "an empty path"),
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["a%2fb"]"#,
+                "decoy_subpaths",
+            ),
+            (
+                "oauth2_access_token",
+                "false",
+                "needs `oauth2_access_token: true`",
+            ),
+        ] {
+            let e = with(field, value).expect_err(field);
+            assert!(e.message.contains(says), "{field} = {value}: {e}");
+        }
+        let mut v: serde_json::Value = serde_json::from_str(PING_STYLE).expect("json");
+        v["api_metadata"]["servers"][0]["port"] = serde_json::json!("0");
+        let e = api("shop", &v.to_string()).expect_err("port 0");
+        assert!(e.message.contains("not a port"), "{e}");
     }
 }
