@@ -312,6 +312,16 @@ impl Config {
             ));
         }
         duration("abs.poll", &self.abs.poll)?;
+        duration("abs.window", &self.abs.window)?;
+        if !(self.abs.max_shrink > 0.0 && self.abs.max_shrink <= 1.0) {
+            return Err(invalid(
+                "abs.max_shrink",
+                format!(
+                    "{} is not a share above 0 and at most 1.0",
+                    self.abs.max_shrink
+                ),
+            ));
+        }
         duration("abs.timeout", &self.abs.timeout)?;
         Ok(())
     }
@@ -354,7 +364,14 @@ pub struct AbsConfig {
     /// Most items accepted in one attack list (each held costs about 100 bytes while the
     /// list is applied).
     pub max_items: usize,
-    /// Report the checker's detections to ABS.
+    /// How far back the attack-list query reaches (`earlier_date`; ABS answers for a period,
+    /// so an item older than the window would be missing from the answer, and lifted).
+    pub window: String,
+    /// The largest share of the ABS rows one poll may remove; a larger shrink is applied
+    /// when the next poll asks for it too. 1.0: no limit.
+    pub max_shrink: f64,
+    /// Post the checker's detections to `{url}/v4/abs/detections` — a Portcullis
+    /// invention no ABS serves, hence off by default.
     pub report: bool,
     /// Most detections kept while ABS is unreachable.
     pub report_queue: usize,
@@ -372,7 +389,9 @@ impl Default for AbsConfig {
             timeout: "10s".into(),
             max_body_bytes: 64 << 20,
             max_items: 2_000_000,
-            report: true,
+            window: "365d".into(),
+            max_shrink: 0.5,
+            report: false,
             report_queue: 10_000,
         }
     }

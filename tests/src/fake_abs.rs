@@ -217,7 +217,7 @@ pub fn agent_config(dirs: &crate::agent::AgentDirs, url: &str, extra: &str) -> S
     let secret = dirs.root.join("abs.secret");
     std::fs::write(&secret, "s3cret-sk\n").expect("secret");
     format!(
-        "[abs]\nurl = \"{url}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\n{extra}",
+        "[abs]\nurl = \"{url}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}\"\npoll = \"1s\"\ninsecure = true\nreport = true\n{extra}",
         secret.display()
     )
 }

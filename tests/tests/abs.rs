@@ -82,8 +82,9 @@ fn mirror_failures_push_and_reporting() {
             .into(),
     ));
     wait_for("the first ABS snapshot", || abs_rows(&agent).len() == 6);
-    let polls = abs.requests("GET /v4/abs/attacklist?status=active");
+    let polls = abs.requests("GET /v4/abs/attacklist?earlier_date=");
     assert!(!polls.is_empty());
+    assert!(polls[0].line.contains("&status=active"), "{:?}", polls[0]);
     assert!(
         polls[0].headers.contains(&"x-abs-ak: ak-1".to_string())
             && polls[0]
@@ -221,6 +222,98 @@ fn mirror_failures_push_and_reporting() {
     assert!(
         report.body.contains("decoy") && report.headers.contains(&"x-abs-ak: ak-1".to_string()),
         "{report:?}"
+    );
+}
+
+/// The minutes since 1970 of an ABS date (`YYYY-MM-DDTHH:MM`), through `date`.
+fn abs_minutes(date: &str) -> i64 {
+    let out = std::process::Command::new("date")
+        .args(["-u", "-d", &date.replace('T', " "), "+%s"])
+        .output()
+        .expect("date");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<i64>()
+        .unwrap_or_else(|_| panic!("{date:?} is not a date"))
+        / 60
+}
+
+/// What ABS's answer cannot prove is gone is not lifted: an answer with items Portcullis
+/// cannot read removes nothing; one that would remove more than half the list at once is
+/// applied when the next poll asks for the same. The query carries ABS's date window, the
+/// list reads without its envelope, and nothing is reported to ABS unless asked.
+#[test]
+fn what_an_answer_cannot_prove_gone_stays_listed() {
+    privileged!();
+    let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    let dirs = AgentDirs::new();
+    let config = abs_config(&dirs, &abs.url()).replace("report = true\n", "");
+    let agent = Agent::with_config(&dirs, config).expect("agent");
+    let four =
+        r#"{"ips":["198.18.74.1","198.18.74.2","198.18.74.3","198.18.74.4"],"message":"ok"}"#;
+    abs.set(Answer::Json(four.into()));
+    wait_for("the bare list", || abs_rows(&agent).len() == 4);
+
+    // One item of a shape it cannot read: the others may be what it lacks. Nothing goes.
+    abs.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.74.1",{"address":"198.18.74.2"}]}}"#.into(),
+    ));
+    wait_for("the unreadable answer", || {
+        let s = abs_state(&agent);
+        s.unreadable == 1 && s.removals_held == 3 && !s.shrink_held
+    });
+    assert_eq!(
+        abs_rows(&agent).len(),
+        4,
+        "an unreadable answer removed rows"
+    );
+    // The same under an identifier type it does not know.
+    abs.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.74.1"],"ipv6_ranges":["2001:db8::/48"]}}"#.into(),
+    ));
+    wait_for("the unknown type", || abs_state(&agent).unknown_types >= 1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(
+        abs_rows(&agent).len(),
+        4,
+        "an unknown type's answer removed rows"
+    );
+
+    // Readable, but three of four gone: held one poll, then confirmed and applied.
+    abs.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.74.1"]}}"#.into(),
+    ));
+    wait_for("the held shrink", || abs_state(&agent).shrink_held);
+    assert_eq!(
+        abs_rows(&agent).len(),
+        4,
+        "a halving answer applied at once"
+    );
+    wait_for("the confirmed shrink", || abs_rows(&agent).len() == 1);
+    assert!(!abs_state(&agent).shrink_held);
+
+    // The window: a year back, to a minute ahead, in ABS's format.
+    let poll = &abs.requests("GET /v4/abs/attacklist?")[0].line;
+    let field = |name: &str| {
+        poll.split(['?', '&', ' '])
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .unwrap_or_else(|| panic!("no {name} in {poll}"))
+            .to_owned()
+    };
+    let (earlier, later) = (
+        abs_minutes(&field("earlier_date")),
+        abs_minutes(&field("later_date")),
+    );
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs() as i64
+        / 60;
+    assert!((later - now - 1).abs() <= 2, "{poll}");
+    assert_eq!(later - earlier, 365 * 24 * 60 + 1, "{poll}");
+    assert!(
+        abs.requests("POST").is_empty(),
+        "reported without report = true"
     );
 }
 

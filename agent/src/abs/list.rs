@@ -16,6 +16,9 @@ pub struct AttackList {
     pub items: Vec<AbsItem>,
     /// Unknown keys of `attacklist` (the first [`MAX_UNKNOWN`]).
     pub unknown: Vec<String>,
+    /// Items that could not be read: of no known shape, or under an unknown key. While
+    /// there are any, the list is not the whole truth, and the mirror removes nothing.
+    pub unreadable: usize,
 }
 
 /// Unknown keys kept for the log and `status`.
@@ -167,8 +170,9 @@ impl<'de> de::Visitor<'de> for ShallowVisitor {
 /// Parses an attack list document (see the module doc) from `read` as it arrives: items go
 /// straight into the typed list, with no copy of the document and no JSON tree (a
 /// million-item list would otherwise cost hundreds of MB while it is parsed). Items of the
-/// wrong JSON type are skipped; a document without `attacklist`, or with a list that is not
-/// a list, is an error.
+/// wrong JSON type are skipped and counted as unreadable; a document with neither
+/// `attacklist` nor a list of identifiers at the top, or with a list that is not a list, is
+/// an error.
 pub fn read_attacklist(read: impl std::io::Read, max_items: usize) -> Result<AttackList, AbsError> {
     let at = RefCell::new(None);
     let mut de = serde_json::Deserializer::from_reader(std::io::BufReader::new(read));
@@ -208,8 +212,8 @@ fn redact(message: &str) -> String {
     out.chars().take(300).collect()
 }
 
-/// The document: one key that matters, `attacklist`. `at` says which list is being read
-/// (for errors); at most `max_items` are kept.
+/// The document: `attacklist`, or the lists themselves at the top. `at` says which list is
+/// being read (for errors); at most `max_items` are kept.
 struct DocVisitor<'a> {
     at: &'a RefCell<Option<String>>,
     max_items: usize,
@@ -219,22 +223,37 @@ impl<'de> de::Visitor<'de> for DocVisitor<'_> {
     type Value = AttackList;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("an object with \"attacklist\"")
+        f.write_str("an object with \"attacklist\" or lists of identifiers")
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AttackList, A::Error> {
-        let mut list = None;
+        // The list in its envelope (`{"attacklist": {...}, "message", "date", ...}`), or
+        // bare (`{"ips": [...], ...}`, the shape ABS publishes for PUT and DELETE); other
+        // keys beside them are the envelope's.
+        let mut out = AttackList::default();
+        let mut found = false;
         while let Some(key) = map.next_key::<String>()? {
             if key == "attacklist" {
-                list = Some(map.next_value_seed(ListSeed {
+                let inner = map.next_value_seed(ListSeed {
                     at: self.at,
-                    max_items: self.max_items,
-                })?);
+                    max_items: self.max_items.saturating_sub(out.items.len()),
+                })?;
+                out.items.extend(inner.items);
+                out.unknown.extend(inner.unknown);
+                out.unreadable += inner.unreadable;
+                found = true;
+            } else if read_kind(&key, &mut map, &mut out, self.at, self.max_items)? {
+                found = true;
             } else {
                 map.next_value::<de::IgnoredAny>()?;
             }
         }
-        list.ok_or_else(|| de::Error::missing_field("attacklist"))
+        if !found {
+            return Err(de::Error::custom(
+                "no attacklist object and no list of identifiers (ips, cookies, oauth_tokens, api_keys, usernames)",
+            ));
+        }
+        Ok(out)
     }
 }
 
@@ -262,40 +281,112 @@ impl<'de> de::Visitor<'de> for ListSeed<'_> {
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<AttackList, A::Error> {
         let mut out = AttackList::default();
         while let Some(key) = map.next_key::<String>()? {
-            let kind = match key.as_str() {
-                "ips" => Kind::Ip,
-                "oauth_tokens" | "tokens" => Kind::Token,
-                "api_keys" => Kind::ApiKey,
-                "usernames" => Kind::Username,
-                "cookies" => Kind::Cookie,
-                other => {
-                    if out.unknown.len() < MAX_UNKNOWN {
-                        out.unknown.push(other.chars().take(64).collect());
-                    }
-                    map.next_value::<de::IgnoredAny>()?;
-                    continue;
+            if !read_kind(&key, &mut map, &mut out, self.at, self.max_items)? {
+                if out.unknown.len() < MAX_UNKNOWN {
+                    out.unknown.push(key.chars().take(64).collect());
                 }
-            };
-            *self.at.borrow_mut() = Some(key.chars().take(64).collect());
-            let items = Items {
-                out: &mut out.items,
-                max: self.max_items,
-            };
-            map.next_value_seed(ItemsSeed {
-                kind,
-                name: None,
-                items,
-            })?;
-            *self.at.borrow_mut() = None;
+                out.unreadable += map.next_value::<Count>()?.0;
+            }
         }
         Ok(out)
     }
 }
 
-/// Where the items go, and how many may.
+/// The kind ABS's key names, if it names one.
+fn kind_of(key: &str) -> Option<Kind> {
+    Some(match key {
+        "ips" => Kind::Ip,
+        "oauth_tokens" | "tokens" => Kind::Token,
+        "api_keys" => Kind::ApiKey,
+        "usernames" => Kind::Username,
+        "cookies" => Kind::Cookie,
+        _ => return None,
+    })
+}
+
+/// Reads the value of `key` into `out` when the key names a kind; false (value unread)
+/// when it does not.
+fn read_kind<'de, A: de::MapAccess<'de>>(
+    key: &str,
+    map: &mut A,
+    out: &mut AttackList,
+    at: &RefCell<Option<String>>,
+    max_items: usize,
+) -> Result<bool, A::Error> {
+    let Some(kind) = kind_of(key) else {
+        return Ok(false);
+    };
+    *at.borrow_mut() = Some(key.chars().take(64).collect());
+    map.next_value_seed(ItemsSeed {
+        kind,
+        name: None,
+        items: Items {
+            out: &mut out.items,
+            max: max_items,
+            unreadable: &mut out.unreadable,
+        },
+    })?;
+    *at.borrow_mut() = None;
+    Ok(true)
+}
+
+/// How many items a value of an unknown kind holds (a list's or object's entries, one for a
+/// scalar, none for `null`), read past without keeping any.
+struct Count(usize);
+
+impl<'de> de::Deserialize<'de> for Count {
+    fn deserialize<D: de::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Count;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_unit<E: de::Error>(self) -> Result<Count, E> {
+                Ok(Count(0))
+            }
+            fn visit_bool<E: de::Error>(self, _: bool) -> Result<Count, E> {
+                Ok(Count(1))
+            }
+            fn visit_i64<E: de::Error>(self, _: i64) -> Result<Count, E> {
+                Ok(Count(1))
+            }
+            fn visit_u64<E: de::Error>(self, _: u64) -> Result<Count, E> {
+                Ok(Count(1))
+            }
+            fn visit_f64<E: de::Error>(self, _: f64) -> Result<Count, E> {
+                Ok(Count(1))
+            }
+            fn visit_str<E: de::Error>(self, _: &str) -> Result<Count, E> {
+                Ok(Count(1))
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while seq.next_element::<de::IgnoredAny>()?.is_some() {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<Count, A::Error> {
+                let mut n = 0;
+                while map
+                    .next_entry::<de::IgnoredAny, de::IgnoredAny>()?
+                    .is_some()
+                {
+                    n += 1;
+                }
+                Ok(Count(n))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Where the items go, how many may, and the count of those that could not be read.
 struct Items<'a> {
     out: &'a mut Vec<AbsItem>,
     max: usize,
+    unreadable: &'a mut usize,
 }
 
 /// One list of items, appended as they are read; for cookies (without a `name` yet), a
@@ -330,7 +421,11 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let Items { out, max } = self.items;
+        let Items {
+            out,
+            max,
+            unreadable,
+        } = self.items;
         while let Some(name) = map.next_key::<String>()? {
             map.next_value_seed(ItemsSeed {
                 kind: self.kind,
@@ -338,6 +433,7 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
                 items: Items {
                     out: &mut *out,
                     max,
+                    unreadable: &mut *unreadable,
                 },
             })?;
         }
@@ -359,7 +455,10 @@ impl<'de> de::Visitor<'de> for ItemsSeed<'_> {
                     value,
                     ttl: ttl.filter(|t| *t > 0),
                 },
-                ItemDoc::Other => continue,
+                ItemDoc::Other => {
+                    *self.items.unreadable += 1;
+                    continue;
+                }
             };
             if self.items.out.len() >= self.items.max {
                 return Err(de::Error::custom(format!(
@@ -385,6 +484,8 @@ mod tests {
         let l = parse_attacklist(body, 100).expect("parses");
         assert_eq!(l.items.len(), 8, "{:?}", l.items);
         assert_eq!(l.unknown, vec!["devices".to_string()]);
+        // The number 42, and the one item under the unknown "devices".
+        assert_eq!(l.unreadable, 2);
         assert!(l.items.contains(&AbsItem {
             kind: Kind::Cookie,
             name: Some("JSESSIONID".into()),
@@ -415,6 +516,7 @@ mod tests {
         let values: Vec<&str> = l.items.iter().map(|i| i.value.as_str()).collect();
         assert_eq!(values, ["198.51.100.5"]);
         assert_eq!(l.items[0].ttl, None);
+        assert_eq!(l.unreadable, 5, "each skipped item is counted");
         // However deep a field's object nests, it is read past: the item is skipped, the
         // list and its other items stay.
         let deep = format!(
@@ -425,6 +527,23 @@ mod tests {
         let l = parse_attacklist(deep.as_bytes(), 100).expect("the list reads");
         let values: Vec<&str> = l.items.iter().map(|i| i.value.as_str()).collect();
         assert_eq!(values, ["198.51.100.6"]);
+    }
+
+    #[test]
+    fn the_list_reads_with_or_without_its_envelope() {
+        let bare =
+            br#"{"ips":["203.0.113.7"],"oauth_tokens":["t"],"message":"ok","status_code":200}"#;
+        let l = parse_attacklist(bare, 100).expect("bare");
+        assert_eq!((l.items.len(), l.unreadable), (2, 0));
+        assert!(l.unknown.is_empty(), "envelope keys are not unknown kinds");
+        let wrapped = br#"{"message":"ok","date":"2026-12-06","status_code":200,"attacklist":{"ips":["203.0.113.7"],"oauth_tokens":["t"]}}"#;
+        let l = parse_attacklist(wrapped, 100).expect("wrapped");
+        assert_eq!((l.items.len(), l.unreadable), (2, 0));
+        // An empty unknown kind reads nothing that matters; nothing is unreadable.
+        let l = parse_attacklist(br#"{"attacklist":{"ips":[],"devices":[]}}"#, 100).expect("x");
+        assert_eq!((l.items.len(), l.unreadable), (0, 0));
+        let e = parse_attacklist(br#"{"message":"ok"}"#, 100).expect_err("no list");
+        assert!(e.to_string().contains("no list of identifiers"), "{e}");
     }
 
     #[test]

@@ -3,8 +3,10 @@
 //!
 //! # What the agent sends and accepts
 //!
-//! Poll: `GET {url}/v4/abs/attacklist?status=active` with headers `x-abs-ak: <access key>` and
-//! `x-abs-sk: <secret key>`. Expected answer (200, JSON, at most `max_body_bytes`):
+//! Poll: `GET {url}/v4/abs/attacklist?earlier_date=D&later_date=D&status=active` (dates as
+//! `YYYY-MM-DDTHH:MM`, UTC, from `window` ago to a minute ahead) with headers
+//! `x-abs-ak: <access key>` and `x-abs-sk: <secret key>`. Expected answer (200, JSON, at most
+//! `max_body_bytes`), the list in its envelope or bare (`{"ips": [...], ...}`):
 //!
 //! ```json
 //! {"attacklist": {
@@ -18,7 +20,7 @@
 //!
 //! Every item is a string or an object with `value` and optional `ttl` (seconds) and `name`
 //! (cookie / API-key name). Lists may be absent. Unknown keys are logged and counted, and the
-//! known ones applied. Invalid items (a malformed IP, an oversized token) and items that would
+//! known ones applied; items under them, and items of no known shape, are unreadable. Invalid items (a malformed IP, an oversized token) and items that would
 //! block everyone or this host are skipped and counted. A failed poll — connection refused,
 //! timeout, non-200, truncated or invalid JSON, a body over the limit — changes nothing: the
 //! last good list stays enforced and the poll is retried with exponential back-off and jitter.
@@ -26,9 +28,12 @@
 //! Mirror semantics: the `abs` rows of the deny list become exactly the items of the latest
 //! good list, applied as a diff (adds, then removals), never by clearing and refilling. An
 //! identifier ABS stops listing loses only its `abs` row: if an operator or the checker also
-//! listed it, it stays denied. The allow list still wins.
+//! listed it, it stays denied. The allow list still wins. Removals wait while the answer held
+//! unreadable items, and a shrink by more than `max_shrink` waits one poll for confirmation
+//! (`service::Removals`).
 //!
-//! Report: `POST {url}/v4/abs/detections` with the same headers and
+//! Report (with `report = true`; no ABS serves this, it is for an adapter of the operator's):
+//! `POST {url}/v4/abs/detections` with the same headers and
 //! `{"detections":[{"kind":"ip","value":"198.51.100.9","reason":"decoy on API shop","time":1796...}]}`
 //! (secrets as their `sha256:` digests), batched every few seconds from a bounded queue that
 //! drops the oldest when ABS is away for long.
@@ -161,6 +166,8 @@ pub struct Abs {
     client: HttpsClient,
     timeout: Duration,
     poll: Duration,
+    /// How far back the query reaches, seconds.
+    window: u64,
     /// Shared with the service for `status`.
     pub state: Arc<Mutex<AbsState>>,
     queue: Mutex<VecDeque<serde_json::Value>>,
@@ -206,6 +213,7 @@ impl Abs {
         let poll = Duration::from_secs(
             crate::config::parse_duration(&cfg.poll).map_err(anyhow::Error::msg)?,
         );
+        let window = crate::config::parse_duration(&cfg.window).map_err(anyhow::Error::msg)?;
         if let Ok(mut s) = state.lock() {
             s.url = cfg.url.clone();
         }
@@ -215,6 +223,7 @@ impl Abs {
             client,
             timeout,
             poll,
+            window,
             state,
             queue: Mutex::new(VecDeque::new()),
         }))
@@ -240,7 +249,7 @@ impl Abs {
     pub async fn fetch(&self) -> Result<AttackList, AbsError> {
         let req = self.request(
             http::Method::GET,
-            "/v4/abs/attacklist?status=active",
+            &attacklist_path(crate::service::unix_now(), self.window),
             Bytes::new(),
         )?;
         let work = async {
@@ -318,6 +327,8 @@ impl Abs {
     /// back-off and jitter (capped at the poll interval).
     pub async fn run(self: Arc<Self>, writer: Writer, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
+        // The last poll held a shrink back: the next one that asks for it confirms it.
+        let mut shrink_pending = false;
         loop {
             let now = crate::service::unix_now();
             let result = self.fetch().await;
@@ -326,7 +337,13 @@ impl Abs {
                     failures = 0;
                     let n = list.items.len();
                     let unknown = list.unknown.clone();
-                    let applied = writer.abs_mirror(list.items).await;
+                    let unreadable = list.unreadable;
+                    let removals = crate::service::Removals {
+                        whole: unreadable == 0,
+                        max_shrink: self.cfg.max_shrink,
+                        confirmed: shrink_pending,
+                    };
+                    let applied = writer.abs_mirror(list.items, removals).await;
                     let mut st = self.state.lock().ok();
                     match applied {
                         Ok(report) => {
@@ -336,6 +353,24 @@ impl Abs {
                                 s.listed = n;
                                 s.skipped += report.skipped as u64;
                                 s.unknown_types += unknown.len() as u64;
+                                s.unreadable = unreadable;
+                                s.removals_held = report.held;
+                                s.shrink_held = report.shrink_held;
+                            }
+                            shrink_pending = report.shrink_held;
+                            if unreadable > 0 {
+                                tracing::warn!(
+                                    unreadable,
+                                    kept = report.held,
+                                    "ABS attack list has items Portcullis cannot read: added what it could, removed nothing"
+                                );
+                            }
+                            if report.shrink_held {
+                                tracing::warn!(
+                                    held = report.held,
+                                    max_shrink = self.cfg.max_shrink,
+                                    "ABS attack list shrank by more than abs.max_shrink: removals wait for the next poll to confirm them"
+                                );
                             }
                             if !unknown.is_empty() {
                                 tracing::warn!(
@@ -386,6 +421,39 @@ impl Abs {
     }
 }
 
+/// The attack-list query for a window of `window` seconds ending at `now` (Unix seconds):
+/// `earlier_date` and `later_date` in ABS's format (`YYYY-MM-DDTHH:MM`, UTC). The end is a
+/// minute ahead, so items listed during the current minute are in.
+pub fn attacklist_path(now: i64, window: u64) -> String {
+    let earlier = now.saturating_sub(i64::try_from(window).unwrap_or(i64::MAX));
+    format!(
+        "/v4/abs/attacklist?earlier_date={}&later_date={}&status=active",
+        abs_date(earlier),
+        abs_date(now.saturating_add(60))
+    )
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM` (UTC), the civil calendar from days since 1970
+/// (Howard Hinnant's algorithm); before 1970, 1970.
+fn abs_date(unix: i64) -> String {
+    let unix = unix.max(0);
+    let (days, secs) = (unix / 86_400, unix % 86_400);
+    let z = days + 719_468;
+    let era = z / 146_097;
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}",
+        secs / 3600,
+        secs % 3600 / 60
+    )
+}
+
 /// `min(poll, 1 s × 2^(n-1))`, scaled by a random factor in [0.5, 1).
 pub fn backoff(failures: u32, poll: Duration) -> Duration {
     let base = Duration::from_secs(1u64 << failures.saturating_sub(1).min(16)).min(poll);
@@ -399,6 +467,22 @@ pub fn backoff(failures: u32, poll: Duration) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_query_window_is_in_abs_date_format() {
+        // 2026-12-06T21:42:44Z and 365 days before it (2025-12-06, no leap day between).
+        assert_eq!(
+            attacklist_path(1_796_593_364, 365 * 86_400),
+            "/v4/abs/attacklist?earlier_date=2025-12-06T21:42&later_date=2026-12-06T21:43&status=active"
+        );
+        assert_eq!(abs_date(0), "1970-01-01T00:00");
+        assert_eq!(abs_date(951_782_400), "2000-02-29T00:00");
+        assert_eq!(abs_date(-5), "1970-01-01T00:00");
+        assert_eq!(
+            attacklist_path(100, u64::MAX),
+            "/v4/abs/attacklist?earlier_date=1970-01-01T00:00&later_date=1970-01-01T00:02&status=active"
+        );
+    }
 
     #[tokio::test]
     async fn a_list_is_parsed_as_it_arrives_and_too_much_of_it_is_refused() {

@@ -35,8 +35,13 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         let last = abs.last_success.map_or("never".to_string(), |t| {
             format!("{}s ago", crate::service::unix_now() - t)
         });
+        let held = match (abs.removals_held, abs.shrink_held, abs.unreadable) {
+            (0, _, _) => String::new(),
+            (n, true, _) => format!(", {n} removals held until the next poll confirms the shrink"),
+            (n, false, u) => format!(", {n} removals held ({u} items could not be read)"),
+        };
         println!(
-            "ABS {}: last sync {last}, {} listed, {} failed polls{}",
+            "ABS {}: last sync {last}, {} listed, {} failed polls{held}{}",
             printable(&abs.url),
             abs.listed,
             abs.failures,

@@ -78,6 +78,13 @@ pub struct MirrorReport {
     pub removed: usize,
     /// Items refused (invalid, or would block everyone or this host).
     pub skipped: usize,
+    /// Rows the list no longer held that were kept: the answer was not wholly readable, or
+    /// it shrank the list by more than `abs.max_shrink` and awaits the next poll.
+    #[serde(default)]
+    pub held: usize,
+    /// Whether `held` is a shrink awaiting confirmation by the next poll.
+    #[serde(default)]
+    pub shrink_held: bool,
 }
 
 /// The answer to one `import` batch.
@@ -185,6 +192,15 @@ pub struct AbsState {
     pub skipped: u64,
     /// Unknown identifier types seen since start.
     pub unknown_types: u64,
+    /// Items of the last good list that could not be read (while any, nothing is removed).
+    #[serde(default)]
+    pub unreadable: usize,
+    /// Rows the last good list no longer held but that were kept.
+    #[serde(default)]
+    pub removals_held: usize,
+    /// Whether those await the next poll's confirmation of a large shrink.
+    #[serde(default)]
+    pub shrink_held: bool,
     /// Detections reported.
     pub reported: u64,
     /// Detections dropped because the queue was full.
@@ -407,7 +423,7 @@ mod tests {
             ),
             (
                 serde_json::to_value(MirrorReport::default()),
-                serde_json::json!({"added": 0, "removed": 0, "skipped": 0}),
+                serde_json::json!({"added": 0, "removed": 0, "skipped": 0, "held": 0, "shrink_held": false}),
             ),
             (
                 serde_json::to_value(Restored {

@@ -23,6 +23,7 @@ use crate::model::{IdentError, Identifier, Kind};
 use crate::store::{self, Store, StoreError};
 
 mod abs_sync;
+pub use abs_sync::Removals;
 mod batch;
 mod board;
 mod links;

@@ -30,7 +30,9 @@ use crate::model::Kind;
 pub use crate::service::Detection;
 use std::sync::Arc;
 
-use crate::service::{Added, Board, Change, MirrorReport, PreparedImport, Service, ServiceError};
+use crate::service::{
+    Added, Board, Change, MirrorReport, PreparedImport, Removals, Service, ServiceError,
+};
 use portcullis_common::DropEvent;
 
 /// How many commands may wait for the writer before senders wait too (back-pressure).
@@ -55,6 +57,7 @@ enum Write {
     Detect(Detection, oneshot::Sender<Result<Added, ServiceError>>),
     AbsMirror(
         Vec<AbsItem>,
+        Removals,
         oneshot::Sender<Result<MirrorReport, ServiceError>>,
     ),
     Prune(oneshot::Sender<Result<Vec<Entry>, ServiceError>>),
@@ -174,9 +177,14 @@ impl Writer {
         self.write(|tx| Write::Detect(d, tx)).await?
     }
 
-    /// Makes the `abs` rows of the deny list exactly `items`.
-    pub async fn abs_mirror(&self, items: Vec<AbsItem>) -> Result<MirrorReport, ServiceError> {
-        self.write(|tx| Write::AbsMirror(items, tx)).await?
+    /// Makes the `abs` rows of the deny list `items`, removing what `removals` allows.
+    pub async fn abs_mirror(
+        &self,
+        items: Vec<AbsItem>,
+        removals: Removals,
+    ) -> Result<MirrorReport, ServiceError> {
+        self.write(|tx| Write::AbsMirror(items, removals, tx))
+            .await?
     }
 
     /// Removes expired entries; returns them.
@@ -396,8 +404,8 @@ fn execute(
             let r = guarded(|| service.detect(&d), |m| Err(on_panic(m)));
             Box::new(move || drop(tx.send(r)))
         }
-        Write::AbsMirror(items, tx) => {
-            let r = guarded(|| service.abs_mirror(items), |m| Err(on_panic(m)));
+        Write::AbsMirror(items, removals, tx) => {
+            let r = guarded(|| service.abs_mirror(items, removals), |m| Err(on_panic(m)));
             Box::new(move || drop(tx.send(r)))
         }
         Write::Prune(tx) => {
