@@ -107,22 +107,22 @@ fn every_kind_on_both_lists_through_the_cli() {
         }
         assert_eq!(count(&agent, list), 0);
     }
-    // ASE's verbs and output.
+    // ASE's verbs and output (all of them: ase_cli.rs).
     assert_eq!(
         ok(&agent.cli(&["add_blacklist", "ip", "198.18.1.1"])).trim(),
-        "ip 198.18.1.1/32 added to blacklist"
+        "ip 198.18.1.1 added to blacklist"
     );
     assert_eq!(
         ok(&agent.cli(&["add_whitelist", "ip", "198.18.1.2"])).trim(),
-        "ip 198.18.1.2/32 added to whitelist"
+        "ip 198.18.1.2 added to whitelist"
     );
     assert_eq!(
         ok(&agent.cli(&["view_blacklist", "ip"])).trim(),
-        "ip 198.18.1.1/32"
+        "Manual Blacklist\n1) type : ip, value : 198.18.1.1"
     );
     assert_eq!(
         ok(&agent.cli(&["delete_blacklist", "ip", "198.18.1.1"])).trim(),
-        "ip 198.18.1.1/32 deleted from blacklist"
+        "ip 198.18.1.1 deleted from blacklist"
     );
     assert_eq!(
         ok(&agent.cli(&["clear_whitelist"])).trim(),

@@ -4,7 +4,15 @@ use super::*;
 
 /// Portcullis: keeps known-bad API clients out, down to the XDP layer.
 #[derive(Debug, Parser)]
-#[command(name = "portcullis", version, about, propagate_version = true)]
+#[command(
+    name = "portcullis",
+    version,
+    about,
+    propagate_version = true,
+    after_help = "ASE's verbs work too (add_blacklist, view_blacklist, delete_whitelist, ...), with ASE's output. \
+ASE's `-u USER -p PASS` before the verb are accepted and ignored: access is the control socket's \
+(root, or the socket group)."
+)]
 pub struct Cli {
     /// Control socket of the agent.
     #[arg(long, global = true, env = "PORTCULLIS_SOCKET", default_value = paths::CONTROL_SOCKET)]
@@ -254,10 +262,18 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     let mut out: Vec<String> = args[..at].to_vec();
     out.extend(["--ase".into(), list.into(), action.into()]);
     let rest = &args[at + 1..];
-    // ASE's view/clear take the kind positionally.
     let mut rest = rest.to_vec();
-    // ASE's view/clear take an option word (all, manual, abs, realtime) or a kind.
+    // ASE's view/clear take an option word (all, manual, abs, realtime, and for views
+    // decoy, method, protocol, content-type) or a kind. A view shows ASE's sections.
     let word = rest.first().filter(|w| !w.starts_with('-')).cloned();
+    if action == "list" {
+        if let Some(w) = word {
+            rest.remove(0);
+            out.extend(["--ase-view".into(), w]);
+        }
+        out.extend(rest);
+        return out;
+    }
     let source = match word.as_deref() {
         Some("all") => Some(None),
         Some("manual") => Some(Some("manual")),
@@ -266,15 +282,15 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
         _ => None,
     };
     match (action, source) {
-        ("list" | "clear", Some(src)) => {
+        ("clear", Some(src)) => {
             rest.remove(0);
             if let Some(src) = src {
                 out.extend(["--source".into(), src.into()]);
-            } else if action == "clear" {
+            } else {
                 out.push("--all".into());
             }
         }
-        ("list" | "clear", None) if word.is_some() => out.push("--kind".into()),
+        ("clear", None) if word.is_some() => out.push("--kind".into()),
         // ASE's clear without a kind empties the list: say so explicitly.
         ("clear", None) => out.push("--all".into()),
         _ => {}
@@ -348,6 +364,9 @@ pub struct Selection {
     /// Only this source.
     #[arg(long)]
     pub source: Option<String>,
+    /// ASE's view word (`view_blacklist WORD`), set by the alias.
+    #[arg(long, hide = true)]
+    pub ase_view: Option<String>,
 }
 
 /// `allow|deny remove`'s arguments.

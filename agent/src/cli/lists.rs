@@ -68,9 +68,11 @@ fn show(cli: &Cli, list: List, which: &Selection, json: bool) -> anyhow::Result<
     }
     let entries: Vec<EntryView> = decode(r)?;
     if cli.ase {
-        for e in &entries {
-            println!("{}", describe(e));
-        }
+        let word = which.ase_view.as_deref().unwrap_or("all");
+        print!(
+            "{}",
+            super::ase::view(list, &entries, word).map_err(anyhow::Error::msg)?
+        );
     } else {
         print_entries(&entries);
     }
@@ -342,6 +344,7 @@ pub(super) fn import(
 fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
     let k = kind(&a.ident.kind)?;
     let (name, value) = name_value(k, &a.ident.values, a.ident.any_name)?;
+    let typed = super::ase::ident(k, name.as_deref(), &value);
     let req = Request::Add(AddRequest {
         list: Some(list),
         kind: Some(k),
@@ -359,7 +362,13 @@ fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
     }
     let r: Added = decode(r)?;
     if cli.ase {
-        println!("{} added to {}", describe(&r.entry), list.ase_name());
+        // ASE echoes what was added: the address as stored, a secret as typed.
+        let shown = if k == Kind::Ip {
+            super::ase::ident(k, None, &r.entry.value)
+        } else {
+            typed
+        };
+        println!("{shown} added to {}", list.ase_name());
     } else {
         let how = if r.enforced_in_kernel {
             " (enforced in the kernel)"
@@ -380,6 +389,7 @@ fn add(cli: &Cli, list: List, a: &AddArgs) -> anyhow::Result<()> {
 fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
     let k = kind(&r.ident.kind)?;
     let (name, value) = name_value(k, &r.ident.values, r.ident.any_name)?;
+    let typed = super::ase::ident(k, name.as_deref(), &value);
     let answer = call(
         cli,
         &Request::Remove {
@@ -396,7 +406,11 @@ fn remove(cli: &Cli, list: List, r: &RemoveArgs) -> anyhow::Result<()> {
     let removed: Vec<EntryView> = decode(answer)?;
     let first = removed.first().map(describe).unwrap_or_default();
     if cli.ase {
-        println!("{first} deleted from {}", list.ase_name());
+        let shown = match removed.first() {
+            Some(e) if k == Kind::Ip => super::ase::ident(k, None, &e.value),
+            _ => typed,
+        };
+        println!("{shown} deleted from {}", list.ase_name());
     } else {
         println!(
             "{list} {first} removed ({} entr{})",

@@ -18,6 +18,7 @@ use crate::model::List;
 use crate::paths;
 
 mod args;
+mod ase;
 mod backup;
 mod iface;
 mod lists;
@@ -174,16 +175,20 @@ mod tests {
     fn ase_verbs_are_rewritten() {
         for (ase, ours) in [
             ("p add_blacklist ip 1.1.1.1", "p --ase deny add ip 1.1.1.1"),
-            ("p view_whitelist ip", "p --ase allow list --kind ip"),
+            ("p view_whitelist ip", "p --ase allow list --ase-view ip"),
             ("p clear_blacklist", "p --ase deny clear --all"),
             ("p clear_blacklist ip", "p --ase deny clear --kind ip"),
             ("p clear_blacklist all", "p --ase deny clear --all"),
             ("p clear_blacklist abs", "p --ase deny clear --source abs"),
             (
                 "p view_blacklist realtime",
-                "p --ase deny list --source checker",
+                "p --ase deny list --ase-view realtime",
             ),
-            ("p view_blacklist all", "p --ase deny list"),
+            (
+                "p view_blacklist decoy",
+                "p --ase deny list --ase-view decoy",
+            ),
+            ("p view_blacklist", "p --ase deny list"),
             (
                 "p -u admin -p admin add_blacklist ip 1.1.1.1",
                 "p --ase deny add ip 1.1.1.1",
