@@ -6,7 +6,7 @@
 use std::process::Command;
 
 use portcullis_tests::agent::ok;
-use portcullis_tests::checker_setup::{setup, write_api};
+use portcullis_tests::checker_setup::{setup_with, write_api};
 use portcullis_tests::privileged;
 
 /// An API as Ping's examples and tools write it: numbers as strings, `""` for unset, ASE
@@ -30,9 +30,20 @@ fn ping_style(url: &str, blocking: bool, backend: u16) -> String {
 #[test]
 fn ping_style_api_files_behave_as_they_do_in_ase() {
     privileged!();
-    let s = setup(|apis, backend| {
+    // Until removed, as in ASE (the default is 1h: see README).
+    let s = setup_with("detection_ttl = \"never\"\n", |apis, backend| {
         write_api(apis, "shop", &ping_style("/shop", true, backend));
         write_api(apis, "watch", &ping_style("/watch", false, backend));
+        // Plain HTTP to an HTTPS-only API: redirected, as ASE's http_redirect says.
+        write_api(
+            apis,
+            "secure",
+            &format!(
+                r#"{{"url":"/secure","hostname":"api.test","api_pattern_enforcement":{{"protocol_allowed":"https",
+                "http_redirect":{{"response_code":"302","response_def":"Found","https_url":"https://api.test:8443/"}}}},
+                "servers":[{{"host":"127.0.0.1","port":{backend}}}]}}"#
+            ),
+        );
         // ASE refuses a mandatory token without a token to read: so does Portcullis.
         write_api(
             apis,
@@ -58,7 +69,7 @@ fn ping_style_api_files_behave_as_they_do_in_ase() {
         "\"/shop/admin\"",
         "\"/shop/debug\"",
         "servers[0].server_spike_threshold",
-        "api_pattern_enforcement.http_redirect",
+        "api_mapping",
         "cookie_idle_timeout",
     ] {
         assert!(shown.contains(part), "api show lacks {part}: {shown}");
@@ -131,6 +142,28 @@ fn ping_style_api_files_behave_as_they_do_in_ase() {
             .expect("curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "--max-time",
+            "5",
+            "-w",
+            "%{http_code} %{redirect_url}",
+        ])
+        .args(["-H", "Host: api.test", "-H", "X-Forwarded-For: 198.18.81.6"])
+        .arg(format!("http://127.0.0.1:{}/secure/x?a=1", s.http_port))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "302 https://api.test:8443/secure/x?a=1"
+    );
+    assert!(
+        !listed().contains("198.18.81.6"),
+        "a redirected client was deny-listed"
+    );
     assert_eq!(
         plain("other.test", "/shop/items"),
         "Error: Unknown Hostname\n\n503"
@@ -138,8 +171,12 @@ fn ping_style_api_files_behave_as_they_do_in_ase() {
     assert_eq!(plain("api.test", "/nothing"), "Error: Unknown API\n\n503");
     let l7 = s.agent.stats().l7;
     assert_eq!(
-        (l7.get("unknown_hostname"), l7.get("unknown_api")),
-        (Some(&1), Some(&1)),
+        (
+            l7.get("unknown_hostname"),
+            l7.get("unknown_api"),
+            l7.get("redirected")
+        ),
+        (Some(&1), Some(&1), Some(&1)),
         "{l7:?}"
     );
 }

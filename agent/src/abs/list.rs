@@ -244,8 +244,14 @@ impl<'de> de::Visitor<'de> for DocVisitor<'_> {
                 found = true;
             } else if read_kind(&key, &mut map, &mut out, self.at, self.max_items)? {
                 found = true;
-            } else {
+            } else if matches!(key.as_str(), "message" | "date" | "status_code" | "status") {
                 map.next_value::<de::IgnoredAny>()?;
+            } else {
+                // Beside a bare list, another key may be a kind ABS renamed: unreadable.
+                if out.unknown.len() < MAX_UNKNOWN {
+                    out.unknown.push(key.chars().take(64).collect());
+                }
+                out.unreadable += map.next_value::<Count>()?.0;
             }
         }
         if !found {
@@ -536,6 +542,10 @@ mod tests {
         let l = parse_attacklist(bare, 100).expect("bare");
         assert_eq!((l.items.len(), l.unreadable), (2, 0));
         assert!(l.unknown.is_empty(), "envelope keys are not unknown kinds");
+        // A kind ABS renamed, beside the bare list: its items are unreadable.
+        let renamed = br#"{"ips":["203.0.113.7"],"api_key":["k1","k2"]}"#;
+        let l = parse_attacklist(renamed, 100).expect("renamed");
+        assert_eq!((l.items.len(), l.unreadable, l.unknown.len()), (1, 2, 1));
         let wrapped = br#"{"message":"ok","date":"2026-12-06","status_code":200,"attacklist":{"ips":["203.0.113.7"],"oauth_tokens":["t"]}}"#;
         let l = parse_attacklist(wrapped, 100).expect("wrapped");
         assert_eq!((l.items.len(), l.unreadable), (2, 0));

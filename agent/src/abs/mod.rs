@@ -327,8 +327,8 @@ impl Abs {
     /// back-off and jitter (capped at the poll interval).
     pub async fn run(self: Arc<Self>, writer: Writer, mut shutdown: watch::Receiver<bool>) {
         let mut failures = 0u32;
-        // The last poll held a shrink back: the next one that asks for it confirms it.
-        let mut shrink_pending = false;
+        // The shrink the last poll held back: the next one that asks for it confirms it.
+        let mut shrink_pending: Option<u64> = None;
         loop {
             let now = crate::service::unix_now();
             let result = self.fetch().await;
@@ -341,7 +341,7 @@ impl Abs {
                     let removals = crate::service::Removals {
                         whole: unreadable == 0,
                         max_shrink: self.cfg.max_shrink,
-                        confirmed: shrink_pending,
+                        confirms: shrink_pending,
                     };
                     let applied = writer.abs_mirror(list.items, removals).await;
                     let mut st = self.state.lock().ok();
@@ -357,7 +357,7 @@ impl Abs {
                                 s.removals_held = report.held;
                                 s.shrink_held = report.shrink_held;
                             }
-                            shrink_pending = report.shrink_held;
+                            shrink_pending = report.held_digest;
                             if unreadable > 0 {
                                 tracing::warn!(
                                     unreadable,
@@ -400,6 +400,8 @@ impl Abs {
                     self.poll
                 }
                 Err(e) => {
+                    // Only consecutive answers confirm each other.
+                    shrink_pending = None;
                     failures += 1;
                     tracing::warn!("ABS poll failed ({e}); keeping the last good list");
                     if let Ok(mut s) = self.state.lock() {

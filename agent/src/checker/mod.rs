@@ -63,8 +63,8 @@ pub struct CheckerConfig {
     /// `true` is refused with a pointer to `trusted_proxies`.
     #[serde(skip_serializing)]
     pub trust_xff: Option<bool>,
-    /// How long detections stay on the deny list: "never" (until removed, as in ASE; the
-    /// default) or a duration, e.g. "1h".
+    /// How long detections stay on the deny list: a duration (default "1h"), or "never"
+    /// (until removed, as in ASE; see README for why that is not the default).
     pub detection_ttl: String,
     /// Distinct identifiers (tokens, cookies, keys) one client may have deny-listed per
     /// minute before its address is denied instead (IPv6: its /64); 0 (never) to 8.
@@ -110,7 +110,7 @@ impl Default for CheckerConfig {
             api_dir: PathBuf::from("/etc/portcullis/apis"),
             trusted_proxies: Vec::new(),
             trust_xff: None,
-            detection_ttl: "never".into(),
+            detection_ttl: "1h".into(),
             detection_escalate_after: 3,
             detection_budget: 10,
             detection_budget_total: 1000,
@@ -205,7 +205,7 @@ pub fn detection_ttl(value: &str) -> Result<Option<u64>, String> {
 
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 19] = [
+pub const OUTCOMES: [&str; 20] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -217,6 +217,7 @@ pub const OUTCOMES: [&str; 19] = [
     "missing_token",
     "unknown_api",
     "unknown_hostname",
+    "redirected",
     "rate_limited",
     "too_many_streams",
     "bad_gateway",

@@ -26,6 +26,22 @@ use crate::model::List;
 use crate::service::unix_now;
 use crate::writer::{Detection, Writer};
 
+/// The redirect `http_redirect` asks for: to its `https_url`, with the request's path and
+/// query (already a valid URI's, so no header can be smuggled in).
+fn redirect(r: &api::HttpRedirect, req: &Request<Incoming>) -> Response<Body> {
+    let code = r
+        .response_code
+        .and_then(|c| StatusCode::from_u16(c).ok())
+        .unwrap_or(StatusCode::MOVED_PERMANENTLY);
+    let tail = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let to = format!("{}{tail}", r.https_url.trim().trim_end_matches('/'));
+    let mut resp = full(code, String::new());
+    if let Ok(v) = http::HeaderValue::from_str(&to) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp
+}
+
 fn full(status: StatusCode, text: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(
         Full::new(text.into())
@@ -268,6 +284,17 @@ impl Proxy {
         if let Some(p) = &api.meta.api_pattern_enforcement
             && let Some(reason) = super::pattern::violation(p, req, tls)
         {
+            // ASE's http_redirect: plain HTTP to an HTTPS-only API is sent there, no attack.
+            if reason == "invalid-protocol"
+                && !tls
+                && let Some(r) = p
+                    .http_redirect
+                    .as_ref()
+                    .filter(|r| !r.https_url.trim().is_empty())
+            {
+                self.stats.hit("redirected");
+                return Some(redirect(r, req));
+            }
             self.stats.hit(&reason.replace('-', "_"));
             self.detect(api, reason, ip, ids.culprit()).await;
             if !api.meta.enable_blocking {

@@ -96,6 +96,18 @@ fn selects(word: &str, section: &str, e: &EntryView) -> bool {
     }
 }
 
+/// What the agent can select for a view word (source, kind), so that a view of a few
+/// manual entries does not fetch millions of ABS rows.
+pub(super) fn view_filter(word: &str) -> (Option<&'static str>, Option<&str>) {
+    match word {
+        "manual" => (Some("manual"), None),
+        "abs" => (Some("abs"), None),
+        "realtime" | "decoy" | "method" | "protocol" | "content-type" => (Some("checker"), None),
+        "all" => (None, None),
+        kind => (None, Some(kind)),
+    }
+}
+
 /// The words a view takes besides the kinds.
 pub(super) const VIEW_WORDS: [&str; 8] = [
     "all",
@@ -135,10 +147,11 @@ pub(super) fn view(list: List, entries: &[EntryView], word: &str) -> Result<Stri
                 format!(", name : {}", printable(&e.name))
             };
             let value = if e.kind == Kind::Ip {
-                address(&e.value).to_owned()
+                address(&e.value)
             } else {
-                printable(&e.value)
+                &e.value
             };
+            let value = printable(value);
             lines.push_str(&format!(
                 "{n}) type : {}{name}, value : {value}\n",
                 type_word(e.kind)

@@ -55,12 +55,20 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
 
 /// `allow|deny list`: the entries, as a table, in ASE's words, or as JSON.
 fn show(cli: &Cli, list: List, which: &Selection, json: bool) -> anyhow::Result<()> {
+    let word = which.ase_view.as_deref().unwrap_or("all");
+    let (source, by_kind) = match cli.ase {
+        true => super::ase::view_filter(word),
+        false => (None, None),
+    };
+    let by_kind = by_kind
+        .filter(|k| kind(k).is_ok())
+        .or(which.kind.as_deref());
     let r = call(
         cli,
         &Request::List {
             list: Some(list),
-            kind: which.kind.as_deref().map(kind).transpose()?,
-            source: which.source.clone(),
+            kind: by_kind.map(kind).transpose()?,
+            source: source.map(str::to_owned).or_else(|| which.source.clone()),
         },
     )?;
     if json {
@@ -68,7 +76,6 @@ fn show(cli: &Cli, list: List, which: &Selection, json: bool) -> anyhow::Result<
     }
     let entries: Vec<EntryView> = decode(r)?;
     if cli.ase {
-        let word = which.ase_view.as_deref().unwrap_or("all");
         print!(
             "{}",
             super::ase::view(list, &entries, word).map_err(anyhow::Error::msg)?

@@ -85,6 +85,9 @@ pub struct MirrorReport {
     /// Whether `held` is a shrink awaiting confirmation by the next poll.
     #[serde(default)]
     pub shrink_held: bool,
+    /// The held shrink's digest (`service::digest`), for the next poll to confirm.
+    #[serde(skip)]
+    pub held_digest: Option<u64>,
 }
 
 /// The answer to one `import` batch.

@@ -7,7 +7,7 @@ use crate::model::Entry;
 use crate::model::Identifier;
 use crate::model::List;
 use crate::model::Source;
-pub use removals::Removals;
+pub use removals::{Removals, digest};
 
 impl Service {
     /// Makes the `abs` rows of the deny list `items` (see [`crate::abs`]), as a diff: adds
@@ -43,6 +43,7 @@ impl Service {
         // What the store already holds from ABS: unchanged rows drop out of `desired`,
         // rows ABS no longer lists become removals.
         let mut stale = Vec::new();
+        let mut stale_keys = Vec::new();
         let mut current = 0usize;
         self.store.for_each(|e| {
             if e.list == List::Deny && e.source == Source::Abs {
@@ -53,7 +54,10 @@ impl Service {
                         desired.remove(&k);
                     }
                     Some(_) => {}
-                    None => stale.push(e.ident.clone()),
+                    None => {
+                        stale.push(e.ident.clone());
+                        stale_keys.push(k);
+                    }
                 }
             }
         })?;
@@ -68,11 +72,13 @@ impl Service {
             self.add_batch(List::Deny, &entries, None)?;
         }
         drop(items);
-        if removals.allow(stale.len(), current) {
+        let held = digest(&mut stale_keys);
+        if removals.allow(stale.len(), current, held) {
             report.removed = self.remove_batch(List::Deny, &stale, Source::Abs.as_str())?;
         } else {
             report.held = stale.len();
             report.shrink_held = removals.whole;
+            report.held_digest = removals.whole.then_some(held);
         }
         Ok(report)
     }
@@ -133,35 +139,39 @@ mod removals {
     /// What an ABS poll's mirror may remove: nothing when the answer held items that could
     /// not be read (the list is then not the whole truth, and removing what it seems to
     /// lack could lift active attackers); and a shrink by more than `max_shrink` of the
-    /// current rows only when the poll before asked for one too (a truncated or half-empty
-    /// answer from a sick ABS must not lift most of the list at once).
+    /// current rows only when the poll before asked for exactly the same removals (a
+    /// truncated or half-empty answer from a sick ABS must not lift most of the list at
+    /// once, nor two different bad answers in a row).
     #[derive(Clone, Copy, Debug, PartialEq)]
     pub struct Removals {
         /// Every item of the answer was read.
         pub whole: bool,
         /// The largest share of the current rows one poll may remove (1.0: any).
         pub max_shrink: f64,
-        /// The poll before held a shrink back: this one confirms it.
-        pub confirmed: bool,
+        /// The digest of the removals the poll before held back ([`digest`]); the same
+        /// removals now confirm them.
+        pub confirms: Option<u64>,
+    }
+
+    /// A digest of a set of removals (their identity keys, in any order).
+    pub fn digest(keys: &mut [(i64, i64)]) -> u64 {
+        use std::hash::{Hash, Hasher};
+        keys.sort_unstable();
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        keys.hash(&mut h);
+        h.finish()
     }
 
     impl Removals {
-        /// Any removal (pushes, and tests).
-        pub const ALL: Self = Self {
-            whole: true,
-            max_shrink: 1.0,
-            confirmed: true,
-        };
-
-        /// Whether `stale` of `current` rows may go.
-        pub fn allow(&self, stale: usize, current: usize) -> bool {
+        /// Whether `stale` of `current` rows, whose removals have digest `held`, may go.
+        pub fn allow(&self, stale: usize, current: usize, held: u64) -> bool {
             if stale == 0 {
                 return true;
             }
             if !self.whole {
                 return false;
             }
-            self.confirmed || (stale as f64) <= self.max_shrink * current as f64
+            (stale as f64) <= self.max_shrink * current as f64 || self.confirms == Some(held)
         }
     }
 
@@ -171,17 +181,20 @@ mod removals {
 
         #[test]
         fn unreadable_answers_remove_nothing_and_big_shrinks_wait_a_poll() {
-            let r = |whole, confirmed| Removals {
+            let r = |whole, confirms| Removals {
                 whole,
                 max_shrink: 0.5,
-                confirmed,
+                confirms,
             };
-            assert!(r(true, false).allow(5, 10));
-            assert!(!r(true, false).allow(6, 10));
-            assert!(r(true, true).allow(10, 10));
-            assert!(!r(false, true).allow(1, 10));
-            assert!(r(false, false).allow(0, 10));
-            assert!(Removals::ALL.allow(10, 10));
+            let held = super::digest(&mut [(1, 2), (3, 4)]);
+            assert_eq!(held, super::digest(&mut [(3, 4), (1, 2)]), "any order");
+            assert!(r(true, None).allow(5, 10, held));
+            assert!(!r(true, None).allow(6, 10, held));
+            assert!(r(true, Some(held)).allow(10, 10, held));
+            // Another large shrink does not confirm the one held.
+            assert!(!r(true, Some(held ^ 1)).allow(10, 10, held));
+            assert!(!r(false, Some(held)).allow(1, 10, held));
+            assert!(r(false, None).allow(0, 10, held));
         }
     }
 }

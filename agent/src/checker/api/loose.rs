@@ -69,14 +69,30 @@ pub fn seconds<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error>
     }
 }
 
-/// `true`/`false`, also as strings (any case); an absent field keeps its default.
-pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Bool(b) => Ok(b),
-        Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(true),
-        Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(false),
-        other => Err(D::Error::custom(format!("{other} is not true or false"))),
+/// `true`/`false`, also as strings (any case), or unset (`""`, `null`): `None`.
+fn boolean(v: Value) -> Result<Option<bool>, String> {
+    match v {
+        Value::Bool(b) => Ok(Some(b)),
+        Value::Null => Ok(None),
+        Value::String(s) if s.trim().is_empty() => Ok(None),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("true") => Ok(Some(true)),
+        Value::String(s) if s.trim().eq_ignore_ascii_case("false") => Ok(Some(false)),
+        other => Err(format!("{other} is not true or false")),
     }
+}
+
+/// A flag that is off unless set (an absent field keeps the default too).
+pub fn flag<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(boolean(Value::deserialize(d)?)
+        .map_err(D::Error::custom)?
+        .unwrap_or(false))
+}
+
+/// A flag that is on unless set (`enable_blocking`): unset must not turn it off.
+pub fn flag_default_true<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    Ok(boolean(Value::deserialize(d)?)
+        .map_err(D::Error::custom)?
+        .unwrap_or(true))
 }
 
 /// An ASE duration: a whole number and one of ASE's units, `s`, `m`, `h`, `d`, `w`, `mnt`
@@ -120,6 +136,12 @@ mod tests {
         every: Option<u64>,
         #[serde(default, deserialize_with = "flag")]
         on: bool,
+        #[serde(default = "yes", deserialize_with = "flag_default_true")]
+        blocking: bool,
+    }
+
+    fn yes() -> bool {
+        true
     }
 
     fn t(json: &str) -> Result<T, String> {
@@ -152,8 +174,18 @@ mod tests {
             (r#"{"on":true}"#, true),
             (r#"{"on":"TRUE"}"#, true),
             (r#"{"on":"false"}"#, false),
+            (r#"{"on":""}"#, false),
         ] {
             assert_eq!(t(json).expect(json).on, on, "{json}");
+        }
+        // Unset never turns blocking off.
+        for (json, blocking) in [
+            (r#"{"blocking":""}"#, true),
+            (r#"{"blocking":null}"#, true),
+            (r#"{}"#, true),
+            (r#"{"blocking":"false"}"#, false),
+        ] {
+            assert_eq!(t(json).expect(json).blocking, blocking, "{json}");
         }
     }
 

@@ -32,6 +32,22 @@ pub struct PatternEnforcement {
     pub error_def: String,
     /// Body of the error response.
     pub error_message_body: String,
+    /// Plain-HTTP requests to an API that allows only HTTPS are redirected there, not
+    /// treated as attacks.
+    pub http_redirect: Option<HttpRedirect>,
+}
+
+/// `api_pattern_enforcement.http_redirect`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct HttpRedirect {
+    /// Status of the redirect (300–399; default 301).
+    #[serde(deserialize_with = "loose::status")]
+    pub response_code: Option<u16>,
+    /// Reason phrase (informational).
+    pub response_def: String,
+    /// Where to: `https://host[:port]`, the request's path and query appended; empty = off.
+    pub https_url: String,
 }
 
 /// `decoy_config`: paths no legitimate client calls.
@@ -111,7 +127,7 @@ pub struct ApiMetadata {
     /// JWT settings.
     pub jwt: Option<Jwt>,
     /// Block denied clients (403); false: forward and count "would block".
-    #[serde(deserialize_with = "loose::flag")]
+    #[serde(deserialize_with = "loose::flag_default_true")]
     pub enable_blocking: bool,
     /// Request pattern rules.
     pub api_pattern_enforcement: Option<PatternEnforcement>,
@@ -271,6 +287,13 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
                 .map(|k| format!("{k} (beside api_metadata)")),
         );
     }
+    // A file of 100k unknown keys must not make a 100k-item log line at every reload.
+    const SHOWN: usize = 50;
+    if ignored_fields.len() > SHOWN {
+        let more = ignored_fields.len() - SHOWN;
+        ignored_fields.truncate(SHOWN);
+        ignored_fields.push(format!("... and {more} more"));
+    }
     if !meta.url.starts_with('/') {
         return Err(err(format!(
             "field `url`: {:?} must start with '/'",
@@ -290,6 +313,29 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     }
     let decoy_paths =
         decoy_paths(&meta).map_err(|m| err(format!("field `decoy_config.decoy_subpaths`: {m}")))?;
+    if let Some(r) = meta
+        .api_pattern_enforcement
+        .as_ref()
+        .and_then(|p| p.http_redirect.as_ref())
+    {
+        let url = r.https_url.trim();
+        if !url.is_empty() && (!url.starts_with("https://") || url.parse::<http::Uri>().is_err()) {
+            return Err(err(format!(
+                "field `api_pattern_enforcement.http_redirect.https_url`: {url:?} is not an https:// URL"
+            )));
+        }
+        if r.response_code.is_some_and(|c| !(300..400).contains(&c)) {
+            return Err(err("field `api_pattern_enforcement.http_redirect.response_code`: a redirect is 300 to 399".into()));
+        }
+    }
+    if !meta.servers.is_empty()
+        && meta
+            .decoy_config
+            .as_ref()
+            .is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty())
+    {
+        return Err(err("field `decoy_config`: decoy_enabled with no decoy_subpaths makes every request to this API a decoy hit, yet it has servers; list decoy_subpaths, or remove the servers for a whole-API decoy".into()));
+    }
     if meta.server_ssl {
         return Err(err("field `server_ssl`: TLS to the API servers is not supported yet; terminate it on the servers' side or use plain HTTP on a private network".into()));
     }
@@ -345,6 +391,13 @@ fn decoy_paths(meta: &ApiMetadata) -> Result<Vec<String>, String> {
             if s.is_empty() {
                 return Err("an empty path".to_owned());
             }
+            if s.contains(['%', '?', '#', '\\'])
+                || s.split('/').any(|seg| seg == "." || seg == "..")
+            {
+                return Err(format!(
+                    "{sub:?}: write the path plainly (no '.' or '..' segments, escapes, '?' or '#')"
+                ));
+            }
             let full = if s.starts_with('/') {
                 s.to_owned()
             } else {
@@ -359,6 +412,11 @@ fn decoy_paths(meta: &ApiMetadata) -> Result<Vec<String>, String> {
                     meta.url,
                     format!("{base}{normal}"),
                     normal.trim_start_matches('/')
+                ));
+            }
+            if normal.trim_end_matches('/') == base || normal == "/" {
+                return Err(format!(
+                    "{sub:?} is the whole API: for a whole-API decoy leave decoy_subpaths empty"
                 ));
             }
             Ok(normal)
@@ -574,7 +632,6 @@ mod tests {
             [
                 "api_mapping",
                 "api_memory_size",
-                "api_pattern_enforcement.http_redirect",
                 "cookie_idle_timeout",
                 "cookie_persistence_enabled",
                 "flow_control.server_connection_queueing",
@@ -636,6 +693,43 @@ mod tests {
                 "oauth2_access_token",
                 "false",
                 "needs `oauth2_access_token: true`",
+            ),
+            // Definitions that would make every path of the API a decoy, or hide what they say.
+            (
+                "decoy_config.decoy_subpaths",
+                r#"[".."]"#,
+                "write the path plainly",
+            ),
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["./"]"#,
+                "write the path plainly",
+            ),
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["/shop/x/.."]"#,
+                "write the path plainly",
+            ),
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["/shop"]"#,
+                "is the whole API",
+            ),
+            (
+                "decoy_config.decoy_subpaths",
+                r#"["/shop/"]"#,
+                "is the whole API",
+            ),
+            ("decoy_config.decoy_subpaths", "[]", "yet it has servers"),
+            (
+                "api_pattern_enforcement.http_redirect.https_url",
+                r#""http://x""#,
+                "not an https:// URL",
+            ),
+            (
+                "api_pattern_enforcement.http_redirect.response_code",
+                r#""200""#,
+                "300 to 399",
             ),
         ] {
             let e = with(field, value).expect_err(field);
