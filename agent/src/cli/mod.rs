@@ -169,6 +169,11 @@ mod tests {
         let shown = printable("bad\u{1b}[2J\u{1b}]0;owned\u{7}\r\n");
         assert!(!shown.chars().any(char::is_control), "{shown:?}");
         assert!(shown.starts_with("bad\\u{1b}[2J"), "{shown:?}");
+        // A right-to-left override would make "admin\u{202E}nimda" read otherwise.
+        assert_eq!(
+            printable("jo\u{202E}eod\u{200B}"),
+            "jo\\u{202e}eod\\u{200b}"
+        );
     }
 
     #[test]

@@ -59,17 +59,26 @@ pub(super) fn when(unix: Option<i64>) -> String {
 }
 
 /// Text from the agent as a terminal may show it: control characters (an escape sequence
-/// in a reason, a source or an ABS error) escaped, everything else as is.
+/// in a reason, a source or an ABS error) and invisible formatting characters (bidi
+/// overrides and isolates, zero-width ones: a username from a JWT could otherwise read as
+/// another) escaped, everything else as is.
 pub(super) fn printable(s: &str) -> String {
     s.chars()
         .map(|c| {
             if c.is_control() {
                 c.escape_debug().to_string()
+            } else if invisible(c) {
+                c.escape_unicode().to_string()
             } else {
                 c.to_string()
             }
         })
         .collect()
+}
+
+/// Formatting characters that change how text around them reads without showing.
+fn invisible(c: char) -> bool {
+    matches!(c, '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
 }
 
 /// An entry as ASE's CLI names it: `kind [name] value`.

@@ -308,6 +308,23 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     {
         return Err(err("field `servers`: at least one {\"host\", \"port\"} is needed (unless the whole API is a decoy)".into()));
     }
+    // What would silently break the API if it were only ignored: refused until supported.
+    let mapped = meta_value
+        .pointer("/api_mapping/internal_url")
+        .and_then(|v| v.as_str())
+        .map_or("", str::trim);
+    if !mapped.is_empty() && mapped.trim_end_matches('/') != meta.url.trim_end_matches('/') {
+        return Err(err(format!(
+            "field `api_mapping.internal_url`: {mapped:?} is not supported yet (the servers would get the public path {:?}); remove it and serve the API under its public path",
+            meta.url
+        )));
+    }
+    if matches!(
+        meta.protocol.trim().to_ascii_lowercase().as_str(),
+        "ws" | "wss"
+    ) {
+        return Err(err("field `protocol`: WebSocket APIs are not supported yet (the upgrade would not be proxied)".into()));
+    }
     if meta.is_token_mandatory && !meta.oauth2_access_token {
         return Err(err("field `is_token_mandatory`: needs `oauth2_access_token: true`, as in ASE (without it no token is read, and every client would be deny-listed for a missing one)".into()));
     }
@@ -693,6 +710,12 @@ mod tests {
                 "oauth2_access_token",
                 "false",
                 "needs `oauth2_access_token: true`",
+            ),
+            ("api_mapping.internal_url", r#""/v2""#, "not supported yet"),
+            (
+                "protocol",
+                r#""ws""#,
+                "WebSocket APIs are not supported yet",
             ),
             // Definitions that would make every path of the API a decoy, or hide what they say.
             (
