@@ -5,6 +5,7 @@
 //! and a broken file is reported with its path and field while the others keep working.
 
 mod loose;
+mod rules;
 mod unknown;
 
 use std::collections::BTreeMap;
@@ -243,28 +244,6 @@ impl std::fmt::Display for ApiError {
     }
 }
 
-/// Parses `N/second|minute|hour`.
-fn parse_spike(s: &str) -> Result<Option<(u32, u64)>, String> {
-    let s = s.trim();
-    if s.is_empty() {
-        return Ok(None);
-    }
-    let (n, unit) = s.split_once('/').ok_or_else(|| {
-        format!("client_spike_threshold {s:?}: expected N/second, N/minute or N/hour")
-    })?;
-    let n: u32 = n
-        .trim()
-        .parse()
-        .map_err(|_| format!("client_spike_threshold {s:?}: {n:?} is not a number"))?;
-    let per = match unit.trim() {
-        "second" | "sec" | "s" => 1,
-        "minute" | "min" | "m" => 60,
-        "hour" | "h" => 3600,
-        u => return Err(format!("client_spike_threshold {s:?}: unknown unit {u:?}")),
-    };
-    Ok((n > 0).then_some((n, per)))
-}
-
 /// Parses and checks one API file's text.
 pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     let err = |message: String| ApiError {
@@ -279,101 +258,21 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     let meta: ApiMetadata = serde_json::from_value(meta_value.clone())
         .map_err(|e| err(format!("api_metadata: {e}")))?;
     let understood = serde_json::to_value(&meta).map_err(|e| err(e.to_string()))?;
-    let mut ignored_fields = unknown::unknown_fields(meta_value, &understood, "");
-    if let Some(top) = value.as_object() {
-        ignored_fields.extend(
-            top.keys()
-                .filter(|k| *k != "api_metadata")
-                .map(|k| format!("{k} (beside api_metadata)")),
-        );
-    }
-    // A file of 100k unknown keys must not make a 100k-item log line at every reload.
-    const SHOWN: usize = 50;
-    if ignored_fields.len() > SHOWN {
-        let more = ignored_fields.len() - SHOWN;
-        ignored_fields.truncate(SHOWN);
-        ignored_fields.push(format!("... and {more} more"));
-    }
-    if !meta.url.starts_with('/') {
-        return Err(err(format!(
-            "field `url`: {:?} must start with '/'",
-            meta.url
-        )));
-    }
-    if meta.servers.is_empty()
-        && !meta
-            .decoy_config
-            .as_ref()
-            .is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty())
-    {
-        return Err(err("field `servers`: at least one {\"host\", \"port\"} is needed (unless the whole API is a decoy)".into()));
-    }
-    // What would silently break the API if it were only ignored: refused until supported.
-    let mapped = meta_value
-        .pointer("/api_mapping/internal_url")
-        .and_then(|v| v.as_str())
-        .map_or("", str::trim);
-    if !mapped.is_empty() && mapped.trim_end_matches('/') != meta.url.trim_end_matches('/') {
-        return Err(err(format!(
-            "field `api_mapping.internal_url`: {mapped:?} is not supported yet (the servers would get the public path {:?}); remove it and serve the API under its public path",
-            meta.url
-        )));
-    }
-    if matches!(
-        meta.protocol.trim().to_ascii_lowercase().as_str(),
-        "ws" | "wss"
-    ) {
-        return Err(err("field `protocol`: WebSocket APIs are not supported yet (the upgrade would not be proxied)".into()));
-    }
-    if meta.is_token_mandatory && !meta.oauth2_access_token {
-        return Err(err("field `is_token_mandatory`: needs `oauth2_access_token: true`, as in ASE (without it no token is read, and every client would be deny-listed for a missing one)".into()));
-    }
-    let decoy_paths =
-        decoy_paths(&meta).map_err(|m| err(format!("field `decoy_config.decoy_subpaths`: {m}")))?;
-    if let Some(r) = meta
-        .api_pattern_enforcement
-        .as_ref()
-        .and_then(|p| p.http_redirect.as_ref())
-    {
-        let url = r.https_url.trim();
-        if !url.is_empty() && (!url.starts_with("https://") || url.parse::<http::Uri>().is_err()) {
-            return Err(err(format!(
-                "field `api_pattern_enforcement.http_redirect.https_url`: {url:?} is not an https:// URL"
-            )));
-        }
-        if r.response_code.is_some_and(|c| !(300..400).contains(&c)) {
-            return Err(err("field `api_pattern_enforcement.http_redirect.response_code`: a redirect is 300 to 399".into()));
-        }
-    }
-    if !meta.servers.is_empty()
-        && meta
-            .decoy_config
-            .as_ref()
-            .is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty())
-    {
-        return Err(err("field `decoy_config`: decoy_enabled with no decoy_subpaths makes every request to this API a decoy hit, yet it has servers; list decoy_subpaths, or remove the servers for a whole-API decoy".into()));
-    }
-    if meta.server_ssl {
-        return Err(err("field `server_ssl`: TLS to the API servers is not supported yet; terminate it on the servers' side or use plain HTTP on a private network".into()));
-    }
-    for m in meta
-        .api_pattern_enforcement
-        .iter()
-        .flat_map(|p| &p.methods_allowed)
-    {
-        if m.is_empty() || !m.bytes().all(|b| b.is_ascii_alphabetic()) {
-            return Err(err(format!(
-                "field `api_pattern_enforcement.methods_allowed`: {m:?} is not an HTTP method"
-            )));
-        }
-    }
-    let spike = parse_spike(
+    let ignored_fields = unknown::ignored_fields(&value, &understood);
+    rules::check(&meta, meta_value).map_err(err)?;
+    let decoy_paths = rules::decoy_paths(&meta)
+        .map_err(|m| err(format!("field `decoy_config.decoy_subpaths`: {m}")))?;
+    let spike = rules::parse_spike(
         meta.flow_control
             .as_ref()
             .map_or("", |f| f.client_spike_threshold.as_str()),
     )
     .map_err(|m| err(format!("field `flow_control.{m}`")))?;
-    let meta_servers = meta.servers.clone();
+    let servers = meta
+        .servers
+        .iter()
+        .map(|_| ServerHealth::default())
+        .collect();
     Ok(Api {
         name: name.into(),
         path: path.into(),
@@ -383,62 +282,9 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
         spike,
         balance: Arc::new(Balance {
             next: AtomicUsize::new(0),
-            servers: meta_servers
-                .iter()
-                .map(|_| ServerHealth::default())
-                .collect(),
+            servers,
         }),
     })
-}
-
-/// `decoy_subpaths` in full: a path with a leading `/` is a full path, as ASE reads it, and
-/// must lie under `url`; one without is relative to `url`. A full path outside the API (in
-/// earlier Portcullis releases `/admin` meant `url` + `/admin`) is refused rather than
-/// guessed at, since either reading could be the one meant.
-fn decoy_paths(meta: &ApiMetadata) -> Result<Vec<String>, String> {
-    let Some(decoy) = &meta.decoy_config else {
-        return Ok(Vec::new());
-    };
-    let base = meta.url.trim_end_matches('/');
-    decoy
-        .decoy_subpaths
-        .iter()
-        .map(|sub| {
-            let s = sub.trim();
-            if s.is_empty() {
-                return Err("an empty path".to_owned());
-            }
-            if s.contains(['%', '?', '#', '\\'])
-                || s.split('/').any(|seg| seg == "." || seg == "..")
-            {
-                return Err(format!(
-                    "{sub:?}: write the path plainly (no '.' or '..' segments, escapes, '?' or '#')"
-                ));
-            }
-            let full = if s.starts_with('/') {
-                s.to_owned()
-            } else {
-                format!("{base}/{s}")
-            };
-            let normal = super::target::normalize_path(&full)
-                .map_err(|e| format!("{sub:?}: {e}"))?
-                .matched;
-            if s.starts_with('/') && !under(&normal, &meta.url) {
-                return Err(format!(
-                    "{sub:?} is not under the API's url {:?}: a path starting with '/' is a full path (ASE's form): write {:?}, or {:?} relative to the url",
-                    meta.url,
-                    format!("{base}{normal}"),
-                    normal.trim_start_matches('/')
-                ));
-            }
-            if normal.trim_end_matches('/') == base || normal == "/" {
-                return Err(format!(
-                    "{sub:?} is the whole API: for a whole-API decoy leave decoy_subpaths empty"
-                ));
-            }
-            Ok(normal)
-        })
-        .collect()
 }
 
 /// Every API in `dir` that loads, and the files that do not.
@@ -538,229 +384,4 @@ pub fn route<'a>(apis: &'a BTreeMap<String, Api>, host: &str, path: &str) -> Opt
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn api(name: &str, json: &str) -> Result<Api, ApiError> {
-        parse(name, Path::new(name), json)
-    }
-
-    #[test]
-    fn loads_ase_definitions_and_reports_unknown_fields() {
-        let a = api("shop", r#"{"api_metadata":{"protocol":"https","url":"/shop","hostname":"*","cookie":"JSESSIONID",
-            "oauth2_access_token":true,"apikey_header":"X-API-Key","enable_blocking":true,"cookie_idle_timeout":"200m",
-            "api_pattern_enforcement":{"methods_allowed":["GET","POST"],"error_code":401,"error_message_body":"nope"},
-            "flow_control":{"client_spike_threshold":"10/second"},
-            "servers":[{"host":"127.0.0.1","port":8080}]}}"#).expect("valid");
-        assert_eq!(a.ignored_fields, vec!["cookie_idle_timeout".to_string()]);
-        assert_eq!(a.spike, Some((10, 1)));
-        let e = api(
-            "bad",
-            r#"{"api_metadata":{"url":"shop","servers":[{"host":"h","port":1}]}}"#,
-        )
-        .expect_err("bad url");
-        assert!(e.message.contains("`url`"), "{e}");
-        let e = api(
-            "bad",
-            r#"{"api_metadata":{"url":"/x","servers":[{"host":"h","port":"eighty"}]}}"#,
-        )
-        .expect_err("bad port");
-        assert!(e.message.contains("api_metadata"), "{e}");
-        assert!(
-            api("bad", "{not json")
-                .expect_err("json")
-                .message
-                .contains("invalid JSON")
-        );
-        assert!(
-            api("bad", r#"{"api_metadata":{"url":"/x","servers":[]}}"#)
-                .expect_err("no servers")
-                .message
-                .contains("servers")
-        );
-    }
-
-    #[test]
-    fn longest_prefix_on_segment_boundaries() {
-        let mut apis = BTreeMap::new();
-        for (n, url, host) in [
-            ("root", "/", "*"),
-            ("shop", "/shop", "*"),
-            ("cart", "/shop/cart", "*"),
-            ("other", "/shop", "api.example"),
-        ] {
-            let json = format!(
-                r#"{{"api_metadata":{{"url":"{url}","hostname":"{host}","servers":[{{"host":"h","port":1}}]}}}}"#
-            );
-            apis.insert(n.to_string(), api(n, &json).expect("valid"));
-        }
-        let r = |h: &str, p: &str| route(&apis, h, p).map(|a| a.name.clone());
-        assert_eq!(r("x", "/shop/cart/1"), Some("cart".into()));
-        assert_eq!(r("x", "/shopping"), Some("root".into()));
-        // Hosts arrive normalised (target::normalize_host): no port.
-        assert_eq!(r("x", "/shop"), Some("shop".into()));
-        assert_eq!(r("api.example", "/shop/x"), Some("other".into()));
-        assert_eq!(r("2001:db8::1", "/shop/x"), Some("shop".into()));
-        assert_eq!(r("x", "/elsewhere"), Some("root".into()));
-        apis.remove("root");
-        assert!(route(&apis, "x", "/elsewhere").is_none());
-    }
-
-    /// A definition as Ping's examples and tools write it: numbers as strings, `""` for
-    /// unset, durations with ASE's units, full-path decoys, fields Portcullis does not use
-    /// at several depths.
-    const PING_STYLE: &str = r#"{"api_metadata": {
-        "protocol": "https", "url": "/shop", "hostname": "*", "cookie": "JSESSIONID",
-        "cookie_idle_timeout": "20m", "logout_api_enabled": false, "cookie_persistence_enabled": false,
-        "oauth2_access_token": true, "is_token_mandatory": "true", "apikey_qs": "", "apikey_header": "",
-        "enable_blocking": true,
-        "api_mapping": {"internal_url": ""},
-        "api_pattern_enforcement": {"protocol_allowed": "", "http_redirect": {"response_code": "", "response_def": "", "https_url": ""},
-            "methods_allowed": [], "content_type_allowed": "", "error_code": "401", "error_def": "Unauthorized", "error_message_body": ""},
-        "flow_control": {"client_spike_threshold": "0/second", "server_connection_queueing": false},
-        "api_memory_size": "128mb",
-        "health_check": true, "health_check_interval": "8", "health_retry_count": "2", "health_url": "/health",
-        "server_ssl": false,
-        "servers": [{"host": "127.0.0.1", "port": "8080", "server_spike_threshold": "0/second", "server_connection_quota": 0}],
-        "decoy_config": {"decoy_enabled": true, "response_code": "", "response_def": "", "response_message": "",
-            "decoy_subpaths": ["/shop/admin", "/shop/root/", "debug"]}
-    }}"#;
-
-    #[test]
-    fn a_ping_style_file_loads_with_its_values() {
-        let a = api("shop", PING_STYLE).expect("a Ping-style file loads");
-        let p = a.meta.api_pattern_enforcement.as_ref().expect("pattern");
-        assert_eq!(p.error_code, Some(401));
-        let d = a.meta.decoy_config.as_ref().expect("decoy");
-        assert_eq!(d.response_code, None);
-        assert!(a.meta.is_token_mandatory);
-        assert_eq!(a.meta.servers[0].port, 8080);
-        assert_eq!(a.meta.health_check_interval, Some(8));
-        assert_eq!(a.meta.health_retry_count, Some(2));
-        assert_eq!(a.decoy_paths, ["/shop/admin", "/shop/root/", "/shop/debug"]);
-        assert!(decoy_hit(&a, "/shop/admin").is_some());
-        assert!(decoy_hit(&a, "/shop/admin/x").is_some());
-        assert!(decoy_hit(&a, "/shop/root").is_some());
-        assert!(decoy_hit(&a, "/shop/debug").is_some());
-        assert!(decoy_hit(&a, "/shop/shop/admin").is_none());
-        assert!(decoy_hit(&a, "/shop/items").is_none());
-        assert_eq!(
-            a.ignored_fields,
-            [
-                "api_mapping",
-                "api_memory_size",
-                "cookie_idle_timeout",
-                "cookie_persistence_enabled",
-                "flow_control.server_connection_queueing",
-                "logout_api_enabled",
-                "servers[0].server_connection_quota",
-                "servers[0].server_spike_threshold",
-            ]
-        );
-    }
-
-    #[test]
-    fn unclear_definitions_are_refused_naming_the_field() {
-        let with = |field: &str, value: &str| {
-            let mut v: serde_json::Value = serde_json::from_str(PING_STYLE).expect("json");
-            let mut at = &mut v["api_metadata"];
-            let path: Vec<&str> = field.split('.').collect();
-            for k in &path[..path.len() - 1] {
-                at = &mut at[*k];
-            }
-            at[path[path.len() - 1]] = serde_json::from_str(value).expect("value");
-            api("shop", &v.to_string())
-        };
-        for (field, value, says) in [
-            (
-                "api_pattern_enforcement.error_code",
-                r#""40l""#,
-                "not a whole number",
-            ),
-            (
-                "api_pattern_enforcement.error_code",
-                "700",
-                "not an HTTP status",
-            ),
-            (
-                "decoy_config.response_code",
-                r#""abc""#,
-                "not a whole number",
-            ),
-            ("health_check_interval", r#""5x""#, "unknown unit"),
-            ("enable_blocking", r#""maybe""#, "not true or false"),
-            // A full path outside the API: ASE's reading never fires, the old one guessed.
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["/admin"]"#,
-                "write \"/shop/admin\", or \"admin\"",
-            ),
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["/shopping"]"#,
-                "not under the API's url",
-            ),
-            ("decoy_config.decoy_subpaths", r#"[""]"#, "an empty path"),
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["a%2fb"]"#,
-                "decoy_subpaths",
-            ),
-            (
-                "oauth2_access_token",
-                "false",
-                "needs `oauth2_access_token: true`",
-            ),
-            ("api_mapping.internal_url", r#""/v2""#, "not supported yet"),
-            (
-                "protocol",
-                r#""ws""#,
-                "WebSocket APIs are not supported yet",
-            ),
-            // Definitions that would make every path of the API a decoy, or hide what they say.
-            (
-                "decoy_config.decoy_subpaths",
-                r#"[".."]"#,
-                "write the path plainly",
-            ),
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["./"]"#,
-                "write the path plainly",
-            ),
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["/shop/x/.."]"#,
-                "write the path plainly",
-            ),
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["/shop"]"#,
-                "is the whole API",
-            ),
-            (
-                "decoy_config.decoy_subpaths",
-                r#"["/shop/"]"#,
-                "is the whole API",
-            ),
-            ("decoy_config.decoy_subpaths", "[]", "yet it has servers"),
-            (
-                "api_pattern_enforcement.http_redirect.https_url",
-                r#""http://x""#,
-                "not an https:// URL",
-            ),
-            (
-                "api_pattern_enforcement.http_redirect.response_code",
-                r#""200""#,
-                "300 to 399",
-            ),
-        ] {
-            let e = with(field, value).expect_err(field);
-            assert!(e.message.contains(says), "{field} = {value}: {e}");
-        }
-        let mut v: serde_json::Value = serde_json::from_str(PING_STYLE).expect("json");
-        v["api_metadata"]["servers"][0]["port"] = serde_json::json!("0");
-        let e = api("shop", &v.to_string()).expect_err("port 0");
-        assert!(e.message.contains("not a port"), "{e}");
-    }
-}
+mod tests;

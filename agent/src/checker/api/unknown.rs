@@ -6,6 +6,27 @@
 
 use serde_json::Value;
 
+/// What an API file holds that its definition lacks: paths in `api_metadata`, and keys
+/// beside it; at most 50 and a count (a file of 100k unknown keys must not make a 100k-item
+/// log line at every reload).
+pub fn ignored_fields(file: &Value, understood: &Value) -> Vec<String> {
+    const SHOWN: usize = 50;
+    let mut out = unknown_fields(&file["api_metadata"], understood, "");
+    if let Some(top) = file.as_object() {
+        out.extend(
+            top.keys()
+                .filter(|k| *k != "api_metadata")
+                .map(|k| format!("{k} (beside api_metadata)")),
+        );
+    }
+    if out.len() > SHOWN {
+        let more = out.len() - SHOWN;
+        out.truncate(SHOWN);
+        out.push(format!("... and {more} more"));
+    }
+    out
+}
+
 /// The paths of `file`'s keys that `understood` lacks, below `at` (`""` at the top).
 pub fn unknown_fields(file: &Value, understood: &Value, at: &str) -> Vec<String> {
     let mut out = Vec::new();
