@@ -64,7 +64,15 @@ fn ping_style_api_files_behave_as_they_do_in_ase() {
         stderr.contains("refused.json") && stderr.contains("needs `oauth2_access_token: true`"),
         "{stderr}"
     );
-    let shown = ok(&s.agent.cli(&["api", "show", "shop"]));
+    // ASE's `list_api` and `api_info NAME` are `api list` and `api show NAME`.
+    let listed_apis = ok(&s.agent.cli(&["-u", "admin", "-p", "admin", "list_api"]));
+    assert!(
+        listed_apis.contains("shop") && listed_apis.contains("watch"),
+        "{listed_apis}"
+    );
+    let shown = ok(&s
+        .agent
+        .cli(&["-u", "admin", "-p", "admin", "api_info", "shop"]));
     for part in [
         "\"/shop/admin\"",
         "\"/shop/debug\"",

@@ -9,7 +9,7 @@ use super::*;
     version,
     about,
     propagate_version = true,
-    after_help = "ASE's verbs work too (add_blacklist, view_blacklist, delete_whitelist, ...), with ASE's output. \
+    after_help = "ASE's verbs work too (add_blacklist, view_blacklist, delete_whitelist, ..., list_api, api_info), with ASE's output. \
 ASE's `-u USER -p PASS` before the verb are accepted and ignored: access is the control socket's \
 (root, or the socket group)."
 )]
@@ -248,6 +248,18 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     let Some(verb) = args.get(at) else {
         return args;
     };
+    // ASE's API verbs: `list_api`, `api_info NAME`.
+    let api = match verb.as_str() {
+        "list_api" => Some("list"),
+        "api_info" => Some("show"),
+        _ => None,
+    };
+    if let Some(action) = api {
+        let mut out: Vec<String> = args[..at].to_vec();
+        out.extend(["api".into(), action.into()]);
+        out.extend(args[at + 1..].iter().cloned());
+        return out;
+    }
     let (list, action) = match verb.as_str() {
         "add_blacklist" => ("deny", "add"),
         "add_whitelist" => ("allow", "add"),

@@ -199,6 +199,8 @@ mod tests {
                 "p --ase deny add ip 1.1.1.1",
             ),
             ("p deny add ip 1.1.1.1", "p deny add ip 1.1.1.1"),
+            ("p -u admin -p admin list_api", "p api list"),
+            ("p api_info shop", "p api show shop"),
             (
                 "p --socket /s add_blacklist ip 1.1.1.1",
                 "p --socket /s --ase deny add ip 1.1.1.1",
