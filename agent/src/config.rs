@@ -281,6 +281,10 @@ impl Config {
             p.parse::<Cidr>()
                 .map_err(|e| invalid("checker.trusted_proxies", e))?;
         }
+        if let Some(ca) = &c.backend_ca {
+            crate::checker::backend_tls(Some(ca))
+                .map_err(|e| invalid("checker.backend_ca", format!("{e:#}")))?;
+        }
         if c.max_headers == 0 || c.max_header_bytes < 1024 {
             return Err(invalid(
                 "checker.max_headers",

@@ -3,7 +3,7 @@
 //! with `size=1k` or `size=64m`, after 20 s for paths with `hang`, reading the body only after 20 s for `noread`), and records the headers it received so tests can check what the proxy forwarded.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::{Arc, Mutex};
 
 /// A running backend; stops accepting when dropped (its thread is detached).
@@ -27,6 +27,7 @@ impl Backend {
             for stream in listener.incoming().flatten() {
                 let (log, heads) = (log.clone(), heads.clone());
                 std::thread::spawn(move || {
+                    let _ = stream.set_nodelay(true);
                     let _ = serve(stream, &log, &heads);
                 });
             }
@@ -36,6 +37,51 @@ impl Backend {
             seen,
             arrived,
         }
+    }
+
+    /// [`Backend::start`] over TLS with `cert` and `key` (PEM), for `server_ssl` APIs.
+    pub fn start_tls(listener: TcpListener, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        use rustls::pki_types::pem::PemObject as _;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let chain = CertificateDer::pem_file_iter(cert)
+            .expect("cert")
+            .collect::<Result<Vec<_>, _>>()
+            .expect("cert");
+        let key = PrivateKeyDer::from_pem_file(key).expect("key");
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = Arc::new(
+            rustls::ServerConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("versions")
+                .with_no_client_auth()
+                .with_single_cert(chain, key)
+                .expect("cert and key"),
+        );
+        let addr = listener.local_addr().expect("bound");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let arrived = Arc::new(Mutex::new(Vec::new()));
+        let (log, heads) = (seen.clone(), arrived.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let (log, heads, cfg) = (log.clone(), heads.clone(), cfg.clone());
+                std::thread::spawn(move || {
+                    let Ok(conn) = rustls::ServerConnection::new(cfg) else {
+                        return;
+                    };
+                    let _ = serve(rustls::StreamOwned::new(conn, stream), &log, &heads);
+                });
+            }
+        });
+        Self {
+            addr,
+            seen,
+            arrived,
+        }
+    }
+
+    /// How many requests it received whole.
+    pub fn count(&self) -> usize {
+        self.seen.lock().map(|s| s.len()).unwrap_or(0)
     }
 
     /// The last request head received, if any.
@@ -73,13 +119,11 @@ fn read_chunked(reader: &mut impl BufRead) -> std::io::Result<()> {
 }
 
 fn serve(
-    stream: TcpStream,
+    stream: impl Read + Write,
     log: &Mutex<Vec<String>>,
     arrived: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
-    stream.set_nodelay(true)?;
-    let mut reader = BufReader::new(stream.try_clone()?);
-    let mut out = stream;
+    let mut reader = BufReader::new(stream);
     loop {
         let mut head = String::new();
         loop {
@@ -141,6 +185,7 @@ fn serve(
             "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\n\r\n{text}",
             text.len()
         );
-        out.write_all(response.as_bytes())?;
+        reader.get_mut().write_all(response.as_bytes())?;
+        reader.get_mut().flush()?;
     }
 }

@@ -76,7 +76,7 @@ fn ping_style_api_files_behave_as_they_do_in_ase() {
     for part in [
         "\"/shop/admin\"",
         "\"/shop/debug\"",
-        "servers[0].server_spike_threshold",
+        "\"server_spike_threshold\": \"0/second\"",
         "api_mapping",
         "cookie_idle_timeout",
     ] {
@@ -187,4 +187,149 @@ fn ping_style_api_files_behave_as_they_do_in_ase() {
         (Some(&1), Some(&1), Some(&1)),
         "{l7:?}"
     );
+}
+
+/// What ASE does with an API's servers: TLS to them, verified (`server_ssl`); the internal
+/// path (`api_mapping`); a client kept on its server (`cookie_persistence_enabled`); and
+/// each server's limits (`server_connection_quota`, `server_spike_threshold`, with and
+/// without `server_connection_queueing`).
+#[test]
+fn servers_are_reached_as_ase_reaches_them() {
+    use portcullis_tests::backend::Backend;
+    use portcullis_tests::tls::self_signed;
+    use std::net::TcpListener;
+    privileged!();
+    let dir = portcullis_tests::agent::AgentDirs::new();
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("backend");
+    // A TLS server with a certificate from a CA the checker is given, and one from another.
+    let good = self_signed(&dir.root, "127.0.0.1", "good").expect("certs");
+    let rogue = self_signed(&dir.root, "127.0.0.1", "rogue").expect("certs");
+    let tls = Backend::start_tls(bind(), &good.cert, &good.key);
+    let untrusted = Backend::start_tls(bind(), &rogue.cert, &rogue.key);
+    let second = Backend::start(bind());
+    let (tls_port, untrusted_port, second_port) =
+        (tls.addr.port(), untrusted.addr.port(), second.addr.port());
+    let s = setup_with(
+        &format!("backend_ca = \"{}\"\n", good.ca.display()),
+        |apis, backend| {
+            let server = |port: u16, extra: &str| {
+                format!(r#"{{"host": "127.0.0.1", "port": "{port}"{extra}}}"#)
+            };
+            let api = |name: &str, fields: &str, servers: &[String]| {
+                write_api(
+                    apis,
+                    name,
+                    &format!(
+                        r#"{{"url": "/{name}", "hostname": "api.test", {fields} "servers": [{}]}}"#,
+                        servers.join(",")
+                    ),
+                );
+            };
+            api(
+                "secure",
+                r#""server_ssl": "true", "api_mapping": {"internal_url": "/internal/v1"},"#,
+                &[server(tls_port, "")],
+            );
+            api(
+                "rogue",
+                r#""server_ssl": true,"#,
+                &[server(untrusted_port, "")],
+            );
+            api("plain", r#""server_ssl": true,"#, &[server(backend, "")]);
+            api(
+                "sticky",
+                r#""cookie_persistence_enabled": "true","#,
+                &[server(backend, ""), server(second_port, "")],
+            );
+            api(
+                "quota",
+                "",
+                &[server(backend, r#", "server_connection_quota": "1""#)],
+            );
+            api(
+                "queued",
+                r#""flow_control": {"server_connection_queueing": "true"},"#,
+                &[server(backend, r#", "server_connection_quota": 1"#)],
+            );
+            api(
+                "spike",
+                "",
+                &[server(backend, r#", "server_spike_threshold": "2/minute""#)],
+            );
+        },
+    );
+    let stats = |outcome: &str| s.agent.stats().l7.get(outcome).copied().unwrap_or(0);
+
+    // TLS to the server, verified against backend_ca, under the mapped path.
+    assert_eq!(
+        s.curl("/secure/items?q=1", &[]),
+        (200, "backend GET /internal/v1/items?q=1\n".into())
+    );
+    assert_eq!(tls.count(), 1);
+    // A certificate from another CA, or no TLS at all on the server: never sent to.
+    assert_eq!(s.curl("/rogue/items", &[]).0, 502);
+    assert_eq!(untrusted.count(), 0, "the request never reached it");
+    assert_eq!(s.curl("/plain/items", &[]).0, 502);
+
+    // Sticky: the first answer names the server in a cookie; every later request with it
+    // goes there, while a client without it is spread round robin.
+    let jar = dir.root.join("jar");
+    let jar = jar.to_str().expect("utf-8");
+    let before = (s.backend.count(), second.count());
+    assert_eq!(s.curl("/sticky/a", &["-c", jar]).0, 200);
+    let cookie = std::fs::read_to_string(jar).expect("jar");
+    assert!(cookie.contains("portcullis_server"), "{cookie}");
+    assert!(cookie.contains("/sticky"), "scoped to the API: {cookie}");
+    let first = (s.backend.count() - before.0, second.count() - before.1);
+    for _ in 0..6 {
+        assert_eq!(s.curl("/sticky/b", &["-b", jar]).0, 200);
+    }
+    let after = (s.backend.count() - before.0, second.count() - before.1);
+    assert!(
+        after == (7, 0) || after == (0, 7),
+        "all on one server: {first:?} then {after:?}"
+    );
+    for _ in 0..4 {
+        assert_eq!(s.curl("/sticky/c", &[]).0, 200);
+    }
+    let spread = (s.backend.count() - before.0, second.count() - before.1);
+    assert!(
+        spread.0 >= after.0 + 2 && spread.1 >= after.1 + 2,
+        "round robin without the cookie: {after:?} then {spread:?}"
+    );
+
+    // A server at its quota: 503 at once; with queueing, the request waits its turn.
+    let busy = |api: &'static str| {
+        let slow = std::thread::spawn({
+            let (ca, port) = (s.ca.clone(), s.port);
+            move || {
+                portcullis_tests::http::curl_status(
+                    &format!("https://api.test:{port}/{api}/slow"),
+                    &[
+                        "--cacert",
+                        ca.to_str().expect("utf-8"),
+                        "--resolve",
+                        &format!("api.test:{port}:127.0.0.1"),
+                    ],
+                )
+            }
+        });
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let second = s.curl(&format!("/{api}/x"), &[]);
+        (slow.join().expect("slow request"), second)
+    };
+    let refused = stats("server_busy");
+    assert_eq!(
+        busy("quota"),
+        (200, (503, "Error: Server Busy\n".into())),
+        "past the quota"
+    );
+    assert_eq!(stats("server_busy"), refused + 1);
+    assert_eq!(busy("queued").1.0, 200, "queued behind the slow one");
+    assert_eq!(s.curl("/quota/x", &[]).0, 200, "its place was given back");
+
+    // Two requests a minute to the server: the third is refused.
+    assert_eq!(s.curl("/spike/1", &[]).0, 200);
+    assert_eq!(s.curl("/spike/2", &[]).0, 200);
+    assert_eq!(s.curl("/spike/3", &[]).0, 503);
 }

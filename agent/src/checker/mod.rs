@@ -16,7 +16,9 @@
 //! - [`pattern`]: the API's method, protocol and content-type pattern;
 //! - [`spikes`]: per-client request windows;
 //! - [`proxy`]: the decision per request, detections, forwarding;
-//! - `upstream`: the API servers: pool, round robin, health, forwarded headers;
+//! - `upstream`: the API servers: pool (TLS with `server_ssl`), choice within limits,
+//!   health, forwarded headers;
+//! - `sticky`: `cookie_persistence_enabled`, the cookie naming a client's server;
 //! - [`tls`]: reloadable certificates.
 
 mod activity;
@@ -30,6 +32,7 @@ pub mod lists;
 pub mod pattern;
 pub mod proxy;
 pub mod spikes;
+mod sticky;
 pub mod target;
 pub mod tls;
 mod upstream;
@@ -41,6 +44,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use serde::Deserialize;
+
+pub use upstream::backend_tls;
 
 /// `[checker]` in the agent's configuration.
 #[derive(Clone, Debug, Deserialize, serde::Serialize)]
@@ -56,6 +61,9 @@ pub struct CheckerConfig {
     pub tls_key: PathBuf,
     /// Directory of ASE API JSON files.
     pub api_dir: PathBuf,
+    /// CA certificates (PEM) that `server_ssl` API servers are verified against; unset: the
+    /// system's trust store.
+    pub backend_ca: Option<PathBuf>,
     /// Proxies in front of the checker (CIDRs): only when the peer is one of them is
     /// X-Forwarded-For read, and the client is its right-most address that is not one.
     pub trusted_proxies: Vec<String>,
@@ -108,6 +116,7 @@ impl Default for CheckerConfig {
             tls_cert: PathBuf::from("/etc/portcullis/tls/cert.pem"),
             tls_key: PathBuf::from("/etc/portcullis/tls/key.pem"),
             api_dir: PathBuf::from("/etc/portcullis/apis"),
+            backend_ca: None,
             trusted_proxies: Vec::new(),
             trust_xff: None,
             detection_ttl: "1h".into(),
@@ -205,7 +214,7 @@ pub fn detection_ttl(value: &str) -> Result<Option<u64>, String> {
 
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 20] = [
+pub const OUTCOMES: [&str; 21] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -221,6 +230,7 @@ pub const OUTCOMES: [&str; 20] = [
     "rate_limited",
     "too_many_streams",
     "bad_gateway",
+    "server_busy",
     "bad_request",
     "request_timeout",
     "gateway_timeout",

@@ -18,8 +18,9 @@ use super::budget::{Budget, Culprit, Limits, Spend};
 use super::deadline::{self, Deadlines, Progress, Stalling};
 use super::extract;
 use super::lists::{L7Lists, RequestIdents};
+use super::sticky;
 use super::target::{self, NormalPath, TargetError};
-use super::upstream::{self, Backends, Body, ClientBody, HOP_BY_HOP};
+use super::upstream::{self, Backends, Body, Choice, ClientBody, HOP_BY_HOP};
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::model::Kind;
 use crate::model::List;
@@ -69,6 +70,8 @@ pub struct Proxy {
     /// How long bodies may stall and backends may take to answer.
     deadlines: Deadlines,
     client: Backends,
+    /// How `server_ssl` servers are verified (each worker's pool is built from it).
+    backend_tls: rustls::ClientConfig,
     /// Per-client request windows (shared by workers).
     spikes: Arc<super::spikes::Spikes>,
     /// What detections may still write (shared by workers).
@@ -98,6 +101,7 @@ impl Proxy {
     ) -> anyhow::Result<Arc<Self>> {
         let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
+        let backend_tls = upstream::backend_tls(cfg.backend_ca.as_deref())?;
         let budget = Arc::new(Budget::new(Limits {
             escalate_after: cfg.detection_escalate_after,
             per_client: cfg.detection_budget,
@@ -112,7 +116,8 @@ impl Proxy {
             cfg,
             detection_ttl,
             deadlines,
-            client: upstream::backend_client(),
+            client: upstream::backend_client(backend_tls.clone()),
+            backend_tls,
             spikes: Arc::default(),
             budget,
             warned_ms: AtomicU64::new(0),
@@ -136,7 +141,8 @@ impl Proxy {
             trusted: self.trusted.clone(),
             detection_ttl: self.detection_ttl,
             deadlines: self.deadlines,
-            client: upstream::backend_client(),
+            client: upstream::backend_client(self.backend_tls.clone()),
+            backend_tls: self.backend_tls.clone(),
             spikes: self.spikes.clone(),
             budget: self.budget.clone(),
             warned_ms: AtomicU64::new(0),
@@ -206,7 +212,7 @@ impl Proxy {
         match self.listing(&ids, &api.name) {
             Listing::Allowed => {
                 self.stats.hit("allowed");
-                return self.forward(api, req, &path.forward, peer, ip, tls).await;
+                return self.forward(api, req, &path, peer, ip, tls).await;
             }
             Listing::Denied(who) if api.meta.enable_blocking => {
                 self.stats.hit("blocked");
@@ -225,7 +231,7 @@ impl Proxy {
             self.stats.hit("rate_limited");
             return full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n");
         }
-        self.forward(api, req, &path.forward, peer, ip, tls).await
+        self.forward(api, req, &path, peer, ip, tls).await
     }
 
     /// Whether `peer` is one of the trusted proxies (whose forwarded headers count).
@@ -401,7 +407,7 @@ impl Proxy {
         &self,
         api: &Api,
         req: Request<Incoming>,
-        path: &str,
+        path: &NormalPath,
         peer: SocketAddr,
         client: IpAddr,
         tls: bool,
@@ -416,18 +422,43 @@ impl Proxy {
             self.stats.hit("bad_request");
             return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
         }
-        let Some(index) = upstream::pick(api) else {
-            self.stats.hit("bad_gateway");
-            return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
+        let sticky = api
+            .meta
+            .cookie_persistence_enabled
+            .then(|| sticky::chosen(api, req.headers()))
+            .flatten();
+        let queueing = api
+            .meta
+            .flow_control
+            .as_ref()
+            .is_some_and(|f| f.server_connection_queueing);
+        let choice = if queueing {
+            upstream::pick_queued(api, sticky, self.deadlines.backend).await
+        } else {
+            upstream::pick(api, sticky)
         };
+        let slot = match choice {
+            Choice::Server(slot) => slot,
+            Choice::Busy => {
+                self.stats.hit("server_busy");
+                return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Server Busy\n");
+            }
+            Choice::Down => {
+                self.stats.hit("bad_gateway");
+                return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
+            }
+        };
+        let index = slot.index;
         let server = &api.meta.servers[index];
         let (mut parts, body) = req.into_parts();
-        // The normalised path, so the server serves what the checker judged.
+        // The normalised path (mapped to the servers' own), so the server serves what the
+        // checker judged.
+        let path = api::internal_path(api, &path.forward, &path.matched);
         let pq = match parts.uri.query() {
             Some(q) => format!("{path}?{q}"),
-            None => path.to_owned(),
+            None => path,
         };
-        let Ok(uri) = format!("http://{}:{}{}", server.host, server.port, pq).parse() else {
+        let Ok(uri) = format!("{}{pq}", upstream::origin(api, server)).parse() else {
             self.stats.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Bad Request\n");
         };
@@ -462,7 +493,15 @@ impl Proxy {
                 for h in HOP_BY_HOP {
                     parts.headers.remove(h);
                 }
-                Response::from_parts(parts, Stalling::new(body, backend_limit).boxed())
+                if api.meta.cookie_persistence_enabled && sticky != Some(index) {
+                    sticky::remember(api, index, tls, &mut parts.headers);
+                }
+                // The server's place is held until its answer is read to the end.
+                let body = Stalling::new(body, backend_limit).map_frame(move |f| {
+                    let _held = &slot;
+                    f
+                });
+                Response::from_parts(parts, body.boxed())
             }
             Some(Err(e)) => self.forward_failed(api, index, &e),
             None => {

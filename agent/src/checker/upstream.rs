@@ -1,6 +1,8 @@
-//! The API servers behind the checker: the backend connection pool, round-robin choice of a
-//! healthy server, health probes, the headers a forwarded request carries about its client,
-//! and telling a client's broken body from a server's failure.
+//! The API servers behind the checker: the backend connection pool (plain HTTP, or TLS for
+//! `server_ssl`), the choice of a healthy server within its limits (round robin, or the
+//! client's own with `cookie_persistence_enabled`), health probes, the headers a forwarded
+//! request carries about its client, and telling a client's broken body from a server's
+//! failure.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -12,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, header};
 use http_body_util::{BodyExt as _, Full, combinators::BoxBody};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{Client, connect::HttpConnector};
 use hyper_util::rt::TokioExecutor;
 use tokio::sync::watch;
@@ -40,41 +43,189 @@ pub(super) const HOP_BY_HOP: [&str; 8] = [
 ];
 
 /// One worker's pool of keep-alive connections to the API servers.
-pub(super) type Backends = Client<HttpConnector, Body>;
+pub(super) type Backends = Client<HttpsConnector<HttpConnector>, Body>;
 
-/// A fresh backend pool (one per worker runtime: no cross-thread wake-ups per request).
-pub(super) fn backend_client() -> Backends {
+/// A fresh backend pool (one per worker runtime: no cross-thread wake-ups per request);
+/// `tls` verifies the servers of `server_ssl` APIs.
+pub(super) fn backend_client(tls: rustls::ClientConfig) -> Backends {
     let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(Duration::from_secs(3)));
     // A small send buffer: the backend clock (`deadline::Progress`) moves when hyper can
     // write more of a request body, and with the kernel's up-to-4 MiB autotuned buffer a
     // backend steadily reading a large upload could look stalled between wake-ups.
     connector.set_send_buffer_size(Some(64 << 10));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(256)
         .build(connector)
 }
 
-/// The next usable server of `api`, round robin: a server past `health_retry_count`
-/// failures is skipped; without health checks it is tried again after [`RETRY_AFTER`].
-pub(super) fn pick(api: &Api) -> Option<usize> {
-    let servers = &api.meta.servers;
-    let b = &api.balance;
-    let start = b.next.fetch_add(1, Ordering::Relaxed);
+/// How the checker verifies `server_ssl` servers: against `ca` (PEM) when set, else the
+/// system's trust store; TLS 1.2 or 1.3, names checked, as any HTTPS client.
+pub fn backend_tls(ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    use rustls::pki_types::{CertificateDer, pem::PemObject as _};
+    const SYSTEM: &str = "/etc/ssl/certs/ca-certificates.crt";
+    let mut roots = rustls::RootCertStore::empty();
+    let file = ca.unwrap_or(std::path::Path::new(SYSTEM));
+    match CertificateDer::pem_file_iter(file) {
+        Ok(certs) => {
+            for c in certs {
+                let c = c.with_context(|| format!("parsing {}", file.display()))?;
+                roots
+                    .add(c)
+                    .with_context(|| format!("a CA certificate in {}", file.display()))?;
+            }
+        }
+        // No system store (ca-certificates not installed): only `backend_ca` can help.
+        Err(e) if ca.is_none() => {
+            tracing::debug!("no system CA store at {SYSTEM}: {e}");
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
+    }
+    if ca.is_some() && roots.is_empty() {
+        anyhow::bail!("no CA certificate in {}", file.display());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .context("TLS protocol versions")?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// `scheme://host:port` of server `s` of `api`.
+pub(super) fn origin(api: &Api, s: &super::api::Server) -> String {
+    let scheme = if api.meta.server_ssl { "https" } else { "http" };
+    match s.host.parse::<std::net::Ipv6Addr>() {
+        Ok(v6) => format!("{scheme}://[{v6}]:{}", s.port),
+        Err(_) => format!("{scheme}://{}:{}", s.host, s.port),
+    }
+}
+
+/// Where a request can go.
+pub(super) enum Choice {
+    /// To this server, whose slot the request holds until dropped.
+    Server(Slot),
+    /// Every healthy server is at its `server_connection_quota` or `server_spike_threshold`.
+    Busy,
+    /// No server is healthy.
+    Down,
+}
+
+/// A request's place at one server: counted against its `server_connection_quota` until
+/// dropped (which wakes requests queued for a server).
+pub(super) struct Slot {
+    balance: Arc<super::api::Balance>,
+    /// The server, by its index in `servers`.
+    pub index: usize,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        if let Some(s) = self.balance.servers.get(self.index) {
+            s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.balance.freed.notify_one();
+    }
+}
+
+/// Takes a place at server `i` if it is under its limits.
+fn take(api: &Api, i: usize) -> Option<Slot> {
+    let s = api.balance.servers.get(i)?;
+    // Counted first, so that two requests cannot both take a server's last place; given
+    // back without a wake-up when refused (a wake-up would only make a queued request try
+    // again, and fail, and wake the next).
+    let before = s.in_flight.fetch_add(1, Ordering::Relaxed);
+    let refuse = || {
+        s.in_flight.fetch_sub(1, Ordering::Relaxed);
+        None
+    };
+    if s.quota > 0 && before >= s.quota {
+        return refuse();
+    }
+    if let Some((n, per)) = s.spike {
+        let now = epoch_ms();
+        let mut w = s
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if now.saturating_sub(w.0) >= per * 1000 {
+            *w = (now, 0);
+        }
+        if w.1 >= n {
+            return refuse();
+        }
+        w.1 += 1;
+    }
+    Some(Slot {
+        balance: api.balance.clone(),
+        index: i,
+    })
+}
+
+/// Whether server `i` of `api` is usable: under `health_retry_count` failures, or, without
+/// health checks, failed longer than [`RETRY_AFTER`] ago.
+fn healthy(api: &Api, i: usize, now: u64) -> bool {
     let limit = api.meta.health_retry_count.unwrap_or(3).max(1);
+    api.balance.servers.get(i).is_none_or(|h| {
+        h.failures.load(Ordering::Relaxed) < limit
+            || (!api.meta.health_check
+                && now.saturating_sub(h.last_failure_ms.load(Ordering::Relaxed))
+                    >= RETRY_AFTER.as_millis() as u64)
+    })
+}
+
+/// The server for the next request to `api`: `sticky` (the client's own server) if it is
+/// healthy and under its limits, else the next such server round robin.
+pub(super) fn pick(api: &Api, sticky: Option<usize>) -> Choice {
+    let n = api.meta.servers.len();
     let now = epoch_ms();
-    (0..servers.len())
-        .map(|i| (start + i) % servers.len())
-        .find(|i| {
-            b.servers.get(*i).is_none_or(|h| {
-                h.failures.load(Ordering::Relaxed) < limit
-                    || (!api.meta.health_check
-                        && now.saturating_sub(h.last_failure_ms.load(Ordering::Relaxed))
-                            >= RETRY_AFTER.as_millis() as u64)
-            })
-        })
+    let mut any_healthy = false;
+    if let Some(i) = sticky.filter(|i| *i < n && healthy(api, *i, now)) {
+        any_healthy = true;
+        if let Some(slot) = take(api, i) {
+            return Choice::Server(slot);
+        }
+    }
+    let start = api.balance.next.fetch_add(1, Ordering::Relaxed);
+    for i in (0..n).map(|k| (start + k) % n) {
+        if Some(i) == sticky || !healthy(api, i, now) {
+            continue;
+        }
+        any_healthy = true;
+        if let Some(slot) = take(api, i) {
+            return Choice::Server(slot);
+        }
+    }
+    if any_healthy {
+        Choice::Busy
+    } else {
+        Choice::Down
+    }
+}
+
+/// [`pick`], waiting up to `wait` for a server to free up when all are busy (ASE's
+/// `server_connection_queueing`).
+pub(super) async fn pick_queued(api: &Api, sticky: Option<usize>, wait: Duration) -> Choice {
+    let until = tokio::time::Instant::now() + wait;
+    loop {
+        let freed = api.balance.freed.notified();
+        match pick(api, sticky) {
+            Choice::Busy if tokio::time::Instant::now() < until => {}
+            c => return c,
+        }
+        // Woken by a request ending, or after a tick (a spike window may have passed).
+        let tick = (tokio::time::Instant::now() + Duration::from_millis(50)).min(until);
+        let _ = tokio::time::timeout_at(tick, freed).await;
+    }
 }
 
 /// Records a request's or probe's outcome for server `i` of `api`.
@@ -152,7 +303,7 @@ pub(super) async fn health_loop(
             }
             last.insert(api.name.clone(), Instant::now());
             for (i, s) in api.meta.servers.iter().enumerate() {
-                let uri = format!("http://{}:{}{}", s.host, s.port, api.meta.health_url);
+                let uri = format!("{}{}", origin(api, s), api.meta.health_url);
                 let Ok(req) = Request::get(uri).body(
                     Full::new(Bytes::new())
                         .map_err(|e: Infallible| match e {})

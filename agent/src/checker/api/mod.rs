@@ -77,6 +77,24 @@ pub struct DecoyConfig {
 pub struct FlowControl {
     /// `N/second`, `N/minute` or `N/hour` per client IP; `0/second` or empty = off.
     pub client_spike_threshold: String,
+    /// A request that finds every server at its `server_connection_quota` or
+    /// `server_spike_threshold` waits for one (up to `backend_timeout`) instead of getting
+    /// 503 at once.
+    #[serde(deserialize_with = "loose::flag")]
+    pub server_connection_queueing: bool,
+    /// WebSocket APIs: bytes one connection may send, `N/second|minute|hour`; past it the
+    /// connection is closed.
+    pub bytes_in_threshold: String,
+    /// WebSocket APIs: bytes one connection may receive, as `bytes_in_threshold`.
+    pub bytes_out_threshold: String,
+}
+
+/// `api_mapping`: the path the servers know the API under.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(default)]
+pub struct ApiMapping {
+    /// Replaces the API's `url` at the front of forwarded paths; empty = no mapping.
+    pub internal_url: String,
 }
 
 /// `jwt`: where a JWT is and which claims name the user and client.
@@ -99,6 +117,12 @@ pub struct Server {
     /// Port (a number, or a string of digits as Ping's tools write it).
     #[serde(deserialize_with = "loose::port")]
     pub port: u16,
+    /// Most requests this server gets, `N/second|minute|hour`; `0/second` or empty = off.
+    #[serde(default)]
+    pub server_spike_threshold: String,
+    /// Most requests in flight to this server at once; 0 or unset = no limit.
+    #[serde(default, deserialize_with = "loose::count")]
+    pub server_connection_quota: Option<u32>,
 }
 
 /// `api_metadata`: one API.
@@ -130,6 +154,12 @@ pub struct ApiMetadata {
     /// Block denied clients (403); false: forward and count "would block".
     #[serde(deserialize_with = "loose::flag_default_true")]
     pub enable_blocking: bool,
+    /// The path the servers know the API under.
+    pub api_mapping: Option<ApiMapping>,
+    /// Sticky servers: a client's later requests go to the server that answered its first
+    /// (a `portcullis_server` cookie names it).
+    #[serde(deserialize_with = "loose::flag")]
+    pub cookie_persistence_enabled: bool,
     /// Request pattern rules.
     pub api_pattern_enforcement: Option<PatternEnforcement>,
     /// Backends.
@@ -168,6 +198,8 @@ impl Default for ApiMetadata {
             username_header: String::new(),
             jwt: None,
             enable_blocking: true,
+            api_mapping: None,
+            cookie_persistence_enabled: false,
             api_pattern_enforcement: None,
             servers: Vec::new(),
             server_ssl: false,
@@ -205,22 +237,32 @@ pub struct Api {
     pub balance: Arc<Balance>,
 }
 
-/// Where the next request goes, and which servers are failing.
+/// Where the next request goes, which servers are failing, and which are at their limits.
 #[derive(Debug, Default)]
 pub struct Balance {
     /// Requests so far (the round-robin position).
     pub next: AtomicUsize,
     /// One per server, in `servers` order.
-    pub servers: Vec<ServerHealth>,
+    pub servers: Vec<ServerState>,
+    /// Woken when a request to one of the servers ends (for `server_connection_queueing`).
+    pub freed: tokio::sync::Notify,
 }
 
-/// Consecutive failures of one server and when the last one was.
+/// One server's health and load against its limits.
 #[derive(Debug, Default)]
-pub struct ServerHealth {
+pub struct ServerState {
     /// Consecutive failures (requests or health probes).
     pub failures: AtomicU32,
     /// Milliseconds since [`epoch_ms`]'s start at the last failure.
     pub last_failure_ms: AtomicU64,
+    /// Requests in flight to the server now.
+    pub in_flight: AtomicU32,
+    /// `server_connection_quota` (0: no limit).
+    pub quota: u32,
+    /// Parsed `server_spike_threshold`: (requests, per seconds).
+    pub spike: Option<(u32, u64)>,
+    /// The current spike window: (start, [`epoch_ms`]; requests in it).
+    pub window: std::sync::Mutex<(u64, u32)>,
 }
 
 /// Milliseconds on a process-wide monotonic clock.
@@ -259,10 +301,11 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
         .map_err(|e| err(format!("api_metadata: {e}")))?;
     let understood = serde_json::to_value(&meta).map_err(|e| err(e.to_string()))?;
     let ignored_fields = unknown::ignored_fields(&value, &understood);
-    rules::check(&meta, meta_value).map_err(err)?;
+    rules::check(&meta).map_err(err)?;
     let decoy_paths = rules::decoy_paths(&meta)
         .map_err(|m| err(format!("field `decoy_config.decoy_subpaths`: {m}")))?;
     let spike = rules::parse_spike(
+        "client_spike_threshold",
         meta.flow_control
             .as_ref()
             .map_or("", |f| f.client_spike_threshold.as_str()),
@@ -271,8 +314,17 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
     let servers = meta
         .servers
         .iter()
-        .map(|_| ServerHealth::default())
-        .collect();
+        .enumerate()
+        .map(|(i, s)| {
+            let spike = rules::parse_spike("server_spike_threshold", &s.server_spike_threshold)
+                .map_err(|m| err(format!("field `servers[{i}].{m}`")))?;
+            Ok(ServerState {
+                quota: s.server_connection_quota.unwrap_or(0),
+                spike,
+                ..ServerState::default()
+            })
+        })
+        .collect::<Result<_, ApiError>>()?;
     Ok(Api {
         name: name.into(),
         path: path.into(),
@@ -283,6 +335,7 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
         balance: Arc::new(Balance {
             next: AtomicUsize::new(0),
             servers,
+            freed: tokio::sync::Notify::new(),
         }),
     })
 }
@@ -350,6 +403,34 @@ pub fn under(path: &str, prefix: &str) -> bool {
         || path
             .strip_prefix(prefix)
             .is_some_and(|rest| rest.starts_with('/'))
+}
+
+/// The path the servers get for a request to `api`: `api_mapping.internal_url` in place of
+/// the API's `url`. `forward` and `matched` are the request path's two normal forms
+/// (`target::NormalPath`); when the `url` prefix is hidden behind `;` parameters in
+/// `forward`, the tail is taken from `matched`, the form routing judged.
+pub fn internal_path(api: &Api, forward: &str, matched: &str) -> String {
+    let mapped = api
+        .meta
+        .api_mapping
+        .as_ref()
+        .map_or("", |m| m.internal_url.trim());
+    if mapped.is_empty() {
+        return forward.to_owned();
+    }
+    let mapped = mapped.trim_end_matches('/');
+    let base = api.meta.url.trim_end_matches('/');
+    let tail = if under(forward, api.meta.url.as_str()) {
+        &forward[base.len()..]
+    } else {
+        matched.get(base.len()..).unwrap_or("")
+    };
+    let path = format!("{mapped}{tail}");
+    if path.is_empty() {
+        "/".to_owned()
+    } else {
+        path
+    }
 }
 
 /// The armed decoy of `api` that `path` falls under, if any (every path of the API when it

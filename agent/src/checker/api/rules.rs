@@ -4,9 +4,8 @@
 
 use super::{ApiMetadata, under};
 
-/// Every rule that needs the whole definition (`meta_value`: the file's `api_metadata`, for
-/// fields Portcullis does not model).
-pub fn check(meta: &ApiMetadata, meta_value: &serde_json::Value) -> Result<(), String> {
+/// Every rule that needs the whole definition.
+pub fn check(meta: &ApiMetadata) -> Result<(), String> {
     if !meta.url.starts_with('/') {
         return Err(format!("field `url`: {:?} must start with '/'", meta.url));
     }
@@ -19,25 +18,23 @@ pub fn check(meta: &ApiMetadata, meta_value: &serde_json::Value) -> Result<(), S
         (false, true) => return Err("field `decoy_config`: decoy_enabled with no decoy_subpaths makes every request to this API a decoy hit, yet it has servers; list decoy_subpaths, or remove the servers for a whole-API decoy".into()),
         _ => {}
     }
-    // What would silently break the API if it were only ignored: refused until supported.
-    let mapped = meta_value
-        .pointer("/api_mapping/internal_url")
-        .and_then(|v| v.as_str())
-        .map_or("", str::trim);
-    if !mapped.is_empty() && mapped.trim_end_matches('/') != meta.url.trim_end_matches('/') {
-        return Err(format!(
-            "field `api_mapping.internal_url`: {mapped:?} is not supported yet (the servers would get the public path {:?}); remove it and serve the API under its public path",
-            meta.url
-        ));
+    if let Some(m) = &meta.api_mapping {
+        let mapped = m.internal_url.trim();
+        let plain = mapped.starts_with('/')
+            && !mapped.contains(['%', '?', '#', '\\', ';'])
+            && !mapped.split('/').any(|seg| seg == "." || seg == "..");
+        if !mapped.is_empty() && !plain {
+            return Err(format!(
+                "field `api_mapping.internal_url`: {mapped:?} must be a plain path starting with '/' (no '.' or '..' segments, escapes, ';', '?' or '#')"
+            ));
+        }
     }
+    // What would silently break the API if it were only ignored: refused until supported.
     if matches!(
         meta.protocol.trim().to_ascii_lowercase().as_str(),
         "ws" | "wss"
     ) {
         return Err("field `protocol`: WebSocket APIs are not supported yet (the upgrade would not be proxied)".into());
-    }
-    if meta.server_ssl {
-        return Err("field `server_ssl`: TLS to the API servers is not supported yet; terminate it on the servers' side or use plain HTTP on a private network".into());
     }
     if meta.is_token_mandatory && !meta.oauth2_access_token {
         return Err("field `is_token_mandatory`: needs `oauth2_access_token: true`, as in ASE (without it no token is read, and every client would be deny-listed for a missing one)".into());
@@ -64,24 +61,24 @@ pub fn check(meta: &ApiMetadata, meta_value: &serde_json::Value) -> Result<(), S
     Ok(())
 }
 
-/// Parses `N/second|minute|hour`.
-pub fn parse_spike(s: &str) -> Result<Option<(u32, u64)>, String> {
+/// Parses field `field`'s `N/second|minute|hour` (`0/…` or empty: `None`).
+pub fn parse_spike(field: &str, s: &str) -> Result<Option<(u32, u64)>, String> {
     let s = s.trim();
     if s.is_empty() {
         return Ok(None);
     }
-    let (n, unit) = s.split_once('/').ok_or_else(|| {
-        format!("client_spike_threshold {s:?}: expected N/second, N/minute or N/hour")
-    })?;
+    let (n, unit) = s
+        .split_once('/')
+        .ok_or_else(|| format!("{field} {s:?}: expected N/second, N/minute or N/hour"))?;
     let n: u32 = n
         .trim()
         .parse()
-        .map_err(|_| format!("client_spike_threshold {s:?}: {n:?} is not a number"))?;
+        .map_err(|_| format!("{field} {s:?}: {n:?} is not a number"))?;
     let per = match unit.trim() {
         "second" | "sec" | "s" => 1,
         "minute" | "min" | "m" => 60,
         "hour" | "h" => 3600,
-        u => return Err(format!("client_spike_threshold {s:?}: unknown unit {u:?}")),
+        u => return Err(format!("{field} {s:?}: unknown unit {u:?}")),
     };
     Ok((n > 0).then_some((n, per)))
 }

@@ -108,16 +108,45 @@ fn a_ping_style_file_loads_with_its_values() {
     assert_eq!(
         a.ignored_fields,
         [
-            "api_mapping",
             "api_memory_size",
             "cookie_idle_timeout",
-            "cookie_persistence_enabled",
-            "flow_control.server_connection_queueing",
-            "logout_api_enabled",
-            "servers[0].server_connection_quota",
-            "servers[0].server_spike_threshold",
+            "logout_api_enabled"
         ]
     );
+    assert_eq!(a.balance.servers[0].quota, 0);
+    assert_eq!(a.balance.servers[0].spike, None);
+}
+
+#[test]
+fn mapped_apis_forward_under_the_internal_path() {
+    let mapped = |url: &str, internal: &str| {
+        api(
+            "m",
+            &format!(
+                r#"{{"api_metadata":{{"url":"{url}","api_mapping":{{"internal_url":"{internal}"}},"servers":[{{"host":"a","port":1,"server_spike_threshold":"5/minute","server_connection_quota":"2"}}]}}}}"#
+            ),
+        )
+        .expect("api")
+    };
+    let a = mapped("/shop", "/v1/store");
+    let p = |a: &Api, forward: &str, matched: &str| internal_path(a, forward, matched);
+    assert_eq!(p(&a, "/shop", "/shop"), "/v1/store");
+    assert_eq!(p(&a, "/shop/items/", "/shop/items/"), "/v1/store/items/");
+    assert_eq!(
+        p(&a, "/shop/a;jsessionid=1", "/shop/a"),
+        "/v1/store/a;jsessionid=1"
+    );
+    // The prefix hidden behind a parameter: the tail as routing judged it.
+    assert_eq!(p(&a, "/shop;x/admin", "/shop/admin"), "/v1/store/admin");
+    assert_eq!(
+        p(&mapped("/shop", "/"), "/shop/items", "/shop/items"),
+        "/items"
+    );
+    assert_eq!(p(&mapped("/shop", "/"), "/shop", "/shop"), "/");
+    assert_eq!(p(&mapped("/", "/v1/"), "/items", "/items"), "/v1/items");
+    assert_eq!(p(&mapped("/shop", ""), "/shop/x", "/shop/x"), "/shop/x");
+    assert_eq!(a.balance.servers[0].quota, 2);
+    assert_eq!(a.balance.servers[0].spike, Some((5, 60)));
 }
 
 #[test]
@@ -172,7 +201,21 @@ fn unclear_definitions_are_refused_naming_the_field() {
             "false",
             "needs `oauth2_access_token: true`",
         ),
-        ("api_mapping.internal_url", r#""/v2""#, "not supported yet"),
+        (
+            "api_mapping.internal_url",
+            r#""v2""#,
+            "must be a plain path",
+        ),
+        (
+            "api_mapping.internal_url",
+            r#""/v2/../admin""#,
+            "must be a plain path",
+        ),
+        (
+            "api_mapping.internal_url",
+            r#""/v2?x=1""#,
+            "must be a plain path",
+        ),
         (
             "protocol",
             r#""ws""#,
@@ -223,4 +266,12 @@ fn unclear_definitions_are_refused_naming_the_field() {
     v["api_metadata"]["servers"][0]["port"] = serde_json::json!("0");
     let e = api("shop", &v.to_string()).expect_err("port 0");
     assert!(e.message.contains("not a port"), "{e}");
+    v["api_metadata"]["servers"][0]["port"] = serde_json::json!(1);
+    v["api_metadata"]["servers"][0]["server_spike_threshold"] = serde_json::json!("5/fortnight");
+    let e = api("shop", &v.to_string()).expect_err("unit");
+    assert!(
+        e.message
+            .contains("field `servers[0].server_spike_threshold \"5/fortnight\": unknown unit"),
+        "{e}"
+    );
 }
