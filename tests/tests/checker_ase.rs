@@ -333,3 +333,82 @@ fn servers_are_reached_as_ase_reaches_them() {
     assert_eq!(s.curl("/spike/2", &[]).0, 200);
     assert_eq!(s.curl("/spike/3", &[]).0, 503);
 }
+
+/// Debian's Python, where python3-websockets is installed (not a pyenv or venv one first
+/// on `PATH`).
+const PYTHON: &str = "/usr/bin/python3";
+
+/// A WebSocket API (`protocol: "ws"`): a real WebSocket client (python3-websockets) talks to
+/// a real echo server through the checker; the upgrade is judged as any request (a denied
+/// client gets 403), and `bytes_in_threshold` closes a connection that sends too much.
+#[test]
+fn websocket_apis_are_proxied_and_judged() {
+    use std::io::{BufRead as _, BufReader};
+    privileged!();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/src/ws.py");
+    let ws_port = portcullis_tests::checker_setup::free_port();
+    let mut server = Killed(
+        Command::new(PYTHON)
+            .args([script, "serve", &ws_port.to_string()])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3 (apt-get install python3-websockets)"),
+    );
+    let mut ready = String::new();
+    BufReader::new(server.0.stdout.take().expect("stdout"))
+        .read_line(&mut ready)
+        .expect("server output");
+    assert_eq!(ready.trim(), "ready");
+    let s = setup_with("", |apis, _| {
+        write_api(
+            apis,
+            "chat",
+            &format!(
+                r#"{{"protocol": "ws", "url": "/chat", "hostname": "api.test",
+                "api_pattern_enforcement": {{"protocol_allowed": "wss"}},
+                "flow_control": {{"bytes_in_threshold": "4096/minute"}},
+                "servers": [{{"host": "127.0.0.1", "port": "{ws_port}"}}]}}"#
+            ),
+        );
+    });
+    let talk = |from: &str, messages: &[&str]| {
+        let out = Command::new(PYTHON)
+            .args([script, "talk", &s.port.to_string()])
+            .arg(&s.ca)
+            .args(["/chat/room", "--from", from])
+            .args(messages)
+            .output()
+            .expect("python3");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        talk("198.18.82.1", &["hello", "again"]),
+        "echo 5 hello\necho 5 again\ndone\n"
+    );
+    // Past 4 KiB a minute from the client: the tunnel is closed.
+    assert_eq!(
+        talk("198.18.82.1", &["3000", "3000", "10"]),
+        "echo 3000 xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\nclosed\n"
+    );
+    let over = s.agent.stats().l7.get("websocket_over_threshold").copied();
+    assert_eq!(over, Some(1));
+    // A denied client's upgrade is refused like any request of it.
+    ok(&s.agent.cli(&["deny", "add", "ip", "198.18.82.2"]));
+    assert_eq!(talk("198.18.82.2", &["hello"]), "status 403\n");
+}
+
+/// A child process killed when the test ends, passed or not.
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -20,6 +20,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// Debian packages: netns/veth and traffic tools, xdp-tools for the benchmark comparison.
 /// curl and openssl for the L7 checker's tests (real TLS client, throwaway certificates).
 /// g++ for libFuzzer, which the fuzz targets link (`cargo xtask fuzz`, and `test` briefly).
+/// python3-websockets: a real WebSocket client and server for the WebSocket API tests.
 const DEBIAN_PACKAGES: &[&str] = &[
     "g++",
     "iproute2",
@@ -29,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "netcat-openbsd",
     "curl",
     "openssl",
+    "python3-websockets",
 ];
 
 /// What later steps need from setup.

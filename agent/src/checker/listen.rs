@@ -261,6 +261,9 @@ async fn respond(
     let Some(busy) = Busy::new(seen, || ticket.stream()) else {
         return Ok(proxy.over_share());
     };
+    let mut req = req;
+    // A WebSocket tunnel outlives the connection's HTTP part: it keeps the ticket.
+    req.extensions_mut().insert(ticket);
     let r = proxy.handle(req, peer, tls).await;
     r.map(|mut resp| {
         if busy.closing() {
@@ -438,7 +441,9 @@ where
             }
         }
     } else {
-        let conn = h1_builder(&cfg, &limits).serve_connection(io, svc);
+        let conn = h1_builder(&cfg, &limits)
+            .serve_connection(io, svc)
+            .with_upgrades();
         tokio::pin!(conn);
         let done = tokio::select! {
             r = conn.as_mut() => Some(r),

@@ -19,6 +19,7 @@
 //! - `upstream`: the API servers: pool (TLS with `server_ssl`), choice within limits,
 //!   health, forwarded headers;
 //! - `sticky`: `cookie_persistence_enabled`, the cookie naming a client's server;
+//! - [`websocket`]: upgrades of WebSocket APIs, and their tunnels;
 //! - [`tls`]: reloadable certificates.
 
 mod activity;
@@ -36,6 +37,7 @@ mod sticky;
 pub mod target;
 pub mod tls;
 mod upstream;
+pub mod websocket;
 pub mod windows;
 
 use std::collections::BTreeMap;
@@ -214,7 +216,7 @@ pub fn detection_ttl(value: &str) -> Result<Option<u64>, String> {
 
 /// What happened to requests, by outcome (exported in stats and metrics). The last two
 /// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 21] = [
+pub const OUTCOMES: [&str; 22] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -231,6 +233,7 @@ pub const OUTCOMES: [&str; 21] = [
     "too_many_streams",
     "bad_gateway",
     "server_busy",
+    "websocket_over_threshold",
     "bad_request",
     "request_timeout",
     "gateway_timeout",

@@ -39,11 +39,16 @@ pub fn violation(
         }
     }
     if !p.protocol_allowed.trim().is_empty() {
-        let scheme = if tls { "https" } else { "http" };
+        // A WebSocket API may say `ws`/`wss`: the same transports as `http`/`https`.
+        let schemes: &[&str] = if tls {
+            &["https", "wss"]
+        } else {
+            &["http", "ws"]
+        };
         if !p
             .protocol_allowed
             .split(',')
-            .any(|x| x.trim().eq_ignore_ascii_case(scheme))
+            .any(|x| schemes.iter().any(|s| x.trim().eq_ignore_ascii_case(s)))
         {
             return Some("invalid-protocol");
         }

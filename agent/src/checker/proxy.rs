@@ -11,8 +11,10 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Incoming;
+use hyper::upgrade::OnUpgrade;
 use tokio::sync::watch;
 
+use super::admission::Ticket;
 use super::api::{self, Api};
 use super::budget::{Budget, Culprit, Limits, Spend};
 use super::deadline::{self, Deadlines, Progress, Stalling};
@@ -21,6 +23,7 @@ use super::lists::{L7Lists, RequestIdents};
 use super::sticky;
 use super::target::{self, NormalPath, TargetError};
 use super::upstream::{self, Backends, Body, Choice, ClientBody, HOP_BY_HOP};
+use super::websocket;
 use super::{ApiRegistry, CheckerConfig, L7Stats};
 use crate::model::Kind;
 use crate::model::List;
@@ -422,6 +425,7 @@ impl Proxy {
             self.stats.hit("bad_request");
             return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
         }
+        let upgrading = api.websocket() && websocket::requested(&req);
         let sticky = api
             .meta
             .cookie_persistence_enabled
@@ -451,6 +455,8 @@ impl Proxy {
         let index = slot.index;
         let server = &api.meta.servers[index];
         let (mut parts, body) = req.into_parts();
+        let client_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrading);
+        let ticket = parts.extensions.remove::<Arc<Ticket>>();
         // The normalised path (mapped to the servers' own), so the server serves what the
         // checker judged.
         let path = api::internal_path(api, &path.forward, &path.matched);
@@ -471,6 +477,9 @@ impl Proxy {
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
         }
+        if client_upgrade.is_some() {
+            websocket::ask_upgrade(&mut parts.headers);
+        }
         if let Some(h) = host {
             parts.headers.insert(header::HOST, h);
         }
@@ -486,6 +495,10 @@ impl Proxy {
         let body = Limited::new(body, self.cfg.max_body_bytes as usize).boxed();
         let request = self.client.request(Request::from_parts(parts, body));
         match deadline::answer_within(request, &progress, backend_limit).await {
+            Some(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
+                upstream::mark(api, index, true);
+                self.upgraded(api, resp, client_upgrade, (slot, ticket))
+            }
             Some(Ok(resp)) => {
                 upstream::mark(api, index, true);
                 self.stats.hit("forwarded");
@@ -514,6 +527,41 @@ impl Proxy {
                 full(StatusCode::GATEWAY_TIMEOUT, "Error: Gateway Timeout\n")
             }
         }
+    }
+
+    /// The answer when the server switched protocols: the client is told so, and both
+    /// connections go to a WebSocket tunnel holding `hold` (see [`websocket`]).
+    fn upgraded(
+        &self,
+        api: &Api,
+        mut resp: Response<Incoming>,
+        client: Option<OnUpgrade>,
+        hold: impl Send + 'static,
+    ) -> Response<Body> {
+        let Some(client) = client else {
+            // A switch the client did not ask for: there is nothing to hand over.
+            self.stats.hit("bad_gateway");
+            return full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n");
+        };
+        let server = hyper::upgrade::on(&mut resp);
+        let (stats, limits) = (self.stats.clone(), api.bytes);
+        tokio::spawn(async move {
+            if websocket::tunnel(client, server, limits, hold).await
+                == websocket::Ended::OverThreshold
+            {
+                stats.hit("websocket_over_threshold");
+            }
+        });
+        self.stats.hit("forwarded");
+        let (mut parts, _) = resp.into_parts();
+        for h in HOP_BY_HOP {
+            parts.headers.remove(h);
+        }
+        websocket::ask_upgrade(&mut parts.headers);
+        let empty = Full::new(Bytes::new())
+            .map_err(|e: Infallible| match e {})
+            .boxed();
+        Response::from_parts(parts, empty)
     }
 
     /// The answer when forwarding failed. The client's own body failing (cut short, or past

@@ -129,7 +129,7 @@ pub struct Server {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default)]
 pub struct ApiMetadata {
-    /// `http`, `https` or `ws`/`wss` (informational; see pattern enforcement).
+    /// `http`, `https`, or `ws`/`wss` for a WebSocket API (upgrades proxied).
     pub protocol: String,
     /// URL prefix this API owns, e.g. `/shop`; `/` = everything.
     pub url: String,
@@ -231,6 +231,9 @@ pub struct Api {
     /// Parsed `client_spike_threshold`: (requests, per seconds).
     #[serde(skip)]
     pub spike: Option<(u32, u64)>,
+    /// Parsed `bytes_in_threshold` and `bytes_out_threshold` (WebSocket APIs).
+    #[serde(skip)]
+    pub bytes: crate::checker::websocket::Thresholds,
     /// Round-robin position and per-server health, shared by every checker worker (the API
     /// is shared through the registry), so the request path neither locks nor allocates.
     #[serde(skip)]
@@ -311,6 +314,13 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
             .map_or("", |f| f.client_spike_threshold.as_str()),
     )
     .map_err(|m| err(format!("field `flow_control.{m}`")))?;
+    let flow = meta.flow_control.clone().unwrap_or_default();
+    let bytes = crate::checker::websocket::Thresholds {
+        bytes_in: rules::parse_spike("bytes_in_threshold", &flow.bytes_in_threshold)
+            .map_err(|m| err(format!("field `flow_control.{m}`")))?,
+        bytes_out: rules::parse_spike("bytes_out_threshold", &flow.bytes_out_threshold)
+            .map_err(|m| err(format!("field `flow_control.{m}`")))?,
+    };
     let servers = meta
         .servers
         .iter()
@@ -332,6 +342,7 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
         ignored_fields,
         decoy_paths,
         spike,
+        bytes,
         balance: Arc::new(Balance {
             next: AtomicUsize::new(0),
             servers,
@@ -391,6 +402,16 @@ pub fn load_dir(dir: &Path) -> (BTreeMap<String, Api>, Vec<ApiError>) {
         }
     }
     (apis, errors)
+}
+
+impl Api {
+    /// Whether this is a WebSocket API (`protocol` `ws` or `wss`): upgrades are proxied.
+    pub fn websocket(&self) -> bool {
+        matches!(
+            self.meta.protocol.trim().to_ascii_lowercase().as_str(),
+            "ws" | "wss"
+        )
+    }
 }
 
 /// Whether `path` is `prefix` or below it (segment-wise: `/shop` owns `/shop/x`, not `/shopping`).

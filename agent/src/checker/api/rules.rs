@@ -30,12 +30,6 @@ pub fn check(meta: &ApiMetadata) -> Result<(), String> {
         }
     }
     // What would silently break the API if it were only ignored: refused until supported.
-    if matches!(
-        meta.protocol.trim().to_ascii_lowercase().as_str(),
-        "ws" | "wss"
-    ) {
-        return Err("field `protocol`: WebSocket APIs are not supported yet (the upgrade would not be proxied)".into());
-    }
     if meta.is_token_mandatory && !meta.oauth2_access_token {
         return Err("field `is_token_mandatory`: needs `oauth2_access_token: true`, as in ASE (without it no token is read, and every client would be deny-listed for a missing one)".into());
     }

@@ -217,9 +217,9 @@ fn unclear_definitions_are_refused_naming_the_field() {
             "must be a plain path",
         ),
         (
-            "protocol",
-            r#""ws""#,
-            "WebSocket APIs are not supported yet",
+            "flow_control.bytes_in_threshold",
+            r#""10/fortnight""#,
+            "bytes_in_threshold \"10/fortnight\": unknown unit",
         ),
         // Definitions that would make every path of the API a decoy, or hide what they say.
         (
