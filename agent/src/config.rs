@@ -298,22 +298,25 @@ impl Config {
         if self.abs.url.is_empty() {
             return Ok(());
         }
-        let uri = self.abs.url.parse::<http::Uri>().ok();
-        let scheme = uri.as_ref().and_then(|u| u.scheme_str());
-        let ok = uri.as_ref().is_some_and(|u| u.host().is_some())
-            && scheme
-                .is_some_and(|s| s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https"));
-        if !ok {
-            return Err(invalid(
-                "abs.url",
-                format!("{:?} is not an http(s) URL", self.abs.url),
-            ));
+        for url in self.abs.urls() {
+            let uri = url.parse::<http::Uri>().ok();
+            let scheme = uri.as_ref().and_then(|u| u.scheme_str());
+            let ok = uri.as_ref().is_some_and(|u| u.host().is_some())
+                && scheme.is_some_and(|s| {
+                    s.eq_ignore_ascii_case("http") || s.eq_ignore_ascii_case("https")
+                });
+            if !ok {
+                return Err(invalid("abs.url", format!("{url:?} is not an http(s) URL")));
+            }
+            if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) && !self.abs.insecure {
+                return Err(invalid(
+                    "abs.url",
+                    "http:// would send the ABS secret key in clear: use https:// (with abs.ca_file for ABS's certificate), or set abs.insecure = true",
+                ));
+            }
         }
-        if scheme.is_some_and(|s| s.eq_ignore_ascii_case("http")) && !self.abs.insecure {
-            return Err(invalid(
-                "abs.url",
-                "http:// would send the ABS secret key in clear: use https:// (with abs.ca_file for ABS's certificate), or set abs.insecure = true",
-            ));
+        if self.abs.urls().is_empty() {
+            return Err(invalid("abs.url", "no URL in the list"));
         }
         duration("abs.poll", &self.abs.poll)?;
         duration("abs.window", &self.abs.window)?;
@@ -348,12 +351,20 @@ impl Config {
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AbsConfig {
-    /// Base URL, e.g. `https://abs.example:8080`; empty = feed off.
+    /// Base URL, e.g. `https://abs.example:8080`; several ABS nodes, tried in turn, as a list
+    /// or comma-separated as ASE's `abs_endpoint`; empty = feed off.
+    #[serde(deserialize_with = "one_or_many")]
     pub url: String,
     /// Access key (sent as `x-abs-ak`).
     pub access_key: String,
     /// File holding the secret key (sent as `x-abs-sk`); never logged.
     pub secret_key_file: PathBuf,
+    /// Send the keys as ABS's restricted user (`x-abs-ak-ru`/`x-abs-sk-ru`), whose lists hold
+    /// obfuscated identifiers that match no real traffic; warned about at start.
+    pub restricted_keys: bool,
+    /// Accept any certificate from ABS (ABS's own is self-signed); warned about at start.
+    /// Prefer `ca_file`.
+    pub insecure_skip_verify: bool,
     /// Poll interval, e.g. "60s".
     pub poll: String,
     /// PEM CA bundle to trust for HTTPS (default: none, so HTTPS needs it).
@@ -387,6 +398,8 @@ impl Default for AbsConfig {
             url: String::new(),
             access_key: String::new(),
             secret_key_file: PathBuf::from("/etc/portcullis/abs.secret"),
+            restricted_keys: false,
+            insecure_skip_verify: false,
             poll: "60s".into(),
             ca_file: None,
             insecure: false,
@@ -399,6 +412,32 @@ impl Default for AbsConfig {
             report_queue: 10_000,
         }
     }
+}
+
+impl AbsConfig {
+    /// The ABS nodes, in the order they are tried.
+    pub fn urls(&self) -> Vec<String> {
+        self.url
+            .split(',')
+            .map(str::trim)
+            .filter(|u| !u.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+/// A string, or a list of strings joined with `, ` (`abs.url`).
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(String),
+        Many(Vec<String>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(s) => s,
+        OneOrMany::Many(v) => v.join(", "),
+    })
 }
 
 /// A config error for `field`.
@@ -478,6 +517,27 @@ mod tests {
             toml::from_str("[checker]\nbody_timeout = \"1d\"\nbackend_timeout = \"1d\"\n")
                 .expect("parses");
         ok.validate().expect("a day each is allowed");
+    }
+
+    #[test]
+    fn abs_nodes_come_as_a_list_or_comma_separated() {
+        let listed: Config =
+            toml::from_str("[abs]\nurl = [\"https://a:8080\", \"https://b:8080\"]\n")
+                .expect("parses");
+        assert_eq!(listed.abs.urls(), ["https://a:8080", "https://b:8080"]);
+        listed.validate().expect("valid");
+        let ase: Config =
+            toml::from_str("[abs]\nurl = \"https://a:8080 ,https://b:8080,\"\n").expect("parses");
+        assert_eq!(ase.abs.urls(), ["https://a:8080", "https://b:8080"]);
+        for bad in [
+            "\",\"",
+            "\"https://a:8080, ftp://b\"",
+            "\"https://a, http://b\"",
+        ] {
+            let cfg: Config = toml::from_str(&format!("[abs]\nurl = {bad}\n")).expect("parses");
+            let err = cfg.validate().expect_err(bad);
+            assert!(err.to_string().contains("abs.url"), "{bad}: {err}");
+        }
     }
 
     #[test]

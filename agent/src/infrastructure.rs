@@ -111,12 +111,12 @@ pub fn addresses() -> Option<Vec<IpAddr>> {
 /// The host names whose addresses are protected: ABS's (from its URL) and the API servers'
 /// that are not written as addresses.
 pub fn names<'a>(abs_url: &str, servers: impl IntoIterator<Item = &'a str>) -> Vec<String> {
-    let abs = abs_url
-        .parse::<http::Uri>()
-        .ok()
-        .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_owned()));
+    // Every ABS node of a comma-separated list.
+    let abs = abs_url.split(',').filter_map(|url| {
+        let uri = url.trim().parse::<http::Uri>().ok()?;
+        uri.host().map(|h| h.trim_matches(['[', ']']).to_owned())
+    });
     let mut out: Vec<String> = abs
-        .into_iter()
         .chain(servers.into_iter().map(str::to_owned))
         .filter(|h| !h.is_empty() && h.parse::<IpAddr>().is_err())
         .collect();
@@ -235,6 +235,10 @@ mod tests {
         assert_eq!(n, ["abs.example", "api.internal"]);
         assert!(names("https://[2001:db8::5]:8080", []).is_empty());
         assert!(names("", []).is_empty());
+        assert_eq!(
+            names("https://abs1.example:8080, https://abs2.example:8080", []),
+            ["abs1.example", "abs2.example"]
+        );
     }
 
     #[test]

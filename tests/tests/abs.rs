@@ -604,3 +604,74 @@ fn protection_follows_the_host_as_it_changes() {
         "ABS deny-listed what the host got after the agent started"
     );
 }
+
+/// Several ABS nodes, as ASE's comma-separated `abs_endpoint`: a poll goes to the node that
+/// answered last and fails over to the next; with `restricted_keys` the keys go in the
+/// restricted user's headers, and with `insecure_skip_verify` ABS's self-signed certificate
+/// is taken without its CA.
+#[test]
+fn polls_fail_over_between_abs_nodes() {
+    privileged!();
+    let bind = || TcpListener::bind("127.0.0.1:0").expect("bind");
+    let (a, b) = (FakeAbs::start(bind()), FakeAbs::start(bind()));
+    a.set(Answer::Status(503));
+    b.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.83.1"]}}"#.into(),
+    ));
+    let dirs = AgentDirs::new();
+    let config = abs_config(&dirs, &format!("{}, {}", a.url(), b.url()));
+    let agent = Agent::with_config(&dirs, config).expect("agent");
+    wait_for("the list from the second node", || {
+        abs_rows(&agent) == ["ip 198.18.83.1/32"]
+    });
+    assert_eq!(abs_state(&agent).url, b.url());
+    assert!(
+        !a.requests("GET /v4/abs/attacklist").is_empty(),
+        "tried first"
+    );
+    // Polls stay with the node that answers.
+    let tried = a.requests("GET /v4/abs/attacklist").len();
+    let polled = b.requests("GET /v4/abs/attacklist").len();
+    wait_for("two more polls", || {
+        b.requests("GET /v4/abs/attacklist").len() >= polled + 2
+    });
+    assert_eq!(a.requests("GET /v4/abs/attacklist").len(), tried);
+    // The second node fails; the first is back, with one more item.
+    a.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.83.1","198.18.83.2"]}}"#.into(),
+    ));
+    b.set(Answer::Garbage("{\"attacklist\":{\"ips\":[".into()));
+    wait_for("the list from the first node", || {
+        abs_rows(&agent).len() == 2
+    });
+    assert_eq!(abs_state(&agent).url, a.url());
+    drop(agent);
+
+    // ABS's self-signed certificate without its CA, and the restricted user's headers.
+    let dirs = AgentDirs::new();
+    let certs = portcullis_tests::tls::self_signed(&dirs.root, "127.0.0.1", "abs").expect("certs");
+    let abs = FakeAbs::start_tls(bind(), &certs.cert, &certs.key);
+    abs.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.83.3"]}}"#.into(),
+    ));
+    let config = format!(
+        "{}restricted_keys = true\ninsecure_skip_verify = true\n",
+        abs_config(&dirs, &abs.url())
+    );
+    let agent = Agent::with_config(&dirs, config).expect("agent");
+    wait_for("the list over unverified TLS", || {
+        abs_rows(&agent) == ["ip 198.18.83.3/32"]
+    });
+    let seen = abs.requests("GET /v4/abs/attacklist");
+    let headers = seen[0].headers.join("\n").to_ascii_lowercase();
+    assert!(
+        headers.contains("x-abs-ak-ru: ak-1") && headers.contains("x-abs-sk-ru: s3cret-sk"),
+        "{headers}"
+    );
+    assert!(!headers.contains("x-abs-ak:"), "{headers}");
+    let log = agent.log_text();
+    assert!(
+        log.contains("abs.insecure_skip_verify is on") && log.contains("abs.restricted_keys is on"),
+        "both warned about: {log}"
+    );
+}

@@ -5,7 +5,9 @@
 //!
 //! Poll: `GET {url}/v4/abs/attacklist?earlier_date=D&later_date=D&status=active` (dates as
 //! `YYYY-MM-DDTHH:MM`, UTC, from `window` ago to a minute ahead) with headers
-//! `x-abs-ak: <access key>` and `x-abs-sk: <secret key>`. Expected answer (200, JSON, at most
+//! `x-abs-ak: <access key>` and `x-abs-sk: <secret key>` (`x-abs-ak-ru`/`x-abs-sk-ru` with
+//! `restricted_keys`). With several URLs (ABS nodes), a poll starts at the node that answered
+//! last and fails over to the next ones in turn. Expected answer (200, JSON, at most
 //! `max_body_bytes`), the list in its envelope or bare (`{"ips": [...], ...}`):
 //!
 //! ```json
@@ -51,6 +53,7 @@ use tokio::sync::watch;
 use crate::writer::Writer;
 
 mod list;
+mod tls;
 
 pub use crate::config::AbsConfig;
 pub use crate::control::proto::AbsItem;
@@ -162,6 +165,10 @@ type HttpsClient = Client<
 /// The feed: client, credentials, state, report queue.
 pub struct Abs {
     cfg: AbsConfig,
+    /// The ABS nodes, tried in turn.
+    urls: Vec<String>,
+    /// The node that answered last: polls start there.
+    current: std::sync::atomic::AtomicUsize,
     secret: String,
     client: HttpsClient,
     timeout: Duration,
@@ -177,7 +184,6 @@ impl Abs {
     /// Builds the client (reads the secret key and the CA file).
     pub fn new(cfg: AbsConfig, state: Arc<Mutex<AbsState>>) -> anyhow::Result<Arc<Self>> {
         use anyhow::Context as _;
-        use rustls::pki_types::pem::PemObject as _;
         let secret = std::fs::read_to_string(&cfg.secret_key_file)
             .with_context(|| {
                 format!(
@@ -187,20 +193,12 @@ impl Abs {
             })?
             .trim()
             .to_owned();
-        let mut roots = rustls::RootCertStore::empty();
-        if let Some(ca) = &cfg.ca_file {
-            for c in rustls::pki_types::CertificateDer::pem_file_iter(ca)
-                .with_context(|| format!("reading ABS CA {}", ca.display()))?
-            {
-                roots.add(c.with_context(|| format!("parsing ABS CA {}", ca.display()))?)?;
-            }
+        let tls = tls::client_config(&cfg)?;
+        if cfg.restricted_keys {
+            tracing::warn!(
+                "abs.restricted_keys is on: ABS gives its restricted user obfuscated identifiers, which match no real client; the mirrored list will block nobody"
+            );
         }
-        let tls = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
             .https_or_http()
@@ -214,11 +212,14 @@ impl Abs {
             crate::config::parse_duration(&cfg.poll).map_err(anyhow::Error::msg)?,
         );
         let window = crate::config::parse_duration(&cfg.window).map_err(anyhow::Error::msg)?;
+        let urls = cfg.urls();
         if let Ok(mut s) = state.lock() {
-            s.url = cfg.url.clone();
+            s.url = urls.first().cloned().unwrap_or_default();
         }
         Ok(Arc::new(Self {
             cfg,
+            urls,
+            current: std::sync::atomic::AtomicUsize::new(0),
             secret,
             client,
             timeout,
@@ -231,23 +232,68 @@ impl Abs {
 
     fn request(
         &self,
+        base: &str,
         method: http::Method,
         path: &str,
         body: Bytes,
     ) -> Result<http::Request<Full<Bytes>>, AbsError> {
+        let (ak, sk) = if self.cfg.restricted_keys {
+            ("x-abs-ak-ru", "x-abs-sk-ru")
+        } else {
+            ("x-abs-ak", "x-abs-sk")
+        };
         http::Request::builder()
             .method(method)
-            .uri(format!("{}{path}", self.cfg.url.trim_end_matches('/')))
-            .header("x-abs-ak", &self.cfg.access_key)
-            .header("x-abs-sk", &self.secret)
+            .uri(format!("{}{path}", base.trim_end_matches('/')))
+            .header(ak, &self.cfg.access_key)
+            .header(sk, &self.secret)
             .header(http::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))
             .map_err(|e| AbsError::Http(e.to_string()))
     }
 
-    /// Fetches and parses the attack list once, as it arrives (see [`stream_attacklist`]).
+    /// The node polls and reports go to now.
+    fn current(&self) -> (usize, &str) {
+        let i = self.current.load(std::sync::atomic::Ordering::Relaxed) % self.urls.len().max(1);
+        (i, self.urls.get(i).map_or("", String::as_str))
+    }
+
+    /// Fetches the attack list from the node that answered last, failing over to the next
+    /// nodes in turn; the one that answers becomes the node polled first.
     pub async fn fetch(&self) -> Result<AttackList, AbsError> {
+        let (start, _) = self.current();
+        let n = self.urls.len().max(1);
+        let mut failed = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let url = self.urls.get(i).map_or("", String::as_str);
+            match self.fetch_from(url).await {
+                Ok(list) => {
+                    if i != start {
+                        tracing::warn!(url, "ABS fail-over: polling this node from now on");
+                        self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                        if let Ok(mut s) = self.state.lock() {
+                            s.url = url.to_owned();
+                        }
+                    }
+                    return Ok(list);
+                }
+                Err(e) => {
+                    if n > 1 {
+                        tracing::warn!(url, "ABS node failed ({e}); trying the next");
+                    }
+                    failed = Some(e);
+                }
+            }
+        }
+        Err(failed.unwrap_or_else(|| AbsError::Http("no ABS URL".into())))
+    }
+
+    /// Fetches and parses the attack list once from `base`, as it arrives (see
+    /// [`stream_attacklist`]).
+    async fn fetch_from(&self, base: &str) -> Result<AttackList, AbsError> {
         let req = self.request(
+            base,
             http::Method::GET,
             &attacklist_path(crate::service::unix_now(), self.window),
             Bytes::new(),
@@ -302,7 +348,12 @@ impl Abs {
         }
         let body = serde_json::to_vec(&serde_json::json!({ "detections": batch }))
             .map_err(|e| AbsError::Parse(e.to_string()))?;
-        let req = self.request(http::Method::POST, "/v4/abs/detections", body.into())?;
+        let req = self.request(
+            self.current().1,
+            http::Method::POST,
+            "/v4/abs/detections",
+            body.into(),
+        )?;
         let resp = tokio::time::timeout(self.timeout, self.client.request(req))
             .await
             .map_err(|_| AbsError::Timeout(self.timeout))?
