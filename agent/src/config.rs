@@ -362,6 +362,10 @@ pub struct AbsConfig {
     /// Send the keys as ABS's restricted user (`x-abs-ak-ru`/`x-abs-sk-ru`), whose lists hold
     /// obfuscated identifiers that match no real traffic; warned about at start.
     pub restricted_keys: bool,
+    /// Whether the ABS list is enforced (ASE's `enable_abs_attack`); off, polls go on but
+    /// nothing is applied. `portcullis switch abs on|off` changes it at run time, and that
+    /// choice is kept.
+    pub blocking: bool,
     /// Accept any certificate from ABS (ABS's own is self-signed); warned about at start.
     /// Prefer `ca_file`.
     pub insecure_skip_verify: bool,
@@ -399,6 +403,7 @@ impl Default for AbsConfig {
             access_key: String::new(),
             secret_key_file: PathBuf::from("/etc/portcullis/abs.secret"),
             restricted_keys: false,
+            blocking: true,
             insecure_skip_verify: false,
             poll: "60s".into(),
             ca_file: None,

@@ -645,6 +645,18 @@ fn polls_fail_over_between_abs_nodes() {
         abs_rows(&agent).len() == 2
     });
     assert_eq!(abs_state(&agent).url, a.url());
+    // ASE's switch: ABS blocking off takes its rows away and polls add nothing back; on
+    // again, the next poll restores them.
+    let off = ok(&agent.cli(&["-u", "admin", "-p", "admin", "disable_abs_attack"]));
+    assert_eq!(off, "abs: off (2 deny entries removed)\n");
+    let polled = a.requests("GET /v4/abs/attacklist").len();
+    wait_for("two polls while off", || {
+        a.requests("GET /v4/abs/attacklist").len() >= polled + 2
+    });
+    assert!(abs_rows(&agent).is_empty());
+    assert!(!agent.status().abs_blocking);
+    ok(&agent.cli(&["switch", "abs", "on"]));
+    wait_for("the list back", || abs_rows(&agent).len() == 2);
     drop(agent);
 
     // ABS's self-signed certificate without its CA, and the restricted user's headers.

@@ -412,3 +412,54 @@ impl Drop for Killed {
         let _ = self.0.wait();
     }
 }
+
+/// ASE's switches through its own verbs: real-time detections off (their entries go, attacks
+/// are still refused but nobody is deny-listed) and on again; one API's blocking off and on.
+#[test]
+fn ase_switches_turn_detections_and_blocking_off_and_on() {
+    privileged!();
+    let s = portcullis_tests::checker_setup::setup_apis(&[(
+        "shop",
+        r#""decoy_config":{"decoy_enabled":true,"decoy_subpaths":["admin"]}"#,
+    )]);
+    let ase = |args: &[&str]| {
+        let mut all = vec!["-u", "admin", "-p", "admin"];
+        all.extend(args);
+        ok(&s.agent.cli(&all))
+    };
+    let from = |ip: &str| format!("X-Forwarded-For: {ip}");
+    let denied = || s.agent.entries_from("deny", "checker").len();
+    assert_eq!(s.curl("/shop/admin", &["-H", &from("198.18.84.1")]).0, 200);
+    assert_eq!(denied(), 1);
+
+    assert_eq!(
+        ase(&["disable_ase_detected_attack"]),
+        "detections: off (1 deny entries removed)\n"
+    );
+    assert_eq!(denied(), 0);
+    // Still the decoy's answer, and counted, but nobody is deny-listed.
+    assert_eq!(s.curl("/shop/admin", &["-H", &from("198.18.84.2")]).0, 200);
+    assert_eq!(denied(), 0);
+    assert_eq!(s.curl("/shop/items", &["-H", &from("198.18.84.2")]).0, 200);
+    let status = ok(&s.agent.cli(&["status"]));
+    assert!(
+        status.contains("real-time detections: OFF; ABS blocking: on"),
+        "{status}"
+    );
+    assert_eq!(ase(&["enable_ase_detected_attack"]), "detections: on\n");
+    assert_eq!(s.curl("/shop/admin", &["-H", &from("198.18.84.3")]).0, 200);
+    assert_eq!(denied(), 1);
+
+    // One API's blocking: off forwards the deny-listed client (would block), on refuses it.
+    assert_eq!(s.curl("/shop/items", &["-H", &from("198.18.84.3")]).0, 403);
+    assert_eq!(
+        ase(&["disable_blocking", "shop"]),
+        "api-blocking shop: off\n"
+    );
+    assert_eq!(s.curl("/shop/items", &["-H", &from("198.18.84.3")]).0, 200);
+    assert!(ok(&s.agent.cli(&["api", "list"])).contains(" no "));
+    let err = portcullis_tests::agent::err(&s.agent.cli(&["disable_blocking", "nosuch"]));
+    assert!(err.contains("no API named \"nosuch\""), "{err}");
+    assert_eq!(ase(&["enable_blocking", "shop"]), "api-blocking shop: on\n");
+    assert_eq!(s.curl("/shop/items", &["-H", &from("198.18.84.3")]).0, 403);
+}

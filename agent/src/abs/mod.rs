@@ -397,6 +397,17 @@ impl Abs {
                     let applied = writer.abs_mirror(list.items, removals).await;
                     let mut st = self.state.lock().ok();
                     match applied {
+                        Ok(report) if report.off => {
+                            tracing::debug!(
+                                listed = n,
+                                "ABS blocking is off (portcullis switch abs on): list fetched, nothing applied"
+                            );
+                            if let Some(s) = st.as_mut() {
+                                s.last_success = Some(now);
+                                s.last_error = None;
+                                s.listed = n;
+                            }
+                        }
                         Ok(report) => {
                             if let Some(s) = st.as_mut() {
                                 s.last_success = Some(now);

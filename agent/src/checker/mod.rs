@@ -73,6 +73,10 @@ pub struct CheckerConfig {
     /// `true` is refused with a pointer to `trusted_proxies`.
     #[serde(skip_serializing)]
     pub trust_xff: Option<bool>,
+    /// Whether detections deny-list their culprits (ASE's `enable_ase_detected_attack`); off,
+    /// they are counted as `would_block` and the requests still refused. `portcullis switch
+    /// detections on|off` changes it at run time, and that choice is kept.
+    pub detections: bool,
     /// How long detections stay on the deny list: a duration (default "1h"), or "never"
     /// (until removed, as in ASE; see README for why that is not the default).
     pub detection_ttl: String,
@@ -121,6 +125,7 @@ impl Default for CheckerConfig {
             backend_ca: None,
             trusted_proxies: Vec::new(),
             trust_xff: None,
+            detections: true,
             detection_ttl: "1h".into(),
             detection_escalate_after: 3,
             detection_budget: 10,
@@ -161,6 +166,9 @@ pub struct ApiRegistry {
     dir: PathBuf,
     current: RwLock<Arc<BTreeMap<String, api::Api>>>,
     errors: RwLock<Vec<api::ApiError>>,
+    /// `enable_blocking` set by the CLI per API (ASE's `enable_blocking API`), over the
+    /// files; applied at every load.
+    blocking: RwLock<BTreeMap<String, bool>>,
 }
 
 impl ApiRegistry {
@@ -176,7 +184,8 @@ impl ApiRegistry {
 
     /// Re-reads the directory; returns the number of APIs loaded and the broken files.
     pub fn reload(&self) -> (usize, Vec<api::ApiError>) {
-        let (apis, errors) = api::load_dir(&self.dir);
+        let (mut apis, errors) = api::load_dir(&self.dir);
+        self.override_blocking(&mut apis);
         for e in &errors {
             tracing::error!("API definition refused: {e}");
         }
@@ -191,6 +200,36 @@ impl ApiRegistry {
             e.clone_from(&errors);
         }
         (n, errors)
+    }
+
+    /// Sets the CLI's `enable_blocking` of API `name`, now and for every later load.
+    pub fn set_blocking(&self, name: &str, on: bool) {
+        if let Ok(mut b) = self.blocking.write() {
+            b.insert(name.to_owned(), on);
+        }
+        if let Ok(mut c) = self.current.write() {
+            let mut apis = (**c).clone();
+            self.override_blocking(&mut apis);
+            *c = Arc::new(apis);
+        }
+    }
+
+    /// The CLI's `enable_blocking` overrides kept from earlier runs.
+    pub fn set_blocking_overrides(&self, overrides: BTreeMap<String, bool>) {
+        for (name, on) in overrides {
+            self.set_blocking(&name, on);
+        }
+    }
+
+    fn override_blocking(&self, apis: &mut BTreeMap<String, api::Api>) {
+        let Ok(b) = self.blocking.read() else {
+            return;
+        };
+        for (name, on) in b.iter() {
+            if let Some(a) = apis.get_mut(name) {
+                a.meta.enable_blocking = *on;
+            }
+        }
     }
 
     /// The current APIs.

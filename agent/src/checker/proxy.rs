@@ -81,6 +81,8 @@ pub struct Proxy {
     budget: Arc<Budget>,
     /// When a backend warning was last logged (`api::epoch_ms`).
     warned_ms: AtomicU64,
+    /// Whether detections write (ASE's global switch).
+    switches: Arc<crate::service::Switches>,
 }
 
 /// What the lists say of one request's client.
@@ -101,6 +103,7 @@ impl Proxy {
         writer: Writer,
         stats: Arc<L7Stats>,
         cfg: CheckerConfig,
+        switches: Arc<crate::service::Switches>,
     ) -> anyhow::Result<Arc<Self>> {
         let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
@@ -124,6 +127,7 @@ impl Proxy {
             spikes: Arc::default(),
             budget,
             warned_ms: AtomicU64::new(0),
+            switches,
         }))
     }
 
@@ -149,6 +153,7 @@ impl Proxy {
             spikes: self.spikes.clone(),
             budget: self.budget.clone(),
             warned_ms: AtomicU64::new(0),
+            switches: self.switches.clone(),
         })
     }
 
@@ -333,11 +338,11 @@ impl Proxy {
     /// once it has rotated identifiers, nothing once the budget is spent. Allow-listed
     /// requests never get here.
     async fn detect(&self, api: &Api, reason: &str, client: IpAddr, culprit: Option<Culprit>) {
-        if !api.meta.enable_blocking {
+        if !api.meta.enable_blocking || !self.switches.detections() {
             // Counted, not written: a watching API must not block anyone, in the kernel
             // least of all. Not logged above debug: its attackers could flood the log.
             self.stats.hit("would_block");
-            tracing::debug!(api = %api.name, reason, %client, "attack detected; would deny-list (enable_blocking is false)");
+            tracing::debug!(api = %api.name, reason, %client, "attack detected; would deny-list (enable_blocking or detections off)");
             return;
         }
         let Some(culprit) = culprit else {

@@ -9,7 +9,8 @@ use super::*;
     version,
     about,
     propagate_version = true,
-    after_help = "ASE's verbs work too (add_blacklist, view_blacklist, delete_whitelist, ..., list_api, api_info), with ASE's output. \
+    after_help = "ASE's verbs work too (add_blacklist, view_blacklist, delete_whitelist, ..., list_api, api_info, \
+enable_blocking API, disable_ase_detected_attack, enable_abs_attack, ...), with ASE's output. \
 ASE's `-u USER -p PASS` before the verb are accepted and ignored: access is the control socket's \
 (root, or the socket group)."
 )]
@@ -83,6 +84,20 @@ pub enum Command {
         /// Pin directory.
         #[arg(long, default_value = paths::PIN_DIR)]
         pin_dir: PathBuf,
+    },
+    /// Turn ASE's switches on or off: real-time detections, ABS blocking, or one API's
+    /// blocking (`api-blocking NAME`). Kept across restarts; off takes the detections' or
+    /// ABS's entries off the deny list.
+    Switch {
+        /// detections, abs or api-blocking.
+        #[arg(value_enum)]
+        which: crate::control::proto::SwitchName,
+        /// The API (api-blocking only), then on or off.
+        #[arg(num_args = 1..=2, value_names = ["[API] on|off"])]
+        rest: Vec<String>,
+        /// `--json`.
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Print shell completions.
     #[command(hide = true)]
@@ -248,6 +263,23 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     let Some(verb) = args.get(at) else {
         return args;
     };
+    // ASE's switches: `enable_ase_detected_attack`, `disable_blocking NAME`, ...
+    let switch = match verb.as_str() {
+        "enable_ase_detected_attack" => Some(("detections", "on")),
+        "disable_ase_detected_attack" => Some(("detections", "off")),
+        "enable_abs_attack" => Some(("abs", "on")),
+        "disable_abs_attack" => Some(("abs", "off")),
+        "enable_blocking" => Some(("api-blocking", "on")),
+        "disable_blocking" => Some(("api-blocking", "off")),
+        _ => None,
+    };
+    if let Some((which, on)) = switch {
+        let mut out: Vec<String> = args[..at].to_vec();
+        out.extend(["switch".into(), which.into()]);
+        out.extend(args[at + 1..].iter().cloned());
+        out.push(on.into());
+        return out;
+    }
     // ASE's API verbs: `list_api`, `api_info NAME`.
     let api = match verb.as_str() {
         "list_api" => Some("list"),

@@ -50,6 +50,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { file } => backup::backup(&cli, file),
         Command::Restore { file, force } => backup::restore(&cli, file, *force),
         Command::Attach { iface, xdp_mode } => iface::attach(&cli, iface.as_deref(), *xdp_mode),
+        Command::Switch { which, rest, out } => show::switch(&cli, *which, rest, out.json),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,
@@ -201,6 +202,12 @@ mod tests {
             ("p deny add ip 1.1.1.1", "p deny add ip 1.1.1.1"),
             ("p -u admin -p admin list_api", "p api list"),
             ("p api_info shop", "p api show shop"),
+            (
+                "p -u admin -p admin disable_ase_detected_attack",
+                "p switch detections off",
+            ),
+            ("p enable_abs_attack", "p switch abs on"),
+            ("p disable_blocking shop", "p switch api-blocking shop off"),
             (
                 "p --socket /s add_blacklist ip 1.1.1.1",
                 "p --socket /s --ase deny add ip 1.1.1.1",

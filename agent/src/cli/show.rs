@@ -3,6 +3,41 @@
 use super::*;
 use crate::control::answer::{ApiList, ApiReloaded, LinkState, Stats, Status};
 
+/// `portcullis switch WHICH [API] on|off`.
+pub(super) fn switch(
+    cli: &Cli,
+    which: crate::control::proto::SwitchName,
+    rest: &[String],
+    json: bool,
+) -> anyhow::Result<()> {
+    let (api, state) = match rest {
+        [state] => (None, state),
+        [api, state] => (Some(api.clone()), state),
+        _ => anyhow::bail!("expected [API] on|off"),
+    };
+    let on = match state.as_str() {
+        "on" => true,
+        "off" => false,
+        other => anyhow::bail!("{:?}: expected on or off", printable(other)),
+    };
+    let r = call(cli, &Request::Switch { which, api, on })?;
+    if json {
+        return print_json(&r);
+    }
+    let s: crate::control::answer::Switched = decode(r)?;
+    let removed = if s.removed > 0 {
+        format!(" ({} deny entries removed)", s.removed)
+    } else {
+        String::new()
+    };
+    println!(
+        "{}: {}{removed}",
+        printable(&s.switch),
+        if s.on { "on" } else { "off" }
+    );
+    Ok(())
+}
+
 pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let r = call(cli, &Request::Status)?;
     if json {
@@ -29,6 +64,19 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
         }
     }
     println!("database: {}", printable(&s.database.to_string_lossy()));
+    let word = |on: bool| if on { "on" } else { "OFF" };
+    println!(
+        "real-time detections: {}; ABS blocking: {}",
+        word(s.detections),
+        word(s.abs_blocking)
+    );
+    for (api, on) in &s.api_blocking {
+        println!(
+            "API {}: blocking {} (set by `portcullis switch api-blocking`)",
+            printable(api),
+            word(*on)
+        );
+    }
     println!("kernel IP entries: {}", s.kernel_ip_entries);
     println!("uptime: {}s", s.uptime_secs);
     if let Some(abs) = &s.abs {

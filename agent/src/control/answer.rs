@@ -85,6 +85,9 @@ pub struct MirrorReport {
     /// Whether `held` is a shrink awaiting confirmation by the next poll.
     #[serde(default)]
     pub shrink_held: bool,
+    /// ABS blocking is off: nothing was applied.
+    #[serde(default)]
+    pub off: bool,
     /// The held shrink's digest (`service::digest`), for the next poll to confirm.
     #[serde(skip)]
     pub held_digest: Option<u64>,
@@ -120,6 +123,30 @@ pub struct Status {
     pub abs: Option<AbsState>,
     /// Seconds since the agent started.
     pub uptime_secs: u64,
+    /// Whether detections deny-list their culprits (agents before it: on).
+    #[serde(default = "on")]
+    pub detections: bool,
+    /// Whether the ABS list is enforced (agents before it: on).
+    #[serde(default = "on")]
+    pub abs_blocking: bool,
+    /// `enable_blocking` set by the CLI per API, over the API files.
+    #[serde(default)]
+    pub api_blocking: std::collections::BTreeMap<String, bool>,
+}
+
+fn on() -> bool {
+    true
+}
+
+/// The answer to `switch`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Switched {
+    /// `detections`, `abs`, or `api-blocking NAME`.
+    pub switch: String,
+    /// Its state now.
+    pub on: bool,
+    /// Rows taken off the deny list because it went off (detections' or ABS's).
+    pub removed: usize,
 }
 
 /// Whether the filter is on an interface.
@@ -357,6 +384,7 @@ mod tests {
             "pin_dir": "", "database": "",
             "lists": [{"list": "deny", "kind": "api-key", "source": "abs", "count": 3}],
             "kernel_ip_entries": 7, "abs": null, "uptime_secs": 0,
+            "detections": false, "abs_blocking": false, "api_blocking": {},
         });
         assert_eq!(serde_json::to_value(&status).expect("encode"), golden);
         let mut stats = Stats::default();
@@ -426,7 +454,7 @@ mod tests {
             ),
             (
                 serde_json::to_value(MirrorReport::default()),
-                serde_json::json!({"added": 0, "removed": 0, "skipped": 0, "held": 0, "shrink_held": false}),
+                serde_json::json!({"added": 0, "removed": 0, "skipped": 0, "held": 0, "shrink_held": false, "off": false}),
             ),
             (
                 serde_json::to_value(Restored {
@@ -446,6 +474,14 @@ mod tests {
                     path: "/s/b.db".into(),
                 }),
                 serde_json::json!({"path": "/s/b.db"}),
+            ),
+            (
+                serde_json::to_value(Switched {
+                    switch: "abs".into(),
+                    on: false,
+                    removed: 3,
+                }),
+                serde_json::json!({"switch": "abs", "on": false, "removed": 3}),
             ),
         ];
         for (got, want) in cases {

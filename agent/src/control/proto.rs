@@ -117,12 +117,35 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Turns one of ASE's switches on or off (see `service::switches`); turning detections or
+    /// ABS blocking off takes their rows off the deny list.
+    Switch {
+        /// Which switch.
+        which: SwitchName,
+        /// The API, for `api-blocking`.
+        #[serde(default)]
+        api: Option<String>,
+        /// On or off.
+        on: bool,
+    },
     /// The filter was taken off (the CLI detaches in the kernel first, then tells the agent).
     Detach {
         /// Only this interface (default: all).
         #[serde(default)]
         iface: Option<String>,
     },
+}
+
+/// A switch `Request::Switch` names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum SwitchName {
+    /// Real-time detections (ASE's `enable_ase_detected_attack`).
+    Detections,
+    /// ABS blocking (ASE's `enable_abs_attack`).
+    Abs,
+    /// One API's `enable_blocking` (ASE's `enable_blocking API`).
+    ApiBlocking,
 }
 
 impl Request {

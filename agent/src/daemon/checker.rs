@@ -63,6 +63,7 @@ impl Prepared {
         config: &Config,
         passed: &mut Passed,
         stop_rx: &watch::Receiver<bool>,
+        switches: Arc<crate::service::Switches>,
     ) -> anyhow::Result<Running> {
         let proxy = crate::checker::proxy::Proxy::new(
             self.registry.clone(),
@@ -70,6 +71,7 @@ impl Prepared {
             writer.clone(),
             self.stats,
             config.checker.clone(),
+            switches,
         )?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut endpoint = |what: &str, addr: &str| -> anyhow::Result<Option<Endpoint>> {

@@ -21,6 +21,12 @@ impl Service {
         removals: Removals,
     ) -> Result<MirrorReport, ServiceError> {
         const CHUNK: usize = 50_000;
+        if !self.board.switches().abs() {
+            return Ok(MirrorReport {
+                off: true,
+                ..MirrorReport::default()
+            });
+        }
         let now = unix_now();
         let mut report = MirrorReport::default();
         // Identity → (item index, expiry) of every valid item.
@@ -106,6 +112,11 @@ impl Service {
         add: Vec<AbsItem>,
         remove: Vec<AbsItem>,
     ) -> Result<MirrorReport, ServiceError> {
+        if !self.board.switches().abs() {
+            return Err(ServiceError::BadRequest(
+                "ABS blocking is off (portcullis switch abs on)".into(),
+            ));
+        }
         let now = unix_now();
         let mut report = MirrorReport::default();
         let mut good = Vec::new();

@@ -102,12 +102,14 @@ pub struct Board {
     pin_dir: PathBuf,
     database: PathBuf,
     started: Instant,
+    switches: Arc<super::Switches>,
 }
 
 impl Board {
     /// A board for an agent with these paths.
-    pub fn new(pin_dir: PathBuf, database: PathBuf) -> Self {
+    pub fn new(pin_dir: PathBuf, database: PathBuf, switches: Arc<super::Switches>) -> Self {
         Self {
+            switches,
             counts: Mutex::default(),
             kernel_ip_entries: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Enforce),
@@ -187,7 +189,15 @@ impl Board {
             kernel_ip_entries: self.kernel_ip_entries.load(Ordering::Relaxed),
             abs,
             uptime_secs: self.started.elapsed().as_secs(),
+            detections: self.switches.detections(),
+            abs_blocking: self.switches.abs(),
+            api_blocking: self.switches.api_blocking(),
         }
+    }
+
+    /// ASE's switches (see `service::switches`).
+    pub fn switches(&self) -> &Arc<super::Switches> {
+        &self.switches
     }
 }
 

@@ -30,12 +30,14 @@ mod links;
 mod removal;
 mod restore;
 mod safety;
+mod switches;
 mod views;
 
 pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorReport};
 pub use batch::{PreparedImport, parse_import_line};
 pub use board::{Board, Counts};
 pub use links::undo_fresh;
+pub use switches::{Switch, Switches};
 
 /// What the checker found: the culprit to deny-list (source `checker`).
 #[derive(Clone, Debug)]
@@ -80,6 +82,9 @@ pub enum ServiceError {
     /// The kernel maps refused (full, or a syscall failed); nothing was changed.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// The switches file could not be read or written.
+    #[error("switches: {0}")]
+    Switches(String),
     /// The command failed inside the agent (a bug); the list writer recovered and goes on.
     #[error("internal error: {0}")]
     Internal(String),
@@ -177,7 +182,12 @@ impl Service {
             &config.abs.url,
             [],
         )));
-        let board = Arc::new(Board::new(config.pin_dir.clone(), config.db_path()));
+        let switches = Arc::new(Switches::load(&config).map_err(ServiceError::Switches)?);
+        let board = Arc::new(Board::new(
+            config.pin_dir.clone(),
+            config.db_path(),
+            switches,
+        ));
         board.counts_mut(|c| *c = counts);
         if let Some(f) = &filter {
             let monitor = f.config()?.mode == portcullis_common::mode::MONITOR;
@@ -216,6 +226,7 @@ impl Service {
 
     /// Connects the checker's API registry and counters (for `api` requests and stats).
     pub fn set_checker(&mut self, registry: Arc<ApiRegistry>, stats: Arc<L7Stats>) {
+        registry.set_blocking_overrides(self.board.switches().api_blocking());
         self.checker = Some((registry, stats));
     }
 
@@ -283,6 +294,11 @@ impl Service {
 
     /// Deny-lists the culprit of a checker detection (source `checker`).
     pub fn detect(&mut self, d: &Detection) -> Result<Added, ServiceError> {
+        if !self.board.switches().detections() {
+            return Err(ServiceError::BadRequest(
+                "real-time detections are off (portcullis switch detections on)".into(),
+            ));
+        }
         self.add(AddRequest {
             list: Some(List::Deny),
             kind: Some(d.kind),
@@ -337,6 +353,7 @@ impl Service {
                 .attach(iface.as_deref(), xdp_mode)
                 .map(|a| Response::ok(a.iter().map(Attachment::from).collect::<Vec<_>>())),
             Request::Restore { path, force } => self.restore(&path, force).map(Response::ok),
+            Request::Switch { which, api, on } => self.switch(which, api, on).map(Response::ok),
             Request::Detach { iface } => self
                 .detach(iface.as_deref())
                 .map(|detached| Response::ok(answer::Detached { detached })),
