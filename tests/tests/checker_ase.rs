@@ -463,3 +463,72 @@ fn ase_switches_turn_detections_and_blocking_off_and_on() {
     assert_eq!(ase(&["enable_blocking", "shop"]), "api-blocking shop: on\n");
     assert_eq!(s.curl("/shop/items", &["-H", &from("198.18.84.3")]).0, 403);
 }
+
+/// The access log: one JSON line per request with its API, status, bytes and outcomes,
+/// secrets only as fingerprints, rotated past its size.
+#[test]
+fn every_request_gets_an_access_log_line() {
+    use portcullis::model::ident::{digest, fingerprint};
+    privileged!();
+    let dir = std::env::temp_dir().join(portcullis_tests::unique("access"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let log = dir.join("access.log");
+    let s = setup_with(
+        &format!(
+            "access_log = \"{}\"\naccess_log_max_bytes = 8192\naccess_log_keep = 1\n",
+            log.display()
+        ),
+        |apis, backend| {
+            portcullis_tests::checker_setup::write_backend_api(
+                apis,
+                "shop",
+                backend,
+                r#""hostname": "api.test", "oauth2_access_token": true"#,
+            );
+        },
+    );
+    ok(&s.agent.cli(&["deny", "add", "token", "stolen-token-xyz"]));
+    let bearer = "Authorization: Bearer stolen-token-xyz";
+    assert_eq!(s.curl("/shop/items", &["-H", bearer]).0, 403);
+    assert_eq!(s.curl("/shop/items?q=1", &[]).0, 200);
+    assert_eq!(s.curl("/nosuch", &[]).0, 503);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&log).expect("access log");
+    assert!(
+        !text.contains("stolen-token-xyz"),
+        "no secret in clear: {text}"
+    );
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    let (denied, passed, unknown) = (&lines[0], &lines[1], &lines[2]);
+    assert_eq!(denied["api"], "shop");
+    assert_eq!(denied["method"], "GET");
+    assert_eq!(denied["path"], "/shop/items");
+    assert_eq!(denied["status"], 403);
+    assert_eq!(denied["outcomes"], serde_json::json!(["blocked"]));
+    assert_eq!(denied["client"], "127.0.0.1");
+    assert_eq!(
+        denied["ids"]["token"],
+        serde_json::json!([fingerprint(&digest("stolen-token-xyz"))])
+    );
+    assert_eq!(passed["status"], 200);
+    assert_eq!(passed["outcomes"], serde_json::json!(["forwarded"]));
+    assert_eq!(passed["bytes"], "backend GET /shop/items?q=1\n".len());
+    assert_eq!(unknown["api"], "");
+    assert_eq!(unknown["outcomes"], serde_json::json!(["unknown_api"]));
+    // Past 8 KiB the file is rotated; one old file is kept.
+    for _ in 0..80 {
+        s.curl("/shop/items", &[]);
+    }
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let old = dir.join("access.log.1");
+    assert!(old.exists(), "rotated");
+    assert!(!dir.join("access.log.2").exists(), "only one kept");
+    let total = std::fs::read_to_string(&log).expect("log").lines().count()
+        + std::fs::read_to_string(&old).expect("old").lines().count();
+    assert!(total > 40, "{total} lines in the two newest files");
+    let _ = std::fs::remove_dir_all(&dir);
+}

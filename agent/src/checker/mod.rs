@@ -9,6 +9,7 @@
 //! token, cookie, API key or IP), a missing mandatory token (IP). The rest is forwarded.
 //!
 //! - [`api`]: ASE API JSON definitions and routing;
+//! - [`access_log`]: one JSON line per request, rotated;
 //! - [`listen`]: listeners, connection admission, TLS or h2c, one worker runtime per core;
 //! - [`target`]: the request's host and path as the server will resolve them;
 //! - [`extract`]: identifiers from a request;
@@ -22,6 +23,7 @@
 //! - [`websocket`]: upgrades of WebSocket APIs, and their tunnels;
 //! - [`tls`]: reloadable certificates.
 
+pub mod access_log;
 mod activity;
 pub mod admission;
 pub mod api;
@@ -77,6 +79,12 @@ pub struct CheckerConfig {
     /// they are counted as `would_block` and the requests still refused. `portcullis switch
     /// detections on|off` changes it at run time, and that choice is kept.
     pub detections: bool,
+    /// The access log (JSON lines, see README); empty: none.
+    pub access_log: PathBuf,
+    /// Size past which the access log is rotated, bytes.
+    pub access_log_max_bytes: u64,
+    /// Rotated access logs kept (`access.log.1` …).
+    pub access_log_keep: u32,
     /// How long detections stay on the deny list: a duration (default "1h"), or "never"
     /// (until removed, as in ASE; see README for why that is not the default).
     pub detection_ttl: String,
@@ -126,6 +134,9 @@ impl Default for CheckerConfig {
             trusted_proxies: Vec::new(),
             trust_xff: None,
             detections: true,
+            access_log: PathBuf::new(),
+            access_log_max_bytes: 100 << 20,
+            access_log_keep: 5,
             detection_ttl: "1h".into(),
             detection_escalate_after: 3,
             detection_budget: 10,
@@ -253,9 +264,10 @@ pub fn detection_ttl(value: &str) -> Result<Option<u64>, String> {
     }
 }
 
-/// What happened to requests, by outcome (exported in stats and metrics). The last two
-/// count detections, which are also counted under their attack's outcome.
-pub const OUTCOMES: [&str; 22] = [
+/// What happened to requests, by outcome (exported in stats and metrics). Then two that
+/// count detections, which are also counted under their attack's outcome, and the access
+/// log's dropped lines.
+pub const OUTCOMES: [&str; 23] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -278,6 +290,7 @@ pub const OUTCOMES: [&str; 22] = [
     "gateway_timeout",
     "detection_escalated",
     "detection_over_budget",
+    "access_log_dropped",
 ];
 
 /// Request counters per outcome.

@@ -1,12 +1,15 @@
 //! The checker's per-request logic: the decision, detections, and forwarding (see the module
 //! doc of `checker`).
 
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, Version, header};
 use http_body_util::{BodyExt as _, Full, Limited};
@@ -14,6 +17,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use tokio::sync::watch;
 
+use super::access_log::{AccessLog, Record};
 use super::admission::Ticket;
 use super::api::{self, Api};
 use super::budget::{Budget, Culprit, Limits, Spend};
@@ -83,6 +87,67 @@ pub struct Proxy {
     warned_ms: AtomicU64,
     /// Whether detections write (ASE's global switch).
     switches: Arc<crate::service::Switches>,
+    /// Where each request is logged, when `access_log` is set.
+    access_log: Option<Arc<AccessLog>>,
+}
+
+tokio::task_local! {
+    /// What the request in hand was counted as, by which API, and for whom (for the access
+    /// log; set only while one is written).
+    static TRACE: RefCell<Trace>;
+}
+
+/// See [`TRACE`].
+#[derive(Default)]
+struct Trace {
+    outcomes: Vec<&'static str>,
+    api: String,
+    client: Option<IpAddr>,
+    ids: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// The outcome of a pattern violation (`pattern::violation`'s reason).
+fn pattern_outcome(reason: &str) -> &'static str {
+    match reason {
+        "invalid-method" => "invalid_method",
+        "invalid-protocol" => "invalid_protocol",
+        _ => "invalid_content_type",
+    }
+}
+
+/// The request's identifiers as the access log shows them: secrets by fingerprint.
+fn logged_ids(ids: &RequestIdents) -> BTreeMap<&'static str, Vec<String>> {
+    let fp = |i: &crate::model::Identifier| crate::model::ident::fingerprint(&i.value);
+    let mut out = BTreeMap::new();
+    for (kind, values) in [
+        ("cookie", ids.cookies.iter().map(fp).collect::<Vec<_>>()),
+        ("token", ids.tokens.iter().map(fp).collect()),
+        (
+            "api_key",
+            ids.api_keys.iter().map(|(named, _)| fp(named)).collect(),
+        ),
+        (
+            "username",
+            ids.usernames.iter().map(|u| u.value.clone()).collect(),
+        ),
+    ] {
+        if !values.is_empty() {
+            out.insert(kind, values);
+        }
+    }
+    out
+}
+
+/// A request's access-log line, written when its response body is done (or dropped).
+struct Pending {
+    log: Arc<AccessLog>,
+    record: Record,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.log.record(&self.record);
+    }
 }
 
 /// What the lists say of one request's client.
@@ -108,6 +173,19 @@ impl Proxy {
         let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let backend_tls = upstream::backend_tls(cfg.backend_ca.as_deref())?;
+        let access_log = if cfg.access_log.as_os_str().is_empty() {
+            None
+        } else {
+            Some(
+                AccessLog::open(
+                    &cfg.access_log,
+                    cfg.access_log_max_bytes,
+                    cfg.access_log_keep,
+                    stats.clone(),
+                )
+                .with_context(|| format!("opening the access log {}", cfg.access_log.display()))?,
+            )
+        };
         let budget = Arc::new(Budget::new(Limits {
             escalate_after: cfg.detection_escalate_after,
             per_client: cfg.detection_budget,
@@ -128,6 +206,7 @@ impl Proxy {
             budget,
             warned_ms: AtomicU64::new(0),
             switches,
+            access_log,
         }))
     }
 
@@ -154,6 +233,7 @@ impl Proxy {
             budget: self.budget.clone(),
             warned_ms: AtomicU64::new(0),
             switches: self.switches.clone(),
+            access_log: self.access_log.clone(),
         })
     }
 
@@ -173,18 +253,69 @@ impl Proxy {
     /// The answer to an HTTP/2 request over its client's share of slots (see
     /// `admission::Ticket::stream`).
     pub fn over_share(&self) -> Response<Body> {
-        self.stats.hit("too_many_streams");
+        self.hit("too_many_streams");
         full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n")
     }
 
-    /// Answers one request; never fails (errors become responses).
+    /// Answers one request; never fails (errors become responses). With an access log,
+    /// the request's line is written once its response body is done.
     pub async fn handle(
         self: Arc<Self>,
         req: Request<Incoming>,
         peer: SocketAddr,
         tls: bool,
     ) -> Result<Response<Body>, Infallible> {
-        Ok(self.decide(req, peer, tls).await)
+        let Some(log) = self.access_log.clone() else {
+            return Ok(self.decide(req, peer, tls).await);
+        };
+        let method = req.method().to_string();
+        let path: String = req.uri().path().chars().take(1024).collect();
+        let (resp, trace) = TRACE
+            .scope(RefCell::default(), async move {
+                let resp = self.decide(req, peer, tls).await;
+                (resp, TRACE.with(RefCell::take))
+            })
+            .await;
+        let ts = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);
+        let mut pending = Pending {
+            log,
+            record: Record {
+                ts,
+                client: trace
+                    .client
+                    .unwrap_or_else(|| peer.ip().to_canonical())
+                    .to_string(),
+                api: trace.api,
+                method,
+                path,
+                status: resp.status().as_u16(),
+                bytes: 0,
+                outcomes: trace.outcomes,
+                ids: trace.ids,
+            },
+        };
+        Ok(resp.map(|body| {
+            body.map_frame(move |f| {
+                // The whole `Pending` is captured (not only its counter): its drop writes
+                // the line when the body is done.
+                let p = &mut pending;
+                if let Some(d) = f.data_ref() {
+                    p.record.bytes += d.len() as u64;
+                }
+                f
+            })
+            .boxed()
+        }))
+    }
+
+    /// Counts one request's outcome (and notes it for the access log).
+    fn hit(&self, outcome: &'static str) {
+        self.stats.hit(outcome);
+        if self.access_log.is_some() {
+            let _ = TRACE.try_with(|t| t.borrow_mut().outcomes.push(outcome));
+        }
     }
 
     async fn decide(
@@ -197,7 +328,7 @@ impl Proxy {
         let (host, path) = match request_target(&req) {
             Ok(t) => t,
             Err(e) => {
-                self.stats.hit("bad_request");
+                self.hit("bad_request");
                 tracing::debug!("malformed request target: {e}");
                 return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
             }
@@ -205,29 +336,37 @@ impl Proxy {
         let Some(api) = api::route(&apis, &host, &path.matched) else {
             // As ASE: a host no API answers for, then a path no API of the host owns.
             if !api::serves_host(&apis, &host) {
-                self.stats.hit("unknown_hostname");
+                self.hit("unknown_hostname");
                 return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown Hostname\n");
             }
-            self.stats.hit("unknown_api");
+            self.hit("unknown_api");
             return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
         };
         let Some(ip) = extract::client_ip(req.headers(), peer, &self.trusted) else {
-            self.stats.hit("bad_request");
+            self.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
         };
         let from_proxy = self.is_trusted_proxy(peer);
         let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip, from_proxy);
+        if self.access_log.is_some() {
+            let _ = TRACE.try_with(|t| {
+                let mut t = t.borrow_mut();
+                t.api.clone_from(&api.name);
+                t.client = Some(ip);
+                t.ids = logged_ids(&ids);
+            });
+        }
         match self.listing(&ids, &api.name) {
             Listing::Allowed => {
-                self.stats.hit("allowed");
+                self.hit("allowed");
                 return self.forward(api, req, &path, peer, ip, tls).await;
             }
             Listing::Denied(who) if api.meta.enable_blocking => {
-                self.stats.hit("blocked");
+                self.hit("blocked");
                 tracing::debug!(api = %api.name, %who, "blocked deny-listed client");
                 return full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
             }
-            Listing::Denied(_) => self.stats.hit("would_block"),
+            Listing::Denied(_) => self.hit("would_block"),
             Listing::Unlisted => {}
         }
         if let Some(refusal) = self.attack(api, &req, &path.matched, &ids, ip, tls).await {
@@ -236,7 +375,7 @@ impl Proxy {
         if let Some((n, per)) = api.spike
             && self.over_spike(&api.name, ip, n, per)
         {
-            self.stats.hit("rate_limited");
+            self.hit("rate_limited");
             return full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n");
         }
         self.forward(api, req, &path, peer, ip, tls).await
@@ -285,7 +424,7 @@ impl Proxy {
     ) -> Option<Response<Body>> {
         let by_ip = || Some((Kind::Ip, None, ip.to_string()));
         if let Some(decoy) = api::decoy_hit(api, path) {
-            self.stats.hit("decoy");
+            self.hit("decoy");
             self.detect(api, "decoy", ip, by_ip()).await;
             let code = decoy
                 .response_code
@@ -306,10 +445,10 @@ impl Proxy {
                     .as_ref()
                     .filter(|r| !r.https_url.trim().is_empty())
             {
-                self.stats.hit("redirected");
+                self.hit("redirected");
                 return Some(redirect(r, req));
             }
-            self.stats.hit(&reason.replace('-', "_"));
+            self.hit(pattern_outcome(reason));
             self.detect(api, reason, ip, ids.culprit()).await;
             if !api.meta.enable_blocking {
                 return None;
@@ -323,7 +462,7 @@ impl Proxy {
             return Some(full(code.unwrap_or(StatusCode::UNAUTHORIZED), body));
         }
         if api.meta.is_token_mandatory && ids.tokens.is_empty() {
-            self.stats.hit("missing_token");
+            self.hit("missing_token");
             self.detect(api, "missing-token", ip, by_ip()).await;
             if !api.meta.enable_blocking {
                 return None;
@@ -341,7 +480,7 @@ impl Proxy {
         if !api.meta.enable_blocking || !self.switches.detections() {
             // Counted, not written: a watching API must not block anyone, in the kernel
             // least of all. Not logged above debug: its attackers could flood the log.
-            self.stats.hit("would_block");
+            self.hit("would_block");
             tracing::debug!(api = %api.name, reason, %client, "attack detected; would deny-list (enable_blocking or detections off)");
             return;
         }
@@ -355,7 +494,7 @@ impl Proxy {
             Spend::Escalate { address, culprit } => {
                 let why = format!("{reason} (escalated: identifiers rotated)");
                 if self.deny(api, &why, address).await {
-                    self.stats.hit("detection_escalated");
+                    self.hit("detection_escalated");
                 } else {
                     // A gateway's or this host's address: its clients' identifiers it is.
                     self.budget.cannot_escalate(client);
@@ -363,7 +502,7 @@ impl Proxy {
                 }
             }
             Spend::Over { say } => {
-                self.stats.hit("detection_over_budget");
+                self.hit("detection_over_budget");
                 if say {
                     tracing::warn!(api = %api.name, reason, %client, "attack detected; this client's detection budget is spent (detection_budget, or its address is already denied): refused, nothing more written this minute");
                 }
@@ -427,7 +566,7 @@ impl Proxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
         if declared.is_some_and(|n| n > self.cfg.max_body_bytes) {
-            self.stats.hit("bad_request");
+            self.hit("bad_request");
             return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
         }
         let upgrading = api.websocket() && websocket::requested(&req);
@@ -449,11 +588,11 @@ impl Proxy {
         let slot = match choice {
             Choice::Server(slot) => slot,
             Choice::Busy => {
-                self.stats.hit("server_busy");
+                self.hit("server_busy");
                 return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Server Busy\n");
             }
             Choice::Down => {
-                self.stats.hit("bad_gateway");
+                self.hit("bad_gateway");
                 return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");
             }
         };
@@ -470,7 +609,7 @@ impl Proxy {
             None => path,
         };
         let Ok(uri) = format!("{}{pq}", upstream::origin(api, server)).parse() else {
-            self.stats.hit("bad_request");
+            self.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Bad Request\n");
         };
         let host = parts.headers.get(header::HOST).cloned().or_else(|| {
@@ -506,7 +645,7 @@ impl Proxy {
             }
             Some(Ok(resp)) => {
                 upstream::mark(api, index, true);
-                self.stats.hit("forwarded");
+                self.hit("forwarded");
                 let (mut parts, body) = resp.into_parts();
                 for h in HOP_BY_HOP {
                     parts.headers.remove(h);
@@ -524,7 +663,7 @@ impl Proxy {
             Some(Err(e)) => self.forward_failed(api, index, &e),
             None => {
                 // Not the server's health: a client may pick a slow path on purpose.
-                self.stats.hit("gateway_timeout");
+                self.hit("gateway_timeout");
                 let server = &api.meta.servers[index];
                 if self.may_warn() {
                     tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend went {backend_limit:?} without taking the request or answering");
@@ -545,7 +684,7 @@ impl Proxy {
     ) -> Response<Body> {
         let Some(client) = client else {
             // A switch the client did not ask for: there is nothing to hand over.
-            self.stats.hit("bad_gateway");
+            self.hit("bad_gateway");
             return full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n");
         };
         let server = hyper::upgrade::on(&mut resp);
@@ -557,7 +696,7 @@ impl Proxy {
                 stats.hit("websocket_over_threshold");
             }
         });
-        self.stats.hit("forwarded");
+        self.hit("forwarded");
         let (mut parts, _) = resp.into_parts();
         for h in HOP_BY_HOP {
             parts.headers.remove(h);
@@ -580,21 +719,21 @@ impl Proxy {
     ) -> Response<Body> {
         match upstream::client_body_failure(e) {
             Some(ClientBody::TooLarge) => {
-                self.stats.hit("bad_request");
+                self.hit("bad_request");
                 full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n")
             }
             Some(ClientBody::Stalled) => {
-                self.stats.hit("request_timeout");
+                self.hit("request_timeout");
                 full(StatusCode::REQUEST_TIMEOUT, "Error: Request Timeout\n")
             }
             Some(ClientBody::Failed) => {
-                self.stats.hit("bad_request");
+                self.hit("bad_request");
                 tracing::debug!(api = %api.name, "client request body failed: {e}");
                 full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n")
             }
             None => {
                 upstream::mark(api, index, false);
-                self.stats.hit("bad_gateway");
+                self.hit("bad_gateway");
                 let server = &api.meta.servers[index];
                 if self.may_warn() {
                     tracing::warn!(api = %api.name, server = %format!("{}:{}", server.host, server.port), "backend failed: {e}");
