@@ -238,6 +238,12 @@ impl Config {
         }
         crate::checker::detection_ttl(&c.detection_ttl)
             .map_err(|e| invalid("checker.detection_ttl", e))?;
+        if !matches!(c.decoy_action.as_str(), "kernel" | "l7") {
+            return Err(invalid(
+                "checker.decoy_action",
+                format!("{:?}: expected \"kernel\" or \"l7\"", c.decoy_action),
+            ));
+        }
         let most = crate::checker::budget::MAX_ESCALATE_AFTER;
         if c.detection_escalate_after > most {
             return Err(invalid(

@@ -532,3 +532,34 @@ fn every_request_gets_an_access_log_line() {
     assert!(total > 40, "{total} lines in the two newest files");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `decoy_action = "l7"`: as in ASE, a decoy visitor is refused with 403 on every API and
+/// the kernel is left alone (an entry of scope `*`).
+#[test]
+fn a_decoy_visitor_can_be_refused_at_l7_only() {
+    privileged!();
+    let s = setup_with("decoy_action = \"l7\"\n", |apis, backend| {
+        for (name, fields) in [
+            (
+                "shop",
+                r#""decoy_config":{"decoy_enabled":true,"decoy_subpaths":["admin"]}"#,
+            ),
+            ("cart", ""),
+        ] {
+            portcullis_tests::checker_setup::write_backend_api(apis, name, backend, fields);
+        }
+    });
+    let from = |ip: &str| format!("X-Forwarded-For: {ip}");
+    assert_eq!(s.curl("/shop/admin", &["-H", &from("198.18.85.1")]).0, 200);
+    let rows = s.agent.entries_from("deny", "checker");
+    assert_eq!(rows.len(), 1);
+    assert_eq!(
+        (rows[0].value.as_str(), rows[0].api.as_str()),
+        ("198.18.85.1/32", "*")
+    );
+    assert_eq!(s.agent.status().kernel_ip_entries, 0, "not in the kernel");
+    for path in ["/shop/items", "/cart/items"] {
+        assert_eq!(s.curl(path, &["-H", &from("198.18.85.1")]).0, 403, "{path}");
+        assert_eq!(s.curl(path, &["-H", &from("198.18.85.2")]).0, 200, "{path}");
+    }
+}

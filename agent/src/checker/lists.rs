@@ -41,6 +41,10 @@ impl Default for Presence {
     }
 }
 
+/// The scope of an entry that holds on every API at L7 but is never put in the kernel
+/// (`--api '*'`; decoy visitors with `checker.decoy_action = "l7"`).
+pub const ALL_APIS: &str = "*";
+
 impl Presence {
     fn add(&mut self, api: &str, expires: Option<i64>) {
         let e = expires.unwrap_or(i64::MAX);
@@ -57,10 +61,10 @@ impl Presence {
 
     fn matches(&self, api: &str, now: i64) -> bool {
         (self.global != NONE && self.global > now)
-            || self
-                .scoped
-                .as_ref()
-                .is_some_and(|s| s.iter().any(|(a, e)| &**a == api && *e > now))
+            || self.scoped.as_ref().is_some_and(|s| {
+                s.iter()
+                    .any(|(a, e)| (&**a == api || &**a == ALL_APIS) && *e > now)
+            })
     }
 }
 

@@ -79,6 +79,10 @@ pub struct CheckerConfig {
     /// they are counted as `would_block` and the requests still refused. `portcullis switch
     /// detections on|off` changes it at run time, and that choice is kept.
     pub detections: bool,
+    /// What a decoy visit does to the client's address: `kernel` (the default) puts it on the
+    /// deny list, so XDP drops its packets for the whole host; `l7`, as ASE, refuses its
+    /// requests to every API with 403 and leaves the kernel alone (scope `*`).
+    pub decoy_action: String,
     /// The access log (JSON lines, see README); empty: none.
     pub access_log: PathBuf,
     /// Size past which the access log is rotated, bytes.
@@ -134,6 +138,7 @@ impl Default for CheckerConfig {
             trusted_proxies: Vec::new(),
             trust_xff: None,
             detections: true,
+            decoy_action: "kernel".into(),
             access_log: PathBuf::new(),
             access_log_max_bytes: 100 << 20,
             access_log_keep: 5,

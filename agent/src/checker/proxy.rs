@@ -525,12 +525,17 @@ impl Proxy {
         } else {
             String::new()
         };
+        // A decoy visitor is dropped in the kernel, or with `decoy_action = "l7"` refused
+        // at L7 on every API, as ASE does.
+        let scope = (reason.starts_with("decoy") && self.cfg.decoy_action == "l7")
+            .then(|| super::lists::ALL_APIS.to_owned());
         let detection = Detection {
             kind,
             name,
             value,
             reason: format!("{reason} on API {}", api.name),
             ttl_secs: self.detection_ttl,
+            scope,
         };
         match self.writer.detect(detection).await {
             Ok(_) => {

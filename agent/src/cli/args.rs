@@ -365,7 +365,7 @@ pub struct AddArgs {
     /// Expiry, reason and --force.
     #[command(flatten)]
     pub options: EntryOptions,
-    /// Only for this API.
+    /// Only for this API, at L7 (`'*'`: every API, at L7 only, never in the kernel).
     #[arg(long)]
     pub api: Option<String>,
     /// `--json`.

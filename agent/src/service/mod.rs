@@ -52,6 +52,9 @@ pub struct Detection {
     pub reason: String,
     /// Seconds the deny lasts; `None`: until removed.
     pub ttl_secs: Option<u64>,
+    /// The entry's API scope: `None` global (in the kernel for an address), or
+    /// `checker::lists::ALL_APIS` (every API, at L7 only).
+    pub scope: Option<String>,
 }
 
 /// Why a request was refused.
@@ -306,7 +309,7 @@ impl Service {
             value: d.value.clone(),
             ttl_secs: d.ttl_secs,
             reason: Some(d.reason.clone()),
-            api: None,
+            api: d.scope.clone(),
             source: Some("checker".into()),
             force: false,
         })
