@@ -47,9 +47,9 @@ pub fn problems(config: &Config) -> Vec<String> {
             ("checker.http", c.http.as_str()),
         ]);
         if !c.https.is_empty()
-            && let Err(e) = crate::checker::tls::Tls::load(&c.tls_cert, &c.tls_key)
+            && let Err(e) = crate::checker::tls::Tls::load(c.tls_pairs())
         {
-            out.push(format!("checker.tls_cert / tls_key: {e:#}"));
+            out.push(format!("checker.tls_cert / tls_key / tls_certs: {e:#}"));
         }
         if !c.api_dir.is_dir() {
             out.push(format!(

@@ -563,3 +563,55 @@ fn a_decoy_visitor_can_be_refused_at_l7_only() {
         assert_eq!(s.curl(path, &["-H", &from("198.18.85.2")]).0, 200, "{path}");
     }
 }
+
+/// Several certificates on one listener, as ASE serves them: the one whose names cover the
+/// client's SNI (a wildcard as clients read it), the default to any other name.
+#[test]
+fn the_certificate_follows_the_clients_sni() {
+    use portcullis_tests::tls::{TlsClient, self_signed};
+    privileged!();
+    let dir = std::env::temp_dir().join(portcullis_tests::unique("sni"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let other = self_signed(&dir, "other.test", "other").expect("certs");
+    let wild = self_signed(&dir, "*.wild.test", "wild").expect("certs");
+    let s = setup_with(
+        &format!(
+            "tls_certs = [{{ cert = \"{}\", key = \"{}\" }}, {{ cert = \"{}\", key = \"{}\" }}]\n",
+            other.cert.display(),
+            other.key.display(),
+            wild.cert.display(),
+            wild.key.display()
+        ),
+        |apis, backend| {
+            write_api(
+                apis,
+                "all",
+                &format!(
+                    r#"{{"url": "/", "servers": [{{"host": "127.0.0.1", "port": {backend}}}]}}"#
+                ),
+            );
+        },
+    );
+    let addr = format!("127.0.0.1:{}", s.port);
+    let get = |name: &str, ca: &std::path::Path| {
+        TlsClient::connect(&addr, name, ca)
+            .and_then(|mut c| c.get("/x", &[("connection", "close")]))
+    };
+    assert_eq!(
+        get("other.test", &other.ca).expect("other.test's own").0,
+        200
+    );
+    assert_eq!(
+        get("a.wild.test", &wild.ca).expect("under the wildcard").0,
+        200
+    );
+    assert_eq!(get("api.test", &s.ca).expect("the default").0, 200);
+    // Each name gets only its own certificate: the others' CAs do not vouch for it.
+    assert!(get("other.test", &s.ca).is_err());
+    assert!(
+        get("wild.test", &wild.ca).is_err(),
+        "a wildcard covers one label"
+    );
+    assert!(get("unknown.test", &other.ca).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -63,6 +63,9 @@ pub struct CheckerConfig {
     pub tls_cert: PathBuf,
     /// PEM private key.
     pub tls_key: PathBuf,
+    /// Further certificates, each served to clients whose SNI its names cover (wildcards
+    /// as clients read them); `tls_cert` to the others.
+    pub tls_certs: Vec<CertFiles>,
     /// Directory of ASE API JSON files.
     pub api_dir: PathBuf,
     /// CA certificates (PEM) that `server_ssl` API servers are verified against; unset: the
@@ -133,6 +136,7 @@ impl Default for CheckerConfig {
             http: String::new(),
             tls_cert: PathBuf::from("/etc/portcullis/tls/cert.pem"),
             tls_key: PathBuf::from("/etc/portcullis/tls/key.pem"),
+            tls_certs: Vec::new(),
             api_dir: PathBuf::from("/etc/portcullis/apis"),
             backend_ca: None,
             trusted_proxies: Vec::new(),
@@ -160,7 +164,29 @@ impl Default for CheckerConfig {
     }
 }
 
+/// One certificate chain and its key (PEM files).
+#[derive(Clone, Debug, Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertFiles {
+    /// Certificate chain.
+    pub cert: PathBuf,
+    /// Private key.
+    pub key: PathBuf,
+}
+
 impl CheckerConfig {
+    /// Every certificate and key the HTTPS listener serves: `tls_cert` first (the default),
+    /// then `tls_certs`.
+    pub fn tls_pairs(&self) -> Vec<(PathBuf, PathBuf)> {
+        std::iter::once((self.tls_cert.clone(), self.tls_key.clone()))
+            .chain(
+                self.tls_certs
+                    .iter()
+                    .map(|c| (c.cert.clone(), c.key.clone())),
+            )
+            .collect()
+    }
+
     /// `trusted_proxies` parsed (validated by `Config::validate`; bad entries are skipped
     /// here).
     pub fn trusted_proxies(&self) -> Vec<crate::model::Cidr> {

@@ -43,7 +43,7 @@ impl Prepared {
             None
         } else {
             Some(Arc::new(
-                Tls::load(&config.checker.tls_cert, &config.checker.tls_key)
+                Tls::load(config.checker.tls_pairs())
                     .context("loading the checker's TLS certificate")?,
             ))
         };
