@@ -238,6 +238,9 @@ impl Config {
         }
         crate::checker::detection_ttl(&c.detection_ttl)
             .map_err(|e| invalid("checker.detection_ttl", e))?;
+        if c.access_log_keep > 100 {
+            return Err(invalid("checker.access_log_keep", "at most 100 files"));
+        }
         if !matches!(c.decoy_action.as_str(), "kernel" | "l7") {
             return Err(invalid(
                 "checker.decoy_action",
@@ -323,6 +326,12 @@ impl Config {
         }
         if self.abs.urls().is_empty() {
             return Err(invalid("abs.url", "no URL in the list"));
+        }
+        if self.abs.insecure_skip_verify && self.abs.ca_file.is_some() {
+            return Err(invalid(
+                "abs.insecure_skip_verify",
+                "set together with abs.ca_file: keep ca_file (ABS's certificate verified) and remove insecure_skip_verify",
+            ));
         }
         duration("abs.poll", &self.abs.poll)?;
         duration("abs.window", &self.abs.window)?;
@@ -426,13 +435,20 @@ impl Default for AbsConfig {
 }
 
 impl AbsConfig {
-    /// The ABS nodes, in the order they are tried.
+    /// The ABS nodes, in the order they are tried; a bare `host:port`, as ASE's
+    /// `abs_endpoint` writes them, is HTTPS (ABS's default).
     pub fn urls(&self) -> Vec<String> {
         self.url
             .split(',')
             .map(str::trim)
             .filter(|u| !u.is_empty())
-            .map(str::to_owned)
+            .map(|u| {
+                if u.contains("://") {
+                    u.to_owned()
+                } else {
+                    format!("https://{u}")
+                }
+            })
             .collect()
     }
 }
@@ -540,6 +556,12 @@ mod tests {
         let ase: Config =
             toml::from_str("[abs]\nurl = \"https://a:8080 ,https://b:8080,\"\n").expect("parses");
         assert_eq!(ase.abs.urls(), ["https://a:8080", "https://b:8080"]);
+        let bare: Config =
+            toml::from_str("[abs]\nurl = \"10.0.0.5:8080, abs2:8080\"\n").expect("parses");
+        assert_eq!(
+            bare.abs.urls(),
+            ["https://10.0.0.5:8080", "https://abs2:8080"]
+        );
         for bad in [
             "\",\"",
             "\"https://a:8080, ftp://b\"",

@@ -113,7 +113,13 @@ pub fn addresses() -> Option<Vec<IpAddr>> {
 pub fn names<'a>(abs_url: &str, servers: impl IntoIterator<Item = &'a str>) -> Vec<String> {
     // Every ABS node of a comma-separated list.
     let abs = abs_url.split(',').filter_map(|url| {
-        let uri = url.trim().parse::<http::Uri>().ok()?;
+        let url = url.trim();
+        // A bare `host:port`, as ASE's `abs_endpoint` writes it (see `AbsConfig::urls`).
+        let uri = if url.contains("://") {
+            url.parse::<http::Uri>().ok()?
+        } else {
+            format!("https://{url}").parse::<http::Uri>().ok()?
+        };
         uri.host().map(|h| h.trim_matches(['[', ']']).to_owned())
     });
     let mut out: Vec<String> = abs
@@ -236,7 +242,7 @@ mod tests {
         assert!(names("https://[2001:db8::5]:8080", []).is_empty());
         assert!(names("", []).is_empty());
         assert_eq!(
-            names("https://abs1.example:8080, https://abs2.example:8080", []),
+            names("https://abs1.example:8080, abs2.example:8080", []),
             ["abs1.example", "abs2.example"]
         );
     }

@@ -5,7 +5,7 @@
       Echoes every message back on 127.0.0.1:PORT; prints "ready" once listening.
   ws.py talk PORT CA PATH [--from IP] MESSAGE...
       Opens wss://api.test:PORT/PATH through 127.0.0.1 trusting only CA, sends each MESSAGE
-      (a number N sends N bytes) and prints "echo LENGTH TEXT" for each answer, then "done";
+      (a number N sends N bytes; sleep:S waits S seconds) and prints "echo LENGTH TEXT" for each answer, then "done";
       "status NNN" when the upgrade is refused, "closed" when the connection is closed.
 """
 import asyncio
@@ -43,6 +43,9 @@ async def talk(port, ca, path, messages, headers):
             close_timeout=2,
         ) as ws:
             for m in messages:
+                if m.startswith("sleep:"):
+                    await asyncio.sleep(float(m[6:]))
+                    continue
                 await ws.send("x" * int(m) if m.isdigit() else m)
                 answer = await asyncio.wait_for(ws.recv(), 5)
                 print("echo", len(answer), answer[:40], flush=True)

@@ -14,6 +14,18 @@ fn an_ase_script_reads_what_ase_prints() {
     // (the script's line, what ASE prints; a line ending in "sha256:" is a fingerprint's start)
     let script: &[(&str, &[&str])] = &[
         (
+            "status",
+            &[
+                "API Security Enforcer",
+                "status                  : started",
+                "mode                    : inline",
+                "firewall                : enabled",
+                "abs                     : disabled",
+                "abs attack              : enabled",
+                "ase detected attack     : enabled",
+            ],
+        ),
+        (
             "add_blacklist ip 203.0.113.1",
             &["ip 203.0.113.1 added to blacklist"],
         ),

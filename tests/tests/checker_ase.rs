@@ -360,7 +360,7 @@ fn websocket_apis_are_proxied_and_judged() {
         .read_line(&mut ready)
         .expect("server output");
     assert_eq!(ready.trim(), "ready");
-    let s = setup_with("", |apis, _| {
+    let s = setup_with("idle_timeout = \"2s\"\n", |apis, _| {
         write_api(
             apis,
             "chat",
@@ -398,6 +398,11 @@ fn websocket_apis_are_proxied_and_judged() {
     );
     let over = s.agent.stats().l7.get("websocket_over_threshold").copied();
     assert_eq!(over, Some(1));
+    // A tunnel quiet for idle_timeout is closed (it holds a connection and a server place).
+    assert_eq!(
+        talk("198.18.82.1", &["hi", "sleep:3", "again"]),
+        "echo 2 hi\nclosed\n"
+    );
     // A denied client's upgrade is refused like any request of it.
     ok(&s.agent.cli(&["deny", "add", "ip", "198.18.82.2"]));
     assert_eq!(talk("198.18.82.2", &["hello"]), "status 403\n");
@@ -434,7 +439,7 @@ fn ase_switches_turn_detections_and_blocking_off_and_on() {
 
     assert_eq!(
         ase(&["disable_ase_detected_attack"]),
-        "detections: off (1 deny entries removed)\n"
+        "detections: off (1 deny entry removed)\n"
     );
     assert_eq!(denied(), 0);
     // Still the decoy's answer, and counted, but nobody is deny-listed.

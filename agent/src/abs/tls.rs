@@ -20,7 +20,7 @@ pub fn client_config(cfg: &AbsConfig) -> anyhow::Result<rustls::ClientConfig> {
         .with_safe_default_protocol_versions()?;
     if cfg.insecure_skip_verify {
         tracing::warn!(
-            "abs.insecure_skip_verify is on: ABS's certificate is not checked, so anyone on the path to ABS can feed the deny list; set abs.ca_file to ABS's certificate instead"
+            "abs.insecure_skip_verify is on: ABS's certificate is not checked, so anyone on the path to ABS gets the ABS secret key and can feed the deny list; set abs.ca_file to ABS's certificate instead"
         );
         return Ok(versions
             .dangerous()

@@ -12,7 +12,7 @@ use std::io::{BufWriter, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
@@ -107,27 +107,40 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, rx: &Receiver<String>) {
+        let mut flushed = Instant::now();
+        // Failures are said once a minute at most: a full disk must not flood the journal.
+        let mut warned: Option<Instant> = None;
         loop {
-            match rx.recv_timeout(Duration::from_secs(1)) {
-                Ok(line) => {
-                    if let Err(e) = self.write(&line) {
-                        tracing::warn!(path = %self.path.display(), "access log write failed: {e}");
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.out.flush();
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let _ = self.out.flush();
-                    return;
-                }
+            let got = rx.recv_timeout(Duration::from_secs(1));
+            if let Ok(line) = &got
+                && let Err(e) = self.write(line)
+                && warned.is_none_or(|w| w.elapsed() >= Duration::from_secs(60))
+            {
+                warned = Some(Instant::now());
+                tracing::warn!(path = %self.path.display(), "access log write failed (lines are lost until it works again): {e}");
+            }
+            if flushed.elapsed() >= Duration::from_secs(1) || got.is_err() {
+                let _ = self.out.flush();
+                flushed = Instant::now();
+            }
+            if matches!(got, Err(RecvTimeoutError::Disconnected)) {
+                return;
             }
         }
     }
 
     fn write(&mut self, line: &str) -> std::io::Result<()> {
         if self.size > 0 && self.size + line.len() as u64 + 1 > self.max_bytes {
-            self.rotate()?;
+            // A failed rotation goes on in the file as it is (counted from zero, so the
+            // next try is a full file later): the numbered files are never shifted twice.
+            let rotated = self.rotate();
+            if rotated.is_err() {
+                self.size = 0;
+                if !self.path.exists() {
+                    self.out = BufWriter::with_capacity(64 << 10, open(&self.path)?);
+                }
+            }
+            rotated?;
         }
         self.out.write_all(line.as_bytes())?;
         self.out.write_all(b"\n")?;
@@ -136,6 +149,7 @@ impl Writer {
     }
 
     /// `access.log.<k>` → `.<k+1>` (the last removed), the file → `.1`, and a new file.
+    /// The numbered files move only when the file itself can.
     fn rotate(&mut self) -> std::io::Result<()> {
         self.out.flush()?;
         let numbered = |k: u32| {
@@ -143,8 +157,9 @@ impl Writer {
             p.push(format!(".{k}"));
             PathBuf::from(p)
         };
+        std::fs::metadata(&self.path)?;
         if self.keep == 0 {
-            let _ = std::fs::remove_file(&self.path);
+            std::fs::remove_file(&self.path)?;
         } else {
             let _ = std::fs::remove_file(numbered(self.keep));
             for k in (1..self.keep).rev() {

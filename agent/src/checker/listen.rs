@@ -266,7 +266,8 @@ async fn respond(
     req.extensions_mut().insert(ticket);
     let r = proxy.handle(req, peer, tls).await;
     r.map(|mut resp| {
-        if busy.closing() {
+        // A switch of protocols keeps its `Connection: upgrade`.
+        if busy.closing() && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
             resp.headers_mut().insert(
                 hyper::header::CONNECTION,
                 hyper::header::HeaderValue::from_static("close"),

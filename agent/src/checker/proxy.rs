@@ -89,6 +89,10 @@ pub struct Proxy {
     switches: Arc<crate::service::Switches>,
     /// Where each request is logged, when `access_log` is set.
     access_log: Option<Arc<AccessLog>>,
+    /// A WebSocket tunnel with no byte either way for this long is closed (`idle_timeout`).
+    ws_idle: Duration,
+    /// Set when the agent stops (WebSocket tunnels close).
+    stop: watch::Receiver<bool>,
 }
 
 tokio::task_local! {
@@ -128,7 +132,10 @@ fn logged_ids(ids: &RequestIdents) -> BTreeMap<&'static str, Vec<String>> {
         ),
         (
             "username",
-            ids.usernames.iter().map(|u| u.value.clone()).collect(),
+            ids.usernames
+                .iter()
+                .map(|u| u.value.chars().take(128).collect())
+                .collect(),
         ),
     ] {
         if !values.is_empty() {
@@ -169,7 +176,11 @@ impl Proxy {
         stats: Arc<L7Stats>,
         cfg: CheckerConfig,
         switches: Arc<crate::service::Switches>,
+        stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
+        let ws_idle = Duration::from_secs(
+            crate::config::parse_duration(&cfg.idle_timeout).map_err(anyhow::Error::msg)?,
+        );
         let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let backend_tls = upstream::backend_tls(cfg.backend_ca.as_deref())?;
@@ -207,6 +218,8 @@ impl Proxy {
             warned_ms: AtomicU64::new(0),
             switches,
             access_log,
+            ws_idle,
+            stop,
         }))
     }
 
@@ -234,6 +247,8 @@ impl Proxy {
             warned_ms: AtomicU64::new(0),
             switches: self.switches.clone(),
             access_log: self.access_log.clone(),
+            ws_idle: self.ws_idle,
+            stop: self.stop.clone(),
         })
     }
 
@@ -268,7 +283,7 @@ impl Proxy {
         let Some(log) = self.access_log.clone() else {
             return Ok(self.decide(req, peer, tls).await);
         };
-        let method = req.method().to_string();
+        let method: String = req.method().as_str().chars().take(32).collect();
         let path: String = req.uri().path().chars().take(1024).collect();
         let (resp, trace) = TRACE
             .scope(RefCell::default(), async move {
@@ -606,6 +621,9 @@ impl Proxy {
         let (mut parts, body) = req.into_parts();
         let client_upgrade = parts.extensions.remove::<OnUpgrade>().filter(|_| upgrading);
         let ticket = parts.extensions.remove::<Arc<Ticket>>();
+        let ws_key = client_upgrade
+            .as_ref()
+            .and_then(|_| parts.headers.get("sec-websocket-key").cloned());
         // The normalised path (mapped to the servers' own), so the server serves what the
         // checker judged.
         let path = api::internal_path(api, &path.forward, &path.matched);
@@ -646,7 +664,7 @@ impl Proxy {
         match deadline::answer_within(request, &progress, backend_limit).await {
             Some(Ok(resp)) if resp.status() == StatusCode::SWITCHING_PROTOCOLS => {
                 upstream::mark(api, index, true);
-                self.upgraded(api, resp, client_upgrade, (slot, ticket))
+                self.upgraded(api, resp, client_upgrade, ws_key, (slot, ticket))
             }
             Some(Ok(resp)) => {
                 upstream::mark(api, index, true);
@@ -685,17 +703,21 @@ impl Proxy {
         api: &Api,
         mut resp: Response<Incoming>,
         client: Option<OnUpgrade>,
+        key: Option<HeaderValue>,
         hold: impl Send + 'static,
     ) -> Response<Body> {
-        let Some(client) = client else {
-            // A switch the client did not ask for: there is nothing to hand over.
+        // A switch the client did not ask for, or not the WebSocket it asked for: a tunnel
+        // would let the client speak raw HTTP to the server past every check.
+        let (Some(client), true) = (client, websocket::accepted(key.as_ref(), resp.headers()))
+        else {
             self.hit("bad_gateway");
             return full(StatusCode::BAD_GATEWAY, "Error: Bad Gateway\n");
         };
         let server = hyper::upgrade::on(&mut resp);
         let (stats, limits) = (self.stats.clone(), api.bytes);
+        let (idle, stop) = (self.ws_idle, self.stop.clone());
         tokio::spawn(async move {
-            if websocket::tunnel(client, server, limits, hold).await
+            if websocket::tunnel(client, server, limits, idle, stop, hold).await
                 == websocket::Ended::OverThreshold
             {
                 stats.hit("websocket_over_threshold");

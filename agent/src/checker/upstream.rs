@@ -72,26 +72,32 @@ pub(super) fn backend_client(tls: rustls::ClientConfig) -> Backends {
 pub fn backend_tls(ca: Option<&std::path::Path>) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context as _;
     use rustls::pki_types::{CertificateDer, pem::PemObject as _};
-    const SYSTEM: &str = "/etc/ssl/certs/ca-certificates.crt";
+    /// Where Debian, RHEL/Fedora and SUSE keep the system's bundle.
+    const SYSTEM: [&str; 3] = [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+        "/etc/ssl/ca-bundle.pem",
+    ];
     let mut roots = rustls::RootCertStore::empty();
-    let file = ca.unwrap_or(std::path::Path::new(SYSTEM));
-    match CertificateDer::pem_file_iter(file) {
-        Ok(certs) => {
-            for c in certs {
-                let c = c.with_context(|| format!("parsing {}", file.display()))?;
-                roots
-                    .add(c)
-                    .with_context(|| format!("a CA certificate in {}", file.display()))?;
-            }
+    if let Some(file) = ca {
+        for c in CertificateDer::pem_file_iter(file)
+            .with_context(|| format!("reading {}", file.display()))?
+        {
+            let c = c.with_context(|| format!("parsing {}", file.display()))?;
+            roots
+                .add(c)
+                .with_context(|| format!("a CA certificate in {}", file.display()))?;
         }
-        // No system store (ca-certificates not installed): only `backend_ca` can help.
-        Err(e) if ca.is_none() => {
-            tracing::debug!("no system CA store at {SYSTEM}: {e}");
+        anyhow::ensure!(!roots.is_empty(), "no CA certificate in {}", file.display());
+    } else if let Some(file) = SYSTEM.iter().find(|f| std::path::Path::new(f).is_file()) {
+        // The system's bundle as it is: a certificate rustls cannot use is skipped, never a
+        // reason to refuse to start.
+        if let Ok(certs) = CertificateDer::pem_file_iter(file) {
+            let (added, skipped) = roots.add_parsable_certificates(certs.flatten());
+            tracing::debug!(file, added, skipped, "system CA store for server_ssl");
         }
-        Err(e) => return Err(e).with_context(|| format!("reading {}", file.display())),
-    }
-    if ca.is_some() && roots.is_empty() {
-        anyhow::bail!("no CA certificate in {}", file.display());
+    } else {
+        tracing::debug!("no system CA store: server_ssl servers need [checker] backend_ca");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)

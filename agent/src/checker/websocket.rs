@@ -1,12 +1,20 @@
 //! WebSocket APIs (`protocol: "ws"`): an HTTP/1.1 upgrade request is judged like any other
 //! request (lists, decoys, patterns, rates), then forwarded with its `Upgrade` headers; when
-//! the server answers 101, both connections are handed over to a tunnel that copies bytes
-//! both ways. The tunnel holds the client's connection ticket and the server's place, so
-//! connection limits and `server_connection_quota` count it for as long as it is open, and
+//! the server answers a valid WebSocket 101 (its `Sec-WebSocket-Accept` matching the
+//! request's key: anything else would let the client speak raw HTTP to the server past every
+//! check), both connections are handed over to a tunnel that copies bytes both ways. The
+//! tunnel holds the client's connection ticket and the server's place, so connection limits
+//! and `server_connection_quota` count it for as long as it is open, and
 //! `bytes_in_threshold` / `bytes_out_threshold` close it once either direction carries more
-//! than its rate. It closes when either side closes, and when the agent stops.
+//! than its rate. It closes when either side closes, after `idle` without a byte either way,
+//! and when the agent stops.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use sha1::{Digest as _, Sha1};
 
 use http::{HeaderMap, HeaderValue, Method, Request, Version, header};
 use hyper::upgrade::OnUpgrade;
@@ -14,8 +22,12 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Whether `req` asks to become a WebSocket (RFC 6455 §4.1: an HTTP/1.1 GET with
-/// `Upgrade: websocket` and `Connection: upgrade`).
+/// `Upgrade: websocket`, `Connection: upgrade`, one `Sec-WebSocket-Key` and version 13).
 pub fn requested<B>(req: &Request<B>) -> bool {
+    let one = |name: &str| {
+        let mut v = req.headers().get_all(name).iter();
+        v.next().is_some() && v.next().is_none()
+    };
     let has = |name: header::HeaderName, token: &str| {
         req.headers().get_all(name).iter().any(|v| {
             v.to_str()
@@ -26,6 +38,30 @@ pub fn requested<B>(req: &Request<B>) -> bool {
         && req.version() == Version::HTTP_11
         && has(header::UPGRADE, "websocket")
         && has(header::CONNECTION, "upgrade")
+        && one("sec-websocket-key")
+        && req
+            .headers()
+            .get("sec-websocket-version")
+            .is_some_and(|v| v.as_bytes() == b"13")
+}
+
+/// Whether `response` is the server accepting the WebSocket `request` asked for: 101 with
+/// `Upgrade: websocket` and the `Sec-WebSocket-Accept` derived from the request's key.
+pub fn accepted(key: Option<&HeaderValue>, response: &HeaderMap) -> bool {
+    const GUID: &str = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let Some(key) = key else {
+        return false;
+    };
+    let mut sha = Sha1::new();
+    sha.update(key.as_bytes());
+    sha.update(GUID.as_bytes());
+    let want = base64::engine::general_purpose::STANDARD.encode(sha.finalize());
+    response
+        .get(header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"))
+        && response
+            .get("sec-websocket-accept")
+            .is_some_and(|v| v.as_bytes() == want.as_bytes())
 }
 
 /// Puts back the hop-by-hop headers an upgrade needs (after they were all removed).
@@ -59,6 +95,8 @@ pub async fn tunnel<H: Send>(
     client: OnUpgrade,
     server: OnUpgrade,
     limits: Thresholds,
+    idle: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
     hold: H,
 ) -> Ended {
     let _hold = hold;
@@ -67,9 +105,24 @@ pub async fn tunnel<H: Send>(
     };
     let (client_read, client_write) = tokio::io::split(TokioIo::new(client));
     let (server_read, server_write) = tokio::io::split(TokioIo::new(server));
+    let start = Instant::now();
+    let last = Arc::new(AtomicU64::new(0));
+    let quiet = async {
+        loop {
+            let since = start
+                .elapsed()
+                .saturating_sub(Duration::from_millis(last.load(Ordering::Relaxed)));
+            if since >= idle {
+                return Ended::Closed;
+            }
+            tokio::time::sleep(idle - since).await;
+        }
+    };
     tokio::select! {
-        e = pump(client_read, server_write, limits.bytes_in) => e,
-        e = pump(server_read, client_write, limits.bytes_out) => e,
+        e = pump(client_read, server_write, limits.bytes_in, (start, &last)) => e,
+        e = pump(server_read, client_write, limits.bytes_out, (start, &last)) => e,
+        e = quiet => e,
+        _ = stop.wait_for(|s| *s) => Ended::Closed,
     }
 }
 
@@ -79,8 +132,9 @@ async fn pump(
     mut from: impl AsyncRead + Unpin,
     mut to: impl AsyncWrite + Unpin,
     limit: Option<(u32, u64)>,
+    (start, last): (Instant, &AtomicU64),
 ) -> Ended {
-    let mut buf = vec![0u8; 16 << 10];
+    let mut buf = vec![0u8; 8 << 10];
     let mut window = (Instant::now(), 0u64);
     loop {
         let n = match from.read(&mut buf).await {
@@ -90,6 +144,7 @@ async fn pump(
             }
             Ok(n) => n,
         };
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
         if let Some((most, per)) = limit {
             if window.0.elapsed() >= Duration::from_secs(per) {
                 window = (Instant::now(), 0);
@@ -117,6 +172,8 @@ mod tests {
                 .version(version)
                 .header(header::UPGRADE, upgrade)
                 .header(header::CONNECTION, connection)
+                .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+                .header("sec-websocket-version", "13")
                 .body(())
                 .expect("request")
         };
@@ -152,11 +209,35 @@ mod tests {
         )));
     }
 
+    #[test]
+    fn only_the_accept_derived_from_the_key_opens_a_tunnel() {
+        let mut req = HeaderMap::new();
+        req.insert(
+            "sec-websocket-key",
+            HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="),
+        );
+        let mut resp = HeaderMap::new();
+        resp.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        // RFC 6455 §1.3's example.
+        resp.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_static("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+        );
+        assert!(accepted(req.get("sec-websocket-key"), &resp));
+        resp.insert(
+            "sec-websocket-accept",
+            HeaderValue::from_static("AAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+        );
+        assert!(!accepted(req.get("sec-websocket-key"), &resp));
+        assert!(!accepted(None, &resp));
+    }
+
     #[tokio::test]
     async fn a_direction_past_its_threshold_ends_the_copy() {
         let (mut a, b) = tokio::io::duplex(1 << 16);
         let (c, mut d) = tokio::io::duplex(1 << 16);
-        let copy = tokio::spawn(pump(b, c, Some((100, 60))));
+        let last = Box::leak(Box::new(AtomicU64::new(0)));
+        let copy = tokio::spawn(pump(b, c, Some((100, 60)), (Instant::now(), last)));
         a.write_all(&[1; 60]).await.expect("write");
         let mut got = [0u8; 60];
         d.read_exact(&mut got).await.expect("copied");

@@ -245,15 +245,18 @@ pub enum ListVerb {
 }
 
 /// Rewrites ASE's verbs to Portcullis's: `add_blacklist ip 1.1.1.1` → `--ase deny add ip 1.1.1.1`.
-/// ASE scripts pass `-u USER -p PASS` before the verb (`cli.sh -u admin -p admin ...`); the
-/// socket's own access rules replace them, so they are dropped.
+/// ASE scripts pass `-u USER -p PASS` before the verb (`cli.sh -u admin -p admin ...`) or
+/// after it; the socket's own access rules replace them, so they are dropped. `status`
+/// with them is ASE's `status`, answered in ASE's form.
 pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     // Skip global options before the verb.
     let mut at = 1;
+    let mut credentials = false;
     while let Some(a) = args.get(at) {
         match a.as_str() {
             "-u" | "-p" if args.get(at + 2).is_some() => {
                 args.drain(at..at + 2);
+                credentials = true;
             }
             "--socket" => at += 2,
             s if s.starts_with("--socket=") || s == "--ase" => at += 1,
@@ -263,6 +266,28 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
     let Some(verb) = args.get(at) else {
         return args;
     };
+    let ase_verb = verb.contains('_') || (verb == "status" && credentials);
+    if ase_verb {
+        // `-u USER -p PASS` after the verb, as some of Ping's examples write them.
+        let mut i = at + 1;
+        while i < args.len() {
+            if matches!(args[i].as_str(), "-u" | "-p") && i + 1 < args.len() {
+                args.drain(i..i + 2);
+                credentials = true;
+            } else {
+                i += 1;
+            }
+        }
+    }
+    let Some(verb) = args.get(at) else {
+        return args;
+    };
+    if verb == "status" && credentials {
+        let mut out: Vec<String> = args[..at].to_vec();
+        out.push("--ase".into());
+        out.extend(args[at..].iter().cloned());
+        return out;
+    }
     // ASE's switches: `enable_ase_detected_attack`, `disable_blocking NAME`, ...
     let switch = match verb.as_str() {
         "enable_ase_detected_attack" => Some(("detections", "on")),

@@ -207,6 +207,12 @@ mod tests {
                 "p switch detections off",
             ),
             ("p enable_abs_attack", "p switch abs on"),
+            (
+                "p enable_ase_detected_attack -u admin -p admin",
+                "p switch detections on",
+            ),
+            ("p -u admin -p admin status", "p --ase status"),
+            ("p status", "p status"),
             ("p disable_blocking shop", "p switch api-blocking shop off"),
             (
                 "p --socket /s add_blacklist ip 1.1.1.1",

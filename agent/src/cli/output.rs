@@ -105,10 +105,11 @@ pub(super) fn print_entries(entries: &[EntryView]) {
     for e in entries {
         let ident = describe(e);
         let ident = ident.split_once(' ').map_or("", |x| x.1);
-        let api = if e.api.is_empty() {
-            "*".into()
-        } else {
-            printable(&e.api)
+        // Global (`-`, an address in the kernel too), every API at L7 only, or one API.
+        let api = match e.api.as_str() {
+            "" => "-".into(),
+            crate::checker::lists::ALL_APIS => "all (L7)".into(),
+            a => printable(a),
         };
         println!(
             "{:<6} {:<9} {ident:<44} {:<8} {api:<10} {:<12} {}",

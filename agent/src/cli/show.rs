@@ -25,10 +25,10 @@ pub(super) fn switch(
         return print_json(&r);
     }
     let s: crate::control::answer::Switched = decode(r)?;
-    let removed = if s.removed > 0 {
-        format!(" ({} deny entries removed)", s.removed)
-    } else {
-        String::new()
+    let removed = match s.removed {
+        0 => String::new(),
+        1 => " (1 deny entry removed)".into(),
+        n => format!(" ({n} deny entries removed)"),
     };
     println!(
         "{}: {}{removed}",
@@ -38,12 +38,29 @@ pub(super) fn switch(
     Ok(())
 }
 
+/// `status` in ASE's form (`cli.sh -u admin -p admin status`): the lines scripts grep.
+fn ase_status(s: &Status) {
+    let word = |on: bool| if on { "enabled" } else { "disabled" };
+    let enforcing = matches!(s.mode, crate::config::Mode::Enforce);
+    println!("API Security Enforcer");
+    println!("{:<24}: started", "status");
+    println!("{:<24}: inline", "mode");
+    println!("{:<24}: {}", "firewall", word(enforcing));
+    println!("{:<24}: {}", "abs", word(s.abs.is_some()));
+    println!("{:<24}: {}", "abs attack", word(s.abs_blocking));
+    println!("{:<24}: {}", "ase detected attack", word(s.detections));
+}
+
 pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
     let r = call(cli, &Request::Status)?;
     if json {
         return print_json(&r);
     }
     let s: Status = decode(r)?;
+    if cli.ase {
+        ase_status(&s);
+        return Ok(());
+    }
     println!("mode: {}", s.mode.as_str());
     if s.interfaces.is_empty() {
         println!("interfaces: none attached");

@@ -72,6 +72,7 @@ impl Prepared {
             self.stats,
             config.checker.clone(),
             switches,
+            stop_rx.clone(),
         )?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let mut endpoint = |what: &str, addr: &str| -> anyhow::Result<Option<Endpoint>> {

@@ -74,6 +74,15 @@ impl Service {
                     .collect()
             })
             .unwrap_or_default();
+        // ABS nodes written as addresses (names are resolved into `protected`).
+        let abs: Vec<IpAddr> = self
+            .config
+            .abs
+            .urls()
+            .iter()
+            .filter_map(|u| u.parse::<http::Uri>().ok())
+            .filter_map(|u| u.host()?.trim_matches(['[', ']']).parse().ok())
+            .collect();
         let hit = self
             .protected
             .depended_on()
@@ -84,6 +93,7 @@ impl Service {
                 )
             })
             .chain(backends.iter().map(|a| (a, "a configured API server")))
+            .chain(abs.iter().map(|a| (a, "an ABS node")))
             .find(|(a, _)| cidr.contains(**a));
         match hit {
             Some((a, what)) => Err(ServiceError::WorldBlocking {

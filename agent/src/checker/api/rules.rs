@@ -21,6 +21,8 @@ pub fn check(meta: &ApiMetadata) -> Result<(), String> {
     if let Some(m) = &meta.api_mapping {
         let mapped = m.internal_url.trim();
         let plain = mapped.starts_with('/')
+            && !mapped.contains("//")
+            && mapped.bytes().all(|b| b.is_ascii_graphic())
             && !mapped.contains(['%', '?', '#', '\\', ';'])
             && !mapped.split('/').any(|seg| seg == "." || seg == "..");
         if !mapped.is_empty() && !plain {
