@@ -535,6 +535,8 @@ fn certificate_reload_by_signal_and_by_file_change_keeps_connections() {
             wait_until_served(&addr, &c.ca, Duration::from_secs(12)),
             "a replaced certificate file was not picked up without a signal"
         );
+        // The busy client stops first, so that a failure below ends the test, not hangs it.
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         assert_eq!(
             s.agent
                 .log_text()
@@ -544,7 +546,6 @@ fn certificate_reload_by_signal_and_by_file_change_keeps_connections() {
             "{}",
             s.agent.log_text()
         );
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
         let served = busy.join().expect("busy client").expect("kept connection");
         assert!(served > 20, "only {served} requests on the kept connection");
     });

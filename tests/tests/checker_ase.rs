@@ -524,6 +524,18 @@ fn every_request_gets_an_access_log_line() {
     assert_eq!(passed["bytes"], "backend GET /shop/items?q=1\n".len());
     assert_eq!(unknown["api"], "");
     assert_eq!(unknown["outcomes"], serde_json::json!(["unknown_api"]));
+    // A client that goes away before the answer still leaves its line.
+    let _ = s.curl("/shop/hang", &["--max-time", "1"]);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let text = std::fs::read_to_string(&log).expect("access log");
+    let last: serde_json::Value =
+        serde_json::from_str(text.lines().last().expect("a line")).expect("JSON");
+    assert_eq!(
+        (last["path"].as_str(), last["status"].as_u64()),
+        (Some("/shop/hang"), Some(499)),
+        "{text}"
+    );
+    assert_eq!(last["api"], "shop");
     // Past 8 KiB the file is rotated; one old file is kept.
     for _ in 0..80 {
         s.curl("/shop/items", &[]);

@@ -227,7 +227,6 @@ impl ApiRegistry {
     /// Re-reads the directory; returns the number of APIs loaded and the broken files.
     pub fn reload(&self) -> (usize, Vec<api::ApiError>) {
         let (mut apis, errors) = api::load_dir(&self.dir);
-        self.override_blocking(&mut apis);
         for e in &errors {
             tracing::error!("API definition refused: {e}");
         }
@@ -236,6 +235,18 @@ impl ApiRegistry {
         }
         let n = apis.len();
         if let Ok(mut c) = self.current.write() {
+            // Under the lock: a `set_blocking` at the same moment is either seen here or
+            // applied to this map after it.
+            self.override_blocking(&mut apis);
+            // An API whose servers are unchanged keeps their health, requests in flight and
+            // spike windows: a reload must not reset quotas or bring a failed server back.
+            for (name, a) in &mut apis {
+                if let Some(old) = c.get(name)
+                    && old.meta.servers == a.meta.servers
+                {
+                    a.balance = old.balance.clone();
+                }
+            }
             *c = Arc::new(apis);
         }
         if let Ok(mut e) = self.errors.write() {

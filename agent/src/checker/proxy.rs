@@ -1,7 +1,6 @@
 //! The checker's per-request logic: the decision, detections, and forwarding (see the module
 //! doc of `checker`).
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -98,7 +97,12 @@ pub struct Proxy {
 tokio::task_local! {
     /// What the request in hand was counted as, by which API, and for whom (for the access
     /// log; set only while one is written).
-    static TRACE: RefCell<Trace>;
+    static TRACE: Arc<std::sync::Mutex<Trace>>;
+}
+
+/// The request's [`TRACE`], to note in.
+fn trace(f: impl FnOnce(&mut Trace)) {
+    let _ = TRACE.try_with(|t| f(&mut t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
 }
 
 /// See [`TRACE`].
@@ -145,14 +149,29 @@ fn logged_ids(ids: &RequestIdents) -> BTreeMap<&'static str, Vec<String>> {
     out
 }
 
-/// A request's access-log line, written when its response body is done (or dropped).
+/// A request's access-log line, written when its response body is done or dropped — or
+/// when the client goes away before the answer (status 499, as nginx logs it), so requests
+/// a client cancels still leave their line.
 struct Pending {
     log: Arc<AccessLog>,
     record: Record,
+    trace: Arc<std::sync::Mutex<Trace>>,
 }
 
 impl Drop for Pending {
     fn drop(&mut self) {
+        let t = std::mem::take(
+            &mut *self
+                .trace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if let Some(c) = t.client {
+            self.record.client = c.to_string();
+        }
+        self.record.api = t.api;
+        self.record.outcomes = t.outcomes;
+        self.record.ids = t.ids;
         self.log.record(&self.record);
     }
 }
@@ -283,34 +302,24 @@ impl Proxy {
         let Some(log) = self.access_log.clone() else {
             return Ok(self.decide(req, peer, tls).await);
         };
-        let method: String = req.method().as_str().chars().take(32).collect();
-        let path: String = req.uri().path().chars().take(1024).collect();
-        let (resp, trace) = TRACE
-            .scope(RefCell::default(), async move {
-                let resp = self.decide(req, peer, tls).await;
-                (resp, TRACE.with(RefCell::take))
-            })
-            .await;
-        let ts = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);
+        let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
         let mut pending = Pending {
             log,
             record: Record {
-                ts,
-                client: trace
-                    .client
-                    .unwrap_or_else(|| peer.ip().to_canonical())
-                    .to_string(),
-                api: trace.api,
-                method,
-                path,
-                status: resp.status().as_u16(),
-                bytes: 0,
-                outcomes: trace.outcomes,
-                ids: trace.ids,
+                ts: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0),
+                client: peer.ip().to_canonical().to_string(),
+                method: req.method().as_str().chars().take(32).collect(),
+                path: req.uri().path().chars().take(1024).collect(),
+                // Until an answer is made: the client went away first.
+                status: 499,
+                ..Record::default()
             },
+            trace: trace.clone(),
         };
+        let resp = TRACE.scope(trace, self.decide(req, peer, tls)).await;
+        pending.record.status = resp.status().as_u16();
         Ok(resp.map(|body| {
             body.map_frame(move |f| {
                 // The whole `Pending` is captured (not only its counter): its drop writes
@@ -329,7 +338,7 @@ impl Proxy {
     fn hit(&self, outcome: &'static str) {
         self.stats.hit(outcome);
         if self.access_log.is_some() {
-            let _ = TRACE.try_with(|t| t.borrow_mut().outcomes.push(outcome));
+            trace(|t| t.outcomes.push(outcome));
         }
     }
 
@@ -364,8 +373,7 @@ impl Proxy {
         let from_proxy = self.is_trusted_proxy(peer);
         let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip, from_proxy);
         if self.access_log.is_some() {
-            let _ = TRACE.try_with(|t| {
-                let mut t = t.borrow_mut();
+            trace(|t| {
                 t.api.clone_from(&api.name);
                 t.client = Some(ip);
                 t.ids = logged_ids(&ids);

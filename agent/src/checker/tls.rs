@@ -124,7 +124,7 @@ impl Tls {
         if let Ok(mut c) = self.current.write() {
             *c = (cfg, newest(&self.pairs));
         }
-        tracing::info!(certificates = self.pairs.len(), "TLS certificates reloaded");
+        tracing::info!(certificates = self.pairs.len(), "TLS certificate reloaded");
         Ok(())
     }
 

@@ -218,9 +218,34 @@ pub(super) fn pick(api: &Api, sticky: Option<usize>) -> Choice {
     }
 }
 
+/// Most requests waiting for the servers of one API; past it they get 503 at once.
+const MAX_QUEUED: usize = 1024;
+
 /// [`pick`], waiting up to `wait` for a server to free up when all are busy (ASE's
-/// `server_connection_queueing`).
+/// `server_connection_queueing`); at most [`MAX_QUEUED`] requests wait at once.
 pub(super) async fn pick_queued(api: &Api, sticky: Option<usize>, wait: Duration) -> Choice {
+    let first = pick(api, sticky);
+    if !matches!(first, Choice::Busy) {
+        return first;
+    }
+    /// A place in the queue, given back however the wait ends (the client may go away).
+    struct Queued<'a>(&'a std::sync::atomic::AtomicUsize);
+    impl Drop for Queued<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let queued = &api.balance.queued;
+    let place = Queued(queued);
+    if queued.fetch_add(1, Ordering::Relaxed) >= MAX_QUEUED {
+        return first;
+    }
+    let choice = wait_for_server(api, sticky, wait).await;
+    drop(place);
+    choice
+}
+
+async fn wait_for_server(api: &Api, sticky: Option<usize>, wait: Duration) -> Choice {
     let until = tokio::time::Instant::now() + wait;
     loop {
         let freed = api.balance.freed.notified();

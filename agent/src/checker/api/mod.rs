@@ -110,7 +110,7 @@ pub struct Jwt {
 }
 
 /// One backend server.
-#[derive(Clone, Debug, Deserialize, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 pub struct Server {
     /// Host name or address.
     pub host: String,
@@ -249,6 +249,8 @@ pub struct Balance {
     pub servers: Vec<ServerState>,
     /// Woken when a request to one of the servers ends (for `server_connection_queueing`).
     pub freed: tokio::sync::Notify,
+    /// Requests waiting for a server now (`server_connection_queueing`).
+    pub queued: AtomicUsize,
 }
 
 /// One server's health and load against its limits.
@@ -347,6 +349,7 @@ pub fn parse(name: &str, path: &Path, text: &str) -> Result<Api, ApiError> {
             next: AtomicUsize::new(0),
             servers,
             freed: tokio::sync::Notify::new(),
+            queued: AtomicUsize::new(0),
         }),
     })
 }
