@@ -3,7 +3,7 @@
 //! with `size=1k` or `size=64m`, after 20 s for paths with `hang`, reading the body only after 20 s for `noread`), and records the headers it received so tests can check what the proxy forwarded.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 
 /// A running backend; stops accepting when dropped (its thread is detached).
@@ -19,24 +19,10 @@ pub struct Backend {
 impl Backend {
     /// Starts a backend on `listener` (bind it in the namespace you need).
     pub fn start(listener: TcpListener) -> Self {
-        let addr = listener.local_addr().expect("bound");
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let arrived = Arc::new(Mutex::new(Vec::new()));
-        let (log, heads) = (seen.clone(), arrived.clone());
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let (log, heads) = (log.clone(), heads.clone());
-                std::thread::spawn(move || {
-                    let _ = stream.set_nodelay(true);
-                    let _ = serve(stream, &log, &heads);
-                });
-            }
-        });
-        Self {
-            addr,
-            seen,
-            arrived,
-        }
+        Self::serving(listener, |stream| {
+            let _ = stream.set_nodelay(true);
+            Some(stream)
+        })
     }
 
     /// [`Backend::start`] over TLS with `cert` and `key` (PEM), for `server_ssl` APIs.
@@ -57,18 +43,30 @@ impl Backend {
                 .with_single_cert(chain, key)
                 .expect("cert and key"),
         );
+        Self::serving(listener, move |stream| {
+            let conn = rustls::ServerConnection::new(cfg.clone()).ok()?;
+            Some(rustls::StreamOwned::new(conn, stream))
+        })
+    }
+
+    /// Serves every connection `listener` accepts, once `wrap` made it a stream (or gave up
+    /// on it), on a thread of its own.
+    fn serving<S: Read + Write>(
+        listener: TcpListener,
+        wrap: impl Fn(TcpStream) -> Option<S> + Send + Sync + 'static,
+    ) -> Self {
         let addr = listener.local_addr().expect("bound");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let arrived = Arc::new(Mutex::new(Vec::new()));
         let (log, heads) = (seen.clone(), arrived.clone());
+        let wrap = Arc::new(wrap);
         std::thread::spawn(move || {
             for stream in listener.incoming().flatten() {
-                let (log, heads, cfg) = (log.clone(), heads.clone(), cfg.clone());
+                let (log, heads, wrap) = (log.clone(), heads.clone(), wrap.clone());
                 std::thread::spawn(move || {
-                    let Ok(conn) = rustls::ServerConnection::new(cfg) else {
-                        return;
-                    };
-                    let _ = serve(rustls::StreamOwned::new(conn, stream), &log, &heads);
+                    if let Some(stream) = wrap(stream) {
+                        let _ = serve(stream, &log, &heads);
+                    }
                 });
             }
         });

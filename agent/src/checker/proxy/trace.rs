@@ -1,0 +1,92 @@
+//! What the access log needs to know of a request while it is decided: its outcomes, API,
+//! client and identifiers, noted through a task-local set only while a log is written, and
+//! the guard that writes the line when the response is done (or the client gone).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use crate::checker::access_log::{AccessLog, Record};
+use crate::checker::lists::RequestIdents;
+
+tokio::task_local! {
+    /// What the request in hand was counted as, by which API, and for whom (for the access
+    /// log; set only while one is written).
+    pub(super) static TRACE: Arc<std::sync::Mutex<Trace>>;
+}
+
+/// The request's [`TRACE`], to note in.
+pub(super) fn trace(f: impl FnOnce(&mut Trace)) {
+    let _ = TRACE.try_with(|t| f(&mut t.lock().unwrap_or_else(std::sync::PoisonError::into_inner)));
+}
+
+/// See [`TRACE`].
+#[derive(Default)]
+pub(super) struct Trace {
+    pub(super) outcomes: Vec<&'static str>,
+    pub(super) api: String,
+    pub(super) client: Option<IpAddr>,
+    pub(super) ids: BTreeMap<&'static str, Vec<String>>,
+}
+
+/// The outcome of a pattern violation (`pattern::violation`'s reason).
+pub(super) fn pattern_outcome(reason: &str) -> &'static str {
+    match reason {
+        "invalid-method" => "invalid_method",
+        "invalid-protocol" => "invalid_protocol",
+        _ => "invalid_content_type",
+    }
+}
+
+/// The request's identifiers as the access log shows them: secrets by fingerprint.
+pub(super) fn logged_ids(ids: &RequestIdents) -> BTreeMap<&'static str, Vec<String>> {
+    let fp = |i: &crate::model::Identifier| crate::model::ident::fingerprint(&i.value);
+    let mut out = BTreeMap::new();
+    for (kind, values) in [
+        ("cookie", ids.cookies.iter().map(fp).collect::<Vec<_>>()),
+        ("token", ids.tokens.iter().map(fp).collect()),
+        (
+            "api_key",
+            ids.api_keys.iter().map(|(named, _)| fp(named)).collect(),
+        ),
+        (
+            "username",
+            ids.usernames
+                .iter()
+                .map(|u| u.value.chars().take(128).collect())
+                .collect(),
+        ),
+    ] {
+        if !values.is_empty() {
+            out.insert(kind, values);
+        }
+    }
+    out
+}
+
+/// A request's access-log line, written when its response body is done or dropped — or
+/// when the client goes away before the answer (status 499, as nginx logs it), so requests
+/// a client cancels still leave their line.
+pub(super) struct Pending {
+    pub(super) log: Arc<AccessLog>,
+    pub(super) record: Record,
+    pub(super) trace: Arc<std::sync::Mutex<Trace>>,
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let t = std::mem::take(
+            &mut *self
+                .trace
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        if let Some(c) = t.client {
+            self.record.client = c.to_string();
+        }
+        self.record.api = t.api;
+        self.record.outcomes = t.outcomes;
+        self.record.ids = t.ids;
+        self.log.record(&self.record);
+    }
+}
