@@ -3,7 +3,6 @@
 //! without a type, two types).
 
 use http::{HeaderValue, Request, header};
-use hyper::body::Incoming;
 
 use super::{api, extract};
 
@@ -15,9 +14,9 @@ const METHOD_OVERRIDES: [&str; 3] = [
 ];
 
 /// The detection a request's method, protocol or content type triggers, if any.
-pub fn violation(
+pub fn violation<B: hyper::body::Body>(
     p: &api::PatternEnforcement,
-    req: &Request<Incoming>,
+    req: &Request<B>,
     tls: bool,
 ) -> Option<&'static str> {
     // The method, and any method-override header a framework would honour instead of it:

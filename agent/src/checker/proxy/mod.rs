@@ -35,7 +35,7 @@ use trace::{Pending, TRACE, Trace, logged_ids, pattern_outcome, trace};
 
 /// The redirect `http_redirect` asks for: to its `https_url`, with the request's path and
 /// query (already a valid URI's, so no header can be smuggled in).
-fn redirect(r: &api::HttpRedirect, req: &Request<Incoming>) -> Response<Body> {
+fn redirect<B>(r: &api::HttpRedirect, req: &Request<B>) -> Response<Body> {
     let code = r
         .response_code
         .and_then(|c| StatusCode::from_u16(c).ok())
@@ -92,6 +92,34 @@ pub struct Proxy {
     ws_idle: Duration,
     /// Set when the agent stops (WebSocket tunnels close).
     stop: watch::Receiver<bool>,
+}
+
+/// Who sent a request: the client as judged, and the connection it came on.
+#[derive(Clone, Copy, Debug)]
+pub struct Client {
+    /// The client's address (from a trusted proxy's header, or a sideband body).
+    pub ip: IpAddr,
+    /// The connection's peer: the client itself, a proxy, or a gateway asking.
+    pub peer: IpAddr,
+    /// Whether the peer vouches for what it says of the client (a trusted proxy, a gateway).
+    pub from_proxy: bool,
+}
+
+/// A request judged on its head, before anything is forwarded: the one decision inline and
+/// sideband requests share.
+pub enum Verdict<'a> {
+    /// Go on: inline, forward it; sideband, answer 200.
+    Pass {
+        /// Its API.
+        api: &'a Api,
+        /// Its path, as routed and as it goes on.
+        path: NormalPath,
+    },
+    /// A decoy was visited: inline, this is the decoy's answer; sideband, 403 (there is
+    /// nothing behind a decoy to forward to).
+    Decoy(Response<Body>),
+    /// Refused: the answer the client gets.
+    Refuse(Response<Body>),
 }
 
 /// What the lists say of one request's client.
@@ -266,30 +294,65 @@ impl Proxy {
         peer: SocketAddr,
         tls: bool,
     ) -> Response<Body> {
-        let apis = self.registry.apis();
-        let (host, path) = match request_target(&req) {
-            Ok(t) => t,
-            Err(e) => {
-                self.hit("bad_request");
-                tracing::debug!("malformed request target: {e}");
-                return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
-            }
-        };
-        let Some(api) = api::route(&apis, &host, &path.matched) else {
-            // As ASE: a host no API answers for, then a path no API of the host owns.
-            if !api::serves_host(&apis, &host) {
-                self.hit("unknown_hostname");
-                return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown Hostname\n");
-            }
-            self.hit("unknown_api");
-            return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Unknown API\n");
-        };
         let Some(ip) = extract::client_ip(req.headers(), peer, &self.trusted) else {
             self.hit("bad_request");
             return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
         };
-        let from_proxy = self.is_trusted_proxy(peer);
-        let ids = extract::identifiers(&api.meta, req.headers(), req.uri().query(), ip, from_proxy);
+        let client = Client {
+            ip,
+            peer: peer.ip().to_canonical(),
+            from_proxy: self.is_trusted_proxy(peer),
+        };
+        let apis = self.registry.apis();
+        match self.judge(&apis, &req, client, tls).await {
+            Verdict::Pass { api, path } => self.forward(api, req, &path, peer, ip, tls).await,
+            Verdict::Decoy(r) | Verdict::Refuse(r) => r,
+        }
+    }
+
+    /// Judges a request on its head: its API, the lists, the attacks its definition detects
+    /// (deny-listing their culprits), and its client's rate.
+    pub async fn judge<'a, B: hyper::body::Body>(
+        &self,
+        apis: &'a std::collections::BTreeMap<String, Api>,
+        req: &Request<B>,
+        client: Client,
+        tls: bool,
+    ) -> Verdict<'a> {
+        let (host, path) = match request_target(req) {
+            Ok(t) => t,
+            Err(e) => {
+                self.hit("bad_request");
+                tracing::debug!("malformed request target: {e}");
+                return Verdict::Refuse(full(
+                    StatusCode::BAD_REQUEST,
+                    "Error: Malformed Request\n",
+                ));
+            }
+        };
+        let Some(api) = api::route(apis, &host, &path.matched) else {
+            // As ASE: a host no API answers for, then a path no API of the host owns.
+            if !api::serves_host(apis, &host) {
+                self.hit("unknown_hostname");
+                return Verdict::Refuse(full(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "Error: Unknown Hostname\n",
+                ));
+            }
+            self.hit("unknown_api");
+            return Verdict::Refuse(full(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Error: Unknown API\n",
+            ));
+        };
+        let ip = client.ip;
+        let ids = extract::identifiers(
+            &api.meta,
+            req.headers(),
+            req.uri().query(),
+            ip,
+            client.from_proxy,
+        );
         if self.access_log.is_some() {
             trace(|t| {
                 t.api.clone_from(&api.name);
@@ -300,26 +363,32 @@ impl Proxy {
         match self.listing(&ids, &api.name) {
             Listing::Allowed => {
                 self.hit("allowed");
-                return self.forward(api, req, &path, peer, ip, tls).await;
+                return Verdict::Pass { api, path };
             }
             Listing::Denied(who) if api.meta.enable_blocking => {
                 self.hit("blocked");
                 tracing::debug!(api = %api.name, %who, "blocked deny-listed client");
-                return full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
+                return Verdict::Refuse(full(StatusCode::FORBIDDEN, "Error: Unauthorized\n"));
             }
             Listing::Denied(_) => self.hit("would_block"),
             Listing::Unlisted => {}
         }
-        if let Some(refusal) = self.attack(api, &req, &path.matched, &ids, ip, tls).await {
-            return refusal;
+        if let Some(verdict) = self
+            .attack(api, req, &path.matched, &ids, client, tls)
+            .await
+        {
+            return verdict;
         }
         if let Some((n, per)) = api.spike
             && self.over_spike(&api.name, ip, n, per)
         {
             self.hit("rate_limited");
-            return full(StatusCode::TOO_MANY_REQUESTS, "Error: Too Many Requests\n");
+            return Verdict::Refuse(full(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Error: Too Many Requests\n",
+            ));
         }
-        self.forward(api, req, &path, peer, ip, tls).await
+        Verdict::Pass { api, path }
     }
 
     /// Whether `peer` is one of the trusted proxies (whose forwarded headers count).
@@ -354,26 +423,26 @@ impl Proxy {
     /// the answer is the refusal the definition asks for. On an API with `enable_blocking:
     /// false` they are only counted (and `would_block`): nothing is written, and the request
     /// goes on — except to a decoy, which answers as a decoy (there is nothing behind it).
-    async fn attack(
+    async fn attack<'a, B: hyper::body::Body>(
         &self,
         api: &Api,
-        req: &Request<Incoming>,
+        req: &Request<B>,
         path: &str,
         ids: &RequestIdents,
-        ip: IpAddr,
+        client: Client,
         tls: bool,
-    ) -> Option<Response<Body>> {
-        let by_ip = || Some((Kind::Ip, None, ip.to_string()));
+    ) -> Option<Verdict<'a>> {
+        let by_ip = || Some((Kind::Ip, None, client.ip.to_string()));
         if let Some(decoy) = api::decoy_hit(api, path) {
             self.hit("decoy");
-            self.detect(api, "decoy", ip, by_ip()).await;
+            self.detect(api, "decoy", client, by_ip()).await;
             let code = decoy
                 .response_code
                 .and_then(|c| StatusCode::from_u16(c).ok());
-            return Some(full(
+            return Some(Verdict::Decoy(full(
                 code.unwrap_or(StatusCode::OK),
                 decoy.response_message.clone(),
-            ));
+            )));
         }
         if let Some(p) = &api.meta.api_pattern_enforcement
             && let Some(reason) = super::pattern::violation(p, req, tls)
@@ -387,10 +456,10 @@ impl Proxy {
                     .filter(|r| !r.https_url.trim().is_empty())
             {
                 self.hit("redirected");
-                return Some(redirect(r, req));
+                return Some(Verdict::Refuse(redirect(r, req)));
             }
             self.hit(pattern_outcome(reason));
-            self.detect(api, reason, ip, ids.culprit()).await;
+            self.detect(api, reason, client, ids.culprit()).await;
             if !api.meta.enable_blocking {
                 return None;
             }
@@ -400,15 +469,21 @@ impl Proxy {
             } else {
                 p.error_message_body.clone()
             };
-            return Some(full(code.unwrap_or(StatusCode::UNAUTHORIZED), body));
+            return Some(Verdict::Refuse(full(
+                code.unwrap_or(StatusCode::UNAUTHORIZED),
+                body,
+            )));
         }
         if api.meta.is_token_mandatory && ids.tokens.is_empty() {
             self.hit("missing_token");
-            self.detect(api, "missing-token", ip, by_ip()).await;
+            self.detect(api, "missing-token", client, by_ip()).await;
             if !api.meta.enable_blocking {
                 return None;
             }
-            return Some(full(StatusCode::UNAUTHORIZED, "Error: Unauthorized\n"));
+            return Some(Verdict::Refuse(full(
+                StatusCode::UNAUTHORIZED,
+                "Error: Unauthorized\n",
+            )));
         }
         None
     }
@@ -417,7 +492,8 @@ impl Proxy {
     /// within the detection budget (see [`super::budget`]): the client's address instead
     /// once it has rotated identifiers, nothing once the budget is spent. Allow-listed
     /// requests never get here.
-    async fn detect(&self, api: &Api, reason: &str, client: IpAddr, culprit: Option<Culprit>) {
+    async fn detect(&self, api: &Api, reason: &str, who: Client, culprit: Option<Culprit>) {
+        let client = who.ip;
         if !api.meta.enable_blocking || !self.switches.detections() {
             // Counted, not written: a watching API must not block anyone, in the kernel
             // least of all. Not logged above debug: its attackers could flood the log.
@@ -430,16 +506,16 @@ impl Proxy {
         };
         match self.budget.spend(client, culprit) {
             Spend::Write(c) => {
-                self.deny(api, reason, c).await;
+                self.deny(api, reason, who, c).await;
             }
             Spend::Escalate { address, culprit } => {
                 let why = format!("{reason} (escalated: identifiers rotated)");
-                if self.deny(api, &why, address).await {
+                if self.deny(api, &why, who, address).await {
                     self.hit("detection_escalated");
                 } else {
                     // A gateway's or this host's address: its clients' identifiers it is.
                     self.budget.cannot_escalate(client);
-                    self.deny(api, reason, culprit).await;
+                    self.deny(api, reason, who, culprit).await;
                 }
             }
             Spend::Over { say } => {
@@ -452,13 +528,21 @@ impl Proxy {
     }
 
     /// Writes one detection's deny entry; whether it was written.
-    async fn deny(&self, api: &Api, reason: &str, (kind, name, value): Culprit) -> bool {
-        // The proxies in front of us speak for many clients: never deny-list one.
+    async fn deny(
+        &self,
+        api: &Api,
+        reason: &str,
+        who: Client,
+        (kind, name, value): Culprit,
+    ) -> bool {
+        // The proxies in front of us, and a gateway asking for its clients, speak for many
+        // clients: never deny-list one.
         if kind == Kind::Ip
             && let Ok(net) = value.parse::<crate::model::Cidr>()
-            && self.trusted.iter().any(|t| t.covers(&net) || net.covers(t))
+            && (self.trusted.iter().any(|t| t.covers(&net) || net.covers(t))
+                || (who.peer != who.ip && net.contains(who.peer)))
         {
-            tracing::warn!(api = %api.name, reason, %net, "attack detected from a trusted proxy's address: not deny-listed");
+            tracing::warn!(api = %api.name, reason, %net, "attack detected from a trusted proxy's or gateway's address: not deny-listed");
             return false;
         }
         let shown = if kind == Kind::Ip {
@@ -504,7 +588,7 @@ impl Proxy {
 
 /// The host and normalised path as the server will resolve them; what servers resolve
 /// differently is refused rather than guessed.
-fn request_target(req: &Request<Incoming>) -> Result<(String, NormalPath), TargetError> {
+fn request_target<B>(req: &Request<B>) -> Result<(String, NormalPath), TargetError> {
     let host = match req.headers().get(header::HOST).map(|h| h.to_str()) {
         Some(Err(_)) => Err(TargetError::HostMismatch),
         hdr => target::request_host(
