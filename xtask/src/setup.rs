@@ -21,7 +21,9 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// curl and openssl for the L7 checker's tests (real TLS client, throwaway certificates).
 /// g++ for libFuzzer, which the fuzz targets link (`cargo xtask fuzz`, and `test` briefly).
 /// python3-websockets: a real WebSocket client and server for the WebSocket API tests.
+/// nginx: the real gateway of the sideband test (`auth_request`), and the benchmarks' proxy.
 const DEBIAN_PACKAGES: &[&str] = &[
+    "nginx",
     "g++",
     "iproute2",
     "iputils-ping",

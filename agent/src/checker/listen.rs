@@ -90,35 +90,47 @@ impl Endpoint {
     }
 }
 
+/// What a listener serves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Clients, whose requests are judged and forwarded.
+    Inline,
+    /// Gateways asking about their clients' requests (see `checker::sideband`).
+    Sideband,
+}
+
+/// The checker's listeners: each an endpoint, its certificates when it speaks TLS, and
+/// what it serves.
+pub type Listeners = Vec<(Endpoint, Option<Arc<Tls>>, Role)>;
+
 /// Runs the checker's listeners on `workers` threads, each with its own single-threaded
 /// runtime, until `shutdown` flips; then each worker drains its connections (see
 /// [`serve`]). Listeners are set up before this returns, so address errors surface at
 /// start-up.
 pub fn spawn_workers(
     workers: usize,
-    https: Option<(Endpoint, Arc<Tls>)>,
-    http: Option<Endpoint>,
+    listeners: Listeners,
     proxy: &Arc<Proxy>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
-    let admission = Admission::new(proxy.config(), proxy.config().trusted_proxies());
+    let inline = Admission::new(proxy.config(), proxy.config().trusted_proxies());
+    // Gateways carry many clients' requests: only the total caps them.
+    let sideband = Admission::new(proxy.config(), proxy.gateways().to_vec());
     let mut handles = Vec::new();
     for i in 0..workers.max(1) {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
-        let (tls_l, http_l) = {
+        let bound = {
             let _guard = rt.enter();
-            let t = https
-                .as_ref()
-                .map(|(e, tls)| e.listener().map(|l| (l, tls.clone())))
-                .transpose()?;
-            let h = http.as_ref().map(Endpoint::listener).transpose()?;
-            (t, h)
+            listeners
+                .iter()
+                .map(|(e, tls, role)| e.listener().map(|l| (l, tls.clone(), *role)))
+                .collect::<anyhow::Result<Vec<_>>>()?
         };
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();
-        let admission = admission.clone();
+        let (inline, sideband) = (inline.clone(), sideband.clone());
         handles.push(
             std::thread::Builder::new()
                 .name(format!("checker-{i}"))
@@ -126,16 +138,17 @@ pub fn spawn_workers(
                     rt.block_on(async move {
                         let worker = proxy.worker();
                         let mut tasks = Vec::new();
-                        for (l, tls) in
-                            [tls_l.map(|(l, t)| (l, Some(t))), http_l.map(|l| (l, None))]
-                                .into_iter()
-                                .flatten()
-                        {
+                        for (l, tls, role) in bound {
+                            let admission = match role {
+                                Role::Inline => inline.clone(),
+                                Role::Sideband => sideband.clone(),
+                            };
                             tasks.push(tokio::spawn(serve(
                                 l,
                                 tls,
+                                role,
                                 worker.clone(),
-                                admission.clone(),
+                                admission,
                                 shutdown.clone(),
                             )));
                         }
@@ -156,6 +169,7 @@ pub fn spawn_workers(
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
+    role: Role,
     proxy: Arc<Proxy>,
     admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
@@ -191,7 +205,7 @@ pub async fn serve(
         let tls = tls.clone();
         connections.spawn(connection(
             stream,
-            peer,
+            (peer, role),
             tls,
             proxy,
             limits,
@@ -255,7 +269,7 @@ async fn respond(
     seen: Arc<Activity>,
     ticket: Arc<Ticket>,
     req: hyper::Request<hyper::body::Incoming>,
-    peer: SocketAddr,
+    (peer, role): (SocketAddr, Role),
     tls: bool,
 ) -> Result<hyper::Response<super::upstream::Body>, std::convert::Infallible> {
     let Some(busy) = Busy::new(seen, || ticket.stream()) else {
@@ -264,7 +278,10 @@ async fn respond(
     let mut req = req;
     // A WebSocket tunnel outlives the connection's HTTP part: it keeps the ticket.
     req.extensions_mut().insert(ticket);
-    let r = proxy.handle(req, peer, tls).await;
+    let r = match role {
+        Role::Inline => proxy.handle(req, peer, tls).await,
+        Role::Sideband => proxy.sideband(req, peer).await,
+    };
     r.map(|mut resp| {
         // A switch of protocols keeps its `Connection: upgrade`.
         if busy.closing() && resp.status() != hyper::StatusCode::SWITCHING_PROTOCOLS {
@@ -329,7 +346,7 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 async fn connection(
     stream: TcpStream,
-    peer: SocketAddr,
+    (peer, role): (SocketAddr, Role),
     tls: Option<Arc<Tls>>,
     proxy: Arc<Proxy>,
     limits: Limits,
@@ -350,6 +367,7 @@ async fn connection(
             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
             let conn = Conn {
                 peer,
+                role,
                 tls: true,
                 limits,
                 ticket,
@@ -369,6 +387,7 @@ async fn connection(
             let stream = WriteStall::new(stream, limits.write_stall);
             let conn = Conn {
                 peer,
+                role,
                 tls: false,
                 limits,
                 ticket,
@@ -382,6 +401,7 @@ async fn connection(
 /// One client connection's facts and limits, for [`http`].
 struct Conn {
     peer: SocketAddr,
+    role: Role,
     tls: bool,
     limits: Limits,
     ticket: Arc<Ticket>,
@@ -405,6 +425,7 @@ where
 {
     let Conn {
         peer,
+        role,
         tls,
         limits,
         ticket,
@@ -415,7 +436,7 @@ where
     let seen = activity.clone();
     let svc = hyper::service::service_fn(move |req| {
         let (proxy, seen, ticket) = (proxy.clone(), seen.clone(), ticket.clone());
-        respond(proxy, seen, ticket, req, peer, tls)
+        respond(proxy, seen, ticket, req, (peer, role), tls)
     });
     let result = if h2 {
         let conn = h2_builder(&cfg).serve_connection(io, svc);

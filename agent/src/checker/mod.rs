@@ -21,7 +21,9 @@
 //!   health, forwarded headers;
 //! - `sticky`: `cookie_persistence_enabled`, the cookie naming a client's server;
 //! - [`websocket`]: upgrades of WebSocket APIs, and their tunnels;
-//! - [`tls`]: reloadable certificates.
+//! - [`tls`]: reloadable certificates;
+//! - [`sideband`]: what gateways ask (ASE's sideband, NGINX, Traefik, Envoy), judged by
+//!   the same `proxy::Proxy::judge`.
 
 pub mod access_log;
 mod activity;
@@ -34,6 +36,7 @@ pub mod listen;
 pub mod lists;
 pub mod pattern;
 pub mod proxy;
+pub mod sideband;
 pub mod spikes;
 mod sticky;
 pub mod target;
@@ -309,7 +312,7 @@ pub fn detection_ttl(value: &str) -> Result<Option<u64>, String> {
 /// What happened to requests, by outcome (exported in stats and metrics). Then two that
 /// count detections, which are also counted under their attack's outcome, and the access
 /// log's dropped lines.
-pub const OUTCOMES: [&str; 23] = [
+pub const OUTCOMES: [&str; 25] = [
     "forwarded",
     "allowed",
     "blocked",
@@ -333,6 +336,8 @@ pub const OUTCOMES: [&str; 23] = [
     "detection_escalated",
     "detection_over_budget",
     "access_log_dropped",
+    "sideband_passed",
+    "sideband_refused",
 ];
 
 /// Request counters per outcome.

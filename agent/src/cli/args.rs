@@ -99,6 +99,18 @@ pub enum Command {
         #[command(flatten)]
         out: JsonFlag,
     },
+    /// ASE's sideband: the tokens gateways present (`ASE-Token`), and whether they must.
+    Sideband {
+        /// What to do.
+        #[command(subcommand)]
+        verb: super::SidebandVerb,
+    },
+    /// The management REST API (ASE's port 8010 layout).
+    Rest {
+        /// What to do.
+        #[command(subcommand)]
+        verb: super::RestVerb,
+    },
     /// Print shell completions.
     #[command(hide = true)]
     Completions {
@@ -303,6 +315,22 @@ pub fn rewrite_ase(mut args: Vec<String>) -> Vec<String> {
         out.extend(["switch".into(), which.into()]);
         out.extend(args[at + 1..].iter().cloned());
         out.push(on.into());
+        return out;
+    }
+    // ASE's sideband and REST credential verbs.
+    let credential: Option<&[&str]> = match verb.as_str() {
+        "create_sideband_token" => Some(&["sideband", "create-token"]),
+        "list_sideband_token" => Some(&["sideband", "list-tokens"]),
+        "delete_sideband_token" => Some(&["sideband", "delete-token"]),
+        "enable_sideband_authentication" => Some(&["sideband", "authentication", "on"]),
+        "disable_sideband_authentication" => Some(&["sideband", "authentication", "off"]),
+        "update_password" => Some(&["rest", "password"]),
+        _ => None,
+    };
+    if let Some(words) = credential {
+        let mut out: Vec<String> = args[..at].to_vec();
+        out.extend(words.iter().map(|w| (*w).to_owned()));
+        out.extend(args[at + 1..].iter().cloned());
         return out;
     }
     // ASE's API verbs: `list_api`, `api_info NAME`.

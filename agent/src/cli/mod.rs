@@ -24,6 +24,7 @@ mod iface;
 mod lists;
 mod output;
 mod show;
+mod sideband;
 
 pub use args::{
     AddArgs, AgentArgs, ApiVerb, Cli, Command, EntryOptions, JsonFlag, ListVerb, RemoveArgs,
@@ -32,6 +33,7 @@ pub use args::{
 use lists::list_verb;
 use output::*;
 use show::{api, stats, status};
+pub use sideband::{RestVerb, SidebandVerb};
 
 /// Runs a parsed command line.
 pub fn run(cli: Cli) -> anyhow::Result<()> {
@@ -50,6 +52,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { file } => backup::backup(&cli, file),
         Command::Restore { file, force } => backup::restore(&cli, file, *force),
         Command::Attach { iface, xdp_mode } => iface::attach(&cli, iface.as_deref(), *xdp_mode),
+        Command::Sideband { verb } => sideband::sideband(&cli, verb),
+        Command::Rest { verb } => sideband::rest(&cli, verb),
         Command::Switch { which, rest, out } => show::switch(&cli, *which, rest, out.json),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -117,6 +117,8 @@ pub struct Config {
     pub checker: crate::checker::CheckerConfig,
     /// The ABS feed; off unless `url` is set.
     pub abs: AbsConfig,
+    /// The sideband and gateway decision endpoints; off unless a listener is set.
+    pub sideband: crate::checker::sideband::SidebandConfig,
 }
 
 impl Default for Config {
@@ -139,6 +141,7 @@ impl Default for Config {
             capacity: CapacityConfig::default(),
             checker: crate::checker::CheckerConfig::default(),
             abs: AbsConfig::default(),
+            sideband: crate::checker::sideband::SidebandConfig::default(),
         }
     }
 }
@@ -229,7 +232,31 @@ impl Config {
             }
         }
         self.validate_checker()?;
+        self.validate_sideband()?;
         self.abs.validate()
+    }
+
+    fn validate_sideband(&self) -> Result<(), ConfigError> {
+        let s = &self.sideband;
+        for (field, addr) in [("sideband.https", &s.https), ("sideband.http", &s.http)] {
+            if !addr.is_empty() {
+                socket_addr(field, addr)?;
+            }
+        }
+        for g in &s.gateways {
+            g.parse::<Cidr>()
+                .map_err(|e| invalid("sideband.gateways", e))?;
+        }
+        if s.enabled() && s.gateways.is_empty() {
+            return Err(invalid(
+                "sideband.gateways",
+                "no gateway may ask: list the addresses of the gateways (CIDRs)",
+            ));
+        }
+        if s.max_body_bytes < 1024 {
+            return Err(invalid("sideband.max_body_bytes", "at least 1024"));
+        }
+        Ok(())
     }
 
     fn validate_checker(&self) -> Result<(), ConfigError> {

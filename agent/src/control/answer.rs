@@ -16,6 +16,34 @@ use crate::config::Mode;
 use crate::kernel::AttachMode;
 use crate::model::{Entry, Kind, List};
 
+/// The answer to `credentials`: the sideband's tokens (as hints) and switch.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SidebandCredentials {
+    /// Whether sideband requests need a valid `ASE-Token`.
+    pub authentication: bool,
+    /// The tokens.
+    pub tokens: Vec<TokenView>,
+    /// The token just created, shown this once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created: Option<String>,
+    /// Whether the token named was deleted (`delete-token`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted: Option<bool>,
+    /// Whether the REST API has a secret key (without one it refuses everyone).
+    pub rest_secret_set: bool,
+}
+
+/// A sideband token as listed: never the token itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenView {
+    /// Its first four characters.
+    pub hint: String,
+    /// Its SHA-256, first 12 hex digits.
+    pub fingerprint: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
 /// The answer to `add`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Added {

@@ -134,6 +134,42 @@ pub enum Request {
         #[serde(default)]
         iface: Option<String>,
     },
+    /// Sideband tokens and authentication, and the REST API's secret key (see
+    /// `service::credentials`).
+    Credentials {
+        /// What to do.
+        action: CredentialAction,
+    },
+}
+
+/// What `Request::Credentials` does.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum CredentialAction {
+    /// Show the tokens (hints only) and the switch.
+    Show,
+    /// Create a sideband token; the answer shows it this once.
+    CreateToken,
+    /// Add a token made elsewhere (ASE's 32 lowercase letters and digits).
+    ImportToken {
+        /// The token.
+        token: String,
+    },
+    /// Delete a sideband token.
+    DeleteToken {
+        /// The token.
+        token: String,
+    },
+    /// Turn sideband authentication on or off.
+    Authentication {
+        /// On or off.
+        on: bool,
+    },
+    /// Set the REST API's secret key (ASE's `update_password`).
+    RestSecret {
+        /// The new key.
+        secret: String,
+    },
 }
 
 /// A switch `Request::Switch` names.

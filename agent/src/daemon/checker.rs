@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use tokio::sync::watch;
 
 use crate::activation::Passed;
-use crate::checker::listen::Endpoint;
+use crate::checker::listen::{Endpoint, Role};
 use crate::checker::lists::L7Lists;
 use crate::checker::tls::Tls;
 use crate::checker::{ApiRegistry, L7Stats};
@@ -33,13 +33,13 @@ pub(super) struct Running {
 impl Prepared {
     /// Loads the API definitions and the certificate, when a listener is configured.
     pub(super) fn new(service: &mut Service, config: &Config) -> anyhow::Result<Option<Self>> {
-        if !config.checker.enabled() {
+        if !config.checker.enabled() && !config.sideband.enabled() {
             return Ok(None);
         }
         let registry = Arc::new(ApiRegistry::load(config.checker.api_dir.clone()));
         let stats = Arc::new(L7Stats::default());
         service.set_checker(registry.clone(), stats.clone());
-        let tls = if config.checker.https.is_empty() {
+        let tls = if config.checker.https.is_empty() && config.sideband.https.is_empty() {
             None
         } else {
             Some(Arc::new(
@@ -63,15 +63,15 @@ impl Prepared {
         config: &Config,
         passed: &mut Passed,
         stop_rx: &watch::Receiver<bool>,
-        switches: Arc<crate::service::Switches>,
+        board: &crate::service::Board,
     ) -> anyhow::Result<Running> {
         let proxy = crate::checker::proxy::Proxy::new(
             self.registry.clone(),
             lists,
             writer.clone(),
             self.stats,
-            config.checker.clone(),
-            switches,
+            config,
+            board,
             stop_rx.clone(),
         )?;
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -84,17 +84,30 @@ impl Prepared {
                 None => Endpoint::Bind(addr.to_owned()),
             }))
         };
-        let https = match (
-            self.tls.clone(),
-            endpoint("checker.https", &config.checker.https)?,
-        ) {
-            (Some(t), Some(e)) => Some((e, t)),
-            _ => None,
-        };
-        let http = endpoint("checker.http", &config.checker.http)?;
-        let threads = crate::checker::listen::spawn_workers(workers, https, http, &proxy, stop_rx)
+        let mut listeners = Vec::new();
+        for (what, addr, tls, role) in [
+            ("checker.https", &config.checker.https, true, Role::Inline),
+            ("checker.http", &config.checker.http, false, Role::Inline),
+            (
+                "sideband.https",
+                &config.sideband.https,
+                true,
+                Role::Sideband,
+            ),
+            (
+                "sideband.http",
+                &config.sideband.http,
+                false,
+                Role::Sideband,
+            ),
+        ] {
+            if let Some(e) = endpoint(what, addr)? {
+                listeners.push((e, self.tls.clone().filter(|_| tls), role));
+            }
+        }
+        let threads = crate::checker::listen::spawn_workers(workers, listeners, &proxy, stop_rx)
             .context("starting the L7 checker")?;
-        tracing::info!(https = %config.checker.https, http = %config.checker.http, workers, apis = self.registry.apis().len(), "L7 checker listening");
+        tracing::info!(https = %config.checker.https, http = %config.checker.http, sideband_https = %config.sideband.https, sideband_http = %config.sideband.http, workers, apis = self.registry.apis().len(), "L7 checker listening");
         tokio::spawn(proxy.health_loop(stop_rx.clone()));
         Ok(Running {
             registry: self.registry,

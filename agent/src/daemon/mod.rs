@@ -71,13 +71,13 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     let checker = checker::Prepared::new(&mut service, &config)?;
     let abs = setup::abs_feed(&mut service, &config)?;
     let lists = service.lists();
-    let switches = service.board().switches().clone();
+    let board = service.board();
     let (writer, writer_thread) = Writer::spawn(service).context("starting the list writer")?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     // The control socket comes last: once it answers, every listener is bound.
     let checker = checker
-        .map(|c| c.start(lists, &writer, &config, &mut passed, &stop_rx, switches))
+        .map(|c| c.start(lists, &writer, &config, &mut passed, &stop_rx, &board))
         .transpose()?;
     let mut tasks =
         serve_control_and_metrics(&config, &writer, &agent_metrics, &mut passed, &stop_rx).await?;

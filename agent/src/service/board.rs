@@ -103,13 +103,20 @@ pub struct Board {
     database: PathBuf,
     started: Instant,
     switches: Arc<super::Switches>,
+    credentials: Arc<super::Credentials>,
 }
 
 impl Board {
     /// A board for an agent with these paths.
-    pub fn new(pin_dir: PathBuf, database: PathBuf, switches: Arc<super::Switches>) -> Self {
+    pub fn new(
+        pin_dir: PathBuf,
+        database: PathBuf,
+        switches: Arc<super::Switches>,
+        credentials: Arc<super::Credentials>,
+    ) -> Self {
         Self {
             switches,
+            credentials,
             counts: Mutex::default(),
             kernel_ip_entries: AtomicUsize::new(0),
             mode: Mutex::new(Mode::Enforce),
@@ -193,6 +200,11 @@ impl Board {
             abs_blocking: self.switches.abs(),
             api_blocking: self.switches.api_blocking(),
         }
+    }
+
+    /// Sideband tokens and the REST secret (see `service::credentials`).
+    pub fn credentials(&self) -> &Arc<super::Credentials> {
+        &self.credentials
     }
 
     /// ASE's switches (see `service::switches`).

@@ -26,6 +26,7 @@ mod abs_sync;
 pub use abs_sync::Removals;
 mod batch;
 mod board;
+mod credentials;
 mod links;
 mod removal;
 mod restore;
@@ -36,6 +37,7 @@ mod views;
 pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorReport};
 pub use batch::{PreparedImport, parse_import_line};
 pub use board::{Board, Counts};
+pub use credentials::{CredentialError, Credentials, SecretCheck, TokenRecord};
 pub use links::undo_fresh;
 pub use switches::{Switch, Switches};
 
@@ -186,10 +188,12 @@ impl Service {
             [],
         )));
         let switches = Arc::new(Switches::load(&config).map_err(ServiceError::Switches)?);
+        let credentials = Arc::new(Credentials::load(&config).map_err(ServiceError::Switches)?);
         let board = Arc::new(Board::new(
             config.pin_dir.clone(),
             config.db_path(),
             switches,
+            credentials,
         ));
         board.counts_mut(|c| *c = counts);
         if let Some(f) = &filter {
@@ -357,6 +361,7 @@ impl Service {
                 .map(|a| Response::ok(a.iter().map(Attachment::from).collect::<Vec<_>>())),
             Request::Restore { path, force } => self.restore(&path, force).map(Response::ok),
             Request::Switch { which, api, on } => self.switch(which, api, on).map(Response::ok),
+            Request::Credentials { action } => self.credentials(action).map(Response::ok),
             Request::Detach { iface } => self
                 .detach(iface.as_deref())
                 .map(|detached| Response::ok(answer::Detached { detached })),

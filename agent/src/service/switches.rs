@@ -194,7 +194,8 @@ fn on_off(on: bool) -> &'static str {
     if on { "on" } else { "off" }
 }
 
-fn write_atomically(file: &Path, saved: &Saved) -> std::io::Result<()> {
+/// Writes `saved` as JSON to a temporary file, syncs it, and renames it over `file`.
+pub(super) fn write_atomically<T: Serialize>(file: &Path, saved: &T) -> std::io::Result<()> {
     let tmp = file.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
     std::fs::write(&tmp, text)?;

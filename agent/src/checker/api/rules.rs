@@ -13,10 +13,10 @@ pub fn check(meta: &ApiMetadata) -> Result<(), String> {
         .decoy_config
         .as_ref()
         .is_some_and(|d| d.decoy_enabled && d.decoy_subpaths.is_empty());
-    match (meta.servers.is_empty(), whole_decoy) {
-        (true, false) => return Err("field `servers`: at least one {\"host\", \"port\"} is needed (unless the whole API is a decoy)".into()),
-        (false, true) => return Err("field `decoy_config`: decoy_enabled with no decoy_subpaths makes every request to this API a decoy hit, yet it has servers; list decoy_subpaths, or remove the servers for a whole-API decoy".into()),
-        _ => {}
+    // No servers: an API the gateways ask about (sideband), or a whole-API decoy; inline
+    // requests to it that pass get 502.
+    if !meta.servers.is_empty() && whole_decoy {
+        return Err("field `decoy_config`: decoy_enabled with no decoy_subpaths makes every request to this API a decoy hit, yet it has servers; list decoy_subpaths, or remove the servers for a whole-API decoy".into());
     }
     if let Some(m) = &meta.api_mapping {
         let mapped = m.internal_url.trim();

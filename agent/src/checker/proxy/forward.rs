@@ -62,6 +62,13 @@ impl Proxy {
                 self.hit("server_busy");
                 return full(StatusCode::SERVICE_UNAVAILABLE, "Error: Server Busy\n");
             }
+            Choice::Down if api.meta.servers.is_empty() => {
+                self.hit("bad_gateway");
+                return full(
+                    StatusCode::BAD_GATEWAY,
+                    "Error: this API has no servers (it is for gateways to ask about)\n",
+                );
+            }
             Choice::Down => {
                 self.hit("bad_gateway");
                 return full(StatusCode::BAD_GATEWAY, "Error: no healthy server\n");

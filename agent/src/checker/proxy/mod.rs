@@ -29,6 +29,7 @@ use crate::service::unix_now;
 use crate::writer::{Detection, Writer};
 
 mod forward;
+mod sideband;
 mod trace;
 
 use trace::{Pending, TRACE, Trace, logged_ids, pattern_outcome, trace};
@@ -92,6 +93,12 @@ pub struct Proxy {
     ws_idle: Duration,
     /// Set when the agent stops (WebSocket tunnels close).
     stop: watch::Receiver<bool>,
+    /// The sideband listeners' settings.
+    sideband: super::sideband::SidebandConfig,
+    /// `sideband.gateways`, parsed.
+    gateways: Vec<crate::model::Cidr>,
+    /// Sideband tokens and the authentication switch.
+    credentials: Arc<crate::service::Credentials>,
 }
 
 /// Who sent a request: the client as judged, and the connection it came on.
@@ -139,10 +146,14 @@ impl Proxy {
         lists: Arc<RwLock<L7Lists>>,
         writer: Writer,
         stats: Arc<L7Stats>,
-        cfg: CheckerConfig,
-        switches: Arc<crate::service::Switches>,
+        config: &crate::config::Config,
+        board: &crate::service::Board,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
+        let cfg = config.checker.clone();
+        let sideband = config.sideband.clone();
+        let switches = board.switches().clone();
+        let credentials = board.credentials().clone();
         let ws_idle = Duration::from_secs(
             crate::config::parse_duration(&cfg.idle_timeout).map_err(anyhow::Error::msg)?,
         );
@@ -185,12 +196,20 @@ impl Proxy {
             access_log,
             ws_idle,
             stop,
+            gateways: sideband.gateways(),
+            sideband,
+            credentials,
         }))
     }
 
     /// The checker's configuration.
     pub fn config(&self) -> &CheckerConfig {
         &self.cfg
+    }
+
+    /// The peers that may ask on the sideband listeners.
+    pub fn gateways(&self) -> &[crate::model::Cidr] {
+        &self.gateways
     }
 
     /// A copy for another worker thread: same lists, APIs, health and rate state, but its own
@@ -214,6 +233,9 @@ impl Proxy {
             access_log: self.access_log.clone(),
             ws_idle: self.ws_idle,
             stop: self.stop.clone(),
+            sideband: self.sideband.clone(),
+            gateways: self.gateways.clone(),
+            credentials: self.credentials.clone(),
         })
     }
 
@@ -304,19 +326,21 @@ impl Proxy {
             from_proxy: self.is_trusted_proxy(peer),
         };
         let apis = self.registry.apis();
-        match self.judge(&apis, &req, client, tls).await {
+        match self.judge(&apis, &req, client, None, tls).await {
             Verdict::Pass { api, path } => self.forward(api, req, &path, peer, ip, tls).await,
             Verdict::Decoy(r) | Verdict::Refuse(r) => r,
         }
     }
 
     /// Judges a request on its head: its API, the lists, the attacks its definition detects
-    /// (deny-listing their culprits), and its client's rate.
+    /// (deny-listing their culprits), and its client's rate. `user`: a username a gateway
+    /// authenticated (ASE's sideband `user_info`).
     pub async fn judge<'a, B: hyper::body::Body>(
         &self,
         apis: &'a std::collections::BTreeMap<String, Api>,
         req: &Request<B>,
         client: Client,
+        user: Option<&str>,
         tls: bool,
     ) -> Verdict<'a> {
         let (host, path) = match request_target(req) {
@@ -346,13 +370,19 @@ impl Proxy {
             ));
         };
         let ip = client.ip;
-        let ids = extract::identifiers(
+        let mut ids = extract::identifiers(
             &api.meta,
             req.headers(),
             req.uri().query(),
             ip,
             client.from_proxy,
         );
+        if let Some(u) =
+            user.and_then(|u| crate::model::Identifier::parse(Kind::Username, None, u).ok())
+        {
+            ids.usernames.push(u);
+            ids.username_vouched = true;
+        }
         if self.access_log.is_some() {
             trace(|t| {
                 t.api.clone_from(&api.name);

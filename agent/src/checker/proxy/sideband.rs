@@ -1,0 +1,137 @@
+//! Answering gateways (see `checker::sideband`): who may ask, the `ASE-Token`, the body,
+//! then the same judgement as an inline request, told as each gateway understands it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt as _, Limited};
+use hyper::body::Incoming;
+
+use super::{Client, Proxy, Verdict, full};
+use crate::checker::sideband::{self, Asked, Endpoint};
+use crate::checker::upstream::Body;
+
+impl Proxy {
+    /// Answers one request on a sideband listener; never fails.
+    pub async fn sideband(
+        self: Arc<Self>,
+        req: Request<Incoming>,
+        peer: SocketAddr,
+    ) -> Result<Response<Body>, std::convert::Infallible> {
+        let mut resp = self.ask(req, peer).await;
+        if !self.sideband.keepalive {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        Ok(resp)
+    }
+
+    async fn ask(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        let from = peer.ip().to_canonical();
+        if !self.gateways.iter().any(|g| g.contains(from)) {
+            self.hit("sideband_refused");
+            if self.may_warn() {
+                tracing::warn!(%peer, "sideband request from a peer outside sideband.gateways: refused");
+            }
+            return full(StatusCode::FORBIDDEN, "Error: not a configured gateway\n");
+        }
+        let Some(endpoint) = Endpoint::of(req.uri().path()) else {
+            return full(StatusCode::NOT_FOUND, "Error: no such sideband resource\n");
+        };
+        if self.credentials.authentication() {
+            let valid = req
+                .headers()
+                .get("ase-token")
+                .is_some_and(|t| self.credentials.token_valid(t.as_bytes()));
+            if !valid {
+                self.hit("sideband_refused");
+                return full(
+                    StatusCode::UNAUTHORIZED,
+                    "Error: Unauthorized (ASE-Token)\n",
+                );
+            }
+        }
+        let asked = match endpoint {
+            Endpoint::AseRequest | Endpoint::AseResponse => {
+                if req.method() != http::Method::POST {
+                    return full(StatusCode::METHOD_NOT_ALLOWED, "Error: POST only\n");
+                }
+                let limit = self.sideband.max_body_bytes;
+                let body = match Limited::new(req.into_body(), limit).collect().await {
+                    Ok(b) => b.to_bytes(),
+                    Err(e)
+                        if e.downcast_ref::<http_body_util::LengthLimitError>()
+                            .is_some() =>
+                    {
+                        self.hit("bad_request");
+                        return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
+                    }
+                    Err(_) => {
+                        self.hit("bad_request");
+                        return full(StatusCode::BAD_REQUEST, "Error: Malformed Request\n");
+                    }
+                };
+                if endpoint == Endpoint::AseResponse {
+                    return match sideband::ase_response(&body) {
+                        Ok(()) => full(StatusCode::OK, ""),
+                        Err(e) => self.malformed(e),
+                    };
+                }
+                sideband::ase_request(&body, self.cfg.max_headers)
+            }
+            Endpoint::NginxAuth | Endpoint::ForwardAuth => sideband::forward_auth(req.headers()),
+            Endpoint::Envoy => sideband::envoy(req.method(), req.uri(), req.headers()),
+        };
+        let asked = match asked {
+            Ok(a) => a,
+            Err(e) => return self.malformed(e),
+        };
+        let Asked {
+            request,
+            client,
+            user,
+            tls,
+        } = asked;
+        let who = Client {
+            ip: client,
+            peer: from,
+            from_proxy: true,
+        };
+        let apis = self.registry.apis();
+        let verdict = self.judge(&apis, &request, who, user.as_deref(), tls).await;
+        let (status, answer) = match verdict {
+            Verdict::Pass { .. } => {
+                self.hit("sideband_passed");
+                return full(StatusCode::OK, "");
+            }
+            // Nothing stands behind a decoy: the gateway must not forward the request.
+            Verdict::Decoy(_) => (
+                StatusCode::FORBIDDEN,
+                full(StatusCode::FORBIDDEN, "Error: Unauthorized\n"),
+            ),
+            Verdict::Refuse(r) => (r.status(), r),
+        };
+        match endpoint {
+            // NGINX takes 401 and 403 as refusals and anything else as its own error.
+            Endpoint::NginxAuth
+                if status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED =>
+            {
+                let mut r = full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
+                r.headers_mut()
+                    .insert("x-portcullis-status", HeaderValue::from(status.as_u16()));
+                r
+            }
+            _ => answer,
+        }
+    }
+
+    fn malformed(&self, e: sideband::AskError) -> Response<Body> {
+        self.hit("bad_request");
+        tracing::debug!("sideband request refused: {e}");
+        full(
+            StatusCode::BAD_REQUEST,
+            format!("Error: Malformed Request: {e}\n"),
+        )
+    }
+}
