@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod model;
 pub mod paths;
 pub mod preflight;
+pub mod rest;
 pub mod service;
 pub mod store;
 pub mod writer;

@@ -119,6 +119,8 @@ pub struct Config {
     pub abs: AbsConfig,
     /// The sideband and gateway decision endpoints; off unless a listener is set.
     pub sideband: crate::checker::sideband::SidebandConfig,
+    /// The management REST API (ASE's layout); off unless `https` is set.
+    pub rest: crate::rest::RestConfig,
 }
 
 impl Default for Config {
@@ -142,6 +144,7 @@ impl Default for Config {
             checker: crate::checker::CheckerConfig::default(),
             abs: AbsConfig::default(),
             sideband: crate::checker::sideband::SidebandConfig::default(),
+            rest: crate::rest::RestConfig::default(),
         }
     }
 }
@@ -255,6 +258,19 @@ impl Config {
         }
         if s.max_body_bytes < 1024 {
             return Err(invalid("sideband.max_body_bytes", "at least 1024"));
+        }
+        let r = &self.rest;
+        if !r.https.is_empty() {
+            socket_addr("rest.https", &r.https)?;
+        }
+        if r.access_key.trim().is_empty() {
+            return Err(invalid("rest.access_key", "must not be empty"));
+        }
+        if r.max_body_bytes < 1024 || r.max_connections == 0 {
+            return Err(invalid(
+                "rest.max_body_bytes",
+                "at least 1024, and max_connections at least 1",
+            ));
         }
         Ok(())
     }

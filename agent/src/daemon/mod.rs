@@ -79,8 +79,10 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     let checker = checker
         .map(|c| c.start(lists, &writer, &config, &mut passed, &stop_rx, &board))
         .transpose()?;
+    let rest = serve_rest(&config, &writer, &board, &mut passed, &stop_rx).await?;
     let mut tasks =
         serve_control_and_metrics(&config, &writer, &agent_metrics, &mut passed, &stop_rx).await?;
+    tasks.extend(rest);
     debug_assert!(passed.unused().is_empty(), "checked at the start");
     if let Some(abs) = abs {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
@@ -156,6 +158,50 @@ async fn serve_control_and_metrics(
         )));
     }
     Ok(tasks)
+}
+
+/// Binds and serves the management REST API when `rest.https` is set, with the checker's
+/// certificates.
+async fn serve_rest(
+    config: &Config,
+    writer: &Writer,
+    board: &crate::service::Board,
+    passed: &mut Passed,
+    stop_rx: &watch::Receiver<bool>,
+) -> anyhow::Result<Option<JoinHandle<()>>> {
+    let addr = &config.rest.https;
+    if addr.is_empty() {
+        return Ok(None);
+    }
+    let tls = Arc::new(
+        crate::checker::tls::Tls::load(config.checker.tls_pairs())
+            .context("loading the REST API's TLS certificate (checker.tls_cert)")?,
+    );
+    let listener = match passed.take("rest.https", addr)? {
+        Some(l) => {
+            l.set_nonblocking(true)?;
+            tokio::net::TcpListener::from_std(l)?
+        }
+        None => tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the REST API on {addr}"))?,
+    };
+    if !board.credentials().secret_set() {
+        tracing::warn!(
+            "REST API on {addr} refuses every request until a secret key is set: `portcullis rest password`"
+        );
+    }
+    let rest = crate::rest::Rest::new(
+        writer.clone(),
+        board.credentials().clone(),
+        config.rest.clone(),
+    );
+    tracing::info!(%addr, "REST API listening");
+    Ok(Some(tokio::spawn(rest.serve(
+        listener,
+        tls,
+        stop_rx.clone(),
+    ))))
 }
 
 /// The agent's timers and signals, until SIGTERM or SIGINT.
