@@ -11,69 +11,25 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use portcullis_tests::agent::{Agent, AgentDirs};
 use portcullis_tests::backend::Backend;
+use portcullis_tests::load::{self, Run};
 use portcullis_tests::report::{self, Table};
 use portcullis_tests::tls::self_signed;
 
-const SECS: &str = "8";
-const CONNS: &str = "32";
+const SECS: u32 = 8;
+const CONNS: u32 = 32;
 
 fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Run {
-    rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-}
-
-fn ms(s: &str) -> Option<f64> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(s.find(|c: char| c.is_ascii_alphabetic())?);
-    let v: f64 = num.parse().ok()?;
-    Some(match unit {
-        "us" => v / 1000.0,
-        "ms" => v,
-        "s" => v * 1000.0,
-        _ => return None,
-    })
-}
-
 fn wrk(url: &str) -> anyhow::Result<Run> {
-    let out = Command::new("wrk")
-        .args([
-            "-t2",
-            "-c",
-            CONNS,
-            "-d",
-            SECS,
-            "--latency",
-            "-H",
-            "Authorization: Bearer honest-client-token",
-            url,
-        ])
-        .output()
-        .context("running wrk (apt-get install wrk)")?;
-    let text = String::from_utf8_lossy(&out.stdout);
-    if !out.status.success() || text.contains("Non-2xx") {
-        bail!(
-            "wrk against {url} failed or got errors:\n{text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let mut r = Run::default();
-    for line in text.lines() {
-        let l = line.trim();
-        if let Some(v) = l.strip_prefix("Requests/sec:") {
-            r.rps = v.trim().parse().unwrap_or(0.0);
-        } else if let Some(v) = l.strip_prefix("50%") {
-            r.p50_ms = ms(v).unwrap_or(0.0);
-        } else if let Some(v) = l.strip_prefix("99%") {
-            r.p99_ms = ms(v).unwrap_or(0.0);
-        }
-    }
-    Ok(r)
+    load::wrk(
+        url,
+        CONNS,
+        SECS,
+        &["-H", "Authorization: Bearer honest-client-token"],
+        false,
+    )
 }
 
 struct Nginx(Child);

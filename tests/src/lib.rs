@@ -9,6 +9,7 @@ pub mod fake_abs;
 pub mod frames;
 pub mod http;
 pub mod kernel_check;
+pub mod load;
 pub mod netns;
 pub mod readme;
 pub mod report;

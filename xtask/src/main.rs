@@ -3,7 +3,7 @@
 //! - `setup`: installs what builds and tests need (idempotent, seconds when done);
 //! - `test`: every test, privileged ones single-threaded;
 //! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
-//! - `bench xdp|agent|checker|abs|restart`: a benchmark (writes `target/bench/<name>.json`), then
+//! - `bench xdp|agent|checker|abs|restart|sideband`: a benchmark (writes `target/bench/<name>.json`), then
 //!   `readme`;
 //! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds (default 60);
 //! - `readme`: puts the benchmark tables from `target/bench/*.json` into README.md.
@@ -71,12 +71,12 @@ fn main() -> anyhow::Result<()> {
         "bench" => {
             let env = setup::run()?;
             let name = rest.first().map_or("xdp", String::as_str);
-            if !["xdp", "agent", "checker", "abs", "restart"].contains(&name) {
+            if !["xdp", "agent", "checker", "abs", "restart", "sideband"].contains(&name) {
                 bail!(
-                    "unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs|restart`"
+                    "unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs|restart|sideband`"
                 );
             }
-            if name == "checker" || name == "restart" {
+            if name == "checker" || name == "restart" || name == "sideband" {
                 setup::bench_packages()?;
             }
             if name != "xdp" {
@@ -103,7 +103,7 @@ fn main() -> anyhow::Result<()> {
         "readme" => update_readme(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|readme>"
+                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|sideband|readme>"
             );
             Ok(())
         }
