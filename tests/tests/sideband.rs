@@ -79,7 +79,7 @@ fn ase_sideband_bodies_decide_as_inline_and_tokens_guard_the_door() {
     let certs = self_signed(&dirs.root, "sideband.test", "a").expect("cert");
     let (http, https) = (free_port(), free_port());
     let config = format!(
-        "[checker]\napi_dir = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[sideband]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\n",
+        "[checker]\napi_dir = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[sideband]\nhttp = \"127.0.0.1:{http}\"\nhttps = \"127.0.0.1:{https}\"\ngateways = [\"127.0.0.1/32\"]\n",
         apis.display(),
         certs.cert.display(),
         certs.key.display()
@@ -159,6 +159,61 @@ fn ase_sideband_bodies_decide_as_inline_and_tokens_guard_the_door() {
     let after = wso2_body("198.18.0.9", "GET", "/shop/items", None);
     assert_eq!(post(&request, &after, &[]).0, 403);
 
+    // Ping's policies stop a request on 403 only: a method outside the pattern (401 inline)
+    // is a 403 here, its own status beside it.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-D",
+            "-",
+            "--max-time",
+            "5",
+            "-X",
+            "POST",
+        ])
+        .args([
+            "--data-binary",
+            &wso2_body("198.18.0.10", "DELETE", "/shop/items", None),
+        ])
+        .arg(&request)
+        .output()
+        .expect("curl");
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(
+        head.starts_with("http/1.1 403") && head.contains("x-portcullis-status: 401"),
+        "{head}"
+    );
+
+    // Only the configured gateways may ask: another local address is dropped unanswered.
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--max-time",
+            "3",
+        ])
+        .args([
+            "--interface",
+            "127.0.0.2",
+            "-X",
+            "POST",
+            "--data-binary",
+            &honest,
+        ])
+        .arg(&request)
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "000",
+        "not a gateway: dropped at accept"
+    );
+
     // The gateway-native endpoints decide alike.
     let nginx = format!("http://127.0.0.1:{http}/portcullis/auth");
     let asks = |ip: &str, uri: &str, more: &[&str]| {
@@ -166,6 +221,7 @@ fn ase_sideband_bodies_decide_as_inline_and_tokens_guard_the_door() {
             "X-Original-Method: GET".to_owned(),
             format!("X-Original-URI: {uri}"),
             "X-Original-Host: shop.example".to_owned(),
+            "X-Original-Proto: https".to_owned(),
             format!("X-Real-IP: {ip}"),
         ];
         h.extend(more.iter().map(|m| (*m).to_owned()));
@@ -192,6 +248,7 @@ fn ase_sideband_bodies_decide_as_inline_and_tokens_guard_the_door() {
         "X-Forwarded-Method: GET",
         "X-Forwarded-Uri: /nowhere",
         "X-Forwarded-Host: shop.example",
+        "X-Forwarded-Proto: https",
         "X-Forwarded-For: 198.18.0.7",
     ];
     assert_eq!(
@@ -199,6 +256,17 @@ fn ase_sideband_bodies_decide_as_inline_and_tokens_guard_the_door() {
         503,
         "Traefik passes the real refusal on"
     );
+    // A client's own X-Original-* through Traefik does not move the question elsewhere.
+    let decoy_via_traefik = [
+        "X-Forwarded-Method: GET",
+        "X-Forwarded-Uri: /shop/admin",
+        "X-Forwarded-Host: shop.example",
+        "X-Forwarded-Proto: https",
+        "X-Forwarded-For: 198.18.0.11",
+        "X-Original-URI: /shop/items",
+        "X-Real-IP: 198.18.0.12",
+    ];
+    assert_eq!(get(&traefik, &decoy_via_traefik).0, 403);
     let envoy = format!("http://127.0.0.1:{http}/portcullis/envoy/shop/items");
     assert_eq!(
         get(
@@ -324,6 +392,7 @@ http {{
             proxy_set_header X-Original-Method $request_method;
             proxy_set_header X-Original-URI $request_uri;
             proxy_set_header X-Original-Host $host;
+            proxy_set_header X-Original-Proto $scheme;
             proxy_set_header X-Real-IP $remote_addr;
         }}
     }}

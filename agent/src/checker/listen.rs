@@ -196,6 +196,20 @@ pub async fn serve(
             },
             _ = stopping(&mut shutdown) => break,
         };
+        // Only gateways may ask: anyone else is dropped before TLS or a request is read.
+        if role == Role::Sideband
+            && !proxy
+                .gateways()
+                .iter()
+                .any(|g| g.contains(peer.ip().to_canonical()))
+        {
+            if last_warning.is_none_or(|t| t.elapsed() > Duration::from_secs(1)) {
+                tracing::warn!(%peer, "sideband connection from a peer outside sideband.gateways: dropped");
+                last_warning = Some(Instant::now());
+            }
+            drop(stream);
+            continue;
+        }
         let Some(ticket) = admission.admit(peer.ip()) else {
             drop(stream);
             continue;

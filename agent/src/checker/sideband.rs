@@ -6,10 +6,13 @@
 //!   and the WSO2 handler send it;
 //! - `POST /ase/response`: the response metadata (bare, or inside `ASEPayload`), checked
 //!   for shape and acknowledged;
-//! - `/portcullis/auth` (NGINX `auth_request`: 200 or 403) and `/portcullis/forward-auth`
-//!   (Traefik ForwardAuth: the real status): the original request in `X-Original-*` or
-//!   `X-Forwarded-Method/-Uri/-Host/-Proto` headers, the client in `X-Real-IP` or the
-//!   right-most `X-Forwarded-For` hop;
+//! - `/portcullis/auth` (NGINX `auth_request`: 200, or 401/403): the original request in
+//!   `X-Original-Method/-URI/-Host/-Proto` and the client in `X-Real-IP`, all required (the
+//!   configuration sets them, so a client cannot);
+//! - `/portcullis/forward-auth` (Traefik ForwardAuth: the real status): the original request
+//!   in `X-Forwarded-Method/-Uri/-Host/-Proto`, the client in the right-most
+//!   `X-Forwarded-For` hop, as Traefik writes them. Each endpoint reads only its own
+//!   gateway's headers: a client's own `X-Original-*` through Traefik means nothing;
 //! - `/portcullis/envoy/…` (Envoy `ext_authz` HTTP service with this `path_prefix`): the
 //!   original method, path and authority, the client in `x-envoy-external-address` or the
 //!   right-most `X-Forwarded-For` hop.
@@ -95,10 +98,10 @@ impl Endpoint {
     /// The endpoint a path names.
     pub fn of(path: &str) -> Option<Self> {
         match path {
-            "/ase/request" => Some(Self::AseRequest),
-            "/ase/response" => Some(Self::AseResponse),
-            "/portcullis/auth" => Some(Self::NginxAuth),
-            "/portcullis/forward-auth" => Some(Self::ForwardAuth),
+            "/ase/request" | "/ase/request/" => Some(Self::AseRequest),
+            "/ase/response" | "/ase/response/" => Some(Self::AseResponse),
+            "/portcullis/auth" | "/portcullis/auth/" => Some(Self::NginxAuth),
+            "/portcullis/forward-auth" | "/portcullis/forward-auth/" => Some(Self::ForwardAuth),
             p if p.starts_with(ENVOY_PREFIX) && p[ENVOY_PREFIX.len()..].starts_with('/') => {
                 Some(Self::Envoy)
             }
@@ -244,35 +247,23 @@ const GATEWAY_HEADERS: [&str; 12] = [
     "x-envoy-external-address",
 ];
 
-/// Reads an NGINX `auth_request` or Traefik ForwardAuth subrequest.
-pub fn forward_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
-    let first = |names: &[&'static str]| {
-        names
-            .iter()
-            .find_map(|n| headers.get(*n).and_then(|v| v.to_str().ok()))
+/// Reads an NGINX `auth_request` subrequest: every `X-Original-*` header and `X-Real-IP`
+/// are required, since a header the configuration does not set is the client's to write.
+pub fn nginx_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
+    let get = |name: &'static str, shown: &'static str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AskError::Missing(shown))
     };
-    let method = first(&["x-original-method", "x-forwarded-method"])
-        .ok_or(AskError::Missing("X-Original-Method or X-Forwarded-Method"))?;
-    let uri = first(&["x-original-uri", "x-forwarded-uri"])
-        .ok_or(AskError::Missing("X-Original-URI or X-Forwarded-Uri"))?;
-    let host = first(&["x-original-host", "x-forwarded-host"])
-        .or_else(|| headers.get(header::HOST).and_then(|v| v.to_str().ok()))
-        .ok_or(AskError::Missing(
-            "X-Original-Host, X-Forwarded-Host or Host",
-        ))?;
-    let client = first(&["x-real-ip"])
-        .map(|v| {
-            v.trim()
-                .parse::<IpAddr>()
-                .map_err(|_| AskError::Field("X-Real-IP"))
-        })
-        .transpose()?
-        .or_else(|| right_most_hop(headers))
-        .ok_or(AskError::Missing("X-Real-IP or X-Forwarded-For"))?;
-    let tls = match first(&["x-original-proto", "x-forwarded-proto"]) {
-        Some(p) => p.trim().eq_ignore_ascii_case("https") || p.trim().eq_ignore_ascii_case("wss"),
-        None => true,
-    };
+    let method = get("x-original-method", "X-Original-Method")?;
+    let uri = get("x-original-uri", "X-Original-URI")?;
+    let host = get("x-original-host", "X-Original-Host")?;
+    let proto = get("x-original-proto", "X-Original-Proto")?;
+    let client = get("x-real-ip", "X-Real-IP")?
+        .trim()
+        .parse::<IpAddr>()
+        .map_err(|_| AskError::Field("X-Real-IP"))?;
     let request = build(
         method,
         uri,
@@ -283,8 +274,41 @@ pub fn forward_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
         request,
         client: client.to_canonical(),
         user: None,
-        tls,
+        tls: is_tls(proto),
     })
+}
+
+/// Reads a Traefik ForwardAuth request: Traefik's own `X-Forwarded-*` headers, the client
+/// as the right-most `X-Forwarded-For` hop (the address Traefik saw).
+pub fn traefik_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
+    let get = |name: &'static str, shown: &'static str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(AskError::Missing(shown))
+    };
+    let method = get("x-forwarded-method", "X-Forwarded-Method")?;
+    let uri = get("x-forwarded-uri", "X-Forwarded-Uri")?;
+    let host = get("x-forwarded-host", "X-Forwarded-Host")?;
+    let proto = get("x-forwarded-proto", "X-Forwarded-Proto")?;
+    let client = right_most_hop(headers).ok_or(AskError::Missing("X-Forwarded-For"))?;
+    let request = build(
+        method,
+        uri,
+        http::Version::HTTP_11,
+        client_headers(headers, host)?,
+    )?;
+    Ok(Asked {
+        request,
+        client: client.to_canonical(),
+        user: None,
+        tls: is_tls(proto),
+    })
+}
+
+fn is_tls(proto: &str) -> bool {
+    let p = proto.trim();
+    p.eq_ignore_ascii_case("https") || p.eq_ignore_ascii_case("wss")
 }
 
 /// Reads an Envoy `ext_authz` check: the original request under [`ENVOY_PREFIX`].
@@ -351,13 +375,10 @@ fn right_most_hop(headers: &HeaderMap) -> Option<IpAddr> {
 }
 
 fn forwarded_tls(headers: &HeaderMap) -> bool {
-    match headers
+    headers
         .get("x-forwarded-proto")
         .and_then(|v| v.to_str().ok())
-    {
-        Some(p) => p.trim().eq_ignore_ascii_case("https") || p.trim().eq_ignore_ascii_case("wss"),
-        None => true,
-    }
+        .is_none_or(is_tls)
 }
 
 /// The request the gateway describes. A body is taken to follow when the headers say so.
@@ -483,16 +504,18 @@ mod tests {
         );
         h.insert(header::HOST, HeaderValue::from_static("127.0.0.1:8000"));
         h.insert("x-original-host", HeaderValue::from_static("shop.example"));
+        h.insert("x-original-proto", HeaderValue::from_static("https"));
         h.insert("x-real-ip", HeaderValue::from_static("198.18.0.9"));
         h.insert("ase-token", HeaderValue::from_static("secret"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t"));
-        let a = forward_auth(&h).expect("nginx");
+        let a = nginx_auth(&h).expect("nginx");
         assert_eq!(a.request.method(), Method::DELETE);
         assert_eq!(a.request.uri(), "/shop/item/1?a=b");
         assert_eq!(a.request.headers()[header::HOST], "shop.example");
         assert!(a.request.headers().get("ase-token").is_none());
         assert_eq!(a.request.headers()[header::AUTHORIZATION], "Bearer t");
         assert_eq!(a.client, "198.18.0.9".parse::<IpAddr>().expect("ip"));
+        assert!(a.tls);
 
         let mut t = HeaderMap::new();
         t.insert("x-forwarded-method", HeaderValue::from_static("GET"));
@@ -503,24 +526,31 @@ mod tests {
             "x-forwarded-for",
             HeaderValue::from_static("1.2.3.4, 198.18.0.10"),
         );
-        let a = forward_auth(&t).expect("traefik");
+        // A client's own X-Original-* through Traefik changes nothing.
+        t.insert("x-original-uri", HeaderValue::from_static("/elsewhere"));
+        t.insert("x-real-ip", HeaderValue::from_static("203.0.113.1"));
+        let a = traefik_auth(&t).expect("traefik");
         assert_eq!(
             a.client,
             "198.18.0.10".parse::<IpAddr>().expect("ip"),
             "the hop the gateway saw, not the one the client wrote"
         );
+        assert_eq!(a.request.uri(), "/shop/");
         assert!(!a.tls);
-
-        let mut none = h.clone();
-        none.remove("x-real-ip");
         assert_eq!(
-            forward_auth(&none).expect_err("no client"),
-            AskError::Missing("X-Real-IP or X-Forwarded-For")
+            nginx_auth(&t).expect_err("not NGINX's headers"),
+            AskError::Missing("X-Original-Method")
         );
+
+        for missing in ["x-real-ip", "x-original-proto", "x-original-host"] {
+            let mut none = h.clone();
+            none.remove(missing);
+            assert!(nginx_auth(&none).is_err(), "{missing} is required");
+        }
         let mut bad = h;
         bad.insert("x-original-uri", HeaderValue::from_static("shop"));
         assert_eq!(
-            forward_auth(&bad).expect_err("relative"),
+            nginx_auth(&bad).expect_err("relative"),
             AskError::Field("url")
         );
     }

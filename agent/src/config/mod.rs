@@ -247,8 +247,17 @@ impl Config {
             }
         }
         for g in &s.gateways {
-            g.parse::<Cidr>()
+            let c = g
+                .parse::<Cidr>()
                 .map_err(|e| invalid("sideband.gateways", e))?;
+            // Whoever may ask names clients to deny-list: not half the Internet.
+            let widest = if matches!(c, Cidr::V4 { .. }) { 8 } else { 32 };
+            if c.len() < widest {
+                return Err(invalid(
+                    "sideband.gateways",
+                    format!("{g}: wider than /{widest}; list the gateways' own networks"),
+                ));
+            }
         }
         if s.enabled() && s.gateways.is_empty() {
             return Err(invalid(
@@ -263,7 +272,7 @@ impl Config {
         if !r.https.is_empty() {
             socket_addr("rest.https", &r.https)?;
         }
-        if r.access_key.trim().is_empty() {
+        if r.access_key.trim().is_empty() || r.access_key.len() > 256 {
             return Err(invalid("rest.access_key", "must not be empty"));
         }
         if r.max_body_bytes < 1024 || r.max_connections == 0 {

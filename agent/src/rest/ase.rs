@@ -220,6 +220,13 @@ fn identities(body: &[u8]) -> Result<(Identities, Vec<Item>), Answer> {
 
 async fn add(rest: &Rest, list: List, body: &[u8]) -> Result<Answer, Answer> {
     let (ids, items) = identities(body)?;
+    if ids.force && !rest.cfg.allow_force {
+        return Err(failure(
+            StatusCode::FORBIDDEN,
+            "FORCE_REFUSED",
+            "\"force\" over REST needs rest.allow_force = true; nothing was changed",
+        ));
+    }
     let mut added = Vec::new();
     for (kind, name, value) in items {
         let req = Request::Add(AddRequest {
@@ -444,12 +451,15 @@ async fn authentication(
     status: Option<&str>,
 ) -> Result<Answer, Answer> {
     let v = match (method, status) {
-        (&Method::GET, _) => credentials(rest, CredentialAction::Show).await?,
+        // Ping's own example asks for the status with a POST and no `status`.
+        (&Method::GET, _) | (&Method::POST, None) => {
+            credentials(rest, CredentialAction::Show).await?
+        }
         (&Method::POST, Some(s @ ("enable" | "disable"))) => {
             let on = s == "enable";
             credentials(rest, CredentialAction::Authentication { on }).await?
         }
-        (&Method::POST, _) => {
+        (&Method::POST, Some(_)) => {
             return Err(failure(
                 StatusCode::BAD_REQUEST,
                 "INVALID_REQUEST",

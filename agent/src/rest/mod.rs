@@ -42,6 +42,9 @@ pub struct RestConfig {
     pub max_body_bytes: usize,
     /// Most connections open at once.
     pub max_connections: usize,
+    /// Whether `force` in a body may deny everyone or this host (off: refused, as a leaked
+    /// key must not cut the host off).
+    pub allow_force: bool,
 }
 
 impl Default for RestConfig {
@@ -51,6 +54,7 @@ impl Default for RestConfig {
             access_key: "admin".into(),
             max_body_bytes: 1 << 20,
             max_connections: 64,
+            allow_force: false,
         }
     }
 }
@@ -206,6 +210,7 @@ impl Rest {
     }
 
     fn over_failures(&self, peer: IpAddr) -> bool {
+        let peer = crate::checker::spikes::client_key(peer);
         let f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         f.get(&peer).is_some_and(|(since, n)| {
             since.elapsed() < Duration::from_secs(60) && *n >= FAILURES_PER_MINUTE
@@ -213,9 +218,21 @@ impl Rest {
     }
 
     fn failed(&self, peer: IpAddr) {
+        // IPv6 by /64, as the checker counts clients: a /64 is one client's to rotate.
+        let peer = crate::checker::spikes::client_key(peer);
         let mut f = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
-        if f.len() > 10_000 {
+        if f.len() >= 4096 {
             f.retain(|_, (since, _)| since.elapsed() < Duration::from_secs(60));
+        }
+        if f.len() >= 4096 {
+            // Still full of fresh failures: many addresses are guessing; forget the oldest.
+            if let Some(oldest) = f
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(k, _)| *k)
+            {
+                f.remove(&oldest);
+            }
         }
         let e = f.entry(peer).or_insert((Instant::now(), 0));
         if e.0.elapsed() >= Duration::from_secs(60) {

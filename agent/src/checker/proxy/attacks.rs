@@ -151,6 +151,10 @@ impl Proxy {
         if kind == Kind::Ip
             && let Ok(net) = value.parse::<crate::model::Cidr>()
             && (self.trusted.iter().any(|t| t.covers(&net) || net.covers(t))
+                || self
+                    .gateways
+                    .iter()
+                    .any(|g| g.covers(&net) || net.covers(g))
                 || (who.peer != who.ip && net.contains(who.peer)))
         {
             tracing::warn!(api = %api.name, reason, %net, "attack detected from a trusted proxy's or gateway's address: not deny-listed");

@@ -362,10 +362,11 @@ impl Proxy {
             ip,
             client.from_proxy,
         );
+        // A gateway that authenticated the user names it: that, not a header, is the user.
         if let Some(u) =
             user.and_then(|u| crate::model::Identifier::parse(Kind::Username, None, u).ok())
         {
-            ids.usernames.push(u);
+            ids.usernames = vec![u];
             ids.username_vouched = true;
         }
         if self.access_log.is_some() {

@@ -28,14 +28,8 @@ impl Proxy {
     }
 
     async fn ask(&self, req: Request<Incoming>, peer: SocketAddr) -> Response<Body> {
+        // Peers outside `sideband.gateways` were dropped at accept (see `listen`).
         let from = peer.ip().to_canonical();
-        if !self.gateways.iter().any(|g| g.contains(from)) {
-            self.hit("sideband_refused");
-            if self.may_warn() {
-                tracing::warn!(%peer, "sideband request from a peer outside sideband.gateways: refused");
-            }
-            return full(StatusCode::FORBIDDEN, "Error: not a configured gateway\n");
-        }
         let Some(endpoint) = Endpoint::of(req.uri().path()) else {
             return full(StatusCode::NOT_FOUND, "Error: no such sideband resource\n");
         };
@@ -80,7 +74,8 @@ impl Proxy {
                 }
                 sideband::ase_request(&body, self.cfg.max_headers)
             }
-            Endpoint::NginxAuth | Endpoint::ForwardAuth => sideband::forward_auth(req.headers()),
+            Endpoint::NginxAuth => sideband::nginx_auth(req.headers()),
+            Endpoint::ForwardAuth => sideband::traefik_auth(req.headers()),
             Endpoint::Envoy => sideband::envoy(req.method(), req.uri(), req.headers()),
         };
         let asked = match asked {
@@ -93,10 +88,12 @@ impl Proxy {
             user,
             tls,
         } = asked;
+        // The headers are the client's own: a username in them vouches for nobody; only
+        // one the gateway authenticated (`user_info`) does.
         let who = Client {
             ip: client,
             peer: from,
-            from_proxy: true,
+            from_proxy: false,
         };
         let apis = self.registry.apis();
         let verdict = self.judge(&apis, &request, who, user.as_deref(), tls).await;
@@ -112,16 +109,29 @@ impl Proxy {
             ),
             Verdict::Refuse(r) => (r.status(), r),
         };
+        let refused = |status: StatusCode| {
+            let mut r = full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
+            r.headers_mut()
+                .insert("x-portcullis-status", HeaderValue::from(status.as_u16()));
+            r
+        };
         match endpoint {
+            // Ping's policies stop a request on 403 only (and read 401 as a bad ASE-Token):
+            // every refusal but ASE's 400 and 503 is a 403, the real status beside it.
+            Endpoint::AseRequest
+                if status != StatusCode::BAD_REQUEST
+                    && status != StatusCode::SERVICE_UNAVAILABLE =>
+            {
+                refused(status)
+            }
             // NGINX takes 401 and 403 as refusals and anything else as its own error.
             Endpoint::NginxAuth
                 if status != StatusCode::FORBIDDEN && status != StatusCode::UNAUTHORIZED =>
             {
-                let mut r = full(StatusCode::FORBIDDEN, "Error: Unauthorized\n");
-                r.headers_mut()
-                    .insert("x-portcullis-status", HeaderValue::from(status.as_u16()));
-                r
+                refused(status)
             }
+            // A refusal is never a success, whatever an API file's error_code says.
+            _ if !status.is_client_error() && !status.is_server_error() => refused(status),
             _ => answer,
         }
     }
