@@ -50,3 +50,12 @@ pub async fn accept_until<L: Listener>(
         }
     }
 }
+
+/// The body length an HTTP request declares (`Content-Length`), if it does: a body over a
+/// limit is refused on it, before a `100 Continue` invites the body.
+pub fn declared_length<B>(req: &http::Request<B>) -> Option<u64> {
+    req.headers()
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}

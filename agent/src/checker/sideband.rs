@@ -168,7 +168,8 @@ pub fn ase_request(body: &[u8], max_headers: usize) -> Result<Asked, AskError> {
         .parse::<IpAddr>()
         .map_err(|_| AskError::Field("source_ip"))?
         .to_canonical();
-    if r.headers.len() > max_headers {
+    // Counted by name, not by object: one object may hold many.
+    if r.headers.iter().map(serde_json::Map::len).sum::<usize>() > max_headers {
         return Err(AskError::TooManyHeaders(max_headers));
     }
     let mut headers = HeaderMap::new();
@@ -250,20 +251,54 @@ const GATEWAY_HEADERS: [&str; 12] = [
 /// Reads an NGINX `auth_request` subrequest: every `X-Original-*` header and `X-Real-IP`
 /// are required, since a header the configuration does not set is the client's to write.
 pub fn nginx_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
-    let get = |name: &'static str, shown: &'static str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(AskError::Missing(shown))
-    };
-    let method = get("x-original-method", "X-Original-Method")?;
-    let uri = get("x-original-uri", "X-Original-URI")?;
-    let host = get("x-original-host", "X-Original-Host")?;
-    let proto = get("x-original-proto", "X-Original-Proto")?;
-    let client = get("x-real-ip", "X-Real-IP")?
+    let client = header_text(headers, "x-real-ip", "X-Real-IP")?
         .trim()
         .parse::<IpAddr>()
         .map_err(|_| AskError::Field("X-Real-IP"))?;
+    described(
+        headers,
+        [
+            ("x-original-method", "X-Original-Method"),
+            ("x-original-uri", "X-Original-URI"),
+            ("x-original-host", "X-Original-Host"),
+            ("x-original-proto", "X-Original-Proto"),
+        ],
+        client,
+    )
+}
+
+/// Reads a Traefik ForwardAuth request: Traefik's own `X-Forwarded-*` headers, the client
+/// as the right-most `X-Forwarded-For` hop (the address Traefik saw).
+pub fn traefik_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
+    let client = right_most_hop(headers).ok_or(AskError::Missing("X-Forwarded-For"))?;
+    described(
+        headers,
+        [
+            ("x-forwarded-method", "X-Forwarded-Method"),
+            ("x-forwarded-uri", "X-Forwarded-Uri"),
+            ("x-forwarded-host", "X-Forwarded-Host"),
+            ("x-forwarded-proto", "X-Forwarded-Proto"),
+        ],
+        client,
+    )
+}
+
+/// The request a gateway's subrequest describes in the headers `names` (method, URI, host,
+/// protocol; each `(name, as shown)`), all required, for `client`.
+fn described(
+    headers: &HeaderMap,
+    names: [(&'static str, &'static str); 4],
+    client: IpAddr,
+) -> Result<Asked, AskError> {
+    let [method, uri, host, proto] = names;
+    let (method, uri) = (
+        header_text(headers, method.0, method.1)?,
+        header_text(headers, uri.0, uri.1)?,
+    );
+    let (host, proto) = (
+        header_text(headers, host.0, host.1)?,
+        header_text(headers, proto.0, proto.1)?,
+    );
     let request = build(
         method,
         uri,
@@ -278,32 +313,15 @@ pub fn nginx_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
     })
 }
 
-/// Reads a Traefik ForwardAuth request: Traefik's own `X-Forwarded-*` headers, the client
-/// as the right-most `X-Forwarded-For` hop (the address Traefik saw).
-pub fn traefik_auth(headers: &HeaderMap) -> Result<Asked, AskError> {
-    let get = |name: &'static str, shown: &'static str| {
-        headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .ok_or(AskError::Missing(shown))
-    };
-    let method = get("x-forwarded-method", "X-Forwarded-Method")?;
-    let uri = get("x-forwarded-uri", "X-Forwarded-Uri")?;
-    let host = get("x-forwarded-host", "X-Forwarded-Host")?;
-    let proto = get("x-forwarded-proto", "X-Forwarded-Proto")?;
-    let client = right_most_hop(headers).ok_or(AskError::Missing("X-Forwarded-For"))?;
-    let request = build(
-        method,
-        uri,
-        http::Version::HTTP_11,
-        client_headers(headers, host)?,
-    )?;
-    Ok(Asked {
-        request,
-        client: client.to_canonical(),
-        user: None,
-        tls: is_tls(proto),
-    })
+fn header_text<'a>(
+    headers: &'a HeaderMap,
+    name: &'static str,
+    shown: &'static str,
+) -> Result<&'a str, AskError> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .ok_or(AskError::Missing(shown))
 }
 
 fn is_tls(proto: &str) -> bool {
@@ -477,6 +495,11 @@ mod tests {
         );
         assert_eq!(
             ase_request(many.as_bytes(), 4).expect_err("many"),
+            AskError::TooManyHeaders(4)
+        );
+        let one_object = r#"{"source_ip":"198.18.0.1","method":"GET","url":"/","headers":[{"a":"1","b":"2","c":"3","d":"4","e":"5"}]}"#;
+        assert_eq!(
+            ase_request(one_object.as_bytes(), 4).expect_err("many in one"),
             AskError::TooManyHeaders(4)
         );
     }

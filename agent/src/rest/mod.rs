@@ -171,6 +171,15 @@ impl Rest {
         let method = req.method().clone();
         let path = req.uri().path().to_owned();
         let query = req.uri().query().unwrap_or("").to_owned();
+        // Refused on its declared length, before a `100 Continue` invites the body.
+        if crate::listen::declared_length(&req).is_some_and(|n| n > self.cfg.max_body_bytes as u64)
+        {
+            return failure(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "TOO_LARGE",
+                format!("bodies are at most {} bytes", self.cfg.max_body_bytes),
+            );
+        }
         let body = match Limited::new(req.into_body(), self.cfg.max_body_bytes)
             .collect()
             .await

@@ -381,6 +381,12 @@ mod tests {
         let file =
             std::fs::read_to_string(config.state_dir.join("credentials.json")).expect("file");
         assert!(!file.contains(&t), "the token is not stored in clear");
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(config.state_dir.join("credentials.json"))
+            .expect("meta")
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "owner only");
         c.set_authentication(true).expect("on");
         let again = Credentials::load(&config).expect("reload");
         assert!(again.token_valid(t.as_bytes()) && again.authentication());

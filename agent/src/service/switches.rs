@@ -196,9 +196,18 @@ fn on_off(on: bool) -> &'static str {
 
 /// Writes `saved` as JSON to a temporary file, syncs it, and renames it over `file`.
 pub(super) fn write_atomically<T: Serialize>(file: &Path, saved: &T) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
     let tmp = file.with_extension("json.tmp");
     let text = serde_json::to_vec_pretty(saved).map_err(std::io::Error::other)?;
-    std::fs::write(&tmp, text)?;
+    // Owner only, whatever the umask: credentials.json holds digests of secrets.
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&tmp)?
+        .write_all(&text)?;
     std::fs::File::open(&tmp)?.sync_all()?;
     std::fs::rename(&tmp, file)
 }

@@ -31,12 +31,7 @@ impl Proxy {
         tls: bool,
     ) -> Response<Body> {
         // A declared body over the limit is refused before any server is involved.
-        let declared = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > self.cfg.max_body_bytes) {
+        if crate::listen::declared_length(&req).is_some_and(|n| n > self.cfg.max_body_bytes) {
             self.hit("bad_request");
             return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
         }

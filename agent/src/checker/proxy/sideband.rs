@@ -52,6 +52,11 @@ impl Proxy {
                     return full(StatusCode::METHOD_NOT_ALLOWED, "Error: POST only\n");
                 }
                 let limit = self.sideband.max_body_bytes;
+                // Refused on its declared length, before a `100 Continue` invites the body.
+                if crate::listen::declared_length(&req).is_some_and(|n| n > limit as u64) {
+                    self.hit("bad_request");
+                    return full(StatusCode::PAYLOAD_TOO_LARGE, "Error: Payload Too Large\n");
+                }
                 let body = match Limited::new(req.into_body(), limit).collect().await {
                     Ok(b) => b.to_bytes(),
                     Err(e)
