@@ -126,7 +126,15 @@ pub fn spawn_workers(
             listeners
                 .iter()
                 .map(|(e, tls, role)| e.listener().map(|l| (l, tls.clone(), *role)))
-                .collect::<anyhow::Result<Vec<_>>>()?
+                .collect::<anyhow::Result<Vec<_>>>()
+        };
+        let bound = match bound {
+            Ok(b) => b,
+            Err(e) => {
+                // Called from the agent's runtime: a runtime may not be dropped there.
+                rt.shutdown_background();
+                return Err(e);
+            }
         };
         let proxy = proxy.clone();
         let shutdown = shutdown.clone();

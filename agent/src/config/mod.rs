@@ -268,6 +268,23 @@ impl Config {
         if s.max_body_bytes < 1024 {
             return Err(invalid("sideband.max_body_bytes", "at least 1024"));
         }
+        // Two listeners on one address: the second cannot bind (or takes half the clients).
+        let mut seen: Vec<(&str, &str)> = Vec::new();
+        for (field, addr) in [
+            ("checker.https", &self.checker.https),
+            ("checker.http", &self.checker.http),
+            ("sideband.https", &s.https),
+            ("sideband.http", &s.http),
+            ("rest.https", &self.rest.https),
+        ] {
+            if addr.is_empty() {
+                continue;
+            }
+            if let Some((other, _)) = seen.iter().find(|(_, a)| *a == addr.as_str()) {
+                return Err(invalid(field, format!("{addr} is {other}'s address too")));
+            }
+            seen.push((field, addr));
+        }
         let r = &self.rest;
         if !r.https.is_empty() {
             socket_addr("rest.https", &r.https)?;
@@ -422,6 +439,25 @@ mod tests {
             toml::from_str(include_str!("../../../dist/portcullis.toml")).expect("example parses");
         cfg.validate().expect("example validates");
         assert_eq!(cfg.interfaces, vec!["eth0".to_string()]);
+    }
+
+    #[test]
+    fn two_listeners_on_one_address_are_refused() {
+        let mut cfg = Config::default();
+        cfg.checker.https = "0.0.0.0:443".into();
+        cfg.sideband.https = "0.0.0.0:443".into();
+        let e = cfg.validate().expect_err("one address twice").to_string();
+        assert!(
+            e.contains("sideband.https") && e.contains("checker.https"),
+            "{e}"
+        );
+        cfg.sideband.https = "0.0.0.0:8443".into();
+        cfg.rest.https = "0.0.0.0:8443".into();
+        assert!(cfg.validate().is_err());
+        cfg.rest.https = "127.0.0.1:8010".into();
+        cfg.validate().expect("distinct addresses");
+        cfg.sideband.gateways = vec!["0.0.0.0/0".into()];
+        assert!(cfg.validate().is_err(), "gateways wider than /8");
     }
 
     #[test]
