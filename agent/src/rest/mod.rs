@@ -4,7 +4,7 @@
 //! authentication. Every change is a control request to the list writer, so every rule the
 //! CLI meets holds here (validation, anti-lockout, secrets digested).
 //!
-//! The access key is configured; the secret key is kept as a salted digest
+//! The access key is configured; the secret key is kept as a salted PBKDF2 digest
 //! (`portcullis rest password`), and until one is set every request is refused. A client
 //! that fails ten times in a minute gets 429 until the minute ends. Answers are JSON:
 //! `{"status_code": "SUCCESS", ...}`, or a `status_code` naming the failure and a
@@ -71,6 +71,8 @@ pub struct Rest {
     cfg: RestConfig,
     /// Failed authentications per address in the current minute.
     failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+    /// Secret-key checks running at once.
+    deriving: Semaphore,
 }
 
 /// An answer: status and JSON.
@@ -91,6 +93,7 @@ impl Rest {
             credentials,
             cfg,
             failures: Mutex::default(),
+            deriving: Semaphore::new(2),
         })
     }
 
@@ -163,7 +166,7 @@ impl Rest {
                 "too many failed attempts from this address: wait a minute",
             );
         }
-        if let Err(a) = self.authenticate(&req) {
+        if let Err(a) = self.authenticate(&req).await {
             self.failed(peer);
             tracing::warn!(%peer, "REST request refused: {}", a.1["message"]);
             return a;
@@ -201,7 +204,7 @@ impl Rest {
     }
 
     /// The keys, checked: the access key as configured, the secret key against its digest.
-    fn authenticate(&self, req: &Request<Incoming>) -> Result<(), Answer> {
+    async fn authenticate(&self, req: &Request<Incoming>) -> Result<(), Answer> {
         let h = |n: &str| req.headers().get(n).map(|v| v.as_bytes());
         let unauthorized = |m: &str| failure(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", m);
         let access =
@@ -209,7 +212,16 @@ impl Rest {
         let secret =
             h("x-ase-secret-key").ok_or_else(|| unauthorized("x-ase-secret-key missing"))?;
         let access_ok = access == self.cfg.access_key.as_bytes();
-        match self.credentials.check_secret(secret) {
+        // A key not seen to match before costs a PBKDF2 derivation: off the workers, two
+        // at a time at most, so guessers cannot take every core.
+        let check = {
+            let _permit = self.deriving.acquire().await;
+            let (credentials, key) = (self.credentials.clone(), secret.to_vec());
+            tokio::task::spawn_blocking(move || credentials.check_secret(&key))
+                .await
+                .unwrap_or(SecretCheck::Wrong)
+        };
+        match check {
             SecretCheck::Good if access_ok => Ok(()),
             SecretCheck::Unset => Err(unauthorized(
                 "no secret key is set: run `portcullis rest password` on the host",

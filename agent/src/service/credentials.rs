@@ -42,14 +42,25 @@ pub struct TokenRecord {
     pub created: i64,
 }
 
-/// The REST secret key as kept: SHA-256 of salt and key.
+/// The REST secret key as kept: PBKDF2-HMAC-SHA256 of the key with a random salt, so a
+/// copied file does not give the key up to a fast guesser.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct SecretRecord {
     /// Random salt, hex.
     pub salt: String,
-    /// SHA-256 of salt bytes then key, hex.
+    /// The derived key, hex (the field's name is kept from the first format).
     pub sha256: String,
+    /// PBKDF2 iterations; 0: one SHA-256 of salt and key (the first format).
+    #[serde(default)]
+    pub iterations: u32,
 }
+
+/// PBKDF2 iterations for a new REST secret: about 50 ms of one core per check, paid only
+/// by a key not checked before (see `Credentials::check_secret`).
+const SECRET_ITERATIONS: u32 = 100_000;
+
+/// The REST secret in force: salt, derived key, iterations.
+type Secret = ([u8; 16], [u8; 32], u32);
 
 /// How a REST request's secret key fares.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -84,7 +95,10 @@ pub enum CredentialError {
 pub struct Credentials {
     authentication: AtomicBool,
     tokens: RwLock<HashSet<[u8; 32]>>,
-    secret: RwLock<Option<([u8; 16], [u8; 32])>>,
+    secret: RwLock<Option<Secret>>,
+    /// SHA-256 of the last key that matched, so a client repeating the right key does not
+    /// pay the derivation on every request.
+    verified: RwLock<Option<[u8; 32]>>,
     saved: Mutex<Saved>,
     file: PathBuf,
 }
@@ -108,8 +122,7 @@ impl Credentials {
         }
         let secret = match &saved.rest_secret {
             Some(s) => Some(
-                from_hex::<16>(&s.salt)
-                    .zip(from_hex::<32>(&s.sha256))
+                secret_of(s)
                     .ok_or_else(|| format!("{}: the REST secret is damaged", file.display()))?,
             ),
             None => None,
@@ -128,6 +141,7 @@ impl Credentials {
             authentication: AtomicBool::new(authentication),
             tokens: RwLock::new(tokens),
             secret: RwLock::new(secret),
+            verified: RwLock::new(None),
             saved: Mutex::new(saved),
             file,
         })
@@ -147,12 +161,23 @@ impl Credentials {
             .contains(&d)
     }
 
-    /// How `key` compares with the REST API's secret key.
+    /// How `key` compares with the REST API's secret key. A key not seen to match before
+    /// costs a PBKDF2 derivation: call it off the async workers.
     pub fn check_secret(&self, key: &[u8]) -> SecretCheck {
-        let Some((salt, want)) = *self.secret.read().unwrap_or_else(PoisonError::into_inner) else {
+        let Some((salt, want, iterations)) =
+            *self.secret.read().unwrap_or_else(PoisonError::into_inner)
+        else {
             return SecretCheck::Unset;
         };
-        if salted(&salt, key) == want {
+        let seen: [u8; 32] = Sha256::digest(key).into();
+        if *self.verified.read().unwrap_or_else(PoisonError::into_inner) == Some(seen) {
+            return SecretCheck::Good;
+        }
+        if stretched(&salt, key, iterations) == want {
+            *self
+                .verified
+                .write()
+                .unwrap_or_else(PoisonError::into_inner) = Some(seen);
             SecretCheck::Good
         } else {
             SecretCheck::Wrong
@@ -185,10 +210,12 @@ impl Credentials {
             }
         }
         *self.tokens.write().unwrap_or_else(PoisonError::into_inner) = tokens;
-        *self.secret.write().unwrap_or_else(PoisonError::into_inner) = next
-            .rest_secret
-            .as_ref()
-            .and_then(|s| from_hex::<16>(&s.salt).zip(from_hex::<32>(&s.sha256)));
+        *self.secret.write().unwrap_or_else(PoisonError::into_inner) =
+            next.rest_secret.as_ref().and_then(secret_of);
+        *self
+            .verified
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = None;
         if let Some(on) = next.sideband_authentication {
             self.authentication.store(on, Ordering::Relaxed);
         }
@@ -253,7 +280,8 @@ impl Credentials {
         let salt = random::<16>()?;
         let record = SecretRecord {
             salt: hex(&salt),
-            sha256: hex(&salted(&salt, key.as_bytes())),
+            sha256: hex(&stretched(&salt, key.as_bytes(), SECRET_ITERATIONS)),
+            iterations: SECRET_ITERATIONS,
         };
         self.update(|s| {
             s.rest_secret = Some(record);
@@ -320,6 +348,21 @@ impl super::Service {
             .collect();
         Ok(out)
     }
+}
+
+fn secret_of(s: &SecretRecord) -> Option<Secret> {
+    Some((from_hex(&s.salt)?, from_hex(&s.sha256)?, s.iterations))
+}
+
+/// The key derived from `key`: PBKDF2-HMAC-SHA256, or with 0 iterations the first
+/// format's salted SHA-256.
+fn stretched(salt: &[u8; 16], key: &[u8], iterations: u32) -> [u8; 32] {
+    let Some(n) = std::num::NonZeroU32::new(iterations) else {
+        return salted(salt, key);
+    };
+    let mut out = [0u8; 32];
+    ring::pbkdf2::derive(ring::pbkdf2::PBKDF2_HMAC_SHA256, n, salt, key, &mut out);
+    out
 }
 
 fn salted(salt: &[u8; 16], key: &[u8]) -> [u8; 32] {
@@ -408,6 +451,22 @@ mod tests {
         c.set_secret("a long secret").expect("set");
         assert_eq!(c.check_secret(b"a long secret"), SecretCheck::Good);
         assert_eq!(c.check_secret(b"a long secreT"), SecretCheck::Wrong);
+        assert_eq!(
+            c.check_secret(b"a long secret"),
+            SecretCheck::Good,
+            "from the cache"
+        );
+        let again = Credentials::load(&config).expect("reload");
+        assert_eq!(again.check_secret(b"a long secret"), SecretCheck::Good);
+        c.set_secret("another secret").expect("change");
+        assert_eq!(
+            c.check_secret(b"a long secret"),
+            SecretCheck::Wrong,
+            "the cache is dropped on a change"
+        );
+        let file =
+            std::fs::read_to_string(config.state_dir.join("credentials.json")).expect("file");
+        assert!(file.contains("\"iterations\": 100000"), "{file}");
         let file =
             std::fs::read_to_string(config.state_dir.join("credentials.json")).expect("file");
         assert!(!file.contains("a long secret"));
