@@ -93,7 +93,70 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
         "# HELP portcullis_expired_total Entries removed because they expired.\n# TYPE portcullis_expired_total counter\nportcullis_expired_total {}",
         agent.expired.load(Ordering::Relaxed)
     );
+    if let Some(f) = &data.fleet {
+        fleet(&mut out, f);
+    }
     out
+}
+
+/// The fleet link's gauges and counters.
+fn fleet(out: &mut String, f: &crate::control::answer::FleetState) {
+    let lag = f.lag_ms.map_or(f64::NAN, |l| l as f64 / 1e3);
+    for (metric, kind, help, value) in [
+        (
+            "portcullis_fleet_in_sync",
+            "gauge",
+            "1 while the agent follows the fleet's log.",
+            f64::from(u8::from(f.state == "in sync")),
+        ),
+        (
+            "portcullis_fleet_lag_seconds",
+            "gauge",
+            "Time from a record being logged to it being applied here (last batch).",
+            lag,
+        ),
+        (
+            "portcullis_fleet_queued",
+            "gauge",
+            "Local changes waiting to be published.",
+            f.queued as f64,
+        ),
+        (
+            "portcullis_fleet_published_total",
+            "counter",
+            "Local changes published.",
+            f.published as f64,
+        ),
+        (
+            "portcullis_fleet_applied_total",
+            "counter",
+            "Fleet log records applied.",
+            f.applied as f64,
+        ),
+        (
+            "portcullis_fleet_skipped_total",
+            "counter",
+            "Fleet records skipped as malformed.",
+            f.skipped as f64,
+        ),
+        (
+            "portcullis_fleet_refused_total",
+            "counter",
+            "Fleet records this host's safety rules refused.",
+            f.refused as f64,
+        ),
+        (
+            "portcullis_fleet_resyncs_total",
+            "counter",
+            "Snapshot loads.",
+            f.resyncs as f64,
+        ),
+    ] {
+        let _ = writeln!(
+            out,
+            "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
+        );
+    }
 }
 
 /// Serves `/metrics` until `shutdown` flips.
@@ -137,6 +200,7 @@ mod tests {
                 "feed\"} 1e9\nportcullis_fake 1".into(),
                 2,
             )],
+            fleet: None,
         };
         let evil = "x\"} 1e9\n".to_string();
         data.stats.interfaces.insert(

@@ -12,6 +12,7 @@ pub mod kernel_check;
 pub mod load;
 pub mod netns;
 pub mod readme;
+pub mod redis;
 pub mod report;
 pub mod tls;
 

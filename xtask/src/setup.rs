@@ -22,8 +22,10 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 /// g++ for libFuzzer, which the fuzz targets link (`cargo xtask fuzz`, and `test` briefly).
 /// python3-websockets: a real WebSocket client and server for the WebSocket API tests.
 /// nginx: the real gateway of the sideband test (`auth_request`), and the benchmarks' proxy.
+/// redis-server: the fleet's Redis, started and stopped by the fleet tests themselves.
 const DEBIAN_PACKAGES: &[&str] = &[
     "nginx",
+    "redis-server",
     "g++",
     "iproute2",
     "iputils-ping",

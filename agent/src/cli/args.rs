@@ -111,6 +111,12 @@ pub enum Command {
         #[command(subcommand)]
         verb: super::RestVerb,
     },
+    /// The fleet: one allow and deny list on every host, through Redis.
+    Fleet {
+        /// What to do.
+        #[command(subcommand)]
+        verb: super::FleetVerb,
+    },
     /// Print shell completions.
     #[command(hide = true)]
     Completions {

@@ -20,6 +20,7 @@ use crate::paths;
 mod args;
 mod ase;
 mod backup;
+mod fleet;
 mod iface;
 mod lists;
 mod output;
@@ -30,6 +31,7 @@ pub use args::{
     AddArgs, AgentArgs, ApiVerb, Cli, Command, EntryOptions, JsonFlag, ListVerb, RemoveArgs,
     Selection, rewrite_ase,
 };
+pub use fleet::FleetVerb;
 use lists::list_verb;
 use output::*;
 use show::{api, stats, status};
@@ -54,6 +56,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Attach { iface, xdp_mode } => iface::attach(&cli, iface.as_deref(), *xdp_mode),
         Command::Sideband { verb } => sideband::sideband(&cli, verb),
         Command::Rest { verb } => sideband::rest(&cli, verb),
+        Command::Fleet { verb } => fleet::fleet(&cli, verb),
         Command::Switch { which, rest, out } => show::switch(&cli, *which, rest, out.json),
         Command::Completions { shell } => {
             clap_complete::generate(

@@ -116,6 +116,20 @@ pub(super) fn status(cli: &Cli, json: bool) -> anyhow::Result<()> {
                 .unwrap_or_default()
         );
     }
+    if let Some(f) = &s.fleet {
+        println!(
+            "fleet {} on {}: {}, {} queued, lag {}{}",
+            f.fleet,
+            printable(&f.redis),
+            f.state,
+            f.queued,
+            f.lag_ms.map_or("-".into(), |l| format!("{l} ms")),
+            f.last_error
+                .as_ref()
+                .map(|e| format!(", last error: {}", printable(e)))
+                .unwrap_or_default()
+        );
+    }
     println!(
         "{:<6} {:<9} {:<8} {:>10}",
         "LIST", "KIND", "SOURCE", "ENTRIES"

@@ -121,6 +121,8 @@ pub struct Config {
     pub sideband: crate::checker::sideband::SidebandConfig,
     /// The management REST API (ASE's layout); off unless `https` is set.
     pub rest: crate::rest::RestConfig,
+    /// Fleet sync through Redis; off unless `redis` is set.
+    pub fleet: crate::fleet::FleetConfig,
 }
 
 impl Default for Config {
@@ -145,6 +147,7 @@ impl Default for Config {
             abs: AbsConfig::default(),
             sideband: crate::checker::sideband::SidebandConfig::default(),
             rest: crate::rest::RestConfig::default(),
+            fleet: crate::fleet::FleetConfig::default(),
         }
     }
 }
@@ -236,6 +239,9 @@ impl Config {
         }
         self.validate_checker()?;
         self.validate_sideband()?;
+        self.fleet
+            .validate()
+            .map_err(|(field, e)| invalid(field, e))?;
         self.abs.validate()
     }
 

@@ -149,6 +149,9 @@ pub struct Status {
     pub kernel_ip_entries: usize,
     /// The ABS feed, when configured.
     pub abs: Option<AbsState>,
+    /// The fleet link, when configured (no digest: `portcullis fleet status` has it).
+    #[serde(default)]
+    pub fleet: Option<FleetState>,
     /// Seconds since the agent started.
     pub uptime_secs: u64,
     /// Whether detections deny-list their culprits (agents before it: on).
@@ -228,6 +231,44 @@ pub struct ListCount {
     pub source: String,
     /// Rows.
     pub count: u64,
+}
+
+/// The fleet link's state (`portcullis fleet status`, and `status`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FleetState {
+    /// The fleet's name.
+    pub fleet: String,
+    /// This host's name in the records it publishes.
+    pub host: String,
+    /// Redis, password hidden.
+    pub redis: String,
+    /// `starting`, `in sync`, `resyncing` or `unreachable`.
+    pub state: String,
+    /// The fleet's epoch this host follows.
+    pub epoch: String,
+    /// The last log id applied.
+    pub position: String,
+    /// Milliseconds between the last record applied being logged and applied here.
+    pub lag_ms: Option<u64>,
+    /// Local changes waiting to be published.
+    pub queued: u64,
+    /// Local changes published since start.
+    pub published: u64,
+    /// Log records applied since start.
+    pub applied: u64,
+    /// Records skipped as malformed since start.
+    pub skipped: u64,
+    /// Records this host's safety rules refused since start.
+    pub refused: u64,
+    /// Snapshot loads since start.
+    pub resyncs: u64,
+    /// Why the link is down, when it is.
+    pub last_error: Option<String>,
+    /// A digest of this host's unexpired entries (equal on hosts in step).
+    pub digest: String,
+    /// How many distinct entries the digest covers.
+    pub entries: u64,
 }
 
 /// The ABS feed's state, as `status` shows it.
@@ -411,7 +452,7 @@ mod tests {
                             "fell_back": null, "reused_pinned_link": false}],
             "pin_dir": "", "database": "",
             "lists": [{"list": "deny", "kind": "api-key", "source": "abs", "count": 3}],
-            "kernel_ip_entries": 7, "abs": null, "uptime_secs": 0,
+            "kernel_ip_entries": 7, "abs": null, "fleet": null, "uptime_secs": 0,
             "detections": false, "abs_blocking": false, "api_blocking": {},
         });
         assert_eq!(serde_json::to_value(&status).expect("encode"), golden);

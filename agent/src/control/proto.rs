@@ -140,6 +140,13 @@ pub enum Request {
         /// What to do.
         action: CredentialAction,
     },
+    /// The fleet link's state and this host's list digest; with `resync`, the engine first
+    /// reloads the fleet's snapshot (see `crate::fleet`).
+    Fleet {
+        /// Resync first.
+        #[serde(default)]
+        resync: bool,
+    },
 }
 
 /// What `Request::Credentials` does.
@@ -196,6 +203,7 @@ impl Request {
                 | Self::ApiShow { .. }
                 | Self::Stats
                 | Self::Backup
+                | Self::Fleet { .. }
         )
     }
 

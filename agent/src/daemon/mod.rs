@@ -70,6 +70,11 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     };
     let checker = checker::Prepared::new(&mut service, &config)?;
     let abs = setup::abs_feed(&mut service, &config)?;
+    let fleet = config.fleet.enabled().then(|| {
+        let shared = crate::fleet::shared(&config.fleet);
+        service.set_fleet(shared.clone());
+        shared
+    });
     let lists = service.lists();
     let board = service.board();
     let (writer, writer_thread) = Writer::spawn(service).context("starting the list writer")?;
@@ -87,6 +92,15 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     if let Some(abs) = abs {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
         tasks.push(tokio::spawn(abs.run(writer.clone(), stop_rx.clone())));
+    }
+    if let Some(fleet) = fleet {
+        tracing::info!(fleet = %config.fleet.name, redis = %config.fleet.redacted_url(), "fleet sync on");
+        tasks.push(tokio::spawn(crate::fleet::run(
+            config.fleet.clone(),
+            writer.clone(),
+            fleet,
+            stop_rx.clone(),
+        )));
     }
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
     setup::notify_ready();

@@ -250,7 +250,7 @@ impl Identifier {
 }
 
 /// Whether `v` is already a stored digest.
-fn is_digest(v: &str) -> bool {
+pub(crate) fn is_digest(v: &str) -> bool {
     v.len() == 71 && v.starts_with("sha256:") && v[7..].bytes().all(|b| b.is_ascii_hexdigit())
 }
 

@@ -80,7 +80,7 @@ impl Service {
         drop(items);
         let held = digest(&mut stale_keys);
         if removals.allow(stale.len(), current, held) {
-            report.removed = self.remove_batch(List::Deny, &stale, Source::Abs.as_str())?;
+            report.removed = self.remove_batch(List::Deny, &stale, Some(Source::Abs.as_str()))?;
         } else {
             report.held = stale.len();
             report.shrink_held = removals.whole;
@@ -135,7 +135,7 @@ impl Service {
                 Err(_) => report.skipped += 1,
             }
         }
-        report.removed = self.remove_batch(List::Deny, &idents, "abs")?;
+        report.removed = self.remove_batch(List::Deny, &idents, Some("abs"))?;
         tracing::info!(
             added = report.added,
             removed = report.removed,

@@ -202,19 +202,19 @@ impl Service {
         Ok(new)
     }
 
-    /// Removes one source's rows of these identifiers, then brings the kernel and the L7
-    /// lists in line with what other sources still hold.
+    /// Removes one source's rows of these identifiers (`None`: every source's), then brings
+    /// the kernel and the L7 lists in line with what other sources still hold.
     pub(super) fn remove_batch(
         &mut self,
         list: List,
         idents: &[Identifier],
-        source: &str,
+        source: Option<&str>,
     ) -> Result<usize, ServiceError> {
         let now = unix_now();
         let mut removed = Vec::new();
         let mut kernel = Vec::new();
         for ident in idents {
-            let rows = self.store.remove(list, ident, Some(source))?;
+            let rows = self.store.remove(list, ident, source)?;
             self.count_removed(&rows);
             removed.extend(rows);
             if let Some(c) = ident.cidr() {

@@ -99,6 +99,7 @@ pub struct Board {
     mode: Mutex<Mode>,
     interfaces: Mutex<Vec<Interface>>,
     abs: Mutex<Option<Arc<Mutex<AbsState>>>>,
+    fleet: Mutex<Option<Arc<crate::fleet::Shared>>>,
     pin_dir: PathBuf,
     database: PathBuf,
     started: Instant,
@@ -122,6 +123,7 @@ impl Board {
             mode: Mutex::new(Mode::Enforce),
             interfaces: Mutex::default(),
             abs: Mutex::default(),
+            fleet: Mutex::default(),
             pin_dir,
             database,
             started: Instant::now(),
@@ -165,8 +167,23 @@ impl Board {
         *self.abs.lock().unwrap_or_else(PoisonError::into_inner) = Some(abs);
     }
 
+    /// The fleet engine's state, which status shows.
+    pub fn set_fleet(&self, fleet: Arc<crate::fleet::Shared>) {
+        *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = Some(fleet);
+    }
+
+    /// The fleet engine's state, when a fleet is configured.
+    pub fn fleet(&self) -> Option<crate::control::answer::FleetState> {
+        self.fleet
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .map(|f| f.state())
+    }
+
     /// The `status` answer.
     pub fn status(&self) -> Status {
+        let fleet = self.fleet();
         let abs = self
             .abs
             .lock()
@@ -195,6 +212,7 @@ impl Board {
             lists,
             kernel_ip_entries: self.kernel_ip_entries.load(Ordering::Relaxed),
             abs,
+            fleet,
             uptime_secs: self.started.elapsed().as_secs(),
             detections: self.switches.detections(),
             abs_blocking: self.switches.abs(),

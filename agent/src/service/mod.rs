@@ -27,6 +27,7 @@ pub use abs_sync::Removals;
 mod batch;
 mod board;
 mod credentials;
+mod fleet;
 mod links;
 mod removal;
 mod restore;
@@ -38,6 +39,7 @@ pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorRep
 pub use batch::{PreparedImport, parse_import_line};
 pub use board::{Board, Counts};
 pub use credentials::{CredentialError, Credentials, SecretCheck, TokenRecord};
+pub use fleet::{FleetCommand, FleetReply};
 pub use links::undo_fresh;
 pub use switches::{Switch, Switches};
 
@@ -175,6 +177,8 @@ pub struct Service {
     interfaces: links::Interfaces,
     /// Where applied changes are published (set by the list writer).
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
+    /// Local changes waiting for the fleet (see [`crate::fleet`]).
+    outbox: fleet::Outbox,
 }
 
 impl Service {
@@ -205,7 +209,9 @@ impl Service {
             });
             board.set_kernel_ip_entries(f.table().len());
         }
+        let outbox = fleet::Outbox::new(&config.fleet, &store);
         Ok(Self {
+            outbox,
             store,
             filter,
             lists: Arc::new(RwLock::new(lists)),
@@ -290,12 +296,20 @@ impl Service {
         self.changes = Some(changes);
     }
 
-    /// Tells subscribers, if any (the rows are only copied when someone listens).
+    /// Tells subscribers, if any, and the fleet's outbox (the rows are only copied when
+    /// someone listens).
     fn publish(&self, make: impl FnOnce() -> Change) {
-        if let Some(tx) = &self.changes
-            && tx.receiver_count() > 0
-        {
-            let _ = tx.send(make());
+        let listening = self.changes.as_ref().filter(|tx| tx.receiver_count() > 0);
+        let fleet = self.outbox.wants();
+        if listening.is_none() && !fleet {
+            return;
+        }
+        let change = make();
+        if fleet {
+            self.fleet_note(&change);
+        }
+        if let Some(tx) = listening {
+            let _ = tx.send(change);
         }
     }
 
@@ -379,6 +393,7 @@ impl Service {
                 .map(|v| Response::ok(v.iter().map(EntryView::from).collect::<Vec<_>>()))
                 .map_err(ServiceError::from),
             Request::Backup => self.backup().map(Response::ok),
+            Request::Fleet { resync } => self.fleet_state(resync).map(Response::ok),
             Request::Status => self.status().map(Response::ok),
             Request::ApiList => self.api_list().map(Response::ok),
             Request::ApiShow { name } => self.api_show(&name).map(Response::ok),

@@ -15,10 +15,12 @@ use crate::model::{Entry, Identifier, Kind, List, Source};
 
 mod backup;
 mod checkpoint;
+mod fleet;
 mod migrate;
 
 pub use backup::Copy;
 use checkpoint::Checkpointer;
+pub use fleet::Outgoing;
 
 /// Which entries a query or a clear applies to.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -275,6 +277,8 @@ impl Store {
             migrate::run(&mut conn, path, version)?;
         }
         conn.execute_batch(SCHEMA).map_err(sql("creating schema"))?;
+        conn.execute_batch(fleet::SCHEMA)
+            .map_err(sql("creating the fleet tables"))?;
         Ok(Self {
             conn,
             _checkpointer: Checkpointer::start(path),

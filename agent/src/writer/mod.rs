@@ -31,7 +31,8 @@ pub use crate::service::Detection;
 use std::sync::Arc;
 
 use crate::service::{
-    Added, Board, Change, MirrorReport, PreparedImport, Removals, Service, ServiceError,
+    Added, Board, Change, FleetCommand, FleetReply, MirrorReport, PreparedImport, Removals,
+    Service, ServiceError,
 };
 use portcullis_common::DropEvent;
 
@@ -49,6 +50,8 @@ pub struct MetricsData {
     pub stats: crate::control::answer::Stats,
     /// Entries by list, kind and source.
     pub counts: Vec<(crate::model::List, Kind, String, u64)>,
+    /// The fleet link, when configured.
+    pub fleet: Option<crate::control::answer::FleetState>,
 }
 
 enum Write {
@@ -64,6 +67,10 @@ enum Write {
     Protect(Reading, oneshot::Sender<()>),
     DrainEvents(oneshot::Sender<Vec<DropEvent>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
+    Fleet(
+        FleetCommand,
+        oneshot::Sender<Result<FleetReply, ServiceError>>,
+    ),
     #[cfg(test)]
     Panic(oneshot::Sender<Result<(), ServiceError>>),
 }
@@ -207,6 +214,11 @@ impl Writer {
         self.write(Write::CheckLinks).await.unwrap_or_default()
     }
 
+    /// Runs a fleet engine command (see [`crate::fleet`]).
+    pub async fn fleet(&self, cmd: FleetCommand) -> Result<FleetReply, ServiceError> {
+        self.write(|tx| Write::Fleet(cmd, tx)).await?
+    }
+
     /// Counters and list sizes for the metrics endpoint.
     pub async fn metrics(&self) -> Option<MetricsData> {
         let (tx, rx) = oneshot::channel();
@@ -314,10 +326,12 @@ fn read(service: &Service, r: Read) {
                 || MetricsData {
                     stats: service.stats().unwrap_or_default(),
                     counts: service.counts().unwrap_or_default(),
+                    fleet: service.board().fleet(),
                 },
                 |_| MetricsData {
                     stats: Default::default(),
                     counts: Vec::new(),
+                    fleet: None,
                 },
             );
             let _ = tx.send(data);
@@ -374,6 +388,7 @@ fn is_bulk(w: &Write) -> bool {
             _
         ) | Write::Import(..)
             | Write::AbsMirror(..)
+            | Write::Fleet(FleetCommand::Swap { .. }, _)
     )
 }
 
@@ -442,6 +457,10 @@ fn execute(
                 },
             );
             Box::new(move || drop(tx.send(gone)))
+        }
+        Write::Fleet(cmd, tx) => {
+            let r = guarded(|| service.fleet(cmd), |m| Err(on_panic(m)));
+            Box::new(move || drop(tx.send(r)))
         }
         #[cfg(test)]
         Write::Panic(tx) => {

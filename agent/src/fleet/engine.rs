@@ -1,0 +1,397 @@
+//! The fleet engine: one task per agent that keeps the lists in step with the fleet's log,
+//! reconnecting with back-off and jitter while Redis is away.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
+use tokio::sync::watch;
+
+use super::log::{Id, Keys, Logged};
+use super::record::{self, Op};
+use super::{FleetConfig, Shared};
+use crate::service::{FleetCommand, FleetReply, ServiceError, unix_now};
+use crate::writer::Writer;
+
+/// How long a blocking read waits for records before the engine looks around.
+const BLOCK_MS: u64 = 2_000;
+/// Records per read, and queued changes per publish.
+const BATCH: usize = 1_000;
+/// Longest wait between reconnects.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a session with Redis ended.
+#[derive(Debug, thiserror::Error)]
+enum FleetError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("list writer: {0}")]
+    Writer(#[from] ServiceError),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Runs until `stop`: connects, syncs, then publishes and applies.
+pub async fn run(
+    config: FleetConfig,
+    writer: Writer,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut failures = 0u32;
+    loop {
+        let session = Session::open(&config, &writer, &shared);
+        let ended = tokio::select! {
+            r = async { session.await?.serve(&mut failures).await } => r,
+            _ = stop.changed() => return,
+        };
+        if let Err(e) = ended {
+            failures = failures.saturating_add(1);
+            tracing::warn!(
+                failures,
+                "fleet: {e}; local enforcement goes on, changes queue"
+            );
+            shared.update(|s| {
+                s.state = "unreachable".into();
+                s.last_error = Some(e.to_string());
+            });
+        }
+        let wait = crate::abs::backoff(failures.max(1), MAX_BACKOFF);
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// One connection's worth of work.
+struct Session<'a> {
+    config: &'a FleetConfig,
+    writer: &'a Writer,
+    shared: &'a Shared,
+    keys: Keys,
+    /// Publishes, snapshots, positions.
+    con: MultiplexedConnection,
+    /// Blocking reads only.
+    reader: MultiplexedConnection,
+    epoch: String,
+    last: Id,
+    /// Counts syncs: a read issued before the latest one is dropped unread.
+    syncs: u64,
+}
+
+fn client(config: &FleetConfig) -> Result<Client, FleetError> {
+    let mut info = config.redis.as_str().into_connection_info()?;
+    if let Some(file) = &config.password_file {
+        let pw = std::fs::read_to_string(file)
+            .map_err(|e| FleetError::Other(format!("reading {}: {e}", file.display())))?;
+        info.redis.password = Some(pw.trim_end_matches(['\n', '\r']).to_owned());
+    }
+    match &config.ca {
+        Some(ca) => {
+            let pem = std::fs::read(ca)
+                .map_err(|e| FleetError::Other(format!("reading {}: {e}", ca.display())))?;
+            Ok(Client::build_with_tls(
+                info,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem),
+                },
+            )?)
+        }
+        None => Ok(Client::open(info)?),
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A fresh epoch name: time and process, unique enough for a fleet.
+fn fresh_epoch() -> String {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{nanos:x}-{:x}", std::process::id())
+}
+
+impl<'a> Session<'a> {
+    async fn open(
+        config: &'a FleetConfig,
+        writer: &'a Writer,
+        shared: &'a Shared,
+    ) -> Result<Self, FleetError> {
+        let client = client(config)?;
+        let timeouts = AsyncConnectionConfig::new()
+            .set_connection_timeout(Duration::from_secs(5))
+            .set_response_timeout(Duration::from_secs(30));
+        let con = client
+            .get_multiplexed_async_connection_with_config(&timeouts)
+            .await?;
+        let reader = client
+            .get_multiplexed_async_connection_with_config(
+                &timeouts.set_response_timeout(Duration::from_millis(BLOCK_MS + 10_000)),
+            )
+            .await?;
+        Ok(Self {
+            config,
+            writer,
+            shared,
+            keys: Keys::new(&config.name),
+            con,
+            reader,
+            epoch: String::new(),
+            last: Id::default(),
+            syncs: 0,
+        })
+    }
+
+    async fn fleet(&self, cmd: FleetCommand) -> Result<FleetReply, FleetError> {
+        Ok(self.writer.fleet(cmd).await?)
+    }
+
+    async fn serve(mut self, failures: &mut u32) -> Result<(), FleetError> {
+        self.sync(false).await?;
+        *failures = 0;
+        self.publish().await?;
+        let mut read = Box::pin(read_after(&self.keys, &self.reader, self.last));
+        let mut seen = self.syncs;
+        loop {
+            tokio::select! {
+                got = &mut read => {
+                    let got = got?;
+                    let before = self.last;
+                    if !got.is_empty() {
+                        self.apply(got).await?;
+                    }
+                    // Trimmed past what this host had read, a new epoch, or a log behind
+                    // what was read (Redis lost records): the snapshot tells the truth.
+                    let at = self.keys.position(&mut self.con).await?;
+                    if at.epoch != self.epoch || !at.resumable(before) || at.last < self.last {
+                        self.sync(false).await?;
+                    }
+                    read = Box::pin(read_after(&self.keys, &self.reader, self.last));
+                }
+                _ = self.shared.queued.notified() => self.publish().await?,
+                _ = self.shared.resync.notified() => self.sync(true).await?,
+            }
+            if self.syncs != seen {
+                seen = self.syncs;
+                read = Box::pin(read_after(&self.keys, &self.reader, self.last));
+            }
+        }
+    }
+
+    /// Brings this host to the fleet's state: resumes when it can, else loads the snapshot.
+    async fn sync(&mut self, force: bool) -> Result<(), FleetError> {
+        let mut at = self.keys.position(&mut self.con).await?;
+        if at.epoch.is_empty() {
+            at.epoch = self
+                .keys
+                .new_epoch(&mut self.con, &fresh_epoch(), None)
+                .await?;
+            tracing::info!(epoch = %at.epoch, "fleet: Redis held no fleet state; a new epoch starts");
+        }
+        let FleetReply::Position {
+            epoch: mine,
+            last: mine_last,
+            overflowed,
+        } = self.fleet(FleetCommand::Position).await?
+        else {
+            return Err(FleetError::Other("unexpected writer reply".into()));
+        };
+        let mine_last = Id::parse(&mine_last).unwrap_or_default();
+        let rolled_back = mine.as_deref() == Some(at.epoch.as_str()) && mine_last > at.last;
+        if rolled_back || overflowed {
+            // Redis lost records this host had seen (a restart without them), or this host
+            // lost changes it could not queue: the fleet rebuilds from every host's own.
+            let why = if rolled_back {
+                "Redis lost records it had logged"
+            } else {
+                "the local queue overflowed"
+            };
+            tracing::warn!(
+                "fleet: {why}; starting a new epoch, every host republishes its own entries"
+            );
+            self.keys
+                .new_epoch(&mut self.con, &fresh_epoch(), Some(&at.epoch))
+                .await?;
+            at = self.keys.position(&mut self.con).await?;
+        }
+        let rebuild = mine.as_deref() != Some(at.epoch.as_str());
+        if !rebuild && !force && at.resumable(mine_last) {
+            self.epoch = at.epoch;
+            self.last = mine_last;
+            self.syncs += 1;
+            self.mark_synced(None);
+            return Ok(());
+        }
+        self.shared.update(|s| s.state = "resyncing".into());
+        let (at, rows) = self.keys.snapshot(&mut self.con).await?;
+        let now = unix_now();
+        let mut entries = Vec::with_capacity(rows.len());
+        let mut skipped = 0u64;
+        for (_, raw) in &rows {
+            match record::decode(raw) {
+                Ok(r) if r.entry.expires.is_none_or(|e| e > now) => entries.push(r.entry),
+                Ok(_) => {}
+                Err(e) => {
+                    skipped += 1;
+                    tracing::warn!("fleet: snapshot record skipped: {e}");
+                }
+            }
+        }
+        drop(rows);
+        let n = entries.len();
+        self.fleet(FleetCommand::Swap {
+            entries,
+            epoch: at.epoch.clone(),
+            last: at.last.to_string(),
+            rebuild,
+        })
+        .await?;
+        tracing::info!(
+            entries = n,
+            skipped,
+            rebuild,
+            epoch = %at.epoch,
+            position = %at.last,
+            "fleet: resynced from the snapshot"
+        );
+        self.epoch = at.epoch;
+        self.last = at.last;
+        self.syncs += 1;
+        self.shared.update(|s| {
+            s.resyncs += 1;
+            s.skipped += skipped;
+        });
+        self.mark_synced(None);
+        if rebuild {
+            self.shared.queued.notify_one();
+        }
+        Ok(())
+    }
+
+    fn mark_synced(&self, lag_ms: Option<u64>) {
+        let (epoch, last) = (self.epoch.clone(), self.last.to_string());
+        self.shared.update(|s| {
+            s.state = "in sync".into();
+            s.epoch = epoch;
+            s.position = last;
+            s.last_error = None;
+            if lag_ms.is_some() {
+                s.lag_ms = lag_ms;
+            }
+        });
+    }
+
+    /// Applies records read from the log, in order.
+    async fn apply(&mut self, got: Vec<Logged>) -> Result<(), FleetError> {
+        let mut ops = Vec::with_capacity(got.len());
+        let mut skipped = 0u64;
+        let mut newest = self.last;
+        for l in &got {
+            newest = newest.max(l.id);
+            let op = match l.op.as_slice() {
+                b"a" => Op::Add,
+                b"r" => Op::Remove,
+                b"epoch" => continue,
+                _ => {
+                    skipped += 1;
+                    tracing::warn!(id = %l.id, "fleet: log record of unknown shape skipped");
+                    continue;
+                }
+            };
+            match record::decode(&l.record) {
+                Ok(r) => ops.push((op, r.entry)),
+                Err(e) => {
+                    skipped += 1;
+                    tracing::warn!(id = %l.id, "fleet: log record skipped: {e}");
+                }
+            }
+        }
+        let FleetReply::Applied { refused } = self
+            .fleet(FleetCommand::Apply {
+                ops,
+                epoch: self.epoch.clone(),
+                last: newest.to_string(),
+            })
+            .await?
+        else {
+            return Err(FleetError::Other("unexpected writer reply".into()));
+        };
+        self.last = newest;
+        let lag = now_ms().saturating_sub(newest.0);
+        let n = got.len() as u64;
+        self.shared.update(|s| {
+            s.applied += n;
+            s.skipped += skipped;
+            s.refused += refused as u64;
+        });
+        self.mark_synced(Some(lag));
+        Ok(())
+    }
+
+    /// Publishes the queued local changes, oldest first.
+    async fn publish(&mut self) -> Result<(), FleetError> {
+        let min_id = match crate::config::parse_duration(&self.config.max_log_age) {
+            Ok(age) if age > 0 => Some(Id(now_ms().saturating_sub(age.saturating_mul(1000)), 0)),
+            _ => None,
+        };
+        loop {
+            let FleetReply::Pending(items) =
+                self.fleet(FleetCommand::Pending { limit: BATCH }).await?
+            else {
+                return Err(FleetError::Other("unexpected writer reply".into()));
+            };
+            let Some(upto) = items.last().map(|o| o.id) else {
+                self.shared.update(|s| s.queued = 0);
+                return Ok(());
+            };
+            let args: Vec<(&str, &[u8], &str)> = items
+                .iter()
+                .map(|o| {
+                    let op = if o.remove { Op::Remove } else { Op::Add };
+                    (op.as_str(), o.key.as_slice(), o.record.as_str())
+                })
+                .collect();
+            let published = self
+                .keys
+                .publish(
+                    &mut self.con,
+                    &self.epoch,
+                    self.config.max_log,
+                    min_id,
+                    &args,
+                )
+                .await?;
+            if published.is_none() {
+                // The epoch changed under us: catch up first, then publish into the new one.
+                self.sync(false).await?;
+                continue;
+            }
+            self.fleet(FleetCommand::Published { upto }).await?;
+            let n = items.len() as u64;
+            self.shared.update(|s| s.published += n);
+        }
+    }
+}
+
+async fn read(
+    keys: Keys,
+    mut reader: MultiplexedConnection,
+    after: Id,
+) -> Result<Vec<Logged>, redis::RedisError> {
+    keys.read(&mut reader, after, BATCH, BLOCK_MS).await
+}
+
+fn read_after(
+    keys: &Keys,
+    reader: &MultiplexedConnection,
+    after: Id,
+) -> impl std::future::Future<Output = Result<Vec<Logged>, redis::RedisError>> + use<> {
+    read(keys.clone(), reader.clone(), after)
+}

@@ -1,0 +1,406 @@
+//! The list writer's side of fleet sync: local changes queued for publishing (the outbox),
+//! records from the fleet's log applied, and the snapshot swapped in (see [`crate::fleet`]).
+//!
+//! Rows that came from the fleet have source `fleet`. Local rows (any other source) are
+//! this host's own and are what it publishes; while a fleet command runs, the changes it
+//! makes are not queued (a host never republishes what it received). A record's removal
+//! takes the identity off the list whatever the source: "removed on one host, lifted on all".
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use super::{Change, Service, ServiceError, unix_now};
+use crate::control::answer::FleetState;
+use crate::fleet::record;
+use crate::model::{Entry, Identifier, List, Source};
+use crate::store::{IdentKey, Outgoing, ident_key};
+
+/// A command from the fleet engine to the list writer.
+#[derive(Debug)]
+pub enum FleetCommand {
+    /// Records read from the log, in log order, up to id `last` of `epoch`.
+    Apply {
+        /// What each record does, with the entry it names (source `fleet`).
+        ops: Vec<(record::Op, Entry)>,
+        /// The epoch they belong to.
+        epoch: String,
+        /// The id of the last record read.
+        last: String,
+    },
+    /// The snapshot at `last`: the `fleet` rows become exactly `entries`. With `rebuild`
+    /// (a new epoch) every local row is queued again; without it, local rows the fleet
+    /// no longer holds (removed elsewhere while this host was away) are removed.
+    Swap {
+        /// The snapshot's unexpired entries.
+        entries: Vec<Entry>,
+        /// Its epoch.
+        epoch: String,
+        /// The log position it equals.
+        last: String,
+        /// Whether the epoch is new to this host.
+        rebuild: bool,
+    },
+    /// The oldest queued local changes.
+    Pending {
+        /// At most this many.
+        limit: usize,
+    },
+    /// The queued changes up to this id are in Redis.
+    Published {
+        /// The last one published.
+        upto: i64,
+    },
+    /// Where this host stands in the log.
+    Position,
+}
+
+/// The list writer's answer to a [`FleetCommand`].
+#[derive(Debug)]
+pub enum FleetReply {
+    /// Applied; this many records were refused by the safety rules.
+    Applied {
+        /// Refused records.
+        refused: usize,
+    },
+    /// Queued changes.
+    Pending(Vec<Outgoing>),
+    /// Done.
+    Done,
+    /// The persisted position: `epoch` (none before the first sync), last id, and whether
+    /// changes were lost to a full queue.
+    Position {
+        /// Epoch.
+        epoch: Option<String>,
+        /// Last id applied (`0-0` before any).
+        last: String,
+        /// The queue overflowed since the last rebuild.
+        overflowed: bool,
+    },
+}
+
+/// The outbox's settings and counters, kept by the service.
+pub(super) struct Outbox {
+    /// Fleet configured.
+    on: bool,
+    /// This host's name in records.
+    origin: String,
+    /// Most changes queued.
+    limit: u64,
+    /// Changes queued now.
+    queued: Cell<u64>,
+    /// The queue overflowed: changes are no longer queued until a rebuild republishes all.
+    overflowed: Cell<bool>,
+    /// Set while a fleet command runs: its changes are not republished.
+    muted: Cell<bool>,
+    /// The engine's nudges and state.
+    shared: Option<Arc<crate::fleet::Shared>>,
+}
+
+impl Outbox {
+    /// The outbox for `config`, with what `store` holds queued.
+    pub(super) fn new(config: &crate::fleet::FleetConfig, store: &crate::store::Store) -> Self {
+        let on = config.enabled();
+        Self {
+            on,
+            origin: config.origin(),
+            limit: config.queue_limit,
+            queued: Cell::new(if on {
+                store.fleet_queued().unwrap_or(0)
+            } else {
+                0
+            }),
+            overflowed: Cell::new(on && store.fleet_get("overflowed").ok().flatten().is_some()),
+            muted: Cell::new(false),
+            shared: None,
+        }
+    }
+
+    /// Whether changes are queued now.
+    pub(super) fn wants(&self) -> bool {
+        self.on && !self.muted.get() && !self.overflowed.get()
+    }
+}
+
+fn fleet_key(k: IdentKey) -> Vec<u8> {
+    let mut v = Vec::with_capacity(16);
+    v.extend_from_slice(&k.0.to_le_bytes());
+    v.extend_from_slice(&k.1.to_le_bytes());
+    v
+}
+
+impl Service {
+    /// Connects the fleet engine (status, nudges).
+    pub fn set_fleet(&mut self, shared: Arc<crate::fleet::Shared>) {
+        shared.update(|s| s.queued = self.outbox.queued.get());
+        self.board.set_fleet(shared.clone());
+        self.outbox.shared = Some(shared);
+    }
+
+    /// Queues a local change for the fleet (called with every applied change).
+    pub(super) fn fleet_note(&self, change: &Change) {
+        let mut items = Vec::new();
+        match change {
+            Change::Added(rows) => {
+                for e in rows.iter().filter(|e| e.source != Source::Fleet) {
+                    items.push((
+                        false,
+                        fleet_key(ident_key(e.list, &e.ident)),
+                        record::encode(e, &self.outbox.origin),
+                    ));
+                }
+            }
+            Change::Removed(rows) => {
+                let mut seen = HashSet::new();
+                for e in rows.iter() {
+                    let k = ident_key(e.list, &e.ident);
+                    if !seen.insert(k) {
+                        continue;
+                    }
+                    // Another local source still lists it: the fleet keeps it.
+                    let kept = self
+                        .store
+                        .rows_of(e.list, &e.ident)
+                        .map(|rows| rows.iter().any(|r| r.source != Source::Fleet))
+                        .unwrap_or(false);
+                    if !kept {
+                        items.push((true, fleet_key(k), record::encode(e, &self.outbox.origin)));
+                    }
+                }
+            }
+        }
+        self.queue(&items, false);
+    }
+
+    /// Adds `items` to the outbox (`force`: past its limit, for a rebuild).
+    fn queue(&self, items: &[(bool, Vec<u8>, String)], force: bool) {
+        if items.is_empty() {
+            return;
+        }
+        let o = &self.outbox;
+        let n = items.len() as u64;
+        let result = if !force && o.queued.get() + n > o.limit {
+            Err(format!("the queue holds its limit of {} changes", o.limit))
+        } else {
+            self.store.fleet_queue(items).map_err(|e| e.to_string())
+        };
+        match result {
+            Ok(()) => o.queued.set(o.queued.get() + n),
+            Err(why) => {
+                // Changes the fleet will not hear of one by one: the next sync starts a new
+                // epoch and every host republishes its own rows.
+                tracing::warn!("fleet: {why}; the fleet will rebuild from every host's entries");
+                o.overflowed.set(true);
+                o.queued.set(0);
+                let _ = self.store.fleet_clear_queue();
+                let _ = self.store.fleet_set(&[("overflowed", Some("1"))]);
+            }
+        }
+        if let Some(s) = &o.shared {
+            let q = o.queued.get();
+            s.update(|st| st.queued = q);
+            s.queued.notify_one();
+        }
+    }
+
+    /// Runs a fleet command.
+    pub fn fleet(&mut self, cmd: FleetCommand) -> Result<FleetReply, ServiceError> {
+        match cmd {
+            FleetCommand::Pending { limit } => {
+                Ok(FleetReply::Pending(self.store.fleet_pending(limit)?))
+            }
+            FleetCommand::Published { upto } => {
+                self.store.fleet_published(upto)?;
+                let left = self.store.fleet_queued()?;
+                self.outbox.queued.set(left);
+                if let Some(s) = &self.outbox.shared {
+                    s.update(|st| st.queued = left);
+                }
+                Ok(FleetReply::Done)
+            }
+            FleetCommand::Position => Ok(FleetReply::Position {
+                epoch: self.store.fleet_get("epoch")?,
+                last: self
+                    .store
+                    .fleet_get("last_id")?
+                    .unwrap_or_else(|| "0-0".into()),
+                overflowed: self.outbox.overflowed.get(),
+            }),
+            FleetCommand::Apply { ops, epoch, last } => {
+                self.outbox.muted.set(true);
+                let r = self.fleet_apply(ops);
+                self.outbox.muted.set(false);
+                let refused = r?;
+                self.store
+                    .fleet_set(&[("epoch", Some(&epoch)), ("last_id", Some(&last))])?;
+                Ok(FleetReply::Applied { refused })
+            }
+            FleetCommand::Swap {
+                entries,
+                epoch,
+                last,
+                rebuild,
+            } => {
+                self.outbox.muted.set(true);
+                let r = self.fleet_swap(entries, rebuild);
+                self.outbox.muted.set(false);
+                let refused = r?;
+                self.store.fleet_set(&[
+                    ("epoch", Some(&epoch)),
+                    ("last_id", Some(&last)),
+                    ("overflowed", None),
+                ])?;
+                self.outbox.overflowed.set(false);
+                Ok(FleetReply::Applied { refused })
+            }
+        }
+    }
+
+    /// Whether this host takes a fleet entry: the safety rules of an automatic source (no
+    /// deny of the world, of this host or of what it depends on).
+    fn fleet_admits(&self, e: &Entry) -> bool {
+        let ok = self.check_safety(e.list, &e.ident, false).is_ok()
+            && (e.list == List::Allow || self.check_automatic(&e.ident).is_ok());
+        if !ok {
+            tracing::warn!(list = %e.list, ident = %e.ident, reason = %e.reason, "fleet entry refused by this host's safety rules");
+        }
+        ok
+    }
+
+    /// Applies log records in order, consecutive records of one kind and list at once.
+    fn fleet_apply(&mut self, ops: Vec<(record::Op, Entry)>) -> Result<usize, ServiceError> {
+        let now = unix_now();
+        let mut refused = 0;
+        for run in ops.chunk_by(|a, b| a.0 == b.0 && a.1.list == b.1.list) {
+            let list = run[0].1.list;
+            match run[0].0 {
+                record::Op::Add => {
+                    let good: Vec<Entry> = run
+                        .iter()
+                        .map(|(_, e)| e)
+                        .filter(|e| e.expires.is_none_or(|x| x > now))
+                        .filter(|e| {
+                            let ok = self.fleet_admits(e);
+                            refused += usize::from(!ok);
+                            ok
+                        })
+                        .cloned()
+                        .collect();
+                    self.add_batch(list, &good, None)?;
+                }
+                record::Op::Remove => {
+                    let idents: Vec<Identifier> =
+                        run.iter().map(|(_, e)| e.ident.clone()).collect();
+                    self.remove_batch(list, &idents, None)?;
+                }
+            }
+        }
+        Ok(refused)
+    }
+
+    /// Makes the `fleet` rows the snapshot's entries (see [`FleetCommand::Swap`]).
+    fn fleet_swap(&mut self, entries: Vec<Entry>, rebuild: bool) -> Result<usize, ServiceError> {
+        const CHUNK: usize = 50_000;
+        let mut refused = 0;
+        let mut desired: HashMap<IdentKey, usize> = HashMap::with_capacity(entries.len());
+        for (i, e) in entries.iter().enumerate() {
+            if self.fleet_admits(e) {
+                desired.insert(ident_key(e.list, &e.ident), i);
+            } else {
+                refused += 1;
+            }
+        }
+        let wanted: HashSet<IdentKey> = desired.keys().copied().collect();
+        let queued: HashSet<Vec<u8>> = self.store.fleet_queued_keys()?.into_iter().collect();
+        let mut stale: Vec<(List, Identifier)> = Vec::new();
+        let mut gone: Vec<(List, Identifier)> = Vec::new();
+        let mut mine: Vec<(bool, Vec<u8>, String)> = Vec::new();
+        let origin = self.outbox.origin.clone();
+        self.store.for_each(|e| {
+            let k = ident_key(e.list, &e.ident);
+            if e.source == Source::Fleet {
+                match desired.get(&k) {
+                    Some(&i) if entries[i].expires == e.expires && entries[i].api == e.api => {
+                        desired.remove(&k);
+                    }
+                    _ => stale.push((e.list, e.ident.clone())),
+                }
+            } else if rebuild {
+                mine.push((false, fleet_key(k), record::encode(e, &origin)));
+            } else if !wanted.contains(&k) && !queued.contains(&fleet_key(k)) {
+                gone.push((e.list, e.ident.clone()));
+            }
+        })?;
+        for (rows, source) in [(stale, Some(Source::Fleet.as_str())), (gone, None)] {
+            for list in [List::Allow, List::Deny] {
+                let idents: Vec<Identifier> = rows
+                    .iter()
+                    .filter(|(l, _)| *l == list)
+                    .map(|(_, i)| i.clone())
+                    .collect();
+                if !idents.is_empty() {
+                    self.remove_batch(list, &idents, source)?;
+                }
+            }
+        }
+        let mut adds: Vec<usize> = desired.into_values().collect();
+        adds.sort_unstable();
+        for list in [List::Allow, List::Deny] {
+            let of_list: Vec<usize> = adds
+                .iter()
+                .copied()
+                .filter(|i| entries[*i].list == list)
+                .collect();
+            for chunk in of_list.chunks(CHUNK) {
+                let rows: Vec<Entry> = chunk.iter().map(|i| entries[*i].clone()).collect();
+                self.add_batch(list, &rows, None)?;
+            }
+        }
+        if rebuild {
+            self.queue(&mine, true);
+        }
+        Ok(refused)
+    }
+
+    /// `portcullis fleet status` (and `resync`, which first asks the engine for one): the
+    /// engine's state with this host's list digest.
+    pub(super) fn fleet_state(&self, resync: bool) -> Result<FleetState, ServiceError> {
+        let Some(shared) = &self.outbox.shared else {
+            return Err(ServiceError::BadRequest(
+                "no fleet is configured ([fleet] redis in the config file)".into(),
+            ));
+        };
+        if resync {
+            shared.resync.notify_one();
+        }
+        let mut state = shared.state();
+        let (digest, entries) = self.list_digest()?;
+        state.digest = digest;
+        state.entries = entries;
+        Ok(state)
+    }
+
+    /// A digest of every unexpired entry's identity, scope and expiry, whatever its source:
+    /// two hosts in step have the same one.
+    fn list_digest(&self) -> Result<(String, u64), ServiceError> {
+        use sha2::{Digest, Sha256};
+        let now = unix_now();
+        let mut lines = std::collections::BTreeSet::new();
+        self.store.for_each(|e| {
+            if e.expires.is_none_or(|x| x > now) {
+                lines.insert(format!(
+                    "{}\t{}\t{}\t{}\t{}\t{:?}",
+                    e.list, e.ident.kind, e.ident.name, e.ident.value, e.api, e.expires
+                ));
+            }
+        })?;
+        let mut h = Sha256::new();
+        for l in &lines {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        }
+        let d = h.finalize();
+        let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok((hex, lines.len() as u64))
+    }
+}
