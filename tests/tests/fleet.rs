@@ -18,10 +18,15 @@ use portcullis_tests::redis::Redis;
 /// The denied client (pings from it go through C's XDP).
 const ATTACKER: &str = CLIENT_V4[1];
 
+/// The Redis ACL README "A fleet of hosts" gives the fleet's user: what the agents need.
+const ACL: &str = "on >fleet-pw-1 resetkeys ~portcullis:* resetchannels -@all +ping +hello +select +get +set +del +exists +hget +hset +hdel +hgetall +xadd +xtrim +xread +xinfo|stream +eval +evalsha +script|load +multi +exec";
+
 struct Fleet {
     pair: NetnsPair,
     redis: Redis,
     name: String,
+    /// Agents log in as the README's ACL user (A and C by URL, B by password file).
+    acl: bool,
     dirs: Vec<AgentDirs>,
     agents: Vec<Agent>,
 }
@@ -29,15 +34,22 @@ struct Fleet {
 impl Fleet {
     /// Redis and the agents in the server namespace (C attached to the veth); B reaches
     /// Redis on 127.0.0.2, which `tc` filters can single out.
-    fn new(aof: bool) -> Self {
+    fn new(aof: bool, acl: bool) -> Self {
         let pair = NetnsPair::new().expect("namespaces");
         let root = std::env::temp_dir().join(portcullis_tests::unique("pcredis"));
         let port = free_port();
         let redis = Redis::start(root, port, "127.0.0.1 127.0.0.2", Some(&pair.server), aof)
             .expect("redis");
+        if acl {
+            let mut args = vec!["ACL", "SETUSER", "portcullis"];
+            args.extend(ACL.split(' '));
+            let reply = redis.text(&args);
+            assert!(reply.contains("OK"), "ACL SETUSER: {reply}");
+        }
         let mut f = Self {
             pair,
             redis,
+            acl,
             name: portcullis_tests::unique("fleet"),
             dirs: (0..3).map(|_| AgentDirs::new()).collect(),
             agents: Vec::new(),
@@ -51,11 +63,26 @@ impl Fleet {
 
     fn opts(&self, i: usize) -> AgentOpts {
         let host = ["a", "b", "c"][i];
-        let redis = if i == 1 { "127.0.0.2" } else { "127.0.0.1" };
-        let config = format!(
-            "[fleet]\nredis = \"redis://{redis}:{}\"\nname = \"{}\"\nhost = \"{host}\"\nmax_log = 1000\n",
-            self.redis.port, self.name
-        );
+        let addr = if i == 1 { "127.0.0.2" } else { "127.0.0.1" };
+        let port = self.redis.port;
+        let mut config = match (self.acl, i) {
+            (false, _) => format!("[fleet]\nredis = \"redis://{addr}:{port}\"\n"),
+            (true, 1) => {
+                let file = self.dirs[i].root.join("redis.pass");
+                std::fs::write(&file, "fleet-pw-1\n").expect("password file");
+                format!(
+                    "[fleet]\nredis = \"redis://portcullis@{addr}:{port}\"\npassword_file = \"{}\"\n",
+                    file.display()
+                )
+            }
+            (true, _) => {
+                format!("[fleet]\nredis = \"redis://portcullis:fleet-pw-1@{addr}:{port}\"\n")
+            }
+        };
+        config.push_str(&format!(
+            "name = \"{}\"\nhost = \"{host}\"\nmax_log = 1000\n",
+            self.name
+        ));
         match i {
             2 => AgentOpts {
                 config,
@@ -137,7 +164,7 @@ fn has(list: &[String], v: &str) -> bool {
 #[test]
 fn a_deny_on_one_host_is_dropped_by_xdp_on_another_and_lifted_everywhere() {
     privileged!();
-    let f = Fleet::new(false);
+    let f = Fleet::new(false, true);
     let (a, b, c) = (0, 1, 2);
     f.pair
         .assert_pings(ATTACKER, SERVER_V4, 2, 2, "before any deny");
@@ -160,6 +187,10 @@ fn a_deny_on_one_host_is_dropped_by_xdp_on_another_and_lifted_everywhere() {
     assert_eq!(row.source, "fleet");
     assert!(row.reason.starts_with("a/manual"), "{row:?}");
     f.converged("after the deny");
+    assert!(
+        f.agents[a].entries_from("deny", "fleet").is_empty(),
+        "the origin does not hold its own entry twice"
+    );
 
     // Removed on B: lifted on A and C too.
     ok(&f.agents[b].cli(&["deny", "remove", "ip", ATTACKER]));
@@ -259,7 +290,37 @@ fn a_deny_on_one_host_is_dropped_by_xdp_on_another_and_lifted_everywhere() {
     }
     assert_ne!(f.converged("after garbage"), digest);
     let status = f.agents[c].status();
-    assert_eq!(status.fleet.expect("fleet in status").state, "in sync");
+    let fleet = status.fleet.expect("fleet in status");
+    assert_eq!(fleet.state, "in sync");
+    assert!(!fleet.redis.contains("fleet-pw-1"), "{fleet:?}");
+
+    // A wrong password: the agent starts, says why it is not in the fleet, and never
+    // shows the password.
+    let dirs = AgentDirs::new();
+    let wrong = Agent::start(
+        &dirs,
+        &AgentOpts {
+            netns: Some(f.pair.server.clone()),
+            config: format!(
+                "[fleet]\nredis = \"redis://portcullis:wrong-pw@127.0.0.1:{}\"\nname = \"{}\"\n",
+                f.redis.port, f.name
+            ),
+            ..AgentOpts::default()
+        },
+    )
+    .expect("starts without Redis");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state = loop {
+        let s: FleetState = answer(&wrong.cli(&["fleet", "status", "--json"]));
+        if s.last_error.is_some() || Instant::now() > deadline {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(state.state, "unreachable", "{state:?}");
+    let why = state.last_error.unwrap_or_default();
+    assert!(why.to_lowercase().contains("authentication"), "{why}");
+    assert!(!format!("{:?}", wrong.status()).contains("wrong-pw"));
 }
 
 /// Sends `sig` to agent `i` (SIGSTOP and SIGCONT freeze and thaw it).
@@ -331,7 +392,7 @@ fn id(s: &str) -> (u64, u64) {
 #[test]
 fn every_host_comes_back_to_the_fleets_list_after_each_fault() {
     privileged!();
-    let mut f = Fleet::new(true);
+    let mut f = Fleet::new(true, false);
     let (a, b, c) = (0, 1, 2);
     f.agents[a].add("deny", &[&["ip", "198.18.1.1"], &["ip", "198.18.1.2"]]);
     f.converged("seeded");

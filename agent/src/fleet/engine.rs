@@ -11,7 +11,7 @@ use tokio::sync::watch;
 use super::log::{Id, Keys, Logged};
 use super::record::{self, Op};
 use super::{FleetConfig, Shared};
-use crate::service::{FleetCommand, FleetReply, ServiceError, unix_now};
+use crate::service::{FleetCommand, FleetReply, Received, ServiceError, unix_now};
 use crate::writer::Writer;
 
 /// How long a blocking read waits for records before the engine looks around.
@@ -71,6 +71,8 @@ struct Session<'a> {
     writer: &'a Writer,
     shared: &'a Shared,
     keys: Keys,
+    /// This host's name in records.
+    origin: String,
     /// Publishes, snapshots, positions.
     con: MultiplexedConnection,
     /// Blocking reads only.
@@ -141,6 +143,7 @@ impl<'a> Session<'a> {
             writer,
             shared,
             keys: Keys::new(&config.name),
+            origin: config.origin(),
             con,
             reader,
             epoch: String::new(),
@@ -236,7 +239,11 @@ impl<'a> Session<'a> {
         let mut skipped = 0u64;
         for (_, raw) in &rows {
             match record::decode(raw) {
-                Ok(r) if r.entry.expires.is_none_or(|e| e > now) => entries.push(r.entry),
+                Ok(r) if r.entry.expires.is_none_or(|e| e > now) => entries.push(Received {
+                    op: Op::Add,
+                    own: r.origin == self.origin,
+                    entry: r.entry,
+                }),
                 Ok(_) => {}
                 Err(e) => {
                     skipped += 1;
@@ -306,7 +313,11 @@ impl<'a> Session<'a> {
                 }
             };
             match record::decode(&l.record) {
-                Ok(r) => ops.push((op, r.entry)),
+                Ok(r) => ops.push(Received {
+                    op,
+                    own: r.origin == self.origin,
+                    entry: r.entry,
+                }),
                 Err(e) => {
                     skipped += 1;
                     tracing::warn!(id = %l.id, "fleet: log record skipped: {e}");

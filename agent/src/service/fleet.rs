@@ -16,13 +16,24 @@ use crate::fleet::record;
 use crate::model::{Entry, Identifier, List, Source};
 use crate::store::{IdentKey, Outgoing, ident_key};
 
+/// One record read from the fleet, checked.
+#[derive(Debug)]
+pub struct Received {
+    /// What it does.
+    pub op: record::Op,
+    /// The entry it names (source `fleet`).
+    pub entry: Entry,
+    /// This host published it: an add it still holds locally is not stored twice.
+    pub own: bool,
+}
+
 /// A command from the fleet engine to the list writer.
 #[derive(Debug)]
 pub enum FleetCommand {
     /// Records read from the log, in log order, up to id `last` of `epoch`.
     Apply {
-        /// What each record does, with the entry it names (source `fleet`).
-        ops: Vec<(record::Op, Entry)>,
+        /// The records.
+        ops: Vec<Received>,
         /// The epoch they belong to.
         epoch: String,
         /// The id of the last record read.
@@ -33,7 +44,7 @@ pub enum FleetCommand {
     /// no longer holds (removed elsewhere while this host was away) are removed.
     Swap {
         /// The snapshot's unexpired entries.
-        entries: Vec<Entry>,
+        entries: Vec<Received>,
         /// Its epoch.
         epoch: String,
         /// The log position it equals.
@@ -267,17 +278,27 @@ impl Service {
         ok
     }
 
+    /// Whether this host lists `e` itself, with the same scope and expiry (its own record
+    /// then needs no `fleet` row).
+    fn holds_locally(&self, e: &Entry) -> bool {
+        self.store.rows_of(e.list, &e.ident).is_ok_and(|rows| {
+            rows.iter()
+                .any(|r| r.source != Source::Fleet && r.api == e.api && r.expires == e.expires)
+        })
+    }
+
     /// Applies log records in order, consecutive records of one kind and list at once.
-    fn fleet_apply(&mut self, ops: Vec<(record::Op, Entry)>) -> Result<usize, ServiceError> {
+    fn fleet_apply(&mut self, ops: Vec<Received>) -> Result<usize, ServiceError> {
         let now = unix_now();
         let mut refused = 0;
-        for run in ops.chunk_by(|a, b| a.0 == b.0 && a.1.list == b.1.list) {
-            let list = run[0].1.list;
-            match run[0].0 {
+        for run in ops.chunk_by(|a, b| a.op == b.op && a.entry.list == b.entry.list) {
+            let list = run[0].entry.list;
+            match run[0].op {
                 record::Op::Add => {
                     let good: Vec<Entry> = run
                         .iter()
-                        .map(|(_, e)| e)
+                        .filter(|r| !(r.own && self.holds_locally(&r.entry)))
+                        .map(|r| &r.entry)
                         .filter(|e| e.expires.is_none_or(|x| x > now))
                         .filter(|e| {
                             let ok = self.fleet_admits(e);
@@ -290,7 +311,7 @@ impl Service {
                 }
                 record::Op::Remove => {
                     let idents: Vec<Identifier> =
-                        run.iter().map(|(_, e)| e.ident.clone()).collect();
+                        run.iter().map(|r| r.entry.ident.clone()).collect();
                     self.remove_batch(list, &idents, None)?;
                 }
             }
@@ -299,8 +320,14 @@ impl Service {
     }
 
     /// Makes the `fleet` rows the snapshot's entries (see [`FleetCommand::Swap`]).
-    fn fleet_swap(&mut self, entries: Vec<Entry>, rebuild: bool) -> Result<usize, ServiceError> {
+    fn fleet_swap(
+        &mut self,
+        received: Vec<Received>,
+        rebuild: bool,
+    ) -> Result<usize, ServiceError> {
         const CHUNK: usize = 50_000;
+        let own: Vec<bool> = received.iter().map(|r| r.own).collect();
+        let entries: Vec<Entry> = received.into_iter().map(|r| r.entry).collect();
         let mut refused = 0;
         let mut desired: HashMap<IdentKey, usize> = HashMap::with_capacity(entries.len());
         for (i, e) in entries.iter().enumerate() {
@@ -325,10 +352,20 @@ impl Service {
                     }
                     _ => stale.push((e.list, e.ident.clone())),
                 }
-            } else if rebuild {
-                mine.push((false, fleet_key(k), record::encode(e, &origin)));
-            } else if !wanted.contains(&k) && !queued.contains(&fleet_key(k)) {
-                gone.push((e.list, e.ident.clone()));
+            } else {
+                // This host's own record of a row it holds: no `fleet` row for it.
+                if let Some(&i) = desired.get(&k)
+                    && own[i]
+                    && entries[i].api == e.api
+                    && entries[i].expires == e.expires
+                {
+                    desired.remove(&k);
+                }
+                if rebuild {
+                    mine.push((false, fleet_key(k), record::encode(e, &origin)));
+                } else if !wanted.contains(&k) && !queued.contains(&fleet_key(k)) {
+                    gone.push((e.list, e.ident.clone()));
+                }
             }
         })?;
         for (rows, source) in [(stale, Some(Source::Fleet.as_str())), (gone, None)] {

@@ -39,7 +39,7 @@ pub use crate::control::answer::{AbsState, Added, EntryView, Imported, MirrorRep
 pub use batch::{PreparedImport, parse_import_line};
 pub use board::{Board, Counts};
 pub use credentials::{CredentialError, Credentials, SecretCheck, TokenRecord};
-pub use fleet::{FleetCommand, FleetReply};
+pub use fleet::{FleetCommand, FleetReply, Received};
 pub use links::undo_fresh;
 pub use switches::{Switch, Switches};
 
