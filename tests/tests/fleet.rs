@@ -19,7 +19,7 @@ use portcullis_tests::redis::Redis;
 const ATTACKER: &str = CLIENT_V4[1];
 
 /// The Redis ACL README "A fleet of hosts" gives the fleet's user: what the agents need.
-const ACL: &str = "on >fleet-pw-1 resetkeys ~portcullis:* resetchannels -@all +ping +hello +select +get +set +del +exists +hget +hset +hdel +hgetall +xadd +xtrim +xread +xinfo|stream +eval +evalsha +script|load +multi +exec";
+const ACL: &str = "on >fleet-pw-1 resetkeys ~portcullis:* resetchannels -@all +ping +hello +select +get +set +unlink +exists +incr +time +hget +hset +hdel +hgetall +hscan +xadd +xtrim +xread +xrange +xinfo|stream +eval +evalsha +script|load +multi +exec";
 
 struct Fleet {
     pair: NetnsPair,
@@ -233,6 +233,39 @@ fn a_deny_on_one_host_is_dropped_by_xdp_on_another_and_lifted_everywhere() {
     f.until(c, "expiry on C", |f| !has(&f.denies(c), CLIENT_V4[2]));
     f.until(b, "expiry on B", |f| !has(&f.denies(b), CLIENT_V4[2]));
 
+    // A local expiry is nobody else's business: A's 2 s entry, listed for good by B after
+    // it, stays on every host once A's own row expires.
+    ok(&f.agents[a].cli(&["deny", "add", "ip", "198.18.7.1", "--ttl", "2s"]));
+    f.until(b, "A's entry reaching B", |f| {
+        has(&f.denies(b), "198.18.7.1")
+    });
+    ok(&f.agents[b].cli(&["deny", "add", "ip", "198.18.7.1"]));
+    f.until(a, "A's own row expiring", |f| {
+        f.agents[a]
+            .entries_from("deny", "manual")
+            .iter()
+            .all(|e| !e.value.starts_with("198.18.7.1"))
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    for i in [a, b, c] {
+        assert!(has(&f.denies(i), "198.18.7.1"), "host {i} lost B's entry");
+    }
+    // A feed letting go withdraws only its own record: C's entry for the same address stays.
+    let feed = f.dirs[a].root.join("feed.txt");
+    std::fs::write(&feed, "198.18.7.2\n").expect("feed");
+    let feed = feed.display().to_string();
+    ok(&f.agents[a].cli(&["deny", "import", &feed, "--source", "abs"]));
+    f.until(c, "A's feed entry reaching C", |f| {
+        has(&f.denies(c), "198.18.7.2")
+    });
+    ok(&f.agents[c].cli(&["deny", "add", "ip", "198.18.7.2"]));
+    f.converged("C's own entry published");
+    ok(&f.agents[a].cli(&["deny", "remove", "ip", "198.18.7.2", "--source", "abs"]));
+    f.converged("after the feed let go");
+    for i in [a, b, c] {
+        assert!(has(&f.denies(i), "198.18.7.2"), "host {i} lost C's entry");
+    }
+
     // Allow beats deny fleet-wide: allowed on B, denied on A, passed by C's XDP.
     ok(&f.agents[b].cli(&["allow", "add", "ip", ATTACKER]));
     ok(&f.agents[a].cli(&["deny", "add", "ip", ATTACKER]));
@@ -271,17 +304,24 @@ fn a_deny_on_one_host_is_dropped_by_xdp_on_another_and_lifted_everywhere() {
         ],
         vec!["what", "ever"],
     ] {
+        // Numbered as the publish script numbers records, so each reaches the record
+        // checks; one more carries no number at all.
+        let seq_key = format!("portcullis:{{{}}}:seq", f.name);
+        let seq = f.redis.text(&["INCR", &seq_key]);
+        let seq = seq.trim().trim_start_matches("(integer) ").to_owned();
         let mut args = vec!["XADD", log.as_str(), "*"];
         args.extend(fields);
+        args.extend(["s", seq.as_str()]);
         f.redis.text(&args);
     }
+    f.redis.text(&["XADD", &log, "*", "o", "a", "r", "[]"]);
     ok(&f.agents[a].cli(&["deny", "add", "ip", "198.18.0.99"]));
     for i in [b, c] {
         f.until(i, "a good record after garbage", |f| {
             has(&f.denies(i), "198.18.0.99")
         });
         let s = f.state(i);
-        assert!(s.skipped >= 3, "{s:?}");
+        assert!(s.skipped >= 5, "{s:?}");
         assert!(
             s.refused >= 1,
             "0.0.0.0/0 refused by the safety rules: {s:?}"

@@ -7,7 +7,9 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 /// The benchmarks whose tables the README shows.
-pub const BENCHES: [&str; 6] = ["agent", "checker", "abs", "xdp", "restart", "sideband"];
+pub const BENCHES: [&str; 7] = [
+    "agent", "checker", "abs", "xdp", "restart", "sideband", "fleet",
+];
 
 /// Replaces the README block of every benchmark that has a report; returns the names updated.
 pub fn update(root: &Path) -> anyhow::Result<Vec<&'static str>> {

@@ -132,13 +132,14 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
 /// `agent --check-config`: the effective configuration, file and flags merged (what the
 /// agent would run with), then what on this machine would stop a start. The output is valid
 /// TOML (the verdict is a comment), so it can be saved and used as a config file; the ABS
-/// access key is not repeated into logs and tickets.
+/// access key and the Redis password are not repeated into logs and tickets.
 fn check_config(cfg: &Config, problems: &[String]) -> anyhow::Result<()> {
     let mut shown = cfg.clone();
     if !shown.abs.access_key.is_empty() {
         let fp = crate::model::fingerprint(&crate::model::digest(&shown.abs.access_key));
         shown.abs.access_key = format!("(set; not shown: {fp})");
     }
+    shown.fleet.redis = shown.fleet.redacted_url();
     let effective = toml::to_string(&shown).context("printing the effective configuration")?;
     let verdict = if problems.is_empty() {
         "configuration OK"

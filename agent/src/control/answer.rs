@@ -265,6 +265,10 @@ pub struct FleetState {
     pub resyncs: u64,
     /// Why the link is down, when it is.
     pub last_error: Option<String>,
+    /// When Redis last answered (unix seconds).
+    pub last_contact: Option<i64>,
+    /// Local changes were lost to a full queue; the fleet rebuilds at the next sync.
+    pub overflowed: bool,
     /// A digest of this host's unexpired entries (equal on hosts in step).
     pub digest: String,
     /// How many distinct entries the digest covers.

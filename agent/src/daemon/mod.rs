@@ -262,7 +262,11 @@ async fn run_until_signal(
                 // Apart from pruning: a DNS outage may hold a reading for a while.
                 if reading.as_ref().is_none_or(JoinHandle::is_finished) {
                     let servers = checker.map(checker::Running::server_hosts).unwrap_or_default();
-                    let names = infrastructure::names(&config.abs.url, servers.iter().map(String::as_str));
+                    let redis = config.fleet.redis_host();
+                    let names = infrastructure::names(
+                        &config.abs.url,
+                        servers.iter().map(String::as_str).chain(redis.as_deref()),
+                    );
                     reading = Some(tokio::spawn(read_host(writer.clone(), names)));
                 }
             },

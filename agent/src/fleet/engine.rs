@@ -8,7 +8,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, Client, IntoConnectionInfo};
 use tokio::sync::watch;
 
-use super::log::{Id, Keys, Logged};
+use super::log::{Id, Keys, Logged, Read};
 use super::record::{self, Op};
 use super::{FleetConfig, Shared};
 use crate::service::{FleetCommand, FleetReply, Received, ServiceError, unix_now};
@@ -79,6 +79,8 @@ struct Session<'a> {
     reader: MultiplexedConnection,
     epoch: String,
     last: Id,
+    /// The sequence number of the last record applied.
+    seq: u64,
     /// Counts syncs: a read issued before the latest one is dropped unread.
     syncs: u64,
 }
@@ -148,6 +150,7 @@ impl<'a> Session<'a> {
             reader,
             epoch: String::new(),
             last: Id::default(),
+            seq: 0,
             syncs: 0,
         })
     }
@@ -160,32 +163,78 @@ impl<'a> Session<'a> {
         self.sync(false).await?;
         *failures = 0;
         self.publish().await?;
-        let mut read = Box::pin(read_after(&self.keys, &self.reader, self.last));
-        let mut seen = self.syncs;
+        self.catch_up().await?;
+        let mut wake = Box::pin(wait_after(&self.keys, &self.reader, self.last));
         loop {
+            let syncs = self.syncs;
             tokio::select! {
-                got = &mut read => {
-                    let got = got?;
-                    let before = self.last;
-                    if !got.is_empty() {
-                        self.apply(got).await?;
-                    }
-                    // Trimmed past what this host had read, a new epoch, or a log behind
-                    // what was read (Redis lost records): the snapshot tells the truth.
-                    let at = self.keys.position(&mut self.con).await?;
-                    if at.epoch != self.epoch || !at.resumable(before) || at.last < self.last {
-                        self.sync(false).await?;
-                    }
-                    read = Box::pin(read_after(&self.keys, &self.reader, self.last));
+                woke = &mut wake => {
+                    woke?;
+                    self.catch_up().await?;
+                    wake = Box::pin(wait_after(&self.keys, &self.reader, self.last));
                 }
                 _ = self.shared.queued.notified() => self.publish().await?,
                 _ = self.shared.resync.notified() => self.sync(true).await?,
             }
-            if self.syncs != seen {
-                seen = self.syncs;
-                read = Box::pin(read_after(&self.keys, &self.reader, self.last));
+            if self.syncs != syncs {
+                wake = Box::pin(wait_after(&self.keys, &self.reader, self.last));
             }
         }
+    }
+
+    /// Reads and applies every record after this host's position; a trimmed gap, another
+    /// epoch or a broken sequence sends it to the snapshot.
+    async fn catch_up(&mut self) -> Result<(), FleetError> {
+        loop {
+            let Read {
+                epoch,
+                seq,
+                records,
+            } = self.keys.read(&mut self.con, self.last, BATCH).await?;
+            self.shared.update(|s| s.last_contact = Some(unix_now()));
+            if epoch != self.epoch {
+                return self.sync(false).await;
+            }
+            if seq < self.seq {
+                return self.rebuild("Redis lost records it had logged").await;
+            }
+            let n = records.len();
+            if n == 0 {
+                if seq > self.seq {
+                    // Numbered records this host never read are gone from the log.
+                    return self.missed().await;
+                }
+                return Ok(());
+            }
+            match self.apply(records).await? {
+                Continuity::Whole => {}
+                Continuity::Missing => return self.missed().await,
+                Continuity::Repeated => {
+                    return self.rebuild("Redis lost records it had logged").await;
+                }
+            }
+            if n < BATCH {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Records were trimmed past this host: only the snapshot can tell what they did.
+    async fn missed(&mut self) -> Result<(), FleetError> {
+        tracing::info!(position = %self.last, "fleet: the log was trimmed past this host");
+        self.sync(true).await
+    }
+
+    /// Starts a new epoch in place of this one: every host then rebuilds from its own rows.
+    async fn rebuild(&mut self, why: &str) -> Result<(), FleetError> {
+        tracing::warn!(
+            "fleet: {why}; starting a new epoch, every host republishes its own entries"
+        );
+        let at = self.keys.position(&mut self.con).await?;
+        self.keys
+            .new_epoch(&mut self.con, &fresh_epoch(), Some(&at.epoch))
+            .await?;
+        self.sync(false).await
     }
 
     /// Brings this host to the fleet's state: resumes when it can, else loads the snapshot.
@@ -197,66 +246,70 @@ impl<'a> Session<'a> {
                 .new_epoch(&mut self.con, &fresh_epoch(), None)
                 .await?;
             tracing::info!(epoch = %at.epoch, "fleet: Redis held no fleet state; a new epoch starts");
+            at = self.keys.position(&mut self.con).await?;
         }
         let FleetReply::Position {
             epoch: mine,
             last: mine_last,
+            seq: mine_seq,
             overflowed,
         } = self.fleet(FleetCommand::Position).await?
         else {
             return Err(FleetError::Other("unexpected writer reply".into()));
         };
         let mine_last = Id::parse(&mine_last).unwrap_or_default();
-        let rolled_back = mine.as_deref() == Some(at.epoch.as_str()) && mine_last > at.last;
-        if rolled_back || overflowed {
-            // Redis lost records this host had seen (a restart without them), or this host
-            // lost changes it could not queue: the fleet rebuilds from every host's own.
-            let why = if rolled_back {
-                "Redis lost records it had logged"
-            } else {
-                "the local queue overflowed"
-            };
-            tracing::warn!(
-                "fleet: {why}; starting a new epoch, every host republishes its own entries"
-            );
-            self.keys
-                .new_epoch(&mut self.con, &fresh_epoch(), Some(&at.epoch))
-                .await?;
-            at = self.keys.position(&mut self.con).await?;
+        let same = mine.as_deref() == Some(at.epoch.as_str());
+        if same && (mine_last > at.last || mine_seq > at.seq) {
+            return Box::pin(self.rebuild("Redis lost records it had logged")).await;
         }
-        let rebuild = mine.as_deref() != Some(at.epoch.as_str());
-        if !rebuild && !force && at.resumable(mine_last) {
+        if overflowed {
+            return Box::pin(self.rebuild("this host's queue overflowed")).await;
+        }
+        let rebuild = !same;
+        // Resuming is safe: a record trimmed away shows as a break in the numbers.
+        if !rebuild && !force {
             self.epoch = at.epoch;
             self.last = mine_last;
+            self.seq = mine_seq;
             self.syncs += 1;
             self.mark_synced(None);
             return Ok(());
         }
         self.shared.update(|s| s.state = "resyncing".into());
         let (at, rows) = self.keys.snapshot(&mut self.con).await?;
-        let now = unix_now();
-        let mut entries = Vec::with_capacity(rows.len());
-        let mut skipped = 0u64;
-        for (_, raw) in &rows {
-            match record::decode(raw) {
-                Ok(r) if r.entry.expires.is_none_or(|e| e > now) => entries.push(Received {
-                    op: Op::Add,
-                    own: r.origin == self.origin,
-                    entry: r.entry,
-                }),
-                Ok(_) => {}
-                Err(e) => {
-                    skipped += 1;
-                    tracing::warn!("fleet: snapshot record skipped: {e}");
+        let origin = self.origin.clone();
+        // A million records take a while to check: off the async workers.
+        let (keys, entries, skipped) = tokio::task::spawn_blocking(move || {
+            let now = unix_now();
+            let mut keys = Vec::with_capacity(rows.len());
+            let mut entries = Vec::with_capacity(rows.len());
+            let mut skipped = 0u64;
+            for (key, raw) in rows {
+                match record::decode(&raw) {
+                    Ok(r) if r.entry.expires.is_none_or(|e| e > now) => entries.push(Received {
+                        op: Op::Add,
+                        own: r.origin == origin,
+                        entry: r.entry,
+                    }),
+                    Ok(_) => {}
+                    Err(e) => {
+                        skipped += 1;
+                        tracing::warn!("fleet: snapshot record skipped: {e}");
+                    }
                 }
+                keys.push(key);
             }
-        }
-        drop(rows);
+            (keys, entries, skipped)
+        })
+        .await
+        .map_err(|e| FleetError::Other(format!("checking the snapshot: {e}")))?;
         let n = entries.len();
         self.fleet(FleetCommand::Swap {
+            keys,
             entries,
             epoch: at.epoch.clone(),
             last: at.last.to_string(),
+            seq: at.seq,
             rebuild,
         })
         .await?;
@@ -270,6 +323,7 @@ impl<'a> Session<'a> {
         );
         self.epoch = at.epoch;
         self.last = at.last;
+        self.seq = at.seq;
         self.syncs += 1;
         self.shared.update(|s| {
             s.resyncs += 1;
@@ -289,29 +343,51 @@ impl<'a> Session<'a> {
             s.epoch = epoch;
             s.position = last;
             s.last_error = None;
+            s.last_contact = Some(unix_now());
             if lag_ms.is_some() {
                 s.lag_ms = lag_ms;
             }
         });
     }
 
-    /// Applies records read from the log, in order.
-    async fn apply(&mut self, got: Vec<Logged>) -> Result<(), FleetError> {
+    /// Applies records read from the log, in order, up to the first break in the sequence.
+    async fn apply(&mut self, got: Vec<Logged>) -> Result<Continuity, FleetError> {
         let mut ops = Vec::with_capacity(got.len());
         let mut skipped = 0u64;
         let mut newest = self.last;
+        let mut seq = self.seq;
+        let mut continuity = Continuity::Whole;
         for l in &got {
+            // Records the publish script did not write (no sequence number) are skipped;
+            // its own must follow on from the last one applied.
+            match l.seq {
+                Some(s) if s == seq + 1 => seq = s,
+                Some(s) if s <= seq => {
+                    continuity = Continuity::Repeated;
+                    break;
+                }
+                Some(_) => {
+                    continuity = Continuity::Missing;
+                    break;
+                }
+                None => {}
+            }
             newest = newest.max(l.id);
             let op = match l.op.as_slice() {
                 b"a" => Op::Add,
                 b"r" => Op::Remove,
-                b"epoch" => continue,
+                b"w" => Op::Withdraw,
                 _ => {
                     skipped += 1;
                     tracing::warn!(id = %l.id, "fleet: log record of unknown shape skipped");
                     continue;
                 }
             };
+            if l.seq.is_none() {
+                skipped += 1;
+                tracing::warn!(id = %l.id, "fleet: log record not written by the publish script skipped");
+                continue;
+            }
             match record::decode(&l.record) {
                 Ok(r) => ops.push(Received {
                     op,
@@ -329,12 +405,14 @@ impl<'a> Session<'a> {
                 ops,
                 epoch: self.epoch.clone(),
                 last: newest.to_string(),
+                seq,
             })
             .await?
         else {
             return Err(FleetError::Other("unexpected writer reply".into()));
         };
         self.last = newest;
+        self.seq = seq;
         let lag = now_ms().saturating_sub(newest.0);
         let n = got.len() as u64;
         self.shared.update(|s| {
@@ -343,15 +421,12 @@ impl<'a> Session<'a> {
             s.refused += refused as u64;
         });
         self.mark_synced(Some(lag));
-        Ok(())
+        Ok(continuity)
     }
 
     /// Publishes the queued local changes, oldest first.
     async fn publish(&mut self) -> Result<(), FleetError> {
-        let min_id = match crate::config::parse_duration(&self.config.max_log_age) {
-            Ok(age) if age > 0 => Some(Id(now_ms().saturating_sub(age.saturating_mul(1000)), 0)),
-            _ => None,
-        };
+        let max_age = crate::config::parse_duration(&self.config.max_log_age).unwrap_or(0);
         loop {
             let FleetReply::Pending(items) =
                 self.fleet(FleetCommand::Pending { limit: BATCH }).await?
@@ -365,7 +440,11 @@ impl<'a> Session<'a> {
             let args: Vec<(&str, &[u8], &str)> = items
                 .iter()
                 .map(|o| {
-                    let op = if o.remove { Op::Remove } else { Op::Add };
+                    let op = match (o.remove, o.withdraw) {
+                        (false, _) => Op::Add,
+                        (true, false) => Op::Remove,
+                        (true, true) => Op::Withdraw,
+                    };
                     (op.as_str(), o.key.as_slice(), o.record.as_str())
                 })
                 .collect();
@@ -375,7 +454,7 @@ impl<'a> Session<'a> {
                     &mut self.con,
                     &self.epoch,
                     self.config.max_log,
-                    min_id,
+                    max_age,
                     &args,
                 )
                 .await?;
@@ -391,18 +470,21 @@ impl<'a> Session<'a> {
     }
 }
 
-async fn read(
-    keys: Keys,
-    mut reader: MultiplexedConnection,
-    after: Id,
-) -> Result<Vec<Logged>, redis::RedisError> {
-    keys.read(&mut reader, after, BATCH, BLOCK_MS).await
+/// Whether records read follow on from the last one applied.
+enum Continuity {
+    /// They do.
+    Whole,
+    /// Numbers were skipped: records are missing.
+    Missing,
+    /// A number came again: Redis lost records and is numbering anew.
+    Repeated,
 }
 
-fn read_after(
+fn wait_after(
     keys: &Keys,
     reader: &MultiplexedConnection,
     after: Id,
-) -> impl std::future::Future<Output = Result<Vec<Logged>, redis::RedisError>> + use<> {
-    read(keys.clone(), reader.clone(), after)
+) -> impl std::future::Future<Output = Result<(), redis::RedisError>> + use<> {
+    let (keys, mut reader) = (keys.clone(), reader.clone());
+    async move { keys.wait(&mut reader, after, BLOCK_MS).await }
 }

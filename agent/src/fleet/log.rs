@@ -1,39 +1,89 @@
-//! The fleet's keys in Redis and the only ways they are written: one Lua script publishes
+//! The fleet's keys in Redis and the only ways they are used: one Lua script publishes
 //! (log and snapshot together, refused when the caller's epoch is not the fleet's), one
-//! creates or replaces the epoch (emptying both), and reads are pinned snapshots (`MULTI`)
-//! and blocking stream reads.
+//! creates or replaces the epoch (emptying both), one reads records with the position
+//! checked in the same step; snapshots are read pinned to a position (`MULTI`), and a
+//! blocking `XREAD` only wakes the reader.
 
 use redis::aio::MultiplexedConnection;
 use redis::{RedisError, Script, Value};
 
-/// Publishes a batch: `KEYS` log, snapshot, epoch; `ARGV` epoch, max length, min id (`0`:
-/// none), then (op, key, record) triples. An add whose record the snapshot holds already,
-/// and a removal of a key it lacks, change nothing and log nothing (echoes die here).
+/// The position every reader checks: epoch (empty: none), last generated id, and the
+/// number of the last record logged.
+const POSITION: &str = r"
+local e = redis.call('GET', KEYS[3]) or ''
+local seq = redis.call('GET', KEYS[4]) or '0'
+local last = '0-0'
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local info = redis.call('XINFO', 'STREAM', KEYS[1])
+  for i = 1, #info, 2 do
+    if info[i] == 'last-generated-id' then last = info[i + 1] end
+  end
+end
+return {e, last, seq}
+";
+
+/// Publishes a batch: `KEYS` log, snapshot, epoch, sequence, sweep cursor; `ARGV` epoch,
+/// max length, max age in seconds (`0`: none), then (op, key, record) triples.
+/// - `a` adds; `r` removes (an operator's removal, whoever listed it); `w` withdraws (a
+///   feed or a detection no longer listing it: only when the snapshot's record for the key
+///   is this origin's, so another host's entry stays).
+/// - An add whose record the snapshot holds already, and a removal of a key it lacks,
+///   change nothing and log nothing (echoes die here). Records over 4 KiB are not taken.
+/// - Each logged record carries the next number of a gapless sequence (`s`): a reader that
+///   sees it jump missed records, one that sees it repeat follows a Redis that lost writes.
+/// - Each call also drops up to 100 expired records from the snapshot (every host expires
+///   its rows itself; Redis must not keep them forever) and trims by age on Redis's clock.
 const PUBLISH: &str = r"
 if redis.call('GET', KEYS[3]) ~= ARGV[1] then
   return redis.error_reply('EPOCH the fleet epoch changed')
 end
+local now = tonumber(redis.call('TIME')[1])
 local last = ''
+local function log(op, r)
+  local s = redis.call('INCR', KEYS[4])
+  last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'o', op, 'r', r, 's', s)
+end
+local function origin(r)
+  local ok, v = pcall(cjson.decode, r)
+  if ok and type(v) == 'table' then return v[7] end
+  return nil
+end
 for i = 4, #ARGV, 3 do
   local op, k, r = ARGV[i], ARGV[i + 1], ARGV[i + 2]
-  if op == 'a' then
+  if #r > 4096 then
+  elseif op == 'a' then
     if redis.call('HGET', KEYS[2], k) ~= r then
       redis.call('HSET', KEYS[2], k, r)
-      last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'o', 'a', 'r', r)
+      log('a', r)
+    end
+  elseif op == 'w' then
+    local held = redis.call('HGET', KEYS[2], k)
+    if held and origin(held) ~= nil and origin(held) == origin(r) then
+      redis.call('HDEL', KEYS[2], k)
+      log('w', r)
     end
   elseif redis.call('HDEL', KEYS[2], k) == 1 then
-    last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[2], '*', 'o', 'r', 'r', r)
+    log('r', r)
   end
 end
-if ARGV[3] ~= '0' then
-  redis.call('XTRIM', KEYS[1], 'MINID', '~', ARGV[3])
+local scan = redis.call('HSCAN', KEYS[2], redis.call('GET', KEYS[5]) or '0', 'COUNT', 100)
+redis.call('SET', KEYS[5], scan[1])
+for i = 1, #scan[2], 2 do
+  local ok, v = pcall(cjson.decode, scan[2][i + 1])
+  if ok and type(v) == 'table' and type(v[10]) == 'number' and v[10] <= now then
+    redis.call('HDEL', KEYS[2], scan[2][i])
+  end
+end
+local age = tonumber(ARGV[3])
+if age and age > 0 then
+  redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring((now - age) * 1000) .. '-0')
 end
 return last
 ";
 
 /// Creates the epoch when there is none (`ARGV[2]` empty), or replaces `ARGV[2]` with
-/// `ARGV[1]`; either empties the log and the snapshot (a new epoch is a new truth). Returns
-/// the epoch in force.
+/// `ARGV[1]`; either empties the log, the snapshot and the sequence (a new epoch is a new
+/// truth). Returns the epoch in force.
 const NEW_EPOCH: &str = r"
 local now = redis.call('GET', KEYS[3])
 if ARGV[2] == '' then
@@ -41,32 +91,30 @@ if ARGV[2] == '' then
 elseif now ~= ARGV[2] then
   return now or ''
 end
-redis.call('DEL', KEYS[1], KEYS[2])
-redis.call('XADD', KEYS[1], 'MAXLEN', '0', '*', 'o', 'epoch')
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
 redis.call('SET', KEYS[3], ARGV[1])
 return ARGV[1]
 ";
 
-/// Where the log stands: epoch (empty: none), last generated id, first id held (empty: no
-/// entries), and whether any entry was ever trimmed (`entries-added` above `length`; Redis
-/// 7.0 leaves `max-deleted-entry-id` alone when trimming).
-const POSITION: &str = r"
-local e = redis.call('GET', KEYS[3]) or ''
-if redis.call('EXISTS', KEYS[1]) == 0 then return {e, '0-0', '', '0'} end
-local info = redis.call('XINFO', 'STREAM', KEYS[1])
-local last, first, len, added = '0-0', '', 0, 0
-for i = 1, #info, 2 do
-  local k, v = info[i], info[i + 1]
-  if k == 'last-generated-id' then last = v
-  elseif k == 'length' then len = v
-  elseif k == 'entries-added' then added = v
-  elseif k == 'first-entry' and type(v) == 'table' then first = v[1] end
+/// Reads up to `ARGV[2]` records after id `ARGV[1]`, with the epoch and the sequence in
+/// the same step: `{epoch, seq, id, op, record, seq, ...}`. Fields over 16 KiB come back
+/// empty (skipped as malformed). Whether records were trimmed past the reader shows in the
+/// numbers: the first one read does not follow on from the reader's, or none is left to
+/// read while the sequence moved on.
+const READ: &str = r"
+local out = {redis.call('GET', KEYS[3]) or '', redis.call('GET', KEYS[4]) or '0'}
+if redis.call('EXISTS', KEYS[1]) == 0 then return out end
+for _, e in ipairs(redis.call('XRANGE', KEYS[1], '(' .. ARGV[1], '+', 'COUNT', ARGV[2])) do
+  local f = {o = '', r = '', s = ''}
+  for i = 1, #e[2], 2 do
+    local v = e[2][i + 1]
+    if #v > 16384 then v = '' end
+    f[e[2][i]] = v
+  end
+  table.insert(out, e[1]); table.insert(out, f.o); table.insert(out, f.r); table.insert(out, f.s)
 end
-return {e, last, first, added > len and '1' or '0'}
+return out
 ";
-
-/// The snapshot's (key, record) pairs.
-pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// A stream id, `ms-seq`, ordered as Redis orders them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
@@ -86,6 +134,9 @@ impl std::fmt::Display for Id {
     }
 }
 
+/// The snapshot's (key, record) pairs.
+pub type Rows = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The log's position.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Position {
@@ -93,27 +144,16 @@ pub struct Position {
     pub epoch: String,
     /// The last id the log ever generated.
     pub last: Id,
-    /// The oldest record still held (`None`: none held).
-    pub first: Option<Id>,
-    /// Records were trimmed from the head of the log.
-    pub trimmed: bool,
+    /// The number of the last record logged.
+    pub seq: u64,
 }
 
 impl Position {
-    /// Whether a reader that has applied everything up to `from` can go on reading: every
-    /// record after `from` is still in the log. Trimming only cuts the head, so that holds
-    /// when `from` is at or past the oldest record held, or at the end, or nothing was ever
-    /// trimmed.
-    pub fn resumable(&self, from: Id) -> bool {
-        from >= self.last || !self.trimmed || self.first.is_some_and(|f| from >= f)
-    }
-
-    fn read((epoch, last, first, trimmed): (String, String, String, String)) -> Self {
+    fn read((epoch, last, seq): (String, String, String)) -> Self {
         Self {
             epoch,
             last: Id::parse(&last).unwrap_or_default(),
-            first: Id::parse(&first),
-            trimmed: trimmed == "1",
+            seq: seq.parse().unwrap_or(0),
         }
     }
 }
@@ -122,10 +162,22 @@ impl Position {
 pub struct Logged {
     /// Its id.
     pub id: Id,
-    /// `a` or `r` (anything else is skipped by the caller).
+    /// `a`, `r` or `w` (anything else is skipped by the caller).
     pub op: Vec<u8>,
     /// The record.
     pub record: Vec<u8>,
+    /// Its sequence number (`None`: not written by the publish script).
+    pub seq: Option<u64>,
+}
+
+/// What a read found.
+pub struct Read {
+    /// The fleet's epoch now.
+    pub epoch: String,
+    /// The number of the last record logged now.
+    pub seq: u64,
+    /// Records after the position asked for (none: nothing new).
+    pub records: Vec<Logged>,
 }
 
 /// One fleet's keys.
@@ -134,27 +186,38 @@ pub struct Keys {
     log: String,
     snapshot: String,
     epoch: String,
+    seq: String,
+    sweep: String,
     publish: Script,
     new_epoch: Script,
     position: Script,
+    read: Script,
 }
 
 impl Keys {
-    /// The keys of fleet `name` (a hash tag keeps them in one Redis Cluster slot).
+    /// The keys of fleet `name` (a hash tag keeps them in one Redis Cluster slot, though
+    /// only a single Redis server is supported).
     pub fn new(name: &str) -> Self {
         Self {
             log: format!("portcullis:{{{name}}}:log"),
             snapshot: format!("portcullis:{{{name}}}:snapshot"),
             epoch: format!("portcullis:{{{name}}}:epoch"),
+            seq: format!("portcullis:{{{name}}}:seq"),
+            sweep: format!("portcullis:{{{name}}}:sweep"),
             publish: Script::new(PUBLISH),
             new_epoch: Script::new(NEW_EPOCH),
             position: Script::new(POSITION),
+            read: Script::new(READ),
         }
     }
 
     fn on<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
         let mut inv = script.prepare_invoke();
-        inv.key(&self.log).key(&self.snapshot).key(&self.epoch);
+        inv.key(&self.log)
+            .key(&self.snapshot)
+            .key(&self.epoch)
+            .key(&self.seq)
+            .key(&self.sweep);
         inv
     }
 
@@ -185,13 +248,11 @@ impl Keys {
         con: &mut MultiplexedConnection,
         epoch: &str,
         max_len: u64,
-        min_id: Option<Id>,
+        max_age_secs: u64,
         items: &[(&str, &[u8], &str)],
     ) -> Result<Option<String>, RedisError> {
         let mut inv = self.on(&self.publish);
-        inv.arg(epoch)
-            .arg(max_len)
-            .arg(min_id.map_or_else(|| "0".to_owned(), |i| i.to_string()));
+        inv.arg(epoch).arg(max_len).arg(max_age_secs);
         for (op, key, record) in items {
             inv.arg(*op).arg(*key).arg(*record);
         }
@@ -210,14 +271,16 @@ impl Keys {
         let script = &self.position;
         // Loaded first: EVALSHA inside MULTI cannot fall back to EVAL.
         script.prepare_invoke().load_async(con).await?;
-        let (at, rows): ((String, String, String, String), Rows) = redis::pipe()
+        let (at, rows): ((String, String, String), Rows) = redis::pipe()
             .atomic()
             .cmd("EVALSHA")
             .arg(script.get_hash())
-            .arg(3)
+            .arg(5)
             .arg(&self.log)
             .arg(&self.snapshot)
             .arg(&self.epoch)
+            .arg(&self.seq)
+            .arg(&self.sweep)
             .cmd("HGETALL")
             .arg(&self.snapshot)
             .query_async(con)
@@ -225,17 +288,30 @@ impl Keys {
         Ok((Position::read(at), rows))
     }
 
-    /// Up to `count` records after `after`, waiting up to `block_ms` for the first.
+    /// Up to `count` records after `after`, checked against trimming in the same step.
     pub async fn read(
         &self,
         con: &mut MultiplexedConnection,
         after: Id,
         count: usize,
+    ) -> Result<Read, RedisError> {
+        let mut inv = self.on(&self.read);
+        inv.arg(after.to_string()).arg(count);
+        let reply: Vec<Vec<u8>> = inv.invoke_async(con).await?;
+        Ok(parse_read(reply))
+    }
+
+    /// Waits up to `block_ms` for a record after `after` (a wake-up only: records are read
+    /// with [`Keys::read`], which checks the position).
+    pub async fn wait(
+        &self,
+        con: &mut MultiplexedConnection,
+        after: Id,
         block_ms: u64,
-    ) -> Result<Vec<Logged>, RedisError> {
-        let reply: Value = redis::cmd("XREAD")
+    ) -> Result<(), RedisError> {
+        let _: Value = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(count)
+            .arg(1)
             .arg("BLOCK")
             .arg(block_ms)
             .arg("STREAMS")
@@ -243,88 +319,38 @@ impl Keys {
             .arg(after.to_string())
             .query_async(con)
             .await?;
-        Ok(logged(reply))
+        Ok(())
     }
 }
 
-/// The records of an `XREAD` reply; entries of another shape come out with an empty op
-/// (counted and skipped by the caller, never a reason to stop reading).
-fn logged(reply: Value) -> Vec<Logged> {
-    let mut out = Vec::new();
-    let streams = match reply {
-        Value::Array(v) => v,
-        Value::Map(m) => m.into_iter().flat_map(|(k, v)| [k, v]).collect(),
-        _ => return out,
-    };
-    // RESP2: [[name, entries], ...]; RESP3 map flattened: name, entries, ...
-    let entries = streams.into_iter().flat_map(|s| match s {
-        Value::Array(mut pair) if pair.len() == 2 => match pair.pop() {
-            Some(Value::Array(entries)) => entries,
-            _ => Vec::new(),
-        },
-        Value::Array(entries) => entries,
-        _ => Vec::new(),
-    });
-    for entry in entries {
-        let Value::Array(mut parts) = entry else {
-            continue;
-        };
-        if parts.len() != 2 {
-            continue;
-        }
-        let fields = parts.pop();
-        let id = match parts.pop() {
-            Some(Value::BulkString(b)) => String::from_utf8_lossy(&b).into_owned(),
-            Some(Value::SimpleString(s)) => s,
-            _ => continue,
-        };
-        let Some(id) = Id::parse(&id) else { continue };
-        let mut op = Vec::new();
-        let mut record = Vec::new();
-        if let Some(Value::Array(kv)) = fields {
-            for pair in kv.chunks(2) {
-                if let [Value::BulkString(k), Value::BulkString(v)] = pair {
-                    match k.as_slice() {
-                        b"o" => op = v.clone(),
-                        b"r" => record = v.clone(),
-                        _ => {}
-                    }
-                }
-            }
-        }
-        out.push(Logged { id, op, record });
+/// The read script's reply.
+fn parse_read(reply: Vec<Vec<u8>>) -> Read {
+    let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let epoch = reply.first().map(|b| text(b)).unwrap_or_default();
+    let seq = reply.get(1).and_then(|b| text(b).parse().ok()).unwrap_or(0);
+    let records = reply
+        .get(2..)
+        .unwrap_or_default()
+        .chunks_exact(4)
+        .filter_map(|c| {
+            Some(Logged {
+                id: Id::parse(std::str::from_utf8(&c[0]).ok()?)?,
+                op: c[1].clone(),
+                record: c[2].clone(),
+                seq: std::str::from_utf8(&c[3]).ok()?.parse().ok(),
+            })
+        })
+        .collect();
+    Read {
+        epoch,
+        seq,
+        records,
     }
-    out
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_reader_resumes_only_when_nothing_after_it_was_trimmed() {
-        let at = |first: Option<Id>, trimmed| Position {
-            epoch: "e".into(),
-            last: Id(100, 0),
-            first,
-            trimmed,
-        };
-        assert!(
-            at(Some(Id(1, 0)), false).resumable(Id(0, 0)),
-            "never trimmed"
-        );
-        assert!(at(Some(Id(50, 0)), true).resumable(Id(50, 0)));
-        assert!(at(Some(Id(50, 0)), true).resumable(Id(70, 3)));
-        assert!(
-            !at(Some(Id(50, 0)), true).resumable(Id(49, 9)),
-            "records cut after it"
-        );
-        assert!(
-            at(None, true).resumable(Id(100, 0)),
-            "at the end of an empty log"
-        );
-        assert!(!at(None, true).resumable(Id(99, 0)));
-    }
 
     #[test]
     fn ids_order_as_redis_orders_them() {
@@ -336,24 +362,26 @@ mod tests {
     }
 
     #[test]
-    fn odd_stream_entries_are_kept_as_skippable_not_dropped_silently() {
-        let b = |s: &str| Value::BulkString(s.as_bytes().to_vec());
-        let reply = Value::Array(vec![Value::Array(vec![
-            b("log"),
-            Value::Array(vec![
-                Value::Array(vec![
-                    b("1-0"),
-                    Value::Array(vec![b("o"), b("a"), b("r"), b("[]")]),
-                ]),
-                Value::Array(vec![b("2-0"), Value::Array(vec![b("junk")])]),
-                Value::Array(vec![b("not-an-id"), Value::Nil]),
-            ]),
-        ])]);
-        let got = logged(reply);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got[0].op, b"a");
-        assert_eq!(got[0].record, b"[]");
-        assert!(got[1].op.is_empty());
-        assert_eq!(got[1].id, Id(2, 0));
+    fn a_read_reply_gives_the_position_and_the_records() {
+        let b = |s: &str| s.as_bytes().to_vec();
+        let r = parse_read(vec![
+            b("e1"),
+            b("9"),
+            b("1-0"),
+            b("a"),
+            b("[]"),
+            b("7"),
+            b("2-0"),
+            b("junk"),
+            b(""),
+            b(""),
+        ]);
+        assert_eq!((r.epoch.as_str(), r.seq), ("e1", 9));
+        assert_eq!(r.records.len(), 2);
+        assert_eq!(r.records[0].seq, Some(7));
+        assert_eq!(r.records[1].op, b"junk");
+        assert_eq!(r.records[1].seq, None);
+        let empty = parse_read(vec![]);
+        assert!(empty.epoch.is_empty() && empty.records.is_empty());
     }
 }

@@ -89,18 +89,36 @@ impl FleetConfig {
             .unwrap_or_else(|| "localhost".into())
     }
 
-    /// The URL with any password replaced, for status and logs.
+    /// The URL with any password replaced (and any query, which may hold one), for
+    /// status and logs.
     pub fn redacted_url(&self) -> String {
-        match self.redis.split_once("://") {
+        let url = self.redis.split('?').next().unwrap_or("");
+        match url.split_once("://") {
             Some((scheme, rest)) => match rest.rsplit_once('@') {
                 Some((auth, host)) => {
                     let user = auth.split(':').next().unwrap_or("");
                     format!("{scheme}://{user}:***@{host}")
                 }
-                None => self.redis.clone(),
+                None => url.to_owned(),
             },
-            None => self.redis.clone(),
+            None => url.to_owned(),
         }
+    }
+
+    /// Redis's host, which the safety rules protect like ABS's: no deny may cut a host off
+    /// from its fleet.
+    pub fn redis_host(&self) -> Option<String> {
+        if !self.enabled() {
+            return None;
+        }
+        let rest = self.redis.split_once("://")?.1;
+        let hostport = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+        let hostport = hostport.split(['/', '?']).next()?;
+        let host = match hostport.strip_prefix('[') {
+            Some(v6) => v6.split(']').next()?,
+            None => hostport.rsplit_once(':').map_or(hostport, |(h, _)| h),
+        };
+        (!host.is_empty()).then(|| host.to_owned())
     }
 
     /// Checks what can be checked without connecting.
@@ -124,6 +142,9 @@ impl FleetConfig {
         }
         if !self.host.is_empty() && !name_ok(&self.host) {
             return Err(("fleet.host", NAME_RULE.into()));
+        }
+        if self.queue_limit < 1000 {
+            return Err(("fleet.queue_limit", "at least 1000".into()));
         }
         if self.max_log < 1000 {
             return Err(("fleet.max_log", "at least 1000".into()));
@@ -190,6 +211,13 @@ mod tests {
             ..FleetConfig::default()
         };
         assert_eq!(c.redacted_url(), "redis://portcullis:***@127.0.0.1:6379/0");
+        assert_eq!(c.redis_host().as_deref(), Some("127.0.0.1"));
+        let q = FleetConfig {
+            redis: "rediss://[2001:db8::9]:6380/0?password=hunter2".into(),
+            ..FleetConfig::default()
+        };
+        assert!(!q.redacted_url().contains("hunter2"));
+        assert_eq!(q.redis_host().as_deref(), Some("2001:db8::9"));
         assert!(c.validate().is_ok());
         for (bad, field) in [
             (
@@ -212,6 +240,13 @@ mod tests {
                     ..c.clone()
                 },
                 "fleet.max_log",
+            ),
+            (
+                FleetConfig {
+                    queue_limit: 0,
+                    ..c.clone()
+                },
+                "fleet.queue_limit",
             ),
             (
                 FleetConfig {

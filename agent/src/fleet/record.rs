@@ -20,8 +20,12 @@ const MAX_TEXT: usize = 1024;
 pub enum Op {
     /// Lists (or refreshes) the entry.
     Add,
-    /// Takes the identity off the list on every host, whatever the source.
+    /// Takes the identity off the list on every host, whatever the source (an operator's
+    /// removal).
     Remove,
+    /// A feed or a detection no longer lists it: the fleet's copies go, rows other sources
+    /// hold stay.
+    Withdraw,
 }
 
 impl Op {
@@ -30,6 +34,7 @@ impl Op {
         match self {
             Op::Add => "a",
             Op::Remove => "r",
+            Op::Withdraw => "w",
         }
     }
 }

@@ -9,6 +9,7 @@
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::{Change, Service, ServiceError, unix_now};
 use crate::control::answer::FleetState;
@@ -38,17 +39,24 @@ pub enum FleetCommand {
         epoch: String,
         /// The id of the last record read.
         last: String,
+        /// Its sequence number.
+        seq: u64,
     },
     /// The snapshot at `last`: the `fleet` rows become exactly `entries`. With `rebuild`
     /// (a new epoch) every local row is queued again; without it, local rows the fleet
     /// no longer holds (removed elsewhere while this host was away) are removed.
     Swap {
+        /// Every key the snapshot holds (readable or not, expired or not): what the fleet
+        /// still lists.
+        keys: Vec<Vec<u8>>,
         /// The snapshot's unexpired entries.
         entries: Vec<Received>,
         /// Its epoch.
         epoch: String,
         /// The log position it equals.
         last: String,
+        /// The sequence number there.
+        seq: u64,
         /// Whether the epoch is new to this host.
         rebuild: bool,
     },
@@ -85,6 +93,8 @@ pub enum FleetReply {
         epoch: Option<String>,
         /// Last id applied (`0-0` before any).
         last: String,
+        /// The sequence number of the last record applied.
+        seq: u64,
         /// The queue overflowed since the last rebuild.
         overflowed: bool,
     },
@@ -102,8 +112,9 @@ pub(super) struct Outbox {
     queued: Cell<u64>,
     /// The queue overflowed: changes are no longer queued until a rebuild republishes all.
     overflowed: Cell<bool>,
-    /// Set while a fleet command runs: its changes are not republished.
-    muted: Cell<bool>,
+    /// Set while a fleet command, a prune or a safety lift runs: its changes are not
+    /// published.
+    muted: Arc<AtomicBool>,
     /// The engine's nudges and state.
     shared: Option<Arc<crate::fleet::Shared>>,
 }
@@ -122,14 +133,38 @@ impl Outbox {
                 0
             }),
             overflowed: Cell::new(on && store.fleet_get("overflowed").ok().flatten().is_some()),
-            muted: Cell::new(false),
+            muted: Arc::default(),
             shared: None,
         }
     }
 
     /// Whether changes are queued now.
     pub(super) fn wants(&self) -> bool {
-        self.on && !self.muted.get() && !self.overflowed.get()
+        self.on && !self.muted.load(Ordering::Relaxed) && !self.overflowed.get()
+    }
+
+    /// Keeps the changes made until the guard drops out of the fleet.
+    pub(super) fn quiet(&self) -> Quiet {
+        let before = self.muted.swap(true, Ordering::Relaxed);
+        Quiet(self.muted.clone(), before)
+    }
+}
+
+/// See [`Outbox::quiet`].
+pub(super) struct Quiet(Arc<AtomicBool>, bool);
+
+impl Drop for Quiet {
+    fn drop(&mut self) {
+        self.0.store(self.1, Ordering::Relaxed);
+    }
+}
+
+/// The outbox's code of an operation.
+fn op_code(op: record::Op) -> u8 {
+    match op {
+        record::Op::Add => 0,
+        record::Op::Remove => 1,
+        record::Op::Withdraw => 2,
     }
 }
 
@@ -155,13 +190,21 @@ impl Service {
             Change::Added(rows) => {
                 for e in rows.iter().filter(|e| e.source != Source::Fleet) {
                     items.push((
-                        false,
+                        op_code(record::Op::Add),
                         fleet_key(ident_key(e.list, &e.ident)),
                         record::encode(e, &self.outbox.origin),
                     ));
                 }
             }
             Change::Removed(rows) => {
+                // An identity only feeds and detections let go of is withdrawn (the fleet's
+                // copies go, other hosts' own rows stay); anything else an operator removed
+                // is removed on every host.
+                let operator: HashSet<IdentKey> = rows
+                    .iter()
+                    .filter(|e| !matches!(e.source, Source::Abs | Source::Checker))
+                    .map(|e| ident_key(e.list, &e.ident))
+                    .collect();
                 let mut seen = HashSet::new();
                 for e in rows.iter() {
                     let k = ident_key(e.list, &e.ident);
@@ -175,7 +218,16 @@ impl Service {
                         .map(|rows| rows.iter().any(|r| r.source != Source::Fleet))
                         .unwrap_or(false);
                     if !kept {
-                        items.push((true, fleet_key(k), record::encode(e, &self.outbox.origin)));
+                        let op = if operator.contains(&k) {
+                            record::Op::Remove
+                        } else {
+                            record::Op::Withdraw
+                        };
+                        items.push((
+                            op_code(op),
+                            fleet_key(k),
+                            record::encode(e, &self.outbox.origin),
+                        ));
                     }
                 }
             }
@@ -184,7 +236,7 @@ impl Service {
     }
 
     /// Adds `items` to the outbox (`force`: past its limit, for a rebuild).
-    fn queue(&self, items: &[(bool, Vec<u8>, String)], force: bool) {
+    fn queue(&self, items: &[(u8, Vec<u8>, String)], force: bool) {
         if items.is_empty() {
             return;
         }
@@ -205,6 +257,11 @@ impl Service {
                 o.queued.set(0);
                 let _ = self.store.fleet_clear_queue();
                 let _ = self.store.fleet_set(&[("overflowed", Some("1"))]);
+                if let Some(s) = &o.shared {
+                    s.update(|st| st.overflowed = true);
+                    // Now, not at the next reconnect: the engine starts the rebuild.
+                    s.resync.notify_one();
+                }
             }
         }
         if let Some(s) = &o.shared {
@@ -235,33 +292,54 @@ impl Service {
                     .store
                     .fleet_get("last_id")?
                     .unwrap_or_else(|| "0-0".into()),
+                seq: self
+                    .store
+                    .fleet_get("seq")?
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0),
                 overflowed: self.outbox.overflowed.get(),
             }),
-            FleetCommand::Apply { ops, epoch, last } => {
-                self.outbox.muted.set(true);
-                let r = self.fleet_apply(ops);
-                self.outbox.muted.set(false);
-                let refused = r?;
-                self.store
-                    .fleet_set(&[("epoch", Some(&epoch)), ("last_id", Some(&last))])?;
-                Ok(FleetReply::Applied { refused })
-            }
-            FleetCommand::Swap {
-                entries,
+            FleetCommand::Apply {
+                ops,
                 epoch,
                 last,
-                rebuild,
+                seq,
             } => {
-                self.outbox.muted.set(true);
-                let r = self.fleet_swap(entries, rebuild);
-                self.outbox.muted.set(false);
-                let refused = r?;
+                let refused = {
+                    let _quiet = self.outbox.quiet();
+                    self.fleet_apply(ops)?
+                };
+                let seq = seq.to_string();
                 self.store.fleet_set(&[
                     ("epoch", Some(&epoch)),
                     ("last_id", Some(&last)),
+                    ("seq", Some(&seq)),
+                ])?;
+                Ok(FleetReply::Applied { refused })
+            }
+            FleetCommand::Swap {
+                keys,
+                entries,
+                epoch,
+                last,
+                seq,
+                rebuild,
+            } => {
+                let refused = {
+                    let _quiet = self.outbox.quiet();
+                    self.fleet_swap(keys, entries, rebuild)?
+                };
+                let seq = seq.to_string();
+                self.store.fleet_set(&[
+                    ("epoch", Some(&epoch)),
+                    ("last_id", Some(&last)),
+                    ("seq", Some(&seq)),
                     ("overflowed", None),
                 ])?;
                 self.outbox.overflowed.set(false);
+                if let Some(s) = &self.outbox.shared {
+                    s.update(|st| st.overflowed = false);
+                }
                 Ok(FleetReply::Applied { refused })
             }
         }
@@ -307,12 +385,30 @@ impl Service {
                         })
                         .cloned()
                         .collect();
-                    self.add_batch(list, &good, None)?;
+                    if let Err(e) = self.add_batch(list, &good, None) {
+                        // One entry the kernel or the store refuses must not jam the link:
+                        // one at a time, and what fails is counted and left out.
+                        tracing::warn!("fleet: a batch failed ({e}); applying one by one");
+                        for entry in good {
+                            if let Err(e) = self.add_batch(list, std::slice::from_ref(&entry), None)
+                            {
+                                refused += 1;
+                                tracing::warn!(ident = %entry.ident, "fleet entry not applied: {e}");
+                            }
+                        }
+                    }
                 }
-                record::Op::Remove => {
-                    let idents: Vec<Identifier> =
-                        run.iter().map(|r| r.entry.ident.clone()).collect();
-                    self.remove_batch(list, &idents, None)?;
+                op => {
+                    // An operator's removal takes every row; a withdrawal the fleet's copy.
+                    let source = (op == record::Op::Withdraw).then_some(Source::Fleet.as_str());
+                    for r in run {
+                        if let Err(e) =
+                            self.remove_batch(list, std::slice::from_ref(&r.entry.ident), source)
+                        {
+                            refused += 1;
+                            tracing::warn!(ident = %r.entry.ident, "fleet removal not applied: {e}");
+                        }
+                    }
                 }
             }
         }
@@ -322,6 +418,7 @@ impl Service {
     /// Makes the `fleet` rows the snapshot's entries (see [`FleetCommand::Swap`]).
     fn fleet_swap(
         &mut self,
+        keys: Vec<Vec<u8>>,
         received: Vec<Received>,
         rebuild: bool,
     ) -> Result<usize, ServiceError> {
@@ -337,11 +434,13 @@ impl Service {
                 refused += 1;
             }
         }
-        let wanted: HashSet<IdentKey> = desired.keys().copied().collect();
+        // What the fleet still lists, whether this host takes it or not: a local row of
+        // it stays.
+        let wanted: HashSet<Vec<u8>> = keys.into_iter().collect();
         let queued: HashSet<Vec<u8>> = self.store.fleet_queued_keys()?.into_iter().collect();
         let mut stale: Vec<(List, Identifier)> = Vec::new();
         let mut gone: Vec<(List, Identifier)> = Vec::new();
-        let mut mine: Vec<(bool, Vec<u8>, String)> = Vec::new();
+        let mut mine: Vec<(u8, Vec<u8>, String)> = Vec::new();
         let origin = self.outbox.origin.clone();
         self.store.for_each(|e| {
             let k = ident_key(e.list, &e.ident);
@@ -362,8 +461,12 @@ impl Service {
                     desired.remove(&k);
                 }
                 if rebuild {
-                    mine.push((false, fleet_key(k), record::encode(e, &origin)));
-                } else if !wanted.contains(&k) && !queued.contains(&fleet_key(k)) {
+                    mine.push((
+                        op_code(record::Op::Add),
+                        fleet_key(k),
+                        record::encode(e, &origin),
+                    ));
+                } else if !wanted.contains(&fleet_key(k)) && !queued.contains(&fleet_key(k)) {
                     gone.push((e.list, e.ident.clone()));
                 }
             }

@@ -187,9 +187,10 @@ impl Service {
         let (lists, counts) = load_views(&store, filter.as_ref())?;
         // API servers' names join at the first refresh, once the checker is connected.
         let mut protected = Protected::default();
+        let redis = config.fleet.redis_host();
         protected.update(infrastructure::read(&infrastructure::names(
             &config.abs.url,
-            [],
+            redis.as_deref(),
         )));
         let switches = Arc::new(Switches::load(&config).map_err(ServiceError::Switches)?);
         let credentials = Arc::new(Credentials::load(&config).map_err(ServiceError::Switches)?);

@@ -10,7 +10,7 @@ use super::{Store, StoreError, sql};
 pub(super) const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS fleet_outbox (
     id      INTEGER PRIMARY KEY,
-    remove  INTEGER NOT NULL,
+    remove  INTEGER NOT NULL,   -- 0 add, 1 remove, 2 withdraw
     key     BLOB NOT NULL,
     record  TEXT NOT NULL
 );
@@ -27,6 +27,8 @@ pub struct Outgoing {
     pub id: i64,
     /// A removal (else an addition).
     pub remove: bool,
+    /// A removal that only withdraws this host's own record (a feed's or a detection's).
+    pub withdraw: bool,
     /// The identity's key in the fleet's snapshot.
     pub key: Vec<u8>,
     /// The record, in the fleet's wire form.
@@ -34,8 +36,9 @@ pub struct Outgoing {
 }
 
 impl Store {
-    /// Appends local changes to the outbox in one transaction.
-    pub fn fleet_queue(&self, items: &[(bool, Vec<u8>, String)]) -> Result<(), StoreError> {
+    /// Appends local changes (`(op, key, record)`, op 0 add, 1 remove, 2 withdraw) to the
+    /// outbox in one transaction.
+    pub fn fleet_queue(&self, items: &[(u8, Vec<u8>, String)]) -> Result<(), StoreError> {
         let tx = self.conn.unchecked_transaction().map_err(sql("begin"))?;
         {
             let mut q = tx
@@ -58,9 +61,11 @@ impl Store {
             .prepare_cached("SELECT id, remove, key, record FROM fleet_outbox ORDER BY id LIMIT ?1")
             .map_err(sql("prepare"))?;
         q.query_map(params![limit as i64], |r| {
+            let op: i64 = r.get(1)?;
             Ok(Outgoing {
                 id: r.get(0)?,
-                remove: r.get(1)?,
+                remove: op != 0,
+                withdraw: op == 2,
                 key: r.get(2)?,
                 record: r.get(3)?,
             })
@@ -152,9 +157,9 @@ mod tests {
             let store = Store::open(&path).expect("open");
             store
                 .fleet_queue(&[
-                    (false, vec![1], "a".into()),
-                    (true, vec![2], "b".into()),
-                    (false, vec![1], "c".into()),
+                    (0, vec![1], "a".into()),
+                    (2, vec![2], "b".into()),
+                    (0, vec![1], "c".into()),
                 ])
                 .expect("queue");
             store
@@ -165,7 +170,7 @@ mod tests {
         let pending = store.fleet_pending(10).expect("pending");
         let records: Vec<_> = pending.iter().map(|o| o.record.as_str()).collect();
         assert_eq!(records, ["a", "b", "c"]);
-        assert!(pending[1].remove);
+        assert!(pending[1].remove && pending[1].withdraw && !pending[0].remove);
         assert_eq!(store.fleet_queued_keys().expect("keys").len(), 2);
         store.fleet_published(pending[1].id).expect("ack");
         assert_eq!(store.fleet_queued().expect("count"), 1);
