@@ -143,6 +143,9 @@ impl FleetConfig {
         if !self.host.is_empty() && !name_ok(&self.host) {
             return Err(("fleet.host", NAME_RULE.into()));
         }
+        if self.ca.is_some() && !self.redis.trim_start().starts_with("rediss://") {
+            return Err(("fleet.ca", "a CA is for TLS: use a rediss:// URL".into()));
+        }
         if self.queue_limit < 1000 {
             return Err(("fleet.queue_limit", "at least 1000".into()));
         }
@@ -247,6 +250,13 @@ mod tests {
                     ..c.clone()
                 },
                 "fleet.queue_limit",
+            ),
+            (
+                FleetConfig {
+                    ca: Some("/etc/ca.pem".into()),
+                    ..c.clone()
+                },
+                "fleet.ca",
             ),
             (
                 FleetConfig {

@@ -75,11 +75,11 @@ impl Store {
         .map_err(sql("outbox"))
     }
 
-    /// Drops the queued changes up to `upto` (published).
-    pub fn fleet_published(&self, upto: i64) -> Result<(), StoreError> {
+    /// Drops the queued changes up to `upto` (published); returns how many.
+    pub fn fleet_published(&self, upto: i64) -> Result<u64, StoreError> {
         self.conn
             .execute("DELETE FROM fleet_outbox WHERE id <= ?1", params![upto])
-            .map(drop)
+            .map(|n| n as u64)
             .map_err(sql("outbox"))
     }
 
