@@ -19,7 +19,7 @@ use portcullis_tests::redis::Redis;
 const ATTACKER: &str = CLIENT_V4[1];
 
 /// The Redis ACL README "A fleet of hosts" gives the fleet's user: what the agents need.
-const ACL: &str = "on >fleet-pw-1 resetkeys ~portcullis:* resetchannels -@all +ping +hello +select +get +set +unlink +exists +incr +time +hget +hset +hdel +hgetall +hscan +xadd +xtrim +xread +xrange +xinfo|stream +eval +evalsha +script|load +multi +exec";
+const ACL: &str = "on >fleet-pw-1 resetkeys ~portcullis:* resetchannels -@all +ping +hello +select +get +set +unlink +exists +incr +time +hget +hset +hdel +hgetall +hscan +hkeys +xadd +xtrim +xread +xrange +xinfo|stream +eval +evalsha +script|load +multi +exec";
 
 struct Fleet {
     pair: NetnsPair,
@@ -83,6 +83,9 @@ impl Fleet {
             "name = \"{}\"\nhost = \"{host}\"\nmax_log = 1000\n",
             self.name
         ));
+        if i == 1 {
+            config.push_str("queue_limit = 1000\n");
+        }
         match i {
             2 => AgentOpts {
                 config,
@@ -473,6 +476,28 @@ fn every_host_comes_back_to_the_fleets_list_after_each_fault() {
         let d = f.denies(i);
         assert!(has(&d, "198.18.3.1") && !has(&d, "198.18.1.2"), "{d:?}");
     }
+
+    // B's queue overflowing while Redis is away: back, it starts a new epoch and every host
+    // rebuilds from its own rows; nothing B listed meanwhile is lost.
+    f.redis.kill9();
+    let list = f.dirs[b].root.join("overflow.txt");
+    let lines: String = (0..1500)
+        .map(|i| format!("198.18.{}.{}\n", 60 + i / 250, i % 250))
+        .collect();
+    std::fs::write(&list, lines).expect("write");
+    ok(&f.agents[b].cli(&["deny", "import", &list.display().to_string()]));
+    f.until(b, "B's queue overflowing", |f| f.state(b).overflowed);
+    f.redis.restart().expect("redis back");
+    f.converged("after B's queue overflowed");
+    assert_ne!(f.state(a).epoch, epoch, "the overflow started a new epoch");
+    for i in [a, b, c] {
+        let d = f.denies(i);
+        assert!(
+            has(&d, "198.18.65.249") && has(&d, "198.18.3.1"),
+            "host {i}"
+        );
+    }
+    let epoch = f.state(a).epoch;
 
     // Redis killed without it and restarted empty: a new epoch, every host rebuilds from
     // every host's own entries; one deleted during the outage stays deleted.

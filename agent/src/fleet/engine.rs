@@ -259,13 +259,24 @@ impl<'a> Session<'a> {
         };
         let mine_last = Id::parse(&mine_last).unwrap_or_default();
         let same = mine.as_deref() == Some(at.epoch.as_str());
-        if same && (mine_last > at.last || mine_seq > at.seq) {
-            return Box::pin(self.rebuild("Redis lost records it had logged")).await;
+        let lost = same && (mine_last > at.last || mine_seq > at.seq);
+        if lost || (same && overflowed) {
+            // Redis lost records this host had seen, or this host lost changes it could not
+            // queue: a new epoch, and every host rebuilds from its own rows.
+            let why = if lost {
+                "Redis lost records it had logged"
+            } else {
+                "this host's queue overflowed"
+            };
+            tracing::warn!(
+                "fleet: {why}; starting a new epoch, every host republishes its own entries"
+            );
+            self.keys
+                .new_epoch(&mut self.con, &fresh_epoch(), Some(&at.epoch))
+                .await?;
+            at = self.keys.position(&mut self.con).await?;
         }
-        if overflowed {
-            return Box::pin(self.rebuild("this host's queue overflowed")).await;
-        }
-        let rebuild = !same;
+        let rebuild = mine.as_deref() != Some(at.epoch.as_str()) || overflowed;
         // Resuming is safe: a record trimmed away shows as a break in the numbers.
         if !rebuild && !force {
             self.epoch = at.epoch;
@@ -276,7 +287,7 @@ impl<'a> Session<'a> {
             return Ok(());
         }
         self.shared.update(|s| s.state = "resyncing".into());
-        let (at, rows) = self.keys.snapshot(&mut self.con).await?;
+        let (at, rows, removed) = self.keys.snapshot(&mut self.con).await?;
         let origin = self.origin.clone();
         // A million records take a while to check: off the async workers.
         let (keys, entries, skipped) = tokio::task::spawn_blocking(move || {
@@ -306,6 +317,7 @@ impl<'a> Session<'a> {
         let n = entries.len();
         self.fleet(FleetCommand::Swap {
             keys,
+            removed,
             entries,
             epoch: at.epoch.clone(),
             last: at.last.to_string(),
@@ -400,6 +412,7 @@ impl<'a> Session<'a> {
                 }
             }
         }
+        let ops_len = ops.len();
         let FleetReply::Applied { refused } = self
             .fleet(FleetCommand::Apply {
                 ops,
@@ -414,7 +427,7 @@ impl<'a> Session<'a> {
         self.last = newest;
         self.seq = seq;
         let lag = now_ms().saturating_sub(newest.0);
-        let n = got.len() as u64;
+        let n = ops_len as u64;
         self.shared.update(|s| {
             s.applied += n;
             s.skipped += skipped;

@@ -63,8 +63,15 @@ for i = 4, #ARGV, 3 do
       log('w', r)
     end
   elseif redis.call('HDEL', KEYS[2], k) == 1 then
+    redis.call('HSET', KEYS[6], k, now)
     log('r', r)
   end
+  if op == 'a' then redis.call('HDEL', KEYS[6], k) end
+end
+local tomb = redis.call('HSCAN', KEYS[6], redis.call('GET', KEYS[7]) or '0', 'COUNT', 100)
+redis.call('SET', KEYS[7], tomb[1])
+for i = 1, #tomb[2], 2 do
+  if (tonumber(tomb[2][i + 1]) or 0) + 2592000 < now then redis.call('HDEL', KEYS[6], tomb[2][i]) end
 end
 local scan = redis.call('HSCAN', KEYS[2], redis.call('GET', KEYS[5]) or '0', 'COUNT', 100)
 redis.call('SET', KEYS[5], scan[1])
@@ -75,7 +82,7 @@ for i = 1, #scan[2], 2 do
   end
 end
 local age = tonumber(ARGV[3])
-if age and age > 0 then
+if age and age > 0 and now > age then
   redis.call('XTRIM', KEYS[1], 'MINID', '~', tostring((now - age) * 1000) .. '-0')
 end
 return last
@@ -91,7 +98,7 @@ if ARGV[2] == '' then
 elseif now ~= ARGV[2] then
   return now or ''
 end
-redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[4], KEYS[5])
+redis.call('UNLINK', KEYS[1], KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7])
 redis.call('SET', KEYS[3], ARGV[1])
 return ARGV[1]
 ";
@@ -188,6 +195,8 @@ pub struct Keys {
     epoch: String,
     seq: String,
     sweep: String,
+    removed: String,
+    removed_sweep: String,
     publish: Script,
     new_epoch: Script,
     position: Script,
@@ -204,6 +213,8 @@ impl Keys {
             epoch: format!("portcullis:{{{name}}}:epoch"),
             seq: format!("portcullis:{{{name}}}:seq"),
             sweep: format!("portcullis:{{{name}}}:sweep"),
+            removed: format!("portcullis:{{{name}}}:removed"),
+            removed_sweep: format!("portcullis:{{{name}}}:removed-sweep"),
             publish: Script::new(PUBLISH),
             new_epoch: Script::new(NEW_EPOCH),
             position: Script::new(POSITION),
@@ -217,7 +228,9 @@ impl Keys {
             .key(&self.snapshot)
             .key(&self.epoch)
             .key(&self.seq)
-            .key(&self.sweep);
+            .key(&self.sweep)
+            .key(&self.removed)
+            .key(&self.removed_sweep);
         inv
     }
 
@@ -263,29 +276,34 @@ impl Keys {
         }
     }
 
-    /// The snapshot with the position it equals, read atomically (`MULTI`).
+    /// The snapshot with the position it equals, and the keys operators removed in the
+    /// last 30 days (tombstones), read atomically (`MULTI`).
     pub async fn snapshot(
         &self,
         con: &mut MultiplexedConnection,
-    ) -> Result<(Position, Rows), RedisError> {
+    ) -> Result<(Position, Rows, Vec<Vec<u8>>), RedisError> {
         let script = &self.position;
         // Loaded first: EVALSHA inside MULTI cannot fall back to EVAL.
         script.prepare_invoke().load_async(con).await?;
-        let (at, rows): ((String, String, String), Rows) = redis::pipe()
+        let (at, rows, removed): ((String, String, String), Rows, Vec<Vec<u8>>) = redis::pipe()
             .atomic()
             .cmd("EVALSHA")
             .arg(script.get_hash())
-            .arg(5)
+            .arg(7)
             .arg(&self.log)
             .arg(&self.snapshot)
             .arg(&self.epoch)
             .arg(&self.seq)
             .arg(&self.sweep)
+            .arg(&self.removed)
+            .arg(&self.removed_sweep)
             .cmd("HGETALL")
             .arg(&self.snapshot)
+            .cmd("HKEYS")
+            .arg(&self.removed)
             .query_async(con)
             .await?;
-        Ok((Position::read(at), rows))
+        Ok((Position::read(at), rows, removed))
     }
 
     /// Up to `count` records after `after`, checked against trimming in the same step.

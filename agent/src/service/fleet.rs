@@ -2,9 +2,11 @@
 //! records from the fleet's log applied, and the snapshot swapped in (see [`crate::fleet`]).
 //!
 //! Rows that came from the fleet have source `fleet`. Local rows (any other source) are
-//! this host's own and are what it publishes; while a fleet command runs, the changes it
-//! makes are not queued (a host never republishes what it received). A record's removal
-//! takes the identity off the list whatever the source: "removed on one host, lifted on all".
+//! this host's own and are what it publishes; while a fleet command, a prune or a safety
+//! lift runs, the changes it makes are not queued (a host never republishes what it
+//! received, and expiry is every host's own business). An operator's removal takes the
+//! identity off the list whatever the source ("removed on one host, lifted on all"); a
+//! feed or a detection letting go withdraws only the fleet's copies.
 
 use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
@@ -49,6 +51,9 @@ pub enum FleetCommand {
         /// Every key the snapshot holds (readable or not, expired or not): what the fleet
         /// still lists.
         keys: Vec<Vec<u8>>,
+        /// Keys an operator removed lately (tombstones): a local row of one was deleted
+        /// elsewhere while this host was away.
+        removed: Vec<Vec<u8>>,
         /// The snapshot's unexpired entries.
         entries: Vec<Received>,
         /// Its epoch.
@@ -249,25 +254,33 @@ impl Service {
         };
         match result {
             Ok(()) => o.queued.set(o.queued.get() + n),
-            Err(why) => {
-                // Changes the fleet will not hear of one by one: the next sync starts a new
-                // epoch and every host republishes its own rows.
-                tracing::warn!("fleet: {why}; the fleet will rebuild from every host's entries");
-                o.overflowed.set(true);
-                o.queued.set(0);
-                let _ = self.store.fleet_clear_queue();
-                let _ = self.store.fleet_set(&[("overflowed", Some("1"))]);
-                if let Some(s) = &o.shared {
-                    s.update(|st| st.overflowed = true);
-                    // Now, not at the next reconnect: the engine starts the rebuild.
-                    s.resync.notify_one();
-                }
-            }
+            Err(why) => self.fleet_rebuild_needed(&why),
         }
         if let Some(s) = &o.shared {
             let q = o.queued.get();
             s.update(|st| st.queued = q);
             s.queued.notify_one();
+        }
+    }
+
+    /// Changes the fleet will not hear of one by one (a full queue, a restored backup): the
+    /// engine starts a new epoch now and every host republishes its own rows.
+    pub(super) fn fleet_rebuild_needed(&self, why: &str) {
+        let o = &self.outbox;
+        if !o.on {
+            return;
+        }
+        tracing::warn!("fleet: {why}; the fleet will rebuild from every host's entries");
+        o.overflowed.set(true);
+        o.queued.set(0);
+        let _ = self.store.fleet_clear_queue();
+        let _ = self.store.fleet_set(&[("overflowed", Some("1"))]);
+        if let Some(s) = &o.shared {
+            s.update(|st| {
+                st.overflowed = true;
+                st.queued = 0;
+            });
+            s.resync.notify_one();
         }
     }
 
@@ -321,6 +334,7 @@ impl Service {
             }
             FleetCommand::Swap {
                 keys,
+                removed,
                 entries,
                 epoch,
                 last,
@@ -329,18 +343,21 @@ impl Service {
             } => {
                 let refused = {
                     let _quiet = self.outbox.quiet();
-                    self.fleet_swap(keys, entries, rebuild)?
+                    self.fleet_swap(keys, removed, entries, rebuild)?
                 };
                 let seq = seq.to_string();
                 self.store.fleet_set(&[
                     ("epoch", Some(&epoch)),
                     ("last_id", Some(&last)),
                     ("seq", Some(&seq)),
-                    ("overflowed", None),
                 ])?;
-                self.outbox.overflowed.set(false);
-                if let Some(s) = &self.outbox.shared {
-                    s.update(|st| st.overflowed = false);
+                if rebuild {
+                    // Every local row was queued again: nothing the overflow lost is missing.
+                    self.store.fleet_set(&[("overflowed", None)])?;
+                    self.outbox.overflowed.set(false);
+                    if let Some(s) = &self.outbox.shared {
+                        s.update(|st| st.overflowed = false);
+                    }
                 }
                 Ok(FleetReply::Applied { refused })
             }
@@ -392,10 +409,15 @@ impl Service {
                         // one at a time, and what fails is counted and left out.
                         tracing::warn!("fleet: a batch failed ({e}); applying one by one");
                         for entry in good {
-                            if let Err(e) = self.add_batch(list, std::slice::from_ref(&entry), None)
-                            {
-                                refused += 1;
-                                tracing::warn!(ident = %entry.ident, "fleet entry not applied: {e}");
+                            match self.add_batch(list, std::slice::from_ref(&entry), None) {
+                                Ok(_) => {}
+                                // The store failing (disk full) is not this entry's fault:
+                                // the engine reads the batch again later.
+                                Err(e @ ServiceError::Store(_)) => return Err(e),
+                                Err(e) => {
+                                    refused += 1;
+                                    tracing::warn!(ident = %entry.ident, "fleet entry not applied: {e}");
+                                }
                             }
                         }
                     }
@@ -403,14 +425,36 @@ impl Service {
                 op => {
                     // An operator's removal takes every row; a withdrawal the fleet's copy.
                     let source = (op == record::Op::Withdraw).then_some(Source::Fleet.as_str());
+                    let mut still_mine = Vec::new();
                     for r in run {
-                        if let Err(e) =
-                            self.remove_batch(list, std::slice::from_ref(&r.entry.ident), source)
+                        match self.remove_batch(list, std::slice::from_ref(&r.entry.ident), source)
                         {
-                            refused += 1;
-                            tracing::warn!(ident = %r.entry.ident, "fleet removal not applied: {e}");
+                            Ok(_) => {}
+                            Err(e @ ServiceError::Store(_)) => return Err(e),
+                            Err(e) => {
+                                refused += 1;
+                                tracing::warn!(ident = %r.entry.ident, "fleet removal not applied: {e}");
+                            }
+                        }
+                        // Another origin's withdrawal took the fleet's record of something
+                        // this host lists itself: it publishes its own again.
+                        if source.is_some() {
+                            let mine = self.store.rows_of(list, &r.entry.ident)?;
+                            still_mine
+                                .extend(mine.into_iter().filter(|e| e.source != Source::Fleet));
                         }
                     }
+                    let items: Vec<_> = still_mine
+                        .iter()
+                        .map(|e| {
+                            (
+                                op_code(record::Op::Add),
+                                fleet_key(ident_key(e.list, &e.ident)),
+                                record::encode(e, &self.outbox.origin),
+                            )
+                        })
+                        .collect();
+                    self.queue(&items, false);
                 }
             }
         }
@@ -421,6 +465,7 @@ impl Service {
     fn fleet_swap(
         &mut self,
         keys: Vec<Vec<u8>>,
+        removed: Vec<Vec<u8>>,
         received: Vec<Received>,
         rebuild: bool,
     ) -> Result<usize, ServiceError> {
@@ -440,6 +485,10 @@ impl Service {
         // it stays.
         let wanted: HashSet<Vec<u8>> = keys.into_iter().collect();
         let queued: HashSet<Vec<u8>> = self.store.fleet_queued_keys()?.into_iter().collect();
+        let removed: HashSet<Vec<u8>> = removed.into_iter().collect();
+        // Local rows the snapshot lacks without an operator's removal on record (a feed
+        // withdrew, or a record with a TTL replaced this host's and expired): published again.
+        let mut lapsed: Vec<(u8, Vec<u8>, String)> = Vec::new();
         let mut stale: Vec<(List, Identifier)> = Vec::new();
         let mut gone: Vec<(List, Identifier)> = Vec::new();
         let mut mine: Vec<(u8, Vec<u8>, String)> = Vec::new();
@@ -469,7 +518,15 @@ impl Service {
                         record::encode(e, &origin),
                     ));
                 } else if !wanted.contains(&fleet_key(k)) && !queued.contains(&fleet_key(k)) {
-                    gone.push((e.list, e.ident.clone()));
+                    if removed.contains(&fleet_key(k)) {
+                        gone.push((e.list, e.ident.clone()));
+                    } else {
+                        lapsed.push((
+                            op_code(record::Op::Add),
+                            fleet_key(k),
+                            record::encode(e, &origin),
+                        ));
+                    }
                 }
             }
         })?;
@@ -501,6 +558,7 @@ impl Service {
         if rebuild {
             self.queue(&mine, true);
         }
+        self.queue(&lapsed, false);
         Ok(refused)
     }
 
@@ -520,29 +578,5 @@ impl Service {
         state.digest = digest;
         state.entries = entries;
         Ok(state)
-    }
-
-    /// A digest of every unexpired entry's identity, scope and expiry, whatever its source:
-    /// two hosts in step have the same one.
-    fn list_digest(&self) -> Result<(String, u64), ServiceError> {
-        use sha2::{Digest, Sha256};
-        let now = unix_now();
-        let mut lines = std::collections::BTreeSet::new();
-        self.store.for_each(|e| {
-            if e.expires.is_none_or(|x| x > now) {
-                lines.insert(format!(
-                    "{}\t{}\t{}\t{}\t{}\t{:?}",
-                    e.list, e.ident.kind, e.ident.name, e.ident.value, e.api, e.expires
-                ));
-            }
-        })?;
-        let mut h = Sha256::new();
-        for l in &lines {
-            h.update(l.as_bytes());
-            h.update(b"\n");
-        }
-        let d = h.finalize();
-        let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
-        Ok((hex, lines.len() as u64))
     }
 }

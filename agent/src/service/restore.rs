@@ -116,6 +116,8 @@ impl Service {
             return Err(e);
         }
         tracing::warn!(rows, previous = %previous.display(), "lists restored");
+        // The fleet cannot tell what a restore changed: every host rebuilds from its own.
+        self.fleet_rebuild_needed("the lists were restored from a backup");
         keep_newest(&dir, BEFORE_RESTORE, KEPT_BEFORE_RESTORE, &previous);
         Ok(Restored { rows, previous })
     }

@@ -137,3 +137,29 @@ impl Service {
         Ok(ApiReloaded { loaded, errors })
     }
 }
+
+impl super::Service {
+    /// A digest of every unexpired entry's identity, scope and expiry, whatever its source:
+    /// two hosts in step have the same one.
+    pub(super) fn list_digest(&self) -> Result<(String, u64), ServiceError> {
+        use sha2::{Digest, Sha256};
+        let now = super::unix_now();
+        let mut lines = std::collections::BTreeSet::new();
+        self.store.for_each(|e| {
+            if e.expires.is_none_or(|x| x > now) {
+                lines.insert(format!(
+                    "{}\t{}\t{}\t{}\t{}\t{:?}",
+                    e.list, e.ident.kind, e.ident.name, e.ident.value, e.api, e.expires
+                ));
+            }
+        })?;
+        let mut h = Sha256::new();
+        for l in &lines {
+            h.update(l.as_bytes());
+            h.update(b"\n");
+        }
+        let d = h.finalize();
+        let hex: String = d[..8].iter().map(|b| format!("{b:02x}")).collect();
+        Ok((hex, lines.len() as u64))
+    }
+}
