@@ -288,6 +288,8 @@ impl<'a> Session<'a> {
         }
         self.shared.update(|s| s.state = "resyncing".into());
         let (at, rows, removed) = self.keys.snapshot(&mut self.con).await?;
+        // Another host may have started an epoch since the position was read.
+        let rebuild = rebuild || mine.as_deref() != Some(at.epoch.as_str());
         let origin = self.origin.clone();
         // A million records take a while to check: off the async workers.
         let (keys, entries, skipped) = tokio::task::spawn_blocking(move || {
