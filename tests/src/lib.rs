@@ -15,6 +15,7 @@ pub mod readme;
 pub mod redis;
 pub mod report;
 pub mod tls;
+pub mod wire;
 
 /// Environment variable that turns a skipped privileged test into a failure (set by CI): any
 /// value but empty or `0` counts.

@@ -41,9 +41,30 @@ pub fn wrk(
     args: &[&str],
     any_status: bool,
 ) -> anyhow::Result<Run> {
-    let out = std::process::Command::new("wrk")
+    wrk_via(&[], 2, url, conns, secs, args, any_status)
+}
+
+/// [`wrk`] started through `prefix` (`ip netns exec NS`, `taskset -c 1`), with `threads`.
+pub fn wrk_via(
+    prefix: &[&str],
+    threads: u32,
+    url: &str,
+    conns: u32,
+    secs: u32,
+    args: &[&str],
+    any_status: bool,
+) -> anyhow::Result<Run> {
+    let mut cmd = match prefix.split_first() {
+        Some((program, rest)) => {
+            let mut c = std::process::Command::new(program);
+            c.args(rest).arg("wrk");
+            c
+        }
+        None => std::process::Command::new("wrk"),
+    };
+    let out = cmd
         .args([
-            "-t2",
+            format!("-t{threads}").as_str(),
             "-c",
             &conns.to_string(),
             "-d",

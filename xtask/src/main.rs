@@ -3,7 +3,7 @@
 //! - `setup`: installs what builds and tests need (idempotent, seconds when done);
 //! - `test`: every test, privileged ones single-threaded;
 //! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
-//! - `bench xdp|agent|checker|abs|restart|sideband|fleet`: a benchmark (writes `target/bench/<name>.json`), then
+//! - `bench xdp|agent|checker|abs|restart|sideband|fleet|wire`: a benchmark (writes `target/bench/<name>.json`), then
 //!   `readme`;
 //! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds (default 60);
 //! - `readme`: puts the benchmark tables from `target/bench/*.json` into README.md.
@@ -72,16 +72,19 @@ fn main() -> anyhow::Result<()> {
             let env = setup::run()?;
             let name = rest.first().map_or("xdp", String::as_str);
             if ![
-                "xdp", "agent", "checker", "abs", "restart", "sideband", "fleet",
+                "xdp", "agent", "checker", "abs", "restart", "sideband", "fleet", "wire",
             ]
             .contains(&name)
             {
                 bail!(
-                    "unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs|restart|sideband|fleet`"
+                    "unknown benchmark {name:?}: try `cargo xtask bench xdp|agent|checker|abs|restart|sideband|fleet|wire`"
                 );
             }
             if name == "checker" || name == "restart" || name == "sideband" {
                 setup::bench_packages()?;
+            }
+            if name == "wire" {
+                setup::wire_packages()?;
             }
             if name != "xdp" {
                 // These drive the real binary.
@@ -107,7 +110,7 @@ fn main() -> anyhow::Result<()> {
         "readme" => update_readme(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|sideband|fleet|readme>"
+                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|sideband|fleet|wire|readme>"
             );
             Ok(())
         }

@@ -7,8 +7,16 @@ use std::path::Path;
 use anyhow::{Context as _, bail};
 
 /// The benchmarks whose tables the README shows.
-pub const BENCHES: [&str; 7] = [
-    "agent", "checker", "abs", "xdp", "restart", "sideband", "fleet",
+pub const BENCHES: [&str; 9] = [
+    "agent",
+    "checker",
+    "abs",
+    "xdp",
+    "restart",
+    "sideband",
+    "fleet",
+    "wire",
+    "wire-flood",
 ];
 
 /// Replaces the README block of every benchmark that has a report; returns the names updated.

@@ -225,6 +225,18 @@ pub fn bench_packages() -> anyhow::Result<()> {
     install(&["nginx", "wrk"])
 }
 
+/// What `cargo xtask bench wire` compares Portcullis with, and drives it with.
+pub fn wire_packages() -> anyhow::Result<()> {
+    install(&[
+        "nftables",
+        "ipset",
+        "iptables",
+        "ethtool",
+        "xdp-tools",
+        "wrk",
+    ])
+}
+
 fn debian_packages() -> anyhow::Result<()> {
     install(DEBIAN_PACKAGES)
 }

@@ -178,9 +178,11 @@ pub(super) fn data(map: &Map) -> &MapData {
         | Map::LpmTrie(d)
         | Map::PerCpuArray(d)
         | Map::RingBuf(d)
-        | Map::PerCpuHashMap(d) => d,
+        | Map::PerCpuHashMap(d)
+        | Map::DevMap(d) => d,
         _ => unreachable!(
-            "Portcullis uses only array, hash, LPM, per-CPU array and ring buffer maps"
+            "Portcullis uses only array, hash, LPM, per-CPU array, ring buffer and (in the \
+             benchmarks) device maps"
         ),
     }
 }
@@ -408,6 +410,72 @@ impl Filter {
             map: "raw",
             source,
         })
+    }
+
+    /// Writes one element into a map of the loaded object (benchmark maps without batch
+    /// updates, such as a device map).
+    pub fn raw_set<K: Copy, V: Copy>(
+        &mut self,
+        name: &str,
+        key: &K,
+        value: &V,
+    ) -> Result<(), KernelError> {
+        let map = self.ebpf.map(name).ok_or(KernelError::Missing("map"))?;
+        sys::update_elem(data(map).fd().as_fd(), key, value).map_err(|source| KernelError::Map {
+            op: "updating",
+            map: "raw",
+            source,
+        })
+    }
+
+    /// One slot of a per-CPU `u32` array of the loaded object, CPU by CPU (benchmark state).
+    pub fn raw_per_cpu(&self, name: &str, index: u32) -> Result<Vec<u32>, KernelError> {
+        let map = self.ebpf.map(name).ok_or(KernelError::Missing("map"))?;
+        let arr: PerCpuArray<&MapData, u32> =
+            PerCpuArray::try_from(map).map_err(map_err("opening", "per-CPU array"))?;
+        let values = arr
+            .get(&index, 0)
+            .map_err(map_err("reading", "per-CPU array"))?;
+        Ok(values.iter().copied().collect())
+    }
+
+    /// Sets one slot of a per-CPU `u32` array of the loaded object to zero on every CPU.
+    pub fn raw_per_cpu_zero(&mut self, name: &str, index: u32) -> Result<(), KernelError> {
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| KernelError::Map {
+            op: "counting CPUs for",
+            map: "per-CPU array",
+            source: e,
+        })?;
+        let map = self.ebpf.map_mut(name).ok_or(KernelError::Missing("map"))?;
+        let mut arr: PerCpuArray<&mut MapData, u32> =
+            PerCpuArray::try_from(map).map_err(map_err("opening", "per-CPU array"))?;
+        let zeros =
+            aya::maps::PerCpuValues::try_from(vec![0u32; cpus]).map_err(|e| KernelError::Map {
+                op: "building values for",
+                map: "per-CPU array",
+                source: e,
+            })?;
+        arr.set(index, zeros, 0)
+            .map_err(map_err("updating", "per-CPU array"))
+    }
+
+    /// Attaches the named benchmark program to `iface` (in the calling thread's network
+    /// namespace) in native mode, unpinned: it stays attached while this filter lives.
+    pub fn attach_bench(&mut self, name: &str, iface: &str) -> Result<(), KernelError> {
+        self.load_program(name)?;
+        let prog: &mut Xdp = self
+            .ebpf
+            .program_mut(name)
+            .ok_or(KernelError::Missing("program"))?
+            .try_into()
+            .map_err(not_xdp(name))?;
+        prog.attach(iface, XdpMode::Driver)
+            .map(drop)
+            .map_err(|e| KernelError::Program {
+                op: "attaching (native)",
+                target: iface.into(),
+                source: Box::new(e),
+            })
     }
 
     /// Inserts into an LPM trie of the loaded object (benchmark reference maps).
