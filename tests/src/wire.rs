@@ -220,21 +220,23 @@ impl Wire {
 
     /// Frames the server's veth took in so far (the client end's successful transmits).
     pub fn delivered(&self) -> anyhow::Result<u64> {
-        let out = run(&[
-            "ip",
-            "netns",
-            "exec",
+        veth_stat(
             &self.pair.client,
-            "ethtool",
-            "-S",
             &self.pair.client_if,
-        ])?;
-        Ok(String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter_map(|l| l.trim().split_once(": "))
-            .filter(|(k, _)| k.starts_with("tx_queue_") && k.ends_with("_xdp_xmit"))
-            .filter_map(|(_, v)| v.parse::<u64>().ok())
-            .sum())
+            "tx_queue_",
+            "_xdp_xmit",
+        )
+    }
+
+    /// Frames an XDP program on the server's veth dropped so far, as the kernel's veth
+    /// driver counts them (not the program's own counters).
+    pub fn server_xdp_drops(&self) -> anyhow::Result<u64> {
+        veth_stat(
+            &self.pair.server,
+            &self.pair.server_if,
+            "rx_queue_",
+            "_xdp_drops",
+        )
     }
 
     /// Arms the loop for `frames` more frames per CPU, at most `pps` a second (0: as fast
@@ -294,9 +296,11 @@ impl Wire {
     }
 
     /// Starts a flood of `pps` frames a second (0: as fast as the loop goes) from `cpu`
-    /// that lasts until [`Wire::stop`] (or 2^32 - 1 frames).
-    pub fn flood(&mut self, pps: u32, cpu: usize) -> anyhow::Result<()> {
-        self.seed(u32::MAX, pps, cpu)
+    /// that lasts until [`Wire::stop`], or at most about `secs` seconds (its budget).
+    pub fn flood(&mut self, pps: u32, secs: u32, cpu: usize) -> anyhow::Result<()> {
+        let rate = if pps == 0 { 5_000_000 } else { pps };
+        let budget = u64::from(rate) * u64::from(secs);
+        self.seed(u32::try_from(budget).unwrap_or(u32::MAX), pps, cpu)
     }
 
     /// Stops the loop: every frame still in it is dropped on its next pass.
@@ -381,6 +385,17 @@ impl Wire {
         ensure!(found > 0, "no NAPI thread for {}", self.pair.server_if);
         Ok(())
     }
+}
+
+/// The sum of a veth's per-queue `ethtool -S` counters `{prefix}N{suffix}`.
+fn veth_stat(ns: &str, dev: &str, prefix: &str, suffix: &str) -> anyhow::Result<u64> {
+    let out = run(&["ip", "netns", "exec", ns, "ethtool", "-S", dev])?;
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.trim().split_once(": "))
+        .filter(|(k, _)| k.starts_with(prefix) && k.ends_with(suffix))
+        .filter_map(|(_, v)| v.parse::<u64>().ok())
+        .sum())
 }
 
 /// The MAC address of `dev` in namespace `ns`.

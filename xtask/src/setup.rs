@@ -17,7 +17,8 @@ use anyhow::{Context as _, bail};
 
 /// bpf-linker release known to build against nightly's LLVM 22 here.
 const BPF_LINKER_VERSION: &str = "0.13.0";
-/// Debian packages: netns/veth and traffic tools, xdp-tools for the benchmark comparison.
+/// Debian packages: netns/veth and traffic tools (ethtool reads the veth counters the flood
+/// test checks), xdp-tools for the benchmark comparison.
 /// curl and openssl for the L7 checker's tests (real TLS client, throwaway certificates).
 /// g++ for libFuzzer, which the fuzz targets link (`cargo xtask fuzz`, and `test` briefly).
 /// python3-websockets: a real WebSocket client and server for the WebSocket API tests.
@@ -29,6 +30,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "g++",
     "iproute2",
     "iputils-ping",
+    "ethtool",
     "xdp-tools",
     "bpftool",
     "netcat-openbsd",

@@ -109,7 +109,8 @@ pub struct Config {
     /// How long, on SIGTERM, open connections and queued list commands get to finish (at
     /// most 10 s; the agent exits at most two seconds after it, within the unit's 15 s).
     pub shutdown_grace: String,
-    /// One drop event in this many is sampled to the log (power of two).
+    /// One drop event in this many is sampled (power of two); the log shows up to 16
+    /// samples a second and one summary line of all of them.
     pub drop_sample_every: u32,
     /// Kernel map capacities.
     pub capacity: CapacityConfig,

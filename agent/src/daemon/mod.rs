@@ -7,6 +7,7 @@
 //! `shutdown_grace` to finish, join the workers, then let the writer finish what it holds.
 
 mod checker;
+mod drop_log;
 mod setup;
 
 use std::sync::Arc;
@@ -271,7 +272,7 @@ async fn run_until_signal(
                 }
             },
             _ = events_tick.tick() => if logging.as_ref().is_none_or(JoinHandle::is_finished) {
-                logging = Some(tokio::spawn(watch_kernel(writer.clone())));
+                logging = Some(tokio::spawn(watch_kernel(writer.clone(), config.drop_sample_every)));
             },
         }
     }
@@ -298,41 +299,11 @@ async fn prune(writer: Writer, agent_metrics: Arc<AgentMetrics>) {
     }
 }
 
-/// Sampled drop events logged one by one per second; the rest of a second's samples are
-/// summed up in one line. Under a flood the kernel samples thousands a second, and a line
-/// for each would spend the CPU the flood is already short of on the agent's log (the wire
-/// benchmark's flood showed it), and drown the log.
-const EVENT_LINES_PER_TICK: usize = 16;
-
-/// Logs the kernel's sampled drop events, and notices a filter detached outside the agent
-/// (the detach itself logs it and shows in `status`).
-async fn watch_kernel(writer: Writer) {
+/// Logs the kernel's sampled drop events (see [`drop_log`]), and notices a filter detached
+/// outside the agent (the detach itself logs it and shows in `status`).
+async fn watch_kernel(writer: Writer, sample_every: u32) {
     writer.check_links().await;
-    let events = writer.drain_events().await;
-    for e in events.iter().take(EVENT_LINES_PER_TICK) {
-        let addr = if e.family == portcullis_common::family::V4 {
-            std::net::IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])
-        } else {
-            std::net::IpAddr::from(e.addr)
-        };
-        let verdict = if e.verdict == portcullis_common::counter::DROP_DENIED {
-            "dropped"
-        } else {
-            "would drop (monitor)"
-        };
-        tracing::info!(source = %addr, ifindex = e.ifindex, vlan = e.vlan, "sampled packet {verdict}");
-    }
-    if let Some(more) = events
-        .len()
-        .checked_sub(EVENT_LINES_PER_TICK)
-        .filter(|n| *n > 0)
-    {
-        tracing::info!(
-            more,
-            "and {more} more sampled drops this second (drop_sample_every sets how many \
-             drops make one sample; `portcullis stats` counts them all)"
-        );
-    }
+    drop_log::log(&writer.drain_events().await, sample_every);
 }
 
 /// Joins worker threads until `deadline`; threads still busy then are left to the exit.

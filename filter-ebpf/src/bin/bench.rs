@@ -221,6 +221,14 @@ pub fn wire_loop(ctx: XdpContext) -> u32 {
     ) else {
         return XDP_ABORTED;
     };
+    let (Some(cursor), Some(sent)) = (WIRE_STATE.get_ptr_mut(0), WIRE_STATE.get_ptr_mut(1)) else {
+        return XDP_ABORTED;
+    };
+    // SAFETY: per-CPU slots, only this CPU writes them while we run.
+    let (idx, done) = unsafe { (*cursor & *mask, *sent) };
+    if done >= *budget {
+        return XDP_DROP;
+    }
     if *gap != 0 {
         let (Some(next), Some(tokens)) = (WIRE_PACE.get_ptr_mut(0), WIRE_PACE.get_ptr_mut(1))
         else {
@@ -246,14 +254,6 @@ pub fn wire_loop(ctx: XdpContext) -> u32 {
         }
         // SAFETY: as above.
         unsafe { *tokens -= 1 };
-    }
-    let (Some(cursor), Some(sent)) = (WIRE_STATE.get_ptr_mut(0), WIRE_STATE.get_ptr_mut(1)) else {
-        return XDP_ABORTED;
-    };
-    // SAFETY: per-CPU slots, only this CPU writes them while we run.
-    let (idx, done) = unsafe { (*cursor & *mask, *sent) };
-    if done >= *budget {
-        return XDP_DROP;
     }
     // SAFETY: as above.
     unsafe {

@@ -31,8 +31,9 @@ pub use write::ReconcileReport;
 pub enum Object {
     /// The production program `portcullis`.
     Production,
-    /// The benchmark programs (same maps plus reference maps); never attached. Only in
-    /// builds with the `testkit` feature: the production binary does not carry them.
+    /// The benchmark programs (same maps plus reference maps, and the wire benchmark's
+    /// generator, which `attach_bench` puts on a test veth). Only in builds with the
+    /// `testkit` feature: the production binary does not carry them.
     #[cfg(feature = "testkit")]
     Bench,
 }
@@ -414,6 +415,7 @@ impl Filter {
 
     /// Writes one element into a map of the loaded object (benchmark maps without batch
     /// updates, such as a device map).
+    #[cfg(feature = "testkit")]
     pub fn raw_set<K: Copy, V: Copy>(
         &mut self,
         name: &str,
@@ -429,6 +431,7 @@ impl Filter {
     }
 
     /// One slot of a per-CPU `u32` array of the loaded object, CPU by CPU (benchmark state).
+    #[cfg(feature = "testkit")]
     pub fn raw_per_cpu(&self, name: &str, index: u32) -> Result<Vec<u32>, KernelError> {
         let map = self.ebpf.map(name).ok_or(KernelError::Missing("map"))?;
         let arr: PerCpuArray<&MapData, u32> =
@@ -440,6 +443,7 @@ impl Filter {
     }
 
     /// Sets one slot of a per-CPU `u32` array of the loaded object to zero on every CPU.
+    #[cfg(feature = "testkit")]
     pub fn raw_per_cpu_zero(&mut self, name: &str, index: u32) -> Result<(), KernelError> {
         let cpus = aya::util::nr_cpus().map_err(|(_, e)| KernelError::Map {
             op: "counting CPUs for",
@@ -461,6 +465,7 @@ impl Filter {
 
     /// Attaches the named benchmark program to `iface` (in the calling thread's network
     /// namespace) in native mode, unpinned: it stays attached while this filter lives.
+    #[cfg(feature = "testkit")]
     pub fn attach_bench(&mut self, name: &str, iface: &str) -> Result<(), KernelError> {
         self.load_program(name)?;
         let prog: &mut Xdp = self
