@@ -160,6 +160,20 @@ impl Wire {
         ])?;
         client(&["link", "set", &seed_if, "up"])?;
         client(&["link", "set", &loop_if, "up"])?;
+        // Spoofed sources have no route back: with reverse-path filtering (Ubuntu's and
+        // systemd's default, which a new namespace inherits) the stack would drop them before
+        // UDP, and the benchmark's check that passed frames reach the host would fail.
+        for conf in ["all", "default", pair.server_if.as_str()] {
+            run(&[
+                "ip",
+                "netns",
+                "exec",
+                &pair.server,
+                "sh",
+                "-c",
+                &format!("echo 0 > /proc/sys/net/ipv4/conf/{conf}/rp_filter"),
+            ])?;
+        }
         let mut generator = Filter::load(&LoadOptions {
             object: Object::Bench,
             ..LoadOptions::default()

@@ -16,6 +16,9 @@ use portcullis_common::{DropEvent, counter, family};
 pub(super) const LINES: usize = 16;
 /// Sources named in the summary line.
 const TOP: usize = 5;
+/// Samples the kernel's ring buffer holds (each with an 8-byte record header).
+const RING_EVENTS: usize =
+    portcullis_common::EVENTS_BYTES as usize / (std::mem::size_of::<DropEvent>() + 8);
 
 /// A second's samples, summed up.
 #[derive(Debug, PartialEq, Eq)]
@@ -78,13 +81,20 @@ pub(super) fn log(events: &[DropEvent], sample_every: u32) {
     let s = summarize(events);
     let top: Vec<String> = s.top.iter().map(|(a, n)| format!("{a} ({n})")).collect();
     let packets = events.len() as u64 * u64::from(sample_every);
+    // A full ring buffer loses samples (never verdicts): the count is then a floor.
+    let at_least = if events.len() >= RING_EVENTS * 9 / 10 {
+        "at least "
+    } else {
+        ""
+    };
     tracing::info!(
         samples = events.len(),
         dropped = s.dropped,
         would_drop = s.would_drop,
         sources = s.sources,
-        "{} samples this second, {} logged above: about {packets} packets (one in \
-         {sample_every} is sampled) from {} sources; sampled most: {}{}",
+        "{} samples this second, {} logged above: {at_least}about {packets} packets (one in \
+         {sample_every} is sampled; `portcullis stats` counts every drop) from {} sources; \
+         sampled most: {}{}",
         events.len(),
         LINES,
         s.sources,
