@@ -155,19 +155,11 @@ impl Tool {
     }
 }
 
-/// Runs a command in namespace `ns`, failing on a non-zero exit.
+/// Runs a command in namespace `ns`, failing on a non-zero exit; returns its stdout.
 fn in_ns(ns: &str, args: &[&str]) -> anyhow::Result<String> {
-    let out = Command::new("ip")
-        .args(["netns", "exec", ns])
-        .args(args)
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
+    let mut cmd = vec!["ip", "netns", "exec", ns];
+    cmd.extend_from_slice(args);
+    let out = portcullis_tests::netns::run(&cmd)?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 

@@ -18,7 +18,8 @@ pub const CLIENT_V4: [&str; 3] = ["198.18.0.2", "198.18.0.3", "198.18.0.4"];
 /// Client-side IPv6 addresses.
 pub const CLIENT_V6: [&str; 2] = ["2001:db8::2", "2001:db8::3"];
 
-fn run(args: &[&str]) -> anyhow::Result<Output> {
+/// Runs a command, failing with its stderr on a non-zero exit.
+pub fn run(args: &[&str]) -> anyhow::Result<Output> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .output()

@@ -13,7 +13,6 @@
 //! 198.18.0.0/15, and nothing routes anywhere else.
 
 use std::net::Ipv4Addr;
-use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
@@ -21,7 +20,7 @@ use portcullis::kernel::filter::ifindex;
 use portcullis::kernel::{Filter, LoadOptions, Object};
 
 use crate::frames;
-use crate::netns::{NetnsPair, in_netns};
+use crate::netns::{NetnsPair, in_netns, run};
 
 /// Source slots the generator holds (`WIRE_SLOTS` in the bench object).
 pub const MAX_SOURCES: usize = 1 << 21;
@@ -32,20 +31,6 @@ const BUDGET: u32 = 2;
 const GAP: u32 = 3;
 /// Frames in flight in the loop: enough to fill NAPI batches.
 const SEEDS: usize = 64;
-
-fn run(args: &[&str]) -> anyhow::Result<Output> {
-    let out = Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .with_context(|| format!("running {args:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(out)
-}
 
 /// Pins the calling thread (and what it starts later) to one CPU.
 pub fn pin_to_cpu(cpu: usize) -> anyhow::Result<()> {
