@@ -13,6 +13,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod doctor;
 pub mod fleet;
 pub mod infrastructure;
 pub mod kernel;

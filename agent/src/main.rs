@@ -28,13 +28,21 @@ fn main() {
     }
     let filter = tracing_subscriber::EnvFilter::try_from_env("PORTCULLIS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    use std::io::IsTerminal as _;
-    let ansi = std::io::stderr().is_terminal();
-    tracing_subscriber::fmt()
+    let log = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        portcullis::cli::LogFormat::Json => log
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .with_span_list(false)
+            .init(),
+        portcullis::cli::LogFormat::Text => {
+            use std::io::IsTerminal as _;
+            log.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+    }
     if let Err(e) = portcullis::cli::run(cli) {
         // Print the chain, skipping causes a message already quotes.
         let mut msg = e.to_string();

@@ -132,6 +132,8 @@ pub struct AgentOpts {
     /// Listening sockets to pass as systemd socket activation does (descriptors 3, 4, …
     /// with `LISTEN_FDS` and `LISTEN_PID`); the test keeps them open.
     pub listen_fds: Vec<std::os::fd::RawFd>,
+    /// Extra environment variables (e.g. `NOTIFY_SOCKET`).
+    pub env: Vec<(String, String)>,
 }
 
 impl AgentOpts {
@@ -234,6 +236,7 @@ impl Agent {
             cmd.arg("--iface").arg(i);
         }
         cmd.args(&opts.args);
+        cmd.envs(opts.env.iter().map(|(k, v)| (k, v)));
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);

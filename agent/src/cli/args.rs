@@ -18,12 +18,32 @@ pub struct Cli {
     /// Control socket of the agent.
     #[arg(long, global = true, env = "PORTCULLIS_SOCKET", default_value = paths::CONTROL_SOCKET)]
     pub socket: PathBuf,
+    /// Log lines as text, or as one JSON object per line for journald/Loki pipelines
+    /// (schema in README, "Operating it").
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        env = "PORTCULLIS_LOG_FORMAT",
+        default_value = "text"
+    )]
+    pub log_format: LogFormat,
     /// Answer in ASE's style (set by the ASE verb aliases).
     #[arg(long, hide = true, global = true)]
     pub ase: bool,
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written (stderr; the journal under systemd).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: `timestamp`, `level`, `target`, `message`, then the event's
+    /// own fields.
+    Json,
 }
 
 /// The verbs.
@@ -116,6 +136,19 @@ pub enum Command {
         /// What to do.
         #[command(subcommand)]
         verb: super::FleetVerb,
+    },
+    /// Check this machine: kernel, BTF, bpffs, capabilities, and native XDP per interface;
+    /// each failed check says what to do. Exit 1 when one fails.
+    Doctor {
+        /// The config whose interfaces to check (when no --iface).
+        #[arg(long, default_value = paths::CONFIG)]
+        config: PathBuf,
+        /// Check this interface (repeatable; default: the config's, else every one but lo).
+        #[arg(long)]
+        iface: Vec<String>,
+        /// `--json`.
+        #[command(flatten)]
+        out: JsonFlag,
     },
     /// Print shell completions.
     #[command(hide = true)]

@@ -20,6 +20,7 @@ use crate::paths;
 mod args;
 mod ase;
 mod backup;
+mod doctor;
 mod fleet;
 mod iface;
 mod lists;
@@ -28,8 +29,8 @@ mod show;
 mod sideband;
 
 pub use args::{
-    AddArgs, AgentArgs, ApiVerb, Cli, Command, EntryOptions, JsonFlag, ListVerb, RemoveArgs,
-    Selection, rewrite_ase,
+    AddArgs, AgentArgs, ApiVerb, Cli, Command, EntryOptions, JsonFlag, ListVerb, LogFormat,
+    RemoveArgs, Selection, rewrite_ase,
 };
 pub use fleet::FleetVerb;
 use lists::list_verb;
@@ -58,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rest { verb } => sideband::rest(&cli, verb),
         Command::Fleet { verb } => fleet::fleet(&cli, verb),
         Command::Switch { which, rest, out } => show::switch(&cli, *which, rest, out.json),
+        Command::Doctor { config, iface, out } => doctor::doctor(config, iface, out.json),
         Command::Completions { shell } => {
             clap_complete::generate(
                 *shell,

@@ -8,6 +8,7 @@
 
 mod checker;
 mod drop_log;
+mod notify;
 mod setup;
 
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub fn run(config: Config) -> anyhow::Result<()> {
 }
 
 async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
+    let notify = notify::Notify::from_env();
+    notify.status("starting: loading the XDP filter");
     setup::raise_limits();
     // Before anything is opened or attached: the socket unit and the configuration agree.
     passed.check(&[
@@ -63,6 +66,7 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     let mut service =
         Service::new(config.clone(), store, Some(filter)).context("loading the lists")?;
     let agent_metrics = Arc::new(AgentMetrics::default());
+    notify.status("starting: making the kernel maps equal to the store, then attaching");
     setup::reconcile_and_attach(&mut service, &config, &agent_metrics)?;
     // Until the agent is ready, a failure takes the filter off the interfaces it put it on.
     let mut undo = setup::UndoAttach {
@@ -104,11 +108,14 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
         )));
     }
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
-    setup::notify_ready();
+    notify.send("READY=1");
+    notify.status(&ready_status(&config, &board));
     undo.ifaces.clear();
 
-    run_until_signal(&config, &writer, checker.as_ref(), &agent_metrics).await?;
+    run_until_signal(&config, &writer, checker.as_ref(), &agent_metrics, &notify).await?;
 
+    notify.send("STOPPING=1");
+    notify.status("stopping: draining connections; XDP enforcement stays in place");
     tracing::info!(
         "shutting down; XDP enforcement stays in place (use `portcullis detach` to remove it)"
     );
@@ -133,6 +140,33 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     join_threads(threads, deadline).await;
     let _ = std::fs::remove_file(&config.socket);
     Ok(())
+}
+
+/// The `STATUS=` line of a running agent: where it enforces and what it holds.
+fn ready_status(config: &Config, board: &crate::service::Board) -> String {
+    let mode = match config.mode {
+        crate::config::Mode::Enforce => "enforcing",
+        crate::config::Mode::Monitor => "monitoring (nothing dropped)",
+    };
+    let ifaces = if config.interfaces.is_empty() {
+        "no interface".to_string()
+    } else {
+        config.interfaces.join(", ")
+    };
+    let count = |list| {
+        board
+            .status()
+            .lists
+            .iter()
+            .filter(|c| c.list == list)
+            .map(|c| c.count)
+            .sum::<u64>()
+    };
+    format!(
+        "{mode} on {ifaces}; {} deny and {} allow entries",
+        count(crate::model::List::Deny),
+        count(crate::model::List::Allow)
+    )
 }
 
 /// Binds and serves the control socket and, when configured, the metrics endpoint (on the
@@ -225,8 +259,13 @@ async fn run_until_signal(
     writer: &Writer,
     checker: Option<&checker::Running>,
     agent_metrics: &Arc<AgentMetrics>,
+    notify: &notify::Notify,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    // Without `WatchdogSec=` the tick never fires.
+    let watchdog_every = notify.watchdog_every();
+    let mut watchdog_tick = tokio::time::interval(watchdog_every.unwrap_or(Duration::MAX / 4));
+    let mut watching: Option<JoinHandle<bool>> = None;
     let prune_every =
         Duration::from_secs(parse_duration(&config.prune_interval).map_err(anyhow::Error::msg)?);
     let mut prune_tick = tokio::time::interval(prune_every);
@@ -271,6 +310,23 @@ async fn run_until_signal(
                     reading = Some(tokio::spawn(read_host(writer.clone(), names)));
                 }
             },
+            // Petted only while the list writer answers: a wedged writer gets the agent
+            // restarted (from the store) instead of silently ignoring list changes.
+            _ = watchdog_tick.tick(), if watchdog_every.is_some() => {
+                if let Some(w) = watching.take() {
+                    if w.is_finished() {
+                        if w.await.unwrap_or(false) {
+                            notify.send("WATCHDOG=1");
+                        }
+                    } else {
+                        tracing::warn!("the list writer has not answered for a watchdog interval");
+                        watching = Some(w);
+                        continue;
+                    }
+                }
+                let writer = writer.clone();
+                watching = Some(tokio::spawn(async move { writer.alive().await }));
+            }
             _ = events_tick.tick() => if logging.as_ref().is_none_or(JoinHandle::is_finished) {
                 logging = Some(tokio::spawn(watch_kernel(writer.clone(), config.drop_sample_every)));
             },

@@ -1,5 +1,5 @@
 //! Start-up steps: process limits, the private state directory, the filter loaded and
-//! reconciled with the store, the interfaces attached, and readiness told to systemd.
+//! reconciled with the store, and the interfaces attached.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -55,27 +55,6 @@ pub(super) fn raise_limits() {
             files.rlim_cur = files.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &files);
         }
-    }
-}
-
-/// Tells systemd (`Type=notify`) that the agent is ready, if it is watching.
-pub(super) fn notify_ready() {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let Ok(sock) = std::os::unix::net::UnixDatagram::unbound() else {
-        return;
-    };
-    let bytes = std::os::unix::ffi::OsStrExt::as_bytes(path.as_os_str()).to_vec();
-    let res = if bytes.first() == Some(&b'@') {
-        use std::os::linux::net::SocketAddrExt as _;
-        std::os::unix::net::SocketAddr::from_abstract_name(&bytes[1..])
-            .and_then(|a| sock.send_to_addr(b"READY=1", &a))
-    } else {
-        sock.send_to(b"READY=1", &path)
-    };
-    if let Err(e) = res {
-        tracing::warn!("sd_notify READY failed: {e}");
     }
 }
 

@@ -56,19 +56,7 @@ pub struct XdpAttachment {
 /// Asks the kernel what XDP program, in which mode, runs on `ifindex` (in the calling
 /// thread's network namespace).
 pub fn xdp_attachment(ifindex: u32) -> io::Result<XdpAttachment> {
-    // SAFETY: plain socket(2); the result is checked before use.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if raw < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `raw` is a new descriptor we own.
-    let sock = unsafe { OwnedFd::from_raw_fd(raw) };
+    let sock = open(libc::NETLINK_ROUTE)?;
     let req = Request {
         len: std::mem::size_of::<Request>() as u32,
         kind: RTM_GETLINK,
@@ -82,15 +70,41 @@ pub fn xdp_attachment(ifindex: u32) -> io::Result<XdpAttachment> {
         if_flags: 0,
         change: 0,
     };
-    // SAFETY: sends the bytes of a fully initialised repr(C) value.
-    let sent = unsafe {
-        libc::send(
-            sock.as_raw_fd(),
-            (&raw const req).cast(),
+    // SAFETY: the bytes of a fully initialised repr(C) value without padding holes.
+    let bytes = unsafe {
+        std::slice::from_raw_parts(
+            (&raw const req).cast::<u8>(),
             std::mem::size_of::<Request>(),
-            0,
         )
     };
+    exchange(&sock, bytes, parse_answer)
+}
+
+/// A netlink socket of `protocol`.
+pub(super) fn open(protocol: i32) -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the result is checked before use.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            protocol,
+        )
+    };
+    if raw < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `raw` is a new descriptor we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw) })
+}
+
+/// Sends one request and reads answers until `parse` finds what it looks for.
+pub(super) fn exchange<T>(
+    sock: &OwnedFd,
+    request: &[u8],
+    parse: impl Fn(&[u8]) -> io::Result<Option<T>>,
+) -> io::Result<T> {
+    // SAFETY: sends `request.len()` initialised bytes.
+    let sent = unsafe { libc::send(sock.as_raw_fd(), request.as_ptr().cast(), request.len(), 0) };
     if sent < 0 {
         return Err(io::Error::last_os_error());
     }
@@ -116,22 +130,22 @@ pub fn xdp_attachment(ifindex: u32) -> io::Result<XdpAttachment> {
         if n > buf.len() {
             return Err(io::Error::other("netlink answer larger than 64 KiB"));
         }
-        if let Some(found) = parse_answer(&buf[..n])? {
+        if let Some(found) = parse(&buf[..n])? {
             return Ok(found);
         }
     }
 }
 
-fn u16_at(b: &[u8], at: usize) -> Option<u16> {
+pub(super) fn u16_at(b: &[u8], at: usize) -> Option<u16> {
     Some(u16::from_ne_bytes(b.get(at..at + 2)?.try_into().ok()?))
 }
 
-fn u32_at(b: &[u8], at: usize) -> Option<u32> {
+pub(super) fn u32_at(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_ne_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 /// Netlink attributes in `b` as `(type, payload)`.
-fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
+pub(super) fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     std::iter::from_fn(move || {
         let len = usize::from(u16_at(b, 0)?);
         let kind = u16_at(b, 2)? & NLA_TYPE_MASK;

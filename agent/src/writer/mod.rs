@@ -67,6 +67,7 @@ enum Write {
     Protect(Reading, oneshot::Sender<()>),
     DrainEvents(oneshot::Sender<Vec<DropEvent>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
+    Alive(oneshot::Sender<()>),
     Fleet(
         FleetCommand,
         oneshot::Sender<Result<FleetReply, ServiceError>>,
@@ -212,6 +213,12 @@ impl Writer {
     /// Notices interfaces whose filter was detached outside the agent; returns their names.
     pub async fn check_links(&self) -> Vec<String> {
         self.write(Write::CheckLinks).await.unwrap_or_default()
+    }
+
+    /// Answers once the writer has taken every write queued before this one: the
+    /// watchdog's proof that list changes are still being applied.
+    pub async fn alive(&self) -> bool {
+        self.write(Write::Alive).await.is_ok()
     }
 
     /// Runs a fleet engine command (see [`crate::fleet`]).
@@ -458,6 +465,9 @@ fn execute(
             );
             Box::new(move || drop(tx.send(gone)))
         }
+        Write::Alive(tx) => Box::new(move || {
+            let _ = tx.send(());
+        }),
         Write::Fleet(cmd, tx) => {
             let r = guarded(|| service.fleet(cmd), |m| Err(on_panic(m)));
             Box::new(move || drop(tx.send(r)))

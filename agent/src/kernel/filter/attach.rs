@@ -318,16 +318,21 @@ pub fn link_attached(pin_dir: &Path, iface: &str) -> Result<bool, KernelError> {
 /// `statfs` magic of bpffs (include/uapi/linux/magic.h).
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
+/// Whether a bpffs is mounted at `/sys/fs/bpf` (where pins live).
+pub fn bpffs_mounted() -> bool {
+    // SAFETY: statfs is plain old data; all-zero is a valid value.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: valid C string and out-pointer.
+    let ok = unsafe { libc::statfs(c"/sys/fs/bpf".as_ptr(), &mut st) } == 0;
+    ok && st.f_type as i64 == BPF_FS_MAGIC
+}
+
 /// Mounts bpffs at `/sys/fs/bpf` unless it is already there: pins need it, and minimal
 /// systems (and `ip netns exec`) do not always provide it.
 pub fn ensure_bpffs() -> Result<(), KernelError> {
     let path = Path::new("/sys/fs/bpf");
     let c_path = c"/sys/fs/bpf";
-    // SAFETY: statfs is plain old data; all-zero is a valid value.
-    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
-    // SAFETY: valid C string and out-pointer.
-    let ok = unsafe { libc::statfs(c_path.as_ptr(), &mut st) } == 0;
-    if ok && st.f_type as i64 == BPF_FS_MAGIC {
+    if bpffs_mounted() {
         return Ok(());
     }
     std::fs::create_dir_all(path).map_err(|source| KernelError::PinDir {

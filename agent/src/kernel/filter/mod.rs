@@ -23,7 +23,9 @@ mod stats;
 mod upgrade;
 mod write;
 
-pub use attach::{AttachMode, Attached, detach, ensure_bpffs, ifindex, link_attached, link_pin};
+pub use attach::{
+    AttachMode, Attached, bpffs_mounted, detach, ensure_bpffs, ifindex, link_attached, link_pin,
+};
 pub use write::ReconcileReport;
 
 /// Which compiled object to load.
