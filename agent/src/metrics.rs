@@ -7,6 +7,8 @@
 //! | `portcullis_list_entries` | `list`, `kind`, `source` | entries in the store |
 //! | `portcullis_reconcile_seconds` | | duration of the last start-up reconcile |
 //! | `portcullis_expired_total` | | entries pruned because they expired |
+//! | `portcullis_abs_*` | | the ABS feed's sync health (when configured; see [`abs`]) |
+//! | `portcullis_fleet_*` | | the fleet link (when configured; see [`fleet`]) |
 
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -96,67 +98,137 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
     if let Some(f) = &data.fleet {
         fleet(&mut out, f);
     }
+    if let Some(a) = &data.abs {
+        abs(&mut out, a);
+    }
     out
 }
 
-/// The fleet link's gauges and counters.
-fn fleet(out: &mut String, f: &crate::control::answer::FleetState) {
-    let lag = f.lag_ms.map_or(f64::NAN, |l| l as f64 / 1e3);
-    for (metric, kind, help, value) in [
-        (
-            "portcullis_fleet_in_sync",
-            "gauge",
-            "1 while the agent follows the fleet's log.",
-            f64::from(u8::from(f.state == "in sync")),
-        ),
-        (
-            "portcullis_fleet_lag_seconds",
-            "gauge",
-            "Time from a record being logged to it being applied here (last batch).",
-            lag,
-        ),
-        (
-            "portcullis_fleet_queued",
-            "gauge",
-            "Local changes waiting to be published.",
-            f.queued as f64,
-        ),
-        (
-            "portcullis_fleet_published_total",
-            "counter",
-            "Local changes published.",
-            f.published as f64,
-        ),
-        (
-            "portcullis_fleet_applied_total",
-            "counter",
-            "Fleet log records applied.",
-            f.applied as f64,
-        ),
-        (
-            "portcullis_fleet_skipped_total",
-            "counter",
-            "Fleet records skipped as malformed.",
-            f.skipped as f64,
-        ),
-        (
-            "portcullis_fleet_refused_total",
-            "counter",
-            "Fleet records this host's safety rules refused.",
-            f.refused as f64,
-        ),
-        (
-            "portcullis_fleet_resyncs_total",
-            "counter",
-            "Snapshot loads.",
-            f.resyncs as f64,
-        ),
-    ] {
+/// The ABS feed's sync health: when it last worked, whether the last poll did, what it holds.
+fn abs(out: &mut String, a: &crate::control::answer::AbsState) {
+    let seconds = |t: Option<i64>| t.map_or(f64::NAN, |t| t as f64);
+    let ok = a.last_error.is_none() && a.last_success.is_some() && a.last_success == a.last_attempt;
+    gauges(
+        out,
+        &[
+            (
+                "portcullis_abs_last_success_timestamp_seconds",
+                "gauge",
+                "Unix time of the last good ABS poll (NaN: none yet).",
+                seconds(a.last_success),
+            ),
+            (
+                "portcullis_abs_last_poll_ok",
+                "gauge",
+                "1 when the last ABS poll succeeded.",
+                f64::from(u8::from(ok)),
+            ),
+            (
+                "portcullis_abs_listed",
+                "gauge",
+                "Items on the last good ABS list.",
+                a.listed as f64,
+            ),
+            (
+                "portcullis_abs_removals_held",
+                "gauge",
+                "Entries the last ABS list dropped but that are kept (a large shrink awaits confirmation).",
+                a.removals_held as f64,
+            ),
+            (
+                "portcullis_abs_poll_failures_total",
+                "counter",
+                "Failed ABS polls.",
+                a.failures as f64,
+            ),
+            (
+                "portcullis_abs_skipped_total",
+                "counter",
+                "ABS items skipped as invalid or unsafe.",
+                a.skipped as f64,
+            ),
+            (
+                "portcullis_abs_reported_total",
+                "counter",
+                "Detections reported to ABS.",
+                a.reported as f64,
+            ),
+            (
+                "portcullis_abs_report_dropped_total",
+                "counter",
+                "Detections not reported because the queue was full.",
+                a.report_dropped as f64,
+            ),
+        ],
+    );
+}
+
+/// `# HELP`, `# TYPE` and the value of each unlabelled metric.
+fn gauges(out: &mut String, metrics: &[(&str, &str, &str, f64)]) {
+    for (metric, kind, help, value) in metrics {
         let _ = writeln!(
             out,
             "# HELP {metric} {help}\n# TYPE {metric} {kind}\n{metric} {value}"
         );
     }
+}
+
+/// The fleet link's gauges and counters.
+fn fleet(out: &mut String, f: &crate::control::answer::FleetState) {
+    let lag = f.lag_ms.map_or(f64::NAN, |l| l as f64 / 1e3);
+    gauges(
+        out,
+        &[
+            (
+                "portcullis_fleet_in_sync",
+                "gauge",
+                "1 while the agent follows the fleet's log.",
+                f64::from(u8::from(f.state == "in sync")),
+            ),
+            (
+                "portcullis_fleet_lag_seconds",
+                "gauge",
+                "Time from a record being logged to it being applied here (last batch).",
+                lag,
+            ),
+            (
+                "portcullis_fleet_queued",
+                "gauge",
+                "Local changes waiting to be published.",
+                f.queued as f64,
+            ),
+            (
+                "portcullis_fleet_published_total",
+                "counter",
+                "Local changes published.",
+                f.published as f64,
+            ),
+            (
+                "portcullis_fleet_applied_total",
+                "counter",
+                "Fleet log records applied.",
+                f.applied as f64,
+            ),
+            (
+                "portcullis_fleet_skipped_total",
+                "counter",
+                "Fleet records skipped as malformed.",
+                f.skipped as f64,
+            ),
+            (
+                "portcullis_fleet_refused_total",
+                "counter",
+                "Fleet records this host's safety rules refused.",
+                f.refused as f64,
+            ),
+            (
+                "portcullis_fleet_resyncs_total",
+                "counter",
+                "Snapshot loads.",
+                f.resyncs as f64,
+            ),
+        ],
+    );
 }
 
 /// Serves `/metrics` until `shutdown` flips.
@@ -190,6 +262,95 @@ pub async fn serve(
 mod tests {
     use super::*;
 
+    /// The shipped Grafana dashboard's queries.
+    const DASHBOARD: &str = include_str!("../../dist/grafana/portcullis.json");
+
+    /// Every metric name in a PromQL expression, with the labels it is grouped or filtered by.
+    fn queried(expr: &str) -> Vec<(String, Vec<String>)> {
+        let mut out = Vec::new();
+        let mut rest = expr;
+        while let Some(at) = rest.find("portcullis_") {
+            let name: String = rest[at..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            rest = &rest[at + name.len()..];
+            let mut labels = Vec::new();
+            if let Some(sel) = rest.strip_prefix('{').and_then(|s| s.split_once('}')) {
+                labels.extend(
+                    sel.0
+                        .split(',')
+                        .filter_map(|m| m.split(['=', '!']).next())
+                        .map(|l| l.trim().to_owned()),
+                );
+            }
+            out.push((name, labels));
+        }
+        for by in expr.split("by (").skip(1) {
+            let grouped: Vec<String> = by
+                .split(')')
+                .next()
+                .unwrap_or_default()
+                .split(',')
+                .map(|l| l.trim().to_owned())
+                .collect();
+            for (_, labels) in &mut out {
+                labels.extend(grouped.iter().cloned());
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn every_metric_and_label_the_dashboard_queries_is_exported() {
+        let mut data = MetricsData {
+            stats: Default::default(),
+            counts: vec![(
+                crate::model::List::Deny,
+                crate::model::Kind::Ip,
+                "cli".into(),
+                1,
+            )],
+            fleet: Some(Default::default()),
+            abs: Some(Default::default()),
+        };
+        data.stats.interfaces.insert(
+            "eth0".into(),
+            [("drop_denied".to_string(), Default::default())].into(),
+        );
+        data.stats.l7.insert("forwarded".into(), 1);
+        let text = render(&data, &AgentMetrics::default());
+        let dash: serde_json::Value = serde_json::from_str(DASHBOARD).expect("dashboard JSON");
+        let mut exprs = Vec::new();
+        for panel in dash["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                exprs.push(t["expr"].as_str().expect("expr").to_owned());
+            }
+        }
+        assert!(exprs.len() >= 15, "{exprs:?}");
+        let mut seen = 0;
+        for expr in &exprs {
+            for (name, labels) in queried(expr) {
+                seen += 1;
+                assert!(
+                    text.contains(&format!("# TYPE {name} ")),
+                    "the dashboard queries {name}, which the agent does not export ({expr})"
+                );
+                let sample = text
+                    .lines()
+                    .find(|l| l.starts_with(&name) && !l.starts_with('#'))
+                    .unwrap_or_default();
+                for l in labels.iter().filter(|l| *l != "instance" && !l.is_empty()) {
+                    assert!(
+                        sample.contains(&format!("{l}=\"")),
+                        "{name} has no label {l:?} ({expr}); exported: {sample}"
+                    );
+                }
+            }
+        }
+        assert!(seen >= 20);
+    }
+
     #[test]
     fn hostile_label_values_stay_inside_their_quotes() {
         let mut data = MetricsData {
@@ -201,6 +362,7 @@ mod tests {
                 2,
             )],
             fleet: None,
+            abs: None,
         };
         let evil = "x\"} 1e9\n".to_string();
         data.stats.interfaces.insert(

@@ -3,6 +3,7 @@
 //! - `setup`: installs what builds and tests need (idempotent, seconds when done);
 //! - `test`: every test, privileged ones single-threaded;
 //! - `demo`: the main job: a denied client dropped by XDP in throwaway namespaces;
+//! - `deb`: the Debian package, `target/debian/portcullis_VERSION_ARCH.deb`, lintian-checked;
 //! - `bench xdp|agent|checker|abs|restart|sideband|fleet|wire`: a benchmark (writes `target/bench/<name>.json`), then
 //!   `readme`;
 //! - `fuzz [--seconds N]`: every cargo-fuzz target for N seconds (default 60);
@@ -10,6 +11,7 @@
 //!
 //! Every verb runs `setup` first.
 
+mod deb;
 mod fuzz;
 mod readme;
 mod setup;
@@ -41,6 +43,11 @@ fn main() -> anyhow::Result<()> {
         "lint" => {
             let env = setup::run()?;
             lint(&env)
+        }
+        "deb" => {
+            let env = setup::run()?;
+            setup::package_packages()?;
+            deb::build(&env).map(drop)
         }
         "demo" => {
             let env = setup::run()?;
@@ -110,7 +117,7 @@ fn main() -> anyhow::Result<()> {
         "readme" => update_readme(),
         "help" | "--help" | "-h" => {
             println!(
-                "usage: cargo xtask <setup|build|lint|test|demo|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|sideband|fleet|wire|readme>"
+                "usage: cargo xtask <setup|build|lint|test|demo|deb|fuzz [--seconds N]|bench xdp|agent|checker|abs|restart|sideband|fleet|wire|readme>"
             );
             Ok(())
         }
@@ -180,6 +187,15 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
     if let Err(e) = fuzz::run(env, fuzz::TEST_SECONDS) {
         failed.push(format!("fuzz targets: {e:#}"));
     }
+    // The package test installs what `cargo xtask deb` builds.
+    setup::package_packages()?;
+    let deb = match deb::build(env) {
+        Ok(deb) => Some(deb),
+        Err(e) => {
+            failed.push(format!("cargo xtask deb: {e:#}"));
+            None
+        }
+    };
     // The integration tests drive the real binary.
     cargo(env, &["build", "-p", "portcullis-agent", "--bins"])?;
     let mut privileged = vec!["test", "--no-fail-fast", "-p", "portcullis-tests"];
@@ -189,6 +205,7 @@ fn test(env: &setup::Env, extra: &[String]) -> anyhow::Result<()> {
         .args(&privileged)
         .env("PATH", &env.path)
         .env("PORTCULLIS_SKIP_LOG", &skip_log)
+        .envs(deb.iter().map(|d| ("PORTCULLIS_DEB", d)))
         .status()
         .context("running the integration tests")?;
     if !run.success() {

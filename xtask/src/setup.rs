@@ -239,6 +239,12 @@ pub fn wire_packages() -> anyhow::Result<()> {
     ])
 }
 
+/// What `cargo xtask deb` and the package test use besides dpkg: lintian, strip (binutils),
+/// and systemd-analyze (systemd) to verify the installed unit.
+pub fn package_packages() -> anyhow::Result<()> {
+    install(&["lintian", "binutils", "systemd"])
+}
+
 fn debian_packages() -> anyhow::Result<()> {
     install(DEBIAN_PACKAGES)
 }

@@ -181,15 +181,19 @@ impl Board {
             .map(|f| f.state())
     }
 
-    /// The `status` answer.
-    pub fn status(&self) -> Status {
-        let fleet = self.fleet();
-        let abs = self
-            .abs
+    /// The ABS feed's state, when one is configured.
+    pub fn abs(&self) -> Option<AbsState> {
+        self.abs
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_ref()
-            .and_then(|a| a.lock().ok().map(|s| s.clone()));
+            .and_then(|a| a.lock().ok().map(|s| s.clone()))
+    }
+
+    /// Everything `status` answers.
+    pub fn status(&self) -> Status {
+        let fleet = self.fleet();
+        let abs = self.abs();
         let lists = self
             .counts()
             .into_iter()

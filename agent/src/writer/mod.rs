@@ -52,6 +52,8 @@ pub struct MetricsData {
     pub counts: Vec<(crate::model::List, Kind, String, u64)>,
     /// The fleet link, when configured.
     pub fleet: Option<crate::control::answer::FleetState>,
+    /// The ABS feed, when configured.
+    pub abs: Option<crate::control::answer::AbsState>,
 }
 
 enum Write {
@@ -334,11 +336,13 @@ fn read(service: &Service, r: Read) {
                     stats: service.stats().unwrap_or_default(),
                     counts: service.counts().unwrap_or_default(),
                     fleet: service.board().fleet(),
+                    abs: service.board().abs(),
                 },
                 |_| MetricsData {
                     stats: Default::default(),
                     counts: Vec::new(),
                     fleet: None,
+                    abs: None,
                 },
             );
             let _ = tx.send(data);
