@@ -73,6 +73,10 @@ pub enum Command {
     },
     /// Kernel counters per verdict.
     Stats(JsonFlag),
+    /// Read the configuration file again and apply it, as SIGHUP does (root): interfaces,
+    /// mode, drop sampling, safety limits, the checker's certificate and APIs, ABS. A file
+    /// that does not validate is refused with the reason; the running one stays.
+    Reload(JsonFlag),
     /// Write a consistent copy of the lists (digests included) while the agent runs. Root.
     Backup {
         /// The new file (never overwritten).

@@ -51,6 +51,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(j) => status(&cli, j.json),
         Command::Api { verb } => api(&cli, verb),
         Command::Stats(j) => stats(&cli, j.json),
+        Command::Reload(j) => show::reload(&cli, j.json),
         Command::Detach { iface, pin_dir } => iface::detach(&cli, iface.as_deref(), pin_dir),
         Command::Backup { file } => backup::backup(&cli, file),
         Command::Restore { file, force } => backup::restore(&cli, file, *force),
@@ -80,6 +81,24 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
+    let cfg = effective_config(a, &argv)?;
+    let problems = crate::preflight::problems(&cfg);
+    if a.check_config {
+        return check_config(&cfg, &problems);
+    }
+    if !problems.is_empty() {
+        // Before anything is loaded or attached: a start that cannot finish does not begin.
+        bail!("not starting:\n  {}", problems.join("\n  "));
+    }
+    // SIGHUP and `portcullis reload` read the file again, with the same flags over it.
+    let args = a.clone();
+    let source = move || effective_config(&args, &argv);
+    crate::daemon::run(cfg, Box::new(source))
+}
+
+/// The configuration the agent runs with: the file, then the flags over it, validated (not
+/// yet checked against this machine: see [`crate::preflight`]).
+pub fn effective_config(a: &AgentArgs, argv: &[String]) -> anyhow::Result<Config> {
     let explicit = argv
         .iter()
         .any(|x| x == "--config" || x.starts_with("--config="));
@@ -120,15 +139,7 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
         cfg.socket = a.socket_override.clone().unwrap_or(cfg.socket);
     }
     cfg.validate()?;
-    let problems = crate::preflight::problems(&cfg);
-    if a.check_config {
-        return check_config(&cfg, &problems);
-    }
-    if !problems.is_empty() {
-        // Before anything is loaded or attached: a start that cannot finish does not begin.
-        bail!("not starting:\n  {}", problems.join("\n  "));
-    }
-    crate::daemon::run(cfg)
+    Ok(cfg)
 }
 
 /// `agent --check-config`: the effective configuration, file and flags merged (what the

@@ -211,3 +211,26 @@ pub(super) fn stats(cli: &Cli, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `portcullis reload`: the agent reads its configuration again (as on SIGHUP) and says what
+/// changed and what waits for a restart; a refused file fails with the reason.
+pub(super) fn reload(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    let r = call(cli, &Request::Reload)?;
+    if json {
+        return print_json(&r);
+    }
+    let r: crate::control::answer::Reloaded = decode(r)?;
+    if r.applied.is_empty() {
+        println!("reloaded: nothing to change");
+    }
+    for a in &r.applied {
+        println!("applied: {a}");
+    }
+    if !r.restart_needed.is_empty() {
+        println!(
+            "needs a restart to take effect: {}",
+            r.restart_needed.join(", ")
+        );
+    }
+    Ok(())
+}

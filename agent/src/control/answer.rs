@@ -379,6 +379,16 @@ pub struct ApiShown {
     pub ignored_fields: Vec<String>,
 }
 
+/// The answer to `reload`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reloaded {
+    /// What the reload changed, one line each (empty: the file says what runs already).
+    pub applied: Vec<String>,
+    /// Settings whose new value takes effect only at the next restart (dotted TOML keys),
+    /// compared with what the agent started with.
+    pub restart_needed: Vec<String>,
+}
+
 /// The answer to `api-reload`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct ApiReloaded {

@@ -147,6 +147,9 @@ pub enum Request {
         #[serde(default)]
         resync: bool,
     },
+    /// Read the configuration file again and apply it (as SIGHUP does); a file that does
+    /// not validate is refused with the reason and the running configuration stays. Root.
+    Reload,
 }
 
 /// What `Request::Credentials` does.
@@ -208,9 +211,9 @@ impl Request {
     }
 
     /// Whether only root (or the agent's own user) may ask: the agent reads or writes a file
-    /// the request names.
+    /// the request names, or re-reads its configuration.
     pub fn needs_root(&self) -> bool {
-        matches!(self, Self::Backup | Self::Restore { .. })
+        matches!(self, Self::Backup | Self::Restore { .. } | Self::Reload)
     }
 }
 

@@ -65,6 +65,7 @@ pub async fn serve(
     listener: UnixListener,
     writer: Writer,
     group: Option<u32>,
+    reload: Option<mpsc::Sender<ReloadAsk>>,
     shutdown: watch::Receiver<bool>,
 ) {
     let stop = shutdown.clone();
@@ -76,11 +77,12 @@ pub async fn serve(
         }
         let root = peer_is_root(&stream);
         let writer = writer.clone();
+        let reload = reload.clone();
         let mut stop = stop.clone();
         tokio::spawn(async move {
             // An idle client must not keep the writer (and the shutdown) waiting.
             tokio::select! {
-                r = connection(stream, writer, root) => if let Err(e) = r {
+                r = connection(stream, writer, reload, root) => if let Err(e) = r {
                     tracing::debug!("control connection ended: {e}");
                 },
                 _ = stop.changed() => {}
@@ -179,7 +181,12 @@ enum Incoming {
 /// One connection: requests are read and parsed one ahead of the writer (a client that sends
 /// its next import batch before reading the last answer keeps both cores busy) and answered
 /// in order.
-async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::Result<()> {
+async fn connection(
+    stream: UnixStream,
+    writer: Writer,
+    reload: Option<mpsc::Sender<ReloadAsk>>,
+    root: bool,
+) -> std::io::Result<()> {
     let (read, write) = stream.into_split();
     // One parsed request waits while the writer works on another: a connection holds at most
     // three requests however far ahead the client writes (one being read, one queued, one
@@ -188,7 +195,7 @@ async fn connection(stream: UnixStream, writer: Writer, root: bool) -> std::io::
     let (tx, rx) = mpsc::channel(1);
     tokio::try_join!(
         read_requests(read, root, tx),
-        answer_requests(rx, writer, write)
+        answer_requests(rx, writer, reload, write)
     )?;
     Ok(())
 }
@@ -232,6 +239,7 @@ const AFTER_FAILED_IMPORT: &str = "not applied: the import batch before it on th
 async fn answer_requests(
     mut rx: mpsc::Receiver<Incoming>,
     writer: Writer,
+    reload: Option<mpsc::Sender<ReloadAsk>>,
     mut write: OwnedWriteHalf,
 ) -> std::io::Result<()> {
     // A client that sent batches ahead must not have the ones behind a failed batch applied:
@@ -245,6 +253,10 @@ async fn answer_requests(
                 let r = writer.import(batch).await;
                 last_failed = !r.ok;
                 (r, false)
+            }
+            Incoming::Request(Request::Reload) => {
+                last_failed = false;
+                (ask_reload(reload.as_ref()).await, false)
             }
             Incoming::Request(req) => {
                 last_failed = false;
@@ -264,6 +276,23 @@ async fn answer_requests(
     Ok(())
 }
 
+/// A `reload` for the daemon, which owns what a reload touches besides the lists (the
+/// checker, the ABS feed); it answers on the enclosed channel.
+pub type ReloadAsk = tokio::sync::oneshot::Sender<Response>;
+
+/// Hands a `reload` to the daemon and waits for its answer.
+async fn ask_reload(reload: Option<&mpsc::Sender<ReloadAsk>>) -> Response {
+    let Some(reload) = reload else {
+        return Response::err("this agent does not reload its configuration");
+    };
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    if reload.send(tx).await.is_err() {
+        return Response::err("the agent is shutting down");
+    }
+    rx.await
+        .unwrap_or_else(|_| Response::err("the agent is shutting down"))
+}
+
 /// Requests larger than this are parsed off the runtime's workers: a 250k-line import takes
 /// ~100 ms to parse, and `status` must not wait behind it.
 const PARSE_INLINE: usize = 64 << 10;
@@ -273,7 +302,7 @@ const PARSE_INLINE: usize = 64 << 10;
 async fn parse(line: &mut Vec<u8>, root: bool) -> Incoming {
     let ready = move |bytes: &[u8]| match Request::decode(bytes) {
         Ok(req) if Request::needs_root(&req) && !root => Incoming::Refused(Response::err(
-            "backup and restore are for root: the agent reads and writes the files as itself",
+            "backup, restore and reload are for root: the agent reads and writes files as itself",
         )),
         Ok(Request::Import {
             list,

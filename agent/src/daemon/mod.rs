@@ -9,7 +9,10 @@
 mod checker;
 mod drop_log;
 mod notify;
+mod reload;
 mod setup;
+
+pub use reload::ConfigSource;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -26,8 +29,9 @@ use crate::metrics::{self, AgentMetrics};
 use crate::service::Service;
 use crate::writer::Writer;
 
-/// Runs the agent until SIGTERM or SIGINT.
-pub fn run(config: Config) -> anyhow::Result<()> {
+/// Runs the agent until SIGTERM or SIGINT; SIGHUP and `portcullis reload` read the
+/// configuration again from `source`.
+pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
     // SAFETY: the runtime is not built yet; nothing before it started a thread.
     let (passed, warnings) = unsafe { Passed::from_env() };
     for w in warnings {
@@ -40,13 +44,13 @@ pub fn run(config: Config) -> anyhow::Result<()> {
         .thread_name("portcullis")
         .build()
         .context("starting the runtime")?;
-    let result = rt.block_on(run_async(config, passed));
+    let result = rt.block_on(run_async(config, passed, source));
     // Whatever is still running (a worker stuck past the grace) must not hold the exit.
     rt.shutdown_timeout(Duration::from_secs(1));
     result
 }
 
-async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
+async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> anyhow::Result<()> {
     let notify = notify::Notify::from_env();
     notify.status("starting: loading the XDP filter");
     setup::raise_limits();
@@ -90,14 +94,22 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
         .map(|c| c.start(lists, &writer, &config, &mut passed, &stop_rx, &board))
         .transpose()?;
     let rest = serve_rest(&config, &writer, &board, &mut passed, &stop_rx).await?;
-    let mut tasks =
-        serve_control_and_metrics(&config, &writer, &agent_metrics, &mut passed, &stop_rx).await?;
+    let (reload_tx, reload_rx) = tokio::sync::mpsc::channel(4);
+    let mut tasks = serve_control_and_metrics(
+        &config,
+        &writer,
+        &agent_metrics,
+        &mut passed,
+        reload_tx,
+        &stop_rx,
+    )
+    .await?;
     tasks.extend(rest);
     debug_assert!(passed.unused().is_empty(), "checked at the start");
-    if let Some(abs) = abs {
+    if abs.is_some() {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
-        tasks.push(tokio::spawn(abs.run(writer.clone(), stop_rx.clone())));
     }
+    let mut abs = reload::AbsTask::start(abs, &writer);
     if let Some(fleet) = fleet {
         tracing::info!(fleet = %config.fleet.name, redis = %config.fleet.redacted_url(), "fleet sync on");
         tasks.push(tokio::spawn(crate::fleet::run(
@@ -112,7 +124,14 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     notify.status(&ready_status(&config, &board));
     undo.ifaces.clear();
 
-    run_until_signal(&config, &writer, checker.as_ref(), &agent_metrics, &notify).await?;
+    let mut reloader = reload::Reloader::new(source, config.clone());
+    let running = Running {
+        writer: &writer,
+        checker: checker.as_ref(),
+        agent_metrics: &agent_metrics,
+        notify: &notify,
+    };
+    run_until_signal(running, &mut reloader, &mut abs, reload_rx).await?;
 
     notify.send("STOPPING=1");
     notify.status("stopping: draining connections; XDP enforcement stays in place");
@@ -122,6 +141,7 @@ async fn run_async(config: Config, mut passed: Passed) -> anyhow::Result<()> {
     let grace = Duration::from_secs(parse_duration(&config.shutdown_grace).unwrap_or(5));
     let deadline = Instant::now() + grace;
     let _ = stop_tx.send(true);
+    abs.stop().await;
     // Commands already queued are applied until the deadline; new ones are refused.
     writer.close(deadline);
     let drain = async {
@@ -176,6 +196,7 @@ async fn serve_control_and_metrics(
     writer: &Writer,
     agent_metrics: &Arc<AgentMetrics>,
     passed: &mut Passed,
+    reload: tokio::sync::mpsc::Sender<crate::control::server::ReloadAsk>,
     stop_rx: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<JoinHandle<()>>> {
     let control = crate::control::server::bind(&config.socket, config.socket_group.as_deref())?;
@@ -187,6 +208,7 @@ async fn serve_control_and_metrics(
         control,
         writer.clone(),
         group,
+        Some(reload),
         stop_rx.clone(),
     ))];
     if !config.metrics.is_empty() {
@@ -253,15 +275,76 @@ async fn serve_rest(
     ))))
 }
 
+/// What the signal loop works with.
+struct Running<'a> {
+    writer: &'a Writer,
+    checker: Option<&'a checker::Running>,
+    agent_metrics: &'a Arc<AgentMetrics>,
+    notify: &'a notify::Notify,
+}
+
+/// Reloads, logs the outcome and tells systemd; the answer for `portcullis reload`.
+async fn reload(
+    run: &Running<'_>,
+    reloader: &mut reload::Reloader,
+    abs: &mut reload::AbsTask,
+) -> crate::control::proto::Response {
+    use crate::control::proto::Response;
+    run.notify
+        .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+    let result = reloader.reload(run.writer, run.checker, abs).await;
+    run.notify.send("READY=1");
+    match result {
+        Ok(r) => {
+            tracing::info!(
+                applied = ?r.applied,
+                restart_needed = ?r.restart_needed,
+                "configuration reloaded"
+            );
+            run.notify.status(&format!(
+                "reloaded: {} change(s){}",
+                r.applied.len(),
+                if r.restart_needed.is_empty() {
+                    String::new()
+                } else {
+                    format!("; restart for {}", r.restart_needed.join(", "))
+                }
+            ));
+            Response::ok(r)
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            run.notify.status(&e);
+            Response::err(e)
+        }
+    }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
+fn monotonic_usec() -> u64 {
+    // SAFETY: timespec is plain old data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 /// The agent's timers and signals, until SIGTERM or SIGINT.
 async fn run_until_signal(
-    config: &Config,
-    writer: &Writer,
-    checker: Option<&checker::Running>,
-    agent_metrics: &Arc<AgentMetrics>,
-    notify: &notify::Notify,
+    run: Running<'_>,
+    reloader: &mut reload::Reloader,
+    abs: &mut reload::AbsTask,
+    mut reloads: tokio::sync::mpsc::Receiver<crate::control::server::ReloadAsk>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
+    let Running {
+        writer,
+        checker,
+        agent_metrics,
+        notify,
+    } = run;
+    let config = reloader.current().clone();
+    let config = &config;
     // Without `WatchdogSec=` the tick never fires.
     let watchdog_every = notify.watchdog_every();
     let mut watchdog_tick = tokio::time::interval(watchdog_every.unwrap_or(Duration::MAX / 4));
@@ -283,10 +366,12 @@ async fn run_until_signal(
             _ = term.recv() => return Ok(()),
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading the TLS certificate and the API definitions");
-                if let Some(c) = checker {
-                    c.reload();
-                }
+                tracing::info!("SIGHUP: reloading the configuration");
+                reload(&run, reloader, abs).await;
+            }
+            Some(answer) = reloads.recv() => {
+                tracing::info!("`portcullis reload`: reloading the configuration");
+                let _ = answer.send(reload(&run, reloader, abs).await);
             }
             _ = tls_tick.tick() => {
                 if let Some(c) = checker {
@@ -304,7 +389,7 @@ async fn run_until_signal(
                     let servers = checker.map(checker::Running::server_hosts).unwrap_or_default();
                     let redis = config.fleet.redis_host();
                     let names = infrastructure::names(
-                        &config.abs.url,
+                        &reloader.current().abs.url,
                         servers.iter().map(String::as_str).chain(redis.as_deref()),
                     );
                     reading = Some(tokio::spawn(read_host(writer.clone(), names)));

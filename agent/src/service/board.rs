@@ -163,8 +163,8 @@ impl Board {
     }
 
     /// The ABS feed's state, which status shows.
-    pub fn set_abs(&self, abs: Arc<Mutex<AbsState>>) {
-        *self.abs.lock().unwrap_or_else(PoisonError::into_inner) = Some(abs);
+    pub fn set_abs(&self, abs: Option<Arc<Mutex<AbsState>>>) {
+        *self.abs.lock().unwrap_or_else(PoisonError::into_inner) = abs;
     }
 
     /// The fleet engine's state, which status shows.

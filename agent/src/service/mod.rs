@@ -29,6 +29,7 @@ mod board;
 mod credentials;
 mod fleet;
 mod links;
+mod reconfigure;
 mod removal;
 mod restore;
 mod safety;
@@ -41,6 +42,7 @@ pub use board::{Board, Counts};
 pub use credentials::{CredentialError, Credentials, SecretCheck, TokenRecord};
 pub use fleet::{FleetCommand, FleetReply, Received};
 pub use links::undo_fresh;
+pub use reconfigure::LIVE_KEYS;
 pub use switches::{Switch, Switches};
 
 /// What the checker found: the culprit to deny-list (source `checker`).
@@ -250,8 +252,15 @@ impl Service {
         state: Arc<std::sync::Mutex<AbsState>>,
         report: impl Fn(serde_json::Value) + Send + 'static,
     ) {
-        self.board.set_abs(state);
+        self.board.set_abs(Some(state));
         self.report = Some(Box::new(report));
+    }
+
+    /// Disconnects the ABS feed (a reload that removed `abs.url`): detections are no longer
+    /// reported and `status` no longer shows a feed.
+    pub fn clear_abs(&mut self) {
+        self.board.set_abs(None);
+        self.report = None;
     }
 
     /// Adds rows to the checker's lists, a few thousand per hold of the lock, so a request

@@ -70,6 +70,11 @@ enum Write {
     DrainEvents(oneshot::Sender<Vec<DropEvent>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
     Alive(oneshot::Sender<()>),
+    Reconfigure(
+        Box<crate::config::Config>,
+        oneshot::Sender<Result<Vec<String>, ServiceError>>,
+    ),
+    SetAbs(Option<AbsLink>, oneshot::Sender<()>),
     Fleet(
         FleetCommand,
         oneshot::Sender<Result<FleetReply, ServiceError>>,
@@ -82,6 +87,12 @@ enum Read {
     Control(Request, oneshot::Sender<Response>),
     Metrics(oneshot::Sender<MetricsData>),
 }
+
+/// A (re)connected ABS feed: its state for `status`, and where detections are reported.
+pub type AbsLink = (
+    Arc<std::sync::Mutex<crate::control::answer::AbsState>>,
+    Box<dyn Fn(serde_json::Value) + Send>,
+);
 
 /// A handle on the list writer; cheap to clone. The writer stops when every handle is gone.
 #[derive(Clone)]
@@ -221,6 +232,20 @@ impl Writer {
     /// watchdog's proof that list changes are still being applied.
     pub async fn alive(&self) -> bool {
         self.write(Write::Alive).await.is_ok()
+    }
+
+    /// Applies a reloaded configuration's live keys (see [`Service::reconfigure`]).
+    pub async fn reconfigure(
+        &self,
+        config: crate::config::Config,
+    ) -> Result<Vec<String>, ServiceError> {
+        self.write(|tx| Write::Reconfigure(Box::new(config), tx))
+            .await?
+    }
+
+    /// Connects the service to a (new) ABS feed, or disconnects it.
+    pub async fn set_abs(&self, link: Option<AbsLink>) {
+        let _ = self.write(|tx| Write::SetAbs(link, tx)).await;
     }
 
     /// Runs a fleet engine command (see [`crate::fleet`]).
@@ -468,6 +493,19 @@ fn execute(
                 },
             );
             Box::new(move || drop(tx.send(gone)))
+        }
+        Write::Reconfigure(config, tx) => {
+            let r = guarded(|| service.reconfigure(&config), |m| Err(on_panic(m)));
+            Box::new(move || drop(tx.send(r)))
+        }
+        Write::SetAbs(link, tx) => {
+            match link {
+                Some((state, report)) => service.set_abs(state, report),
+                None => service.clear_abs(),
+            }
+            Box::new(move || {
+                let _ = tx.send(());
+            })
         }
         Write::Alive(tx) => Box::new(move || {
             let _ = tx.send(());

@@ -1,0 +1,224 @@
+//! Reloading the configuration (SIGHUP, `portcullis reload`): the file is read again with
+//! the agent's flags over it and checked as a start would check it; a file that does not
+//! pass is refused with the reason and nothing changes. Otherwise what can change while the
+//! agent runs does: the service's live keys ([`crate::service::LIVE_KEYS`]: interfaces, mode,
+//! drop sampling, safety limits), the checker's certificate and API definitions (re-read from
+//! their files), and the ABS feed (restarted with its new settings). Everything else that
+//! differs from what the agent started with is named as needing a restart.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use super::checker;
+use crate::abs::Abs;
+use crate::config::Config;
+use crate::control::answer::{AbsState, Reloaded};
+use crate::writer::Writer;
+
+/// Where a reload reads the configuration from: the file and the flags the agent was
+/// started with, validated.
+pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
+
+/// The ABS feed's poller, restartable on its own.
+pub(super) struct AbsTask {
+    running: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    /// Kept across restarts: `status` and the metrics go on counting.
+    state: Arc<Mutex<AbsState>>,
+}
+
+impl AbsTask {
+    /// Starts polling with `abs`, if the feed is configured.
+    pub(super) fn start(abs: Option<Arc<Abs>>, writer: &Writer) -> Self {
+        let state = abs
+            .as_ref()
+            .map_or_else(Default::default, |a| a.state.clone());
+        let mut task = Self {
+            running: None,
+            state,
+        };
+        if let Some(abs) = abs {
+            task.spawn(abs, writer);
+        }
+        task
+    }
+
+    fn spawn(&mut self, abs: Arc<Abs>, writer: &Writer) {
+        let (stop, stopped) = watch::channel(false);
+        let handle = tokio::spawn(abs.run(writer.clone(), stopped));
+        self.running = Some((handle, stop));
+    }
+
+    /// Stops the poller (a poll in flight gets a few seconds to finish).
+    pub(super) async fn stop(&mut self) {
+        if let Some((handle, stop)) = self.running.take() {
+            let _ = stop.send(true);
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(5), handle)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+    }
+
+    /// Replaces the feed with one built from the new settings (or none).
+    async fn replace(&mut self, abs: Option<Arc<Abs>>, writer: &Writer) {
+        self.stop().await;
+        match abs {
+            Some(abs) => {
+                let feed = abs.clone();
+                let report: Box<dyn Fn(serde_json::Value) + Send> =
+                    Box::new(move |d| feed.queue_detection(d));
+                writer.set_abs(Some((abs.state.clone(), report))).await;
+                self.spawn(abs, writer);
+            }
+            None => writer.set_abs(None).await,
+        }
+    }
+}
+
+/// The configuration in effect, and how to read it again.
+pub(super) struct Reloader {
+    source: ConfigSource,
+    /// What the agent started with: restart-only keys are compared with it.
+    started: Config,
+    /// What the last successful reload applied (at first, `started`).
+    current: Config,
+}
+
+impl Reloader {
+    pub(super) fn new(source: ConfigSource, started: Config) -> Self {
+        Self {
+            source,
+            current: started.clone(),
+            started,
+        }
+    }
+
+    /// The configuration in effect.
+    pub(super) fn current(&self) -> &Config {
+        &self.current
+    }
+
+    /// Reads, checks and applies the configuration; `Err` is the reason it was refused.
+    pub(super) async fn reload(
+        &mut self,
+        writer: &Writer,
+        checker: Option<&checker::Running>,
+        abs: &mut AbsTask,
+    ) -> Result<Reloaded, String> {
+        let refused =
+            |why: String| format!("reload refused, the running configuration stays: {why}");
+        let new = (self.source)().map_err(|e| refused(format!("{e:#}")))?;
+        // Off the async workers: the checks resolve names and read files.
+        let checked = new.clone();
+        let problems = tokio::task::spawn_blocking(move || crate::preflight::problems(&checked))
+            .await
+            .unwrap_or_else(|e| vec![format!("checking the configuration: {e}")]);
+        if !problems.is_empty() {
+            return Err(refused(problems.join("; ")));
+        }
+        let abs_changed = section(&self.current, "abs") != section(&new, "abs");
+        // The new feed is built (its secret read, its client made) before anything changes.
+        let feed = if abs_changed && !new.abs.url.is_empty() {
+            let f = Abs::new(new.abs.clone(), abs.state.clone())
+                .map_err(|e| refused(format!("{e:#}")))?;
+            Some(f)
+        } else {
+            None
+        };
+        let mut applied = writer
+            .reconfigure(new.clone())
+            .await
+            .map_err(|e| refused(e.to_string()))?;
+        if let Some(c) = checker {
+            c.reload();
+            applied.push("checker: TLS certificate and API definitions read again".into());
+        }
+        if abs_changed {
+            applied.push(if new.abs.url.is_empty() {
+                "ABS feed off".to_string()
+            } else {
+                format!("ABS feed restarted ({})", new.abs.url)
+            });
+            abs.replace(feed, writer).await;
+        }
+        self.current = new;
+        let live =
+            |k: &str| crate::service::LIVE_KEYS.contains(&k) || k == "abs" || k.starts_with("abs.");
+        let restart_needed = changed_keys(&self.started, &self.current)
+            .into_iter()
+            .filter(|k| !live(k))
+            .collect();
+        Ok(Reloaded {
+            applied,
+            restart_needed,
+        })
+    }
+}
+
+/// One top-level section of the configuration, as TOML.
+fn section(config: &Config, name: &str) -> Option<toml::Value> {
+    toml::Value::try_from(config)
+        .ok()
+        .and_then(|v| v.get(name).cloned())
+}
+
+/// The dotted keys whose values differ between `a` and `b`.
+fn changed_keys(a: &Config, b: &Config) -> Vec<String> {
+    let (Ok(a), Ok(b)) = (toml::Value::try_from(a), toml::Value::try_from(b)) else {
+        return vec!["(configuration not comparable)".into()];
+    };
+    let (mut fa, mut fb) = (BTreeMap::new(), BTreeMap::new());
+    flatten("", &a, &mut fa);
+    flatten("", &b, &mut fb);
+    let mut keys: Vec<String> = fa
+        .keys()
+        .chain(fb.keys())
+        .filter(|k| fa.get(*k) != fb.get(*k))
+        .cloned()
+        .collect();
+    keys.dedup();
+    keys.sort();
+    keys.dedup();
+    keys
+}
+
+fn flatten(prefix: &str, v: &toml::Value, out: &mut BTreeMap<String, toml::Value>) {
+    match v {
+        toml::Value::Table(t) => {
+            for (k, v) in t {
+                let key = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                flatten(&key, v, out);
+            }
+        }
+        other => {
+            out.insert(prefix.to_owned(), other.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changed_keys_are_dotted_and_only_the_changed_ones() {
+        let a = Config::default();
+        let mut b = a.clone();
+        assert!(changed_keys(&a, &b).is_empty());
+        b.metrics = "127.0.0.1:1".into();
+        b.abs.poll = "7s".into();
+        b.interfaces = vec!["eth1".into()];
+        assert_eq!(changed_keys(&a, &b), ["abs.poll", "interfaces", "metrics"]);
+    }
+}

@@ -1,0 +1,212 @@
+//! Reloading the configuration while the agent runs (`portcullis reload`, SIGHUP): what can
+//! change live changes (interfaces, enforce/monitor, the ABS feed), what cannot is named, and
+//! a file that does not validate is refused with the reason while the old one keeps running.
+
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use portcullis::control::answer::Reloaded;
+use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, TempGroup, answer, err};
+use portcullis_tests::fake_abs::{Answer, FakeAbs};
+use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, run};
+use portcullis_tests::privileged;
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Rewrites the agent's config file (the helper's, which the agent was started with).
+fn write_config(dirs: &AgentDirs, text: &str) {
+    std::fs::write(
+        dirs.root.join("portcullis.toml"),
+        format!("prune_interval = \"1s\"\n{text}"),
+    )
+    .expect("config");
+}
+
+fn xdp_on(ns: &str, iface: &str) -> bool {
+    run(&["ip", "-n", ns, "-d", "link", "show", "dev", iface])
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("prog/xdp"))
+        .unwrap_or(false)
+}
+
+#[test]
+fn reload_applies_interfaces_and_mode_names_restart_keys_and_refuses_bad_files() {
+    let pair = privileged!(NetnsPair::new().expect("namespaces"));
+    // A second interface in the server namespace for the reload to attach to.
+    let (extra, peer) = (
+        format!("{}x", pair.server_if),
+        format!("{}y", pair.server_if),
+    );
+    run(&[
+        "ip",
+        "-n",
+        &pair.server,
+        "link",
+        "add",
+        &extra,
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &peer,
+    ])
+    .expect("veth");
+    for i in [&extra, &peer] {
+        run(&["ip", "-n", &pair.server, "link", "set", i, "up"]).expect("up");
+    }
+    let dirs = AgentDirs::new();
+    let one = format!(
+        "interfaces = [\"{}\"]\nmode = \"enforce\"\n",
+        pair.server_if
+    );
+    let opts = AgentOpts {
+        netns: Some(pair.server.clone()),
+        config: one.clone(),
+        ..AgentOpts::default()
+    };
+    let mut agent = Agent::start(&dirs, &opts).expect("agent");
+    let denied = CLIENT_V4[0];
+    agent.add("deny", &[&["ip", denied]]);
+    pair.assert_pings(denied, SERVER_V4, 2, 0, "denied before the reload");
+
+    // Two interfaces, monitor mode, and a restart-only key.
+    write_config(
+        &dirs,
+        &format!(
+            "interfaces = [\"{}\", \"{extra}\"]\nmode = \"monitor\"\nshutdown_grace = \"3s\"\n",
+            pair.server_if
+        ),
+    );
+    let r: Reloaded = answer(&agent.cli(&["reload", "--json"]));
+    assert!(r.applied.contains(&format!("attached to {extra}")), "{r:?}");
+    assert!(r.applied.contains(&"mode monitor".to_string()), "{r:?}");
+    assert_eq!(r.restart_needed, ["shutdown_grace"], "{r:?}");
+    assert!(xdp_on(&pair.server, &extra), "XDP on the new interface");
+    assert_eq!(agent.status().mode.as_str(), "monitor");
+    pair.assert_pings(
+        denied,
+        SERVER_V4,
+        2,
+        2,
+        "monitor mode passes the denied client",
+    );
+
+    // Files that do not validate: refused with the reason, nothing changes.
+    for (bad, reason) in [
+        ("mode = \"bogus\"\n".to_string(), "mode"),
+        ("interfaces = [\"pc-none0\"]\n".to_string(), "pc-none0"),
+        ("interfaces = [\n".to_string(), "TOML"),
+    ] {
+        write_config(&dirs, &bad);
+        let e = err(&agent.cli(&["reload"]));
+        assert!(
+            e.contains("reload refused") && e.contains(reason),
+            "{bad}: {e}"
+        );
+        let s = agent.status();
+        assert_eq!(s.mode.as_str(), "monitor", "{bad}");
+        assert_eq!(s.interfaces.len(), 2, "{bad}: {:?}", s.interfaces);
+        assert!(xdp_on(&pair.server, &extra), "{bad}");
+    }
+    pair.assert_pings(
+        denied,
+        SERVER_V4,
+        2,
+        2,
+        "still monitoring after refused reloads",
+    );
+
+    // SIGHUP: back to one interface, enforcing.
+    write_config(&dirs, &one);
+    let pid = agent.pid().expect("pid");
+    // SAFETY: plain kill(2) on our child.
+    unsafe { libc::kill(pid as i32, libc::SIGHUP) };
+    wait_for("the SIGHUP reload", || {
+        agent.status().mode.as_str() == "enforce" && !xdp_on(&pair.server, &extra)
+    });
+    assert_eq!(agent.status().interfaces.len(), 1);
+    pair.assert_pings(denied, SERVER_V4, 2, 0, "enforcing again after SIGHUP");
+    assert!(agent.log_text().contains("configuration reloaded"));
+    agent.stop().expect("stop");
+}
+
+#[test]
+fn reload_starts_changes_and_stops_the_abs_feed() {
+    privileged!();
+    let abs = FakeAbs::start(TcpListener::bind("127.0.0.1:0").expect("bind"));
+    abs.set(Answer::Json(
+        r#"{"attacklist":{"ips":["198.18.80.1"],"usernames":["mallory"]}}"#.into(),
+    ));
+    let dirs = AgentDirs::new();
+    let agent = Agent::with_config(&dirs, String::new()).expect("agent");
+    assert!(agent.status().abs.is_none());
+    let abs_rows = || agent.entries_from("deny", "abs").len();
+    write_config(
+        &dirs,
+        &portcullis_tests::fake_abs::agent_config(&dirs, &abs.url(), ""),
+    );
+    let r: Reloaded = answer(&agent.cli(&["reload", "--json"]));
+    assert!(
+        r.applied
+            .iter()
+            .any(|a| a.starts_with("ABS feed restarted")),
+        "{r:?}"
+    );
+    assert!(r.restart_needed.is_empty(), "{r:?}");
+    wait_for("the ABS list after the reload", || abs_rows() == 2);
+
+    // A missing secret file: refused, the feed keeps polling with the old settings.
+    let polls = abs.requests("GET /v4/abs/attacklist").len();
+    write_config(
+        &dirs,
+        &format!(
+            "[abs]\nurl = \"{}\"\naccess_key = \"ak-1\"\nsecret_key_file = \"{}/gone\"\ninsecure = true\n",
+            abs.url(),
+            dirs.root.display()
+        ),
+    );
+    let e = err(&agent.cli(&["reload"]));
+    assert!(e.contains("abs.secret_key_file"), "{e}");
+    wait_for("polls going on", || {
+        abs.requests("GET /v4/abs/attacklist").len() > polls + 1
+    });
+
+    // No [abs]: the feed stops (its entries stay until an operator clears them).
+    write_config(&dirs, "");
+    let r: Reloaded = answer(&agent.cli(&["reload", "--json"]));
+    assert!(r.applied.contains(&"ABS feed off".to_string()), "{r:?}");
+    assert!(agent.status().abs.is_none());
+    let polls = abs.requests("GET /v4/abs/attacklist").len();
+    std::thread::sleep(Duration::from_millis(2500));
+    assert_eq!(
+        abs.requests("GET /v4/abs/attacklist").len(),
+        polls,
+        "no polls after off"
+    );
+    assert_eq!(abs_rows(), 2);
+}
+
+#[test]
+fn only_root_reloads() {
+    privileged!();
+    let group = TempGroup::new().expect("group");
+    let dirs = AgentDirs::new();
+    let agent =
+        Agent::with_config(&dirs, format!("socket_group = \"{}\"\n", group.name)).expect("agent");
+    // As in a real install, the socket's directory is open to all (/run/portcullis is 0755).
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dirs.root, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    let out = group.cli_as_member(&dirs.socket(), &["reload"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("for root"), "{e}");
+    assert!(agent.status().interfaces.is_empty());
+}
