@@ -14,6 +14,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod doctor;
+pub mod events;
 pub mod fleet;
 pub mod infrastructure;
 pub mod kernel;

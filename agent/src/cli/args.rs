@@ -73,6 +73,9 @@ pub enum Command {
     },
     /// Kernel counters per verdict.
     Stats(JsonFlag),
+    /// Follow what the filter does, live: sampled XDP drops (interface, source, verdict,
+    /// matched deny entry) and the L7 checker's blocks and detections. Ctrl-C ends it.
+    Events(JsonFlag),
     /// Read the configuration file again and apply it, as SIGHUP does (root): interfaces,
     /// mode, drop sampling, safety limits, the checker's certificate and APIs, ABS. A file
     /// that does not validate is refused with the reason; the running one stays.

@@ -52,6 +52,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Api { verb } => api(&cli, verb),
         Command::Stats(j) => stats(&cli, j.json),
         Command::Reload(j) => show::reload(&cli, j.json),
+        Command::Events(j) => show::events(&cli, j.json),
         Command::Detach { iface, pin_dir } => iface::detach(&cli, iface.as_deref(), pin_dir),
         Command::Backup { file } => backup::backup(&cli, file),
         Command::Restore { file, force } => backup::restore(&cli, file, *force),

@@ -234,3 +234,30 @@ pub(super) fn reload(cli: &Cli, json: bool) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// `portcullis events`: the live event stream, a line per event (`--json`: as the agent
+/// sends them). Ctrl-C ends it at once with status 0; the agent notices the closed socket.
+pub(super) fn events(cli: &Cli, json: bool) -> anyhow::Result<()> {
+    extern "C" fn interrupted(_: libc::c_int) {
+        // SAFETY: _exit is async-signal-safe; nothing is left to flush (lines are written
+        // whole, and stdout is flushed after each).
+        unsafe { libc::_exit(0) }
+    }
+    // SAFETY: installs a handler that only calls an async-signal-safe function.
+    unsafe { libc::signal(libc::SIGINT, interrupted as *const () as libc::sighandler_t) };
+    let mut client = Client::connect(&cli.socket)?;
+    unwrap(client.call(&Request::Events)?)?;
+    let mut out = std::io::stdout().lock();
+    while let Some(line) = client.next_line()? {
+        if json {
+            out.write_all(line.as_bytes())?;
+        } else {
+            let event: crate::events::Event = serde_json::from_str(&line).context(
+                "an event this CLI does not know (are the CLI and the agent the same version?)",
+            )?;
+            writeln!(out, "{}", event.line())?;
+        }
+        out.flush()?;
+    }
+    bail!("the agent closed the event stream (stopped or restarted)")
+}

@@ -70,6 +70,15 @@ impl Client {
         Ok(())
     }
 
+    /// The next line of a stream (`Request::Events`); `None` when the agent hangs up.
+    pub fn next_line(&mut self) -> Result<Option<String>, ClientError> {
+        let mut line = String::new();
+        if self.reader.read_line(&mut line)? == 0 {
+            return Ok(None);
+        }
+        Ok(Some(line))
+    }
+
     /// The answer to the oldest request not yet answered.
     pub fn receive(&mut self) -> Result<Response, ClientError> {
         let mut answer = String::new();

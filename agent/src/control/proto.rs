@@ -150,6 +150,9 @@ pub enum Request {
     /// Read the configuration file again and apply it (as SIGHUP does); a file that does
     /// not validate is refused with the reason and the running configuration stays. Root.
     Reload,
+    /// Stream the live events (see `crate::events`): after the answer, one JSON object per
+    /// line until the client hangs up (or sends anything).
+    Events,
 }
 
 /// What `Request::Credentials` does.

@@ -254,6 +254,12 @@ async fn answer_requests(
                 last_failed = !r.ok;
                 (r, false)
             }
+            Incoming::Request(Request::Events) => {
+                let events = writer.watch_events();
+                let ok = Response::ok(serde_json::json!({ "streaming": true }));
+                write.write_all(&answer(&ok)).await?;
+                return stream_events(events, rx, write).await;
+            }
             Incoming::Request(Request::Reload) => {
                 last_failed = false;
                 (ask_reload(reload.as_ref()).await, false)
@@ -274,6 +280,31 @@ async fn answer_requests(
         }
     }
     Ok(())
+}
+
+/// Writes every event, one JSON line each, until the client hangs up or sends anything.
+/// A client that reads too slowly is told how many events it lost (it never makes the agent
+/// buffer more than [`crate::events::BACKLOG`]).
+async fn stream_events(
+    mut events: tokio::sync::broadcast::Receiver<crate::events::Event>,
+    mut rx: mpsc::Receiver<Incoming>,
+    mut write: OwnedWriteHalf,
+) -> std::io::Result<()> {
+    use tokio::sync::broadcast::error::RecvError;
+    loop {
+        let event = tokio::select! {
+            e = events.recv() => match e {
+                Ok(e) => e,
+                Err(RecvError::Lagged(n)) => crate::events::Event::Lost { events: n },
+                Err(RecvError::Closed) => return Ok(()),
+            },
+            // EOF (or another request): the stream ends with the connection.
+            _ = rx.recv() => return Ok(()),
+        };
+        let mut line = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+        line.push(b'\n');
+        write.write_all(&line).await?;
+    }
 }
 
 /// A `reload` for the daemon, which owns what a reload touches besides the lists (the

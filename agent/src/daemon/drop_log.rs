@@ -10,7 +10,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use portcullis_common::{DropEvent, counter, family};
+use portcullis_common::{DropEvent, counter};
+
+use crate::events::drop_source as source;
 
 /// Sampled events logged one by one each second.
 pub(super) const LINES: usize = 16;
@@ -31,15 +33,6 @@ pub(super) struct Summary {
     pub sources: usize,
     /// The sources sampled most, with their sample counts, most first.
     pub top: Vec<(IpAddr, usize)>,
-}
-
-/// The event's source address.
-pub(super) fn source(e: &DropEvent) -> IpAddr {
-    if e.family == family::V4 {
-        IpAddr::from([e.addr[0], e.addr[1], e.addr[2], e.addr[3]])
-    } else {
-        IpAddr::from(e.addr)
-    }
 }
 
 /// Sums up `events`.
@@ -113,6 +106,7 @@ pub(super) fn log(events: &[DropEvent], sample_every: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use portcullis_common::family;
 
     fn event(a: [u8; 4], verdict: u32) -> DropEvent {
         let mut addr = [0u8; 16];

@@ -440,11 +440,20 @@ async fn prune(writer: Writer, agent_metrics: Arc<AgentMetrics>) {
     }
 }
 
-/// Logs the kernel's sampled drop events (see [`drop_log`]), and notices a filter detached
-/// outside the agent (the detach itself logs it and shows in `status`).
+/// Logs the kernel's sampled drop events (see [`drop_log`]) and hands them to whoever
+/// watches the event stream, and notices a filter detached outside the agent (the detach
+/// itself logs it and shows in `status`).
 async fn watch_kernel(writer: Writer, sample_every: u32) {
     writer.check_links().await;
-    drop_log::log(&writer.drain_events().await, sample_every);
+    let stream = writer.events_if_watched();
+    let drained = writer.drain_events(stream.is_some()).await;
+    if let Some(stream) = stream {
+        for (e, matched) in &drained {
+            let _ = stream.send(crate::events::drop_event(e, matched.as_ref(), sample_every));
+        }
+    }
+    let events: Vec<_> = drained.into_iter().map(|(e, _)| e).collect();
+    drop_log::log(&events, sample_every);
 }
 
 /// Joins worker threads until `deadline`; threads still busy then are left to the exit.

@@ -24,9 +24,10 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::control::proto::AbsItem;
 use crate::control::proto::{Request, Response};
+use crate::events::drop_source as event_source;
 use crate::infrastructure::Reading;
-use crate::model::Entry;
 use crate::model::Kind;
+use crate::model::{Cidr, Entry};
 pub use crate::service::Detection;
 use std::sync::Arc;
 
@@ -67,7 +68,7 @@ enum Write {
     ),
     Prune(oneshot::Sender<Result<Vec<Entry>, ServiceError>>),
     Protect(Reading, oneshot::Sender<()>),
-    DrainEvents(oneshot::Sender<Vec<DropEvent>>),
+    DrainEvents(bool, oneshot::Sender<Vec<(DropEvent, Option<Cidr>)>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
     Alive(oneshot::Sender<()>),
     Reconfigure(
@@ -100,6 +101,8 @@ pub struct Writer {
     writes: mpsc::Sender<Write>,
     reads: mpsc::Sender<Read>,
     changes: broadcast::Sender<Change>,
+    /// The live event stream (`portcullis events`; see [`crate::events`]).
+    events: broadcast::Sender<crate::events::Event>,
     /// Set once, at shutdown: the deadline for the commands already queued.
     close: watch::Sender<Option<Instant>>,
     /// List sizes and fixed facts, kept by the writer, read without it.
@@ -117,6 +120,7 @@ impl Writer {
         let (writes, write_rx) = mpsc::channel(QUEUE);
         let (reads, read_rx) = mpsc::channel(QUEUE);
         let (changes, _) = broadcast::channel(1024);
+        let (events, _) = broadcast::channel(crate::events::BACKLOG);
         let (close, close_rx) = watch::channel(None);
         service.set_changes(changes.clone());
         let board = service.board();
@@ -128,6 +132,7 @@ impl Writer {
                 writes,
                 reads,
                 changes,
+                events,
                 close,
                 board,
             },
@@ -139,6 +144,16 @@ impl Writer {
     /// are answered "stopped". The thread then ends.
     pub fn close(&self, deadline: Instant) {
         let _ = self.close.send(Some(deadline));
+    }
+
+    /// The event stream's sender, when someone watches it (nothing is built otherwise).
+    pub fn events_if_watched(&self) -> Option<broadcast::Sender<crate::events::Event>> {
+        (self.events.receiver_count() > 0).then(|| self.events.clone())
+    }
+
+    /// Every event from now on (`portcullis events`).
+    pub fn watch_events(&self) -> broadcast::Receiver<crate::events::Event> {
+        self.events.subscribe()
     }
 
     /// Every change applied from now on.
@@ -218,9 +233,12 @@ impl Writer {
         let _ = self.write(|tx| Write::Protect(reading, tx)).await;
     }
 
-    /// The sampled drop events the kernel logged since the last call.
-    pub async fn drain_events(&self) -> Vec<DropEvent> {
-        self.write(Write::DrainEvents).await.unwrap_or_default()
+    /// The sampled drop events the kernel logged since the last call; with `matches`, each
+    /// with the deny entry that covers its source (for the event stream).
+    pub async fn drain_events(&self, matches: bool) -> Vec<(DropEvent, Option<Cidr>)> {
+        self.write(|tx| Write::DrainEvents(matches, tx))
+            .await
+            .unwrap_or_default()
     }
 
     /// Notices interfaces whose filter was detached outside the agent; returns their names.
@@ -469,13 +487,23 @@ fn execute(
                 let _ = tx.send(());
             })
         }
-        Write::DrainEvents(tx) => {
+        Write::DrainEvents(matches, tx) => {
             let events = guarded(
                 || {
-                    service
-                        .filter_mut()
-                        .and_then(|f| f.drain_events().ok())
-                        .unwrap_or_default()
+                    let Some(f) = service.filter_mut() else {
+                        return Vec::new();
+                    };
+                    let drained = f.drain_events().unwrap_or_default();
+                    let table = f.table();
+                    drained
+                        .into_iter()
+                        .map(|e| {
+                            let m = matches
+                                .then(|| crate::events::matched_deny(&table, event_source(&e)))
+                                .flatten();
+                            (e, m)
+                        })
+                        .collect()
                 },
                 |m| {
                     on_panic(m);

@@ -252,12 +252,15 @@ impl Proxy {
         peer: SocketAddr,
         tls: bool,
     ) -> Result<Response<Body>, Infallible> {
-        let Some(log) = self.access_log.clone() else {
+        let log = self.access_log.clone();
+        let events = self.writer.events_if_watched();
+        if log.is_none() && events.is_none() {
             return Ok(self.decide(req, peer, tls).await);
-        };
+        }
         let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
         let mut pending = Pending {
             log,
+            events,
             record: Record {
                 ts: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
@@ -290,9 +293,8 @@ impl Proxy {
     /// Counts one request's outcome (and notes it for the access log).
     fn hit(&self, outcome: &'static str) {
         self.stats.hit(outcome);
-        if self.access_log.is_some() {
-            trace(|t| t.outcomes.push(outcome));
-        }
+        // A no-op unless the request is traced (access log, event stream).
+        trace(|t| t.outcomes.push(outcome));
     }
 
     async fn decide(
@@ -369,7 +371,7 @@ impl Proxy {
             ids.usernames = vec![u];
             ids.username_vouched = true;
         }
-        if self.access_log.is_some() {
+        if TRACE.try_with(|_| ()).is_ok() {
             trace(|t| {
                 t.api.clone_from(&api.name);
                 t.client = Some(ip);
@@ -382,11 +384,15 @@ impl Proxy {
                 return Verdict::Pass { api, path };
             }
             Listing::Denied(who) if api.meta.enable_blocking => {
+                trace(|t| t.matched = Some(who.clone()));
                 self.hit("blocked");
                 tracing::debug!(api = %api.name, %who, "blocked deny-listed client");
                 return Verdict::Refuse(full(StatusCode::FORBIDDEN, "Error: Unauthorized\n"));
             }
-            Listing::Denied(_) => self.hit("would_block"),
+            Listing::Denied(who) => {
+                trace(|t| t.matched = Some(who));
+                self.hit("would_block");
+            }
             Listing::Unlisted => {}
         }
         if let Some(verdict) = self

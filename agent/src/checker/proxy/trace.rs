@@ -1,6 +1,7 @@
-//! What the access log needs to know of a request while it is decided: its outcomes, API,
-//! client and identifiers, noted through a task-local set only while a log is written, and
-//! the guard that writes the line when the response is done (or the client gone).
+//! What the access log and the event stream need to know of a request while it is decided:
+//! its outcomes, API, client and identifiers, noted through a task-local set only while a log
+//! is written or someone watches the events, and the guard that writes the line (and sends
+//! the event) when the response is done (or the client gone).
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -27,6 +28,8 @@ pub(super) struct Trace {
     pub(super) api: String,
     pub(super) client: Option<IpAddr>,
     pub(super) ids: BTreeMap<&'static str, Vec<String>>,
+    /// The identifier found on the deny list (as the debug log names it).
+    pub(super) matched: Option<String>,
 }
 
 /// The outcome of a pattern violation (`pattern::violation`'s reason).
@@ -68,7 +71,10 @@ pub(super) fn logged_ids(ids: &RequestIdents) -> BTreeMap<&'static str, Vec<Stri
 /// when the client goes away before the answer (status 499, as nginx logs it), so requests
 /// a client cancels still leave their line.
 pub(super) struct Pending {
-    pub(super) log: Arc<AccessLog>,
+    /// The access log, when one is written.
+    pub(super) log: Option<Arc<AccessLog>>,
+    /// The event stream, when someone watches it (`portcullis events`).
+    pub(super) events: Option<tokio::sync::broadcast::Sender<crate::events::Event>>,
     pub(super) record: Record,
     pub(super) trace: Arc<std::sync::Mutex<Trace>>,
 }
@@ -87,6 +93,23 @@ impl Drop for Pending {
         self.record.api = t.api;
         self.record.outcomes = t.outcomes;
         self.record.ids = t.ids;
-        self.log.record(&self.record);
+        if let Some(events) = &self.events
+            && crate::events::notable(&self.record.outcomes)
+        {
+            let r = &self.record;
+            let _ = events.send(crate::events::Event::L7 {
+                ts: r.ts,
+                client: r.client.clone(),
+                api: r.api.clone(),
+                method: r.method.clone(),
+                path: r.path.clone(),
+                status: r.status,
+                outcomes: r.outcomes.iter().map(|o| (*o).to_owned()).collect(),
+                matched: t.matched,
+            });
+        }
+        if let Some(log) = &self.log {
+            log.record(&self.record);
+        }
     }
 }
