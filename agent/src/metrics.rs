@@ -7,6 +7,7 @@
 //! | `portcullis_list_entries` | `list`, `kind`, `source` | entries in the store |
 //! | `portcullis_reconcile_seconds` | | duration of the last start-up reconcile |
 //! | `portcullis_expired_total` | | entries pruned because they expired |
+//! | `portcullis_deny_entry_packets` | `entry` | estimated packets the [`TOP_HITS`] most-hit deny entries dropped since the agent started |
 //! | `portcullis_abs_*` | | the ABS feed's sync health (when configured; see [`abs`]) |
 //! | `portcullis_fleet_*` | | the fleet link (when configured; see [`fleet`]) |
 
@@ -19,6 +20,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::writer::{MetricsData, Writer};
+
+/// Deny entries the hits metric names (a label per entry: a few, not the whole list).
+pub const TOP_HITS: usize = 10;
 
 /// Agent-side gauges and counters not kept by the kernel or the store.
 #[derive(Default)]
@@ -95,6 +99,17 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
         "# HELP portcullis_expired_total Entries removed because they expired.\n# TYPE portcullis_expired_total counter\nportcullis_expired_total {}",
         agent.expired.load(Ordering::Relaxed)
     );
+    if !data.top_hits.is_empty() {
+        out.push_str("# HELP portcullis_deny_entry_packets Estimated packets dropped by the most-hit deny entries since the agent started (drop samples x sampling rate).\n# TYPE portcullis_deny_entry_packets gauge\n");
+        for h in &data.top_hits {
+            let entry = label(&h.entry);
+            let _ = writeln!(
+                out,
+                "portcullis_deny_entry_packets{{entry=\"{entry}\"}} {}",
+                h.packets
+            );
+        }
+    }
     if let Some(f) = &data.fleet {
         fleet(&mut out, f);
     }
@@ -313,6 +328,11 @@ mod tests {
             )],
             fleet: Some(Default::default()),
             abs: Some(Default::default()),
+            top_hits: vec![crate::control::answer::EntryHits {
+                entry: "198.18.0.0/16".into(),
+                packets: 640,
+                last_hit: 1,
+            }],
         };
         data.stats.interfaces.insert(
             "eth0".into(),
@@ -363,6 +383,7 @@ mod tests {
             )],
             fleet: None,
             abs: None,
+            top_hits: Vec::new(),
         };
         let evil = "x\"} 1e9\n".to_string();
         data.stats.interfaces.insert(

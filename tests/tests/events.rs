@@ -125,6 +125,39 @@ fn drops_stream_with_interface_source_verdict_and_matched_entry() {
     );
     stream.interrupt();
     text.interrupt();
+    // The same samples count as the entries' hits: most hit first, with the last hit.
+    let hits: serde_json::Value =
+        serde_json::from_str(&ok(&agent.cli(&["deny", "list", "--hits", "--json"])))
+            .expect("hits json");
+    let rows = hits.as_array().expect("array");
+    let packets = |entry: &str| {
+        rows.iter()
+            .find(|h| h["entry"] == entry)
+            .and_then(|h| h["packets"].as_u64())
+            .unwrap_or(0)
+    };
+    assert!(packets("198.18.0.2/32") >= 2, "{hits}");
+    assert!(packets("198.18.0.2/31") >= 2, "{hits}");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("time")
+        .as_secs() as i64;
+    assert!(
+        rows.iter()
+            .all(|h| (now - h["last_hit"].as_i64().unwrap_or(0)).abs() < 60),
+        "{hits}"
+    );
+    let table = ok(&agent.cli(&["deny", "list", "--hits"]));
+    assert!(
+        table
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.starts_with("198.18.0.2/")),
+        "{table}"
+    );
+    let refused = agent.cli(&["allow", "list", "--hits"]);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("deny entries only"));
     // The agent carries on, and streams to the next one.
     let again = Stream::start(&dirs.socket(), true);
     pair.assert_pings(host, SERVER_V4, 1, 0, "still denied");

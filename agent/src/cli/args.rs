@@ -269,6 +269,10 @@ pub enum ListVerb {
         /// Which entries.
         #[command(flatten)]
         which: Selection,
+        /// The entries traffic hits instead, most first: estimated packets dropped since the
+        /// agent started and the last hit, from the drop samples (deny list only).
+        #[arg(long)]
+        hits: bool,
         /// `--json`.
         #[command(flatten)]
         out: JsonFlag,

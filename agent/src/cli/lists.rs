@@ -34,7 +34,10 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
     match verb {
         ListVerb::Add(a) => add(cli, list, a),
         ListVerb::Remove(r) => remove(cli, list, r),
-        ListVerb::List { which, out } => show(cli, list, which, out.json),
+        ListVerb::List {
+            hits: true, out, ..
+        } => show_hits(cli, list, out.json),
+        ListVerb::List { which, out, .. } => show(cli, list, which, out.json),
         ListVerb::Clear { which, all, out } => clear(cli, list, which, *all, out.json),
         ListVerb::Import {
             file,
@@ -54,6 +57,37 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
 }
 
 /// `allow|deny list`: the entries, as a table, in ASE's words, or as JSON.
+/// `deny list --hits`: the entries traffic hits, most first.
+fn show_hits(cli: &Cli, list: List, json: bool) -> anyhow::Result<()> {
+    let r = call(cli, &Request::Hits { list, limit: None })?;
+    if json {
+        return print_json(&r);
+    }
+    let hits: Vec<crate::control::answer::EntryHits> = decode(r)?;
+    if hits.is_empty() {
+        println!(
+            "no {list} entry has been hit since the agent started (hits come from the drop samples)"
+        );
+        return Ok(());
+    }
+    println!("{:<44} {:>14}  LAST HIT", "ENTRY", "~PACKETS");
+    for h in &hits {
+        println!("{:<44} {:>14}  {}", h.entry, h.packets, ago(h.last_hit));
+    }
+    Ok(())
+}
+
+/// How long ago a Unix time was, roughly.
+fn ago(unix: i64) -> String {
+    let s = (crate::service::unix_now() - unix).max(0);
+    match s {
+        0..120 => format!("{s}s ago"),
+        120..7200 => format!("{}m ago", s / 60),
+        7200..172_800 => format!("{}h ago", s / 3600),
+        _ => format!("{}d ago", s / 86_400),
+    }
+}
+
 fn show(cli: &Cli, list: List, which: &Selection, json: bool) -> anyhow::Result<()> {
     let word = which.ase_view.as_deref().unwrap_or("all");
     let (source, by_kind) = match cli.ase {

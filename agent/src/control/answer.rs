@@ -379,6 +379,17 @@ pub struct ApiShown {
     pub ignored_fields: Vec<String>,
 }
 
+/// One deny entry's sampled hits (`deny list --hits`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntryHits {
+    /// The entry (an IP or CIDR).
+    pub entry: String,
+    /// Estimated packets dropped by it since the agent started (samples × sampling rate).
+    pub packets: u64,
+    /// Unix seconds of its last sampled drop.
+    pub last_hit: i64,
+}
+
 /// The answer to `reload`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reloaded {

@@ -150,6 +150,14 @@ pub enum Request {
     /// Read the configuration file again and apply it (as SIGHUP does); a file that does
     /// not validate is refused with the reason and the running configuration stays. Root.
     Reload,
+    /// The entries traffic hits, most first, from the drop samples (deny list only).
+    Hits {
+        /// Which list.
+        list: List,
+        /// At most this many.
+        #[serde(default)]
+        limit: Option<usize>,
+    },
     /// Stream the live events (see `crate::events`): after the answer, one JSON object per
     /// line until the client hangs up (or sends anything).
     Events,
@@ -208,6 +216,7 @@ impl Request {
                 | Self::ApiList
                 | Self::ApiShow { .. }
                 | Self::Stats
+                | Self::Hits { .. }
                 | Self::Backup
                 | Self::Fleet { .. }
         )

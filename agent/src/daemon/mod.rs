@@ -446,7 +446,7 @@ async fn prune(writer: Writer, agent_metrics: Arc<AgentMetrics>) {
 async fn watch_kernel(writer: Writer, sample_every: u32) {
     writer.check_links().await;
     let stream = writer.events_if_watched();
-    let drained = writer.drain_events(stream.is_some()).await;
+    let drained = writer.drain_events().await;
     if let Some(stream) = stream {
         for (e, matched) in &drained {
             let _ = stream.send(crate::events::drop_event(e, matched.as_ref(), sample_every));

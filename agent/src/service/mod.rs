@@ -28,6 +28,7 @@ mod batch;
 mod board;
 mod credentials;
 mod fleet;
+mod hits;
 mod links;
 mod reconfigure;
 mod removal;
@@ -181,6 +182,8 @@ pub struct Service {
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// Local changes waiting for the fleet (see [`crate::fleet`]).
     outbox: fleet::Outbox,
+    /// Sampled hits per deny entry (see [`hits`]).
+    hits: hits::Hits,
 }
 
 impl Service {
@@ -225,6 +228,7 @@ impl Service {
             board,
             interfaces: links::Interfaces::new(),
             changes: None,
+            hits: hits::Hits::default(),
         })
     }
 
@@ -408,6 +412,15 @@ impl Service {
             Request::ApiList => self.api_list().map(Response::ok),
             Request::ApiShow { name } => self.api_show(&name).map(Response::ok),
             Request::Stats => self.stats().map(Response::ok),
+            Request::Hits { list, limit } => {
+                if list == List::Allow {
+                    Err(ServiceError::BadRequest(
+                        "hits are counted for deny entries only: they come from the drop samples, and allowed packets are not sampled".into(),
+                    ))
+                } else {
+                    Ok(Response::ok(self.deny_hits(limit.unwrap_or(usize::MAX))))
+                }
+            }
             _ => Err(ServiceError::BadRequest(
                 "internal error: a write was routed as a read".into(),
             )),

@@ -24,7 +24,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 use crate::control::proto::AbsItem;
 use crate::control::proto::{Request, Response};
-use crate::events::drop_source as event_source;
 use crate::infrastructure::Reading;
 use crate::model::Kind;
 use crate::model::{Cidr, Entry};
@@ -55,6 +54,8 @@ pub struct MetricsData {
     pub fleet: Option<crate::control::answer::FleetState>,
     /// The ABS feed, when configured.
     pub abs: Option<crate::control::answer::AbsState>,
+    /// The most-hit deny entries (see `crate::service::hits`).
+    pub top_hits: Vec<crate::control::answer::EntryHits>,
 }
 
 enum Write {
@@ -68,7 +69,7 @@ enum Write {
     ),
     Prune(oneshot::Sender<Result<Vec<Entry>, ServiceError>>),
     Protect(Reading, oneshot::Sender<()>),
-    DrainEvents(bool, oneshot::Sender<Vec<(DropEvent, Option<Cidr>)>>),
+    DrainEvents(oneshot::Sender<Vec<(DropEvent, Option<Cidr>)>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
     Alive(oneshot::Sender<()>),
     Reconfigure(
@@ -233,12 +234,10 @@ impl Writer {
         let _ = self.write(|tx| Write::Protect(reading, tx)).await;
     }
 
-    /// The sampled drop events the kernel logged since the last call; with `matches`, each
-    /// with the deny entry that covers its source (for the event stream).
-    pub async fn drain_events(&self, matches: bool) -> Vec<(DropEvent, Option<Cidr>)> {
-        self.write(|tx| Write::DrainEvents(matches, tx))
-            .await
-            .unwrap_or_default()
+    /// The sampled drop events the kernel logged since the last call, each with the deny
+    /// entry that covers its source (also counted as that entry's hits).
+    pub async fn drain_events(&self) -> Vec<(DropEvent, Option<Cidr>)> {
+        self.write(Write::DrainEvents).await.unwrap_or_default()
     }
 
     /// Notices interfaces whose filter was detached outside the agent; returns their names.
@@ -380,12 +379,14 @@ fn read(service: &Service, r: Read) {
                     counts: service.counts().unwrap_or_default(),
                     fleet: service.board().fleet(),
                     abs: service.board().abs(),
+                    top_hits: service.deny_hits(crate::metrics::TOP_HITS),
                 },
                 |_| MetricsData {
                     stats: Default::default(),
                     counts: Vec::new(),
                     fleet: None,
                     abs: None,
+                    top_hits: Vec::new(),
                 },
             );
             let _ = tx.send(data);
@@ -487,24 +488,9 @@ fn execute(
                 let _ = tx.send(());
             })
         }
-        Write::DrainEvents(matches, tx) => {
+        Write::DrainEvents(tx) => {
             let events = guarded(
-                || {
-                    let Some(f) = service.filter_mut() else {
-                        return Vec::new();
-                    };
-                    let drained = f.drain_events().unwrap_or_default();
-                    let table = f.table();
-                    drained
-                        .into_iter()
-                        .map(|e| {
-                            let m = matches
-                                .then(|| crate::events::matched_deny(&table, event_source(&e)))
-                                .flatten();
-                            (e, m)
-                        })
-                        .collect()
-                },
+                || service.drain_drops(),
                 |m| {
                     on_panic(m);
                     Vec::new()
