@@ -110,7 +110,7 @@ fn bpffs() -> Check {
         Check::new("bpffs", Outcome::Ok, "mounted at /sys/fs/bpf")
     } else {
         Check::new("bpffs", Outcome::Warn, "not mounted at /sys/fs/bpf").fix(
-            "`mount -t bpf bpf /sys/fs/bpf` (systemd mounts it at boot; an agent run as root mounts it itself): without it the maps and links cannot outlive the agent",
+            "mount it at boot (systemd's sys-fs-bpf.mount does, or an fstab line `bpf /sys/fs/bpf bpf defaults 0 0`); now: `mount -t bpf bpf /sys/fs/bpf`. The shipped unit cannot mount it (no CAP_SYS_ADMIN), and without it the maps and links cannot outlive the agent",
         )
     }
 }

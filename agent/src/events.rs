@@ -101,19 +101,28 @@ pub fn drop_source(e: &DropEvent) -> IpAddr {
     }
 }
 
-/// The stream's event for a drop sample and the deny entry that matched it.
-pub fn drop_event(e: &DropEvent, matched: Option<&Cidr>, sample_every: u32) -> Event {
+/// An interface's name (`ifindex N` when it has none now).
+pub fn iface_name(ifindex: u32) -> String {
     let mut name = [0 as libc::c_char; libc::IF_NAMESIZE];
     // SAFETY: the buffer is IF_NAMESIZE bytes, as if_indextoname needs.
-    let named = !unsafe { libc::if_indextoname(e.ifindex, name.as_mut_ptr()) }.is_null();
-    let iface = if named {
+    let named = !unsafe { libc::if_indextoname(ifindex, name.as_mut_ptr()) }.is_null();
+    if named {
         // SAFETY: if_indextoname wrote a NUL-terminated name.
         unsafe { std::ffi::CStr::from_ptr(name.as_ptr()) }
             .to_string_lossy()
             .into_owned()
     } else {
-        format!("ifindex {}", e.ifindex)
-    };
+        format!("ifindex {ifindex}")
+    }
+}
+
+/// The stream's event for a drop sample (from `iface`) and the deny entry that matched it.
+pub fn drop_event(
+    e: &DropEvent,
+    iface: String,
+    matched: Option<&Cidr>,
+    sample_every: u32,
+) -> Event {
     let verdict = if e.verdict == counter::MONITOR_WOULD_DROP {
         "monitor_would_drop"
     } else {

@@ -104,6 +104,7 @@ fn reload_applies_interfaces_and_mode_names_restart_keys_and_refuses_bad_files()
         ("mode = \"bogus\"\n".to_string(), "mode"),
         ("interfaces = [\"pc-none0\"]\n".to_string(), "pc-none0"),
         ("interfaces = [\n".to_string(), "TOML"),
+        (String::new(), "lists no interface"),
     ] {
         write_config(&dirs, &bad);
         let e = err(&agent.cli(&["reload"]));
@@ -209,4 +210,30 @@ fn only_root_reloads() {
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("for root"), "{e}");
     assert!(agent.status().interfaces.is_empty());
+}
+
+#[test]
+fn a_broken_api_file_refuses_the_reload_and_no_api_vanishes() {
+    privileged!();
+    let s = portcullis_tests::checker_setup::setup_apis(&[("shop", "")]);
+    let api_dir = s.dirs.root.join("apis");
+    std::fs::write(api_dir.join("broken.json"), "{ not json").expect("write");
+    let e = err(&s.agent.cli(&["reload"]));
+    assert!(e.contains("checker.api_dir") && e.contains("broken"), "{e}");
+    let (status, _) = s.curl("/shop/x", &[]);
+    assert_eq!(status, 200, "the running APIs answer as before");
+    std::fs::remove_file(api_dir.join("broken.json")).expect("rm");
+    let r: Reloaded = answer(&s.agent.cli(&["reload", "--json"]));
+    assert!(
+        r.applied
+            .iter()
+            .any(|a| a == "checker: 1 API definition(s) read again"),
+        "{r:?}"
+    );
+    assert!(
+        r.applied
+            .iter()
+            .any(|a| a == "checker: TLS certificate read again"),
+        "{r:?}"
+    );
 }

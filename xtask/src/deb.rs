@@ -229,7 +229,7 @@ fn glibc_needed(binary: &[u8]) -> Option<String> {
 /// the package"); no overrides are shipped.
 fn lintian(deb: &Path) -> anyhow::Result<()> {
     let out = Command::new("lintian")
-        .args(["--fail-on", "error", "--no-tag-display-limit"])
+        .args(["--fail-on", "error,warning", "--tag-display-limit", "0"])
         .arg(deb)
         .output()
         .context("running lintian")?;

@@ -227,6 +227,11 @@ impl ApiRegistry {
         r
     }
 
+    /// The directory the definitions are read from.
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
     /// Re-reads the directory; returns the number of APIs loaded and the broken files.
     pub fn reload(&self) -> (usize, Vec<api::ApiError>) {
         let (mut apis, errors) = api::load_dir(&self.dir);

@@ -9,12 +9,28 @@ use crate::doctor::{Check, Outcome};
 
 /// Runs the checks and prints them; fails (exit 1) when any check failed.
 pub(super) fn doctor(config: &Path, ifaces: &[String], json: bool) -> anyhow::Result<()> {
+    let mut config_problem = None;
     let ifaces = if ifaces.is_empty() {
-        configured(config).unwrap_or_else(every_interface)
+        match configured(config) {
+            Ok(Some(names)) => names,
+            Ok(None) => every_interface(),
+            Err(e) => {
+                config_problem = Some(e);
+                every_interface()
+            }
+        }
     } else {
         ifaces.to_vec()
     };
-    let checks = crate::doctor::run(&ifaces);
+    let mut checks = crate::doctor::run(&ifaces);
+    if let Some(e) = config_problem {
+        checks.push(crate::doctor::Check {
+            check: "config".into(),
+            outcome: Outcome::Fail,
+            found: format!("{}: {e}", config.display()),
+            fix: "fix the file (`portcullis agent --config FILE --check-config` names every problem); every interface was checked instead".into(),
+        });
+    }
     if json {
         println!("{}", serde_json::to_string_pretty(&checks)?);
     } else {
@@ -27,10 +43,14 @@ pub(super) fn doctor(config: &Path, ifaces: &[String], json: bool) -> anyhow::Re
     Ok(())
 }
 
-/// The config file's interfaces, when it can be read and names some.
-fn configured(config: &Path) -> Option<Vec<String>> {
-    let cfg = crate::config::Config::load(config, false).ok()?;
-    (!cfg.interfaces.is_empty()).then_some(cfg.interfaces)
+/// The config file's interfaces (`None`: no file, or it names none); a file that does not
+/// load is an error.
+fn configured(config: &Path) -> Result<Option<Vec<String>>, String> {
+    if !config.exists() {
+        return Ok(None);
+    }
+    let cfg = crate::config::Config::load(config, true).map_err(|e| e.to_string())?;
+    Ok((!cfg.interfaces.is_empty()).then_some(cfg.interfaces))
 }
 
 /// Every interface of this network namespace but loopback.

@@ -82,7 +82,7 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     let argv: Vec<String> = std::env::args_os()
         .map(|a| a.to_string_lossy().into_owned())
         .collect();
-    let cfg = effective_config(a, &argv)?;
+    let cfg = effective_config(a, &argv, false)?;
     let problems = crate::preflight::problems(&cfg);
     if a.check_config {
         return check_config(&cfg, &problems);
@@ -93,16 +93,22 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     }
     // SIGHUP and `portcullis reload` read the file again, with the same flags over it.
     let args = a.clone();
-    let source = move || effective_config(&args, &argv);
+    // The file must exist then: one gone (mid-rename, purged) is not "the defaults".
+    let source = move || effective_config(&args, &argv, true);
     crate::daemon::run(cfg, Box::new(source))
 }
 
 /// The configuration the agent runs with: the file, then the flags over it, validated (not
 /// yet checked against this machine: see [`crate::preflight`]).
-pub fn effective_config(a: &AgentArgs, argv: &[String]) -> anyhow::Result<Config> {
-    let explicit = argv
-        .iter()
-        .any(|x| x == "--config" || x.starts_with("--config="));
+pub fn effective_config(
+    a: &AgentArgs,
+    argv: &[String],
+    must_exist: bool,
+) -> anyhow::Result<Config> {
+    let explicit = must_exist
+        || argv
+            .iter()
+            .any(|x| x == "--config" || x.starts_with("--config="));
     let mut cfg = Config::load(&a.config, explicit)?;
     if !a.ifaces.is_empty() {
         cfg.interfaces = a.ifaces.clone();

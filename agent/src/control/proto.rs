@@ -159,7 +159,8 @@ pub enum Request {
         limit: Option<usize>,
     },
     /// Stream the live events (see `crate::events`): after the answer, one JSON object per
-    /// line until the client hangs up (or sends anything).
+    /// line until the client hangs up (or sends anything). Root: request paths may carry
+    /// secrets the access log (root's) holds too.
     Events,
 }
 
@@ -225,7 +226,10 @@ impl Request {
     /// Whether only root (or the agent's own user) may ask: the agent reads or writes a file
     /// the request names, or re-reads its configuration.
     pub fn needs_root(&self) -> bool {
-        matches!(self, Self::Backup | Self::Restore { .. } | Self::Reload)
+        matches!(
+            self,
+            Self::Backup | Self::Restore { .. } | Self::Reload | Self::Events
+        )
     }
 }
 

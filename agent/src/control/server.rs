@@ -255,6 +255,13 @@ async fn answer_requests(
                 (r, false)
             }
             Incoming::Request(Request::Events) => {
+                if writer.event_watchers() >= MAX_WATCHERS {
+                    let busy = Response::err(format!(
+                        "{MAX_WATCHERS} event streams are open already; close one first"
+                    ));
+                    write.write_all(&answer(&busy)).await?;
+                    return Ok(());
+                }
                 let events = writer.watch_events();
                 let ok = Response::ok(serde_json::json!({ "streaming": true }));
                 write.write_all(&answer(&ok)).await?;
@@ -281,6 +288,9 @@ async fn answer_requests(
     }
     Ok(())
 }
+
+/// Event streams open at once at most: each costs a copy and an encoding of every event.
+const MAX_WATCHERS: usize = 8;
 
 /// Writes every event, one JSON line each, until the client hangs up or sends anything.
 /// A client that reads too slowly is told how many events it lost (it never makes the agent
@@ -333,7 +343,7 @@ const PARSE_INLINE: usize = 64 << 10;
 async fn parse(line: &mut Vec<u8>, root: bool) -> Incoming {
     let ready = move |bytes: &[u8]| match Request::decode(bytes) {
         Ok(req) if Request::needs_root(&req) && !root => Incoming::Refused(Response::err(
-            "backup, restore and reload are for root: the agent reads and writes files as itself",
+            "backup, restore, reload and events are for root: the agent reads and writes files as itself, and events show request paths",
         )),
         Ok(Request::Import {
             list,

@@ -117,15 +117,50 @@ impl Prepared {
     }
 }
 
-impl Running {
-    /// SIGHUP: the certificate and the API definitions, again.
-    pub(super) fn reload(&self) {
-        if let Some(t) = &self.tls
-            && let Err(e) = t.reload()
-        {
-            tracing::error!("TLS reload failed, keeping the old certificate: {e:#}");
+/// What a configuration reload re-reads of the checker; cheap to clone.
+#[derive(Clone)]
+pub(super) struct Files {
+    registry: Arc<ApiRegistry>,
+    tls: Option<Arc<Tls>>,
+}
+
+impl Files {
+    /// The API directory's problems, if any (a reload refuses a directory with a file that
+    /// would not load: its API would vanish from the running checker).
+    pub(super) fn api_problems(&self) -> Vec<String> {
+        let (_, errors) = crate::checker::api::load_dir(self.registry.dir());
+        errors.iter().map(ToString::to_string).collect()
+    }
+
+    /// The certificate and the API definitions, again; says what it loaded.
+    pub(super) fn reload(&self) -> Vec<String> {
+        let mut done = Vec::new();
+        if let Some(t) = &self.tls {
+            match t.reload() {
+                Ok(()) => done.push("checker: TLS certificate read again".to_string()),
+                Err(e) => done.push(format!(
+                    "checker: TLS certificate NOT reloaded, the old one stays: {e:#}"
+                )),
+            }
         }
-        self.registry.reload();
+        let (n, errors) = self.registry.reload();
+        done.push(format!("checker: {n} API definition(s) read again"));
+        done.extend(
+            errors
+                .iter()
+                .map(|e| format!("checker: API file refused: {e}")),
+        );
+        done
+    }
+}
+
+impl Running {
+    /// The files a reload re-reads.
+    pub(super) fn files(&self) -> Files {
+        Files {
+            registry: self.registry.clone(),
+            tls: self.tls.clone(),
+        }
     }
 
     /// Picks up a renewed certificate (certbot and friends replace the files).

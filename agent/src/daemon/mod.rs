@@ -51,7 +51,7 @@ pub fn run(config: Config, source: ConfigSource) -> anyhow::Result<()> {
 }
 
 async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> anyhow::Result<()> {
-    let notify = notify::Notify::from_env();
+    let notify = Arc::new(notify::Notify::from_env());
     notify.status("starting: loading the XDP filter");
     setup::raise_limits();
     // Before anything is opened or attached: the socket unit and the configuration agree.
@@ -109,7 +109,7 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
     if abs.is_some() {
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
     }
-    let mut abs = reload::AbsTask::start(abs, &writer);
+    let abs = reload::AbsTask::start(abs, &writer);
     if let Some(fleet) = fleet {
         tracing::info!(fleet = %config.fleet.name, redis = %config.fleet.redacted_url(), "fleet sync on");
         tasks.push(tokio::spawn(crate::fleet::run(
@@ -124,14 +124,21 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
     notify.status(&ready_status(&config, &board));
     undo.ifaces.clear();
 
-    let mut reloader = reload::Reloader::new(source, config.clone());
+    let reloads = reload::Reloads::new(
+        reload::Reloader::new(source, config.clone()),
+        abs,
+        writer.clone(),
+        checker.as_ref().map(checker::Running::files),
+        notify.clone(),
+    );
     let running = Running {
         writer: &writer,
         checker: checker.as_ref(),
         agent_metrics: &agent_metrics,
         notify: &notify,
+        reloads: &reloads,
     };
-    run_until_signal(running, &mut reloader, &mut abs, reload_rx).await?;
+    run_until_signal(running, reload_rx).await?;
 
     notify.send("STOPPING=1");
     notify.status("stopping: draining connections; XDP enforcement stays in place");
@@ -141,7 +148,7 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
     let grace = Duration::from_secs(parse_duration(&config.shutdown_grace).unwrap_or(5));
     let deadline = Instant::now() + grace;
     let _ = stop_tx.send(true);
-    abs.stop().await;
+    reloads.stop().await;
     // Commands already queued are applied until the deadline; new ones are refused.
     writer.close(deadline);
     let drain = async {
@@ -281,60 +288,13 @@ struct Running<'a> {
     checker: Option<&'a checker::Running>,
     agent_metrics: &'a Arc<AgentMetrics>,
     notify: &'a notify::Notify,
-}
-
-/// Reloads, logs the outcome and tells systemd; the answer for `portcullis reload`.
-async fn reload(
-    run: &Running<'_>,
-    reloader: &mut reload::Reloader,
-    abs: &mut reload::AbsTask,
-) -> crate::control::proto::Response {
-    use crate::control::proto::Response;
-    run.notify
-        .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-    let result = reloader.reload(run.writer, run.checker, abs).await;
-    run.notify.send("READY=1");
-    match result {
-        Ok(r) => {
-            tracing::info!(
-                applied = ?r.applied,
-                restart_needed = ?r.restart_needed,
-                "configuration reloaded"
-            );
-            run.notify.status(&format!(
-                "reloaded: {} change(s){}",
-                r.applied.len(),
-                if r.restart_needed.is_empty() {
-                    String::new()
-                } else {
-                    format!("; restart for {}", r.restart_needed.join(", "))
-                }
-            ));
-            Response::ok(r)
-        }
-        Err(e) => {
-            tracing::error!("{e}");
-            run.notify.status(&e);
-            Response::err(e)
-        }
-    }
-}
-
-/// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
-fn monotonic_usec() -> u64 {
-    // SAFETY: timespec is plain old data; clock_gettime fills it.
-    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
-    // SAFETY: valid out-pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+    reloads: &'a reload::Reloads,
 }
 
 /// The agent's timers and signals, until SIGTERM or SIGINT.
 async fn run_until_signal(
     run: Running<'_>,
-    reloader: &mut reload::Reloader,
-    abs: &mut reload::AbsTask,
-    mut reloads: tokio::sync::mpsc::Receiver<crate::control::server::ReloadAsk>,
+    mut asked: tokio::sync::mpsc::Receiver<crate::control::server::ReloadAsk>,
 ) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let Running {
@@ -342,13 +302,15 @@ async fn run_until_signal(
         checker,
         agent_metrics,
         notify,
+        reloads,
     } = run;
-    let config = reloader.current().clone();
+    let config = reloads.current().clone();
     let config = &config;
     // Without `WatchdogSec=` the tick never fires.
     let watchdog_every = notify.watchdog_every();
     let mut watchdog_tick = tokio::time::interval(watchdog_every.unwrap_or(Duration::MAX / 4));
-    let mut watching: Option<JoinHandle<bool>> = None;
+    watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut writer_done = u64::MAX;
     let prune_every =
         Duration::from_secs(parse_duration(&config.prune_interval).map_err(anyhow::Error::msg)?);
     let mut prune_tick = tokio::time::interval(prune_every);
@@ -367,11 +329,11 @@ async fn run_until_signal(
             _ = int.recv() => return Ok(()),
             _ = hup.recv() => {
                 tracing::info!("SIGHUP: reloading the configuration");
-                reload(&run, reloader, abs).await;
+                reloads.start(None);
             }
-            Some(answer) = reloads.recv() => {
+            Some(answer) = asked.recv() => {
                 tracing::info!("`portcullis reload`: reloading the configuration");
-                let _ = answer.send(reload(&run, reloader, abs).await);
+                reloads.start(Some(answer));
             }
             _ = tls_tick.tick() => {
                 if let Some(c) = checker {
@@ -388,32 +350,27 @@ async fn run_until_signal(
                 if reading.as_ref().is_none_or(JoinHandle::is_finished) {
                     let servers = checker.map(checker::Running::server_hosts).unwrap_or_default();
                     let redis = config.fleet.redis_host();
+                    let abs_url = reloads.current().abs.url.clone();
                     let names = infrastructure::names(
-                        &reloader.current().abs.url,
+                        &abs_url,
                         servers.iter().map(String::as_str).chain(redis.as_deref()),
                     );
                     reading = Some(tokio::spawn(read_host(writer.clone(), names)));
                 }
             },
-            // Petted only while the list writer answers: a wedged writer gets the agent
-            // restarted (from the store) instead of silently ignoring list changes.
+            // Petted while the list writer is idle or finishing commands: one wedged in a
+            // command gets the agent restarted (from the store) instead of silently ignoring
+            // list changes; a long queue it works through does not.
             _ = watchdog_tick.tick(), if watchdog_every.is_some() => {
-                if let Some(w) = watching.take() {
-                    if w.is_finished() {
-                        if w.await.unwrap_or(false) {
-                            notify.send("WATCHDOG=1");
-                        }
-                    } else {
-                        tracing::warn!("the list writer has not answered for a watchdog interval");
-                        watching = Some(w);
-                        continue;
-                    }
+                if writer.progressing(&mut writer_done) {
+                    notify.send("WATCHDOG=1");
+                } else {
+                    tracing::warn!("the list writer has been in one command for a watchdog interval");
                 }
-                let writer = writer.clone();
-                watching = Some(tokio::spawn(async move { writer.alive().await }));
             }
             _ = events_tick.tick() => if logging.as_ref().is_none_or(JoinHandle::is_finished) {
-                logging = Some(tokio::spawn(watch_kernel(writer.clone(), config.drop_sample_every)));
+                let every = reloads.current().drop_sample_every;
+                logging = Some(tokio::spawn(watch_kernel(writer.clone(), every)));
             },
         }
     }
@@ -448,8 +405,19 @@ async fn watch_kernel(writer: Writer, sample_every: u32) {
     let stream = writer.events_if_watched();
     let drained = writer.drain_events().await;
     if let Some(stream) = stream {
+        // One name lookup per interface and second, not per sample.
+        let mut names = std::collections::HashMap::new();
         for (e, matched) in &drained {
-            let _ = stream.send(crate::events::drop_event(e, matched.as_ref(), sample_every));
+            let iface = names
+                .entry(e.ifindex)
+                .or_insert_with(|| crate::events::iface_name(e.ifindex))
+                .clone();
+            let _ = stream.send(crate::events::drop_event(
+                e,
+                iface,
+                matched.as_ref(),
+                sample_every,
+            ));
         }
     }
     let events: Vec<_> = drained.into_iter().map(|(e, _)| e).collect();

@@ -82,6 +82,108 @@ impl AbsTask {
     }
 }
 
+/// Reloads run beside the signal loop (one at a time: a reload waits behind the list
+/// writer's queue and an ABS poll in flight, and SIGTERM or the watchdog must not), each
+/// logged, told to systemd, and answered to `portcullis reload` when it asked.
+#[derive(Clone)]
+pub(super) struct Reloads {
+    state: Arc<tokio::sync::Mutex<(Reloader, AbsTask)>>,
+    writer: Writer,
+    checker: Option<checker::Files>,
+    notify: Arc<super::notify::Notify>,
+    /// The configuration in effect, for the loop's readers.
+    current: watch::Sender<Config>,
+}
+
+impl Reloads {
+    pub(super) fn new(
+        reloader: Reloader,
+        abs: AbsTask,
+        writer: Writer,
+        checker: Option<checker::Files>,
+        notify: Arc<super::notify::Notify>,
+    ) -> Self {
+        let (current, _) = watch::channel(reloader.current().clone());
+        Self {
+            state: Arc::new(tokio::sync::Mutex::new((reloader, abs))),
+            writer,
+            checker,
+            notify,
+            current,
+        }
+    }
+
+    /// The configuration in effect.
+    pub(super) fn current(&self) -> watch::Ref<'_, Config> {
+        self.current.borrow()
+    }
+
+    /// Starts a reload; its answer goes to `answer`, when given.
+    pub(super) fn start(&self, answer: Option<crate::control::server::ReloadAsk>) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let response = this.run().await;
+            if let Some(a) = answer {
+                let _ = a.send(response);
+            }
+        });
+    }
+
+    async fn run(&self) -> crate::control::proto::Response {
+        use crate::control::proto::Response;
+        let mut state = self.state.lock().await;
+        let (reloader, abs) = &mut *state;
+        self.notify
+            .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        let result = reloader
+            .reload(&self.writer, self.checker.as_ref(), abs)
+            .await;
+        self.notify.send("READY=1");
+        match result {
+            Ok(r) => {
+                self.current.send_replace(reloader.current().clone());
+                tracing::info!(
+                    applied = %r.applied.join("; "),
+                    restart_needed = %r.restart_needed.join(", "),
+                    "configuration reloaded"
+                );
+                self.notify.status(&format!(
+                    "reloaded: {} change(s){}",
+                    r.applied.len(),
+                    if r.restart_needed.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; restart for {}", r.restart_needed.join(", "))
+                    }
+                ));
+                Response::ok(r)
+            }
+            Err(e) => {
+                tracing::error!(reason = %e, "configuration reload refused");
+                // The reason stays in the journal: a parse error quotes the file's line,
+                // which may hold a password, and STATUS= is readable by every local user.
+                self.notify
+                    .status("reload refused, the running configuration stays (reason in the log)");
+                Response::err(e)
+            }
+        }
+    }
+
+    /// Stops the ABS feed (at shutdown), after any reload in progress.
+    pub(super) async fn stop(&self) {
+        self.state.lock().await.1.stop().await;
+    }
+}
+
+/// `CLOCK_MONOTONIC` in microseconds, as `RELOADING=1` wants it.
+fn monotonic_usec() -> u64 {
+    // SAFETY: timespec is plain old data; clock_gettime fills it.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    ts.tv_sec as u64 * 1_000_000 + ts.tv_nsec as u64 / 1_000
+}
+
 /// The configuration in effect, and how to read it again.
 pub(super) struct Reloader {
     source: ConfigSource,
@@ -109,7 +211,7 @@ impl Reloader {
     pub(super) async fn reload(
         &mut self,
         writer: &Writer,
-        checker: Option<&checker::Running>,
+        checker: Option<&checker::Files>,
         abs: &mut AbsTask,
     ) -> Result<Reloaded, String> {
         let refused =
@@ -120,10 +222,21 @@ impl Reloader {
         let problems = tokio::task::spawn_blocking(move || crate::preflight::problems(&checked))
             .await
             .unwrap_or_else(|e| vec![format!("checking the configuration: {e}")]);
+        let mut problems = problems;
+        if let Some(c) = checker {
+            problems.extend(
+                c.api_problems()
+                    .into_iter()
+                    .map(|p| format!("checker.api_dir: {p}")),
+            );
+        }
         if !problems.is_empty() {
             return Err(refused(problems.join("; ")));
         }
-        let abs_changed = section(&self.current, "abs") != section(&new, "abs");
+        // Restarted on every reload while configured: its secret and CA are files, which may
+        // have changed (a rotated key) with the config itself unchanged.
+        let abs_changed =
+            !new.abs.url.is_empty() || section(&self.current, "abs") != section(&new, "abs");
         // The new feed is built (its secret read, its client made) before anything changes.
         let feed = if abs_changed && !new.abs.url.is_empty() {
             let f = Abs::new(new.abs.clone(), abs.state.clone())
@@ -137,8 +250,7 @@ impl Reloader {
             .await
             .map_err(|e| refused(e.to_string()))?;
         if let Some(c) = checker {
-            c.reload();
-            applied.push("checker: TLS certificate and API definitions read again".into());
+            applied.extend(c.reload());
         }
         if abs_changed {
             applied.push(if new.abs.url.is_empty() {
@@ -149,8 +261,10 @@ impl Reloader {
             abs.replace(feed, writer).await;
         }
         self.current = new;
-        let live =
-            |k: &str| crate::service::LIVE_KEYS.contains(&k) || k == "abs" || k.starts_with("abs.");
+        // `abs.blocking` is where the `abs` switch starts; after that, the switch rules.
+        let live = |k: &str| {
+            crate::service::LIVE_KEYS.contains(&k) || (k.starts_with("abs.") && k != "abs.blocking")
+        };
         let restart_needed = changed_keys(&self.started, &self.current)
             .into_iter()
             .filter(|k| !live(k))

@@ -1,8 +1,8 @@
 //! A new configuration applied to the running service (SIGHUP, `portcullis reload`): the
 //! interfaces (attached and detached), the attach mode of interfaces attached from now on,
-//! enforce or monitor, drop sampling, and the safety limits a deny is checked against. The
-//! rest of the service's settings (database, pins, the fleet's outbox) stay as they started:
-//! the daemon names those as needing a restart.
+//! enforce or monitor, drop sampling, the safety limits a deny is checked against, and the
+//! ABS nodes the safety rules protect. The rest of the service's settings (database, pins,
+//! the fleet's outbox) stay as they started: the daemon names those as needing a restart.
 
 use super::{Service, ServiceError};
 use crate::config::{Config, Mode};
@@ -19,11 +19,19 @@ pub const LIVE_KEYS: &[&str] = &[
 ];
 
 impl Service {
-    /// Applies the live keys of `new`; returns what changed, one line each. The interfaces
-    /// are all or nothing: when a new one cannot be attached, the ones this call attached
-    /// are detached again and nothing else changes.
+    /// Applies the live keys of `new`; returns what changed, one line each. All or nothing:
+    /// the kernel's mode first, then the new interfaces; when one cannot be attached, the
+    /// links this call made are taken off again (links it found in place stay), the mode is
+    /// put back, and nothing else changes. A file that lists no interface while the filter
+    /// runs on some is refused: an emptied file must not switch enforcement off
+    /// (`portcullis detach` does that on purpose).
     pub fn reconfigure(&mut self, new: &Config) -> Result<Vec<String>, ServiceError> {
         let old = self.config.clone();
+        if new.interfaces.is_empty() && !old.interfaces.is_empty() && self.filter.is_some() {
+            return Err(ServiceError::BadRequest(
+                "the new configuration lists no interface: that would take the filter off every one (use `portcullis detach` for that)".into(),
+            ));
+        }
         let mut next = old.clone();
         next.interfaces.clone_from(&new.interfaces);
         next.xdp_mode = new.xdp_mode;
@@ -33,17 +41,51 @@ impl Service {
             .clone_from(&new.management_networks);
         next.min_deny_prefix_v4 = new.min_deny_prefix_v4;
         next.min_deny_prefix_v6 = new.min_deny_prefix_v6;
+        // The ABS nodes the safety rules keep off the deny list follow the feed's new URLs.
+        next.abs = new.abs.clone();
+        let mut done = self.set_kernel_mode(&next, &old)?;
         self.config = next;
-        match self.apply(&old) {
-            Ok(done) => Ok(done),
+        match self.apply_interfaces(&old) {
+            Ok(lines) => {
+                done.extend(lines);
+                Ok(done)
+            }
             Err(e) => {
+                let _ = self.set_kernel_mode(&old, &self.config.clone());
                 self.config = old;
                 Err(e)
             }
         }
     }
 
-    fn apply(&mut self, old: &Config) -> Result<Vec<String>, ServiceError> {
+    /// Enforce or monitor, and the sampling rate, as `to` says (when they differ from `from`).
+    fn set_kernel_mode(&mut self, to: &Config, from: &Config) -> Result<Vec<String>, ServiceError> {
+        let mut done = Vec::new();
+        if to.mode == from.mode && to.drop_sample_every == from.drop_sample_every {
+            return Ok(done);
+        }
+        if let Some(f) = &self.filter {
+            let mode = match to.mode {
+                Mode::Enforce => portcullis_common::mode::ENFORCE,
+                Mode::Monitor => portcullis_common::mode::MONITOR,
+            };
+            f.set_config(portcullis_common::Config {
+                mode,
+                sample_mask: to.drop_sample_every - 1,
+                ..f.config()?
+            })?;
+        }
+        self.board.set_mode(to.mode);
+        if to.mode != from.mode {
+            done.push(format!("mode {:?}", to.mode).to_lowercase());
+        }
+        if to.drop_sample_every != from.drop_sample_every {
+            done.push(format!("drop_sample_every {}", to.drop_sample_every));
+        }
+        Ok(done)
+    }
+
+    fn apply_interfaces(&mut self, old: &Config) -> Result<Vec<String>, ServiceError> {
         let mut done = Vec::new();
         let added: Vec<String> = (self.config.interfaces.iter())
             .filter(|i| !old.interfaces.contains(i))
@@ -54,18 +96,25 @@ impl Service {
             .cloned()
             .collect();
         if self.filter.is_some() {
-            let mut attached: Vec<String> = Vec::new();
+            // Links this call created (not ones it found in place): the undo list.
+            let mut fresh: Vec<String> = Vec::new();
             for iface in &added {
-                if let Err(e) = self.attach(Some(iface), None) {
-                    for a in &attached {
-                        let _ = self.detach(Some(a));
-                        self.interfaces.remove(a);
+                match self.attach(Some(iface), None) {
+                    Ok(a) => {
+                        if a.iter().all(|a| !a.reused_link && !a.replaced) {
+                            fresh.push(iface.clone());
+                        }
+                        done.push(format!("attached to {iface}"));
                     }
-                    self.board.set_interfaces(&self.interfaces);
-                    return Err(e);
+                    Err(e) => {
+                        for a in &fresh {
+                            let _ = self.detach(Some(a));
+                            self.interfaces.remove(a);
+                        }
+                        self.board.set_interfaces(&self.interfaces);
+                        return Err(e);
+                    }
                 }
-                attached.push(iface.clone());
-                done.push(format!("attached to {iface}"));
             }
             for iface in &removed {
                 // Off the list whatever happens: an interface gone from the host cannot be
@@ -83,29 +132,6 @@ impl Service {
                 "xdp_mode {:?} for interfaces attached from now on (`portcullis attach --iface NAME --xdp-mode ...` switches a running one)",
                 self.config.xdp_mode
             ));
-        }
-        if self.config.mode != old.mode || self.config.drop_sample_every != old.drop_sample_every {
-            if let Some(f) = &self.filter {
-                let mode = match self.config.mode {
-                    Mode::Enforce => portcullis_common::mode::ENFORCE,
-                    Mode::Monitor => portcullis_common::mode::MONITOR,
-                };
-                f.set_config(portcullis_common::Config {
-                    mode,
-                    sample_mask: self.config.drop_sample_every - 1,
-                    ..f.config()?
-                })?;
-            }
-            self.board.set_mode(self.config.mode);
-            if self.config.mode != old.mode {
-                done.push(format!("mode {:?}", self.config.mode).to_lowercase());
-            }
-            if self.config.drop_sample_every != old.drop_sample_every {
-                done.push(format!(
-                    "drop_sample_every {}",
-                    self.config.drop_sample_every
-                ));
-            }
         }
         if self.config.management_networks != old.management_networks
             || self.config.min_deny_prefix_v4 != old.min_deny_prefix_v4

@@ -71,7 +71,6 @@ enum Write {
     Protect(Reading, oneshot::Sender<()>),
     DrainEvents(oneshot::Sender<Vec<(DropEvent, Option<Cidr>)>>),
     CheckLinks(oneshot::Sender<Vec<String>>),
-    Alive(oneshot::Sender<()>),
     Reconfigure(
         Box<crate::config::Config>,
         oneshot::Sender<Result<Vec<String>, ServiceError>>,
@@ -108,6 +107,27 @@ pub struct Writer {
     close: watch::Sender<Option<Instant>>,
     /// List sizes and fixed facts, kept by the writer, read without it.
     board: Arc<Board>,
+    /// Whether the writer is making progress (for the watchdog).
+    health: Arc<Health>,
+}
+
+/// The writer's heartbeat: commands finished, and whether one is in hand.
+#[derive(Default)]
+struct Health {
+    done: std::sync::atomic::AtomicU64,
+    busy: std::sync::atomic::AtomicBool,
+}
+
+impl Health {
+    /// Runs one command, counted.
+    fn run<T>(&self, f: impl FnOnce() -> T) -> T {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.busy.store(true, Relaxed);
+        let r = f();
+        self.done.fetch_add(1, Relaxed);
+        self.busy.store(false, Relaxed);
+        r
+    }
 }
 
 /// The writer is gone (the agent is shutting down).
@@ -125,9 +145,11 @@ impl Writer {
         let (close, close_rx) = watch::channel(None);
         service.set_changes(changes.clone());
         let board = service.board();
+        let health = Arc::new(Health::default());
+        let beat = health.clone();
         let thread = std::thread::Builder::new()
             .name("list-writer".into())
-            .spawn(move || run(service, write_rx, read_rx, close_rx))?;
+            .spawn(move || run(service, write_rx, read_rx, close_rx, &beat))?;
         Ok((
             Self {
                 writes,
@@ -136,6 +158,7 @@ impl Writer {
                 events,
                 close,
                 board,
+                health,
             },
             thread,
         ))
@@ -147,9 +170,25 @@ impl Writer {
         let _ = self.close.send(Some(deadline));
     }
 
+    /// Whether the writer is idle or has finished a command since the last call (`last`
+    /// holds the count between calls): the watchdog's test. A writer in one command for
+    /// the whole interval fails it; a writer with a long queue it is working through does not.
+    pub fn progressing(&self, last: &mut u64) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        let done = self.health.done.load(Relaxed);
+        let ok = !self.health.busy.load(Relaxed) || done != *last;
+        *last = done;
+        ok
+    }
+
     /// The event stream's sender, when someone watches it (nothing is built otherwise).
     pub fn events_if_watched(&self) -> Option<broadcast::Sender<crate::events::Event>> {
         (self.events.receiver_count() > 0).then(|| self.events.clone())
+    }
+
+    /// Event streams open now.
+    pub fn event_watchers(&self) -> usize {
+        self.events.receiver_count()
     }
 
     /// Every event from now on (`portcullis events`).
@@ -245,12 +284,6 @@ impl Writer {
         self.write(Write::CheckLinks).await.unwrap_or_default()
     }
 
-    /// Answers once the writer has taken every write queued before this one: the
-    /// watchdog's proof that list changes are still being applied.
-    pub async fn alive(&self) -> bool {
-        self.write(Write::Alive).await.is_ok()
-    }
-
     /// Applies a reloaded configuration's live keys (see [`Service::reconfigure`]).
     pub async fn reconfigure(
         &self,
@@ -303,6 +336,7 @@ fn run(
     mut writes: mpsc::Receiver<Write>,
     mut reads: mpsc::Receiver<Read>,
     mut close: watch::Receiver<Option<Instant>>,
+    health: &Health,
 ) {
     let rt = match tokio::runtime::Builder::new_current_thread().build() {
         Ok(rt) => rt,
@@ -315,11 +349,11 @@ fn run(
     rt.block_on(async move {
         let deadline = loop {
             tokio::select! {
-                Some(r) = reads.recv() => read(&service, r),
+                Some(r) = reads.recv() => health.run(|| read(&service, r)),
                 w = writes.recv() => match w {
                     Some(w) => {
-                        write(&mut service, w, &mut panics);
-                        serve_waiting_reads(&service, &mut reads);
+                        health.run(|| write(&mut service, w, &mut panics));
+                        health.run(|| serve_waiting_reads(&service, &mut reads));
                     }
                     None => return,
                 },
@@ -521,9 +555,6 @@ fn execute(
                 let _ = tx.send(());
             })
         }
-        Write::Alive(tx) => Box::new(move || {
-            let _ = tx.send(());
-        }),
         Write::Fleet(cmd, tx) => {
             let r = guarded(|| service.fleet(cmd), |m| Err(on_panic(m)));
             Box::new(move || drop(tx.send(r)))
