@@ -222,3 +222,76 @@ fn l7_blocks_and_detections_stream_and_allowed_traffic_does_not() {
     );
     stream.interrupt();
 }
+
+#[test]
+fn sideband_refusals_stream_with_the_request_the_gateway_asked_about() {
+    privileged!();
+    let dirs = AgentDirs::new();
+    let apis = dirs.root.join("apis");
+    portcullis_tests::checker_setup::write_api(
+        &apis,
+        "shop",
+        r#"{"url":"/shop","hostname":"*","oauth2_access_token":true}"#,
+    );
+    let certs = portcullis_tests::tls::self_signed(&dirs.root, "sideband.test", "a").expect("cert");
+    let http = portcullis_tests::checker_setup::free_port();
+    let config = format!(
+        "[checker]\napi_dir = \"{}\"\ntls_cert = \"{}\"\ntls_key = \"{}\"\n[sideband]\nhttp = \"127.0.0.1:{http}\"\ngateways = [\"127.0.0.1/32\"]\n",
+        apis.display(),
+        certs.cert.display(),
+        certs.key.display()
+    );
+    let agent = Agent::with_config(&dirs, config).expect("agent");
+    agent.add("deny", &[&["token", "stolen"]]);
+    let stream = Stream::start(&dirs.socket(), true);
+    let ask = |ip: &str, token: &str| {
+        let body = format!(
+            r#"{{"source_ip":"{ip}","source_port":8080,"method":"GET","url":"/shop/items","http_version":"1.1","headers":[{{"Host":"shop.example"}},{{"Authorization":"Bearer {token}"}}]}}"#
+        );
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args([
+                "-H",
+                "Content-Type: application/json",
+                "--data-binary",
+                &body,
+            ])
+            .arg(format!("http://127.0.0.1:{http}/ase/request"))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(ask("198.18.0.7", "good"), "200");
+    assert_eq!(ask("198.18.0.8", "stolen"), "403");
+    let lines = stream.until(|l| l.iter().any(|l| l.contains("198.18.0.8")));
+    let events = json(&lines);
+    assert!(
+        !events.iter().any(|e| e["client"] == "198.18.0.7"),
+        "{lines:#?}"
+    );
+    let e = events
+        .iter()
+        .find(|e| e["client"] == "198.18.0.8")
+        .unwrap_or_else(|| panic!("no sideband event: {lines:#?}"));
+    assert_eq!(
+        e["method"], "GET",
+        "the asked request, not the gateway's POST: {e}"
+    );
+    assert_eq!(e["path"], "/shop/items", "{e}");
+    assert_eq!(e["status"], 403, "{e}");
+    assert!(
+        e["matched"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("token")),
+        "{e}"
+    );
+    stream.interrupt();
+}

@@ -11,7 +11,7 @@ use libc::{RTM_GETLINK, RTM_NEWLINK};
 
 // linux/netlink.h (libc has them as c_int; netlink's fields are u16).
 const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
+pub(super) const NLM_F_REQUEST: u16 = 1;
 const NLA_TYPE_MASK: u16 = 0x3fff;
 // linux/if_link.h: the link's XDP attribute and what it nests.
 const IFLA_XDP: u16 = 43;
@@ -155,49 +155,55 @@ pub(super) fn attributes(mut b: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
     })
 }
 
-/// Reads one datagram of answers: `Some` once the link message was seen.
-fn parse_answer(mut b: &[u8]) -> io::Result<Option<XdpAttachment>> {
+/// The payload (after the 16-byte header) of the first message of type `kind` in one
+/// datagram; an error answer becomes the error, a datagram without one is `None`.
+pub(super) fn find_message(mut b: &[u8], kind: u16) -> io::Result<Option<&[u8]>> {
     let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink answer");
     while b.len() >= 16 {
         let len = u32_at(b, 0).ok_or_else(bad)? as usize;
-        let kind = u16_at(b, 4).ok_or_else(bad)?;
+        let t = u16_at(b, 4).ok_or_else(bad)?;
         let msg = b.get(16..len).ok_or_else(bad)?;
-        match kind {
-            NLMSG_ERROR => {
-                let code = u32_at(msg, 0).ok_or_else(bad)? as i32;
-                if code != 0 {
-                    return Err(io::Error::from_raw_os_error(
-                        code.checked_neg().unwrap_or(0),
-                    ));
-                }
+        if t == NLMSG_ERROR {
+            let code = u32_at(msg, 0).ok_or_else(bad)? as i32;
+            if code != 0 {
+                return Err(io::Error::from_raw_os_error(
+                    code.checked_neg().unwrap_or(0),
+                ));
             }
-            RTM_NEWLINK => {
-                // After the 16-byte ifinfomsg come the link's attributes.
-                let attrs = msg.get(16..).ok_or_else(bad)?;
-                let mut out = XdpAttachment::default();
-                for (_, xdp) in attributes(attrs).filter(|(t, _)| *t == IFLA_XDP) {
-                    let mut drv_prog = 0;
-                    for (t, v) in attributes(xdp) {
-                        match t {
-                            IFLA_XDP_ATTACHED => {
-                                out.mode = v.first().copied().and_then(attached_mode);
-                            }
-                            IFLA_XDP_PROG_ID => out.prog_id = u32_at(v, 0).unwrap_or(0),
-                            IFLA_XDP_DRV_PROG_ID => drv_prog = u32_at(v, 0).unwrap_or(0),
-                            _ => {}
-                        }
-                    }
-                    if out.prog_id == 0 {
-                        out.prog_id = drv_prog;
-                    }
-                }
-                return Ok(Some(out));
-            }
-            _ => {}
+        } else if t == kind {
+            return Ok(Some(msg));
         }
         b = b.get(len.next_multiple_of(4)..).unwrap_or_default();
     }
     Ok(None)
+}
+
+/// Reads one datagram of answers: `Some` once the link message was seen.
+fn parse_answer(b: &[u8]) -> io::Result<Option<XdpAttachment>> {
+    let Some(msg) = find_message(b, RTM_NEWLINK)? else {
+        return Ok(None);
+    };
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink answer");
+    // After the 16-byte ifinfomsg come the link's attributes.
+    let attrs = msg.get(16..).ok_or_else(bad)?;
+    let mut out = XdpAttachment::default();
+    for (_, xdp) in attributes(attrs).filter(|(t, _)| *t == IFLA_XDP) {
+        let mut drv_prog = 0;
+        for (t, v) in attributes(xdp) {
+            match t {
+                IFLA_XDP_ATTACHED => {
+                    out.mode = v.first().copied().and_then(attached_mode);
+                }
+                IFLA_XDP_PROG_ID => out.prog_id = u32_at(v, 0).unwrap_or(0),
+                IFLA_XDP_DRV_PROG_ID => drv_prog = u32_at(v, 0).unwrap_or(0),
+                _ => {}
+            }
+        }
+        if out.prog_id == 0 {
+            out.prog_id = drv_prog;
+        }
+    }
+    Ok(Some(out))
 }
 
 #[cfg(test)]

@@ -4,10 +4,8 @@
 
 use std::io;
 
-use super::netlink::{attributes, exchange, open, u16_at, u32_at};
+use super::netlink::{NLM_F_REQUEST, attributes, exchange, find_message, open, u16_at};
 
-const NLMSG_ERROR: u16 = 2;
-const NLM_F_REQUEST: u16 = 1;
 // linux/genetlink.h: the controller, which names families.
 const GENL_ID_CTRL: u16 = 0x10;
 const CTRL_CMD_GETFAMILY: u8 = 3;
@@ -55,28 +53,15 @@ type Attributes = Vec<(u16, Vec<u8>)>;
 /// The attributes of the first message of type `kind` in `b` (after its genl header);
 /// an error answer becomes the error.
 fn answer(b: &[u8], kind: u16) -> io::Result<Option<Attributes>> {
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, "malformed netlink answer");
-    let mut rest = b;
-    while rest.len() >= 16 {
-        let len = u32_at(rest, 0).ok_or_else(bad)? as usize;
-        let t = u16_at(rest, 4).ok_or_else(bad)?;
-        let msg = rest.get(16..len).ok_or_else(bad)?;
-        if t == NLMSG_ERROR {
-            let code = u32_at(msg, 0).ok_or_else(bad)? as i32;
-            if code != 0 {
-                return Err(io::Error::from_raw_os_error(
-                    code.checked_neg().unwrap_or(0),
-                ));
-            }
-        } else if t == kind {
-            let attrs = msg.get(4..).ok_or_else(bad)?;
-            return Ok(Some(
-                attributes(attrs).map(|(t, v)| (t, v.to_vec())).collect(),
-            ));
-        }
-        rest = rest.get(len.next_multiple_of(4)..).unwrap_or_default();
-    }
-    Ok(None)
+    let Some(msg) = find_message(b, kind)? else {
+        return Ok(None);
+    };
+    let attrs = msg
+        .get(4..)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed netlink answer"))?;
+    Ok(Some(
+        attributes(attrs).map(|(t, v)| (t, v.to_vec())).collect(),
+    ))
 }
 
 /// Asks the kernel whether `ifindex`'s driver runs XDP natively (in the calling thread's
@@ -126,6 +111,7 @@ pub fn native_xdp(ifindex: u32) -> io::Result<NativeXdp> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::netlink::u32_at;
     use super::*;
 
     #[test]

@@ -14,7 +14,7 @@ use http_body_util::{BodyExt as _, Full};
 use hyper::body::Incoming;
 use tokio::sync::watch;
 
-use super::access_log::{AccessLog, Record};
+use super::access_log::AccessLog;
 use super::api::{self, Api};
 use super::budget::{Budget, Limits};
 use super::deadline::Deadlines;
@@ -258,22 +258,7 @@ impl Proxy {
             return Ok(self.decide(req, peer, tls).await);
         }
         let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
-        let mut pending = Pending {
-            log,
-            events,
-            record: Record {
-                ts: std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0),
-                client: peer.ip().to_canonical().to_string(),
-                method: req.method().as_str().chars().take(32).collect(),
-                path: req.uri().path().chars().take(1024).collect(),
-                // Until an answer is made: the client went away first.
-                status: 499,
-                ..Record::default()
-            },
-            trace: trace.clone(),
-        };
+        let mut pending = Pending::new(log, events, &req, peer, trace.clone());
         let resp = TRACE.scope(trace, self.decide(req, peer, tls)).await;
         pending.record.status = resp.status().as_u16();
         Ok(resp.map(|body| {

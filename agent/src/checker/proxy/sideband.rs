@@ -8,6 +8,7 @@ use http::{HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt as _, Limited};
 use hyper::body::Incoming;
 
+use super::trace::{Pending, TRACE, Trace, clipped, trace};
 use super::{Client, Proxy, Verdict, full};
 use crate::checker::sideband::{self, Asked, Endpoint};
 use crate::checker::upstream::Body;
@@ -19,7 +20,17 @@ impl Proxy {
         req: Request<Incoming>,
         peer: SocketAddr,
     ) -> Result<Response<Body>, std::convert::Infallible> {
-        let mut resp = self.ask(req, peer).await;
+        // Refusals are events for `portcullis events` (the gateway keeps its own log).
+        let mut resp = match self.writer.events_if_watched() {
+            None => self.ask(req, peer).await,
+            Some(events) => {
+                let trace = Arc::new(std::sync::Mutex::new(Trace::default()));
+                let mut pending = Pending::new(None, Some(events), &req, peer, trace.clone());
+                let resp = TRACE.scope(trace, self.ask(req, peer)).await;
+                pending.record.status = resp.status().as_u16();
+                resp
+            }
+        };
         if !self.sideband.keepalive {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
@@ -93,6 +104,13 @@ impl Proxy {
             user,
             tls,
         } = asked;
+        trace(|t| {
+            t.client = Some(client);
+            t.asked = Some((
+                clipped(request.method().as_str(), 32),
+                clipped(request.uri().path(), 1024),
+            ));
+        });
         // The headers are the client's own: a username in them vouches for nobody; only
         // one the gateway authenticated (`user_info`) does.
         let who = Client {

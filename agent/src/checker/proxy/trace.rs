@@ -30,6 +30,9 @@ pub(super) struct Trace {
     pub(super) ids: BTreeMap<&'static str, Vec<String>>,
     /// The identifier found on the deny list (as the debug log names it).
     pub(super) matched: Option<String>,
+    /// A sideband question's own request (method, path), which the event shows instead of
+    /// the gateway's `POST /ase/request`.
+    pub(super) asked: Option<(String, String)>,
 }
 
 /// The outcome of a pattern violation (`pattern::violation`'s reason).
@@ -79,6 +82,37 @@ pub(super) struct Pending {
     pub(super) trace: Arc<std::sync::Mutex<Trace>>,
 }
 
+impl Pending {
+    /// The line (and event) of `req` from `peer`, until its answer is made.
+    pub(super) fn new<B>(
+        log: Option<Arc<AccessLog>>,
+        events: Option<tokio::sync::broadcast::Sender<crate::events::Event>>,
+        req: &http::Request<B>,
+        peer: std::net::SocketAddr,
+        trace: Arc<std::sync::Mutex<Trace>>,
+    ) -> Self {
+        Self {
+            log,
+            events,
+            record: Record {
+                ts: crate::events::now(),
+                client: peer.ip().to_canonical().to_string(),
+                method: clipped(req.method().as_str(), 32),
+                path: clipped(req.uri().path(), 1024),
+                // Until an answer is made: the client went away first.
+                status: 499,
+                ..Record::default()
+            },
+            trace,
+        }
+    }
+}
+
+/// At most `n` characters of `s`.
+pub(super) fn clipped(s: &str, n: usize) -> String {
+    s.chars().take(n).collect()
+}
+
 impl Drop for Pending {
     fn drop(&mut self) {
         let t = std::mem::take(
@@ -97,12 +131,15 @@ impl Drop for Pending {
             && crate::events::notable(&self.record.outcomes)
         {
             let r = &self.record;
+            let (method, path) = t
+                .asked
+                .unwrap_or_else(|| (r.method.clone(), r.path.clone()));
             let _ = events.send(crate::events::Event::L7 {
                 ts: r.ts,
                 client: r.client.clone(),
                 api: r.api.clone(),
-                method: r.method.clone(),
-                path: r.path.clone(),
+                method,
+                path,
                 status: r.status,
                 outcomes: r.outcomes.iter().map(|o| (*o).to_owned()).collect(),
                 matched: t.matched,
