@@ -50,16 +50,56 @@ impl Check {
 /// buffers, LPM tries.
 const MIN_KERNEL: (u32, u32) = (5, 9);
 
-/// Every check, for `ifaces` (in the calling thread's network namespace).
-pub fn run(ifaces: &[String]) -> Vec<Check> {
+/// Every check, for `ifaces` (in the calling thread's network namespace), with the agent's
+/// pins in `pin_dir` (to tell its own XDP program from another one).
+pub fn run(ifaces: &[String], pin_dir: &std::path::Path) -> Vec<Check> {
     let mut out = vec![
         kernel(&release()),
         btf(),
         bpffs(),
         capabilities(effective_caps()),
     ];
-    out.extend(ifaces.iter().map(|i| iface(i)));
+    for i in ifaces {
+        let c = iface(i);
+        let present = c.outcome != Outcome::Fail;
+        out.push(c);
+        if present {
+            out.extend(occupied(i, pin_dir));
+        }
+    }
     out
+}
+
+/// Whether an XDP program is on `name` already, and whose: Portcullis's own (its pinned
+/// link) is fine; another one stops the attach, since Portcullis does not chain.
+fn occupied(name: &str, pin_dir: &std::path::Path) -> Option<Check> {
+    let index = crate::kernel::ifindex(name)?;
+    let a = crate::kernel::netlink::xdp_attachment(index).ok()?;
+    if a.prog_id == 0 {
+        return None;
+    }
+    let check = format!("xdp {name}");
+    if crate::kernel::link_attached(pin_dir, name).unwrap_or(false) {
+        return Some(Check::new(
+            check,
+            Outcome::Ok,
+            format!("Portcullis attached (program {})", a.prog_id),
+        ));
+    }
+    Some(
+        Check::new(
+            check,
+            Outcome::Fail,
+            format!(
+                "another XDP program (id {}) is attached, not pinned in {}",
+                a.prog_id,
+                pin_dir.display()
+            ),
+        )
+        .fix(format!(
+            "Portcullis does not chain behind another program: find it (`bpftool net show dev {name}`) and detach it (`ip link set dev {name} xdp off`, or its owner's tool), or check the config's pin_dir"
+        )),
+    )
 }
 
 /// `uname -r`.

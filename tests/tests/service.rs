@@ -233,6 +233,51 @@ fn doctor_tells_native_from_generic_and_names_what_is_missing() {
     );
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("2 check(s) failed"), "{e}");
+
+    // An XDP program on the interface: the agent's own (its pins, named by the config) is
+    // fine; seen with another pin_dir, it is a program Portcullis cannot attach behind.
+    let dirs = AgentDirs::new();
+    let _agent = Agent::start(&dirs, &AgentOpts::on_server(&pair)).expect("agent");
+    let config = dirs.root.join("doctor.toml");
+    std::fs::write(
+        &config,
+        format!("pin_dir = \"{}\"\n", dirs.pins.0.display()),
+    )
+    .expect("config");
+    let config = config.display().to_string();
+    let xdp = |out: &std::process::Output| -> serde_json::Value {
+        let checks: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+        checks
+            .as_array()
+            .and_then(|a| {
+                a.iter()
+                    .find(|c| c["check"] == format!("xdp {}", pair.server_if))
+                    .cloned()
+            })
+            .unwrap_or_else(|| panic!("no xdp check: {checks}"))
+    };
+    let ours = doctor(&["nsenter", &ns, "--"], &["--config", &config]);
+    assert_eq!(
+        xdp(&ours)["outcome"],
+        "ok",
+        "{}",
+        String::from_utf8_lossy(&ours.stdout)
+    );
+    let elsewhere = dirs.root.join("elsewhere.toml");
+    std::fs::write(&elsewhere, "pin_dir = \"/sys/fs/bpf/pc-not-these\"\n").expect("config");
+    let foreign = doctor(
+        &["nsenter", &ns, "--"],
+        &["--config", &elsewhere.display().to_string()],
+    );
+    assert_eq!(foreign.status.code(), Some(1));
+    let c = xdp(&foreign);
+    assert_eq!(c["outcome"], "fail", "{c}");
+    assert!(
+        c["fix"]
+            .as_str()
+            .is_some_and(|f| f.contains("does not chain")),
+        "{c}"
+    );
 }
 
 #[test]

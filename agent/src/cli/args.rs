@@ -147,7 +147,7 @@ pub enum Command {
     /// Check this machine: kernel, BTF, bpffs, capabilities, and native XDP per interface;
     /// each failed check says what to do. Exit 1 when one fails.
     Doctor {
-        /// The config whose interfaces to check (when no --iface).
+        /// The config whose interfaces (when no --iface) and pin_dir to check.
         #[arg(long, default_value = paths::CONFIG)]
         config: PathBuf,
         /// Check this interface (repeatable; default: the config's, else every one but lo).

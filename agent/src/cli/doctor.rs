@@ -10,19 +10,23 @@ use crate::doctor::{Check, Outcome};
 /// Runs the checks and prints them; fails (exit 1) when any check failed.
 pub(super) fn doctor(config: &Path, ifaces: &[String], json: bool) -> anyhow::Result<()> {
     let mut config_problem = None;
-    let ifaces = if ifaces.is_empty() {
-        match configured(config) {
-            Ok(Some(names)) => names,
-            Ok(None) => every_interface(),
-            Err(e) => {
-                config_problem = Some(e);
-                every_interface()
-            }
+    let cfg = match configured(config) {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            config_problem = Some(e);
+            None
         }
-    } else {
-        ifaces.to_vec()
     };
-    let mut checks = crate::doctor::run(&ifaces);
+    let pin_dir = cfg.as_ref().map_or_else(
+        || std::path::PathBuf::from(crate::paths::PIN_DIR),
+        |c| c.pin_dir.clone(),
+    );
+    let ifaces = match (ifaces.is_empty(), cfg) {
+        (false, _) => ifaces.to_vec(),
+        (true, Some(c)) if !c.interfaces.is_empty() => c.interfaces,
+        (true, _) => every_interface(),
+    };
+    let mut checks = crate::doctor::run(&ifaces, &pin_dir);
     if let Some(e) = config_problem {
         checks.push(crate::doctor::Check {
             check: "config".into(),
@@ -43,14 +47,14 @@ pub(super) fn doctor(config: &Path, ifaces: &[String], json: bool) -> anyhow::Re
     Ok(())
 }
 
-/// The config file's interfaces (`None`: no file, or it names none); a file that does not
-/// load is an error.
-fn configured(config: &Path) -> Result<Option<Vec<String>>, String> {
+/// The config file (`None`: there is none); a file that does not load is an error.
+fn configured(config: &Path) -> Result<Option<crate::config::Config>, String> {
     if !config.exists() {
         return Ok(None);
     }
-    let cfg = crate::config::Config::load(config, true).map_err(|e| e.to_string())?;
-    Ok((!cfg.interfaces.is_empty()).then_some(cfg.interfaces))
+    crate::config::Config::load(config, true)
+        .map(Some)
+        .map_err(|e| e.to_string())
 }
 
 /// Every interface of this network namespace but loopback.
