@@ -79,12 +79,28 @@ fn occupied(name: &str, pin_dir: &std::path::Path) -> Option<Check> {
         return None;
     }
     let check = format!("xdp {name}");
-    if crate::kernel::link_attached(pin_dir, name).unwrap_or(false) {
-        return Some(Check::new(
-            check,
-            Outcome::Ok,
-            format!("Portcullis attached (program {})", a.prog_id),
-        ));
+    match crate::kernel::link_attached(pin_dir, name) {
+        Ok(true) => {
+            return Some(Check::new(
+                check,
+                Outcome::Ok,
+                format!("Portcullis attached (program {})", a.prog_id),
+            ));
+        }
+        Ok(false) => {}
+        Err(e) => {
+            return Some(
+                Check::new(
+                    check,
+                    Outcome::Warn,
+                    format!(
+                        "an XDP program (id {}) is attached; cannot tell whose: {e}",
+                        a.prog_id
+                    ),
+                )
+                .fix("run doctor as root to read the pins"),
+            );
+        }
     }
     Some(
         Check::new(

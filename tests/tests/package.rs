@@ -60,6 +60,11 @@ fn left_behind(upper: &Path, lower: &Path, rel: &str, out: &mut Vec<String>) {
             left_behind(upper, lower, &rel, out);
         } else if kind.is_char_device() {
             out.push(format!("{full} (deleted from the machine)"));
+        } else if kind.is_symlink() {
+            // Compared as links (a dangling one reads as nothing on both sides).
+            if std::fs::read_link(e.path()).ok() != std::fs::read_link(&host).ok() {
+                out.push(format!("{full} (link)"));
+            }
         } else if std::fs::read(e.path()).ok() != std::fs::read(&host).ok() {
             out.push(full);
         }

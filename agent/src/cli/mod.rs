@@ -93,8 +93,10 @@ fn agent(a: &AgentArgs) -> anyhow::Result<()> {
     }
     // SIGHUP and `portcullis reload` read the file again, with the same flags over it.
     let args = a.clone();
-    // The file must exist then: one gone (mid-rename, purged) is not "the defaults".
-    let source = move || effective_config(&args, &argv, true);
+    // A file there at start must still be there: one gone (mid-rename, purged) is not "the
+    // defaults".
+    let existed = a.config.exists();
+    let source = move || effective_config(&args, &argv, existed);
     crate::daemon::run(cfg, Box::new(source))
 }
 

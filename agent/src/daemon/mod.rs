@@ -148,7 +148,7 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
     let grace = Duration::from_secs(parse_duration(&config.shutdown_grace).unwrap_or(5));
     let deadline = Instant::now() + grace;
     let _ = stop_tx.send(true);
-    reloads.stop().await;
+    reloads.stop(grace / 2).await;
     // Commands already queued are applied until the deadline; new ones are refused.
     writer.close(deadline);
     let drain = async {

@@ -93,6 +93,8 @@ pub(super) struct Reloads {
     notify: Arc<super::notify::Notify>,
     /// The configuration in effect, for the loop's readers.
     current: watch::Sender<Config>,
+    /// Set at shutdown: reloads still waiting for their turn are refused.
+    closing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Reloads {
@@ -110,6 +112,7 @@ impl Reloads {
             checker,
             notify,
             current,
+            closing: Arc::default(),
         }
     }
 
@@ -132,6 +135,9 @@ impl Reloads {
     async fn run(&self) -> crate::control::proto::Response {
         use crate::control::proto::Response;
         let mut state = self.state.lock().await;
+        if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Response::err("the agent is shutting down");
+        }
         let (reloader, abs) = &mut *state;
         self.notify
             .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
@@ -169,9 +175,15 @@ impl Reloads {
         }
     }
 
-    /// Stops the ABS feed (at shutdown), after any reload in progress.
-    pub(super) async fn stop(&self) {
-        self.state.lock().await.1.stop().await;
+    /// Stops the ABS feed (at shutdown), after the reload in progress if any (reloads still
+    /// waiting are refused); gives up after `grace`.
+    pub(super) async fn stop(&self, grace: Duration) {
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let stop = async { self.state.lock().await.1.stop().await };
+        if tokio::time::timeout(grace, stop).await.is_err() {
+            tracing::warn!("a configuration reload did not finish within the shutdown grace");
+        }
     }
 }
 
@@ -191,12 +203,15 @@ pub(super) struct Reloader {
     started: Config,
     /// What the last successful reload applied (at first, `started`).
     current: Config,
+    /// The ABS feed's secret key and CA files as `current` found them.
+    abs_files: Vec<u8>,
 }
 
 impl Reloader {
     pub(super) fn new(source: ConfigSource, started: Config) -> Self {
         Self {
             source,
+            abs_files: abs_files(&started),
             current: started.clone(),
             started,
         }
@@ -233,10 +248,11 @@ impl Reloader {
         if !problems.is_empty() {
             return Err(refused(problems.join("; ")));
         }
-        // Restarted on every reload while configured: its secret and CA are files, which may
-        // have changed (a rotated key) with the config itself unchanged.
+        // Restarted when its settings changed, or the files they name (a rotated secret key
+        // or CA with the config itself unchanged); otherwise its queue and back-off stay.
+        let files = abs_files(&new);
         let abs_changed =
-            !new.abs.url.is_empty() || section(&self.current, "abs") != section(&new, "abs");
+            section(&self.current, "abs") != section(&new, "abs") || files != self.abs_files;
         // The new feed is built (its secret read, its client made) before anything changes.
         let feed = if abs_changed && !new.abs.url.is_empty() {
             let f = Abs::new(new.abs.clone(), abs.state.clone())
@@ -261,6 +277,7 @@ impl Reloader {
             abs.replace(feed, writer).await;
         }
         self.current = new;
+        self.abs_files = files;
         // `abs.blocking` is where the `abs` switch starts; after that, the switch rules.
         let live = |k: &str| {
             crate::service::LIVE_KEYS.contains(&k) || (k.starts_with("abs.") && k != "abs.blocking")
@@ -274,6 +291,18 @@ impl Reloader {
             restart_needed,
         })
     }
+}
+
+/// A digest of the files the ABS settings name (secret key, CA): a rotated file restarts
+/// the feed even when the configuration text is the same.
+fn abs_files(config: &Config) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for f in std::iter::once(&config.abs.secret_key_file).chain(config.abs.ca_file.as_ref()) {
+        h.update(std::fs::read(f).unwrap_or_default());
+        h.update([0]);
+    }
+    h.finalize().to_vec()
 }
 
 /// One top-level section of the configuration, as TOML.

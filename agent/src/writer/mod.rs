@@ -175,8 +175,10 @@ impl Writer {
     /// the whole interval fails it; a writer with a long queue it is working through does not.
     pub fn progressing(&self, last: &mut u64) -> bool {
         use std::sync::atomic::Ordering::Relaxed;
+        // Busy first: a command that ends between the two reads then shows as progress.
+        let busy = self.health.busy.load(Relaxed);
         let done = self.health.done.load(Relaxed);
-        let ok = !self.health.busy.load(Relaxed) || done != *last;
+        let ok = !busy || done != *last;
         *last = done;
         ok
     }
@@ -375,6 +377,10 @@ fn run(
             }
         }
     });
+    // A writer that is gone (or never ran) makes no progress: the watchdog stops petting.
+    health
+        .busy
+        .store(true, std::sync::atomic::Ordering::Relaxed);
     tracing::debug!("list writer stopped");
 }
 
