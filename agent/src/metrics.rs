@@ -7,7 +7,7 @@
 //! | `portcullis_list_entries` | `list`, `kind`, `source` | entries in the store |
 //! | `portcullis_reconcile_seconds` | | duration of the last start-up reconcile |
 //! | `portcullis_expired_total` | | entries pruned because they expired |
-//! | `portcullis_deny_entry_packets` | `entry` | estimated packets the [`TOP_HITS`] most-hit deny entries dropped since the agent started |
+//! | `portcullis_entry_packets` | `list`, `entry` | packets the [`TOP_HITS`] most-hit entries of each list decided since the agent started (deny: dropped, allow: passed) |
 //! | `portcullis_abs_*` | | the ABS feed's sync health (when configured; see [`abs`]) |
 //! | `portcullis_fleet_*` | | the fleet link (when configured; see [`fleet`]) |
 
@@ -21,7 +21,7 @@ use tokio::sync::watch;
 
 use crate::writer::{MetricsData, Writer};
 
-/// Deny entries the hits metric names (a label per entry: a few, not the whole list).
+/// Entries per list the hits metric names (a label per entry: a few, not the whole list).
 pub const TOP_HITS: usize = 10;
 
 /// Agent-side gauges and counters not kept by the kernel or the store.
@@ -100,12 +100,12 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
         agent.expired.load(Ordering::Relaxed)
     );
     if !data.top_hits.is_empty() {
-        out.push_str("# HELP portcullis_deny_entry_packets Estimated packets dropped by the most-hit deny entries since the agent started (drop samples x sampling rate).\n# TYPE portcullis_deny_entry_packets gauge\n");
-        for h in &data.top_hits {
+        out.push_str("# HELP portcullis_entry_packets Packets decided by the most-hit entries of each list since the agent started (deny: dropped, allow: passed).\n# TYPE portcullis_entry_packets gauge\n");
+        for (list, h) in &data.top_hits {
             let entry = label(&h.entry);
             let _ = writeln!(
                 out,
-                "portcullis_deny_entry_packets{{entry=\"{entry}\"}} {}",
+                "portcullis_entry_packets{{list=\"{list}\",entry=\"{entry}\"}} {}",
                 h.packets
             );
         }
@@ -328,11 +328,15 @@ mod tests {
             )],
             fleet: Some(Default::default()),
             abs: Some(Default::default()),
-            top_hits: vec![crate::control::answer::EntryHits {
-                entry: "198.18.0.0/16".into(),
-                packets: 640,
-                last_hit: 1,
-            }],
+            top_hits: vec![(
+                crate::model::List::Deny,
+                crate::control::answer::EntryHits {
+                    entry: "198.18.0.0/16".into(),
+                    packets: 640,
+                    bytes: 64_000,
+                    last_hit: 1,
+                },
+            )],
         };
         data.stats.interfaces.insert(
             "eth0".into(),

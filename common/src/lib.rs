@@ -50,8 +50,10 @@ pub mod map_name {
     pub const EVENTS: &str = "EVENTS";
     /// Interface index (masked) → counter slot, see [`crate::IF_SLOT_INDEX`].
     pub const IF_SLOTS: &str = "IF_SLOTS";
+    /// Per-CPU LRU hash of [`crate::HitKey`] → [`crate::Counter`]: packets per matched slot.
+    pub const HITS: &str = "HITS";
     /// Every map the production program pins, in a fixed order.
-    pub const ALL: [&str; 11] = [
+    pub const ALL: [&str; 12] = [
         V4_GUARD,
         V4_HOSTS,
         V4_NETS,
@@ -63,6 +65,7 @@ pub mod map_name {
         CONFIG,
         EVENTS,
         IF_SLOTS,
+        HITS,
     ];
 }
 
@@ -96,6 +99,10 @@ pub const V6_HOSTS_DEFAULT_CAPACITY: u32 = 1 << 20;
 pub const V6_PREFIXES_DEFAULT_CAPACITY: u32 = 1 << 18;
 /// Byte size of the drop-event ring buffer.
 pub const EVENTS_BYTES: u32 = 1 << 18;
+/// Slots of [`map_name::HITS`]. Keys are matched *slots*, not sources, so a flood of spoofed
+/// sources inside one listed /16 or /24 is one key; the least recently hit keys make room
+/// when more slots than this see traffic between two reads of the agent.
+pub const HITS_CAPACITY: u32 = 1 << 14;
 
 /// Where an IPv4 address's /24 lives in [`map_name::V4_GUARD`]: (word index, bit shift).
 #[inline(always)]
@@ -186,8 +193,9 @@ pub struct Config {
     /// Non-zero when IPv6 prefixes shorter than /32 exist: the IPv6 guard cannot rule them
     /// out, so the prefix trie is always consulted.
     pub v6_unguarded: u32,
-    /// Reserved, zero.
-    pub reserved: u32,
+    /// Non-zero turns the per-slot hit counters ([`map_name::HITS`]) off: a listed packet
+    /// then costs no hash update.
+    pub hits_off: u32,
 }
 
 /// Packet and byte counts of one counter slot.
@@ -227,6 +235,32 @@ pub mod counter {
     ];
 }
 
+/// Which list a [`HitKey`] counts for.
+pub mod hit_list {
+    /// An allow entry passed the packet.
+    pub const ALLOW: u32 = 0;
+    /// A deny entry dropped the packet (or would have, in monitor mode).
+    pub const DENY: u32 = 1;
+}
+
+/// Key of [`map_name::HITS`]: the slot that decided a packet, as the source address masked
+/// to the slot's prefix length (IPv4 /16, /24 or /32; IPv6 /128), and the deciding list.
+/// The agent attributes each key to the most specific entry of that list covering it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HitKey {
+    /// Masked source, network order; IPv4 uses the first four bytes.
+    pub addr: [u8; 16],
+    /// Prefix length the address is masked to.
+    pub prefix_len: u32,
+    /// [`family::V4`] or [`family::V6`].
+    pub family: u32,
+    /// [`hit_list::ALLOW`] or [`hit_list::DENY`].
+    pub list: u32,
+    /// Zero.
+    pub reserved: u32,
+}
+
 /// Address family tags used in [`DropEvent::family`].
 pub mod family {
     /// IPv4: the address is in the first 4 bytes.
@@ -263,6 +297,7 @@ mod pod {
     unsafe impl aya::Pod for super::Config {}
     unsafe impl aya::Pod for super::Counter {}
     unsafe impl aya::Pod for super::DropEvent {}
+    unsafe impl aya::Pod for super::HitKey {}
 }
 
 /// Compile-time checks that the layouts have no padding.
@@ -272,6 +307,7 @@ const _: () = {
     assert!(core::mem::size_of::<Config>() == 16);
     assert!(core::mem::size_of::<Counter>() == 16);
     assert!(core::mem::size_of::<DropEvent>() == 48);
+    assert!(core::mem::size_of::<HitKey>() == 32);
 };
 
 #[cfg(test)]

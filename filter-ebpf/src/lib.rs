@@ -12,14 +12,15 @@ use aya_ebpf::{
     bindings::xdp_action,
     helpers::bpf_ktime_get_boot_ns,
     macros::map,
-    maps::{Array, HashMap, LpmTrie, PerCpuArray, RingBuf, lpm_trie::Key},
+    maps::{Array, HashMap, LpmTrie, LruPerCpuHashMap, PerCpuArray, RingBuf, lpm_trie::Key},
     programs::XdpContext,
 };
 use portcullis_common::{
-    Config, Counter, Deadlines, DropEvent, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX,
-    IF_COUNTER_SLOTS, IF_SLOT_INDEX, NEVER, V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY,
+    Config, Counter, Deadlines, DropEvent, EVENTS_BYTES, GUARD_HOST, GUARD_PREFIX, HITS_CAPACITY,
+    HitKey, IF_COUNTER_SLOTS, IF_SLOT_INDEX, NEVER, V4_GUARD_WORDS, V4_HOSTS_DEFAULT_CAPACITY,
     V4_NETS_DEFAULT_CAPACITY, V4_WIDE_SLOTS, V6_GUARD_WORDS, V6_HOSTS_DEFAULT_CAPACITY,
-    V6_PREFIXES_DEFAULT_CAPACITY, V6Addr, counter, family, mode, v4_guard_slot, v6_guard_slot,
+    V6_PREFIXES_DEFAULT_CAPACITY, V6Addr, counter, family, hit_list, mode, v4_guard_slot,
+    v6_guard_slot,
 };
 
 /// Two bits per /24 (see `portcullis_common`).
@@ -60,6 +61,53 @@ pub static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 /// Sampled drop events.
 #[map]
 pub static EVENTS: RingBuf = RingBuf::with_byte_size(EVENTS_BYTES, 0);
+/// Packets and bytes per deciding slot and list (allow passes, deny drops), per CPU.
+#[map]
+pub static HITS: LruPerCpuHashMap<HitKey, Counter> =
+    LruPerCpuHashMap::with_max_entries(HITS_CAPACITY, 0);
+
+/// What a lookup found for a source: the deadlines that apply, and the prefix length of the
+/// most specific slot that held any (the hit counter's key; 0 when nothing matched).
+#[derive(Clone, Copy)]
+pub struct Matched {
+    /// Deadlines of every slot covering the source, combined.
+    pub deadlines: Deadlines,
+    /// Prefix length of the most specific non-empty slot.
+    pub slot_len: u32,
+}
+
+impl Matched {
+    /// Nothing matched.
+    pub const NONE: Self = Self {
+        deadlines: Deadlines::EMPTY,
+        slot_len: 0,
+    };
+
+    /// `d` found in a slot of length `slot_len` (nothing, when `d` is empty).
+    #[inline(always)]
+    #[must_use]
+    pub fn slot(d: Deadlines, slot_len: u32) -> Self {
+        Self {
+            deadlines: d,
+            slot_len: if d.is_empty() { 0 } else { slot_len },
+        }
+    }
+
+    /// Adds a more specific slot: its deadlines join the others, and it keys the hit when
+    /// it holds an entry.
+    #[inline(always)]
+    #[must_use]
+    fn then(self, d: Deadlines, slot_len: u32) -> Self {
+        Self {
+            deadlines: self.deadlines.max(d),
+            slot_len: if d.is_empty() {
+                self.slot_len
+            } else {
+                slot_len
+            },
+        }
+    }
+}
 
 const ETH_HLEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
@@ -206,28 +254,29 @@ fn hash_get<K>(map: &HashMap<K, Deadlines>, key: &K) -> Deadlines {
 /// The deadlines that apply to an IPv4 source (host order). At most one array read for
 /// addresses in a /24 that no entry touches; at most four lookups in all.
 #[inline(always)]
-pub fn classify_v4(addr: u32) -> Deadlines {
+pub fn classify_v4(addr: u32) -> Matched {
     let (word, shift) = v4_guard_slot(addr);
     let bits = guard_bits(&V4_GUARD, word, shift);
     if bits == 0 {
-        return Deadlines::EMPTY;
+        return Matched::NONE;
     }
-    let mut d = Deadlines::EMPTY;
-    if bits & GUARD_HOST != 0 {
-        d = hash_get(&V4_HOSTS, &addr);
-    }
+    let mut m = Matched::NONE;
     if bits & GUARD_PREFIX != 0 {
-        d = d.max(hash_get(&V4_NETS, &(addr >> 8)));
         if let Some(w) = V4_WIDE.get(addr >> 16) {
-            d = d.max(*w);
+            m = Matched::slot(*w, 16);
         }
+        m = m.then(hash_get(&V4_NETS, &(addr >> 8)), 24);
     }
-    d
+    if bits & GUARD_HOST != 0 {
+        m = m.then(hash_get(&V4_HOSTS, &addr), 32);
+    }
+    m
 }
 
-/// The deadlines that apply to an IPv6 source.
+/// The deadlines that apply to an IPv6 source. Hits are keyed by the whole source (the
+/// trie does not say which prefix matched).
 #[inline(always)]
-pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Deadlines {
+pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Matched {
     let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
     let (word, shift) = v6_guard_slot(top);
     let mut bits = guard_bits(&V6_GUARD, word, shift);
@@ -235,7 +284,7 @@ pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Deadlines {
         bits |= GUARD_PREFIX;
     }
     if bits == 0 {
-        return Deadlines::EMPTY;
+        return Matched::NONE;
     }
     let mut d = Deadlines::EMPTY;
     if bits & GUARD_HOST != 0 {
@@ -246,7 +295,7 @@ pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Deadlines {
     {
         d = d.max(*p);
     }
-    d
+    Matched::slot(d, 128)
 }
 
 /// First counter of the interface the packet arrived on (one inlined array read).
@@ -275,17 +324,55 @@ fn count(index: u32, bytes: u64) -> u64 {
     }
 }
 
+/// Counts a packet for the slot that decided it (`list`): one per-CPU hash update, on the
+/// hit path only.
+#[inline(always)]
+fn count_hit(addr: &[u8; 16], m: &Matched, fam: u32, list: u32, bytes: u64) {
+    let mut key = HitKey {
+        addr: *addr,
+        prefix_len: m.slot_len,
+        family: fam,
+        list,
+        reserved: 0,
+    };
+    if fam == family::V4 && m.slot_len < 32 {
+        let host = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
+        let net = (host & !(u32::MAX >> m.slot_len)).to_be_bytes();
+        key.addr[0] = net[0];
+        key.addr[1] = net[1];
+        key.addr[2] = net[2];
+        key.addr[3] = net[3];
+    }
+    match HITS.get_ptr_mut(&key) {
+        Some(c) => {
+            // SAFETY: per-CPU value, only this CPU writes it while we run.
+            let c = unsafe { &mut *c };
+            c.packets += 1;
+            c.bytes += bytes;
+        }
+        None => {
+            // A full map evicts the least recently hit slot; a failed insert loses one count,
+            // never the verdict.
+            let _ = HITS.insert(&key, &Counter { packets: 1, bytes }, 0);
+        }
+    }
+}
+
 /// Turns deadlines into an XDP action: allow beats deny; expired entries do not match. The
-/// clock is read only when a slot matched, so unlisted traffic never pays for it.
+/// clock is read only when a slot matched, so unlisted traffic never pays for it. With
+/// `hits`, the deciding slot's hit counter is bumped.
 #[inline(always)]
 fn decide(
     ctx: &XdpContext,
-    d: Deadlines,
+    m: Matched,
     cfg: &Config,
     addr: [u8; 16],
     fam: u32,
     vlan: u32,
+    hits: bool,
 ) -> u32 {
+    let d = m.deadlines;
+    let hits = hits && cfg.hits_off == 0;
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let base = counter_base(ctx);
     if d.is_empty() {
@@ -301,6 +388,9 @@ fn decide(
     };
     if d.allow_until > now {
         count(base + counter::PASS_ALLOWED, bytes);
+        if hits {
+            count_hit(&addr, &m, fam, hit_list::ALLOW, bytes);
+        }
         return xdp_action::XDP_PASS;
     }
     if d.deny_until <= now {
@@ -313,6 +403,9 @@ fn decide(
         (counter::DROP_DENIED, xdp_action::XDP_DROP)
     };
     let seen = count(base + verdict, bytes);
+    if hits {
+        count_hit(&addr, &m, fam, hit_list::DENY, bytes);
+    }
     if seen & u64::from(cfg.sample_mask) == 0 {
         let event = DropEvent {
             addr,
@@ -335,22 +428,24 @@ const DEFAULT_CONFIG: Config = Config {
     mode: mode::ENFORCE,
     sample_mask: 63,
     v6_unguarded: 0,
-    reserved: 0,
+    hits_off: 0,
 };
 
 /// The whole per-packet path: parse, look up, decide, count.
 #[inline(always)]
 pub fn filter(ctx: &XdpContext) -> u32 {
-    filter_with(ctx, classify_v4, classify_v6)
+    filter_with(ctx, classify_v4, classify_v6, true)
 }
 
 /// [`filter`] with the lookups passed in, so benchmark programs can swap the map layout while
-/// parsing, deciding and counting stay the very same code.
+/// parsing, deciding and counting stay the very same code; `hits` turns the per-slot hit
+/// counters on (production) or off (to measure what they cost).
 #[inline(always)]
 pub fn filter_with(
     ctx: &XdpContext,
-    lookup_v4: impl Fn(u32) -> Deadlines,
-    lookup_v6: impl Fn(&[u8; 16], &Config) -> Deadlines,
+    lookup_v4: impl Fn(u32) -> Matched,
+    lookup_v6: impl Fn(&[u8; 16], &Config) -> Matched,
+    hits: bool,
 ) -> u32 {
     let cfg = match CONFIG.get(0) {
         Some(c) => *c,
@@ -366,7 +461,15 @@ pub fn filter_with(
                 bytes[1] = be[1];
                 bytes[2] = be[2];
                 bytes[3] = be[3];
-                decide(ctx, lookup_v4(addr), &cfg, bytes, family::V4, parsed.vlan)
+                decide(
+                    ctx,
+                    lookup_v4(addr),
+                    &cfg,
+                    bytes,
+                    family::V4,
+                    parsed.vlan,
+                    hits,
+                )
             }
             None => truncated(ctx),
         },
@@ -378,6 +481,7 @@ pub fn filter_with(
                 addr,
                 family::V6,
                 parsed.vlan,
+                hits,
             ),
             None => truncated(ctx),
         },

@@ -7,7 +7,12 @@
 //! entry covers. In the same run, the same probes go through one kernel LPM trie (`lpm_only`)
 //! and one exact-match hash of the hosts (`hash_only`, a cost reference, not a filter); at 10k
 //! entries Debian's `xdp-filter` gets the same hosts and both it and Portcullis's production
-//! program are measured by one method: 4096 distinct frames, each run 8 times.
+//! program are measured by one method: 4096 distinct frames, each run 8 times. The production
+//! program counts hits per deciding slot; `uncounted` is the same program without those
+//! counters, so the pair shows what they cost on the hit path (and that the miss path,
+//! which never reaches them, is unchanged). The hit probes are 65 536 distinct addresses,
+//! more slots than the counter map holds: every hit may evict a key, the worst case; the
+//! "hit, 1k sources" case cycles through 1024 of them, whose counters stay in the map.
 //!
 //! Writes `target/bench/xdp.json` and prints a markdown table.
 
@@ -28,6 +33,10 @@ use portcullis_tests::netns::{NetnsPair, in_netns};
 use portcullis_tests::report::{self, Table};
 
 const PROBES: usize = 1 << 16;
+/// Distinct sources of the steady "hot" hit case.
+const HOT_SOURCES: usize = 1024;
+/// The steady hit case's name.
+const HOT: &str = "hit, 1k sources";
 const REPEAT: u32 = 1 << 18;
 const DENY: Deadlines = Deadlines {
     allow_until: 0,
@@ -39,6 +48,7 @@ struct Row {
     entries: usize,
     case: &'static str,
     portcullis: f64,
+    uncounted: f64,
     lpm: f64,
     hash: f64,
     base: f64,
@@ -53,13 +63,14 @@ impl Row {
         family: &'static str,
         entries: usize,
         case: &'static str,
-        [portcullis, lpm, hash, base, empty]: [f64; 5],
+        [portcullis, uncounted, lpm, hash, base, empty]: [f64; 6],
     ) -> Self {
         Self {
             family,
             entries,
             case,
             portcullis,
+            uncounted,
             lpm,
             hash,
             base,
@@ -210,15 +221,16 @@ impl AddrList {
                 .any(|len| self.prefixes[usize::from(len)].contains(&(a & self.mask(len))))
     }
 
-    /// [`PROBES`] source addresses: covered by an entry (`case` "hit") or not ("miss").
+    /// [`PROBES`] source addresses: covered by an entry (`case` "hit"), the same
+    /// [`HOT_SOURCES`] covered addresses over and over ("hit, 1k sources": a steady set of
+    /// attackers, whose hit counters stay in the map), or covered by none ("miss").
     fn probes(&self, case: &str, rng: &mut Rng) -> Vec<u128> {
+        let hot: Vec<u128> = (0..HOT_SOURCES).map(|_| self.hit(rng)).collect();
         (0..PROBES)
-            .map(|_| {
-                if case == "hit" {
-                    self.hit(rng)
-                } else {
-                    self.miss(rng)
-                }
+            .map(|i| match case {
+                "hit" => self.hit(rng),
+                HOT => hot[i % HOT_SOURCES],
+                _ => self.miss(rng),
             })
             .collect()
     }
@@ -257,12 +269,14 @@ fn bench_filter() -> anyhow::Result<Filter> {
     })?)
 }
 
-/// Per-packet ns of: production layout, LPM only, hash only, harness, empty program.
-fn run_variants(f: &mut Filter, frame: &[u8]) -> anyhow::Result<[f64; 5]> {
+/// Per-packet ns of: production layout, without hit counters, LPM only, hash only, harness,
+/// empty program.
+fn run_variants(f: &mut Filter, frame: &[u8]) -> anyhow::Result<[f64; 6]> {
     measure_all(
         f,
         [
             "bench_portcullis",
+            "bench_uncounted",
             "bench_lpm",
             "bench_hash",
             "bench_base",
@@ -304,7 +318,7 @@ fn main() -> anyhow::Result<()> {
         f.raw_update("PROBE_MASK", &[0u32], &[(PROBES - 1) as u32])?;
         let frame = frames::ipv4(Ipv4Addr::new(198, 18, 0, 2), &[], 0);
         let idx: Vec<u32> = (0..PROBES as u32).collect();
-        for case in ["hit", "miss"] {
+        for case in ["hit", HOT, "miss"] {
             let probes: Vec<u32> = list
                 .probes(case, &mut rng)
                 .into_iter()
@@ -337,7 +351,7 @@ fn main() -> anyhow::Result<()> {
         f.raw_update("PROBE_MASK", &[0u32], &[(PROBES - 1) as u32])?;
         let frame = frames::ipv6("2001:db8::2".parse::<Ipv6Addr>()?, &[]);
         let idx: Vec<u32> = (0..PROBES as u32).collect();
-        for case in ["hit", "miss"] {
+        for case in ["hit", HOT, "miss"] {
             let probes: Vec<[u8; 16]> = list
                 .probes(case, &mut rng)
                 .into_iter()
@@ -447,7 +461,8 @@ fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Res
         .map(|r| {
             serde_json::json!({
                 "family": r.family, "entries": r.entries, "case": r.case,
-                "portcullis_ns": r.portcullis, "lpm_only_ns": r.lpm, "hash_only_ns": r.hash,
+                "portcullis_ns": r.portcullis, "uncounted_ns": r.uncounted,
+                "lpm_only_ns": r.lpm, "hash_only_ns": r.hash,
                 "xdp_filter_ns": r.xdp_filter, "portcullis_per_frame_ns": r.portcullis_frames,
                 "harness_ns": r.base, "empty_program_ns": r.empty,
             })
@@ -461,6 +476,7 @@ fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Res
         ">entries",
         "case",
         ">portcullis",
+        ">without hit counters",
         ">lpm_only",
         ">hash_only",
         ">xdp-filter",
@@ -481,6 +497,11 @@ fn report(rows: &[Row], bulk: Option<f64>, lpm_load: Option<f64>) -> anyhow::Res
             r.entries.to_string(),
             r.case.to_string(),
             report::num(r.portcullis),
+            format!(
+                "{} ({:+.1})",
+                report::num(r.uncounted),
+                r.portcullis - r.uncounted
+            ),
             report::num(r.lpm),
             report::num(r.hash),
             xf,

@@ -10,7 +10,7 @@ use portcullis::kernel::sys::boottime_ns;
 use portcullis::kernel::{Capacity, Filter, KernelError, KernelState, LoadOptions, PROGRAM};
 use portcullis::model::Cidr;
 use portcullis::model::List;
-use portcullis_common::{NEVER, counter, mode};
+use portcullis_common::{HitKey, NEVER, counter, mode};
 use portcullis_tests::frames::{self, Tag};
 use portcullis_tests::{PinDir, privileged};
 
@@ -166,6 +166,89 @@ fn allow_inside_deny_expiry_and_monitor() {
         run(&mut f, &frames::ipv4(v4("198.18.0.10"), &[], 0)),
         XDP_DROP
     );
+}
+
+/// The hit counter of one slot key (0 when the kernel has none).
+fn hits_of(f: &Filter, addr: IpAddr, prefix_len: u32, list: u32) -> (u64, u64) {
+    let (bytes, family) = match addr {
+        IpAddr::V4(a) => {
+            let mut b = [0u8; 16];
+            b[..4].copy_from_slice(&a.octets());
+            (b, portcullis_common::family::V4)
+        }
+        IpAddr::V6(a) => (a.octets(), portcullis_common::family::V6),
+    };
+    let key = HitKey {
+        addr: bytes,
+        prefix_len,
+        family,
+        list,
+        reserved: 0,
+    };
+    f.hit_counts()
+        .expect("hit counters")
+        .into_iter()
+        .find(|(k, _)| *k == key)
+        .map_or((0, 0), |(_, c)| (c.packets, c.bytes))
+}
+
+#[test]
+fn hit_counters_count_each_deciding_slot_exactly() {
+    privileged!();
+    let mut f = load();
+    put(&mut f, List::Deny, "198.18.0.0/16", NEVER);
+    put(&mut f, List::Allow, "198.18.9.9", NEVER);
+    put(&mut f, List::Deny, "198.19.5.0/24", NEVER);
+    put(&mut f, List::Deny, "198.19.6.128/25", NEVER);
+    put(&mut f, List::Deny, "2001:db8:bad::/48", NEVER);
+    let send = |f: &mut Filter, ip: &str, times: usize, expect: u32| -> u64 {
+        let frame = match ip.parse::<IpAddr>().expect("test address") {
+            IpAddr::V4(a) => frames::ipv4(a, &[], 0),
+            IpAddr::V6(a) => frames::ipv6(a, &[]),
+        };
+        for _ in 0..times {
+            assert_eq!(run(f, &frame), expect, "{ip}");
+        }
+        frame.len() as u64
+    };
+    // Two sources in the denied /16 share its slot: one key, masked to the /16.
+    let a = send(&mut f, "198.18.1.1", 3, XDP_DROP);
+    let b = send(&mut f, "198.18.200.5", 2, XDP_DROP);
+    let net = send(&mut f, "198.19.5.9", 4, XDP_DROP);
+    let host = send(&mut f, "198.19.6.200", 1, XDP_DROP);
+    let allowed = send(&mut f, "198.18.9.9", 2, XDP_PASS);
+    let v6 = send(&mut f, "2001:db8:bad::1", 2, XDP_DROP);
+    send(&mut f, "198.20.0.1", 3, XDP_PASS);
+    send(&mut f, "2001:db8:bae::1", 3, XDP_PASS);
+    let deny = portcullis_common::hit_list::DENY;
+    let allow = portcullis_common::hit_list::ALLOW;
+    let ip = |s: &str| s.parse::<IpAddr>().expect("test address");
+    assert_eq!(hits_of(&f, ip("198.18.0.0"), 16, deny), (5, 3 * a + 2 * b));
+    assert_eq!(hits_of(&f, ip("198.19.5.0"), 24, deny), (4, 4 * net));
+    assert_eq!(hits_of(&f, ip("198.19.6.200"), 32, deny), (1, host));
+    assert_eq!(hits_of(&f, ip("198.18.9.9"), 32, allow), (2, 2 * allowed));
+    assert_eq!(hits_of(&f, ip("2001:db8:bad::1"), 128, deny), (2, 2 * v6));
+    // The allowed packets are not counted for the deny /16 that also covers them, and
+    // unlisted traffic leaves no key at all.
+    assert_eq!(f.hit_counts().expect("hit counters").len(), 5);
+
+    // Monitor mode counts what it would drop.
+    f.set_mode(mode::MONITOR).expect("monitor");
+    send(&mut f, "198.18.1.1", 1, XDP_PASS);
+    assert_eq!(hits_of(&f, ip("198.18.0.0"), 16, deny).0, 6);
+    // An expired entry no longer matches and no longer counts.
+    put(&mut f, List::Deny, "198.19.5.0/24", boottime_ns() - 1);
+    send(&mut f, "198.19.5.9", 2, XDP_PASS);
+    assert_eq!(hits_of(&f, ip("198.19.5.0"), 24, deny).0, 4);
+    // `hit_counters = false`: verdicts as before, nothing counted.
+    let cfg = f.config().expect("config");
+    f.set_config(portcullis_common::Config { hits_off: 1, ..cfg })
+        .expect("counters off");
+    f.set_mode(mode::ENFORCE).expect("enforce");
+    send(&mut f, "198.18.1.1", 2, XDP_DROP);
+    send(&mut f, "198.18.9.9", 2, XDP_PASS);
+    assert_eq!(hits_of(&f, ip("198.18.0.0"), 16, deny).0, 6);
+    assert_eq!(hits_of(&f, ip("198.18.9.9"), 32, allow).0, 2);
 }
 
 #[test]

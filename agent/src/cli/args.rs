@@ -269,8 +269,8 @@ pub enum ListVerb {
         /// Which entries.
         #[command(flatten)]
         which: Selection,
-        /// The entries traffic hits instead, most first: estimated packets dropped since the
-        /// agent started and the last hit, from the drop samples (deny list only).
+        /// The IP entries traffic hits instead, most first: packets and bytes the XDP filter
+        /// let through (allow) or dropped (deny) for each since the agent started, and when.
         #[arg(long)]
         hits: bool,
         /// `--json`.

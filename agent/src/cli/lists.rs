@@ -57,7 +57,7 @@ pub(super) fn list_verb(cli: &Cli, list: List, verb: &ListVerb) -> anyhow::Resul
 }
 
 /// `allow|deny list`: the entries, as a table, in ASE's words, or as JSON.
-/// `deny list --hits`: the entries traffic hits, most first.
+/// `allow|deny list --hits`: the entries traffic hits, most first.
 fn show_hits(cli: &Cli, list: List, json: bool) -> anyhow::Result<()> {
     let r = call(cli, &Request::Hits { list, limit: None })?;
     if json {
@@ -65,14 +65,21 @@ fn show_hits(cli: &Cli, list: List, json: bool) -> anyhow::Result<()> {
     }
     let hits: Vec<crate::control::answer::EntryHits> = decode(r)?;
     if hits.is_empty() {
-        println!(
-            "no {list} entry has been hit since the agent started (hits come from the drop samples)"
-        );
+        println!("no {list} entry has been hit since the agent started");
         return Ok(());
     }
-    println!("{:<44} {:>14}  LAST HIT", "ENTRY", "~PACKETS");
+    println!(
+        "{:<44} {:>14} {:>16}  LAST HIT",
+        "ENTRY", "PACKETS", "BYTES"
+    );
     for h in &hits {
-        println!("{:<44} {:>14}  {}", h.entry, h.packets, ago(h.last_hit));
+        println!(
+            "{:<44} {:>14} {:>16}  {}",
+            h.entry,
+            h.packets,
+            h.bytes,
+            ago(h.last_hit)
+        );
     }
     Ok(())
 }

@@ -112,6 +112,9 @@ pub struct Config {
     /// One drop event in this many is sampled (power of two); the log shows up to 16
     /// samples a second and one summary line of all of them.
     pub drop_sample_every: u32,
+    /// Whether the XDP program counts the packets each allow and deny entry decides
+    /// (`allow|deny list --hits`); off saves a hash update per listed packet.
+    pub hit_counters: bool,
     /// Kernel map capacities.
     pub capacity: CapacityConfig,
     /// The L7 checker (TLS-terminating proxy); off unless a listener is set.
@@ -143,6 +146,7 @@ impl Default for Config {
             prune_interval: "10s".into(),
             shutdown_grace: "5s".into(),
             drop_sample_every: 64,
+            hit_counters: true,
             capacity: CapacityConfig::default(),
             checker: crate::checker::CheckerConfig::default(),
             abs: AbsConfig::default(),

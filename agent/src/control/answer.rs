@@ -379,14 +379,18 @@ pub struct ApiShown {
     pub ignored_fields: Vec<String>,
 }
 
-/// One deny entry's sampled hits (`deny list --hits`).
+/// One entry's hits (`allow|deny list --hits`), from the kernel's per-slot counters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EntryHits {
     /// The entry (an IP or CIDR).
     pub entry: String,
-    /// Estimated packets dropped by it since the agent started (samples × sampling rate).
+    /// Packets it decided (allow: passed, deny: dropped or, in monitor mode, would have)
+    /// since the agent started.
     pub packets: u64,
-    /// Unix seconds of its last sampled drop.
+    /// Bytes of those packets (whole frames).
+    #[serde(default)]
+    pub bytes: u64,
+    /// Unix seconds of the last counter read (once a second) that saw it grow.
     pub last_hit: i64,
 }
 

@@ -150,7 +150,7 @@ pub enum Request {
     /// Read the configuration file again and apply it (as SIGHUP does); a file that does
     /// not validate is refused with the reason and the running configuration stays. Root.
     Reload,
-    /// The entries traffic hits, most first, from the drop samples (deny list only).
+    /// The IP entries of a list traffic hits, most first, from the kernel's hit counters.
     Hits {
         /// Which list.
         list: List,

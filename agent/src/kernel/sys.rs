@@ -186,13 +186,18 @@ pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> 
     batch::<K, u8>(BPF_MAP_DELETE_BATCH, map, keys, None)
 }
 
-/// Reads every element of an array map of `len` entries (`BPF_MAP_LOOKUP_BATCH`), in index
-/// order: one call per [`BATCH`] elements instead of one per element.
-pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
-    let mut values = vec![V::default(); len as usize];
-    let mut keys = vec![0u32; len as usize];
+/// Reads up to `keys.len()` elements (`BPF_MAP_LOOKUP_BATCH`, one call per [`BATCH`]
+/// elements) into `keys` and `values` (`per_key` values per key: the CPU count for per-CPU
+/// maps, else 1); returns how many were read.
+fn lookup_batch<K: Copy, V: Copy>(
+    map: BorrowedFd<'_>,
+    keys: &mut [K],
+    values: &mut [V],
+    per_key: usize,
+) -> io::Result<usize> {
+    assert_eq!(keys.len() * per_key, values.len(), "values for every key");
     let mut cursor = 0u32;
-    let done = in_batches(values.len(), Walk::Lookup, |done, n| {
+    in_batches(keys.len(), Walk::Lookup, |done, n| {
         let mut attr = BatchAttr {
             in_batch: if done == 0 {
                 0
@@ -201,20 +206,48 @@ pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Res
             },
             out_batch: &raw mut cursor as u64,
             keys: keys[done..].as_mut_ptr() as u64,
-            values: values[done..].as_mut_ptr() as u64,
+            values: values[done * per_key..].as_mut_ptr() as u64,
             count: n as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
         let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         (res, attr.count as usize)
-    })?;
+    })
+}
+
+/// Reads every element of an array map of `len` entries, in index order: one call per
+/// [`BATCH`] elements instead of one per element.
+pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
+    let mut values = vec![V::default(); len as usize];
+    let mut keys = vec![0u32; len as usize];
+    let done = lookup_batch(map, &mut keys, &mut values, 1)?;
     if done != values.len() || keys.iter().enumerate().any(|(i, k)| *k as usize != i) {
         return Err(io::Error::other(format!(
             "array lookup returned {done} of {len} elements out of order"
         )));
     }
     Ok(values)
+}
+
+/// Reads every element of a per-CPU hash map of `capacity` entries: the keys, and for each
+/// key `cpus` values in CPU order. `V`'s size must be a multiple of 8 (per-CPU values are
+/// 8-byte aligned). Elements added or evicted meanwhile may be missed or seen.
+pub fn lookup_percpu_hash<K: Copy + Default, V: Copy + Default>(
+    map: BorrowedFd<'_>,
+    capacity: u32,
+    cpus: usize,
+) -> io::Result<(Vec<K>, Vec<V>)> {
+    assert!(
+        std::mem::size_of::<V>().is_multiple_of(8),
+        "per-CPU values are 8-byte aligned"
+    );
+    let mut keys = vec![K::default(); capacity as usize];
+    let mut values = vec![V::default(); capacity as usize * cpus];
+    let done = lookup_batch(map, &mut keys, &mut values, cpus)?;
+    keys.truncate(done);
+    values.truncate(done * cpus);
+    Ok((keys, values))
 }
 
 /// Result of one `BPF_PROG_TEST_RUN`.

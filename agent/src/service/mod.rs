@@ -412,15 +412,9 @@ impl Service {
             Request::ApiList => self.api_list().map(Response::ok),
             Request::ApiShow { name } => self.api_show(&name).map(Response::ok),
             Request::Stats => self.stats().map(Response::ok),
-            Request::Hits { list, limit } => {
-                if list == List::Allow {
-                    Err(ServiceError::BadRequest(
-                        "hits are counted for deny entries only: they come from the drop samples, and allowed packets are not sampled".into(),
-                    ))
-                } else {
-                    Ok(Response::ok(self.deny_hits(limit.unwrap_or(usize::MAX))))
-                }
-            }
+            Request::Hits { list, limit } => Ok(Response::ok(
+                self.entry_hits(list, limit.unwrap_or(usize::MAX)),
+            )),
             _ => Err(ServiceError::BadRequest(
                 "internal error: a write was routed as a read".into(),
             )),

@@ -13,6 +13,7 @@ pub const LIVE_KEYS: &[&str] = &[
     "xdp_mode",
     "mode",
     "drop_sample_every",
+    "hit_counters",
     "management_networks",
     "min_deny_prefix_v4",
     "min_deny_prefix_v6",
@@ -37,6 +38,7 @@ impl Service {
         next.xdp_mode = new.xdp_mode;
         next.mode = new.mode;
         next.drop_sample_every = new.drop_sample_every;
+        next.hit_counters = new.hit_counters;
         next.management_networks
             .clone_from(&new.management_networks);
         next.min_deny_prefix_v4 = new.min_deny_prefix_v4;
@@ -58,10 +60,14 @@ impl Service {
         }
     }
 
-    /// Enforce or monitor, and the sampling rate, as `to` says (when they differ from `from`).
+    /// Enforce or monitor, the sampling rate and the hit counters, as `to` says (when they
+    /// differ from `from`).
     fn set_kernel_mode(&mut self, to: &Config, from: &Config) -> Result<Vec<String>, ServiceError> {
         let mut done = Vec::new();
-        if to.mode == from.mode && to.drop_sample_every == from.drop_sample_every {
+        if to.mode == from.mode
+            && to.drop_sample_every == from.drop_sample_every
+            && to.hit_counters == from.hit_counters
+        {
             return Ok(done);
         }
         if let Some(f) = &self.filter {
@@ -72,6 +78,7 @@ impl Service {
             f.set_config(portcullis_common::Config {
                 mode,
                 sample_mask: to.drop_sample_every - 1,
+                hits_off: u32::from(!to.hit_counters),
                 ..f.config()?
             })?;
         }
@@ -81,6 +88,9 @@ impl Service {
         }
         if to.drop_sample_every != from.drop_sample_every {
             done.push(format!("drop_sample_every {}", to.drop_sample_every));
+        }
+        if to.hit_counters != from.hit_counters {
+            done.push(format!("hit_counters {}", to.hit_counters));
         }
         Ok(done)
     }

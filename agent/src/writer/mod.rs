@@ -54,8 +54,8 @@ pub struct MetricsData {
     pub fleet: Option<crate::control::answer::FleetState>,
     /// The ABS feed, when configured.
     pub abs: Option<crate::control::answer::AbsState>,
-    /// The most-hit deny entries (see `crate::service::hits`).
-    pub top_hits: Vec<crate::control::answer::EntryHits>,
+    /// The most-hit deny and allow entries (see `crate::service::hits`).
+    pub top_hits: Vec<(crate::model::List, crate::control::answer::EntryHits)>,
 }
 
 enum Write {
@@ -419,7 +419,15 @@ fn read(service: &Service, r: Read) {
                     counts: service.counts().unwrap_or_default(),
                     fleet: service.board().fleet(),
                     abs: service.board().abs(),
-                    top_hits: service.deny_hits(crate::metrics::TOP_HITS),
+                    top_hits: [crate::model::List::Deny, crate::model::List::Allow]
+                        .into_iter()
+                        .flat_map(|l| {
+                            service
+                                .entry_hits(l, crate::metrics::TOP_HITS)
+                                .into_iter()
+                                .map(move |h| (l, h))
+                        })
+                        .collect(),
                 },
                 |_| MetricsData {
                     stats: Default::default(),

@@ -182,10 +182,11 @@ pub(super) fn data(map: &Map) -> &MapData {
         | Map::PerCpuArray(d)
         | Map::RingBuf(d)
         | Map::PerCpuHashMap(d)
+        | Map::PerCpuLruHashMap(d)
         | Map::DevMap(d) => d,
         _ => unreachable!(
-            "Portcullis uses only array, hash, LPM, per-CPU array, ring buffer and (in the \
-             benchmarks) device maps"
+            "Portcullis uses only array, hash, LPM, per-CPU array and LRU hash, ring buffer \
+             and (in the benchmarks) device maps"
         ),
     }
 }

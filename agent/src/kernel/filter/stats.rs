@@ -1,5 +1,7 @@
 //! Reading what the filter did: verdict counters (overall and per interface) and the sampled
-//! drop events.
+//! drop events, and the per-slot hit counters.
+
+use portcullis_common::HitKey;
 
 use super::*;
 
@@ -42,6 +44,35 @@ impl Filter {
             }
         }
         Ok(out)
+    }
+
+    /// The kernel's hit counters: packets and bytes per deciding slot and list, summed over
+    /// CPUs. Counts only grow while a key stays in the map; an evicted key starts again.
+    pub fn hit_counts(&self) -> Result<Vec<(HitKey, Counter)>, KernelError> {
+        let err = |source| KernelError::Map {
+            op: "reading",
+            map: map_name::HITS,
+            source,
+        };
+        let cpus = sys::possible_cpus().map_err(err)?;
+        let (keys, values) = sys::lookup_percpu_hash::<HitKey, Counter>(
+            self.fd(map_name::HITS),
+            common::HITS_CAPACITY,
+            cpus,
+        )
+        .map_err(err)?;
+        Ok(keys
+            .into_iter()
+            .zip(values.chunks(cpus))
+            .map(|(k, per_cpu)| {
+                let mut sum = Counter::default();
+                for c in per_cpu {
+                    sum.packets += c.packets;
+                    sum.bytes += c.bytes;
+                }
+                (k, sum)
+            })
+            .collect())
     }
 
     /// Takes the sampled drop events waiting in the ring buffer.
