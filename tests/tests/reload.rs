@@ -1,5 +1,5 @@
 //! Reloading the configuration while the agent runs (`portcullis reload`, SIGHUP): what can
-//! change live changes (interfaces, enforce/monitor, the ABS feed), what cannot is named, and
+//! change live changes (interfaces, enforce/monitor, the ABS feed, the fleet), what cannot is named, and
 //! a file that does not validate is refused with the reason while the old one keeps running.
 
 use std::net::TcpListener;
@@ -10,6 +10,7 @@ use portcullis_tests::agent::{Agent, AgentDirs, AgentOpts, TempGroup, answer, er
 use portcullis_tests::fake_abs::{Answer, FakeAbs};
 use portcullis_tests::netns::{CLIENT_V4, NetnsPair, SERVER_V4, run};
 use portcullis_tests::privileged;
+use portcullis_tests::redis::Redis;
 
 fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -236,4 +237,82 @@ fn a_broken_api_file_refuses_the_reload_and_no_api_vanishes() {
             .any(|a| a == "checker: TLS certificate read again"),
         "{r:?}"
     );
+}
+
+#[test]
+fn reload_joins_switches_and_leaves_the_fleet() {
+    privileged!();
+    let root = std::env::temp_dir().join(portcullis_tests::unique("pcredis"));
+    let port = portcullis_tests::checker_setup::free_port();
+    let _redis = Redis::start(root, port, "127.0.0.1", None, false).expect("redis");
+    let fleet = |name: &str, host: &str| {
+        format!(
+            "[fleet]\nredis = \"redis://127.0.0.1:{port}\"\nname = \"{name}\"\nhost = \"{host}\"\n"
+        )
+    };
+    let (x, y) = (
+        portcullis_tests::unique("fleetx"),
+        portcullis_tests::unique("fleety"),
+    );
+    let (da, db) = (AgentDirs::new(), AgentDirs::new());
+    let a = Agent::with_config(&da, fleet(&x, "a")).expect("agent a");
+    let b = Agent::with_config(&db, String::new()).expect("agent b");
+    let has = |agent: &Agent, ip: &str| {
+        agent
+            .entries("deny")
+            .iter()
+            .any(|e| e.value == ip || e.value.strip_suffix("/32") == Some(ip))
+    };
+    let in_sync = |agent: &Agent, name: &str| {
+        agent
+            .status()
+            .fleet
+            .is_some_and(|f| f.fleet == name && f.state == "in sync" && f.queued == 0)
+    };
+
+    // B joins fleet X by a reload: both ways, down to each other's lists.
+    write_config(&db, &fleet(&x, "b"));
+    let r: Reloaded = answer(&b.cli(&["reload", "--json"]));
+    assert!(
+        r.applied
+            .iter()
+            .any(|l| l.starts_with(&format!("fleet sync restarted ({x} on redis://127.0.0.1"))),
+        "{r:?}"
+    );
+    assert!(r.restart_needed.is_empty(), "{r:?}");
+    wait_for("B in sync with X", || in_sync(&b, &x));
+    a.add("deny", &[&["ip", "198.18.90.1"]]);
+    wait_for("A's deny on B", || has(&b, "198.18.90.1"));
+    b.add("deny", &[&["ip", "198.18.90.2"]]);
+    wait_for("B's deny on A", || has(&a, "198.18.90.2"));
+
+    // A reload that changes nothing fleet-wise leaves the engine alone.
+    let r: Reloaded = answer(&b.cli(&["reload", "--json"]));
+    assert!(!r.applied.iter().any(|l| l.contains("fleet")), "{r:?}");
+
+    // B moves to fleet Y: it syncs there, and X's later changes no longer reach it.
+    write_config(&db, &fleet(&y, "b"));
+    let r: Reloaded = answer(&b.cli(&["reload", "--json"]));
+    assert!(
+        r.applied
+            .iter()
+            .any(|l| l.starts_with(&format!("fleet sync restarted ({y} "))),
+        "{r:?}"
+    );
+    wait_for("B in sync with Y", || in_sync(&b, &y));
+    a.add("deny", &[&["ip", "198.18.90.3"]]);
+    wait_for("A in sync", || in_sync(&a, &x));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!has(&b, "198.18.90.3"), "X's change reached B in Y");
+    assert!(has(&b, "198.18.90.2"), "B's own entry stays");
+
+    // B leaves: no fleet in its status, and its changes go nowhere.
+    write_config(&db, "");
+    let r: Reloaded = answer(&b.cli(&["reload", "--json"]));
+    assert!(r.applied.contains(&"fleet sync off".to_string()), "{r:?}");
+    assert!(b.status().fleet.is_none());
+    b.add("deny", &[&["ip", "198.18.90.4"]]);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(!has(&a, "198.18.90.4"));
+    assert!(in_sync(&a, &x), "A carries on");
 }

@@ -110,15 +110,7 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
         tracing::info!(url = %config.abs.url, poll = %config.abs.poll, "ABS feed on");
     }
     let abs = reload::AbsTask::start(abs, &writer);
-    if let Some(fleet) = fleet {
-        tracing::info!(fleet = %config.fleet.name, redis = %config.fleet.redacted_url(), "fleet sync on");
-        tasks.push(tokio::spawn(crate::fleet::run(
-            config.fleet.clone(),
-            writer.clone(),
-            fleet,
-            stop_rx.clone(),
-        )));
-    }
+    let fleet = reload::FleetTask::start(&config.fleet, fleet, &writer);
     tracing::info!(socket = %config.socket.display(), metrics = %config.metrics, "agent ready");
     notify.send("READY=1");
     notify.status(&ready_status(&config, &board));
@@ -127,6 +119,7 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
     let reloads = reload::Reloads::new(
         reload::Reloader::new(source, config.clone()),
         abs,
+        fleet,
         writer.clone(),
         checker.as_ref().map(checker::Running::files),
         notify.clone(),
@@ -349,8 +342,10 @@ async fn run_until_signal(
                 // Apart from pruning: a DNS outage may hold a reading for a while.
                 if reading.as_ref().is_none_or(JoinHandle::is_finished) {
                     let servers = checker.map(checker::Running::server_hosts).unwrap_or_default();
-                    let redis = config.fleet.redis_host();
-                    let abs_url = reloads.current().abs.url.clone();
+                    let (abs_url, redis) = {
+                        let now = reloads.current();
+                        (now.abs.url.clone(), now.fleet.redis_host())
+                    };
                     let names = infrastructure::names(
                         &abs_url,
                         servers.iter().map(String::as_str).chain(redis.as_deref()),

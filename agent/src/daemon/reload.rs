@@ -3,8 +3,9 @@
 //! pass is refused with the reason and nothing changes. Otherwise what can change while the
 //! agent runs does: the service's live keys ([`crate::service::LIVE_KEYS`]: interfaces, mode,
 //! drop sampling, safety limits), the checker's certificate and API definitions (re-read from
-//! their files), and the ABS feed (restarted with its new settings). Everything else that
-//! differs from what the agent started with is named as needing a restart.
+//! their files), the ABS feed and the fleet link (each restarted with its new settings, or
+//! stopped). Everything else that differs from what the agent started with is named as
+//! needing a restart.
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -23,9 +24,27 @@ use crate::writer::Writer;
 /// started with, validated.
 pub type ConfigSource = Box<dyn Fn() -> anyhow::Result<Config> + Send + Sync>;
 
+/// A background task and its stop signal (`None`: not running).
+type Stoppable = Option<(JoinHandle<()>, watch::Sender<bool>)>;
+
+/// Signals the task to stop and gives it five seconds (a poll or read in flight), then
+/// aborts it.
+async fn stop_task(running: &mut Stoppable) {
+    if let Some((handle, stop)) = running.take() {
+        let _ = stop.send(true);
+        let abort = handle.abort_handle();
+        if tokio::time::timeout(Duration::from_secs(5), handle)
+            .await
+            .is_err()
+        {
+            abort.abort();
+        }
+    }
+}
+
 /// The ABS feed's poller, restartable on its own.
 pub(super) struct AbsTask {
-    running: Option<(JoinHandle<()>, watch::Sender<bool>)>,
+    running: Stoppable,
     /// Kept across restarts: `status` and the metrics go on counting.
     state: Arc<Mutex<AbsState>>,
 }
@@ -54,16 +73,7 @@ impl AbsTask {
 
     /// Stops the poller (a poll in flight gets a few seconds to finish).
     pub(super) async fn stop(&mut self) {
-        if let Some((handle, stop)) = self.running.take() {
-            let _ = stop.send(true);
-            let abort = handle.abort_handle();
-            if tokio::time::timeout(Duration::from_secs(5), handle)
-                .await
-                .is_err()
-            {
-                abort.abort();
-            }
-        }
+        stop_task(&mut self.running).await;
     }
 
     /// Replaces the feed with one built from the new settings (or none).
@@ -82,12 +92,66 @@ impl AbsTask {
     }
 }
 
+/// The fleet engine, restartable on its own (the ABS feed's twin).
+pub(super) struct FleetTask {
+    running: Stoppable,
+}
+
+impl FleetTask {
+    /// Starts the engine with `config` and its state `shared`, when the fleet is on.
+    pub(super) fn start(
+        config: &crate::fleet::FleetConfig,
+        shared: Option<Arc<crate::fleet::Shared>>,
+        writer: &Writer,
+    ) -> Self {
+        let mut task = Self { running: None };
+        if let Some(shared) = shared {
+            task.spawn(config, shared, writer);
+        }
+        task
+    }
+
+    fn spawn(
+        &mut self,
+        config: &crate::fleet::FleetConfig,
+        shared: Arc<crate::fleet::Shared>,
+        writer: &Writer,
+    ) {
+        tracing::info!(fleet = %config.name, redis = %config.redacted_url(), "fleet sync on");
+        let (stop, stopped) = watch::channel(false);
+        let handle = tokio::spawn(crate::fleet::run(
+            config.clone(),
+            writer.clone(),
+            shared,
+            stopped,
+        ));
+        self.running = Some((handle, stop));
+    }
+
+    /// Stops the engine (a read or publish in flight is dropped; what it applied is kept,
+    /// and the next engine resumes from the stored position).
+    pub(super) async fn stop(&mut self) {
+        stop_task(&mut self.running).await;
+    }
+
+    /// Replaces the engine with one for `config` (none when the fleet is off); the list
+    /// writer's outbox follows before the new engine starts.
+    async fn replace(&mut self, config: &crate::fleet::FleetConfig, writer: &Writer) {
+        self.stop().await;
+        let shared = config.enabled().then(|| crate::fleet::shared(config));
+        writer.set_fleet(config.clone(), shared.clone()).await;
+        if let Some(shared) = shared {
+            self.spawn(config, shared, writer);
+        }
+    }
+}
+
 /// Reloads run beside the signal loop (one at a time: a reload waits behind the list
 /// writer's queue and an ABS poll in flight, and SIGTERM or the watchdog must not), each
 /// logged, told to systemd, and answered to `portcullis reload` when it asked.
 #[derive(Clone)]
 pub(super) struct Reloads {
-    state: Arc<tokio::sync::Mutex<(Reloader, AbsTask)>>,
+    state: Arc<tokio::sync::Mutex<(Reloader, AbsTask, FleetTask)>>,
     writer: Writer,
     checker: Option<checker::Files>,
     notify: Arc<super::notify::Notify>,
@@ -101,13 +165,14 @@ impl Reloads {
     pub(super) fn new(
         reloader: Reloader,
         abs: AbsTask,
+        fleet: FleetTask,
         writer: Writer,
         checker: Option<checker::Files>,
         notify: Arc<super::notify::Notify>,
     ) -> Self {
         let (current, _) = watch::channel(reloader.current().clone());
         Self {
-            state: Arc::new(tokio::sync::Mutex::new((reloader, abs))),
+            state: Arc::new(tokio::sync::Mutex::new((reloader, abs, fleet))),
             writer,
             checker,
             notify,
@@ -138,11 +203,11 @@ impl Reloads {
         if self.closing.load(std::sync::atomic::Ordering::Relaxed) {
             return Response::err("the agent is shutting down");
         }
-        let (reloader, abs) = &mut *state;
+        let (reloader, abs, fleet) = &mut *state;
         self.notify
             .send(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         let result = reloader
-            .reload(&self.writer, self.checker.as_ref(), abs)
+            .reload(&self.writer, self.checker.as_ref(), abs, fleet)
             .await;
         self.notify.send("READY=1");
         match result {
@@ -175,12 +240,16 @@ impl Reloads {
         }
     }
 
-    /// Stops the ABS feed (at shutdown), after the reload in progress if any (reloads still
-    /// waiting are refused); gives up after `grace`.
+    /// Stops the ABS feed and the fleet engine (at shutdown), after the reload in progress
+    /// if any (reloads still waiting are refused); gives up after `grace`.
     pub(super) async fn stop(&self, grace: Duration) {
         self.closing
             .store(true, std::sync::atomic::Ordering::Relaxed);
-        let stop = async { self.state.lock().await.1.stop().await };
+        let stop = async {
+            let mut state = self.state.lock().await;
+            let (_, abs, fleet) = &mut *state;
+            tokio::join!(abs.stop(), fleet.stop());
+        };
         if tokio::time::timeout(grace, stop).await.is_err() {
             tracing::warn!("a configuration reload did not finish within the shutdown grace");
         }
@@ -205,6 +274,8 @@ pub(super) struct Reloader {
     current: Config,
     /// The ABS feed's secret key and CA files as `current` found them.
     abs_files: Vec<u8>,
+    /// The fleet's password and CA files as `current` found them.
+    fleet_files: Vec<u8>,
 }
 
 impl Reloader {
@@ -212,6 +283,7 @@ impl Reloader {
         Self {
             source,
             abs_files: abs_files(&started),
+            fleet_files: fleet_files(&started),
             current: started.clone(),
             started,
         }
@@ -228,6 +300,7 @@ impl Reloader {
         writer: &Writer,
         checker: Option<&checker::Files>,
         abs: &mut AbsTask,
+        fleet: &mut FleetTask,
     ) -> Result<Reloaded, String> {
         let refused =
             |why: String| format!("reload refused, the running configuration stays: {why}");
@@ -261,6 +334,9 @@ impl Reloader {
         } else {
             None
         };
+        let new_fleet_files = fleet_files(&new);
+        let fleet_changed = section(&self.current, "fleet") != section(&new, "fleet")
+            || new_fleet_files != self.fleet_files;
         let mut applied = writer
             .reconfigure(new.clone())
             .await
@@ -276,11 +352,26 @@ impl Reloader {
             });
             abs.replace(feed, writer).await;
         }
+        if fleet_changed {
+            applied.push(if new.fleet.enabled() {
+                format!(
+                    "fleet sync restarted ({} on {})",
+                    new.fleet.name,
+                    new.fleet.redacted_url()
+                )
+            } else {
+                "fleet sync off".to_string()
+            });
+            fleet.replace(&new.fleet, writer).await;
+        }
         self.current = new;
         self.abs_files = files;
+        self.fleet_files = new_fleet_files;
         // `abs.blocking` is where the `abs` switch starts; after that, the switch rules.
         let live = |k: &str| {
-            crate::service::LIVE_KEYS.contains(&k) || (k.starts_with("abs.") && k != "abs.blocking")
+            crate::service::LIVE_KEYS.contains(&k)
+                || (k.starts_with("abs.") && k != "abs.blocking")
+                || k.starts_with("fleet.")
         };
         let restart_needed = changed_keys(&self.started, &self.current)
             .into_iter()
@@ -299,6 +390,21 @@ fn abs_files(config: &Config) -> Vec<u8> {
     use sha2::Digest as _;
     let mut h = sha2::Sha256::new();
     for f in std::iter::once(&config.abs.secret_key_file).chain(config.abs.ca_file.as_ref()) {
+        h.update(std::fs::read(f).unwrap_or_default());
+        h.update([0]);
+    }
+    h.finalize().to_vec()
+}
+
+/// A digest of the files the fleet settings name (password, CA): rotating one restarts the
+/// engine even when the configuration text is the same.
+fn fleet_files(config: &Config) -> Vec<u8> {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for f in [&config.fleet.password_file, &config.fleet.ca]
+        .into_iter()
+        .flatten()
+    {
         h.update(std::fs::read(f).unwrap_or_default());
         h.update([0]);
     }

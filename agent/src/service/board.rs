@@ -172,6 +172,11 @@ impl Board {
         *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = Some(fleet);
     }
 
+    /// No fleet any more (a reload removed `[fleet]`).
+    pub fn clear_fleet(&self) {
+        *self.fleet.lock().unwrap_or_else(PoisonError::into_inner) = None;
+    }
+
     /// The fleet engine's state, when a fleet is configured.
     pub fn fleet(&self) -> Option<crate::control::answer::FleetState> {
         self.fleet

@@ -188,6 +188,22 @@ impl Service {
         self.outbox.shared = Some(shared);
     }
 
+    /// Follows a reload's `[fleet]`: the outbox takes the new settings (what the store
+    /// queued stays queued, for the new fleet, or for later when the fleet is off) and
+    /// reports to the new engine, or to none.
+    pub fn switch_fleet(
+        &mut self,
+        config: &crate::fleet::FleetConfig,
+        shared: Option<Arc<crate::fleet::Shared>>,
+    ) {
+        self.outbox = Outbox::new(config, &self.store);
+        self.config.fleet = config.clone();
+        match shared {
+            Some(s) => self.set_fleet(s),
+            None => self.board.clear_fleet(),
+        }
+    }
+
     /// Queues a local change for the fleet (called with every applied change).
     pub(super) fn fleet_note(&self, change: &Change) {
         let mut items = Vec::new();

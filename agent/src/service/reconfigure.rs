@@ -1,8 +1,9 @@
 //! A new configuration applied to the running service (SIGHUP, `portcullis reload`): the
 //! interfaces (attached and detached), the attach mode of interfaces attached from now on,
-//! enforce or monitor, drop sampling, the safety limits a deny is checked against, and the
-//! ABS nodes the safety rules protect. The rest of the service's settings (database, pins,
-//! the fleet's outbox) stay as they started: the daemon names those as needing a restart.
+//! enforce or monitor, drop sampling, hit counting, the safety limits a deny is checked
+//! against, and the ABS nodes the safety rules protect. The fleet's outbox follows a new
+//! `[fleet]` separately ([`Service::switch_fleet`], when the daemon restarts the engine). The
+//! rest (database, pins) stays as it started: the daemon names it as needing a restart.
 
 use super::{Service, ServiceError};
 use crate::config::{Config, Mode};

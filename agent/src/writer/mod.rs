@@ -25,7 +25,6 @@ use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use crate::control::proto::AbsItem;
 use crate::control::proto::{Request, Response};
 use crate::infrastructure::Reading;
-use crate::model::Kind;
 use crate::model::{Cidr, Entry};
 pub use crate::service::Detection;
 use std::sync::Arc;
@@ -36,6 +35,11 @@ use crate::service::{
 };
 use portcullis_common::DropEvent;
 
+mod reads;
+
+pub use reads::MetricsData;
+use reads::{Read, read, serve_waiting_reads};
+
 /// How many commands may wait for the writer before senders wait too (back-pressure).
 const QUEUE: usize = 256;
 /// This many panics within [`PANIC_WINDOW`] and the writer stops the agent (a restart
@@ -43,20 +47,6 @@ const QUEUE: usize = 256;
 const PANIC_LIMIT: usize = 5;
 /// See [`PANIC_LIMIT`].
 const PANIC_WINDOW: Duration = Duration::from_secs(60);
-
-/// Data the metrics endpoint renders, read in one go.
-pub struct MetricsData {
-    /// Kernel and L7 counters (the `stats` answer).
-    pub stats: crate::control::answer::Stats,
-    /// Entries by list, kind and source.
-    pub counts: Vec<(crate::model::List, Kind, String, u64)>,
-    /// The fleet link, when configured.
-    pub fleet: Option<crate::control::answer::FleetState>,
-    /// The ABS feed, when configured.
-    pub abs: Option<crate::control::answer::AbsState>,
-    /// The most-hit deny and allow entries (see `crate::service::hits`).
-    pub top_hits: Vec<(crate::model::List, crate::control::answer::EntryHits)>,
-}
 
 enum Write {
     Control(Request, oneshot::Sender<Response>),
@@ -76,17 +66,17 @@ enum Write {
         oneshot::Sender<Result<Vec<String>, ServiceError>>,
     ),
     SetAbs(Option<AbsLink>, oneshot::Sender<()>),
+    SetFleet(
+        Box<crate::fleet::FleetConfig>,
+        Option<Arc<crate::fleet::Shared>>,
+        oneshot::Sender<()>,
+    ),
     Fleet(
         FleetCommand,
         oneshot::Sender<Result<FleetReply, ServiceError>>,
     ),
     #[cfg(test)]
     Panic(oneshot::Sender<Result<(), ServiceError>>),
-}
-
-enum Read {
-    Control(Request, oneshot::Sender<Response>),
-    Metrics(oneshot::Sender<MetricsData>),
 }
 
 /// A (re)connected ABS feed: its state for `status`, and where detections are reported.
@@ -300,6 +290,17 @@ impl Writer {
         let _ = self.write(|tx| Write::SetAbs(link, tx)).await;
     }
 
+    /// Gives the service a reload's `[fleet]` and the new engine's state (none: fleet off).
+    pub async fn set_fleet(
+        &self,
+        config: crate::fleet::FleetConfig,
+        shared: Option<Arc<crate::fleet::Shared>>,
+    ) {
+        let _ = self
+            .write(|tx| Write::SetFleet(Box::new(config), shared, tx))
+            .await;
+    }
+
     /// Runs a fleet engine command (see [`crate::fleet`]).
     pub async fn fleet(&self, cmd: FleetCommand) -> Result<FleetReply, ServiceError> {
         self.write(|tx| Write::Fleet(cmd, tx)).await?
@@ -399,56 +400,6 @@ impl Panics {
                 "{PANIC_LIMIT} list commands panicked within {PANIC_WINDOW:?}; stopping the agent so that it restarts from the store (XDP enforcement stays in place)"
             );
             std::process::exit(70);
-        }
-    }
-}
-
-fn read(service: &Service, r: Read) {
-    match r {
-        Read::Control(req, tx) => {
-            let resp = guarded(
-                || service.query(req),
-                |m| Response::err(ServiceError::Internal(m)),
-            );
-            let _ = tx.send(resp);
-        }
-        Read::Metrics(tx) => {
-            let data = guarded(
-                || MetricsData {
-                    stats: service.stats().unwrap_or_default(),
-                    counts: service.counts().unwrap_or_default(),
-                    fleet: service.board().fleet(),
-                    abs: service.board().abs(),
-                    top_hits: [crate::model::List::Deny, crate::model::List::Allow]
-                        .into_iter()
-                        .flat_map(|l| {
-                            service
-                                .entry_hits(l, crate::metrics::TOP_HITS)
-                                .into_iter()
-                                .map(move |h| (l, h))
-                        })
-                        .collect(),
-                },
-                |_| MetricsData {
-                    stats: Default::default(),
-                    counts: Vec::new(),
-                    fleet: None,
-                    abs: None,
-                    top_hits: Vec::new(),
-                },
-            );
-            let _ = tx.send(data);
-        }
-    }
-}
-
-/// Serves the reads waiting now, and no more (reads arriving meanwhile wait for the next
-/// turn, so a flood of them cannot hold the writes back).
-fn serve_waiting_reads(service: &Service, reads: &mut mpsc::Receiver<Read>) {
-    for _ in 0..reads.len() {
-        match reads.try_recv() {
-            Ok(r) => read(service, r),
-            Err(_) => break,
         }
     }
 }
@@ -565,6 +516,12 @@ fn execute(
                 Some((state, report)) => service.set_abs(state, report),
                 None => service.clear_abs(),
             }
+            Box::new(move || {
+                let _ = tx.send(());
+            })
+        }
+        Write::SetFleet(config, shared, tx) => {
+            service.switch_fleet(&config, shared);
             Box::new(move || {
                 let _ = tx.send(());
             })

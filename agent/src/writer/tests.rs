@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::control::proto::AddRequest;
+use crate::model::Kind;
 use crate::model::List;
 
 /// A state directory removed when the test ends.
