@@ -316,3 +316,72 @@ fn reload_joins_switches_and_leaves_the_fleet() {
     assert!(!has(&a, "198.18.90.4"));
     assert!(in_sync(&a, &x), "A carries on");
 }
+
+#[test]
+fn reload_gives_new_checker_connections_the_new_settings() {
+    privileged!();
+    let s = portcullis_tests::checker_setup::setup_apis(&[("shop", "")]);
+    let file = s.dirs.root.join("portcullis.toml");
+    let started = std::fs::read_to_string(&file).expect("config");
+    let forwarded = ["-H", "X-Forwarded-For: 198.18.91.7"];
+    let body = "x".repeat(2000);
+    let post = ["-X", "POST", "--data-binary", body.as_str()];
+    s.agent.add("deny", &[&["ip", "198.18.91.7"]]);
+    assert_eq!(s.curl("/shop/x", &forwarded).0, 403, "XFF trusted: denied");
+    assert_eq!(s.curl("/shop/x", &post).0, 200, "2 kB body under 10 MiB");
+
+    // No trusted proxy any more, a 1 kB body limit, and a listener moved (restart-only).
+    let other = portcullis_tests::checker_setup::free_port();
+    let edited = started
+        .replace(
+            "trusted_proxies = [\"127.0.0.1/32\"]",
+            "trusted_proxies = []",
+        )
+        .replace(
+            &format!("http = \"127.0.0.1:{}\"", s.http_port),
+            &format!("http = \"127.0.0.1:{other}\"\nmax_body_bytes = 1000"),
+        );
+    assert_ne!(edited, started);
+    std::fs::write(&file, &edited).expect("config");
+    let r: Reloaded = answer(&s.agent.cli(&["reload", "--json"]));
+    assert!(
+        r.applied
+            .iter()
+            .any(|a| a.contains("settings apply to new connections")),
+        "{r:?}"
+    );
+    assert_eq!(r.restart_needed, ["checker.http"], "{r:?}");
+    assert_eq!(
+        s.curl("/shop/x", &forwarded).0,
+        200,
+        "XFF from an untrusted peer is ignored: the client is 127.0.0.1"
+    );
+    assert_eq!(s.curl("/shop/x", &post).0, 413, "over the new body limit");
+
+    // Settings that do not load are refused, and the running ones stay.
+    std::fs::write(
+        &file,
+        edited.replace(
+            "max_body_bytes = 1000",
+            &format!(
+                "max_body_bytes = 1000\nbackend_ca = \"{}/no-such-ca.pem\"",
+                s.dirs.root.display()
+            ),
+        ),
+    )
+    .expect("config");
+    let e = err(&s.agent.cli(&["reload"]));
+    assert!(
+        e.contains("reload refused") && e.contains("no-such-ca"),
+        "{e}"
+    );
+    assert_eq!(s.curl("/shop/x", &forwarded).0, 200);
+    assert_eq!(s.curl("/shop/x", &post).0, 413);
+
+    // And back: the trusted proxy's client is judged again.
+    std::fs::write(&file, &started).expect("config");
+    let r: Reloaded = answer(&s.agent.cli(&["reload", "--json"]));
+    assert!(r.restart_needed.is_empty(), "{r:?}");
+    assert_eq!(s.curl("/shop/x", &forwarded).0, 403);
+    assert_eq!(s.curl("/shop/x", &post).0, 200);
+}

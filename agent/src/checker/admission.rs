@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
 use super::CheckerConfig;
 use crate::model::Cidr;
@@ -16,9 +16,8 @@ pub struct Admission {
     total: AtomicUsize,
     /// Per client: connections, and HTTP/2 requests beyond each connection's first.
     per_client: Mutex<HashMap<IpAddr, [u32; 2]>>,
-    max_total: usize,
-    max_per_client: [u32; 2],
-    exempt: Vec<Cidr>,
+    /// The limits, which a configuration reload may change (slots held stay held).
+    limits: RwLock<Limits>,
     /// Connections refused at the door since start.
     pub refused: AtomicU64,
 }
@@ -29,6 +28,26 @@ pub struct Ticket {
     client: Option<IpAddr>,
 }
 
+/// What [`Admission`] admits.
+struct Limits {
+    max_total: usize,
+    max_per_client: [u32; 2],
+    exempt: Vec<Cidr>,
+}
+
+impl Limits {
+    fn new(cfg: &CheckerConfig, exempt: Vec<Cidr>) -> Self {
+        Self {
+            max_total: cfg.max_connections.max(1),
+            max_per_client: [
+                cfg.max_connections_per_client.max(1),
+                cfg.max_streams_per_client,
+            ],
+            exempt,
+        }
+    }
+}
+
 impl Admission {
     /// Limits from the checker's configuration; `exempt` (trusted proxies) count only
     /// against the total.
@@ -36,25 +55,30 @@ impl Admission {
         Arc::new(Self {
             total: AtomicUsize::new(0),
             per_client: Mutex::new(HashMap::new()),
-            max_total: cfg.max_connections.max(1),
-            max_per_client: [
-                cfg.max_connections_per_client.max(1),
-                cfg.max_streams_per_client,
-            ],
-            exempt,
+            limits: RwLock::new(Limits::new(cfg, exempt)),
             refused: AtomicU64::new(0),
         })
     }
 
+    /// New limits from a reloaded configuration. Connections open now keep their slots
+    /// (a lower limit refuses new ones until enough close).
+    pub fn retune(&self, cfg: &CheckerConfig, exempt: Vec<Cidr>) {
+        *self.limits.write().unwrap_or_else(PoisonError::into_inner) = Limits::new(cfg, exempt);
+    }
+
+    fn limits(&self) -> std::sync::RwLockReadGuard<'_, Limits> {
+        self.limits.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A slot for a connection from `peer`, or `None` when a limit is reached.
     pub fn admit(self: &Arc<Self>, peer: IpAddr) -> Option<Ticket> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= self.max_total {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= self.limits().max_total {
             self.total.fetch_sub(1, Ordering::AcqRel);
             self.refused.fetch_add(1, Ordering::Relaxed);
             return None;
         }
         let peer = peer.to_canonical();
-        let client = (!self.exempt.iter().any(|c| c.contains(peer)))
+        let client = (!self.limits().exempt.iter().any(|c| c.contains(peer)))
             .then(|| super::spikes::client_key(peer));
         if let Some(key) = client
             && !self.take(key, CONNECTION)
@@ -76,7 +100,7 @@ impl Admission {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         let held = m.entry(key).or_insert([0, 0]);
-        if held[kind] >= self.max_per_client[kind] {
+        if held[kind] >= self.limits().max_per_client[kind] {
             if held == &[0, 0] {
                 m.remove(&key);
             }

@@ -106,13 +106,15 @@ pub type Listeners = Vec<(Endpoint, Option<Arc<Tls>>, Role)>;
 /// Runs the checker's listeners on `workers` threads, each with its own single-threaded
 /// runtime, until `shutdown` flips; then each worker drains its connections (see
 /// [`serve`]). Listeners are set up before this returns, so address errors surface at
-/// start-up.
+/// start-up. `proxies` holds the checker's current settings: a configuration reload sends
+/// a new [`Proxy`], which each listener takes for the connections it accepts next.
 pub fn spawn_workers(
     workers: usize,
     listeners: Listeners,
-    proxy: &Arc<Proxy>,
+    proxies: &watch::Receiver<Arc<Proxy>>,
     shutdown: &watch::Receiver<bool>,
 ) -> anyhow::Result<Vec<std::thread::JoinHandle<()>>> {
+    let proxy = proxies.borrow().clone();
     let inline = Admission::new(proxy.config(), proxy.config().trusted_proxies());
     // Gateways carry many clients' requests: only the total caps them.
     let sideband = Admission::new(proxy.config(), proxy.gateways().to_vec());
@@ -136,7 +138,7 @@ pub fn spawn_workers(
                 return Err(e);
             }
         };
-        let proxy = proxy.clone();
+        let mut proxies = proxies.clone();
         let shutdown = shutdown.clone();
         let (inline, sideband) = (inline.clone(), sideband.clone());
         handles.push(
@@ -144,7 +146,7 @@ pub fn spawn_workers(
                 .name(format!("checker-{i}"))
                 .spawn(move || {
                     rt.block_on(async move {
-                        let worker = proxy.worker();
+                        let worker = proxies.borrow_and_update().worker();
                         let mut tasks = Vec::new();
                         for (l, tls, role) in bound {
                             let admission = match role {
@@ -155,7 +157,7 @@ pub fn spawn_workers(
                                 l,
                                 tls,
                                 role,
-                                worker.clone(),
+                                (worker.clone(), proxies.clone()),
                                 admission,
                                 shutdown.clone(),
                             )));
@@ -173,16 +175,18 @@ pub fn spawn_workers(
 /// Accepts connections on `listener` until `shutdown` flips; with `tls`, terminates TLS.
 /// Then it stops accepting (a passed socket keeps queueing clients for the next agent) and
 /// waits for its connections to finish what they are doing: each closes once idle, after
-/// its request in flight. The agent's `shutdown_grace` bounds the wait.
+/// its request in flight. The agent's `shutdown_grace` bounds the wait. When `proxies`
+/// brings new settings, connections accepted from then on use them (and the admission
+/// limits follow); connections open keep the settings they started with.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
     role: Role,
-    proxy: Arc<Proxy>,
+    (mut proxy, mut proxies): (Arc<Proxy>, watch::Receiver<Arc<Proxy>>),
     admission: Arc<Admission>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let limits = limits(proxy.config());
+    let mut limits = limits(proxy.config());
     let mut last_warning: Option<Instant> = None;
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -204,6 +208,17 @@ pub async fn serve(
             },
             _ = stopping(&mut shutdown) => break,
         };
+        if proxies.has_changed().unwrap_or(false) {
+            proxy = proxies.borrow_and_update().worker();
+            limits = self::limits(proxy.config());
+            admission.retune(
+                proxy.config(),
+                match role {
+                    Role::Inline => proxy.config().trusted_proxies(),
+                    Role::Sideband => proxy.gateways().to_vec(),
+                },
+            );
+        }
         // Only gateways may ask: anyone else is dropped before TLS or a request is read.
         if role == Role::Sideband
             && !proxy

@@ -1,5 +1,6 @@
 //! Starting the L7 checker: its API registry, TLS certificate, worker threads and health
-//! probes, and the reloads SIGHUP and the certificate watcher ask for.
+//! probes, and the reloads SIGHUP and the certificate watcher ask for (the certificate, the
+//! API files, and the settings of `[checker]` and `[sideband]` but the listeners' own).
 
 use std::sync::{Arc, RwLock};
 
@@ -23,11 +24,29 @@ pub(super) struct Prepared {
     tls: Option<Arc<Tls>>,
 }
 
+/// The settings a reload can change only by a restart: the listeners, their certificate
+/// files and the API directory (read again, but from where it was), and the switches the
+/// file only seeds at the first start (`portcullis switch ...` is the live way).
+pub(super) const RESTART_KEYS: &[&str] = &[
+    "checker.https",
+    "checker.http",
+    "checker.tls_cert",
+    "checker.tls_key",
+    "checker.tls_certs",
+    "checker.api_dir",
+    "checker.detections",
+    "sideband.https",
+    "sideband.http",
+    "sideband.authentication",
+];
+
 /// A running checker.
 pub(super) struct Running {
     registry: Arc<ApiRegistry>,
     tls: Option<Arc<Tls>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The settings every listener takes its next connections' from.
+    proxies: Arc<watch::Sender<Arc<crate::checker::proxy::Proxy>>>,
 }
 
 impl Prepared {
@@ -105,7 +124,8 @@ impl Prepared {
                 listeners.push((e, self.tls.clone().filter(|_| tls), role));
             }
         }
-        let threads = crate::checker::listen::spawn_workers(workers, listeners, &proxy, stop_rx)
+        let (proxies, settings) = watch::channel(proxy.clone());
+        let threads = crate::checker::listen::spawn_workers(workers, listeners, &settings, stop_rx)
             .context("starting the L7 checker")?;
         tracing::info!(https = %config.checker.https, http = %config.checker.http, sideband_https = %config.sideband.https, sideband_http = %config.sideband.http, workers, apis = self.registry.apis().len(), "L7 checker listening");
         tokio::spawn(proxy.health_loop(stop_rx.clone()));
@@ -113,6 +133,7 @@ impl Prepared {
             registry: self.registry,
             tls: self.tls,
             threads,
+            proxies: Arc::new(proxies),
         })
     }
 }
@@ -122,9 +143,25 @@ impl Prepared {
 pub(super) struct Files {
     registry: Arc<ApiRegistry>,
     tls: Option<Arc<Tls>>,
+    proxies: Arc<watch::Sender<Arc<crate::checker::proxy::Proxy>>>,
 }
 
+/// The checker's settings from a reloaded configuration, checked and ready to apply.
+pub(super) struct Settings(Arc<crate::checker::proxy::Proxy>);
+
 impl Files {
+    /// Builds the checker's settings from `config` (a CA or access log that does not open
+    /// is an error, and nothing changes).
+    pub(super) fn settings(&self, config: &Config) -> anyhow::Result<Settings> {
+        let current = self.proxies.borrow().clone();
+        current.reconfigured(config).map(Settings)
+    }
+
+    /// Hands `settings` to every listener: connections accepted from now on use them.
+    pub(super) fn apply(&self, settings: Settings) {
+        self.proxies.send_replace(settings.0);
+    }
+
     /// The API directory's problems, if any (a reload refuses a directory with a file that
     /// would not load: its API would vanish from the running checker).
     pub(super) fn api_problems(&self) -> Vec<String> {
@@ -160,6 +197,7 @@ impl Running {
         Files {
             registry: self.registry.clone(),
             tls: self.tls.clone(),
+            proxies: self.proxies.clone(),
         }
     }
 

@@ -334,6 +334,17 @@ impl Reloader {
         } else {
             None
         };
+        // The checker's new settings are built (CA and log files opened) before anything
+        // changes, too.
+        let checker_changed = section(&self.current, "checker") != section(&new, "checker")
+            || section(&self.current, "sideband") != section(&new, "sideband");
+        let settings = match checker {
+            Some(c) if checker_changed => Some(
+                c.settings(&new)
+                    .map_err(|e| refused(format!("checker: {e:#}")))?,
+            ),
+            _ => None,
+        };
         let new_fleet_files = fleet_files(&new);
         let fleet_changed = section(&self.current, "fleet") != section(&new, "fleet")
             || new_fleet_files != self.fleet_files;
@@ -343,6 +354,12 @@ impl Reloader {
             .map_err(|e| refused(e.to_string()))?;
         if let Some(c) = checker {
             applied.extend(c.reload());
+            if let Some(s) = settings {
+                c.apply(s);
+                applied.push(
+                    "checker: [checker] and [sideband] settings apply to new connections".into(),
+                );
+            }
         }
         if abs_changed {
             applied.push(if new.abs.url.is_empty() {
@@ -372,6 +389,9 @@ impl Reloader {
             crate::service::LIVE_KEYS.contains(&k)
                 || (k.starts_with("abs.") && k != "abs.blocking")
                 || k.starts_with("fleet.")
+                || (checker.is_some()
+                    && (k.starts_with("checker.") || k.starts_with("sideband."))
+                    && !checker::RESTART_KEYS.contains(&k))
         };
         let restart_needed = changed_keys(&self.started, &self.current)
             .into_iter()

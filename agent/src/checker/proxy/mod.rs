@@ -86,6 +86,18 @@ pub struct Proxy {
     credentials: Arc<crate::service::Credentials>,
 }
 
+/// What every generation of the checker's settings shares.
+struct Parts {
+    registry: Arc<ApiRegistry>,
+    lists: Arc<RwLock<L7Lists>>,
+    writer: Writer,
+    stats: Arc<L7Stats>,
+    switches: Arc<crate::service::Switches>,
+    credentials: Arc<crate::service::Credentials>,
+    stop: watch::Receiver<bool>,
+    spikes: Arc<super::spikes::Spikes>,
+}
+
 /// Who sent a request: the client as judged, and the connection it came on.
 #[derive(Clone, Copy, Debug)]
 pub struct Client {
@@ -135,55 +147,102 @@ impl Proxy {
         board: &crate::service::Board,
         stop: watch::Receiver<bool>,
     ) -> anyhow::Result<Arc<Self>> {
+        let parts = Parts {
+            registry,
+            lists,
+            writer,
+            stats,
+            switches: board.switches().clone(),
+            credentials: board.credentials().clone(),
+            stop,
+            spikes: Arc::default(),
+        };
+        Self::build(parts, config, None)
+    }
+
+    /// The same checker (lists, APIs, counters, request windows) with the `[checker]` and
+    /// `[sideband]` settings of a reloaded configuration, for the connections accepted from
+    /// now on. The access log and the detection budget carry over unless their settings
+    /// changed. An error (a CA or log file that does not open) changes nothing.
+    pub fn reconfigured(&self, config: &crate::config::Config) -> anyhow::Result<Arc<Self>> {
+        let parts = Parts {
+            registry: self.registry.clone(),
+            lists: self.lists.clone(),
+            writer: self.writer.clone(),
+            stats: self.stats.clone(),
+            switches: self.switches.clone(),
+            credentials: self.credentials.clone(),
+            stop: self.stop.clone(),
+            spikes: self.spikes.clone(),
+        };
+        Self::build(parts, config, Some(self))
+    }
+
+    fn build(
+        parts: Parts,
+        config: &crate::config::Config,
+        before: Option<&Self>,
+    ) -> anyhow::Result<Arc<Self>> {
         let cfg = config.checker.clone();
         let sideband = config.sideband.clone();
-        let switches = board.switches().clone();
-        let credentials = board.credentials().clone();
         let ws_idle = Duration::from_secs(
             crate::config::parse_duration(&cfg.idle_timeout).map_err(anyhow::Error::msg)?,
         );
         let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let backend_tls = upstream::backend_tls(cfg.backend_ca.as_deref())?;
-        let access_log = if cfg.access_log.as_os_str().is_empty() {
-            None
-        } else {
-            Some(
+        let same_log = |b: &&Self| {
+            b.cfg.access_log == cfg.access_log
+                && b.cfg.access_log_max_bytes == cfg.access_log_max_bytes
+                && b.cfg.access_log_keep == cfg.access_log_keep
+        };
+        let access_log = match before.filter(same_log) {
+            Some(b) => b.access_log.clone(),
+            None if cfg.access_log.as_os_str().is_empty() => None,
+            None => Some(
                 AccessLog::open(
                     &cfg.access_log,
                     cfg.access_log_max_bytes,
                     cfg.access_log_keep,
-                    stats.clone(),
+                    parts.stats.clone(),
                 )
                 .with_context(|| format!("opening the access log {}", cfg.access_log.display()))?,
-            )
+            ),
         };
-        let budget = Arc::new(Budget::new(Limits {
-            escalate_after: cfg.detection_escalate_after,
-            per_client: cfg.detection_budget,
-            total: cfg.detection_budget_total,
-        }));
+        let same_budget = |b: &&Self| {
+            b.cfg.detection_escalate_after == cfg.detection_escalate_after
+                && b.cfg.detection_budget == cfg.detection_budget
+                && b.cfg.detection_budget_total == cfg.detection_budget_total
+        };
+        let budget = match before.filter(same_budget) {
+            Some(b) => b.budget.clone(),
+            None => Arc::new(Budget::new(Limits {
+                escalate_after: cfg.detection_escalate_after,
+                per_client: cfg.detection_budget,
+                total: cfg.detection_budget_total,
+            })),
+        };
         Ok(Arc::new(Self {
-            registry,
-            lists,
-            writer,
-            stats,
+            registry: parts.registry,
+            lists: parts.lists,
+            writer: parts.writer,
+            stats: parts.stats,
             trusted: cfg.trusted_proxies(),
             cfg,
             detection_ttl,
             deadlines,
             client: upstream::backend_client(backend_tls.clone()),
             backend_tls,
-            spikes: Arc::default(),
+            spikes: parts.spikes,
             budget,
             warned_ms: AtomicU64::new(0),
-            switches,
+            switches: parts.switches,
             access_log,
             ws_idle,
-            stop,
+            stop: parts.stop,
             gateways: sideband.gateways(),
             sideband,
-            credentials,
+            credentials: parts.credentials,
         }))
     }
 
