@@ -7,6 +7,7 @@
 //! | `portcullis_list_entries` | `list`, `kind`, `source` | entries in the store |
 //! | `portcullis_reconcile_seconds` | | duration of the last start-up reconcile |
 //! | `portcullis_expired_total` | | entries pruned because they expired |
+//! | `portcullis_hits_untracked_packets_total` | | packets the hit counters saw but credited to no entry |
 //! | `portcullis_entry_packets` | `list`, `entry` | packets the [`TOP_HITS`] most-hit entries of each list decided since the agent started (deny: dropped, allow: passed) |
 //! | `portcullis_abs_*` | | the ABS feed's sync health (when configured; see [`abs`]) |
 //! | `portcullis_fleet_*` | | the fleet link (when configured; see [`fleet`]) |
@@ -98,6 +99,11 @@ pub fn render(data: &MetricsData, agent: &AgentMetrics) -> String {
         out,
         "# HELP portcullis_expired_total Entries removed because they expired.\n# TYPE portcullis_expired_total counter\nportcullis_expired_total {}",
         agent.expired.load(Ordering::Relaxed)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP portcullis_hits_untracked_packets_total Packets the hit counters saw but credited to no entry (the entry table was full, or the entry went before the read).\n# TYPE portcullis_hits_untracked_packets_total counter\nportcullis_hits_untracked_packets_total {}",
+        data.hits_untracked
     );
     if !data.top_hits.is_empty() {
         out.push_str("# HELP portcullis_entry_packets Packets decided by the most-hit entries of each list since the agent started (deny: dropped, allow: passed).\n# TYPE portcullis_entry_packets gauge\n");
@@ -337,6 +343,7 @@ mod tests {
                     last_hit: 1,
                 },
             )],
+            hits_untracked: 0,
         };
         data.stats.interfaces.insert(
             "eth0".into(),
@@ -388,6 +395,7 @@ mod tests {
             fleet: None,
             abs: None,
             top_hits: Vec::new(),
+            hits_untracked: 0,
         };
         let evil = "x\"} 1e9\n".to_string();
         data.stats.interfaces.insert(

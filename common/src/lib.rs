@@ -193,9 +193,9 @@ pub struct Config {
     /// Non-zero when IPv6 prefixes shorter than /32 exist: the IPv6 guard cannot rule them
     /// out, so the prefix trie is always consulted.
     pub v6_unguarded: u32,
-    /// Non-zero turns the per-slot hit counters ([`map_name::HITS`]) off: a listed packet
-    /// then costs no hash update.
-    pub hits_off: u32,
+    /// Non-zero turns the per-slot hit counters ([`map_name::HITS`]) on: every listed
+    /// packet then costs a hash update. Zero (a fresh map) leaves them off.
+    pub count_hits: u32,
 }
 
 /// Packet and byte counts of one counter slot.

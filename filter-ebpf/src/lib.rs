@@ -273,8 +273,9 @@ pub fn classify_v4(addr: u32) -> Matched {
     m
 }
 
-/// The deadlines that apply to an IPv6 source. Hits are keyed by the whole source (the
-/// trie does not say which prefix matched).
+/// The deadlines that apply to an IPv6 source. A host slot keys hits by the whole source;
+/// a prefix match by its /64 (the trie does not say which prefix matched, and keying by
+/// the source would let one client with a /64 of its own churn the hit counters).
 #[inline(always)]
 pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Matched {
     let top = u32::from_be_bytes([addr[0], addr[1], addr[2], addr[3]]);
@@ -286,16 +287,16 @@ pub fn classify_v6(addr: &[u8; 16], cfg: &Config) -> Matched {
     if bits == 0 {
         return Matched::NONE;
     }
-    let mut d = Deadlines::EMPTY;
-    if bits & GUARD_HOST != 0 {
-        d = hash_get(&V6_HOSTS, &V6Addr { bytes: *addr });
-    }
+    let mut m = Matched::NONE;
     if bits & GUARD_PREFIX != 0
         && let Some(p) = V6_PREFIXES.get(Key::new(128, *addr))
     {
-        d = d.max(*p);
+        m = Matched::slot(*p, 64);
     }
-    Matched::slot(d, 128)
+    if bits & GUARD_HOST != 0 {
+        m = m.then(hash_get(&V6_HOSTS, &V6Addr { bytes: *addr }), 128);
+    }
+    m
 }
 
 /// First counter of the interface the packet arrived on (one inlined array read).
@@ -342,6 +343,8 @@ fn count_hit(addr: &[u8; 16], m: &Matched, fam: u32, list: u32, bytes: u64) {
         key.addr[1] = net[1];
         key.addr[2] = net[2];
         key.addr[3] = net[3];
+    } else if fam == family::V6 && m.slot_len == 64 {
+        key.addr[8..].copy_from_slice(&[0; 8]);
     }
     match HITS.get_ptr_mut(&key) {
         Some(c) => {
@@ -358,9 +361,20 @@ fn count_hit(addr: &[u8; 16], m: &Matched, fam: u32, list: u32, bytes: u64) {
     }
 }
 
+/// Whether a program counts hits per deciding slot.
+#[derive(Clone, Copy)]
+pub enum CountHits {
+    /// As [`Config::count_hits`] says (production).
+    ByConfig,
+    /// Always (the benchmark's counted variant).
+    Always,
+    /// Never.
+    Never,
+}
+
 /// Turns deadlines into an XDP action: allow beats deny; expired entries do not match. The
-/// clock is read only when a slot matched, so unlisted traffic never pays for it. With
-/// `hits`, the deciding slot's hit counter is bumped.
+/// clock is read only when a slot matched, so unlisted traffic never pays for it. When
+/// `hits` says so, the deciding slot's hit counter is bumped.
 #[inline(always)]
 fn decide(
     ctx: &XdpContext,
@@ -369,10 +383,14 @@ fn decide(
     addr: [u8; 16],
     fam: u32,
     vlan: u32,
-    hits: bool,
+    hits: CountHits,
 ) -> u32 {
     let d = m.deadlines;
-    let hits = hits && cfg.hits_off == 0;
+    let hits = match hits {
+        CountHits::ByConfig => cfg.count_hits != 0,
+        CountHits::Always => true,
+        CountHits::Never => false,
+    };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let base = counter_base(ctx);
     if d.is_empty() {
@@ -428,24 +446,24 @@ const DEFAULT_CONFIG: Config = Config {
     mode: mode::ENFORCE,
     sample_mask: 63,
     v6_unguarded: 0,
-    hits_off: 0,
+    count_hits: 0,
 };
 
 /// The whole per-packet path: parse, look up, decide, count.
 #[inline(always)]
 pub fn filter(ctx: &XdpContext) -> u32 {
-    filter_with(ctx, classify_v4, classify_v6, true)
+    filter_with(ctx, classify_v4, classify_v6, CountHits::ByConfig)
 }
 
 /// [`filter`] with the lookups passed in, so benchmark programs can swap the map layout while
-/// parsing, deciding and counting stay the very same code; `hits` turns the per-slot hit
-/// counters on (production) or off (to measure what they cost).
+/// parsing, deciding and counting stay the very same code; `hits` says whether the per-slot
+/// hit counters count (production: as configured; benchmarks: always, to measure them).
 #[inline(always)]
 pub fn filter_with(
     ctx: &XdpContext,
     lookup_v4: impl Fn(u32) -> Matched,
     lookup_v6: impl Fn(&[u8; 16], &Config) -> Matched,
-    hits: bool,
+    hits: CountHits,
 ) -> u32 {
     let cfg = match CONFIG.get(0) {
         Some(c) => *c,

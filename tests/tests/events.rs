@@ -85,7 +85,7 @@ fn drops_stream_with_interface_source_verdict_and_matched_entry() {
     let pair = privileged!(NetnsPair::new().expect("namespaces"));
     let dirs = AgentDirs::new();
     let opts = AgentOpts {
-        config: "drop_sample_every = 1\n".into(),
+        config: "drop_sample_every = 1\nhit_counters = true\n".into(),
         ..AgentOpts::on_server(&pair)
     };
     let agent = Agent::start(&dirs, &opts).expect("agent");
@@ -269,29 +269,18 @@ fn sideband_refusals_stream_with_the_request_the_gateway_asked_about() {
         let body = format!(
             r#"{{"source_ip":"{ip}","source_port":8080,"method":"GET","url":"/shop/items","http_version":"1.1","headers":[{{"Host":"shop.example"}},{{"Authorization":"Bearer {token}"}}]}}"#
         );
-        let out = Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args([
+        portcullis_tests::http::curl_status(
+            &format!("http://127.0.0.1:{http}/ase/request"),
+            &[
                 "-H",
                 "Content-Type: application/json",
                 "--data-binary",
                 &body,
-            ])
-            .arg(format!("http://127.0.0.1:{http}/ase/request"))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+            ],
+        )
     };
-    assert_eq!(ask("198.18.0.7", "good"), "200");
-    assert_eq!(ask("198.18.0.8", "stolen"), "403");
+    assert_eq!(ask("198.18.0.7", "good"), 200);
+    assert_eq!(ask("198.18.0.8", "stolen"), 403);
     let lines = stream.until(|l| l.iter().any(|l| l.contains("198.18.0.8")));
     let events = json(&lines);
     assert!(

@@ -2,6 +2,7 @@
 //! change live changes (interfaces, enforce/monitor, the ABS feed, the fleet), what cannot is named, and
 //! a file that does not validate is refused with the reason while the old one keeps running.
 
+use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -223,6 +224,14 @@ fn a_broken_api_file_refuses_the_reload_and_no_api_vanishes() {
     assert!(e.contains("checker.api_dir") && e.contains("broken"), "{e}");
     let (status, _) = s.curl("/shop/x", &[]);
     assert_eq!(status, 200, "the running APIs answer as before");
+    // The older verb is all or nothing too.
+    let e = err(&s.agent.cli(&["api", "reload"]));
+    assert!(e.contains("not reloaded") && e.contains("broken"), "{e}");
+    assert_eq!(
+        s.curl("/shop/x", &[]).0,
+        200,
+        "still there after `api reload`"
+    );
     std::fs::remove_file(api_dir.join("broken.json")).expect("rm");
     let r: Reloaded = answer(&s.agent.cli(&["reload", "--json"]));
     assert!(
@@ -322,13 +331,34 @@ fn reload_gives_new_checker_connections_the_new_settings() {
     privileged!();
     let s = portcullis_tests::checker_setup::setup_apis(&[("shop", "")]);
     let file = s.dirs.root.join("portcullis.toml");
-    let started = std::fs::read_to_string(&file).expect("config");
+    // Idle keep-alive connections wait 30 s for their next request, so only the reload
+    // below can close one sooner.
+    let started = std::fs::read_to_string(&file)
+        .expect("config")
+        .replace("header_timeout = \"2s\"", "header_timeout = \"30s\"");
+    std::fs::write(&file, &started).expect("config");
+    let _: Reloaded = answer(&s.agent.cli(&["reload", "--json"]));
     let forwarded = ["-H", "X-Forwarded-For: 198.18.91.7"];
     let body = "x".repeat(2000);
-    let post = ["-X", "POST", "--data-binary", body.as_str()];
+    // HTTP/1.1 with `Expect: 100-continue` (curl's own for this size): a 413 answers before
+    // any byte of the body is sent (over HTTP/2 curl may lose an early answer to a stream
+    // reset while it still uploads).
+    let post = ["--http1.1", "-X", "POST", "--data-binary", body.as_str()];
     s.agent.add("deny", &[&["ip", "198.18.91.7"]]);
     assert_eq!(s.curl("/shop/x", &forwarded).0, 403, "XFF trusted: denied");
     assert_eq!(s.curl("/shop/x", &post).0, 200, "2 kB body under 10 MiB");
+
+    // A keep-alive connection open across the reload.
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", s.http_port)).expect("connect");
+    kept.write_all(b"GET /shop/x HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: 198.18.91.7\r\n\r\n")
+        .expect("write");
+    let mut first = [0u8; 512];
+    let n = kept.read(&mut first).expect("response");
+    assert!(
+        first[..n].starts_with(b"HTTP/1.1 403"),
+        "{:?}",
+        String::from_utf8_lossy(&first[..n])
+    );
 
     // No trusted proxy any more, a 1 kB body limit, and a listener moved (restart-only).
     let other = portcullis_tests::checker_setup::free_port();
@@ -351,6 +381,15 @@ fn reload_gives_new_checker_connections_the_new_settings() {
         "{r:?}"
     );
     assert_eq!(r.restart_needed, ["checker.http"], "{r:?}");
+    // The open connection is closed (it was idle): its client comes back under the new
+    // settings, instead of keeping the old trust for as long as it stays open.
+    kept.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    let mut rest = Vec::new();
+    let t = Instant::now();
+    kept.read_to_end(&mut rest)
+        .expect("the checker closes the connection after a reload");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
     assert_eq!(
         s.curl("/shop/x", &forwarded).0,
         200,

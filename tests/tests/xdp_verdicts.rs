@@ -196,6 +196,11 @@ fn hits_of(f: &Filter, addr: IpAddr, prefix_len: u32, list: u32) -> (u64, u64) {
 fn hit_counters_count_each_deciding_slot_exactly() {
     privileged!();
     let mut f = load();
+    let on = portcullis_common::Config {
+        count_hits: 1,
+        ..f.config().expect("config")
+    };
+    f.set_config(on).expect("counters on");
     put(&mut f, List::Deny, "198.18.0.0/16", NEVER);
     put(&mut f, List::Allow, "198.18.9.9", NEVER);
     put(&mut f, List::Deny, "198.19.5.0/24", NEVER);
@@ -218,6 +223,7 @@ fn hit_counters_count_each_deciding_slot_exactly() {
     let host = send(&mut f, "198.19.6.200", 1, XDP_DROP);
     let allowed = send(&mut f, "198.18.9.9", 2, XDP_PASS);
     let v6 = send(&mut f, "2001:db8:bad::1", 2, XDP_DROP);
+    send(&mut f, "2001:db8:bad::9", 1, XDP_DROP);
     send(&mut f, "198.20.0.1", 3, XDP_PASS);
     send(&mut f, "2001:db8:bae::1", 3, XDP_PASS);
     let deny = portcullis_common::hit_list::DENY;
@@ -227,7 +233,8 @@ fn hit_counters_count_each_deciding_slot_exactly() {
     assert_eq!(hits_of(&f, ip("198.19.5.0"), 24, deny), (4, 4 * net));
     assert_eq!(hits_of(&f, ip("198.19.6.200"), 32, deny), (1, host));
     assert_eq!(hits_of(&f, ip("198.18.9.9"), 32, allow), (2, 2 * allowed));
-    assert_eq!(hits_of(&f, ip("2001:db8:bad::1"), 128, deny), (2, 2 * v6));
+    // An IPv6 prefix match keys by the /64: two sources of one /64 share it.
+    assert_eq!(hits_of(&f, ip("2001:db8:bad::"), 64, deny), (3, 3 * v6));
     // The allowed packets are not counted for the deny /16 that also covers them, and
     // unlisted traffic leaves no key at all.
     assert_eq!(f.hit_counts().expect("hit counters").len(), 5);
@@ -242,8 +249,11 @@ fn hit_counters_count_each_deciding_slot_exactly() {
     assert_eq!(hits_of(&f, ip("198.19.5.0"), 24, deny).0, 4);
     // `hit_counters = false`: verdicts as before, nothing counted.
     let cfg = f.config().expect("config");
-    f.set_config(portcullis_common::Config { hits_off: 1, ..cfg })
-        .expect("counters off");
+    f.set_config(portcullis_common::Config {
+        count_hits: 0,
+        ..cfg
+    })
+    .expect("counters off");
     f.set_mode(mode::ENFORCE).expect("enforce");
     send(&mut f, "198.18.1.1", 2, XDP_DROP);
     send(&mut f, "198.18.9.9", 2, XDP_PASS);

@@ -177,7 +177,9 @@ pub fn spawn_workers(
 /// waits for its connections to finish what they are doing: each closes once idle, after
 /// its request in flight. The agent's `shutdown_grace` bounds the wait. When `proxies`
 /// brings new settings, connections accepted from then on use them (and the admission
-/// limits follow); connections open keep the settings they started with.
+/// limits follow), and the connections open are drained as at a stop (closed after the
+/// request in flight), so their clients come back under the new settings: a proxy no longer
+/// trusted or a limit tightened must not live on in a keep-alive connection.
 pub async fn serve(
     listener: TcpListener,
     tls: Option<Arc<Tls>>,
@@ -189,10 +191,32 @@ pub async fn serve(
     let mut limits = limits(proxy.config());
     let mut last_warning: Option<Instant> = None;
     let mut connections = tokio::task::JoinSet::new();
+    // The connections of the settings in force drain when this flips (new settings, or the
+    // agent stops).
+    let mut generation = watch::channel(false).0;
+    let mut settings_open = true;
     loop {
         let (stream, peer) = tokio::select! {
             // Finished connections are reaped as they go.
             Some(_) = connections.join_next(), if !connections.is_empty() => continue,
+            changed = proxies.changed(), if settings_open => {
+                if changed.is_err() {
+                    settings_open = false;
+                    continue;
+                }
+                proxy = proxies.borrow_and_update().worker();
+                limits = self::limits(proxy.config());
+                admission.retune(
+                    proxy.config(),
+                    match role {
+                        Role::Inline => proxy.config().trusted_proxies(),
+                        Role::Sideband => proxy.gateways().to_vec(),
+                    },
+                );
+                let _ = generation.send(true);
+                generation = watch::channel(false).0;
+                continue;
+            }
             a = listener.accept() => match a {
                 Ok(x) => x,
                 Err(e) => {
@@ -208,17 +232,7 @@ pub async fn serve(
             },
             _ = stopping(&mut shutdown) => break,
         };
-        if proxies.has_changed().unwrap_or(false) {
-            proxy = proxies.borrow_and_update().worker();
-            limits = self::limits(proxy.config());
-            admission.retune(
-                proxy.config(),
-                match role {
-                    Role::Inline => proxy.config().trusted_proxies(),
-                    Role::Sideband => proxy.gateways().to_vec(),
-                },
-            );
-        }
+
         // Only gateways may ask: anyone else is dropped before TLS or a request is read.
         if role == Role::Sideband
             && !proxy
@@ -247,9 +261,10 @@ pub async fn serve(
             proxy,
             limits,
             Arc::new(ticket),
-            shutdown.clone(),
+            generation.subscribe(),
         ));
     }
+    let _ = generation.send(true);
     drop(listener);
     while connections.join_next().await.is_some() {}
 }

@@ -216,6 +216,9 @@ pub struct ApiRegistry {
     blocking: RwLock<BTreeMap<String, bool>>,
 }
 
+/// Definitions read from the API directory, every file loaded (see [`ApiRegistry::read`]).
+pub struct Apis(BTreeMap<String, api::Api>);
+
 impl ApiRegistry {
     /// Loads every API file in `dir`; broken files are reported and skipped.
     pub fn load(dir: PathBuf) -> Self {
@@ -233,11 +236,39 @@ impl ApiRegistry {
     }
 
     /// Re-reads the directory; returns the number of APIs loaded and the broken files.
+    /// At start: what loads is installed, broken files are logged and listed.
     pub fn reload(&self) -> (usize, Vec<api::ApiError>) {
-        let (mut apis, errors) = api::load_dir(&self.dir);
+        let (apis, errors) = api::load_dir(&self.dir);
         for e in &errors {
             tracing::error!("API definition refused: {e}");
         }
+        let n = self.install_with(apis, &errors);
+        (n, errors)
+    }
+
+    /// Reads every definition in the directory, once, for [`Self::install`]; `Err` is the
+    /// files that do not load, and then nothing should be installed (their APIs would
+    /// vanish from the running checker).
+    pub fn read(&self) -> Result<Apis, Vec<api::ApiError>> {
+        let (apis, errors) = api::load_dir(&self.dir);
+        if errors.is_empty() {
+            Ok(Apis(apis))
+        } else {
+            Err(errors)
+        }
+    }
+
+    /// Puts what [`Self::read`] returned in place of the running definitions; returns how
+    /// many there are.
+    pub fn install(&self, apis: Apis) -> usize {
+        self.install_with(apis.0, &[])
+    }
+
+    fn install_with(
+        &self,
+        mut apis: BTreeMap<String, api::Api>,
+        errors: &[api::ApiError],
+    ) -> usize {
         for a in apis.values().filter(|a| !a.ignored_fields.is_empty()) {
             tracing::info!(api = %a.name, fields = ?a.ignored_fields, "API definition fields Portcullis does not use");
         }
@@ -258,9 +289,9 @@ impl ApiRegistry {
             *c = Arc::new(apis);
         }
         if let Ok(mut e) = self.errors.write() {
-            e.clone_from(&errors);
+            *e = errors.to_vec();
         }
-        (n, errors)
+        n
     }
 
     /// Sets the CLI's `enable_blocking` of API `name`, now and for every later load.

@@ -314,10 +314,11 @@ pub(super) fn set_client_headers(
 }
 
 /// Probes servers of APIs with `health_check`: a failed probe counts like a failed request;
-/// a good one puts the server back.
+/// a good one puts the server back. `client` gives the backend client of the settings in
+/// force (a reload may change the backend CA).
 pub(super) async fn health_loop(
     registry: Arc<ApiRegistry>,
-    client: Backends,
+    mut client: impl FnMut() -> Backends,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(5));
@@ -327,6 +328,7 @@ pub(super) async fn health_loop(
             _ = tick.tick() => {}
             _ = shutdown.changed() => return,
         }
+        let client = client();
         for api in registry.apis().values().filter(|a| a.meta.health_check) {
             let every = Duration::from_secs(api.meta.health_check_interval.unwrap_or(10).max(1));
             if last.get(&api.name).is_some_and(|t| t.elapsed() < every) {

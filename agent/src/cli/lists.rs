@@ -65,7 +65,9 @@ fn show_hits(cli: &Cli, list: List, json: bool) -> anyhow::Result<()> {
     }
     let hits: Vec<crate::control::answer::EntryHits> = decode(r)?;
     if hits.is_empty() {
-        println!("no {list} entry has been hit since the agent started");
+        println!(
+            "no {list} entry has been hit since the agent started (the XDP program counts hits only with `hit_counters = true` in the configuration)"
+        );
         return Ok(());
     }
     println!(

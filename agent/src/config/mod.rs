@@ -113,7 +113,7 @@ pub struct Config {
     /// samples a second and one summary line of all of them.
     pub drop_sample_every: u32,
     /// Whether the XDP program counts the packets each allow and deny entry decides
-    /// (`allow|deny list --hits`); off saves a hash update per listed packet.
+    /// (`allow|deny list --hits`); off (the default) saves a hash update per listed packet.
     pub hit_counters: bool,
     /// Kernel map capacities.
     pub capacity: CapacityConfig,
@@ -146,7 +146,7 @@ impl Default for Config {
             prune_interval: "10s".into(),
             shutdown_grace: "5s".into(),
             drop_sample_every: 64,
-            hit_counters: true,
+            hit_counters: false,
             capacity: CapacityConfig::default(),
             checker: crate::checker::CheckerConfig::default(),
             abs: AbsConfig::default(),

@@ -262,7 +262,7 @@ async fn answer_requests(
                     write.write_all(&answer(&busy)).await?;
                     return Ok(());
                 }
-                let events = writer.watch_events();
+                let (events, _watching) = writer.watch_events();
                 let ok = Response::ok(serde_json::json!({ "streaming": true }));
                 write.write_all(&answer(&ok)).await?;
                 return stream_events(events, rx, write).await;

@@ -25,8 +25,9 @@ pub(super) struct Prepared {
 }
 
 /// The settings a reload can change only by a restart: the listeners, their certificate
-/// files and the API directory (read again, but from where it was), and the switches the
-/// file only seeds at the first start (`portcullis switch ...` is the live way).
+/// files and the API directory (read again, but from where it was), the access log's
+/// rotation (one writer per file), and the switches the file only seeds at the first start
+/// (`portcullis switch ...` is the live way).
 pub(super) const RESTART_KEYS: &[&str] = &[
     "checker.https",
     "checker.http",
@@ -34,6 +35,8 @@ pub(super) const RESTART_KEYS: &[&str] = &[
     "checker.tls_key",
     "checker.tls_certs",
     "checker.api_dir",
+    "checker.access_log_max_bytes",
+    "checker.access_log_keep",
     "checker.detections",
     "sideband.https",
     "sideband.http",
@@ -128,7 +131,10 @@ impl Prepared {
         let threads = crate::checker::listen::spawn_workers(workers, listeners, &settings, stop_rx)
             .context("starting the L7 checker")?;
         tracing::info!(https = %config.checker.https, http = %config.checker.http, sideband_https = %config.sideband.https, sideband_http = %config.sideband.http, workers, apis = self.registry.apis().len(), "L7 checker listening");
-        tokio::spawn(proxy.health_loop(stop_rx.clone()));
+        tokio::spawn(crate::checker::proxy::Proxy::health_loop(
+            settings,
+            stop_rx.clone(),
+        ));
         Ok(Running {
             registry: self.registry,
             tls: self.tls,
@@ -162,15 +168,17 @@ impl Files {
         self.proxies.send_replace(settings.0);
     }
 
-    /// The API directory's problems, if any (a reload refuses a directory with a file that
-    /// would not load: its API would vanish from the running checker).
-    pub(super) fn api_problems(&self) -> Vec<String> {
-        let (_, errors) = crate::checker::api::load_dir(self.registry.dir());
-        errors.iter().map(ToString::to_string).collect()
+    /// The API directory, read once for [`Self::reload`]; `Err` is its files that do not
+    /// load (a reload refuses them: their APIs would vanish from the running checker).
+    pub(super) fn read_apis(&self) -> Result<crate::checker::Apis, Vec<String>> {
+        self.registry
+            .read()
+            .map_err(|errors| errors.iter().map(ToString::to_string).collect())
     }
 
-    /// The certificate and the API definitions, again; says what it loaded.
-    pub(super) fn reload(&self) -> Vec<String> {
+    /// The certificate again, and the API definitions `read_apis` returned; says what it
+    /// loaded.
+    pub(super) fn reload(&self, apis: crate::checker::Apis) -> Vec<String> {
         let mut done = Vec::new();
         if let Some(t) = &self.tls {
             match t.reload() {
@@ -180,13 +188,8 @@ impl Files {
                 )),
             }
         }
-        let (n, errors) = self.registry.reload();
+        let n = self.registry.install(apis);
         done.push(format!("checker: {n} API definition(s) read again"));
-        done.extend(
-            errors
-                .iter()
-                .map(|e| format!("checker: API file refused: {e}")),
-        );
         done
     }
 }

@@ -311,13 +311,14 @@ impl Reloader {
             .await
             .unwrap_or_else(|e| vec![format!("checking the configuration: {e}")]);
         let mut problems = problems;
-        if let Some(c) = checker {
-            problems.extend(
-                c.api_problems()
-                    .into_iter()
-                    .map(|p| format!("checker.api_dir: {p}")),
-            );
-        }
+        let apis = match checker.map(checker::Files::read_apis) {
+            Some(Ok(apis)) => Some(apis),
+            Some(Err(errors)) => {
+                problems.extend(errors.into_iter().map(|p| format!("checker.api_dir: {p}")));
+                None
+            }
+            None => None,
+        };
         if !problems.is_empty() {
             return Err(refused(problems.join("; ")));
         }
@@ -352,8 +353,8 @@ impl Reloader {
             .reconfigure(new.clone())
             .await
             .map_err(|e| refused(e.to_string()))?;
-        if let Some(c) = checker {
-            applied.extend(c.reload());
+        if let (Some(c), Some(apis)) = (checker, apis) {
+            applied.extend(c.reload(apis));
             if let Some(s) = settings {
                 c.apply(s);
                 applied.push(

@@ -127,7 +127,7 @@ pub(super) fn load_filter(config: &Config) -> anyhow::Result<Filter> {
     let cfg = portcullis_common::Config {
         mode,
         sample_mask: config.drop_sample_every - 1,
-        hits_off: u32::from(!config.hit_counters),
+        count_hits: u32::from(config.hit_counters),
         ..filter.config()?
     };
     filter.set_config(cfg)?;

@@ -85,6 +85,13 @@ struct Session<'a> {
     syncs: u64,
 }
 
+/// Whether a Redis client can be made from `config` (its password and CA files read, the
+/// CA parsed): checked before a start or a reload switches to it, so a wrong path is a
+/// refusal, not an engine that fails for ever.
+pub fn check(config: &FleetConfig) -> Result<(), String> {
+    client(config).map(drop).map_err(|e| e.to_string())
+}
+
 fn client(config: &FleetConfig) -> Result<Client, FleetError> {
     let mut info = config.redis.as_str().into_connection_info()?;
     if let Some(file) = &config.password_file {

@@ -29,7 +29,7 @@ mod engine;
 mod log;
 pub mod record;
 
-pub use engine::run;
+pub use engine::{check, run};
 
 /// `[fleet]`: off unless `redis` is set.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -230,25 +230,58 @@ pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Res
     Ok(values)
 }
 
-/// Reads every element of a per-CPU hash map of `capacity` entries: the keys, and for each
-/// key `cpus` values in CPU order. `V`'s size must be a multiple of 8 (per-CPU values are
-/// 8-byte aligned). Elements added or evicted meanwhile may be missed or seen.
-pub fn lookup_percpu_hash<K: Copy + Default, V: Copy + Default>(
+/// Walks every element of a per-CPU hash map (`BPF_MAP_LOOKUP_BATCH`, [`HASH_CHUNK`] keys
+/// per call into buffers reused throughout, so a host with many CPUs does not allocate the
+/// whole map's values at once), handing `each` a key and its `cpus` values in CPU order.
+/// `V`'s size must be a multiple of 8 (per-CPU values are 8-byte aligned). Elements added or
+/// evicted meanwhile may be missed or seen; returns how many were seen.
+pub fn for_each_percpu<K: Copy + Default, V: Copy + Default>(
     map: BorrowedFd<'_>,
-    capacity: u32,
     cpus: usize,
-) -> io::Result<(Vec<K>, Vec<V>)> {
+    mut each: impl FnMut(K, &[V]),
+) -> io::Result<usize> {
     assert!(
         std::mem::size_of::<V>().is_multiple_of(8),
         "per-CPU values are 8-byte aligned"
     );
-    let mut keys = vec![K::default(); capacity as usize];
-    let mut values = vec![V::default(); capacity as usize * cpus];
-    let done = lookup_batch(map, &mut keys, &mut values, cpus)?;
-    keys.truncate(done);
-    values.truncate(done * cpus);
-    Ok((keys, values))
+    let mut keys = vec![K::default(); HASH_CHUNK];
+    let mut values = vec![V::default(); HASH_CHUNK * cpus];
+    let mut cursor = 0u32;
+    let (mut seen, mut first, mut stalls) = (0, true, 0);
+    loop {
+        let mut attr = BatchAttr {
+            in_batch: if first { 0 } else { &raw const cursor as u64 },
+            out_batch: &raw mut cursor as u64,
+            keys: keys.as_mut_ptr() as u64,
+            values: values.as_mut_ptr() as u64,
+            count: HASH_CHUNK as u32,
+            map_fd: map.as_raw_fd() as u32,
+            ..BatchAttr::default()
+        };
+        let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
+        let n = (attr.count as usize).min(HASH_CHUNK);
+        for (k, v) in keys[..n].iter().zip(values.chunks(cpus)) {
+            each(*k, v);
+        }
+        seen += n;
+        match res {
+            Ok(_) if n > 0 => first = false,
+            // A call that succeeds without progress would loop for ever.
+            Ok(_) => return Err(io::Error::other("the kernel returned no element")),
+            Err(e) => match e.raw_os_error() {
+                Some(libc::ENOENT) => return Ok(seen),
+                Some(libc::EINTR | libc::EAGAIN) if stalls < 100 => {
+                    stalls += 1;
+                    first = first && n == 0;
+                }
+                _ => return Err(e),
+            },
+        }
+    }
 }
+
+/// Keys per `BPF_MAP_LOOKUP_BATCH` call of [`for_each_percpu`].
+const HASH_CHUNK: usize = 1024;
 
 /// Result of one `BPF_PROG_TEST_RUN`.
 #[derive(Clone, Copy, Debug)]

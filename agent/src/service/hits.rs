@@ -4,8 +4,9 @@
 //! takes what every key gained since the previous read and credits it to the most specific
 //! entry of that list covering the key. Counts are exact while a key stays in the kernel map
 //! between two reads; a key evicted by [`portcullis_common::HITS_CAPACITY`] other slots seen
-//! within one second loses what it gained since the last read. Totals start at zero with the
-//! agent.
+//! within one second loses what it gained since the last read, and up to its last total if it
+//! comes back and passes that total before the next read. Totals start at zero with the agent:
+//! what the pinned map counted before is the baseline, not a hit.
 
 use std::collections::HashMap;
 
@@ -31,13 +32,50 @@ struct Tally {
 /// The kernel counters as last read, and what they added up to per entry.
 #[derive(Default)]
 pub struct Hits {
-    /// Totals per kernel key at the last read (a key's count only grows while it stays).
-    seen: HashMap<HitKey, Counter>,
+    /// Totals per kernel key at the last read that saw it (a key's count only grows while
+    /// it stays), and how many reads since have missed it: a walk of a map that changes
+    /// under it may miss a key that is there, whose total must not be credited again.
+    seen: HashMap<HitKey, (Counter, u32)>,
     by_entry: HashMap<(List, Cidr), Tally>,
     /// Packets not credited to an entry: the table was full, or the entry was removed
     /// before the read.
-    pub untracked: u64,
+    untracked: u64,
 }
+
+impl Hits {
+    /// Counting from now: the counters a previous agent left in the pinned map are the
+    /// baseline (crediting them would show entries idle for weeks as hit a second ago).
+    pub fn since(filter: Option<&crate::kernel::Filter>) -> Self {
+        let seen = filter
+            .and_then(|f| f.hit_counts().ok())
+            .map(|c| c.into_iter().map(|(k, t)| (k, (t, 0))).collect())
+            .unwrap_or_default();
+        Self {
+            seen,
+            ..Self::default()
+        }
+    }
+
+    /// Forgets the tallies of entries no longer on their list (expired, removed, replaced
+    /// by a feed), so churn does not fill the table.
+    fn forget_unlisted(&mut self, table: &IpTable, now: u64) {
+        self.by_entry
+            .retain(|(list, c), _| listed(table, *list, c, now));
+    }
+}
+
+/// Whether `entry` is on `list` in `table` and not expired at `now` (boot-time ns, the
+/// kernel's clock: an entry the agent has not pruned yet no longer decides anything).
+fn listed(table: &IpTable, list: List, entry: &Cidr, now: u64) -> bool {
+    let d = table.entry(entry);
+    match list {
+        List::Allow => d.allow_until > now,
+        List::Deny => d.deny_until > now,
+    }
+}
+
+/// Reads a baseline survives without being seen (then the key is taken as evicted).
+const MISSES: u32 = 3;
 
 /// The prefix a kernel key stands for.
 fn key_prefix(k: &HitKey) -> Option<Cidr> {
@@ -51,18 +89,12 @@ fn key_prefix(k: &HitKey) -> Option<Cidr> {
 
 /// The most specific entry of `list` in `table` that covers all of `prefix` (probing each
 /// shorter length: at most 33 or 129 hash lookups, whatever the table's size).
-pub fn covering(table: &IpTable, list: List, prefix: &Cidr) -> Option<Cidr> {
+pub fn covering(table: &IpTable, list: List, prefix: &Cidr, now: u64) -> Option<Cidr> {
     let (Cidr::V4 { len, .. } | Cidr::V6 { len, .. }) = *prefix;
     (0..=len)
         .rev()
         .filter_map(|l| Cidr::new(prefix.network(), l).ok())
-        .find(|c| {
-            let d = table.entry(c);
-            match list {
-                List::Allow => d.allow_until != 0,
-                List::Deny => d.deny_until != 0,
-            }
-        })
+        .find(|c| listed(table, list, c, now))
 }
 
 impl Service {
@@ -87,7 +119,8 @@ impl Service {
     /// Reads the kernel's hit counters and credits what each slot gained since the last
     /// read to the entry that owns it.
     pub fn harvest_hits(&mut self) {
-        let Some(f) = self.filter.as_ref() else {
+        // Off: the kernel counts nothing, and a big host's read is not free.
+        let Some(f) = self.filter.as_ref().filter(|_| self.config.hit_counters) else {
             return;
         };
         let counts = match f.hit_counts() {
@@ -99,10 +132,20 @@ impl Service {
         };
         let table = f.table();
         let now = super::unix_now();
+        let boot = crate::kernel::sys::boottime_ns();
         let hits = &mut self.hits;
-        let mut seen = HashMap::with_capacity(counts.len());
+        if hits.by_entry.len() >= TRACKED / 4 * 3 {
+            hits.forget_unlisted(&table, boot);
+        }
+        // Keys this read missed keep their baseline a few reads.
+        let mut seen: HashMap<HitKey, (Counter, u32)> = hits
+            .seen
+            .drain()
+            .filter(|(_, (_, missed))| *missed < MISSES)
+            .map(|(k, (t, missed))| (k, (t, missed + 1)))
+            .collect();
         for (key, total) in counts {
-            let before = hits.seen.get(&key).copied().unwrap_or_default();
+            let before = seen.get(&key).map(|(t, _)| *t).unwrap_or_default();
             // A smaller total: the key was evicted and came back, counting from zero.
             let gained = if total.packets >= before.packets {
                 Counter {
@@ -112,7 +155,7 @@ impl Service {
             } else {
                 total
             };
-            seen.insert(key, total);
+            seen.insert(key, (total, 0));
             if gained.packets == 0 {
                 continue;
             }
@@ -121,7 +164,8 @@ impl Service {
             } else {
                 List::Deny
             };
-            let Some(entry) = key_prefix(&key).and_then(|p| covering(&table, list, &p)) else {
+            let Some(entry) = key_prefix(&key).and_then(|p| covering(&table, list, &p, boot))
+            else {
                 hits.untracked += gained.packets;
                 continue;
             };
@@ -148,6 +192,11 @@ impl Service {
         hits.seen = seen;
     }
 
+    /// Packets counted by the kernel but credited to no entry (see [`Hits`]).
+    pub fn hits_untracked(&self) -> u64 {
+        self.hits.untracked
+    }
+
     /// The entries of `list` hit since the agent started, most hit first (at most `limit`);
     /// entries no longer on the list are left out.
     pub fn entry_hits(&self, list: List, limit: usize) -> Vec<EntryHits> {
@@ -155,19 +204,12 @@ impl Service {
             return Vec::new();
         };
         let table = f.table();
+        let boot = crate::kernel::sys::boottime_ns();
         let mut v: Vec<EntryHits> = self
             .hits
             .by_entry
             .iter()
-            .filter(|((l, c), _)| {
-                *l == list && {
-                    let d = table.entry(c);
-                    match list {
-                        List::Allow => d.allow_until != 0,
-                        List::Deny => d.deny_until != 0,
-                    }
-                }
-            })
+            .filter(|((l, c), _)| *l == list && listed(&table, list, c, boot))
             .map(|((_, c), t)| EntryHits {
                 entry: c.to_string(),
                 packets: t.packets,
@@ -214,7 +256,7 @@ mod tests {
         ] {
             t.set(list, c(e), Some(NEVER)).expect("fits");
         }
-        let credit = |k: HitKey, list| key_prefix(&k).and_then(|p| covering(&t, list, &p));
+        let credit = |k: HitKey, list| key_prefix(&k).and_then(|p| covering(&t, list, &p, 1));
         // A /24 slot: the /23 covers it; the /25 inside it does not cover all of it.
         assert_eq!(
             credit(key([10, 1, 2, 0], 24), List::Deny),
@@ -240,5 +282,11 @@ mod tests {
         // A removed entry leaves its slot uncredited, and a bad key is no entry at all.
         assert_eq!(credit(key([11, 0, 0, 0], 16), List::Deny), None);
         assert_eq!(credit(key([10, 1, 2, 0], 40), List::Deny), None);
+        // An expired entry no longer decides: the broader live one gets the credit.
+        t.set(List::Deny, c("10.1.2.0/23"), Some(5)).expect("fits");
+        assert_eq!(
+            key_prefix(&key([10, 1, 2, 0], 24)).and_then(|p| covering(&t, List::Deny, &p, 10)),
+            Some(c("10.1.0.0/16"))
+        );
     }
 }

@@ -182,7 +182,7 @@ pub struct Service {
     changes: Option<tokio::sync::broadcast::Sender<Change>>,
     /// Local changes waiting for the fleet (see [`crate::fleet`]).
     outbox: fleet::Outbox,
-    /// Sampled hits per deny entry (see [`hits`]).
+    /// Packets per allow and deny entry (see [`hits`]).
     hits: hits::Hits,
 }
 
@@ -216,6 +216,7 @@ impl Service {
             board.set_kernel_ip_entries(f.table().len());
         }
         let outbox = fleet::Outbox::new(&config.fleet, &store);
+        let hits = hits::Hits::since(filter.as_ref());
         Ok(Self {
             outbox,
             store,
@@ -228,7 +229,7 @@ impl Service {
             board,
             interfaces: links::Interfaces::new(),
             changes: None,
-            hits: hits::Hits::default(),
+            hits,
         })
     }
 

@@ -44,6 +44,11 @@ impl Service {
             .clone_from(&new.management_networks);
         next.min_deny_prefix_v4 = new.min_deny_prefix_v4;
         next.min_deny_prefix_v6 = new.min_deny_prefix_v6;
+        // The safety rules follow the checker's trusted proxies, which a reload changes
+        // for new connections (a proxy speaks for many clients: never deny-listed).
+        next.checker
+            .trusted_proxies
+            .clone_from(&new.checker.trusted_proxies);
         // The ABS nodes the safety rules keep off the deny list follow the feed's new URLs.
         next.abs = new.abs.clone();
         let mut done = self.set_kernel_mode(&next, &old)?;
@@ -79,7 +84,7 @@ impl Service {
             f.set_config(portcullis_common::Config {
                 mode,
                 sample_mask: to.drop_sample_every - 1,
-                hits_off: u32::from(!to.hit_counters),
+                count_hits: u32::from(to.hit_counters),
                 ..f.config()?
             })?;
         }

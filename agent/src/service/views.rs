@@ -131,10 +131,24 @@ impl Service {
         })
     }
 
+    /// All or nothing: a directory with a file that does not load is refused, and the
+    /// running definitions stay (its API would otherwise vanish from the checker).
     pub(super) fn api_reload(&self) -> Result<ApiReloaded, ServiceError> {
-        let (loaded, errors) = self.registry()?.reload();
-        let errors = errors.iter().map(ToString::to_string).collect();
-        Ok(ApiReloaded { loaded, errors })
+        let registry = self.registry()?;
+        match registry.read() {
+            Ok(apis) => Ok(ApiReloaded {
+                loaded: registry.install(apis),
+                errors: Vec::new(),
+            }),
+            Err(errors) => Err(ServiceError::BadRequest(format!(
+                "API definitions not reloaded, the running ones stay: {}",
+                errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ))),
+        }
     }
 }
 

@@ -40,6 +40,15 @@ mod reads;
 pub use reads::MetricsData;
 use reads::{Read, read, serve_waiting_reads};
 
+/// An open event stream, counted until dropped.
+pub struct Watching(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// How many commands may wait for the writer before senders wait too (back-pressure).
 const QUEUE: usize = 256;
 /// This many panics within [`PANIC_WINDOW`] and the writer stops the agent (a restart
@@ -93,6 +102,8 @@ pub struct Writer {
     changes: broadcast::Sender<Change>,
     /// The live event stream (`portcullis events`; see [`crate::events`]).
     events: broadcast::Sender<crate::events::Event>,
+    /// Streams open now: one atomic load tells every checker request whether to trace.
+    watchers: Arc<std::sync::atomic::AtomicUsize>,
     /// Set once, at shutdown: the deadline for the commands already queued.
     close: watch::Sender<Option<Instant>>,
     /// List sizes and fixed facts, kept by the writer, read without it.
@@ -146,6 +157,7 @@ impl Writer {
                 reads,
                 changes,
                 events,
+                watchers: Arc::default(),
                 close,
                 board,
                 health,
@@ -175,17 +187,19 @@ impl Writer {
 
     /// The event stream's sender, when someone watches it (nothing is built otherwise).
     pub fn events_if_watched(&self) -> Option<broadcast::Sender<crate::events::Event>> {
-        (self.events.receiver_count() > 0).then(|| self.events.clone())
+        (self.event_watchers() > 0).then(|| self.events.clone())
     }
 
     /// Event streams open now.
     pub fn event_watchers(&self) -> usize {
-        self.events.receiver_count()
+        self.watchers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Every event from now on (`portcullis events`).
-    pub fn watch_events(&self) -> broadcast::Receiver<crate::events::Event> {
-        self.events.subscribe()
+    /// Every event from now on (`portcullis events`), while the [`Watching`] guard lives.
+    pub fn watch_events(&self) -> (broadcast::Receiver<crate::events::Event>, Watching) {
+        self.watchers
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        (self.events.subscribe(), Watching(self.watchers.clone()))
     }
 
     /// Every change applied from now on.
@@ -266,7 +280,7 @@ impl Writer {
     }
 
     /// The sampled drop events the kernel logged since the last call, each with the deny
-    /// entry that covers its source (also counted as that entry's hits).
+    /// entry that covers its source.
     pub async fn drain_events(&self) -> Vec<(DropEvent, Option<Cidr>)> {
         self.write(Write::DrainEvents).await.unwrap_or_default()
     }

@@ -20,6 +20,8 @@ pub struct MetricsData {
     pub abs: Option<crate::control::answer::AbsState>,
     /// The most-hit deny and allow entries (see `crate::service::hits`).
     pub top_hits: Vec<(crate::model::List, crate::control::answer::EntryHits)>,
+    /// Packets the hit counters saw but could credit to no entry.
+    pub hits_untracked: u64,
 }
 
 /// A read the writer thread serves.
@@ -53,6 +55,7 @@ pub(super) fn read(service: &Service, r: Read) {
                                 .map(move |h| (l, h))
                         })
                         .collect(),
+                    hits_untracked: service.hits_untracked(),
                 },
                 |_| MetricsData {
                     stats: Default::default(),
@@ -60,6 +63,7 @@ pub(super) fn read(service: &Service, r: Read) {
                     fleet: None,
                     abs: None,
                     top_hits: Vec::new(),
+                    hits_untracked: 0,
                 },
             );
             let _ = tx.send(data);

@@ -6,8 +6,8 @@
 //! - `bench_portcullis`: the production layout (guards, hashes, /16 array, IPv6 trie);
 //! - `bench_lpm`: one kernel LPM trie per family (the textbook design);
 //! - `bench_hash`: one exact-match hash of host entries (a cost reference, not a filter);
-//! - `bench_uncounted`: the production layout without the per-slot hit counters (what they
-//!   cost on the hit path);
+//! - `bench_counted`: the production layout with the per-slot hit counters always on (what
+//!   `hit_counters = true` costs on the hit path; the others count as configured, i.e. not);
 //! - `bench_base`: the probe copy and parse alone (the harness's own cost).
 //!
 //! `wire_loop` is the packet generator of `cargo xtask bench wire` (real frames on a veth).
@@ -19,7 +19,7 @@ use aya_ebpf::{
     maps::{Array, DevMap, HashMap, LpmTrie, PerCpuArray, lpm_trie::Key},
     programs::XdpContext,
 };
-use filter_ebpf::{Matched, Source, classify_v4, classify_v6, filter_with, parse};
+use filter_ebpf::{CountHits, Matched, Source, classify_v4, classify_v6, filter_with, parse};
 use portcullis_common::{Deadlines, V6Addr};
 
 /// Probe slots; the harness fills a power-of-two count and sets `PROBE_MASK`.
@@ -104,11 +104,11 @@ pub fn bench_portcullis(ctx: XdpContext) -> u32 {
     filter_ebpf::filter(&ctx)
 }
 
-/// Production layout, hit counters off.
+/// Production layout, hit counters on.
 #[xdp]
-pub fn bench_uncounted(ctx: XdpContext) -> u32 {
+pub fn bench_counted(ctx: XdpContext) -> u32 {
     next_probe(&ctx);
-    filter_with(&ctx, classify_v4, classify_v6, false)
+    filter_with(&ctx, classify_v4, classify_v6, CountHits::Always)
 }
 
 /// LPM tries only.
@@ -119,7 +119,7 @@ pub fn bench_lpm(ctx: XdpContext) -> u32 {
         &ctx,
         |a| found(LPM_V4.get(Key::new(32, a.to_be_bytes())), 32),
         |a, _| found(LPM_V6.get(Key::new(128, *a)), 128),
-        true,
+        CountHits::ByConfig,
     )
 }
 
@@ -133,7 +133,7 @@ pub fn bench_hash(ctx: XdpContext) -> u32 {
         |a| found(unsafe { HASH_V4.get(&a) }, 32),
         // SAFETY: plain-integer values.
         |a, _| found(unsafe { HASH_V6.get(&V6Addr { bytes: *a }) }, 128),
-        true,
+        CountHits::ByConfig,
     )
 }
 
@@ -141,7 +141,12 @@ pub fn bench_hash(ctx: XdpContext) -> u32 {
 #[xdp]
 pub fn bench_base(ctx: XdpContext) -> u32 {
     next_probe(&ctx);
-    filter_with(&ctx, |_| Matched::NONE, |_, _| Matched::NONE, true)
+    filter_with(
+        &ctx,
+        |_| Matched::NONE,
+        |_, _| Matched::NONE,
+        CountHits::ByConfig,
+    )
 }
 
 /// The floor: `BPF_PROG_TEST_RUN`'s own per-packet cost.

@@ -162,8 +162,9 @@ impl Proxy {
 
     /// The same checker (lists, APIs, counters, request windows) with the `[checker]` and
     /// `[sideband]` settings of a reloaded configuration, for the connections accepted from
-    /// now on. The access log and the detection budget carry over unless their settings
-    /// changed. An error (a CA or log file that does not open) changes nothing.
+    /// now on. The access log carries over unless its path changed, the detection budget
+    /// unless its limits did. An error (a CA or log file that does not open) changes
+    /// nothing.
     pub fn reconfigured(&self, config: &crate::config::Config) -> anyhow::Result<Arc<Self>> {
         let parts = Parts {
             registry: self.registry.clone(),
@@ -191,11 +192,9 @@ impl Proxy {
         let detection_ttl = super::detection_ttl(&cfg.detection_ttl).map_err(anyhow::Error::msg)?;
         let deadlines = Deadlines::from_config(&cfg).map_err(anyhow::Error::msg)?;
         let backend_tls = upstream::backend_tls(cfg.backend_ca.as_deref())?;
-        let same_log = |b: &&Self| {
-            b.cfg.access_log == cfg.access_log
-                && b.cfg.access_log_max_bytes == cfg.access_log_max_bytes
-                && b.cfg.access_log_keep == cfg.access_log_keep
-        };
+        // One writer per file: the same path keeps the open log (its rotation settings are
+        // restart-only), a new path gets its own.
+        let same_log = |b: &&Self| b.cfg.access_log == cfg.access_log;
         let access_log = match before.filter(same_log) {
             Some(b) => b.access_log.clone(),
             None if cfg.access_log.as_os_str().is_empty() => None,
@@ -491,8 +490,10 @@ impl Proxy {
     }
 
     /// Probes the servers of APIs with `health_check` (see [`upstream::health_loop`]).
-    pub async fn health_loop(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        upstream::health_loop(self.registry.clone(), self.client.clone(), shutdown).await;
+    pub async fn health_loop(proxies: watch::Receiver<Arc<Self>>, shutdown: watch::Receiver<bool>) {
+        let registry = proxies.borrow().registry.clone();
+        let client = move || proxies.borrow().client.clone();
+        upstream::health_loop(registry, client, shutdown).await;
     }
 }
 

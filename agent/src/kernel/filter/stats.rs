@@ -55,24 +55,17 @@ impl Filter {
             source,
         };
         let cpus = sys::possible_cpus().map_err(err)?;
-        let (keys, values) = sys::lookup_percpu_hash::<HitKey, Counter>(
-            self.fd(map_name::HITS),
-            common::HITS_CAPACITY,
-            cpus,
-        )
+        let mut out = Vec::new();
+        sys::for_each_percpu::<HitKey, Counter>(self.fd(map_name::HITS), cpus, |k, per_cpu| {
+            let mut sum = Counter::default();
+            for c in per_cpu {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+            }
+            out.push((k, sum));
+        })
         .map_err(err)?;
-        Ok(keys
-            .into_iter()
-            .zip(values.chunks(cpus))
-            .map(|(k, per_cpu)| {
-                let mut sum = Counter::default();
-                for c in per_cpu {
-                    sum.packets += c.packets;
-                    sum.bytes += c.bytes;
-                }
-                (k, sum)
-            })
-            .collect())
+        Ok(out)
     }
 
     /// Takes the sampled drop events waiting in the ring buffer.
