@@ -84,11 +84,6 @@ pub fn problems(config: &Config) -> Vec<String> {
             out.push(format!("abs.ca_file: {}: {e}", ca.display()));
         }
     }
-    if config.fleet.enabled()
-        && let Err(e) = crate::fleet::check(&config.fleet)
-    {
-        out.push(format!("fleet: {e}"));
-    }
     out
 }
 

@@ -368,8 +368,6 @@ pub enum CountHits {
     ByConfig,
     /// Always (the benchmark's counted variant).
     Always,
-    /// Never.
-    Never,
 }
 
 /// Turns deadlines into an XDP action: allow beats deny; expired entries do not match. The
@@ -389,7 +387,6 @@ fn decide(
     let hits = match hits {
         CountHits::ByConfig => cfg.count_hits != 0,
         CountHits::Always => true,
-        CountHits::Never => false,
     };
     let bytes = (ctx.data_end() - ctx.data()) as u64;
     let base = counter_base(ctx);

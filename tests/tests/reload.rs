@@ -299,6 +299,19 @@ fn reload_joins_switches_and_leaves_the_fleet() {
     let r: Reloaded = answer(&b.cli(&["reload", "--json"]));
     assert!(!r.applied.iter().any(|l| l.contains("fleet")), "{r:?}");
 
+    // A password file that does not read refuses the move: B stays in X.
+    write_config(
+        &db,
+        &format!(
+            "{}password_file = \"{}/gone\"\n",
+            fleet(&y, "b"),
+            db.root.display()
+        ),
+    );
+    let e = err(&b.cli(&["reload"]));
+    assert!(e.contains("fleet") && e.contains("gone"), "{e}");
+    assert!(in_sync(&b, &x), "still in X");
+
     // B moves to fleet Y: it syncs there, and X's later changes no longer reach it.
     write_config(&db, &fleet(&y, "b"));
     let r: Reloaded = answer(&b.cli(&["reload", "--json"]));
@@ -377,7 +390,7 @@ fn reload_gives_new_checker_connections_the_new_settings() {
     assert!(
         r.applied
             .iter()
-            .any(|a| a.contains("settings apply to new connections")),
+            .any(|a| a.contains("settings applied (open connections close")),
         "{r:?}"
     );
     assert_eq!(r.restart_needed, ["checker.http"], "{r:?}");

@@ -372,10 +372,11 @@ fn h2_tick(
         return H2Tick::Close;
     }
     if let Some(since) = going_away {
-        // A client that ignores the GOAWAY loses the connection anyway (at shutdown, the
-        // grace ends it sooner). Not on idleness: hyper may still be sending a response's
+        // A client that ignores the GOAWAY loses the connection once nothing is in flight
+        // for the head limit (at shutdown, the grace ends it sooner; after a reload, long
+        // streams finish). Not on a short idleness: hyper may still be sending a response's
         // tail, and closes the connection itself once it is done.
-        return if since.elapsed() >= limits.head {
+        return if since.elapsed() >= limits.head && activity.idle_for() >= limits.head {
             H2Tick::Close
         } else {
             H2Tick::Keep

@@ -79,6 +79,13 @@ async fn run_async(config: Config, mut passed: Passed, source: ConfigSource) -> 
     };
     let checker = checker::Prepared::new(&mut service, &config)?;
     let abs = setup::abs_feed(&mut service, &config)?;
+    if config.fleet.enabled()
+        && let Err(e) = crate::fleet::check(&config.fleet)
+    {
+        // Enforcement must not wait for a secret that appears later (a mount, a template):
+        // the fleet shows `unreachable` until it reads.
+        tracing::error!("fleet: {e}; local enforcement goes on, the fleet link retries");
+    }
     let fleet = config.fleet.enabled().then(|| {
         let shared = crate::fleet::shared(&config.fleet);
         service.set_fleet(shared.clone());

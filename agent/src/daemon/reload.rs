@@ -336,9 +336,12 @@ impl Reloader {
             None
         };
         // The checker's new settings are built (CA and log files opened) before anything
-        // changes, too.
-        let checker_changed = section(&self.current, "checker") != section(&new, "checker")
-            || section(&self.current, "sideband") != section(&new, "sideband");
+        // changes, too; only when a key it applies live changed (applying drains every open
+        // connection, which a restart-only key must not cause).
+        let checker_changed = changed_keys(&self.current, &new).iter().any(|k| {
+            (k.starts_with("checker.") || k.starts_with("sideband."))
+                && !checker::RESTART_KEYS.contains(&k.as_str())
+        });
         let settings = match checker {
             Some(c) if checker_changed => Some(
                 c.settings(&new)
@@ -349,6 +352,14 @@ impl Reloader {
         let new_fleet_files = fleet_files(&new);
         let fleet_changed = section(&self.current, "fleet") != section(&new, "fleet")
             || new_fleet_files != self.fleet_files;
+        // A fleet whose password or CA file does not read is refused before the working
+        // link is let go (the engine would otherwise fail for ever).
+        if fleet_changed
+            && new.fleet.enabled()
+            && let Err(e) = crate::fleet::check(&new.fleet)
+        {
+            return Err(refused(format!("fleet: {e}")));
+        }
         let mut applied = writer
             .reconfigure(new.clone())
             .await
@@ -358,7 +369,7 @@ impl Reloader {
             if let Some(s) = settings {
                 c.apply(s);
                 applied.push(
-                    "checker: [checker] and [sideband] settings apply to new connections".into(),
+                    "checker: [checker] and [sideband] settings applied (open connections close after their request in flight)".into(),
                 );
             }
         }

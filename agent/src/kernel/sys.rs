@@ -259,7 +259,16 @@ pub fn for_each_percpu<K: Copy + Default, V: Copy + Default>(
             ..BatchAttr::default()
         };
         let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
-        let n = (attr.count as usize).min(HASH_CHUNK);
+        // The count is the kernel's only after success or the end of the map.
+        let counted = match &res {
+            Ok(_) => true,
+            Err(e) => e.raw_os_error() == Some(libc::ENOENT),
+        };
+        let n = if counted {
+            (attr.count as usize).min(HASH_CHUNK)
+        } else {
+            0
+        };
         for (k, v) in keys[..n].iter().zip(values.chunks(cpus)) {
             each(*k, v);
         }

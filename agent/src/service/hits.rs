@@ -5,7 +5,8 @@
 //! entry of that list covering the key. Counts are exact while a key stays in the kernel map
 //! between two reads; a key evicted by [`portcullis_common::HITS_CAPACITY`] other slots seen
 //! within one second loses what it gained since the last read, and up to its last total if it
-//! comes back and passes that total before the next read. Totals start at zero with the agent:
+//! comes back and passes that total within three reads (a baseline outlives a read that
+//! misses its key, which a walk of a changing map can do). Totals start at zero with the agent:
 //! what the pinned map counted before is the baseline, not a hit.
 
 use std::collections::HashMap;
@@ -46,10 +47,16 @@ impl Hits {
     /// Counting from now: the counters a previous agent left in the pinned map are the
     /// baseline (crediting them would show entries idle for weeks as hit a second ago).
     pub fn since(filter: Option<&crate::kernel::Filter>) -> Self {
-        let seen = filter
-            .and_then(|f| f.hit_counts().ok())
-            .map(|c| c.into_iter().map(|(k, t)| (k, (t, 0))).collect())
-            .unwrap_or_default();
+        let seen = match filter.map(crate::kernel::Filter::hit_counts) {
+            Some(Ok(c)) => c.into_iter().map(|(k, t)| (k, (t, 0))).collect(),
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "reading the hit counters failed: {e}; what they counted before this start may show as new hits"
+                );
+                HashMap::new()
+            }
+            None => HashMap::new(),
+        };
         Self {
             seen,
             ..Self::default()
