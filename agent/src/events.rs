@@ -82,14 +82,12 @@ pub fn notable(outcomes: &[&str]) -> bool {
     })
 }
 
-/// The most specific deny entry of `table` that covers `ip` (probing each prefix length,
-/// longest first: at most 33 or 129 hash lookups, whatever the table's size).
+/// The most specific deny entry of `table` that covers `ip` (see
+/// [`crate::service::covering`]).
 pub fn matched_deny(table: &IpTable, ip: IpAddr) -> Option<Cidr> {
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    (0..=max)
-        .rev()
-        .filter_map(|len| Cidr::new(ip, len).ok())
-        .find(|c| table.entry(c).deny_until != 0)
+    let host = Cidr::new(ip, if ip.is_ipv4() { 32 } else { 128 }).ok()?;
+    // Any deadline at all: a sampled drop was decided by a live entry a moment ago.
+    crate::service::covering(table, crate::model::List::Deny, &host, 0)
 }
 
 /// A drop sample's source address.

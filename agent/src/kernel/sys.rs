@@ -186,18 +186,13 @@ pub fn delete_batch<K: Copy>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<()> 
     batch::<K, u8>(BPF_MAP_DELETE_BATCH, map, keys, None)
 }
 
-/// Reads up to `keys.len()` elements (`BPF_MAP_LOOKUP_BATCH`, one call per [`BATCH`]
-/// elements) into `keys` and `values` (`per_key` values per key: the CPU count for per-CPU
-/// maps, else 1); returns how many were read.
-fn lookup_batch<K: Copy, V: Copy>(
-    map: BorrowedFd<'_>,
-    keys: &mut [K],
-    values: &mut [V],
-    per_key: usize,
-) -> io::Result<usize> {
-    assert_eq!(keys.len() * per_key, values.len(), "values for every key");
+/// Reads every element of an array map of `len` entries (`BPF_MAP_LOOKUP_BATCH`), in index
+/// order: one call per [`BATCH`] elements instead of one per element.
+pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
+    let mut values = vec![V::default(); len as usize];
+    let mut keys = vec![0u32; len as usize];
     let mut cursor = 0u32;
-    in_batches(keys.len(), Walk::Lookup, |done, n| {
+    let done = in_batches(values.len(), Walk::Lookup, |done, n| {
         let mut attr = BatchAttr {
             in_batch: if done == 0 {
                 0
@@ -206,22 +201,14 @@ fn lookup_batch<K: Copy, V: Copy>(
             },
             out_batch: &raw mut cursor as u64,
             keys: keys[done..].as_mut_ptr() as u64,
-            values: values[done * per_key..].as_mut_ptr() as u64,
+            values: values[done..].as_mut_ptr() as u64,
             count: n as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
         let res = bpf(BPF_MAP_LOOKUP_BATCH, &mut attr);
         (res, attr.count as usize)
-    })
-}
-
-/// Reads every element of an array map of `len` entries, in index order: one call per
-/// [`BATCH`] elements instead of one per element.
-pub fn lookup_array<V: Copy + Default>(map: BorrowedFd<'_>, len: u32) -> io::Result<Vec<V>> {
-    let mut values = vec![V::default(); len as usize];
-    let mut keys = vec![0u32; len as usize];
-    let done = lookup_batch(map, &mut keys, &mut values, 1)?;
+    })?;
     if done != values.len() || keys.iter().enumerate().any(|(i, k)| *k as usize != i) {
         return Err(io::Error::other(format!(
             "array lookup returned {done} of {len} elements out of order"
@@ -247,14 +234,18 @@ pub fn for_each_percpu<K: Copy + Default, V: Copy + Default>(
     let mut keys = vec![K::default(); HASH_CHUNK];
     let mut values = vec![V::default(); HASH_CHUNK * cpus];
     let mut cursor = 0u32;
-    let (mut seen, mut first, mut stalls) = (0, true, 0);
-    loop {
+    // As many elements as the map yields: `in_batches` stops at ENOENT.
+    in_batches(usize::MAX, Walk::Lookup, |done, n| {
         let mut attr = BatchAttr {
-            in_batch: if first { 0 } else { &raw const cursor as u64 },
+            in_batch: if done == 0 {
+                0
+            } else {
+                &raw const cursor as u64
+            },
             out_batch: &raw mut cursor as u64,
             keys: keys.as_mut_ptr() as u64,
             values: values.as_mut_ptr() as u64,
-            count: HASH_CHUNK as u32,
+            count: n.min(HASH_CHUNK) as u32,
             map_fd: map.as_raw_fd() as u32,
             ..BatchAttr::default()
         };
@@ -264,29 +255,16 @@ pub fn for_each_percpu<K: Copy + Default, V: Copy + Default>(
             Ok(_) => true,
             Err(e) => e.raw_os_error() == Some(libc::ENOENT),
         };
-        let n = if counted {
+        let got = if counted {
             (attr.count as usize).min(HASH_CHUNK)
         } else {
             0
         };
-        for (k, v) in keys[..n].iter().zip(values.chunks(cpus)) {
+        for (k, v) in keys[..got].iter().zip(values.chunks(cpus)) {
             each(*k, v);
         }
-        seen += n;
-        match res {
-            Ok(_) if n > 0 => first = false,
-            // A call that succeeds without progress would loop for ever.
-            Ok(_) => return Err(io::Error::other("the kernel returned no element")),
-            Err(e) => match e.raw_os_error() {
-                Some(libc::ENOENT) => return Ok(seen),
-                Some(libc::EINTR | libc::EAGAIN) if stalls < 100 => {
-                    stalls += 1;
-                    first = first && n == 0;
-                }
-                _ => return Err(e),
-            },
-        }
-    }
+        (res, got)
+    })
 }
 
 /// Keys per `BPF_MAP_LOOKUP_BATCH` call of [`for_each_percpu`].

@@ -29,6 +29,7 @@ mod board;
 mod credentials;
 mod fleet;
 mod hits;
+pub use hits::covering;
 mod links;
 mod reconfigure;
 mod removal;
